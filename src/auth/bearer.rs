@@ -1,0 +1,201 @@
+//! `Authorization: Bearer <token>` (RFC 6750 §2.1) → the token, borrowed from the header.
+//!
+//! Only the Authorization header is a token source: query-string and form tokens (§2.2, §2.3)
+//! leak into logs and caches and are not accepted.
+
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+/// The largest token accepted: real access tokens are far smaller, and a cap keeps hashing and
+/// parsing bounded.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Why no token could be taken from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BearerError {
+    /// No Authorization header, or another scheme (Basic, …): answered with a bare challenge.
+    #[error("no bearer token")]
+    Missing,
+    #[error("more than one Authorization header")]
+    Duplicate,
+    #[error("the bearer token is empty")]
+    Empty,
+    #[error("the bearer token has characters outside RFC 6750's b64token")]
+    BadCharacters,
+    #[error("the bearer token is larger than 16 KiB")]
+    TooLarge,
+}
+
+/// A bearer token. `Debug` never prints it.
+#[derive(Clone, Copy)]
+pub struct Token<'a>(&'a str);
+
+impl<'a> Token<'a> {
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Token<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Extracts the bearer token: the scheme is case-insensitive, separated from the token by one or
+/// more spaces; the token must be a non-empty b64token of at most [`MAX_TOKEN_BYTES`].
+pub fn extract(headers: &HeaderMap) -> Result<Token<'_>, BearerError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(BearerError::Missing);
+    };
+    if values.next().is_some() {
+        return Err(BearerError::Duplicate);
+    }
+    let bytes = value.as_bytes();
+    const SCHEME: &[u8] = b"bearer";
+    if bytes.len() < SCHEME.len() || !bytes[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return Err(BearerError::Missing);
+    }
+    let rest = &bytes[SCHEME.len()..];
+    match rest.first() {
+        // "Bearer" alone: the scheme with no credentials.
+        None => return Err(BearerError::Empty),
+        Some(b' ') => {}
+        // "BearerX…" is some other scheme.
+        Some(_) => return Err(BearerError::Missing),
+    }
+    let token = trim_spaces(rest);
+    if token.is_empty() {
+        return Err(BearerError::Empty);
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(BearerError::TooLarge);
+    }
+    if !is_b64token(token) {
+        return Err(BearerError::BadCharacters);
+    }
+    // b64token is ASCII, so this cannot fail; the check above guarantees it.
+    std::str::from_utf8(token)
+        .map(Token)
+        .map_err(|_| BearerError::BadCharacters)
+}
+
+fn trim_spaces(mut b: &[u8]) -> &[u8] {
+    while let [b' ', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' '] = b {
+        b = rest;
+    }
+    b
+}
+
+/// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
+fn is_b64token(t: &[u8]) -> bool {
+    let body_end = t.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
+    body_end > 0
+        && t[..body_end].iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    fn with(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn ex(values: &[&str]) -> Result<String, BearerError> {
+        let h = with(values);
+        extract(&h).map(|t| t.as_str().to_owned())
+    }
+
+    #[test]
+    fn plain_bearer() {
+        assert_eq!(ex(&["Bearer abc.def.ghi"]), Ok("abc.def.ghi".to_owned()));
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        assert_eq!(ex(&["bearer t"]), Ok("t".to_owned()));
+        assert_eq!(ex(&["BEARER t"]), Ok("t".to_owned()));
+        assert_eq!(ex(&["BeArEr t"]), Ok("t".to_owned()));
+    }
+
+    #[test]
+    fn extra_spaces_are_tolerated() {
+        assert_eq!(ex(&["Bearer    tok  "]), Ok("tok".to_owned()));
+    }
+
+    #[test]
+    fn missing_and_other_schemes() {
+        assert_eq!(ex(&[]), Err(BearerError::Missing));
+        assert_eq!(ex(&["Basic dXNlcjpwYXNz"]), Err(BearerError::Missing));
+        assert_eq!(ex(&["Bearerabc"]), Err(BearerError::Missing));
+        assert_eq!(ex(&["Bear x"]), Err(BearerError::Missing));
+    }
+
+    #[test]
+    fn empty_token() {
+        assert_eq!(ex(&["Bearer"]), Err(BearerError::Empty));
+        assert_eq!(ex(&["Bearer "]), Err(BearerError::Empty));
+        assert_eq!(ex(&["Bearer    "]), Err(BearerError::Empty));
+    }
+
+    #[test]
+    fn two_headers() {
+        assert_eq!(ex(&["Bearer a", "Bearer b"]), Err(BearerError::Duplicate));
+    }
+
+    #[test]
+    fn characters_outside_b64token() {
+        assert_eq!(ex(&["Bearer a b"]), Err(BearerError::BadCharacters));
+        assert_eq!(ex(&["Bearer a,b"]), Err(BearerError::BadCharacters));
+        assert_eq!(ex(&["Bearer a\"b"]), Err(BearerError::BadCharacters));
+        assert_eq!(ex(&["Bearer ==="]), Err(BearerError::BadCharacters));
+        assert_eq!(ex(&["Bearer a=b"]), Err(BearerError::BadCharacters));
+        assert_eq!(ex(&["Bearer ab+/~-._=="]), Ok("ab+/~-._==".to_owned()));
+    }
+
+    #[test]
+    fn size_limit() {
+        let ok = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES));
+        assert!(ex(&[&ok]).is_ok());
+        let big = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        assert_eq!(ex(&[&big]), Err(BearerError::TooLarge));
+    }
+
+    #[test]
+    fn debug_redacts() {
+        let h = with(&["Bearer secret-token"]);
+        let t = extract(&h).unwrap();
+        assert!(!format!("{t:?}").contains("secret"));
+    }
+
+    proptest! {
+        #[test]
+        fn extract_never_panics(v in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(value) = HeaderValue::from_bytes(&v) {
+                let mut h = HeaderMap::new();
+                h.insert(AUTHORIZATION, value);
+                let _ = extract(&h);
+            }
+        }
+
+        #[test]
+        fn accepted_tokens_are_b64token(t in "[A-Za-z0-9._~+/-]{1,40}={0,2}") {
+            let value = format!("Bearer {t}");
+            let got = ex(&[&value]);
+            prop_assert_eq!(got, Ok(t));
+        }
+    }
+}

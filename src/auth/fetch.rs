@@ -1,0 +1,196 @@
+//! The one HTTP client tollgate uses to talk to identity providers (discovery and JWKS; later
+//! introspection). Built once at start-up, pooled, with rustls and the system's root certificates.
+//!
+//! Every call has a timeout and a body-size cap, so a slow or hostile IdP can neither hang a
+//! refresh nor make the gateway buffer without bound. Error messages name the URL and the kind of
+//! failure, never a response body.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use url::Url;
+
+/// Largest discovery or JWKS document accepted.
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("GET {url}: timed out after {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("GET {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("GET {url}: answered HTTP {status}")]
+    Status { url: String, status: StatusCode },
+    #[error(
+        "GET {url}: the document is larger than {MAX_DOCUMENT_BYTES} bytes or the body failed"
+    )]
+    Body { url: String },
+    #[error("GET {url}: not the expected JSON document ({reason})")]
+    Json { url: String, reason: String },
+}
+
+/// A fetched document and the freshness its server declared.
+#[derive(Debug)]
+pub struct Fetched {
+    pub body: Bytes,
+    /// `Cache-Control: max-age`, when present.
+    pub max_age: Option<Duration>,
+}
+
+/// The pooled IdP client.
+#[derive(Clone, Debug)]
+pub struct IdpClient {
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+}
+
+impl IdpClient {
+    pub fn new() -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        http.set_nodelay(true);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let https = match builder.with_native_roots() {
+            Ok(b) => b
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http),
+            Err(e) => {
+                tracing::warn!(error = %e, "no system root certificates found; https:// identity providers will fail to verify");
+                let roots = rustls::RootCertStore::empty();
+                let tls = rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_or_http()
+                    .enable_http1()
+                    .enable_http2()
+                    .wrap_connector(http)
+            }
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        IdpClient { client }
+    }
+
+    /// GETs `url` expecting a 200 JSON document, within `timeout` for the whole exchange.
+    pub async fn get(&self, url: &Url, timeout: Duration) -> Result<Fetched, FetchError> {
+        let url_s = url.as_str().to_owned();
+        let req = Request::get(url.as_str())
+            .header(header::ACCEPT, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Empty::new())
+            .map_err(|e| FetchError::Connect {
+                url: url_s.clone(),
+                reason: e.to_string(),
+            })?;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| FetchError::Connect {
+                    url: url_s.clone(),
+                    reason: describe_client_error(&e),
+                })?;
+            if resp.status() != StatusCode::OK {
+                return Err(FetchError::Status {
+                    url: url_s.clone(),
+                    status: resp.status(),
+                });
+            }
+            let max_age = resp
+                .headers()
+                .get(header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_max_age);
+            let body = Limited::new(resp.into_body(), MAX_DOCUMENT_BYTES)
+                .collect()
+                .await
+                .map_err(|_| FetchError::Body { url: url_s.clone() })?
+                .to_bytes();
+            Ok(Fetched { body, max_age })
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(FetchError::Timeout {
+                url: url_s,
+                timeout,
+            }),
+        }
+    }
+}
+
+impl Default for IdpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A short, body-free description of a client error (connection refused, TLS failure, …).
+fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error as _;
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// `max-age=N` from a Cache-Control value (`no-store`/`no-cache` count as zero).
+pub fn parse_max_age(v: &str) -> Option<Duration> {
+    let mut age = None;
+    for directive in v.split(',') {
+        let d = directive.trim();
+        if d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("no-cache") {
+            return Some(Duration::ZERO);
+        }
+        if let Some((k, val)) = d.split_once('=') {
+            if k.trim().eq_ignore_ascii_case("max-age") {
+                age = val
+                    .trim()
+                    .trim_matches('"')
+                    .parse::<u64>()
+                    .ok()
+                    .map(Duration::from_secs);
+            }
+        }
+    }
+    age
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age() {
+        assert_eq!(
+            parse_max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_max_age("max-age=\"60\""),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(parse_max_age("public"), None);
+        assert_eq!(parse_max_age("max-age=abc"), None);
+    }
+}

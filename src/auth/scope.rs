@@ -1,0 +1,101 @@
+//! Scopes granted by a token: from `scope` (RFC 8693 / RFC 9068, space-delimited) or `scp` (a
+//! string or an array of strings, as Entra ID and Okta issue it).
+
+use serde_json::Value;
+
+/// A sorted, deduplicated set of scope values; lookups are binary searches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scopes(Box<[Box<str>]>);
+
+impl Scopes {
+    /// Reads the scopes of a claims object: `scope` wins when present, else `scp`. A claim of the
+    /// wrong type grants nothing.
+    pub fn from_claims(claims: &serde_json::Map<String, Value>) -> Self {
+        let mut out: Vec<Box<str>> = Vec::new();
+        match claims.get("scope").or_else(|| claims.get("scp")) {
+            Some(Value::String(s)) => out.extend(s.split_ascii_whitespace().map(Box::from)),
+            Some(Value::Array(items)) => out.extend(
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .flat_map(str::split_ascii_whitespace)
+                    .map(Box::from),
+            ),
+            _ => {}
+        }
+        Self::from_vec(out)
+    }
+
+    /// Builds a set from a space-delimited string (RFC 7662's `scope` member).
+    pub fn from_space_delimited(s: &str) -> Self {
+        Self::from_vec(s.split_ascii_whitespace().map(Box::from).collect())
+    }
+
+    fn from_vec(mut v: Vec<Box<str>>) -> Self {
+        v.sort_unstable();
+        v.dedup();
+        Scopes(v.into())
+    }
+
+    pub fn contains(&self, scope: &str) -> bool {
+        self.0.binary_search_by(|s| (**s).cmp(scope)).is_ok()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|s| &**s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scopes(v: Value) -> Scopes {
+        Scopes::from_claims(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn space_delimited_scope() {
+        let s = scopes(json!({"scope": "api  erp:write offline_access"}));
+        assert!(s.contains("api"));
+        assert!(s.contains("erp:write"));
+        assert!(s.contains("offline_access"));
+        assert!(!s.contains("erp"));
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn scp_as_string_and_array() {
+        assert!(scopes(json!({"scp": "api reports"})).contains("reports"));
+        let arr = scopes(json!({"scp": ["api", "reports", 7]}));
+        assert!(arr.contains("api") && arr.contains("reports"));
+        assert_eq!(arr.len(), 2);
+    }
+
+    #[test]
+    fn scope_wins_over_scp() {
+        let s = scopes(json!({"scope": "a", "scp": ["b"]}));
+        assert!(s.contains("a") && !s.contains("b"));
+    }
+
+    #[test]
+    fn missing_or_wrong_type_grants_nothing() {
+        assert!(scopes(json!({})).is_empty());
+        assert!(scopes(json!({"scope": 5})).is_empty());
+        assert!(scopes(json!({"scope": {"api": true}})).is_empty());
+    }
+
+    #[test]
+    fn scopes_are_case_sensitive() {
+        assert!(!scopes(json!({"scope": "API"})).contains("api"));
+    }
+}

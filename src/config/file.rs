@@ -1,0 +1,129 @@
+//! The configuration as written: raw serde structs that mirror the TOML keys one to one.
+//!
+//! Every struct denies unknown keys, so a typo is an error that names the key instead of a silently
+//! ignored setting. Values that need checking (durations, URLs, addresses, algorithms) stay strings
+//! here; `config::validate` turns them into typed values and names the key path when one is wrong.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The main configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub issuer: Vec<IssuerSection>,
+    #[serde(default)]
+    pub upstream: Vec<UpstreamSection>,
+    #[serde(default)]
+    pub route: Vec<RouteSection>,
+}
+
+/// The separate route file named by `server.routes_file`: only `[[route]]` tables.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    #[serde(default)]
+    pub route: Vec<RouteSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Proxy listener, `IP:port`. By default `127.0.0.1:8080`.
+    pub listen: Option<String>,
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`), `IP:port`. By default `127.0.0.1:9090`.
+    pub admin_listen: Option<String>,
+    /// The `realm` of every `WWW-Authenticate` challenge. By default `tollgate`.
+    pub realm: Option<String>,
+    /// A file of `[[route]]` tables, relative to the configuration file.
+    pub routes_file: Option<String>,
+    /// Capacity (entries) of the verified-token cache. By default 100000.
+    pub token_cache_capacity: Option<u64>,
+    /// Keep client-sent `X-Forwarded-*` headers and append to them (only behind a trusted proxy).
+    /// By default false: the gateway replaces them.
+    pub trust_forwarded_headers: Option<bool>,
+    /// How long in-flight requests may take to finish on shutdown (humantime). By default `30s`.
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it. By default `info`.
+    pub level: Option<String>,
+    /// `text` or `json`. By default `text`.
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSection {
+    pub id: Option<String>,
+    /// Exact value of the tokens' `iss` claim.
+    pub issuer: Option<String>,
+    /// Find `jwks_uri` through `{issuer}/.well-known/openid-configuration`.
+    pub discovery: Option<bool>,
+    pub jwks_uri: Option<String>,
+    /// A token's `aud` must contain one of these.
+    pub audiences: Option<Vec<String>>,
+    /// Allowed signature algorithms. By default RS256, PS256, ES256, EdDSA.
+    pub algorithms: Option<Vec<String>>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat` (humantime). By default `30s`.
+    pub leeway: Option<String>,
+    /// Background JWKS refresh interval (humantime). By default `10m`.
+    pub jwks_refresh: Option<String>,
+    /// Minimum time between two fetches caused by unknown `kid`s (humantime). By default `30s`.
+    pub jwks_min_refresh: Option<String>,
+    /// Only accept JWT access tokens with `typ` `at+jwt` (RFC 9068). By default false.
+    pub require_typ: Option<bool>,
+    /// Allow plain `http://` issuer, discovery and JWKS URLs on non-loopback hosts.
+    pub allow_http: Option<bool>,
+    /// Timeout of one discovery or JWKS fetch (humantime). By default `5s`.
+    pub fetch_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub id: Option<String>,
+    pub url: Option<String>,
+    /// By default `2s`.
+    pub connect_timeout: Option<String>,
+    /// Time allowed until the upstream's response headers (humantime). By default `60s`.
+    pub timeout: Option<String>,
+    /// Send the client's `Authorization` header upstream. By default false.
+    pub forward_authorization: Option<bool>,
+    /// Send the client's `Host` header upstream instead of the upstream URL's authority.
+    pub preserve_host: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub id: Option<String>,
+    /// Match only requests for this host (`example.com` or `*.example.com`; port ignored).
+    pub host: Option<String>,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    /// Allowed methods; by default any.
+    pub methods: Option<Vec<String>>,
+    pub upstream: Option<String>,
+    /// `bearer` (default) or `none` (public route).
+    pub auth: Option<String>,
+    /// Only tokens of this issuer id are accepted on the route.
+    pub issuer: Option<String>,
+    /// All of these scopes are required.
+    pub scopes: Option<Vec<String>>,
+    /// At least one of these scopes is required.
+    pub any_scopes: Option<Vec<String>>,
+    /// Each claim must equal one of the listed values.
+    pub claims: Option<BTreeMap<String, Vec<String>>>,
+    /// Upstream request headers set from token claims: header name = claim name.
+    pub headers: Option<BTreeMap<String, String>>,
+}

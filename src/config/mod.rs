@@ -1,0 +1,307 @@
+//! Configuration: parse, then validate, then freeze.
+//!
+//! 1. **Parse**: figment layers the TOML file and `TOLLGATE__`-prefixed environment variables
+//!    (`TOLLGATE__SERVER__LISTEN=0.0.0.0:8080`; the double underscore keeps Kubernetes
+//!    service-link variables such as `TOLLGATE_PORT` out) into the raw structs of [`file`], which
+//!    deny unknown keys.
+//! 2. **Validate** ([`validate`], [`routes`]): every string becomes a typed value (durations,
+//!    URLs, socket addresses, algorithms, header names, compiled route matchers). Each problem
+//!    becomes a [`ConfigError`] that names the file, the key path and what is wrong; all of them
+//!    are reported at once.
+//! 3. **Freeze**: the result is a [`Config`] of runtime types that the gateway never mutates.
+//!    Routes are one immutable [`RouteTable`] value behind an `Arc`, so a reload swaps it whole.
+
+pub mod file;
+pub mod routes;
+mod validate;
+
+pub use validate::is_loopback;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use jsonwebtoken::Algorithm;
+use url::Url;
+
+use crate::policy::RouteTable;
+
+/// The environment prefix of overrides: `TOLLGATE__SECTION__KEY`.
+pub const ENV_PREFIX: &str = "TOLLGATE__";
+
+/// The validated, frozen configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration was read from, if any.
+    pub source: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub issuers: Vec<IssuerConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Arc<RouteTable>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub realm: Arc<str>,
+    pub token_cache_capacity: u64,
+    pub trust_forwarded_headers: bool,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter directive (a level such as `info`, or `tollgate=debug,info`).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Where an issuer's key set comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `GET {issuer}/.well-known/openid-configuration`, then its `jwks_uri`.
+    Discovery(Url),
+    Jwks(Url),
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub id: Arc<str>,
+    /// The exact `iss` value.
+    pub issuer: String,
+    pub keys: KeySource,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    pub jwks_refresh: Duration,
+    pub jwks_min_refresh: Duration,
+    pub require_typ: bool,
+    pub allow_http: bool,
+    pub fetch_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub id: Arc<str>,
+    pub url: Url,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub forward_authorization: bool,
+    pub preserve_host: bool,
+}
+
+impl Config {
+    /// A one-line summary for `tollgate check` and the start-up log.
+    pub fn summary(&self) -> String {
+        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "{}, {}, {}; proxy on {}, admin on {}",
+            plural(self.routes.len(), "route"),
+            plural(self.issuers.len(), "issuer"),
+            plural(self.upstreams.len(), "upstream"),
+            self.server.listen,
+            self.server.admin_listen,
+        )
+    }
+}
+
+// === errors ===
+
+/// One problem in the configuration: where (file and key path) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or "environment") the offending value came from.
+    pub origin: String,
+    /// The key path, such as `route[2].upstream`; empty for whole-file problems.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.origin, self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in one load, reported together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    fn one(origin: impl Into<String>, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigError {
+            origin: origin.into(),
+            key: key.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+// === loading ===
+
+/// Reads `path` with environment overrides, then validates and freezes it.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    if !path.is_file() {
+        return Err(ConfigErrors::one(
+            path.display().to_string(),
+            "",
+            "no such configuration file",
+        ));
+    }
+    let figment = Figment::new()
+        .merge(Toml::file_exact(path))
+        .merge(Env::prefixed(ENV_PREFIX).split("__"));
+    from_figment(&figment, Some(path))
+}
+
+/// Validates an already layered figment. `source` is the main file, used to name the origin of
+/// errors and to resolve `server.routes_file`; tests pass `None` and inline TOML.
+pub fn from_figment(figment: &Figment, source: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let origin = Origin::new(figment, source);
+    let raw: file::FileConfig = figment.extract().map_err(|e| origin.figment_errors(e))?;
+
+    let routes_file = match raw.server.routes_file.as_deref() {
+        None => None,
+        Some(rel) => {
+            let base = source
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let path = base.join(rel);
+            if !path.is_file() {
+                return Err(ConfigErrors::one(
+                    origin.of("server.routes_file"),
+                    "server.routes_file",
+                    format!("no such file: {}", path.display()),
+                ));
+            }
+            let fig = Figment::new().merge(Toml::file_exact(&path));
+            let routes_origin = Origin::new(&fig, Some(&path));
+            let parsed: file::RoutesFile =
+                fig.extract().map_err(|e| routes_origin.figment_errors(e))?;
+            Some((path, parsed))
+        }
+    };
+
+    validate::build(raw, routes_file, &origin, source)
+}
+
+/// Parses a TOML string without environment overrides (tests, `tollgate demo`).
+pub fn from_toml_str(toml: &str) -> Result<Config, ConfigErrors> {
+    from_figment(&Figment::new().merge(Toml::string(toml)), None)
+}
+
+/// Names where a key's value came from, so that errors point at the right file.
+pub(crate) struct Origin<'a> {
+    figment: &'a Figment,
+    default: String,
+}
+
+impl<'a> Origin<'a> {
+    fn new(figment: &'a Figment, source: Option<&Path>) -> Self {
+        let default = source
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "configuration".to_owned());
+        Origin { figment, default }
+    }
+
+    /// The origin of the value at a dotted figment path (`server.listen`).
+    pub(crate) fn of(&self, dotted: &str) -> String {
+        match self.figment.find_metadata(dotted) {
+            Some(md) => describe_metadata(md).unwrap_or_else(|| self.default.clone()),
+            None => self.default.clone(),
+        }
+    }
+
+    fn figment_errors(&self, err: figment::Error) -> ConfigErrors {
+        ConfigErrors(
+            err.into_iter()
+                .map(|e| {
+                    let mut path = e.path.clone();
+                    let message = match &e.kind {
+                        figment::error::Kind::UnknownField(field, _) => {
+                            path.push(field.clone());
+                            "unknown key".to_owned()
+                        }
+                        figment::error::Kind::MissingField(field) => {
+                            path.push(field.to_string());
+                            "missing key".to_owned()
+                        }
+                        other => other.to_string(),
+                    };
+                    let origin = e
+                        .metadata
+                        .as_ref()
+                        .and_then(describe_metadata)
+                        .unwrap_or_else(|| self.default.clone());
+                    ConfigError {
+                        origin,
+                        key: key_path(&path),
+                        message,
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+fn describe_metadata(md: &figment::Metadata) -> Option<String> {
+    match &md.source {
+        Some(figment::Source::File(p)) => Some(p.display().to_string()),
+        Some(_) | None if md.name.contains("environment") => {
+            Some(format!("environment ({ENV_PREFIX}*)"))
+        }
+        _ => None,
+    }
+}
+
+/// `["route", "2", "upstream"]` → `route[2].upstream`.
+fn key_path(parts: &[String]) -> String {
+    let mut out = String::new();
+    for p in parts {
+        if p.chars().all(|c| c.is_ascii_digit()) && !out.is_empty() {
+            out.push('[');
+            out.push_str(p);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(p);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,489 @@
+//! Turns the raw structs into the frozen [`Config`], collecting every problem with its key path.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use url::{Host, Url};
+
+use super::file::{self, FileConfig};
+use super::{
+    routes, Config, ConfigError, ConfigErrors, IssuerConfig, KeySource, LogConfig, LogFormat,
+    Origin, ServerConfig, UpstreamConfig,
+};
+
+/// The algorithms allowed when an issuer lists none.
+pub(crate) const DEFAULT_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::PS256,
+    Algorithm::ES256,
+    Algorithm::EdDSA,
+];
+
+/// Collects errors while typed values are built.
+pub(crate) struct Checker<'a> {
+    pub(crate) origin: &'a Origin<'a>,
+    /// Overrides the origin for keys of a separate file (the route file).
+    pub(crate) file_override: Option<String>,
+    pub(crate) errors: Vec<ConfigError>,
+}
+
+impl<'a> Checker<'a> {
+    /// Records an error at `key` (`route[2].upstream`).
+    pub(crate) fn error(&mut self, key: &str, message: impl Into<String>) {
+        let origin = match &self.file_override {
+            Some(f) => f.clone(),
+            None => self.origin.of(&dotted(key)),
+        };
+        self.errors.push(ConfigError {
+            origin,
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn required<'v, T>(&mut self, key: &str, value: &'v Option<T>) -> Option<&'v T> {
+        if value.is_none() {
+            self.error(key, "missing key");
+        }
+        value.as_ref()
+    }
+
+    pub(crate) fn duration(
+        &mut self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        match value {
+            None => default,
+            Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.error(
+                        key,
+                        format!("`{s}` is not a duration ({e}); write it like \"30s\", \"10m\" or \"1h 30m\""),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, value: Option<&str>, default: &str) -> SocketAddr {
+        let s = value.unwrap_or(default);
+        match s.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.error(
+                    key,
+                    format!("`{s}` is not an IP:port address (for example \"127.0.0.1:8080\" or \"[::]:8080\")"),
+                );
+                // An unusable placeholder; the error above stops the load.
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        }
+    }
+
+    /// An `http(s)` URL; plain http only for loopback hosts or when `allow_http` is set.
+    pub(crate) fn idp_url(&mut self, key: &str, value: &str, allow_http: bool) -> Option<Url> {
+        let url = match Url::parse(value) {
+            Ok(u) => u,
+            Err(e) => {
+                self.error(key, format!("`{value}` is not a URL ({e})"));
+                return None;
+            }
+        };
+        match url.scheme() {
+            "https" => Some(url),
+            "http" if allow_http || is_loopback(&url) => Some(url),
+            "http" => {
+                self.error(
+                    key,
+                    format!("`{value}` must use https:// (plain http is allowed only for loopback hosts or with allow_http = true)"),
+                );
+                None
+            }
+            other => {
+                self.error(
+                    key,
+                    format!("unsupported URL scheme `{other}`; use https://"),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// `route[2].upstream` → `route.2.upstream`, the form figment looks values up by.
+fn dotted(key: &str) -> String {
+    key.replace('[', ".").replace(']', "")
+}
+
+/// True for `localhost`, `127.0.0.0/8` and `::1`.
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+pub(super) fn build(
+    raw: FileConfig,
+    routes_file: Option<(PathBuf, file::RoutesFile)>,
+    origin: &Origin<'_>,
+    source: Option<&Path>,
+) -> Result<Config, ConfigErrors> {
+    let mut c = Checker {
+        origin,
+        file_override: None,
+        errors: Vec::new(),
+    };
+
+    let server = server(&mut c, &raw.server);
+    let log = log(&mut c, &raw.log);
+    let issuers = issuers(&mut c, &raw.issuer);
+    let upstreams = upstreams(&mut c, &raw.upstream);
+
+    let issuer_ids: Vec<Arc<str>> = issuers.iter().map(|i| i.id.clone()).collect();
+    let upstream_ids: Vec<Arc<str>> = upstreams.iter().map(|u| u.id.clone()).collect();
+    let mut sections: Vec<routes::Section<'_>> = raw
+        .route
+        .iter()
+        .enumerate()
+        .map(|(i, r)| routes::Section {
+            raw: r,
+            key: format!("route[{i}]"),
+            file: None,
+        })
+        .collect();
+    if let Some((path, parsed)) = &routes_file {
+        let file = path.display().to_string();
+        sections.extend(
+            parsed
+                .route
+                .iter()
+                .enumerate()
+                .map(|(i, r)| routes::Section {
+                    raw: r,
+                    key: format!("route[{i}]"),
+                    file: Some(file.clone()),
+                }),
+        );
+    }
+    let table = routes::compile(&mut c, &sections, &upstream_ids, &issuer_ids, &server.realm);
+
+    if c.errors.is_empty() {
+        Ok(Config {
+            source: source.map(Path::to_path_buf),
+            server,
+            log,
+            issuers,
+            upstreams,
+            routes: Arc::new(table),
+        })
+    } else {
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+fn server(c: &mut Checker<'_>, raw: &file::ServerSection) -> ServerConfig {
+    let listen = c.socket_addr("server.listen", raw.listen.as_deref(), "127.0.0.1:8080");
+    let admin_listen = c.socket_addr(
+        "server.admin_listen",
+        raw.admin_listen.as_deref(),
+        "127.0.0.1:9090",
+    );
+    if listen == admin_listen && listen.port() != 0 {
+        c.error("server.admin_listen", "must differ from server.listen");
+    }
+    let realm = raw.realm.clone().unwrap_or_else(|| "tollgate".to_owned());
+    if realm.is_empty()
+        || !realm
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        c.error(
+            "server.realm",
+            "must be non-empty printable ASCII without quotes or backslashes",
+        );
+    }
+    let token_cache_capacity = raw.token_cache_capacity.unwrap_or(100_000);
+    if token_cache_capacity == 0 {
+        c.error("server.token_cache_capacity", "must be at least 1");
+    }
+    ServerConfig {
+        listen,
+        admin_listen,
+        realm: realm.into(),
+        token_cache_capacity,
+        trust_forwarded_headers: raw.trust_forwarded_headers.unwrap_or(false),
+        shutdown_grace: c.duration(
+            "server.shutdown_grace",
+            raw.shutdown_grace.as_deref(),
+            Duration::from_secs(30),
+        ),
+    }
+}
+
+fn log(c: &mut Checker<'_>, raw: &file::LogSection) -> LogConfig {
+    let level = raw.level.clone().unwrap_or_else(|| "info".to_owned());
+    if tracing_subscriber::EnvFilter::builder()
+        .parse(&level)
+        .is_err()
+    {
+        c.error(
+            "log.level",
+            format!(
+                "`{level}` is not a level (error, warn, info, debug, trace) or filter directive"
+            ),
+        );
+    }
+    let format = match raw.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            c.error(
+                "log.format",
+                format!("`{other}` is not a log format; use \"text\" or \"json\""),
+            );
+            LogFormat::Text
+        }
+    };
+    LogConfig { level, format }
+}
+
+/// A configuration id: the label value of metrics and the name routes refer to.
+pub(crate) fn check_id(
+    c: &mut Checker<'_>,
+    key: &str,
+    id: Option<&String>,
+    seen: &mut HashSet<String>,
+) -> Arc<str> {
+    let Some(id) = id else {
+        c.error(key, "missing key");
+        return Arc::from("");
+    };
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    {
+        c.error(
+            key,
+            format!("`{id}` must be 1 to 64 characters of letters, digits, '-', '_', '.' or ':'"),
+        );
+    } else if !seen.insert(id.clone()) {
+        c.error(key, format!("duplicate id `{id}`"));
+    }
+    Arc::from(id.as_str())
+}
+
+fn issuers(c: &mut Checker<'_>, raw: &[file::IssuerSection]) -> Vec<IssuerConfig> {
+    let mut seen_ids = HashSet::new();
+    let mut seen_iss = HashSet::new();
+    raw.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let k = |field: &str| format!("issuer[{i}].{field}");
+            let id = check_id(c, &k("id"), r.id.as_ref(), &mut seen_ids);
+            let allow_http = r.allow_http.unwrap_or(false);
+            let issuer = c
+                .required(&k("issuer"), &r.issuer)
+                .cloned()
+                .unwrap_or_default();
+            let issuer_url = if issuer.is_empty() {
+                None
+            } else {
+                if !seen_iss.insert(issuer.clone()) {
+                    c.error(&k("issuer"), format!("`{issuer}` is configured twice"));
+                }
+                c.idp_url(&k("issuer"), &issuer, allow_http)
+            };
+            let discovery = r.discovery.unwrap_or(false);
+            let keys = match (discovery, r.jwks_uri.as_deref()) {
+                (true, Some(_)) => {
+                    c.error(
+                        &k("jwks_uri"),
+                        "set either discovery = true or jwks_uri, not both",
+                    );
+                    None
+                }
+                (true, None) => issuer_url.map(|u| {
+                    let base = u.as_str().trim_end_matches('/');
+                    // The issuer URL was valid, so appending a path keeps it valid.
+                    KeySource::Discovery(
+                        Url::parse(&format!("{base}/.well-known/openid-configuration"))
+                            .unwrap_or(u),
+                    )
+                }),
+                (false, Some(uri)) => c
+                    .idp_url(&k("jwks_uri"), uri, allow_http)
+                    .map(KeySource::Jwks),
+                (false, None) => {
+                    c.error(
+                        &k("jwks_uri"),
+                        "missing key: set jwks_uri, or discovery = true",
+                    );
+                    None
+                }
+            };
+            let audiences = match &r.audiences {
+                Some(a) if !a.is_empty() && a.iter().all(|s| !s.is_empty()) => a.clone(),
+                Some(_) => {
+                    c.error(&k("audiences"), "must list at least one non-empty audience");
+                    Vec::new()
+                }
+                None => {
+                    c.error(
+                        &k("audiences"),
+                        "missing key: list the audiences a token's aud must contain (RFC 9068)",
+                    );
+                    Vec::new()
+                }
+            };
+            let algorithms = match &r.algorithms {
+                None => DEFAULT_ALGORITHMS.to_vec(),
+                Some(list) if list.is_empty() => {
+                    c.error(&k("algorithms"), "must list at least one algorithm");
+                    Vec::new()
+                }
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, name)| {
+                        algorithm(c, &format!("issuer[{i}].algorithms[{j}]"), name)
+                    })
+                    .collect(),
+            };
+            let jwks_min_refresh = c.duration(
+                &k("jwks_min_refresh"),
+                r.jwks_min_refresh.as_deref(),
+                Duration::from_secs(30),
+            );
+            let jwks_refresh = c.duration(
+                &k("jwks_refresh"),
+                r.jwks_refresh.as_deref(),
+                Duration::from_secs(600),
+            );
+            if jwks_refresh.is_zero() {
+                c.error(&k("jwks_refresh"), "must be greater than zero");
+            }
+            let fetch_timeout = c.duration(
+                &k("fetch_timeout"),
+                r.fetch_timeout.as_deref(),
+                Duration::from_secs(5),
+            );
+            if fetch_timeout.is_zero() {
+                c.error(&k("fetch_timeout"), "must be greater than zero");
+            }
+            IssuerConfig {
+                id,
+                issuer,
+                keys: keys.unwrap_or_else(|| KeySource::Jwks(placeholder_url())),
+                audiences,
+                algorithms,
+                leeway: c.duration(&k("leeway"), r.leeway.as_deref(), Duration::from_secs(30)),
+                jwks_refresh,
+                jwks_min_refresh,
+                require_typ: r.require_typ.unwrap_or(false),
+                allow_http,
+                fetch_timeout,
+            }
+        })
+        .collect()
+}
+
+/// Stands in for a URL that failed validation; the recorded error stops the load before use.
+fn placeholder_url() -> Url {
+    Url::from_directory_path("/").unwrap_or_else(|()| unreachable_url())
+}
+
+#[allow(clippy::expect_used)]
+fn unreachable_url() -> Url {
+    Url::parse("http://invalid.invalid/").expect("static URL parses")
+}
+
+fn algorithm(c: &mut Checker<'_>, key: &str, name: &str) -> Option<Algorithm> {
+    if name.eq_ignore_ascii_case("none") {
+        c.error(
+            key,
+            "`none` is never allowed: unsigned tokens would be accepted",
+        );
+        return None;
+    }
+    match name.parse::<Algorithm>() {
+        Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => {
+            c.error(
+                key,
+                format!("`{name}` is refused: HMAC algorithms need a shared secret, and tollgate verifies with the issuer's public keys"),
+            );
+            None
+        }
+        Ok(alg) => Some(alg),
+        Err(_) => {
+            c.error(
+                key,
+                format!("unknown algorithm `{name}`; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"),
+            );
+            None
+        }
+    }
+}
+
+fn upstreams(c: &mut Checker<'_>, raw: &[file::UpstreamSection]) -> Vec<UpstreamConfig> {
+    let mut seen = HashSet::new();
+    raw.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let k = |field: &str| format!("upstream[{i}].{field}");
+            let id = check_id(c, &k("id"), r.id.as_ref(), &mut seen);
+            let url = c
+                .required(&k("url"), &r.url)
+                .and_then(|u| match Url::parse(u) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                        if url.query().is_some() || url.fragment().is_some() {
+                            c.error(&k("url"), "must not have a query or fragment");
+                        }
+                        Some(url)
+                    }
+                    Ok(_) => {
+                        c.error(
+                            &k("url"),
+                            format!("`{u}` must be an http:// or https:// URL with a host"),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        c.error(&k("url"), format!("`{u}` is not a URL ({e})"));
+                        None
+                    }
+                });
+            let connect_timeout = c.duration(
+                &k("connect_timeout"),
+                r.connect_timeout.as_deref(),
+                Duration::from_secs(2),
+            );
+            let timeout = c.duration(&k("timeout"), r.timeout.as_deref(), Duration::from_secs(60));
+            for (field, d) in [("connect_timeout", connect_timeout), ("timeout", timeout)] {
+                if d.is_zero() {
+                    c.error(&k(field), "must be greater than zero");
+                }
+            }
+            UpstreamConfig {
+                id,
+                url: url.unwrap_or_else(placeholder_url),
+                connect_timeout,
+                timeout,
+                forward_authorization: r.forward_authorization.unwrap_or(false),
+                preserve_host: r.preserve_host.unwrap_or(false),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,301 @@
+//! The request pipeline: one short function that calls named steps.
+//!
+//! ```text
+//!  client request
+//!       │
+//!  normalize path ──────────────── bad path ─────────────▶ 400 invalid_request
+//!       │
+//!  routes.find(host, method, path) ── none ──────────────▶ 404
+//!       │
+//!  route.auth ── Public ─────────────────────────────┐
+//!       │ Bearer                                      │
+//!  bearer::extract ── missing ───────────────────────▶ 401 Bearer realm
+//!       │          └─ malformed ─────────────────────▶ 400 invalid_request
+//!  verifier.verify (cache → iss → JWKS → signature) ─▶ 401 invalid_token / 503 IdP
+//!       │
+//!  policy::authorize (issuer, scopes, claims) ───────▶ 403 insufficient_scope
+//!       │ Permit                                      │
+//!  proxy::prepare (path, headers, identity) ◀─────────┘
+//!       │
+//!  upstream.send ── refused ─────────────────────────▶ 502 / timeout ▶ 504
+//!       │
+//!  proxy::finish ──▶ response streamed to the client
+//!       │
+//!  record: metrics + one access-log line (every outcome passes here)
+//! ```
+//!
+//! Nothing is sent upstream for a refused request, and the only place where per-request metrics
+//! and the access log are written is [`Gateway::handle`]'s epilogue.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::auth::fetch::IdpClient;
+use crate::auth::{bearer, AuthError, Verifier};
+use crate::config::Config;
+use crate::error::{Fault, GatewayError};
+use crate::metrics::{Decision, Metrics};
+use crate::policy::{self, matcher, RouteAuth, RouteTable};
+use crate::proxy::{self, headers, ProxyError, Upstream};
+use crate::Body;
+
+/// The part of the configuration a reload swaps as one value: routes and the upstreams they
+/// point at.
+pub struct Snapshot {
+    pub routes: Arc<RouteTable>,
+    pub upstreams: Arc<[Upstream]>,
+}
+
+/// The gateway: cheap to clone, shared by every connection.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    snapshot: ArcSwap<Snapshot>,
+    verifier: Verifier,
+    metrics: Metrics,
+    realm: Arc<str>,
+    /// The bare challenge of a 401 without a token, built once.
+    missing_challenge: HeaderValue,
+    trust_forwarded: bool,
+    refreshers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.refreshers.get_mut() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
+    }
+}
+
+/// What the epilogue needs to know about one request.
+#[derive(Debug, Default)]
+struct RequestCtx {
+    route: Option<Arc<str>>,
+    decision: Option<Decision>,
+    upstream_status: Option<u16>,
+}
+
+impl Gateway {
+    /// Builds the gateway from a frozen configuration. Does not fetch anything yet; call
+    /// [`Gateway::start`] inside a Tokio runtime.
+    pub fn new(config: &Config, metrics: Metrics) -> Result<Self, ProxyError> {
+        let client = IdpClient::new();
+        let verifier = Verifier::new(
+            &config.issuers,
+            config.server.token_cache_capacity,
+            &client,
+            &metrics,
+        );
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(Upstream::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let realm = config.server.realm.clone();
+        let missing_challenge = HeaderValue::from_str(&format!("Bearer realm=\"{realm}\""))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer"));
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                snapshot: ArcSwap::from_pointee(Snapshot {
+                    routes: config.routes.clone(),
+                    upstreams: upstreams.into(),
+                }),
+                verifier,
+                metrics,
+                realm,
+                missing_challenge,
+                trust_forwarded: config.server.trust_forwarded_headers,
+                refreshers: std::sync::Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Starts the background work (every issuer's JWKS refresh).
+    pub fn start(&self) {
+        let tasks = self.inner.verifier.spawn_refreshers();
+        if let Ok(mut r) = self.inner.refreshers.lock() {
+            r.extend(tasks);
+        }
+    }
+
+    /// Ready when every issuer has a usable key set.
+    pub fn is_ready(&self) -> bool {
+        self.inner.verifier.is_ready()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Publishes gauges that are sampled rather than counted (called at each scrape).
+    pub fn sample_gauges(&self) {
+        self.inner
+            .metrics
+            .token_cache_entries("jwt", self.inner.verifier.cached_tokens());
+    }
+
+    /// Handles one request end to end. Never fails: every error becomes its response here.
+    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let request_id = headers::request_id(req.headers());
+        let unread_body = req.version() < Version::HTTP_2 && has_body(&req);
+        let mut ctx = RequestCtx::default();
+
+        let mut resp = match self.process(req, remote, &request_id, &mut ctx).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if ctx.decision.is_none() {
+                    ctx.decision = e.decision();
+                }
+                log_error(&e, &request_id);
+                let mut resp = e.into_response(&self.inner.realm, &self.inner.missing_challenge);
+                if unread_body {
+                    // The request body was never read: the connection cannot be reused safely.
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
+            }
+        };
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+        self.record(&ctx, &method, &resp, start, &request_id);
+        resp
+    }
+
+    /// The pipeline proper (see the module docs).
+    async fn process(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        request_id: &HeaderValue,
+        ctx: &mut RequestCtx,
+    ) -> Result<Response<Body>, GatewayError> {
+        let (parts, body) = req.into_parts();
+        let path = policy::normalize(parts.uri.path())?.into_owned();
+        let snapshot = self.inner.snapshot.load_full();
+        let host = request_host(&parts);
+        let route = snapshot
+            .routes
+            .find(host.as_deref(), &parts.method, &path)
+            .ok_or(GatewayError::NoRoute)?;
+        ctx.route = Some(route.id.clone());
+
+        let permit = match &route.auth {
+            RouteAuth::Public => {
+                ctx.decision = Some(Decision::Public);
+                None
+            }
+            RouteAuth::Bearer(requirement) => {
+                let token = bearer::extract(&parts.headers).map_err(AuthError::from)?;
+                let principal = self.inner.verifier.verify(token).await?;
+                let permit =
+                    policy::authorize(route, requirement, principal).map_err(|reason| {
+                        GatewayError::Denied {
+                            reason,
+                            challenge: requirement.insufficient_scope_challenge.clone(),
+                            route: route.id.clone(),
+                        }
+                    })?;
+                ctx.decision = Some(Decision::Allowed);
+                Some(permit)
+            }
+        };
+
+        let upstream = &snapshot.upstreams[route.upstream];
+        let forward_ctx = proxy::Context {
+            remote,
+            proto: "http",
+            trust_forwarded: self.inner.trust_forwarded,
+            request_id,
+            claims: permit.as_ref().map(|p| &p.principal.claims),
+        };
+        let upstream_req = proxy::prepare(parts, body, &path, route, upstream, &forward_ctx)?;
+        let sent = Instant::now();
+        let resp = upstream.send(upstream_req).await;
+        self.inner
+            .metrics
+            .observe_upstream(&upstream.id, sent.elapsed().as_secs_f64());
+        let resp = resp?;
+        ctx.upstream_status = Some(resp.status().as_u16());
+        Ok(proxy::finish(resp))
+    }
+
+    /// The epilogue: metrics and the access-log line, for every outcome.
+    fn record(
+        &self,
+        ctx: &RequestCtx,
+        method: &Method,
+        resp: &Response<Body>,
+        start: Instant,
+        request_id: &HeaderValue,
+    ) {
+        let elapsed = start.elapsed();
+        let route = ctx.route.as_deref().unwrap_or("none");
+        let status = resp.status().as_u16();
+        self.inner.metrics.record_request(
+            route,
+            method,
+            status,
+            ctx.decision,
+            elapsed.as_secs_f64(),
+        );
+        if tracing::enabled!(target: "tollgate::access", tracing::Level::INFO) {
+            tracing::info!(
+                target: "tollgate::access",
+                route,
+                method = method.as_str(),
+                status,
+                decision = ctx.decision.map_or("-", Decision::as_str),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                upstream_status = ctx.upstream_status,
+                request_id = request_id.to_str().unwrap_or("-"),
+                "request"
+            );
+        }
+    }
+}
+
+/// Client and auth faults are routine (DEBUG); IdP, upstream and internal ones need an operator.
+fn log_error(e: &GatewayError, request_id: &HeaderValue) {
+    let id = request_id.to_str().unwrap_or("-");
+    match e.fault() {
+        Fault::Client | Fault::Auth => {
+            tracing::debug!(request_id = id, error = %e, "request refused")
+        }
+        Fault::Idp | Fault::Upstream => {
+            tracing::warn!(request_id = id, error = %e, "request failed")
+        }
+        Fault::Internal => tracing::error!(request_id = id, error = %e, "request failed"),
+    }
+}
+
+/// The host the request is for: the URI authority (HTTP/2, absolute-form) or the Host header,
+/// lower-cased and without port.
+fn request_host(parts: &http::request::Parts) -> Option<std::borrow::Cow<'_, str>> {
+    let raw = match parts.uri.authority() {
+        Some(a) => a.as_str(),
+        None => parts.headers.get(header::HOST)?.to_str().ok()?,
+    };
+    Some(matcher::host_of(raw))
+}
+
+fn has_body(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}

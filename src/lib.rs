@@ -1,0 +1,41 @@
+//! tollgate: an OAuth 2.0 bearer-token gateway for legacy HTTP APIs.
+//!
+//! The crate is one binary with a library face so that the integration tests (and the benchmark)
+//! can start the real gateway in-process on sockets they bound themselves. The request lifecycle
+//! lives in [`gateway`]; everything else is one concern per module:
+//!
+//! | module     | concern                                                                 |
+//! |------------|-------------------------------------------------------------------------|
+//! | [`config`] | parse → validate → freeze the TOML configuration (and the route file)   |
+//! | [`auth`]   | bearer extraction, JWT validation against JWKS, the verified-token cache |
+//! | [`policy`] | path normalisation, route choice, scope and claim checks                |
+//! | [`proxy`]  | header surgery and forwarding to the upstream                           |
+//! | [`error`]  | every error the gateway answers itself, mapped to HTTP in one place     |
+//! | [`metrics`]| metric names and the Prometheus registry                                 |
+//! | [`server`] | listeners, connection handling, the admin endpoints                     |
+//! | [`demo`]   | the self-contained `tollgate demo` (issuer, legacy API, gateway)         |
+
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod gateway;
+pub mod logging;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+
+pub use config::Config;
+pub use gateway::Gateway;
+pub use server::{App, Listeners};
+
+/// The body type of every response tollgate produces: either a small buffer the gateway wrote
+/// itself or an upstream body streamed through unchanged.
+pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
+
+/// The error type carried by [`Body`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The version string reported by `--version` and `tollgate_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,174 @@
+//! The `tollgate` command: wiring only. See the library crate for everything else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tollgate::config::{self, LogConfig, LogFormat};
+use tollgate::demo::{Demo, DemoOptions};
+use tollgate::{logging, App, Listeners};
+
+/// An OAuth 2.0 bearer-token gateway for legacy HTTP APIs.
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// Run the gateway with this configuration file (same as `tollgate run --config FILE`).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file (and its route file) and print a one-line summary.
+    Check {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Start a demo issuer, a demo legacy API and the gateway in front of it, and print curl
+    /// commands to try.
+    Demo {
+        /// Gateway listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Admin listener.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: std::net::SocketAddr,
+        /// Demo issuer listener.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        issuer_listen: std::net::SocketAddr,
+        /// Demo legacy API listener.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        legacy_listen: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = match (cli.command, cli.config) {
+        (Some(c), _) => c,
+        (None, Some(config)) => Command::Run { config },
+        (None, None) => {
+            eprintln!(
+                "tollgate: give --config FILE, or a subcommand (run, check, demo); see --help"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(cfg) => {
+                println!("{}: OK: {}", config.display(), cfg.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Err(e) = logging::init(&cfg.log) {
+                eprintln!("tollgate: logging: {e}");
+                return ExitCode::FAILURE;
+            }
+            runtime(async move {
+                let listeners = Listeners::bind(&cfg).await?;
+                let app = App::start(&cfg, listeners)?;
+                tracing::info!(config = %config.display(), summary = %cfg.summary(), version = tollgate::VERSION, "started");
+                wait_for_signal().await;
+                tracing::info!("shutting down");
+                app.shutdown().await;
+                Ok(())
+            })
+        }
+        Command::Demo {
+            listen,
+            admin_listen,
+            issuer_listen,
+            legacy_listen,
+        } => {
+            let log = LogConfig {
+                level: "info".to_owned(),
+                format: LogFormat::Text,
+            };
+            if let Err(e) = logging::init(&log) {
+                eprintln!("tollgate: logging: {e}");
+                return ExitCode::FAILURE;
+            }
+            runtime(async move {
+                let demo = Demo::start(&DemoOptions {
+                    listen,
+                    admin_listen,
+                    issuer_listen,
+                    legacy_listen,
+                })
+                .await?;
+                println!("{}", demo.instructions());
+                wait_for_signal().await;
+                demo.shutdown().await;
+                Ok(())
+            })
+        }
+    }
+}
+
+fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tollgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,341 @@
+//! Every metric tollgate exposes: the names (one constant each, so dashboards, alert rules and the
+//! README can be checked against this file), the registry, and typed handles.
+//!
+//! Labels are bounded by construction: route ids and issuer / upstream ids come from the
+//! configuration, decisions and results from small enums, methods from a fixed list. Nothing taken
+//! from request data (a path, a subject, a token) ever becomes a label value.
+
+use http::Method;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "tollgate_request_duration_seconds";
+pub const UPSTREAM_DURATION_SECONDS: &str = "tollgate_upstream_duration_seconds";
+pub const AUTH_DECISIONS_TOTAL: &str = "tollgate_auth_decisions_total";
+pub const TOKEN_CACHE_REQUESTS_TOTAL: &str = "tollgate_token_cache_requests_total";
+pub const TOKEN_CACHE_ENTRIES: &str = "tollgate_token_cache_entries";
+pub const JWKS_REFRESH_TOTAL: &str = "tollgate_jwks_refresh_total";
+pub const JWKS_KEYS: &str = "tollgate_jwks_keys";
+pub const JWKS_LAST_SUCCESS_TIMESTAMP_SECONDS: &str =
+    "tollgate_jwks_last_success_timestamp_seconds";
+pub const BUILD_INFO: &str = "tollgate_build_info";
+
+/// Latency buckets in seconds: fine below 10 ms where the gateway's own cost lives, coarse above.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// The outcome of the authentication and authorisation steps for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    Public,
+    MissingToken,
+    InvalidRequest,
+    InvalidToken,
+    InsufficientScope,
+    IdpUnavailable,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Public => "public",
+            Decision::MissingToken => "missing_token",
+            Decision::InvalidRequest => "invalid_request",
+            Decision::InvalidToken => "invalid_token",
+            Decision::InsufficientScope => "insufficient_scope",
+            Decision::IdpUnavailable => "idp_unavailable",
+        }
+    }
+}
+
+/// Result label of a cache lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+}
+
+impl CacheResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+        }
+    }
+}
+
+/// The metric families, registered once in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    auth_decisions: IntCounterVec,
+    token_cache: IntCounterVec,
+    token_cache_entries: IntGaugeVec,
+    jwks_refresh: IntCounterVec,
+    jwks_keys: IntGaugeVec,
+    jwks_last_success: GaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// Builds and registers every family. Fails only on a programming error (a bad name or a
+    /// family registered twice), which the unit test below catches.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram =
+            |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, prometheus::Error> {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                    labels,
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let int_gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+
+        let metrics = Metrics {
+            requests: counter(
+                REQUESTS_TOTAL,
+                "Requests answered, by route id (or none), method and status.",
+                &["route", "method", "status"],
+            )?,
+            request_duration: histogram(
+                REQUEST_DURATION_SECONDS,
+                "Time from request received to response headers sent, by route.",
+                &["route"],
+            )?,
+            upstream_duration: histogram(
+                UPSTREAM_DURATION_SECONDS,
+                "Time the upstream took to answer with response headers, by upstream.",
+                &["upstream"],
+            )?,
+            auth_decisions: counter(
+                AUTH_DECISIONS_TOTAL,
+                "Authentication and authorisation decisions, by route and decision.",
+                &["route", "decision"],
+            )?,
+            token_cache: counter(
+                TOKEN_CACHE_REQUESTS_TOTAL,
+                "Verified-token cache lookups, by cache and result.",
+                &["cache", "result"],
+            )?,
+            token_cache_entries: int_gauge(
+                TOKEN_CACHE_ENTRIES,
+                "Entries held by a token cache (approximate).",
+                &["cache"],
+            )?,
+            jwks_refresh: counter(
+                JWKS_REFRESH_TOTAL,
+                "JWKS fetches, by issuer and result (success or failure).",
+                &["issuer", "result"],
+            )?,
+            jwks_keys: int_gauge(
+                JWKS_KEYS,
+                "Usable keys in the issuer's current key set.",
+                &["issuer"],
+            )?,
+            jwks_last_success: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        JWKS_LAST_SUCCESS_TIMESTAMP_SECONDS,
+                        "Unix time of the issuer's last successful JWKS fetch.",
+                    ),
+                    &["issuer"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            registry,
+        };
+
+        let build = IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "Build information; the value is always 1."),
+            &["version"],
+        )?;
+        build.with_label_values(&[crate::VERSION]).set(1);
+        metrics.registry.register(Box::new(build))?;
+        #[cfg(target_os = "linux")]
+        metrics.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(metrics)
+    }
+
+    /// One answered request: the single place where per-request series are updated.
+    pub fn record_request(
+        &self,
+        route: &str,
+        method: &Method,
+        status: u16,
+        decision: Option<Decision>,
+        elapsed_secs: f64,
+    ) {
+        let mut buf = itoa_buf();
+        let status = fmt_status(&mut buf, status);
+        self.requests
+            .with_label_values(&[route, method_label(method), status])
+            .inc();
+        self.request_duration
+            .with_label_values(&[route])
+            .observe(elapsed_secs);
+        if let Some(decision) = decision {
+            self.auth_decisions
+                .with_label_values(&[route, decision.as_str()])
+                .inc();
+        }
+    }
+
+    pub fn observe_upstream(&self, upstream: &str, elapsed_secs: f64) {
+        self.upstream_duration
+            .with_label_values(&[upstream])
+            .observe(elapsed_secs);
+    }
+
+    pub fn token_cache(&self, cache: &str, result: CacheResult) {
+        self.token_cache
+            .with_label_values(&[cache, result.as_str()])
+            .inc();
+    }
+
+    pub fn token_cache_entries(&self, cache: &str, entries: u64) {
+        self.token_cache_entries
+            .with_label_values(&[cache])
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    pub fn jwks_refreshed(&self, issuer: &str, keys: usize, unix_time: f64) {
+        self.jwks_refresh
+            .with_label_values(&[issuer, "success"])
+            .inc();
+        self.jwks_keys
+            .with_label_values(&[issuer])
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
+        self.jwks_last_success
+            .with_label_values(&[issuer])
+            .set(unix_time);
+    }
+
+    pub fn jwks_failed(&self, issuer: &str) {
+        self.jwks_refresh
+            .with_label_values(&[issuer, "failure"])
+            .inc();
+    }
+
+    /// Makes the issuer's series exist (at zero) before the first fetch, so that dashboards and
+    /// alerts see the issuer from the start.
+    pub fn declare_issuer(&self, issuer: &str) {
+        for result in ["success", "failure"] {
+            self.jwks_refresh.with_label_values(&[issuer, result]);
+        }
+        self.jwks_keys.with_label_values(&[issuer]);
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for the text format except on a malformed family,
+        // which registration already rejected.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// The method label: the standard methods by name, anything else as `OTHER` so that a client
+/// cannot create series at will.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+fn itoa_buf() -> [u8; 3] {
+    [b'0'; 3]
+}
+
+/// Formats a status code without allocating (statuses are always three digits).
+fn fmt_status(buf: &mut [u8; 3], status: u16) -> &str {
+    let status = status.min(999);
+    buf[0] = b'0' + (status / 100) as u8;
+    buf[1] = b'0' + (status / 10 % 10) as u8;
+    buf[2] = b'0' + (status % 10) as u8;
+    std::str::from_utf8(buf).unwrap_or("000")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_register_and_render_with_their_names() {
+        let m = Metrics::new().expect("metrics");
+        m.record_request("r1", &Method::GET, 200, Some(Decision::Allowed), 0.01);
+        m.token_cache("jwt", CacheResult::Hit);
+        m.declare_issuer("erp");
+        let text = String::from_utf8(m.render()).unwrap();
+        for name in [
+            REQUESTS_TOTAL,
+            REQUEST_DURATION_SECONDS,
+            AUTH_DECISIONS_TOTAL,
+            TOKEN_CACHE_REQUESTS_TOTAL,
+            JWKS_REFRESH_TOTAL,
+            JWKS_KEYS,
+            BUILD_INFO,
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(text.contains(r#"tollgate_requests_total{method="GET",route="r1",status="200"} 1"#));
+        assert!(text.contains(r#"tollgate_auth_decisions_total{decision="allowed",route="r1"} 1"#));
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        let m = Method::from_bytes(b"PROPFIND").unwrap();
+        assert_eq!(method_label(&m), "OTHER");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+    }
+
+    #[test]
+    fn status_formatting() {
+        let mut b = itoa_buf();
+        assert_eq!(fmt_status(&mut b, 404), "404");
+        let mut b = itoa_buf();
+        assert_eq!(fmt_status(&mut b, 200), "200");
+    }
+}

@@ -1,0 +1,264 @@
+//! Pure header edits for the forwarded request and the returned response. No I/O; every function
+//! takes a `&mut HeaderMap` and is unit-tested on its own.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+/// `X-Request-Id`: kept when the client's is sane, generated otherwise, echoed on the response.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 and the de-facto `Keep-Alive`/`Proxy-Connection`), never
+/// forwarded in either direction.
+fn hop_by_hop() -> [&'static HeaderName; 9] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHENTICATE,
+    ]
+}
+
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop().contains(&name)
+}
+
+/// Removes the hop-by-hop headers and every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(&name);
+    }
+    for name in hop_by_hop() {
+        headers.remove(name);
+    }
+}
+
+/// A client request id is kept if it is 1–128 characters of `[A-Za-z0-9._:-]`; anything else
+/// (including none) gets a fresh random id, so a client cannot inject text into the logs.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+        {
+            return v.clone();
+        }
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    // 32 hex digits are always a valid header value.
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// What the gateway tells the upstream about the original request.
+#[derive(Debug, Clone)]
+pub struct Forwarded<'a> {
+    pub client_ip: IpAddr,
+    /// `http` or `https`.
+    pub proto: &'static str,
+    /// The host the client asked for (Host header or the URI authority), if any.
+    pub host: Option<&'a HeaderValue>,
+    /// Keep and append to the client's `X-Forwarded-*` (behind a trusted proxy only).
+    pub trust_client: bool,
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. Untrusted client values are replaced, not
+/// appended to, so a client cannot forge its address.
+pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
+    let ip = fwd.client_ip.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if fwd.trust_client && !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !(fwd.trust_client && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(fwd.proto),
+        );
+    }
+    if !(fwd.trust_client && headers.contains_key(&X_FORWARDED_HOST)) {
+        match fwd.host {
+            Some(h) => {
+                headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// Removes every client-sent header that the route sets from claims, then sets those whose claim
+/// the token has. Removal comes first and is unconditional, so nobody can spoof an identity
+/// header, even when the token lacks the claim.
+pub fn set_identity(
+    headers: &mut HeaderMap,
+    identity: &[(HeaderName, Box<str>)],
+    claims: Option<&Map<String, Value>>,
+) {
+    for (name, _) in identity {
+        headers.remove(name);
+    }
+    let Some(claims) = claims else { return };
+    for (name, claim) in identity {
+        if let Some(value) = claims
+            .get(&**claim)
+            .and_then(crate::policy::claim_header_value)
+        {
+            headers.insert(name.clone(), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("accept", "application/json"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn sane_request_ids_are_kept_others_replaced() {
+        let kept = request_id(&map(&[("x-request-id", "abc-123_x.y:z")]));
+        assert_eq!(kept, "abc-123_x.y:z");
+        let replaced = request_id(&map(&[("x-request-id", "bad id with spaces")]));
+        assert_ne!(replaced, "bad id with spaces");
+        assert_eq!(replaced.len(), 32);
+        let long = "a".repeat(129);
+        assert_ne!(request_id(&map(&[("x-request-id", &long)])), long.as_str());
+        let fresh = request_id(&HeaderMap::new());
+        assert_eq!(fresh.len(), 32);
+        assert_ne!(fresh, request_id(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn forwarded_headers_replace_untrusted_values() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+        ]);
+        let host = HeaderValue::from_static("api.example.com");
+        set_forwarded(
+            &mut h,
+            &Forwarded {
+                client_ip: "10.0.0.1".parse().unwrap(),
+                proto: "http",
+                host: Some(&host),
+                trust_client: false,
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+    }
+
+    #[test]
+    fn forwarded_headers_append_when_trusted() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(
+            &mut h,
+            &Forwarded {
+                client_ip: "10.0.0.1".parse().unwrap(),
+                proto: "http",
+                host: None,
+                trust_client: true,
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn identity_headers_are_stripped_then_set() {
+        let identity: Vec<(HeaderName, Box<str>)> = vec![
+            (HeaderName::from_static("x-auth-subject"), "sub".into()),
+            (HeaderName::from_static("x-auth-client"), "client_id".into()),
+            (HeaderName::from_static("x-auth-groups"), "groups".into()),
+        ];
+        let mut h = map(&[
+            ("x-auth-subject", "admin"),
+            ("x-auth-client", "spoof"),
+            ("x-auth-client", "spoof2"),
+        ]);
+        let claims = json!({"sub": "alice", "groups": ["a", "b"]});
+        set_identity(&mut h, &identity, claims.as_object());
+        assert_eq!(h["x-auth-subject"], "alice");
+        assert!(
+            !h.contains_key("x-auth-client"),
+            "claim absent: the spoofed header must be gone"
+        );
+        assert_eq!(h["x-auth-groups"], "a,b");
+    }
+
+    #[test]
+    fn identity_headers_are_stripped_on_public_routes() {
+        let identity: Vec<(HeaderName, Box<str>)> =
+            vec![(HeaderName::from_static("x-auth-subject"), "sub".into())];
+        let mut h = map(&[("x-auth-subject", "admin")]);
+        set_identity(&mut h, &identity, None);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn claim_values_with_control_characters_are_not_set() {
+        let identity: Vec<(HeaderName, Box<str>)> =
+            vec![(HeaderName::from_static("x-auth-subject"), "sub".into())];
+        let mut h = HeaderMap::new();
+        let claims = json!({"sub": "alice\r\nX-Injected: 1"});
+        set_identity(&mut h, &identity, claims.as_object());
+        assert!(h.is_empty());
+    }
+}

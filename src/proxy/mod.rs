@@ -1,0 +1,227 @@
+//! Forwarding: build the upstream request from an authorised one, send it on the upstream's pooled
+//! client, and clean the response. Bodies are streamed both ways and never buffered.
+
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Map, Value};
+
+use crate::config::UpstreamConfig;
+use crate::policy::Route;
+use crate::{Body, BoxError};
+use headers::Forwarded;
+
+/// Why forwarding failed. Details are logged; the client sees only the status.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("upstream {upstream} unreachable: {reason}")]
+    Unreachable { upstream: String, reason: String },
+    #[error("upstream {upstream} did not answer within {timeout:?}")]
+    Timeout { upstream: String, timeout: Duration },
+    #[error("could not build the upstream request: {0}")]
+    BadRequest(String),
+}
+
+/// One configured upstream with its own connection pool.
+///
+/// Each upstream gets its own pooled client rather than one shared client because the connect
+/// timeout is a property of the connector, and it is configured per upstream.
+pub struct Upstream {
+    pub id: std::sync::Arc<str>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// Path of the upstream URL without trailing slash ("" for the root), prepended to every path.
+    base_path: String,
+    timeout: Duration,
+    forward_authorization: bool,
+    preserve_host: bool,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("id", &self.id)
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, ProxyError> {
+        let uri: Uri = cfg
+            .url
+            .as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest(e.to_string()))?;
+        let parts = uri.into_parts();
+        let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
+            return Err(ProxyError::BadRequest(format!(
+                "upstream {} URL has no scheme or host",
+                cfg.id
+            )));
+        };
+        let base_path = cfg.url.path().trim_end_matches('/').to_owned();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+            Ok(b) => b.https_or_http().enable_http1().wrap_connector(http),
+            Err(_) => hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        Ok(Upstream {
+            id: cfg.id.clone(),
+            scheme,
+            authority,
+            base_path,
+            timeout: cfg.timeout,
+            forward_authorization: cfg.forward_authorization,
+            preserve_host: cfg.preserve_host,
+            client,
+        })
+    }
+
+    /// Sends the request; the timeout covers connecting and waiting for the response headers,
+    /// not the streaming of the body afterwards.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(ProxyError::Unreachable {
+                upstream: self.id.to_string(),
+                reason: describe(&e),
+            }),
+            Err(_) => Err(ProxyError::Timeout {
+                upstream: self.id.to_string(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+}
+
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error as _;
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// What `prepare` needs to know about the connection and the decision.
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub remote: SocketAddr,
+    pub proto: &'static str,
+    pub trust_forwarded: bool,
+    pub request_id: &'a HeaderValue,
+    /// The claims of the verified token; `None` on public routes.
+    pub claims: Option<&'a Map<String, Value>>,
+}
+
+/// Builds the upstream request: the normalised path (what was authorised) with the original
+/// query, the upstream's scheme and authority, and the header edits of [`headers`].
+pub fn prepare(
+    mut parts: Parts,
+    body: Incoming,
+    path: &str,
+    route: &Route,
+    upstream: &Upstream,
+    ctx: &Context<'_>,
+) -> Result<Request<Body>, ProxyError> {
+    let mut path_and_query = String::with_capacity(upstream.base_path.len() + path.len() + 64);
+    path_and_query.push_str(&upstream.base_path);
+    path_and_query.push_str(path);
+    if let Some(q) = parts.uri.query() {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    let uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h);
+    if !upstream.forward_authorization {
+        h.remove(header::AUTHORIZATION);
+    }
+    headers::set_identity(h, &route.identity_headers, ctx.claims);
+    headers::set_forwarded(
+        h,
+        &Forwarded {
+            client_ip: ctx.remote.ip(),
+            proto: ctx.proto,
+            host: original_host.as_ref(),
+            trust_client: ctx.trust_forwarded,
+        },
+    );
+    h.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
+    if upstream.preserve_host {
+        if let Some(host) = original_host {
+            h.insert(header::HOST, host);
+        }
+    } else {
+        // The client sets Host from the URI's authority.
+        h.remove(header::HOST);
+    }
+
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    Ok(Request::from_parts(
+        parts,
+        body.map_err(BoxError::from).boxed(),
+    ))
+}
+
+/// Cleans the upstream response for the client: hop-by-hop headers removed, body streamed.
+pub fn finish(resp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+}
+
+/// A body the gateway writes itself.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
