@@ -67,6 +67,22 @@ fn main() -> ExitCode {
         }
     };
     match command {
+        Command::Check { config } if config::is_routes_file(&config) => {
+            match config::check_routes_file(&config) {
+                Ok(n) => {
+                    println!(
+                        "{}: OK: route file with {n} route{}; its upstream and issuer names are checked with the configuration that sets server.routes_file",
+                        config.display(),
+                        if n == 1 { "" } else { "s" }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
                 println!("{}: OK: {}", config.display(), cfg.summary());

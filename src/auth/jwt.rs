@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Header, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, Header, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -28,28 +28,38 @@ pub struct IssuerVerifier {
     algorithms: Vec<Algorithm>,
     require_typ: bool,
     leeway: Duration,
-    validation: Validation,
+    /// One validation per key family on the allow-list: jsonwebtoken requires every algorithm
+    /// of a `Validation` to belong to the key's family.
+    validations: Vec<(AlgorithmFamily, Validation)>,
     pub jwks: Arc<Jwks>,
 }
 
 impl IssuerVerifier {
     pub fn new(cfg: &IssuerConfig, jwks: Arc<Jwks>) -> Self {
-        let mut validation = Validation::new(Algorithm::RS256);
-        validation.algorithms = cfg.algorithms.clone();
-        validation.leeway = cfg.leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.validate_aud = true;
-        validation.set_issuer(&[cfg.issuer.as_str()]);
-        validation.set_audience(&cfg.audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let mut validations: Vec<(AlgorithmFamily, Validation)> = Vec::new();
+        for alg in &cfg.algorithms {
+            let family = alg.family();
+            if let Some((_, v)) = validations.iter_mut().find(|(f, _)| *f == family) {
+                v.algorithms.push(*alg);
+                continue;
+            }
+            let mut validation = Validation::new(*alg);
+            validation.leeway = cfg.leeway.as_secs();
+            validation.validate_exp = true;
+            validation.validate_nbf = true;
+            validation.validate_aud = true;
+            validation.set_issuer(&[cfg.issuer.as_str()]);
+            validation.set_audience(&cfg.audiences);
+            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+            validations.push((family, validation));
+        }
         IssuerVerifier {
             id: cfg.id.clone(),
             iss: cfg.issuer.clone(),
             algorithms: cfg.algorithms.clone(),
             require_typ: cfg.require_typ,
             leeway: cfg.leeway,
-            validation,
+            validations,
             jwks,
         }
     }
@@ -86,9 +96,14 @@ impl IssuerVerifier {
             return Err(InvalidToken::UnknownKey.into());
         };
 
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &self.validation)
-                .map_err(|e| AuthError::from(invalid_from(e.kind())))?;
+        let validation = self
+            .validations
+            .iter()
+            .find(|(f, _)| *f == key.family)
+            .map(|(_, v)| v)
+            .ok_or(InvalidToken::AlgorithmNotAllowed)?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, validation)
+            .map_err(|e| AuthError::from(invalid_from(e.kind())))?;
         let claims = data.claims;
         let now = now_unix();
         if let Some(iat) = claims.get("iat") {

@@ -212,6 +212,7 @@ impl Verifier {
 
     /// Approximate number of cached verified tokens (for the entries gauge).
     pub fn cached_tokens(&self) -> u64 {
+        self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
 }

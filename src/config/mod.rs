@@ -216,6 +216,24 @@ pub fn from_figment(figment: &Figment, source: Option<&Path>) -> Result<Config, 
     validate::build(raw, routes_file, &origin, source)
 }
 
+/// True when `path` holds only `[[route]]` tables: a route file meant for `server.routes_file`.
+pub fn is_routes_file(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .is_some_and(|t| !t.is_empty() && t.keys().all(|k| k == "route"))
+}
+
+/// Validates a route file on its own: everything but its references to upstreams and issuers,
+/// which only the configuration naming it in `server.routes_file` can resolve. Returns the number
+/// of routes.
+pub fn check_routes_file(path: &Path) -> Result<usize, ConfigErrors> {
+    let figment = Figment::new().merge(Toml::file_exact(path));
+    let origin = Origin::new(&figment, Some(path));
+    let parsed: file::RoutesFile = figment.extract().map_err(|e| origin.figment_errors(e))?;
+    validate::build_routes_only(&parsed, &origin)
+}
+
 /// Parses a TOML string without environment overrides (tests, `tollgate demo`).
 pub fn from_toml_str(toml: &str) -> Result<Config, ConfigErrors> {
     from_figment(&Figment::new().merge(Toml::string(toml)), None)
@@ -250,11 +268,15 @@ impl<'a> Origin<'a> {
                     let mut path = e.path.clone();
                     let message = match &e.kind {
                         figment::error::Kind::UnknownField(field, _) => {
-                            path.push(field.clone());
+                            if path.last() != Some(field) {
+                                path.push(field.clone());
+                            }
                             "unknown key".to_owned()
                         }
                         figment::error::Kind::MissingField(field) => {
-                            path.push(field.to_string());
+                            if path.last().map(String::as_str) != Some(field.as_ref()) {
+                                path.push(field.to_string());
+                            }
                             "missing key".to_owned()
                         }
                         other => other.to_string(),

@@ -192,6 +192,44 @@ pub(super) fn build(
     }
 }
 
+/// A route file checked alone: references resolve to whatever the file names.
+pub(super) fn build_routes_only(
+    parsed: &file::RoutesFile,
+    origin: &Origin<'_>,
+) -> Result<usize, ConfigErrors> {
+    let mut c = Checker {
+        origin,
+        file_override: None,
+        errors: Vec::new(),
+    };
+    let named = |f: fn(&file::RouteSection) -> Option<&String>| -> Vec<Arc<str>> {
+        parsed
+            .route
+            .iter()
+            .filter_map(f)
+            .map(|s| Arc::from(s.as_str()))
+            .collect()
+    };
+    let upstreams = named(|r| r.upstream.as_ref());
+    let issuers = named(|r| r.issuer.as_ref());
+    let sections: Vec<routes::Section<'_>> = parsed
+        .route
+        .iter()
+        .enumerate()
+        .map(|(i, r)| routes::Section {
+            raw: r,
+            key: format!("route[{i}]"),
+            file: None,
+        })
+        .collect();
+    let table = routes::compile(&mut c, &sections, &upstreams, &issuers, "tollgate");
+    if c.errors.is_empty() {
+        Ok(table.len())
+    } else {
+        Err(ConfigErrors(c.errors))
+    }
+}
+
 fn server(c: &mut Checker<'_>, raw: &file::ServerSection) -> ServerConfig {
     let listen = c.socket_addr("server.listen", raw.listen.as_deref(), "127.0.0.1:8080");
     let admin_listen = c.socket_addr(

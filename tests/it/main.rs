@@ -1,1 +1,15 @@
+#![allow(unreachable_pub)]
 
+//! One integration-test binary: every module below tells one story over real sockets on
+//! 127.0.0.1 (issuer → upstream → gateway → client → assertions).
+
+mod support;
+
+mod cli;
+mod demo;
+mod errors_rfc6750;
+mod forwarding;
+mod interop;
+mod jwt;
+mod logs;
+mod metrics;

@@ -1,0 +1,236 @@
+//! The command line as a user meets it: --version, --help, `check` on every file in config/ and
+//! on broken files (exit 1, a message naming the file, the key path and the problem), environment
+//! overrides, and `run` refusing a bad file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tollgate(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn version_and_help() {
+    let v = tollgate(&["--version"], &[]);
+    assert!(v.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&v.stdout).trim(),
+        format!("tollgate {}", env!("CARGO_PKG_VERSION"))
+    );
+    let h = tollgate(&["--help"], &[]);
+    assert!(h.status.success());
+    let help = String::from_utf8_lossy(&h.stdout);
+    for sub in ["run", "check", "demo", "--config"] {
+        assert!(help.contains(sub), "--help lacks {sub}:\n{help}");
+    }
+    let none = tollgate(&[], &[]);
+    assert_eq!(none.status.code(), Some(2));
+}
+
+#[test]
+fn every_file_in_config_passes_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let o = tollgate(&["check", "--config", path.to_str().unwrap()], &[]);
+        assert!(o.status.success(), "{}: {}", path.display(), text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(out.lines().count(), 1, "one-line summary expected: {out}");
+        assert!(out.contains(": OK: "), "{out}");
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} files in config/");
+    // The reference file is the README's, and parses to what it says.
+    let o = tollgate(
+        &[
+            "check",
+            "--config",
+            dir.join("tollgate.toml").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains(
+        "4 routes, 1 issuer, 1 upstream; proxy on 127.0.0.1:8080, admin on 127.0.0.1:9090"
+    ));
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+const BASE: &str = r#"
+[[issuer]]
+id = "erp"
+issuer = "https://erp.example.com/identity"
+discovery = true
+audiences = ["api"]
+
+[[upstream]]
+id = "erp"
+url = "http://127.0.0.1:8081"
+
+[[route]]
+id = "a"
+prefix = "/a/"
+upstream = "erp"
+scopes = ["api"]
+"#;
+
+#[test]
+fn check_names_file_key_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("unknown key", format!("[server]\nlisen = \"x\"\n{BASE}"), "server.lisen", "unknown key"),
+        ("missing upstream", BASE.replace("upstream = \"erp\"\nscopes", "upstream = \"nope\"\nscopes"), "route[0].upstream", "upstream `nope` is not defined"),
+        ("bad duration", BASE.replace("discovery = true", "discovery = true\nleeway = \"5 parsecs\""), "issuer[0].leeway", "is not a duration"),
+        ("bad url", BASE.replace("http://127.0.0.1:8081", "not a url"), "upstream[0].url", "is not a URL"),
+        ("alg none", BASE.replace("discovery = true", "discovery = true\nalgorithms = [\"none\"]"), "issuer[0].algorithms[0]", "`none` is never allowed"),
+        ("unknown alg", BASE.replace("discovery = true", "discovery = true\nalgorithms = [\"RS256\", \"XS999\"]"), "issuer[0].algorithms[1]", "unknown algorithm `XS999`"),
+        ("hmac alg", BASE.replace("discovery = true", "discovery = true\nalgorithms = [\"HS256\"]"), "issuer[0].algorithms[0]", "HMAC algorithms"),
+        ("duplicate route ids", format!("{BASE}\n[[route]]\nid = \"a\"\nprefix = \"/b/\"\nupstream = \"erp\"\n"), "route[1].id", "duplicate id `a`"),
+        ("exact and prefix", format!("{BASE}\n[[route]]\nid = \"b\"\nprefix = \"/b/\"\nexact = \"/b\"\nupstream = \"erp\"\n"), "route[1]", "set either exact or prefix, not both"),
+        ("plain http issuer", BASE.replace("https://erp.example.com", "http://erp.example.com"), "issuer[0].issuer", "must use https://"),
+        ("shadowed route", format!("{BASE}\n[[route]]\nid = \"b\"\nprefix = \"/a/\"\nupstream = \"erp\"\n"), "route[1]", "can never be chosen"),
+        ("bad method", BASE.replace("scopes = [\"api\"]", "scopes = [\"api\"]\nmethods = [\"GET\", \"G E T\"]"), "route[0].methods[1]", "is not an HTTP method"),
+        ("bad listen", format!("[server]\nlisten = \"localhost\"\n{BASE}"), "server.listen", "is not an IP:port address"),
+        ("wrong type", format!("[server]\ntoken_cache_capacity = \"many\"\n{BASE}"), "server.token_cache_capacity", "invalid type"),
+        ("missing audiences", BASE.replace("audiences = [\"api\"]\n", ""), "issuer[0].audiences", "missing key"),
+    ];
+    for (name, body, key, message) in cases {
+        let path = write(
+            dir.path(),
+            &format!("{}.toml", name.replace(' ', "-")),
+            &body,
+        );
+        let o = tollgate(&["check", "--config", path.to_str().unwrap()], &[]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {out}");
+        let expected_prefix = format!("{}: {key}: ", path.display());
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&expected_prefix) && l.contains(message)),
+            "{name}: expected a line `{expected_prefix}… {message}`, got:\n{out}"
+        );
+    }
+
+    // A TOML syntax error names the file and the line.
+    let path = write(dir.path(), "syntax.toml", "[server\nlisten = 1");
+    let o = tollgate(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains(&path.display().to_string()),
+        "{}",
+        text(&o)
+    );
+
+    // A missing file.
+    let o = tollgate(&["check", "--config", "/nonexistent/tollgate.toml"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("/nonexistent/tollgate.toml: no such configuration file"));
+
+    // Errors in a route file name the route file.
+    let routes = write(
+        dir.path(),
+        "routes.toml",
+        "[[route]]\nid = \"r\"\nprefix = \"/r/\"\nupstream = \"ghost\"\n",
+    );
+    let main = write(
+        dir.path(),
+        "main.toml",
+        &format!("[server]\nroutes_file = \"routes.toml\"\n{BASE}"),
+    );
+    let o = tollgate(&["check", "--config", main.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains(&format!(
+            "{}: route[0].upstream: upstream `ghost` is not defined",
+            routes.display()
+        )),
+        "{}",
+        text(&o)
+    );
+
+    // `run` refuses a bad file the same way, before binding anything.
+    let bad = write(
+        dir.path(),
+        "bad-run.toml",
+        &BASE.replace(
+            "\"api\"]\n\n[[upstream]]",
+            "\"api\"]\nleeway = \"soon\"\n\n[[upstream]]",
+        ),
+    );
+    let o = tollgate(&["run", "--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("issuer[0].leeway"), "{}", text(&o));
+}
+
+#[test]
+fn environment_overrides_use_a_double_underscore_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "env.toml", BASE);
+    let p = path.to_str().unwrap();
+    let o = tollgate(
+        &["check", "--config", p],
+        &[
+            ("TOLLGATE__SERVER__LISTEN", "0.0.0.0:8443"),
+            ("TOLLGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:9443"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .contains("proxy on 0.0.0.0:8443, admin on 127.0.0.1:9443"));
+    // A single underscore (a Kubernetes service-link variable) is not an override.
+    let o = tollgate(
+        &["check", "--config", p],
+        &[
+            ("TOLLGATE_SERVER_LISTEN", "bogus"),
+            ("TOLLGATE_PORT", "tcp://10.0.0.1:80"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // A bad override says it came from the environment.
+    let o = tollgate(
+        &["check", "--config", p],
+        &[("TOLLGATE__SERVER__LISTEN", "nonsense")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains(
+            "environment (TOLLGATE__*): server.listen: `nonsense` is not an IP:port address"
+        ),
+        "{}",
+        text(&o)
+    );
+    // `tollgate --config FILE` is `tollgate run --config FILE`.
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        &BASE.replace("audiences", "audience"),
+    );
+    let o = tollgate(&["--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("issuer[0].audience: unknown key"),
+        "{}",
+        text(&o)
+    );
+}

@@ -1,0 +1,141 @@
+//! `tollgate demo` as a user runs it: the real binary on free ports, then the printed story:
+//! a token from the demo issuer, a 200 through the gateway, a 401 without a token, a 403 for a
+//! write with a read-only token.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::{get, request};
+
+#[tokio::test]
+async fn the_demo_tells_its_story() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--issuer-listen",
+            "127.0.0.1:0",
+            "--legacy-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut text = String::new();
+    while !text.contains("Press Ctrl-C") {
+        let l = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("demo printed nothing");
+        text.push_str(&l);
+        text.push('\n');
+    }
+    let field = |name: &str| -> String {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+            .to_owned()
+    };
+    let gateway = field("gateway");
+    let issuer = field("issuer");
+    let admin = field("admin");
+    assert!(
+        text.contains("curl -i -H \"Authorization: Bearer $TOKEN\""),
+        "{text}"
+    );
+
+    // 1. A token, as the printed curl gets it.
+    let form = "grant_type=password&username=reader&password=reader&client_id=demo-client";
+    let r = request(
+        Request::post(format!("{issuer}/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(form)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    let refresh = r.json()["refresh_token"].as_str().unwrap().to_owned();
+    let entity = format!("{gateway}/entity/Default/24.200.001/Customer");
+
+    // 2. Through the gateway.
+    let ok = get(&entity, &[("authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["x_auth_subject"], "reader");
+    assert_eq!(ok.json()["authorization_forwarded"], false);
+
+    // 3. Without a token.
+    let no = get(&entity, &[]).await;
+    assert_eq!(no.status, 401);
+    assert_eq!(
+        no.header("www-authenticate"),
+        Some("Bearer realm=\"tollgate\"")
+    );
+
+    // 4. A write with the read-only token.
+    let put = request(
+        Request::put(&entity)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(put.status, 403);
+    assert_eq!(
+        put.header("www-authenticate"),
+        Some("Bearer realm=\"tollgate\", error=\"insufficient_scope\", scope=\"api erp:write\"")
+    );
+
+    // The refresh_token grant issues a new access token that works too.
+    let form = format!("grant_type=refresh_token&refresh_token={refresh}");
+    let r = request(
+        Request::post(format!("{issuer}/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(form)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let refreshed = r.json()["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(refreshed, token);
+    assert_eq!(
+        get(
+            &entity,
+            &[("authorization", &format!("Bearer {refreshed}"))]
+        )
+        .await
+        .status,
+        200
+    );
+
+    // The metrics show it all.
+    let m = get(&format!("{admin}/metrics"), &[]).await.text();
+    assert!(
+        m.contains(
+            r#"tollgate_auth_decisions_total{decision="insufficient_scope",route="erp-write"} 1"#
+        ),
+        "{m}"
+    );
+
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,151 @@
+//! The real binary, at trace level in JSON: every error case of the response table is sent, and
+//! the captured logs must hold an access-log line for each request and never the token.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::gateway::config;
+use crate::support::{get, FakeIdp, RecordingUpstream};
+
+#[tokio::test]
+async fn no_token_reaches_the_logs_at_any_level() {
+    let idp = FakeIdp::start().await;
+    let upstream = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.toml");
+    let cfg = config(&idp.issuer, &upstream.url(), "").replace(
+        "[server]\nrealm = \"tollgate\"",
+        "[server]\nrealm = \"tollgate\"\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[log]\nlevel = \"trace\"\nformat = \"json\"",
+    );
+    assert!(cfg.contains("[log]"));
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(cfg.as_bytes())
+        .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // The listening line names the ephemeral ports.
+    let mut lines = Vec::new();
+    let proxy = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("no listening line");
+        lines.push(line.clone());
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or(json!({}));
+        if let Some(p) = v["proxy_addr"].as_str() {
+            break p.to_owned();
+        }
+    };
+    let base = format!("http://{proxy}");
+
+    let valid = idp.token(json!({"scope": "api"}));
+    let expired = idp.token(json!({"exp": crate::support::now() - 3600}));
+    let wrong_aud = idp.token(json!({"aud": "nope"}));
+    let tampered = format!("{}x", &valid[..valid.len() - 1]);
+    let secrets = [
+        valid.clone(),
+        expired.clone(),
+        wrong_aud.clone(),
+        tampered.clone(),
+    ];
+    let url = format!("{base}/entity/Default/x");
+    let mut sent = 0;
+    for token in &secrets {
+        get(&url, &[("authorization", &format!("Bearer {token}"))]).await;
+        sent += 1;
+    }
+    // Wait for the keys first so the table's verification paths actually run.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for token in &secrets {
+        get(&url, &[("authorization", &format!("Bearer {token}"))]).await;
+        get(
+            &url,
+            &[
+                ("authorization", &format!("bearer {token}")),
+                ("x-request-id", "log-test"),
+            ],
+        )
+        .await;
+        get(
+            &url,
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("authorization", "Bearer other-token-value"),
+            ],
+        )
+        .await;
+        let put = http::Request::put(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap();
+        crate::support::request(put).await;
+        sent += 4;
+    }
+    get(
+        &format!("{base}/entity/Default/x?access_token={valid}"),
+        &[],
+    )
+    .await;
+    get(
+        &format!("{base}/entity/Default/x"),
+        &[("authorization", &format!("Basic {valid}"))],
+    )
+    .await;
+    sent += 2;
+
+    // Collect until every request has its access-log line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lines.iter().filter(|l| l.contains("\"status\"")).count() < sent
+        && std::time::Instant::now() < deadline
+    {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            lines.push(l);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    while let Ok(l) = rx.try_recv() {
+        lines.push(l);
+    }
+    let all = lines.join("\n");
+    let access = lines.iter().filter(|l| l.contains("\"status\"")).count();
+    assert!(
+        access >= sent,
+        "expected {sent} access-log lines, got {access}:\n{all}"
+    );
+    assert!(
+        all.contains("\"level\":\"TRACE\"") || all.contains("\"level\":\"DEBUG\""),
+        "not logging at trace/debug"
+    );
+    for token in &secrets {
+        // Any 24-character piece of the signature or payload would identify the token.
+        let sig = token.rsplit('.').next().unwrap();
+        assert!(!all.contains(token.as_str()), "a token appears in the logs");
+        assert!(
+            !all.contains(&sig[..24]),
+            "a token's signature appears in the logs"
+        );
+    }
+    assert!(!all.contains("other-token-value"));
+}

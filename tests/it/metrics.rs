@@ -1,0 +1,91 @@
+//! The admin listener's /metrics, read by Prometheus's own parser (`promtool check metrics`), and
+//! the families and labels the README promises. Also: nothing of the admin API on the proxy port.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use crate::support::gateway::config;
+use crate::support::{get, FakeIdp, RecordingUpstream, TestGateway};
+
+/// Runs `promtool check metrics` on the exposition; panics with its output when it objects.
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: the test command installs it (apt-get install prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // promtool exits non-zero on parse errors; lint findings (naming advice) are printed too and
+    // must be empty for tollgate's own families.
+    assert!(
+        out.status.success(),
+        "promtool rejected the exposition:\n{report}"
+    );
+    let ours: Vec<&str> = report.lines().filter(|l| l.contains("tollgate_")).collect();
+    assert!(
+        ours.is_empty(),
+        "promtool lint findings:\n{}",
+        ours.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn the_exposition_parses_and_has_every_family() {
+    let idp = FakeIdp::start().await;
+    let upstream = RecordingUpstream::start().await;
+    let gw = TestGateway::start(&config(&idp.issuer, &upstream.url(), ""), true).await;
+    let token = idp.token(json!({}));
+    let auth = format!("Bearer {token}");
+    get(&gw.url("/entity/Default/x"), &[("authorization", &auth)]).await;
+    get(&gw.url("/entity/Default/x"), &[("authorization", &auth)]).await;
+    get(&gw.url("/entity/Default/x"), &[]).await;
+    get(&gw.url("/nowhere"), &[]).await;
+    get(&gw.url("/health"), &[]).await;
+
+    let m = gw.metrics().await;
+    promtool_check(&m);
+    for line in [
+        r#"tollgate_requests_total{method="GET",route="erp-read",status="200"} 2"#,
+        r#"tollgate_requests_total{method="GET",route="erp-read",status="401"} 1"#,
+        r#"tollgate_requests_total{method="GET",route="none",status="404"} 1"#,
+        r#"tollgate_auth_decisions_total{decision="allowed",route="erp-read"} 2"#,
+        r#"tollgate_auth_decisions_total{decision="missing_token",route="erp-read"} 1"#,
+        r#"tollgate_auth_decisions_total{decision="public",route="health"} 1"#,
+        r#"tollgate_token_cache_requests_total{cache="jwt",result="hit"} 1"#,
+        r#"tollgate_token_cache_requests_total{cache="jwt",result="miss"} 1"#,
+        r#"tollgate_jwks_refresh_total{issuer="erp",result="success"} 1"#,
+        r#"tollgate_jwks_keys{issuer="erp"} 1"#,
+        r#"tollgate_build_info{version=""#,
+        r#"tollgate_request_duration_seconds_count{route="erp-read"} 3"#,
+        r#"tollgate_upstream_duration_seconds_count{upstream="erp"} 3"#,
+        r#"tollgate_jwks_last_success_timestamp_seconds{issuer="erp"} "#,
+        r#"tollgate_token_cache_entries{cache="jwt"} 1"#,
+        "process_resident_memory_bytes ",
+    ] {
+        assert!(m.contains(line), "missing `{line}` in:\n{m}");
+    }
+    // No label value comes from request data.
+    assert!(!m.contains("nowhere"));
+    assert!(!m.contains(&token[..20]));
+
+    // The proxy port serves no admin endpoints.
+    assert_eq!(get(&gw.url("/metrics"), &[]).await.status, 404);
+    assert_eq!(get(&format!("{}/healthz", gw.admin), &[]).await.status, 200);
+    assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).await.status, 200);
+    gw.shutdown().await;
+}

@@ -1,0 +1,36 @@
+//! Test support: real sockets on 127.0.0.1 port 0, an in-process issuer and a recording
+//! upstream, and the gateway started in-process on listeners the test bound itself.
+
+pub mod gateway;
+pub mod http;
+pub mod idp;
+pub mod upstream;
+
+pub use gateway::TestGateway;
+pub use http::{get, request};
+pub use idp::FakeIdp;
+pub use upstream::RecordingUpstream;
+
+use std::time::Duration;
+
+/// Polls `cond` until it holds or `timeout` passes (no fixed sleeps in tests).
+pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut cond: F) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

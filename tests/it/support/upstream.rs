@@ -1,0 +1,107 @@
+//! A recording upstream: remembers every request it received and echoes it back as JSON.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use super::http::serve;
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Path and query as received.
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RecordingUpstream {
+    /// Answers 200 with the request echoed as JSON; `/slow?ms=N` waits N ms first;
+    /// responses carry `Connection: x-upstream-hop` + `X-Upstream-Hop` and `Keep-Alive` headers
+    /// (hop-by-hop headers the gateway must strip).
+    pub async fn start() -> RecordingUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let r = requests.clone();
+        let task = serve(listener, move |req, _| {
+            let r = r.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let uri = parts.uri.to_string();
+                if let Some(ms) = parts
+                    .uri
+                    .query()
+                    .and_then(|q| q.strip_prefix("ms="))
+                    .and_then(|v| v.parse().ok())
+                {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                r.lock().unwrap().push(Recorded {
+                    uri: uri.clone(),
+                    headers: parts.headers.clone(),
+                    body_len: body.len(),
+                });
+                let headers: serde_json::Map<String, serde_json::Value> = parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("<bin>"))))
+                    .collect();
+                let echo = json!({"method": parts.method.as_str(), "uri": uri, "headers": headers, "body_len": body.len()});
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .header("connection", "x-upstream-hop")
+                    .header("x-upstream-hop", "secret-hop")
+                    .header("keep-alive", "timeout=5")
+                    .header("x-upstream-end", "kept")
+                    .body(Full::new(Bytes::from(echo.to_string())))
+                    .unwrap()
+            }
+        });
+        RecordingUpstream {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream received nothing")
+    }
+}
