@@ -44,6 +44,18 @@ impl std::fmt::Debug for Token<'_> {
 
 /// Extracts the bearer token: the scheme is case-insensitive, separated from the token by one or
 /// more spaces; the token must be a non-empty b64token of at most [`MAX_TOKEN_BYTES`].
+///
+/// ```
+/// use http::{header::AUTHORIZATION, HeaderMap, HeaderValue};
+/// use tollgate::auth::{bearer, BearerError};
+///
+/// let mut h = HeaderMap::new();
+/// assert_eq!(bearer::extract(&h).unwrap_err(), BearerError::Missing);
+/// h.insert(AUTHORIZATION, HeaderValue::from_static("bearer eyJ.abc.def"));
+/// assert_eq!(bearer::extract(&h).unwrap().as_str(), "eyJ.abc.def");
+/// h.insert(AUTHORIZATION, HeaderValue::from_static("Basic dXNlcg=="));
+/// assert_eq!(bearer::extract(&h).unwrap_err(), BearerError::Missing);
+/// ```
 pub fn extract(headers: &HeaderMap) -> Result<Token<'_>, BearerError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {

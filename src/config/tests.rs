@@ -1,1 +1,457 @@
+//! Each validation error, by key path, and the defaults of a minimal file.
 
+use std::time::Duration;
+
+use super::*;
+use crate::policy::RouteAuth;
+
+const ISSUER: &str = r#"
+[[issuer]]
+id = "erp"
+issuer = "https://erp.example.com/identity"
+discovery = true
+audiences = ["api"]
+"#;
+
+const UPSTREAM: &str = r#"
+[[upstream]]
+id = "erp"
+url = "http://127.0.0.1:8081"
+"#;
+
+const ROUTE: &str = r#"
+[[route]]
+id = "r"
+prefix = "/entity/Default/"
+upstream = "erp"
+scopes = ["api"]
+"#;
+
+fn ok(toml: &str) -> Config {
+    from_toml_str(toml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The (key, message) pairs of a failing load.
+fn errors(toml: &str) -> Vec<(String, String)> {
+    match from_toml_str(toml) {
+        Ok(_) => panic!("expected errors for:\n{toml}"),
+        Err(e) => e.0.into_iter().map(|e| (e.key, e.message)).collect(),
+    }
+}
+
+fn assert_error(toml: &str, key: &str, fragment: &str) {
+    let errs = errors(toml);
+    assert!(
+        errs.iter().any(|(k, m)| k == key && m.contains(fragment)),
+        "expected `{key}: …{fragment}…`, got {errs:?}"
+    );
+}
+
+fn base() -> String {
+    format!("{ISSUER}{UPSTREAM}{ROUTE}")
+}
+
+#[test]
+fn defaults() {
+    let c = ok(&base());
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(&*c.server.realm, "tollgate");
+    assert_eq!(c.server.token_cache_capacity, 100_000);
+    assert!(!c.server.trust_forwarded_headers);
+    let i = &c.issuers[0];
+    assert_eq!(i.leeway, Duration::from_secs(30));
+    assert_eq!(i.jwks_refresh, Duration::from_secs(600));
+    assert_eq!(i.jwks_min_refresh, Duration::from_secs(30));
+    assert_eq!(i.fetch_timeout, Duration::from_secs(5));
+    assert!(!i.require_typ);
+    assert_eq!(
+        i.algorithms,
+        vec![
+            jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::Algorithm::PS256,
+            jsonwebtoken::Algorithm::ES256,
+            jsonwebtoken::Algorithm::EdDSA
+        ]
+    );
+    assert_eq!(
+        i.keys,
+        KeySource::Discovery(
+            url::Url::parse("https://erp.example.com/identity/.well-known/openid-configuration")
+                .unwrap()
+        )
+    );
+    let u = &c.upstreams[0];
+    assert_eq!(u.connect_timeout, Duration::from_secs(2));
+    assert_eq!(u.timeout, Duration::from_secs(60));
+    assert!(!u.forward_authorization);
+    assert_eq!(c.log.level, "info");
+    assert_eq!(c.log.format, LogFormat::Text);
+}
+
+#[test]
+fn routes_are_frozen_with_prebuilt_challenges() {
+    let toml = format!(
+        "{ISSUER}{UPSTREAM}{ROUTE}\n[[route]]\nid = \"w\"\nprefix = \"/w/\"\nupstream = \"erp\"\nscopes = [\"api\", \"erp:write\"]\nany_scopes = [\"x\"]\n"
+    );
+    let c = ok(&toml);
+    let w = c.routes.iter().find(|r| &*r.id == "w").unwrap();
+    let RouteAuth::Bearer(req) = &w.auth else {
+        panic!("bearer expected")
+    };
+    assert_eq!(
+        req.insufficient_scope_challenge,
+        "Bearer realm=\"tollgate\", error=\"insufficient_scope\", scope=\"api erp:write x\""
+    );
+}
+
+#[test]
+fn unknown_keys_name_their_path() {
+    assert_error(
+        &format!("[server]\nlisen = \"x\"\n{}", base()),
+        "server.lisen",
+        "unknown key",
+    );
+    assert_error(
+        &base().replace("audiences", "audience"),
+        "issuer[0].audience",
+        "unknown key",
+    );
+    assert_error(
+        &format!("{}\nsurprise = 1\n", base()),
+        "route[0].surprise",
+        "unknown key",
+    );
+    assert_error(
+        &format!("[nonsense]\n{}", base()),
+        "nonsense",
+        "unknown key",
+    );
+}
+
+#[test]
+fn route_references() {
+    assert_error(
+        &base().replace("upstream = \"erp\"\nscopes", "upstream = \"ghost\"\nscopes"),
+        "route[0].upstream",
+        "upstream `ghost` is not defined",
+    );
+    assert_error(
+        &format!("{}issuer = \"ghost\"\n", base()),
+        "route[0].issuer",
+        "issuer `ghost` is not defined",
+    );
+    assert_error(
+        &base().replace("upstream = \"erp\"\nscopes", "scopes"),
+        "route[0].upstream",
+        "missing key",
+    );
+}
+
+#[test]
+fn route_shapes() {
+    assert_error(
+        &base().replace(
+            "prefix = \"/entity/Default/\"",
+            "prefix = \"/a/\"\nexact = \"/a\"",
+        ),
+        "route[0]",
+        "not both",
+    );
+    assert_error(
+        &base().replace("prefix = \"/entity/Default/\"\n", ""),
+        "route[0]",
+        "set exact or prefix",
+    );
+    assert_error(
+        &base().replace("/entity/Default/", "/entity/../x/"),
+        "route[0].prefix",
+        "not a normalised path",
+    );
+    assert_error(
+        &base().replace("/entity/Default/", "entity"),
+        "route[0].prefix",
+        "must start with '/'",
+    );
+    assert_error(
+        &format!("{}methods = []\n", base()),
+        "route[0].methods",
+        "at least one method",
+    );
+    assert_error(
+        &format!("{}methods = [\"G(T\"]\n", base()),
+        "route[0].methods[0]",
+        "not an HTTP method",
+    );
+    assert_error(
+        &format!("{}host = \"a.example.com:443\"\n", base()),
+        "route[0].host",
+        "is not a host name",
+    );
+    assert_error(
+        &format!("{}auth = \"maybe\"\n", base()),
+        "route[0].auth",
+        "not an auth mode",
+    );
+    assert_error(
+        &format!("{}auth = \"none\"\n", base()),
+        "route[0].scopes",
+        "public route",
+    );
+    assert_error(
+        &base().replace("scopes = [\"api\"]", "scopes = [\"a b\"]"),
+        "route[0].scopes[0]",
+        "not a valid scope token",
+    );
+    assert_error(
+        &base().replace("scopes = [\"api\"]", "scopes = []"),
+        "route[0].scopes",
+        "at least one scope",
+    );
+    assert_error(
+        &format!("{}[route.claims]\ntenant = []\n", base()),
+        "route[0].claims.tenant",
+        "at least one accepted value",
+    );
+    assert_error(
+        &format!("{}[route.headers]\n\"Bad Header\" = \"sub\"\n", base()),
+        "route[0].headers.\"Bad Header\"",
+        "not a valid header name",
+    );
+    assert_error(
+        &format!("{}[route.headers]\n\"Cookie\" = \"sub\"\n", base()),
+        "route[0].headers.\"Cookie\"",
+        "cannot be set from a claim",
+    );
+    assert_error(
+        &format!("{}[route.headers]\n\"Connection\" = \"sub\"\n", base()),
+        "route[0].headers.\"Connection\"",
+        "cannot be set from a claim",
+    );
+}
+
+#[test]
+fn duplicate_and_shadowed_routes() {
+    assert_error(
+        &format!("{}{ROUTE}", base()),
+        "route[1].id",
+        "duplicate id `r`",
+    );
+    let shadow = format!("{}{}", base(), ROUTE.replace("id = \"r\"", "id = \"r2\""));
+    assert_error(&shadow, "route[1]", "can never be chosen");
+    // Disjoint methods on the same prefix are fine.
+    let ok_pair = format!(
+        "{ISSUER}{UPSTREAM}{}{}",
+        ROUTE.replace("scopes", "methods = [\"GET\"]\nscopes"),
+        ROUTE
+            .replace("id = \"r\"", "id = \"w\"")
+            .replace("scopes", "methods = [\"PUT\"]\nscopes")
+    );
+    assert_eq!(ok(&ok_pair).routes.len(), 2);
+    // A route whose methods are a subset of an earlier method-less route is shadowed.
+    let subset = format!(
+        "{}{}",
+        base(),
+        ROUTE
+            .replace("id = \"r\"", "id = \"g\"")
+            .replace("scopes", "methods = [\"GET\"]\nscopes")
+    );
+    assert_error(&subset, "route[1]", "can never be chosen");
+}
+
+#[test]
+fn durations_and_addresses() {
+    assert_error(
+        &base().replace(
+            "discovery = true",
+            "discovery = true\nleeway = \"5 parsecs\"",
+        ),
+        "issuer[0].leeway",
+        "is not a duration",
+    );
+    assert_error(
+        &base().replace(
+            "discovery = true",
+            "discovery = true\njwks_refresh = \"0s\"",
+        ),
+        "issuer[0].jwks_refresh",
+        "greater than zero",
+    );
+    assert_error(
+        &format!("{}timeout = \"soon\"\n", base().replace(ROUTE, "")),
+        "upstream[0].timeout",
+        "is not a duration",
+    );
+    assert_error(
+        &format!("[server]\nlisten = \"localhost:80\"\n{}", base()),
+        "server.listen",
+        "IP:port",
+    );
+    assert_error(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:80\"\nadmin_listen = \"127.0.0.1:80\"\n{}",
+            base()
+        ),
+        "server.admin_listen",
+        "must differ",
+    );
+    assert_error(
+        &format!("[server]\nshutdown_grace = \"x\"\n{}", base()),
+        "server.shutdown_grace",
+        "is not a duration",
+    );
+    assert_error(
+        &format!("[server]\nrealm = \"a\\\"b\"\n{}", base()),
+        "server.realm",
+        "without quotes",
+    );
+    assert_error(
+        &format!("[server]\ntoken_cache_capacity = 0\n{}", base()),
+        "server.token_cache_capacity",
+        "at least 1",
+    );
+    assert_error(
+        &format!("[log]\nformat = \"xml\"\n{}", base()),
+        "log.format",
+        "not a log format",
+    );
+    assert_error(
+        &format!("[log]\nlevel = \"loud=[\"\n{}", base()),
+        "log.level",
+        "not a level",
+    );
+}
+
+#[test]
+fn urls() {
+    assert_error(
+        &base().replace("https://erp.example.com", "http://erp.example.com"),
+        "issuer[0].issuer",
+        "must use https://",
+    );
+    // Loopback and allow_http are the exceptions.
+    ok(&base().replace("https://erp.example.com", "http://127.0.0.1:9000"));
+    ok(&base().replace("https://erp.example.com", "http://localhost:9000"));
+    ok(&base().replace("https://erp.example.com", "http://[::1]:9000"));
+    ok(&base()
+        .replace("https://erp.example.com", "http://idp.internal")
+        .replace("discovery = true", "discovery = true\nallow_http = true"));
+    assert_error(
+        &base().replace("https://erp.example.com/identity", "ftp://x"),
+        "issuer[0].issuer",
+        "unsupported URL scheme",
+    );
+    assert_error(
+        &base().replace(
+            "discovery = true",
+            "jwks_uri = \"http://keys.example.com/jwks\"",
+        ),
+        "issuer[0].jwks_uri",
+        "must use https://",
+    );
+    assert_error(
+        &base().replace(
+            "discovery = true",
+            "discovery = true\njwks_uri = \"https://x/jwks\"",
+        ),
+        "issuer[0].jwks_uri",
+        "not both",
+    );
+    assert_error(
+        &base().replace("discovery = true\n", ""),
+        "issuer[0].jwks_uri",
+        "set jwks_uri, or discovery = true",
+    );
+    assert_error(
+        &base().replace("http://127.0.0.1:8081", "127.0.0.1:8081"),
+        "upstream[0].url",
+        "",
+    );
+    assert_error(
+        &base().replace("http://127.0.0.1:8081", "http://127.0.0.1:8081/?q=1"),
+        "upstream[0].url",
+        "query or fragment",
+    );
+}
+
+#[test]
+fn algorithms() {
+    let with = |algs: &str| {
+        base().replace(
+            "discovery = true",
+            &format!("discovery = true\nalgorithms = {algs}"),
+        )
+    };
+    assert_error(
+        &with("[\"none\"]"),
+        "issuer[0].algorithms[0]",
+        "`none` is never allowed",
+    );
+    assert_error(&with("[\"HS256\"]"), "issuer[0].algorithms[0]", "HMAC");
+    assert_error(
+        &with("[\"RS256\", \"XS1\"]"),
+        "issuer[0].algorithms[1]",
+        "unknown algorithm `XS1`",
+    );
+    assert_error(&with("[]"), "issuer[0].algorithms", "at least one");
+    assert_eq!(
+        ok(&with("[\"ES256\"]")).issuers[0].algorithms,
+        vec![jsonwebtoken::Algorithm::ES256]
+    );
+}
+
+#[test]
+fn issuers_and_upstreams() {
+    assert_error(
+        &base().replace("audiences = [\"api\"]", "audiences = []"),
+        "issuer[0].audiences",
+        "at least one",
+    );
+    assert_error(
+        &base().replace("audiences = [\"api\"]\n", ""),
+        "issuer[0].audiences",
+        "missing key",
+    );
+    assert_error(
+        &format!("{ISSUER}{ISSUER}{UPSTREAM}{ROUTE}"),
+        "issuer[1].id",
+        "duplicate id `erp`",
+    );
+    assert_error(
+        &format!(
+            "{ISSUER}{}{UPSTREAM}{ROUTE}",
+            ISSUER.replace("id = \"erp\"", "id = \"two\"")
+        ),
+        "issuer[1].issuer",
+        "configured twice",
+    );
+    assert_error(
+        &format!("{ISSUER}{UPSTREAM}{UPSTREAM}{ROUTE}"),
+        "upstream[1].id",
+        "duplicate id `erp`",
+    );
+    assert_error(
+        &base().replace("id = \"erp\"\nurl", "id = \"bad id\"\nurl"),
+        "upstream[0].id",
+        "must be 1 to 64 characters",
+    );
+}
+
+#[test]
+fn all_errors_are_reported_together() {
+    let toml = base()
+        .replace("leeway", "x")
+        .replace("upstream = \"erp\"\nscopes", "upstream = \"ghost\"\nscopes")
+        .replace("discovery = true", "discovery = true\nleeway = \"bad\"");
+    let errs = errors(&toml);
+    assert!(errs.len() >= 2, "{errs:?}");
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let e = load(std::path::Path::new("/nonexistent/tollgate.toml")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/nonexistent/tollgate.toml: no such configuration file"
+    );
+}

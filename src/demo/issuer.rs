@@ -201,7 +201,7 @@ impl DemoIssuer {
         if grant.scope.split(' ').any(|x| x == "offline_access") {
             let rt = random_id();
             if let Ok(mut m) = s.refresh_tokens.lock() {
-                m.insert(rt.clone(), grant.clone());
+                m.insert(rt.clone(), grant);
             }
             body["refresh_token"] = Value::String(rt);
         }

@@ -23,6 +23,15 @@ pub enum PathError {
 }
 
 /// Returns the canonical form of `path` (see the module docs). Borrows when nothing changes.
+///
+/// ```
+/// use tollgate::policy::normalize;
+///
+/// assert_eq!(normalize("/entity/Default/../../admin").unwrap(), "/admin");
+/// assert_eq!(normalize("/entity//Default/%2e%2e/x").unwrap(), "/entity/x");
+/// assert_eq!(normalize("/%7Euser/a%2fb").unwrap(), "/~user/a%2Fb");
+/// assert!(normalize("/a\\..\\b").is_err());
+/// ```
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if path == "*" {
         // OPTIONS * (asterisk-form) has no path to match; treat it as the root.

@@ -47,10 +47,13 @@ pub struct Requirement {
     /// At least one of these scopes (when not empty).
     pub any_scopes: Box<[Box<str>]>,
     /// Each claim must equal one of its values.
-    pub claims: Box<[(Box<str>, Box<[Box<str>]>)]>,
+    pub claims: Box<[ClaimRule]>,
     /// The prebuilt `WWW-Authenticate` value of this route's 403.
     pub insufficient_scope_challenge: HeaderValue,
 }
+
+/// A claim name and the values it may have.
+pub type ClaimRule = (Box<str>, Box<[Box<str>]>);
 
 /// The frozen route table. Routes are kept sorted by specificity (stable, so ties keep file order).
 #[derive(Debug, Clone, Default)]

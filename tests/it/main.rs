@@ -1,4 +1,4 @@
-#![allow(unreachable_pub)]
+#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 //! One integration-test binary: every module below tells one story over real sockets on
 //! 127.0.0.1 (issuer → upstream → gateway → client → assertions).
