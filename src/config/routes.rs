@@ -20,6 +20,20 @@ pub(crate) struct Section<'a> {
     pub(crate) file: Option<String>,
 }
 
+impl<'a> Section<'a> {
+    /// The sections of one file's `[[route]]` array, keyed `route[i]`.
+    pub(crate) fn all(raw: &'a [RouteSection], file: Option<String>) -> Vec<Section<'a>> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, r)| Section {
+                raw: r,
+                key: format!("route[{i}]"),
+                file: file.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Headers a route may not set from claims: they carry the request's framing, its routing, or
 /// its credentials.
 const RESERVED_IDENTITY_HEADERS: &[HeaderName] = &[

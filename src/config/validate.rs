@@ -152,29 +152,12 @@ pub(super) fn build(
 
     let issuer_ids: Vec<Arc<str>> = issuers.iter().map(|i| i.id.clone()).collect();
     let upstream_ids: Vec<Arc<str>> = upstreams.iter().map(|u| u.id.clone()).collect();
-    let mut sections: Vec<routes::Section<'_>> = raw
-        .route
-        .iter()
-        .enumerate()
-        .map(|(i, r)| routes::Section {
-            raw: r,
-            key: format!("route[{i}]"),
-            file: None,
-        })
-        .collect();
+    let mut sections = routes::Section::all(&raw.route, None);
     if let Some((path, parsed)) = &routes_file {
-        let file = path.display().to_string();
-        sections.extend(
-            parsed
-                .route
-                .iter()
-                .enumerate()
-                .map(|(i, r)| routes::Section {
-                    raw: r,
-                    key: format!("route[{i}]"),
-                    file: Some(file.clone()),
-                }),
-        );
+        sections.extend(routes::Section::all(
+            &parsed.route,
+            Some(path.display().to_string()),
+        ));
     }
     let table = routes::compile(&mut c, &sections, &upstream_ids, &issuer_ids, &server.realm);
 
@@ -212,16 +195,7 @@ pub(super) fn build_routes_only(
     };
     let upstreams = named(|r| r.upstream.as_ref());
     let issuers = named(|r| r.issuer.as_ref());
-    let sections: Vec<routes::Section<'_>> = parsed
-        .route
-        .iter()
-        .enumerate()
-        .map(|(i, r)| routes::Section {
-            raw: r,
-            key: format!("route[{i}]"),
-            file: None,
-        })
-        .collect();
+    let sections = routes::Section::all(&parsed.route, None);
     let table = routes::compile(&mut c, &sections, &upstreams, &issuers, "tollgate");
     if c.errors.is_empty() {
         Ok(table.len())

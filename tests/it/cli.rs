@@ -234,3 +234,91 @@ fn environment_overrides_use_a_double_underscore_prefix() {
         text(&o)
     );
 }
+
+/// Runs `tollgate run` on `config` with `env`, collecting stderr until a line contains `until`
+/// (or 20 s pass), then stops it.
+fn run_until(config: &Path, env: &[(&str, &str)], until: &str) -> Vec<String> {
+    use std::io::BufRead;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    c.args(["run", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            let done = l.contains(until);
+            lines.push(l);
+            if done {
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn rust_log_overrides_the_configured_level() {
+    let dir = tempfile::tempdir().unwrap();
+    // The issuer's JWKS is on a closed port, so a WARN line ("JWKS refresh failed") follows start.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let body = BASE
+        .replace(
+            "discovery = true",
+            &format!("jwks_uri = \"http://{closed}/jwks\""),
+        )
+        .replace(
+            "https://erp.example.com/identity",
+            &format!("http://{closed}"),
+        );
+    let cfg = |level: &str| {
+        format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[log]\nlevel = \"{level}\"\n{body}")
+    };
+
+    // Configured "error", RUST_LOG=info: the INFO start-up line appears.
+    let quiet = write(dir.path(), "quiet.toml", &cfg("error"));
+    let lines = run_until(&quiet, &[("RUST_LOG", "info")], "tollgate listening");
+    assert!(
+        lines.iter().any(|l| l.contains("tollgate listening")),
+        "{lines:?}"
+    );
+
+    // Configured "info", RUST_LOG=warn: the WARN line appears, the INFO line does not.
+    let loud = write(dir.path(), "loud.toml", &cfg("info"));
+    let lines = run_until(&loud, &[("RUST_LOG", "warn")], "JWKS refresh failed");
+    assert!(
+        lines.iter().any(|l| l.contains("JWKS refresh failed")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("tollgate listening")),
+        "{lines:?}"
+    );
+
+    // And without RUST_LOG the configured level rules.
+    let lines = run_until(&loud, &[], "JWKS refresh failed");
+    assert!(
+        lines.iter().any(|l| l.contains("tollgate listening")),
+        "{lines:?}"
+    );
+}
