@@ -1,1 +1,715 @@
-fn main() {}
+//! Load benchmark: wrk against a minimal upstream directly and through tollgate, on loopback, in
+//! one run, so that the numbers are side by side on the same machine at the same moment.
+//!
+//! ```text
+//! cargo bench --bench load                      # needs wrk on PATH
+//! LOAD_SECONDS=30 LOAD_CONNECTIONS=128 cargo bench --bench load
+//! ```
+//!
+//! Everything runs in this process on 127.0.0.1 (one multi-threaded tokio runtime): a JWKS server,
+//! the upstream (hyper, 200 with a ~100-byte JSON body) and two gateways started with
+//! [`tollgate::App::start`] (the default token cache, and `token_cache_capacity = 1`). No tracing
+//! subscriber is installed, so the gateway logs nothing. Scenarios, each a 2 s warm-up and then
+//! `wrk -t2 -c64 -d10s --latency`:
+//!
+//! | scenario           | what                                                                   |
+//! |--------------------|------------------------------------------------------------------------|
+//! | `direct`           | the upstream, without tollgate                                         |
+//! | `public`           | tollgate, public route (`auth = "none"`)                               |
+//! | `jwt-one-token`    | tollgate, route with `scopes = ["api"]`, one RS256 token reused        |
+//! | `jwt-10k-tokens`   | same route, 10,000 distinct tokens cycled by `benches/tokens.lua`      |
+//! | `jwt-10k-no-cache` | same, gateway with `token_cache_capacity = 1` (a signature check each) |
+//!
+//! The table is printed and written to `target/bench-results.md`. A scenario with non-2xx
+//! responses or socket errors is flagged in the table and makes the run fail.
+//!
+//! Without `--bench` in its arguments (which `cargo bench` passes) the binary only prints how to
+//! run it, so `cargo test --all-targets` never starts a load test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tollgate::demo::keys::{self, SigningKey};
+use tollgate::{App, Listeners};
+
+/// The environment variable that names the token file for `benches/tokens.lua`.
+const TOKENS_ENV: &str = "TOLLGATE_BENCH_TOKENS";
+/// The path requested on the protected route (and directly on the upstream).
+const API_PATH: &str = "/api/orders/24.200.001";
+/// The path requested on the public route.
+const PUBLIC_PATH: &str = "/public/orders/24.200.001";
+/// The upstream's answer to everything: 100 bytes of JSON.
+const UPSTREAM_BODY: &str = r#"{"order":"24.200.001","customer":"C-1042","status":"open","total":"1234.56","currency":"EUR","n":3}"#;
+/// How many distinct tokens the 10k scenarios cycle through.
+const TOKEN_COUNT: usize = 10_000;
+const WARMUP_SECONDS: u64 = 2;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benches/load is a wrk load benchmark; run it with `cargo bench --bench load`");
+        return;
+    }
+    if let Err(e) = run() {
+        eprintln!("benches/load: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The knobs, from the environment.
+struct Settings {
+    seconds: u64,
+    connections: u64,
+    threads: u64,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Settings> {
+        let num = |name: &str, default: u64| -> anyhow::Result<u64> {
+            match std::env::var(name) {
+                Ok(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => bail!("{name}={v}: expected a positive integer"),
+                },
+                Err(_) => Ok(default),
+            }
+        };
+        let s = Settings {
+            seconds: num("LOAD_SECONDS", 10)?,
+            connections: num("LOAD_CONNECTIONS", 64)?,
+            threads: num("LOAD_THREADS", 2)?,
+        };
+        if s.connections < s.threads {
+            bail!(
+                "LOAD_CONNECTIONS must be at least LOAD_THREADS ({})",
+                s.threads
+            );
+        }
+        Ok(s)
+    }
+}
+
+/// Which `Authorization` header a scenario sends.
+enum Auth {
+    None,
+    /// `benches/tokens.lua` with this token file.
+    Tokens(PathBuf),
+}
+
+struct Scenario {
+    name: &'static str,
+    /// Where wrk sends its requests.
+    addr: SocketAddr,
+    path: &'static str,
+    auth: Auth,
+    /// The gateway's admin address, for the token-cache counters.
+    admin: Option<SocketAddr>,
+}
+
+/// One scenario's measurement.
+struct Outcome {
+    name: &'static str,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+    non_2xx: u64,
+    socket_errors: Option<String>,
+    /// Token-cache hits and misses during the measurement.
+    cache: Option<(u64, u64)>,
+}
+
+fn run() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let wrk_version = wrk_version()?;
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = manifest_dir.join("benches/tokens.lua");
+    if !script.is_file() {
+        bail!("{} is missing", script.display());
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let workers = runtime.metrics().num_workers();
+
+    let key = SigningKey::rsa("bench-k1", Algorithm::RS256).map_err(anyhow::Error::msg)?;
+    let jwks = Bytes::from(keys::jwks(&[&key]).to_string());
+
+    // The servers: JWKS, upstream, and the two gateways (default cache, cache of one entry).
+    let (issuer, upstream_addr, cached, uncached) = runtime.block_on(async {
+        let jwks_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let issuer = format!("http://{}", jwks_listener.local_addr()?);
+        spawn_server(jwks_listener, move |path| match path {
+            "/jwks" => (StatusCode::OK, jwks.clone()),
+            _ => (StatusCode::NOT_FOUND, Bytes::from_static(b"{}")),
+        });
+        let upstream_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let upstream_addr = upstream_listener.local_addr()?;
+        spawn_server(upstream_listener, |_| {
+            (StatusCode::OK, Bytes::from_static(UPSTREAM_BODY.as_bytes()))
+        });
+        let upstream = format!("http://{upstream_addr}");
+        let cached = start_gateway(&gateway_config(&issuer, &upstream, None)).await?;
+        let uncached = start_gateway(&gateway_config(&issuer, &upstream, Some(1))).await?;
+        anyhow::Ok((issuer, upstream_addr, cached, uncached))
+    })?;
+
+    // The tokens, signed up front on every core.
+    let started = Instant::now();
+    let one = mint(&key, &issuer, 1, "one")?;
+    let many = mint(&key, &issuer, TOKEN_COUNT, "many")?;
+    println!(
+        "benches/load: signed {} RS256 tokens in {:.1} s",
+        one.len() + many.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let one_file = dir.path().join("tokens-1.txt");
+    let many_file = dir.path().join("tokens-10k.txt");
+    std::fs::write(&one_file, one.join("\n") + "\n")?;
+    std::fs::write(&many_file, many.join("\n") + "\n")?;
+
+    let scenarios = [
+        Scenario {
+            name: "direct",
+            addr: upstream_addr,
+            path: API_PATH,
+            auth: Auth::None,
+            admin: None,
+        },
+        Scenario {
+            name: "public",
+            addr: cached.proxy_addr,
+            path: PUBLIC_PATH,
+            auth: Auth::None,
+            admin: Some(cached.admin_addr),
+        },
+        Scenario {
+            name: "jwt-one-token",
+            addr: cached.proxy_addr,
+            path: API_PATH,
+            auth: Auth::Tokens(one_file),
+            admin: Some(cached.admin_addr),
+        },
+        Scenario {
+            name: "jwt-10k-tokens",
+            addr: cached.proxy_addr,
+            path: API_PATH,
+            auth: Auth::Tokens(many_file.clone()),
+            admin: Some(cached.admin_addr),
+        },
+        Scenario {
+            name: "jwt-10k-no-cache",
+            addr: uncached.proxy_addr,
+            path: API_PATH,
+            auth: Auth::Tokens(many_file),
+            admin: Some(uncached.admin_addr),
+        },
+    ];
+
+    let mut outcomes = Vec::new();
+    for s in &scenarios {
+        let url = format!("http://{}{}", s.addr, s.path);
+        let tokens = match &s.auth {
+            Auth::None => None,
+            Auth::Tokens(file) => Some(file.as_path()),
+        };
+        let first_token = match tokens {
+            Some(file) => Some(
+                std::fs::read_to_string(file)?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        preflight(s.addr, s.path, first_token.as_deref())
+            .with_context(|| format!("{}: a single request before the load", s.name))?;
+        println!("benches/load: {} ({url}): warm-up", s.name);
+        wrk(&url, &script, tokens, WARMUP_SECONDS, &settings)?;
+        let before = s.admin.map(cache_counters).transpose()?;
+        println!("benches/load: {}: {} s measured", s.name, settings.seconds);
+        let output = wrk(&url, &script, tokens, settings.seconds, &settings)?;
+        let after = s.admin.map(cache_counters).transpose()?;
+        let cache = match (before, after) {
+            (Some(b), Some(a)) if tokens.is_some() => Some((a.0 - b.0, a.1 - b.1)),
+            _ => None,
+        };
+        outcomes.push(parse_wrk(s.name, &output, cache)?);
+    }
+
+    let report = report(&outcomes, &settings, workers, &wrk_version);
+    println!("\n{report}");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir.join("target"));
+    std::fs::create_dir_all(&target)?;
+    let results = target.join("bench-results.md");
+    std::fs::write(&results, &report).with_context(|| results.display().to_string())?;
+    println!("benches/load: written to {}", results.display());
+
+    runtime.block_on(async {
+        for app in [cached, uncached] {
+            let _ = tokio::time::timeout(Duration::from_secs(5), app.shutdown()).await;
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.non_2xx > 0 || o.socket_errors.is_some())
+        .map(|o| o.name)
+        .collect();
+    if !failed.is_empty() {
+        bail!("errors under load in: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+// === the servers ===
+
+/// Serves HTTP/1.1 on `listener`, answering every request with `respond(path)` as JSON.
+fn spawn_server<F>(listener: TcpListener, respond: F)
+where
+    F: Fn(&str) -> (StatusCode, Bytes) + Send + Sync + 'static,
+{
+    let respond = Arc::new(respond);
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let respond = respond.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (status, body) = respond(req.uri().path());
+                    let mut resp = Response::new(Full::new(body));
+                    *resp.status_mut() = status;
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("application/json"),
+                    );
+                    std::future::ready(Ok::<_, Infallible>(resp))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// The gateway configuration: one issuer (the in-process JWKS server), one upstream, a public
+/// route and a protected one.
+fn gateway_config(issuer: &str, upstream: &str, cache_capacity: Option<u64>) -> String {
+    let cache = cache_capacity
+        .map(|n| format!("token_cache_capacity = {n}"))
+        .unwrap_or_default();
+    format!(
+        r#"
+[server]
+realm = "tollgate"
+{cache}
+
+[log]
+level = "error"
+
+[[issuer]]
+id = "bench"
+issuer = "{issuer}"
+jwks_uri = "{issuer}/jwks"
+audiences = ["api"]
+algorithms = ["RS256"]
+
+[[upstream]]
+id = "backend"
+url = "{upstream}"
+
+[[route]]
+id = "public"
+prefix = "/public/"
+upstream = "backend"
+auth = "none"
+
+[[route]]
+id = "api"
+prefix = "/api/"
+methods = ["GET", "HEAD"]
+upstream = "backend"
+scopes = ["api"]
+"#
+    )
+}
+
+/// Starts a gateway on ephemeral loopback listeners and waits (up to 10 s) until it has keys.
+async fn start_gateway(toml: &str) -> anyhow::Result<App> {
+    let config =
+        tollgate::config::from_toml_str(toml).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let app = App::start(&config, Listeners::ephemeral().await?)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !app.gateway.is_ready() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("the gateway did not load the JWKS within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(app)
+}
+
+/// Signs `count` distinct valid tokens (scope `api`, one hour), on every core.
+fn mint(key: &SigningKey, issuer: &str, count: usize, tag: &str) -> anyhow::Result<Vec<String>> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let sign = |i: usize| {
+        key.sign(&json!({
+            "iss": issuer, "aud": "api", "sub": format!("user-{i}"), "client_id": "bench",
+            "scope": "api", "iat": now, "exp": now + 3600, "jti": format!("{tag}-{i}"),
+        }))
+        .map_err(anyhow::Error::msg)
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = count.div_ceil(cores).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count)
+            .step_by(chunk)
+            .map(|start| {
+                let end = (start + chunk).min(count);
+                scope.spawn(move || (start..end).map(sign).collect::<anyhow::Result<Vec<_>>>())
+            })
+            .collect();
+        let mut all = Vec::with_capacity(count);
+        for h in handles {
+            all.extend(h.join().expect("signing thread panicked")?);
+        }
+        Ok(all)
+    })
+}
+
+// === plain HTTP from the main thread ===
+
+/// One `GET` with `Connection: close`; returns the status code and the body.
+fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        let _ = write!(req, "Authorization: Bearer {t}\r\n");
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes())?;
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp)?;
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .with_context(|| format!("not an HTTP response: {resp:?}"))?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The scenario must answer 200 with the upstream's body before any load is sent.
+fn preflight(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<()> {
+    let (status, body) = http_get(addr, path, token)?;
+    if status != 200 || !body.contains(UPSTREAM_BODY) {
+        bail!("expected 200 with the upstream's body, got {status}: {body}");
+    }
+    Ok(())
+}
+
+/// The gateway's token-cache counters (hits, misses) from its admin `/metrics`.
+fn cache_counters(admin: SocketAddr) -> anyhow::Result<(u64, u64)> {
+    let (status, body) = http_get(admin, "/metrics", None)?;
+    if status != 200 {
+        bail!("GET {admin}/metrics: {status}");
+    }
+    let (mut hits, mut misses) = (0, 0);
+    for line in body.lines() {
+        if !line.starts_with("tollgate_token_cache_requests_total{") {
+            continue;
+        }
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        if line.contains(r#"result="hit""#) {
+            hits += value;
+        } else if line.contains(r#"result="miss""#) {
+            misses += value;
+        }
+    }
+    Ok((hits, misses))
+}
+
+// === wrk ===
+
+fn wrk_version() -> anyhow::Result<String> {
+    // `wrk -v` prints its version and exits with status 1.
+    let out = Command::new("wrk")
+        .arg("-v")
+        .stdin(Stdio::null())
+        .output()
+        .context("wrk is not installed (apt-get install wrk)")?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok(text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("unknown")
+        .to_owned())
+}
+
+/// Runs wrk for `seconds` and returns its output; killed if it overruns by 30 s.
+fn wrk(
+    url: &str,
+    script: &Path,
+    tokens: Option<&Path>,
+    seconds: u64,
+    settings: &Settings,
+) -> anyhow::Result<String> {
+    let mut cmd = Command::new("wrk");
+    cmd.arg(format!("-t{}", settings.threads))
+        .arg(format!("-c{}", settings.connections))
+        .arg(format!("-d{seconds}s"))
+        .args(["--timeout", "2s", "--latency"]);
+    if let Some(file) = tokens {
+        cmd.arg("-s").arg(script).env(TOKENS_ENV, file);
+    }
+    cmd.arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().context("starting wrk")?;
+    let mut stdout = child.stdout.take().context("wrk stdout")?;
+    let mut stderr = child.stderr.take().context("wrk stderr")?;
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("wrk did not finish within {} s; killed", seconds + 30);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    if !status.success() {
+        bail!("wrk failed ({status}): {err}{out}");
+    }
+    Ok(out)
+}
+
+/// wrk's duration format (`812.00us`, `1.23ms`, `2.00s`, `1.00m`) in milliseconds.
+fn duration_ms(s: &str) -> Option<f64> {
+    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let factor = match unit {
+        "us" => 0.001,
+        "ms" => 1.0,
+        "s" => 1_000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => return None,
+    };
+    Some(n * factor)
+}
+
+fn parse_wrk(
+    name: &'static str,
+    output: &str,
+    cache: Option<(u64, u64)>,
+) -> anyhow::Result<Outcome> {
+    let (mut rps, mut p50, mut p99, mut requests) = (None, None, None, None);
+    let mut non_2xx = 0;
+    let mut socket_errors = None;
+    for line in output.lines().map(str::trim) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["Requests/sec:", v] => rps = v.parse::<f64>().ok(),
+            ["50%", v] => p50 = duration_ms(v),
+            ["99%", v] => p99 = duration_ms(v),
+            [n, "requests", "in", ..] => requests = n.parse::<u64>().ok(),
+            _ => {}
+        }
+        if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            non_2xx = v.trim().parse().unwrap_or(u64::MAX);
+        }
+        if let Some(v) = line.strip_prefix("Socket errors:") {
+            socket_errors = Some(v.trim().to_owned());
+        }
+    }
+    let missing = || format!("{name}: unexpected wrk output:\n{output}");
+    Ok(Outcome {
+        name,
+        rps: rps.with_context(missing)?,
+        p50_ms: p50.with_context(missing)?,
+        p99_ms: p99.with_context(missing)?,
+        requests: requests.with_context(missing)?,
+        non_2xx,
+        socket_errors,
+        cache,
+    })
+}
+
+// === the report ===
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn report(outcomes: &[Outcome], settings: &Settings, workers: usize, wrk_version: &str) -> String {
+    let rps_of = |name: &str| {
+        outcomes
+            .iter()
+            .find(|o| o.name == name)
+            .map_or(0.0, |o| o.rps)
+    };
+    let (direct, public) = (rps_of("direct"), rps_of("public"));
+    let ratio = |rps: f64, base: f64| {
+        if base > 0.0 {
+            format!("{:.0}%", 100.0 * rps / base)
+        } else {
+            "n/a".to_owned()
+        }
+    };
+    let mut md = String::new();
+    let _ = writeln!(md, "## tollgate load benchmark\n");
+    let _ = writeln!(
+        md,
+        "| scenario | req/s | p50 ms | p99 ms | req/s vs direct | req/s vs public | non-2xx |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for o in outcomes {
+        let errors = if o.non_2xx > 0 {
+            format!("**{} of {} (ERRORS)**", o.non_2xx, o.requests)
+        } else {
+            "0".to_owned()
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+            o.name,
+            o.rps,
+            o.p50_ms,
+            o.p99_ms,
+            ratio(o.rps, direct),
+            ratio(o.rps, public),
+            errors
+        );
+    }
+    md.push('\n');
+    for o in outcomes {
+        if let Some(e) = &o.socket_errors {
+            let _ = writeln!(md, "- **{}: socket errors: {e}**", o.name);
+        }
+    }
+    let cache: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| {
+            let (hits, misses) = o.cache?;
+            let total = (hits + misses).max(1);
+            Some(format!(
+                "{} {:.1}% ({misses} misses)",
+                o.name,
+                100.0 * hits as f64 / total as f64
+            ))
+        })
+        .collect();
+    if !cache.is_empty() {
+        let _ = writeln!(
+            md,
+            "- token-cache hit rate while measured: {}",
+            cache.join(", ")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "- wrk {wrk_version}: `-t{} -c{} -d{}s --latency` after a {WARMUP_SECONDS} s warm-up, \
+         HTTP/1.1 keep-alive on 127.0.0.1; the JWT scenarios send their tokens through \
+         `benches/tokens.lua`",
+        settings.threads, settings.connections, settings.seconds
+    );
+    let _ = writeln!(
+        md,
+        "- upstream (hyper, {}-byte JSON body), JWKS server and gateways share one tokio runtime \
+         ({workers} workers) in the bench process, and the cores with wrk",
+        UPSTREAM_BODY.len()
+    );
+    md.push('\n');
+    let nproc = command_output("nproc", &[]).unwrap_or_else(|| "unknown".to_owned());
+    let kernel = command_output("uname", &["-r"]).unwrap_or_else(|| "unknown".to_owned());
+    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+        .unwrap_or_else(|| "unknown".to_owned());
+    let manifest_dir = env!("CARGO_MANIFEST_DIR");
+    let commit = command_output("git", &["-C", manifest_dir, "rev-parse", "--short", "HEAD"])
+        .map(|c| format!(" (commit {c})"))
+        .unwrap_or_default();
+    let _ = writeln!(md, "- CPU: {}", cpu_model());
+    let _ = writeln!(md, "- nproc: {nproc}");
+    let _ = writeln!(md, "- kernel: {kernel}");
+    let _ = writeln!(md, "- date: {date}");
+    let _ = writeln!(md, "- tollgate: {}{commit}", tollgate::VERSION);
+    md
+}
