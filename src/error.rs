@@ -146,12 +146,12 @@ impl GatewayError {
                     None,
                 )
             }
-            GatewayError::Auth(AuthError::IdpUnavailable { .. }) => reply(
+            GatewayError::Auth(AuthError::IdpUnavailable { retry_after, .. }) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
-                "the identity provider's keys are not available; retry later",
+                "the identity provider cannot validate the token right now; retry later",
                 None,
-                Some(5),
+                Some(retry_after),
             ),
             GatewayError::Denied {
                 reason: Denied::WrongIssuer,
@@ -277,6 +277,7 @@ mod tests {
         let r = respond(
             AuthError::IdpUnavailable {
                 issuer: "erp".into(),
+                retry_after: 5,
             }
             .into(),
         );

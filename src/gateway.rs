@@ -124,13 +124,13 @@ impl Gateway {
 
     /// Starts the background work (every issuer's JWKS refresh).
     pub fn start(&self) {
-        let tasks = self.inner.verifier.spawn_refreshers();
+        let tasks = self.inner.verifier.spawn_background();
         if let Ok(mut r) = self.inner.refreshers.lock() {
             r.extend(tasks);
         }
     }
 
-    /// Ready when every issuer has a usable key set.
+    /// Ready when every issuer can validate tokens (key set loaded, introspection endpoint known).
     pub fn is_ready(&self) -> bool {
         self.inner.verifier.is_ready()
     }
@@ -141,9 +141,7 @@ impl Gateway {
 
     /// Publishes gauges that are sampled rather than counted (called at each scrape).
     pub fn sample_gauges(&self) {
-        self.inner
-            .metrics
-            .token_cache_entries("jwt", self.inner.verifier.cached_tokens());
+        self.inner.verifier.sample_gauges();
     }
 
     /// Handles one request end to end. Never fails: every error becomes its response here.
@@ -201,7 +199,11 @@ impl Gateway {
             }
             RouteAuth::Bearer(requirement) => {
                 let token = bearer::extract(&parts.headers).map_err(AuthError::from)?;
-                let principal = self.inner.verifier.verify(token).await?;
+                let principal = self
+                    .inner
+                    .verifier
+                    .verify(token, requirement.issuer.as_ref())
+                    .await?;
                 let permit =
                     policy::authorize(route, requirement, principal).map_err(|reason| {
                         GatewayError::Denied {

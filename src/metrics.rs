@@ -21,6 +21,9 @@ pub const JWKS_REFRESH_TOTAL: &str = "tollgate_jwks_refresh_total";
 pub const JWKS_KEYS: &str = "tollgate_jwks_keys";
 pub const JWKS_LAST_SUCCESS_TIMESTAMP_SECONDS: &str =
     "tollgate_jwks_last_success_timestamp_seconds";
+pub const INTROSPECTION_REQUESTS_TOTAL: &str = "tollgate_introspection_requests_total";
+pub const INTROSPECTION_DURATION_SECONDS: &str = "tollgate_introspection_duration_seconds";
+pub const INTROSPECTION_BREAKER_OPEN: &str = "tollgate_introspection_breaker_open";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 
 /// Latency buckets in seconds: fine below 10 ms where the gateway's own cost lives, coarse above.
@@ -60,6 +63,10 @@ impl Decision {
 pub enum CacheResult {
     Hit,
     Miss,
+    /// A cached "inactive" answer (introspection).
+    NegativeHit,
+    /// An expired positive answer served while the introspection endpoint is failing.
+    StaleHit,
 }
 
 impl CacheResult {
@@ -67,6 +74,26 @@ impl CacheResult {
         match self {
             CacheResult::Hit => "hit",
             CacheResult::Miss => "miss",
+            CacheResult::NegativeHit => "negative_hit",
+            CacheResult::StaleHit => "stale_hit",
+        }
+    }
+}
+
+/// Result label of one introspection call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntrospectionResult {
+    Active,
+    Inactive,
+    Error,
+}
+
+impl IntrospectionResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            IntrospectionResult::Active => "active",
+            IntrospectionResult::Inactive => "inactive",
+            IntrospectionResult::Error => "error",
         }
     }
 }
@@ -84,6 +111,9 @@ pub struct Metrics {
     jwks_refresh: IntCounterVec,
     jwks_keys: IntGaugeVec,
     jwks_last_success: GaugeVec,
+    introspection_requests: IntCounterVec,
+    introspection_duration: HistogramVec,
+    introspection_breaker: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -171,6 +201,21 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            introspection_requests: counter(
+                INTROSPECTION_REQUESTS_TOTAL,
+                "RFC 7662 introspection calls, by issuer and result (active, inactive, error).",
+                &["issuer", "result"],
+            )?,
+            introspection_duration: histogram(
+                INTROSPECTION_DURATION_SECONDS,
+                "Duration of introspection calls, by issuer.",
+                &["issuer"],
+            )?,
+            introspection_breaker: int_gauge(
+                INTROSPECTION_BREAKER_OPEN,
+                "1 while the issuer's introspection breaker is open (calls fail fast), else 0.",
+                &["issuer"],
+            )?,
             registry,
         };
 
@@ -254,6 +299,36 @@ impl Metrics {
             self.jwks_refresh.with_label_values(&[issuer, result]);
         }
         self.jwks_keys.with_label_values(&[issuer]);
+    }
+
+    /// Makes an introspection issuer's series exist (at zero) from the start.
+    pub fn declare_introspection(&self, issuer: &str) {
+        for result in ["active", "inactive", "error"] {
+            self.introspection_requests
+                .with_label_values(&[issuer, result]);
+        }
+        self.introspection_breaker
+            .with_label_values(&[issuer])
+            .set(0);
+        for result in ["hit", "miss", "negative_hit", "stale_hit"] {
+            self.token_cache
+                .with_label_values(&["introspection", result]);
+        }
+    }
+
+    pub fn introspection_call(&self, issuer: &str, result: IntrospectionResult, elapsed_secs: f64) {
+        self.introspection_requests
+            .with_label_values(&[issuer, result.as_str()])
+            .inc();
+        self.introspection_duration
+            .with_label_values(&[issuer])
+            .observe(elapsed_secs);
+    }
+
+    pub fn introspection_breaker(&self, issuer: &str, open: bool) {
+        self.introspection_breaker
+            .with_label_values(&[issuer])
+            .set(i64::from(open));
     }
 
     /// The Prometheus text exposition of every family.

@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::HeaderValue;
 use http::{header, Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -47,7 +48,7 @@ pub struct Fetched {
 /// The pooled IdP client.
 #[derive(Clone, Debug)]
 pub struct IdpClient {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl IdpClient {
@@ -85,18 +86,45 @@ impl IdpClient {
 
     /// GETs `url` expecting a 200 JSON document, within `timeout` for the whole exchange.
     pub async fn get(&self, url: &Url, timeout: Duration) -> Result<Fetched, FetchError> {
+        let req = Request::get(url.as_str()).body(Full::new(Bytes::new()));
+        self.exchange(url, req, timeout).await
+    }
+
+    /// POSTs an `application/x-www-form-urlencoded` body, with an optional `Authorization`
+    /// header, expecting a 200 JSON document.
+    pub async fn post_form(
+        &self,
+        url: &Url,
+        form: String,
+        authorization: Option<HeaderValue>,
+        timeout: Duration,
+    ) -> Result<Fetched, FetchError> {
+        let mut b = Request::post(url.as_str())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(a) = authorization {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        self.exchange(url, b.body(Full::new(Bytes::from(form))), timeout)
+            .await
+    }
+
+    async fn exchange(
+        &self,
+        url: &Url,
+        req: Result<Request<Full<Bytes>>, http::Error>,
+        timeout: Duration,
+    ) -> Result<Fetched, FetchError> {
         let url_s = url.as_str().to_owned();
-        let req = Request::get(url.as_str())
-            .header(header::ACCEPT, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("tollgate/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Empty::new())
-            .map_err(|e| FetchError::Connect {
-                url: url_s.clone(),
-                reason: e.to_string(),
-            })?;
+        let mut req = req.map_err(|e| FetchError::Connect {
+            url: url_s.clone(),
+            reason: e.to_string(),
+        })?;
+        let h = req.headers_mut();
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("tollgate/", env!("CARGO_PKG_VERSION"))),
+        );
         let exchange = async {
             let resp = self
                 .client

@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use url::Url;
 
+use super::discovery::{self, DiscoveryError};
 use super::fetch::{FetchError, IdpClient};
 use crate::config::{IssuerConfig, KeySource};
 use crate::metrics::Metrics;
@@ -145,8 +146,8 @@ pub fn family_of(alg: Algorithm) -> AlgorithmFamily {
 pub enum JwksError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    #[error("discovery document of {url}: {reason}")]
-    Discovery { url: String, reason: String },
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
     #[error("JWKS at {url}: {reason}")]
     KeySet { url: String, reason: String },
 }
@@ -183,16 +184,16 @@ impl std::fmt::Debug for Jwks {
 }
 
 impl Jwks {
-    pub fn new(cfg: &IssuerConfig, client: IdpClient, metrics: Metrics) -> Self {
+    pub fn new(cfg: &IssuerConfig, source: KeySource, client: IdpClient, metrics: Metrics) -> Self {
         metrics.declare_issuer(&cfg.id);
-        let jwks_uri = match &cfg.keys {
+        let jwks_uri = match &source {
             KeySource::Jwks(u) => Some(u.clone()),
             KeySource::Discovery(_) => None,
         };
         Jwks {
             issuer_id: cfg.id.clone(),
             issuer: cfg.issuer.clone(),
-            source: cfg.keys.clone(),
+            source,
             allow_http: cfg.allow_http,
             refresh_every: cfg.jwks_refresh,
             min_refresh: cfg.jwks_min_refresh,
@@ -292,36 +293,18 @@ impl Jwks {
     }
 
     async fn discover(&self, url: &Url) -> Result<Url, JwksError> {
-        #[derive(Deserialize)]
-        struct Metadata {
-            issuer: Option<String>,
-            jwks_uri: Option<String>,
-        }
-        let err = |reason: String| JwksError::Discovery {
+        let md = discovery::fetch(
+            &self.client,
+            url,
+            &self.issuer,
+            self.allow_http,
+            self.fetch_timeout,
+        )
+        .await?;
+        md.jwks_uri.ok_or_else(|| JwksError::KeySet {
             url: url.to_string(),
-            reason,
-        };
-        let doc = self.client.get(url, self.fetch_timeout).await?;
-        let md: Metadata = serde_json::from_slice(&doc.body)
-            .map_err(|e| err(format!("not JSON metadata: {e}")))?;
-        // OpenID Connect Discovery §4.3: the metadata's issuer must be the one we asked about.
-        if md.issuer.as_deref() != Some(self.issuer.as_str()) {
-            return Err(err(format!(
-                "its issuer {:?} is not the configured issuer {:?}",
-                md.issuer.unwrap_or_default(),
-                self.issuer
-            )));
-        }
-        let raw = md.jwks_uri.ok_or_else(|| err("no jwks_uri".to_owned()))?;
-        let jwks = Url::parse(&raw).map_err(|e| err(format!("jwks_uri is not a URL: {e}")))?;
-        let secure = jwks.scheme() == "https"
-            || (jwks.scheme() == "http" && (self.allow_http || crate::config::is_loopback(&jwks)));
-        if !secure {
-            return Err(err(format!(
-                "jwks_uri {jwks} must be https:// (or loopback, or allow_http = true)"
-            )));
-        }
-        Ok(jwks)
+            reason: "the discovery document has no jwks_uri".to_owned(),
+        })
     }
 
     /// The generation a kid-miss saw, for [`Jwks::refresh_for_unknown_kid`].

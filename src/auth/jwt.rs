@@ -64,6 +64,15 @@ impl IssuerVerifier {
         }
     }
 
+    /// True when the current key set holds a key for this header (for `auto` mode: such tokens
+    /// are validated locally, others introspected).
+    pub fn has_key(&self, header: &Header) -> bool {
+        self.algorithms.contains(&header.alg)
+            && self.jwks.snapshot().is_some_and(|k| {
+                matches!(k.find(header.kid.as_deref(), header.alg), Lookup::Found(_))
+            })
+    }
+
     /// Verifies signature and claims. May wait for one JWKS re-fetch on an unknown `kid`.
     pub async fn verify(&self, token: &str, header: &Header) -> Result<Principal, AuthError> {
         if !self.algorithms.contains(&header.alg) {
@@ -79,6 +88,7 @@ impl IssuerVerifier {
         let Some(keys) = self.jwks.snapshot() else {
             return Err(AuthError::IdpUnavailable {
                 issuer: self.id.clone(),
+                retry_after: 5,
             });
         };
         let keys = match keys.find(header.kid.as_deref(), header.alg) {

@@ -4,10 +4,14 @@
 //! digest of the token (never the token itself) and bounded by `server.token_cache_capacity`; an
 //! entry lives until the token's `exp`, so a repeated token costs a hash and a lookup instead of a
 //! signature check. On a miss it reads the unverified `iss` to pick the issuer, then verifies the
-//! signature and claims against that issuer's key set ([`jwt`], [`jwks`]).
+//! signature and claims against that issuer's key set ([`jwt`], [`jwks`]), or asks the issuer by
+//! RFC 7662 introspection ([`introspect`]) when the issuer is configured for it or the token is
+//! opaque.
 
 pub mod bearer;
+pub mod discovery;
 pub mod fetch;
+pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod scope;
@@ -23,9 +27,10 @@ use sha2::{Digest, Sha256};
 pub use bearer::{BearerError, Token};
 pub use scope::Scopes;
 
-use crate::config::IssuerConfig;
+use crate::config::{IssuerConfig, ValidationMode};
 use crate::metrics::{CacheResult, Metrics};
 use fetch::IdpClient;
+use introspect::Introspector;
 use jwks::Jwks;
 use jwt::IssuerVerifier;
 
@@ -95,8 +100,8 @@ pub enum InvalidToken {
     NotAnAccessToken,
     #[error("the token uses a critical header extension that is not supported")]
     UnsupportedCritical,
-    #[error("the token was not issued by the issuer this route accepts")]
-    WrongIssuerForRoute,
+    #[error("the token is not active")]
+    Inactive,
 }
 
 /// Every way authentication can fail.
@@ -106,15 +111,29 @@ pub enum AuthError {
     Bearer(#[from] BearerError),
     #[error(transparent)]
     InvalidToken(#[from] InvalidToken),
-    /// The issuer's keys were never fetched: the token may be fine, so this is a 503.
-    #[error("the keys of issuer {issuer} are not available yet")]
-    IdpUnavailable { issuer: Arc<str> },
+    /// The issuer cannot answer (keys never fetched, introspection failing): the token may be
+    /// fine, so this is a 503 with `Retry-After`, never a 401.
+    #[error("issuer {issuer} is unavailable")]
+    IdpUnavailable { issuer: Arc<str>, retry_after: u64 },
 }
 
-/// The verifier: issuers by `iss`, and the verified-token cache.
+/// One configured issuer and the ways its tokens are validated.
+struct Issuer {
+    mode: ValidationMode,
+    /// Local JWT validation (modes `jwt` and `auto`).
+    jwt: Option<Arc<IssuerVerifier>>,
+    /// RFC 7662 introspection (modes `introspection` and `auto`).
+    introspector: Option<Arc<Introspector>>,
+}
+
+/// The verifier: issuers by `iss`, the verified-JWT cache, and the introspectors.
 pub struct Verifier {
-    by_iss: HashMap<String, Arc<IssuerVerifier>>,
-    issuers: Vec<Arc<IssuerVerifier>>,
+    by_iss: HashMap<String, Arc<Issuer>>,
+    by_id: HashMap<Arc<str>, Arc<Issuer>>,
+    issuers: Vec<Arc<Issuer>>,
+    /// The introspector used for opaque tokens on routes that name no issuer: set when exactly
+    /// one issuer introspects.
+    sole_introspector: Option<Arc<Introspector>>,
     cache: Cache<[u8; 32], Arc<Principal>>,
     metrics: Metrics,
 }
@@ -122,7 +141,7 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("issuers", &self.issuers)
+            .field("issuers", &self.by_id.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -150,17 +169,47 @@ impl Verifier {
         client: &IdpClient,
         metrics: &Metrics,
     ) -> Self {
-        let issuers: Vec<Arc<IssuerVerifier>> = issuers
+        let issuers: Vec<(Arc<str>, String, Arc<Issuer>)> = issuers
             .iter()
             .map(|cfg| {
-                let jwks = Arc::new(Jwks::new(cfg, client.clone(), metrics.clone()));
-                Arc::new(IssuerVerifier::new(cfg, jwks))
+                let jwt = cfg.keys.clone().map(|source| {
+                    let jwks = Arc::new(Jwks::new(cfg, source, client.clone(), metrics.clone()));
+                    Arc::new(IssuerVerifier::new(cfg, jwks))
+                });
+                let introspector = cfg
+                    .introspection
+                    .clone()
+                    .map(|i| Arc::new(Introspector::new(cfg, i, client.clone(), metrics.clone())));
+                (
+                    cfg.id.clone(),
+                    cfg.issuer.clone(),
+                    Arc::new(Issuer {
+                        mode: cfg.validation,
+                        jwt,
+                        introspector,
+                    }),
+                )
             })
             .collect();
-        let by_iss = issuers.iter().map(|v| (v.iss.clone(), v.clone())).collect();
+        let introspectors: Vec<&Arc<Introspector>> = issuers
+            .iter()
+            .filter_map(|(_, _, i)| i.introspector.as_ref())
+            .collect();
+        let sole_introspector = match introspectors.as_slice() {
+            [only] => Some(Arc::clone(only)),
+            _ => None,
+        };
         Verifier {
-            by_iss,
-            issuers,
+            by_iss: issuers
+                .iter()
+                .map(|(_, iss, i)| (iss.clone(), i.clone()))
+                .collect(),
+            by_id: issuers
+                .iter()
+                .map(|(id, _, i)| (id.clone(), i.clone()))
+                .collect(),
+            issuers: issuers.into_iter().map(|(_, _, i)| i).collect(),
+            sole_introspector,
             cache: Cache::builder()
                 .max_capacity(cache_capacity)
                 .expire_after(UntilExp)
@@ -169,50 +218,115 @@ impl Verifier {
         }
     }
 
-    pub fn issuers(&self) -> &[Arc<IssuerVerifier>] {
-        &self.issuers
-    }
-
-    /// True when every issuer has a usable key set (readiness).
+    /// True when every issuer can validate: JWT issuers have a key set, introspection-only
+    /// issuers know their endpoint (readiness).
     pub fn is_ready(&self) -> bool {
-        self.issuers.iter().all(|i| i.jwks.is_ready())
-    }
-
-    /// Starts every issuer's background JWKS refresh.
-    pub fn spawn_refreshers(&self) -> Vec<tokio::task::JoinHandle<()>> {
         self.issuers
             .iter()
-            .map(|i| i.jwks.clone().spawn_refresh())
-            .collect()
+            .all(|i| match (&i.jwt, &i.introspector) {
+                (Some(j), _) => j.jwks.is_ready(),
+                (None, Some(x)) => x.is_ready(),
+                (None, None) => true,
+            })
     }
 
-    /// Verifies a bearer token, from the cache when it was verified before.
-    pub async fn verify(&self, token: Token<'_>) -> Result<Arc<Principal>, AuthError> {
+    /// Starts every issuer's background work: JWKS refresh, introspection endpoint discovery.
+    pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for i in &self.issuers {
+            if let Some(j) = &i.jwt {
+                tasks.push(j.jwks.clone().spawn_refresh());
+            }
+            if let Some(x) = &i.introspector {
+                tasks.extend(x.clone().spawn_resolve());
+            }
+        }
+        tasks
+    }
+
+    /// Validates a bearer token. `route_issuer` is the issuer id the route names, if any: it
+    /// chooses where an opaque token is introspected.
+    pub async fn verify(
+        &self,
+        token: Token<'_>,
+        route_issuer: Option<&Arc<str>>,
+    ) -> Result<Arc<Principal>, AuthError> {
         let token = token.as_str();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // The verified-JWT cache first: a repeated JWT costs a hash and a lookup.
         if let Some(p) = self.cache.get(&digest) {
             if p.expires_at > jwt::now_unix() {
                 self.metrics.token_cache("jwt", CacheResult::Hit);
                 return Ok(p);
             }
         }
-        self.metrics.token_cache("jwt", CacheResult::Miss);
+        let unverified = jwt::peek(token);
+        let issuer = match &unverified {
+            Ok(u) => self.by_iss.get(&u.iss),
+            Err(_) => None,
+        };
+        match (issuer, unverified) {
+            (Some(issuer), Ok(u)) => match (issuer.mode, &issuer.jwt, &issuer.introspector) {
+                (ValidationMode::Jwt, Some(v), _) => {
+                    self.verify_locally(v, token, &u.header, digest).await
+                }
+                (ValidationMode::Auto, Some(v), Some(x)) => {
+                    if v.has_key(&u.header) {
+                        self.verify_locally(v, token, &u.header, digest).await
+                    } else {
+                        x.verify(token, digest).await
+                    }
+                }
+                (_, _, Some(x)) => x.verify(token, digest).await,
+                (_, Some(v), None) => self.verify_locally(v, token, &u.header, digest).await,
+                (_, None, None) => Err(InvalidToken::UnknownIssuer.into()),
+            },
+            // Not a JWS, or a JWS of an issuer that is not configured: an opaque token for the
+            // route's issuer, or for the only issuer that introspects.
+            (None, unverified) => {
+                let chosen = match route_issuer {
+                    Some(id) => self.by_id.get(id).and_then(|i| i.introspector.clone()),
+                    None => self.sole_introspector.clone(),
+                };
+                match (chosen, unverified) {
+                    (Some(x), _) => x.verify(token, digest).await,
+                    (None, Ok(_)) => Err(InvalidToken::UnknownIssuer.into()),
+                    (None, Err(e)) => Err(e.into()),
+                }
+            }
+            (Some(_), Err(e)) => Err(e.into()),
+        }
+    }
 
-        let unverified = jwt::peek(token)?;
-        let issuer = self
-            .by_iss
-            .get(&unverified.iss)
-            .ok_or(InvalidToken::UnknownIssuer)?;
-        let principal = Arc::new(issuer.verify(token, &unverified.header).await?);
+    async fn verify_locally(
+        &self,
+        v: &IssuerVerifier,
+        token: &str,
+        header: &jsonwebtoken::Header,
+        digest: [u8; 32],
+    ) -> Result<Arc<Principal>, AuthError> {
+        self.metrics.token_cache("jwt", CacheResult::Miss);
+        let principal = Arc::new(v.verify(token, header).await?);
         if principal.expires_at > jwt::now_unix() {
             self.cache.insert(digest, principal.clone());
         }
         Ok(principal)
     }
 
-    /// Approximate number of cached verified tokens (for the entries gauge).
-    pub fn cached_tokens(&self) -> u64 {
+    /// Publishes the cache sizes (called at each scrape).
+    pub fn sample_gauges(&self) {
         self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.metrics
+            .token_cache_entries("jwt", self.cache.entry_count());
+        let introspected: u64 = self
+            .issuers
+            .iter()
+            .filter_map(|i| i.introspector.as_ref())
+            .map(|x| x.cached_entries())
+            .sum();
+        if self.issuers.iter().any(|i| i.introspector.is_some()) {
+            self.metrics
+                .token_cache_entries("introspection", introspected);
+        }
     }
 }

@@ -86,6 +86,44 @@ pub struct IssuerSection {
     pub allow_http: Option<bool>,
     /// Timeout of one discovery or JWKS fetch (humantime). By default `5s`.
     pub fetch_timeout: Option<String>,
+    /// `jwt`, `introspection` or `auto`. By default `jwt`, or `auto` when `[issuer.introspection]`
+    /// is present.
+    pub validation: Option<String>,
+    pub introspection: Option<IntrospectionSection>,
+}
+
+/// `[issuer.introspection]`: RFC 7662 token introspection.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionSection {
+    /// By default the discovery document's `introspection_endpoint`.
+    pub endpoint: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    /// A file holding the client secret (a trailing newline is trimmed).
+    pub client_secret_file: Option<String>,
+    /// An environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// `client_secret_basic` (default), `client_secret_post` or `private_key_jwt`.
+    pub auth_method: Option<String>,
+    /// PEM private key (RSA or EC P-256) for `private_key_jwt`.
+    pub private_key_file: Option<String>,
+    /// `kid` header of the client assertion.
+    pub private_key_kid: Option<String>,
+    /// By default `2s`.
+    pub timeout: Option<String>,
+    /// By default `5m`.
+    pub cache_max_ttl: Option<String>,
+    /// By default `30s`.
+    pub negative_ttl: Option<String>,
+    /// By default `0s` (off).
+    pub serve_stale: Option<String>,
+    /// Entries kept in the introspection cache. By default 100000.
+    pub cache_capacity: Option<u64>,
+    /// Consecutive failures that open the breaker. By default 5.
+    pub breaker_failures: Option<u32>,
+    /// How long an open breaker fails requests fast. By default `30s`.
+    pub breaker_cooldown: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -74,12 +74,14 @@ fn defaults() {
             jsonwebtoken::Algorithm::EdDSA
         ]
     );
+    assert_eq!(i.validation, ValidationMode::Jwt);
+    assert!(i.introspection.is_none());
     assert_eq!(
         i.keys,
-        KeySource::Discovery(
+        Some(KeySource::Discovery(
             url::Url::parse("https://erp.example.com/identity/.well-known/openid-configuration")
                 .unwrap()
-        )
+        ))
     );
     let u = &c.upstreams[0];
     assert_eq!(u.connect_timeout, Duration::from_secs(2));

@@ -6,22 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
 use url::{Host, Url};
 
 use super::file::{self, FileConfig};
 use super::{
-    routes, Config, ConfigError, ConfigErrors, IssuerConfig, KeySource, LogConfig, LogFormat,
-    Origin, ServerConfig, UpstreamConfig,
+    routes, Config, ConfigError, ConfigErrors, LogConfig, LogFormat, Origin, ServerConfig,
+    UpstreamConfig,
 };
-
-/// The algorithms allowed when an issuer lists none.
-pub(crate) const DEFAULT_ALGORITHMS: &[Algorithm] = &[
-    Algorithm::RS256,
-    Algorithm::PS256,
-    Algorithm::ES256,
-    Algorithm::EdDSA,
-];
 
 /// Collects errors while typed values are built.
 pub(crate) struct Checker<'a> {
@@ -147,7 +138,11 @@ pub(super) fn build(
 
     let server = server(&mut c, &raw.server);
     let log = log(&mut c, &raw.log);
-    let issuers = issuers(&mut c, &raw.issuer);
+    let base_dir = source
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let issuers = super::issuer::issuers(&mut c, &raw.issuer, &base_dir);
     let upstreams = upstreams(&mut c, &raw.upstream);
 
     let issuer_ids: Vec<Arc<str>> = issuers.iter().map(|i| i.id.clone()).collect();
@@ -297,156 +292,14 @@ pub(crate) fn check_id(
     Arc::from(id.as_str())
 }
 
-fn issuers(c: &mut Checker<'_>, raw: &[file::IssuerSection]) -> Vec<IssuerConfig> {
-    let mut seen_ids = HashSet::new();
-    let mut seen_iss = HashSet::new();
-    raw.iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let k = |field: &str| format!("issuer[{i}].{field}");
-            let id = check_id(c, &k("id"), r.id.as_ref(), &mut seen_ids);
-            let allow_http = r.allow_http.unwrap_or(false);
-            let issuer = c
-                .required(&k("issuer"), &r.issuer)
-                .cloned()
-                .unwrap_or_default();
-            let issuer_url = if issuer.is_empty() {
-                None
-            } else {
-                if !seen_iss.insert(issuer.clone()) {
-                    c.error(&k("issuer"), format!("`{issuer}` is configured twice"));
-                }
-                c.idp_url(&k("issuer"), &issuer, allow_http)
-            };
-            let discovery = r.discovery.unwrap_or(false);
-            let keys = match (discovery, r.jwks_uri.as_deref()) {
-                (true, Some(_)) => {
-                    c.error(
-                        &k("jwks_uri"),
-                        "set either discovery = true or jwks_uri, not both",
-                    );
-                    None
-                }
-                (true, None) => issuer_url.map(|u| {
-                    let base = u.as_str().trim_end_matches('/');
-                    // The issuer URL was valid, so appending a path keeps it valid.
-                    KeySource::Discovery(
-                        Url::parse(&format!("{base}/.well-known/openid-configuration"))
-                            .unwrap_or(u),
-                    )
-                }),
-                (false, Some(uri)) => c
-                    .idp_url(&k("jwks_uri"), uri, allow_http)
-                    .map(KeySource::Jwks),
-                (false, None) => {
-                    c.error(
-                        &k("jwks_uri"),
-                        "missing key: set jwks_uri, or discovery = true",
-                    );
-                    None
-                }
-            };
-            let audiences = match &r.audiences {
-                Some(a) if !a.is_empty() && a.iter().all(|s| !s.is_empty()) => a.clone(),
-                Some(_) => {
-                    c.error(&k("audiences"), "must list at least one non-empty audience");
-                    Vec::new()
-                }
-                None => {
-                    c.error(
-                        &k("audiences"),
-                        "missing key: list the audiences a token's aud must contain (RFC 9068)",
-                    );
-                    Vec::new()
-                }
-            };
-            let algorithms = match &r.algorithms {
-                None => DEFAULT_ALGORITHMS.to_vec(),
-                Some(list) if list.is_empty() => {
-                    c.error(&k("algorithms"), "must list at least one algorithm");
-                    Vec::new()
-                }
-                Some(list) => list
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(j, name)| {
-                        algorithm(c, &format!("issuer[{i}].algorithms[{j}]"), name)
-                    })
-                    .collect(),
-            };
-            let jwks_min_refresh = c.duration(
-                &k("jwks_min_refresh"),
-                r.jwks_min_refresh.as_deref(),
-                Duration::from_secs(30),
-            );
-            let jwks_refresh = c.duration(
-                &k("jwks_refresh"),
-                r.jwks_refresh.as_deref(),
-                Duration::from_secs(600),
-            );
-            if jwks_refresh.is_zero() {
-                c.error(&k("jwks_refresh"), "must be greater than zero");
-            }
-            let fetch_timeout = c.duration(
-                &k("fetch_timeout"),
-                r.fetch_timeout.as_deref(),
-                Duration::from_secs(5),
-            );
-            if fetch_timeout.is_zero() {
-                c.error(&k("fetch_timeout"), "must be greater than zero");
-            }
-            IssuerConfig {
-                id,
-                issuer,
-                keys: keys.unwrap_or_else(|| KeySource::Jwks(placeholder_url())),
-                audiences,
-                algorithms,
-                leeway: c.duration(&k("leeway"), r.leeway.as_deref(), Duration::from_secs(30)),
-                jwks_refresh,
-                jwks_min_refresh,
-                require_typ: r.require_typ.unwrap_or(false),
-                allow_http,
-                fetch_timeout,
-            }
-        })
-        .collect()
-}
-
 /// Stands in for a URL that failed validation; the recorded error stops the load before use.
-fn placeholder_url() -> Url {
+pub(crate) fn placeholder_url() -> Url {
     Url::from_directory_path("/").unwrap_or_else(|()| unreachable_url())
 }
 
 #[allow(clippy::expect_used)]
 fn unreachable_url() -> Url {
     Url::parse("http://invalid.invalid/").expect("static URL parses")
-}
-
-fn algorithm(c: &mut Checker<'_>, key: &str, name: &str) -> Option<Algorithm> {
-    if name.eq_ignore_ascii_case("none") {
-        c.error(
-            key,
-            "`none` is never allowed: unsigned tokens would be accepted",
-        );
-        return None;
-    }
-    match name.parse::<Algorithm>() {
-        Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => {
-            c.error(
-                key,
-                format!("`{name}` is refused: HMAC algorithms need a shared secret, and tollgate verifies with the issuer's public keys"),
-            );
-            None
-        }
-        Ok(alg) => Some(alg),
-        Err(_) => {
-            c.error(
-                key,
-                format!("unknown algorithm `{name}`; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"),
-            );
-            None
-        }
-    }
 }
 
 fn upstreams(c: &mut Checker<'_>, raw: &[file::UpstreamSection]) -> Vec<UpstreamConfig> {

@@ -235,9 +235,9 @@ fn environment_overrides_use_a_double_underscore_prefix() {
     );
 }
 
-/// Runs `tollgate run` on `config` with `env`, collecting stderr until a line contains `until`
-/// (or 20 s pass), then stops it.
-fn run_until(config: &Path, env: &[(&str, &str)], until: &str) -> Vec<String> {
+/// Runs `tollgate run` on `config` with `env`, collecting stderr until `times` lines contain
+/// `until` (or 20 s pass), then stops it.
+fn run_until(config: &Path, env: &[(&str, &str)], until: &str, times: usize) -> Vec<String> {
     use std::io::BufRead;
     let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
     c.args(["run", "--config"])
@@ -258,15 +258,13 @@ fn run_until(config: &Path, env: &[(&str, &str)], until: &str) -> Vec<String> {
             let _ = tx.send(l);
         }
     });
-    let mut lines = Vec::new();
+    let mut lines: Vec<String> = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
+    while std::time::Instant::now() < deadline
+        && lines.iter().filter(|l| l.contains(until)).count() < times
+    {
         if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
-            let done = l.contains(until);
             lines.push(l);
-            if done {
-                break;
-            }
         }
     }
     let _ = child.kill();
@@ -297,15 +295,16 @@ fn rust_log_overrides_the_configured_level() {
 
     // Configured "error", RUST_LOG=info: the INFO start-up line appears.
     let quiet = write(dir.path(), "quiet.toml", &cfg("error"));
-    let lines = run_until(&quiet, &[("RUST_LOG", "info")], "tollgate listening");
+    let lines = run_until(&quiet, &[("RUST_LOG", "info")], "tollgate listening", 1);
     assert!(
         lines.iter().any(|l| l.contains("tollgate listening")),
         "{lines:?}"
     );
 
-    // Configured "info", RUST_LOG=warn: the WARN line appears, the INFO line does not.
+    // Configured "info", RUST_LOG=warn: the WARN line appears (twice: the retry comes a second
+    // after start, well after the start-up line), the INFO line does not.
     let loud = write(dir.path(), "loud.toml", &cfg("info"));
-    let lines = run_until(&loud, &[("RUST_LOG", "warn")], "JWKS refresh failed");
+    let lines = run_until(&loud, &[("RUST_LOG", "warn")], "JWKS refresh failed", 2);
     assert!(
         lines.iter().any(|l| l.contains("JWKS refresh failed")),
         "{lines:?}"
@@ -316,7 +315,7 @@ fn rust_log_overrides_the_configured_level() {
     );
 
     // And without RUST_LOG the configured level rules.
-    let lines = run_until(&loud, &[], "JWKS refresh failed");
+    let lines = run_until(&loud, &[], "tollgate listening", 1);
     assert!(
         lines.iter().any(|l| l.contains("tollgate listening")),
         "{lines:?}"
