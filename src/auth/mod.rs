@@ -290,6 +290,11 @@ impl Verifier {
                 };
                 match (chosen, unverified) {
                     (Some(x), _) => x.verify(token, digest).await,
+                    // Several issuers introspect and the route names none: asking each would
+                    // hand the token to issuers that never issued it.
+                    (None, Err(_)) if self.by_id.values().any(|i| i.introspector.is_some()) => {
+                        Err(InvalidToken::UnknownIssuer.into())
+                    }
                     (None, Ok(_)) => Err(InvalidToken::UnknownIssuer.into()),
                     (None, Err(e)) => Err(e.into()),
                 }

@@ -21,6 +21,8 @@ pub struct SigningKey {
     pub jwk: Value,
     /// The public key as PEM (SubjectPublicKeyInfo), for algorithm-confusion tests.
     pub public_pem: String,
+    /// The private key as PKCS#8 PEM (RSA and EC keys), e.g. for a `private_key_jwt` client.
+    pub private_pem: String,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -50,7 +52,8 @@ impl SigningKey {
             .map_err(|e| format!("RSA key generation: {e}"))?;
         let pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'_>>::as_der(&kp)
             .map_err(|e| format!("RSA key encoding: {e}"))?;
-        let encoding = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes())
+        let private_pem = pem("PRIVATE KEY", pkcs8.as_ref());
+        let encoding = EncodingKey::from_rsa_pem(private_pem.as_bytes())
             .map_err(|e| format!("RSA key import: {e}"))?;
         let public = kp.public_key();
         let spki = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der<'_>>::as_der(public)
@@ -69,6 +72,7 @@ impl SigningKey {
             encoding,
             jwk,
             public_pem: pem("PUBLIC KEY", spki.as_ref()),
+            private_pem,
         })
     }
 
@@ -94,6 +98,7 @@ impl SigningKey {
             encoding: EncodingKey::from_ec_der(doc.as_ref()),
             jwk,
             public_pem: String::new(),
+            private_pem: pem("PRIVATE KEY", doc.as_ref()),
         })
     }
 
@@ -114,6 +119,7 @@ impl SigningKey {
             encoding: EncodingKey::from_ed_der(doc.as_ref()),
             jwk,
             public_pem: String::new(),
+            private_pem: String::new(),
         })
     }
 

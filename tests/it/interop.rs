@@ -69,3 +69,77 @@ async fn a_real_issuers_token_is_accepted_and_its_tampered_twin_refused() {
     drop(child.stdin.take());
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn the_real_issuers_introspection_endpoint_validates_opaque_tokens() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    assert!(
+        dir.join("node_modules/oauth2-mock-server").is_dir(),
+        "run `npm ci --prefix tests/interop`"
+    );
+    let mut child = Command::new("node")
+        .arg("mock-issuer.mjs")
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node not found");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("mock issuer said {line:?}: {e}"));
+    let issuer = info["issuer"].as_str().unwrap();
+    let jwt = info["token"].as_str().unwrap().to_owned();
+    let opaque = info["opaque_token"]
+        .as_str()
+        .expect("the harness prints an opaque token")
+        .to_owned();
+
+    // `auto`: the issuer's JWTs locally, everything else at its introspection endpoint, both
+    // found through its discovery document; client_secret_basic as the server requires.
+    let upstream = RecordingUpstream::start().await;
+    let cfg = config(issuer, &upstream.url(), "")
+        .replace(&format!("jwks_uri = \"{issuer}/jwks\""), "discovery = true\nvalidation = \"auto\"")
+        .replacen(
+            "\n[[upstream]]",
+            "\n[issuer.introspection]\nclient_id = \"interop-client\"\nclient_secret = \"x\"\n\n[[upstream]]",
+            1,
+        );
+    let gw = TestGateway::start(&cfg, true).await;
+    let url = gw.url("/entity/Default/24.200.001/Customer");
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    let r = get(&url, &[("authorization", &bearer(&opaque))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        get(&url, &[("authorization", &bearer(&jwt))]).await.status,
+        200
+    );
+    let r = get(
+        &url,
+        &[("authorization", &bearer("0123456789abcdef-not-issued"))],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("the token is not active"));
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(r#"tollgate_introspection_requests_total{issuer="erp",result="active"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"tollgate_introspection_requests_total{issuer="erp",result="inactive"} 1"#),
+        "{m}"
+    );
+    assert_eq!(upstream.count(), 2);
+
+    gw.shutdown().await;
+    drop(child.stdin.take());
+    let _ = child.wait();
+}

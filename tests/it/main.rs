@@ -10,6 +10,7 @@ mod demo;
 mod errors_rfc6750;
 mod forwarding;
 mod interop;
+mod introspection;
 mod jwt;
 mod logs;
 mod metrics;

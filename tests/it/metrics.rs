@@ -10,7 +10,7 @@ use crate::support::gateway::config;
 use crate::support::{get, FakeIdp, RecordingUpstream, TestGateway};
 
 /// Runs `promtool check metrics` on the exposition; panics with its output when it objects.
-fn promtool_check(text: &str) {
+pub(crate) fn promtool_check(text: &str) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -4,6 +4,7 @@
 pub mod gateway;
 pub mod http;
 pub mod idp;
+pub mod introspect;
 pub mod upstream;
 
 pub use gateway::TestGateway;
