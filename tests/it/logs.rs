@@ -8,15 +8,29 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::gateway::config;
+use crate::support::introspect::{ExpectAuth, FakeIntrospection, Mode};
 use crate::support::{get, FakeIdp, RecordingUpstream};
+
+const CLIENT_SECRET: &str = "introspection-client-secret-value";
 
 #[tokio::test]
 async fn no_token_reaches_the_logs_at_any_level() {
     let idp = FakeIdp::start().await;
     let upstream = RecordingUpstream::start().await;
+    let introspection = FakeIntrospection::start(ExpectAuth::Basic {
+        id: "tollgate".into(),
+        secret: CLIENT_SECRET.into(),
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.toml");
-    let cfg = config(&idp.issuer, &upstream.url(), "").replace(
+    // A second issuer validates opaque tokens by introspection (breaker off, so every outage
+    // request reaches the failing endpoint).
+    let opaque_issuer = format!(
+        "\n[[issuer]]\nid = \"opaque\"\nissuer = \"{}\"\naudiences = [\"api\"]\nvalidation = \"introspection\"\n[issuer.introspection]\nendpoint = \"{}\"\nclient_id = \"tollgate\"\nclient_secret = \"{CLIENT_SECRET}\"\nbreaker_failures = 1000\n",
+        introspection.issuer, introspection.endpoint
+    );
+    let cfg = config(&idp.issuer, &upstream.url(), &opaque_issuer).replace(
         "[server]\nrealm = \"tollgate\"",
         "[server]\nrealm = \"tollgate\"\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[log]\nlevel = \"trace\"\nformat = \"json\"",
     );
@@ -37,12 +51,17 @@ async fn no_token_reaches_the_logs_at_any_level() {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
+        // Byte lines, decoded lossily: a single non-UTF-8 byte must not end the capture.
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
+        let mut reader = std::io::BufReader::new(stderr);
+        let mut buf = Vec::new();
+        while reader
+            .read_until(b'\n', &mut buf)
+            .map(|n| n > 0)
+            .unwrap_or(false)
         {
-            let _ = tx.send(line);
+            let _ = tx.send(String::from_utf8_lossy(&buf).trim_end().to_owned());
+            buf.clear();
         }
     });
     // The listening line names the ephemeral ports.
@@ -102,6 +121,38 @@ async fn no_token_reaches_the_logs_at_any_level() {
         crate::support::request(put).await;
         sent += 4;
     }
+    // Opaque tokens: active, inactive, and during an introspection outage.
+    let active = introspection.active(json!({}));
+    let inactive = "opaque-inactive-token-0123456789abcdef".to_owned();
+    for token in [&active, &inactive] {
+        get(&url, &[("authorization", &format!("Bearer {token}"))]).await;
+        sent += 1;
+    }
+    introspection.set_mode(Mode::Status(500));
+    let during_outage = introspection.active(json!({}));
+    get(
+        &url,
+        &[("authorization", &format!("Bearer {during_outage}"))],
+    )
+    .await;
+    introspection.set_mode(Mode::Malformed);
+    get(
+        &url,
+        &[("authorization", &format!("Bearer {during_outage}"))],
+    )
+    .await;
+    sent += 2;
+    assert!(
+        introspection.auth_errors().is_empty(),
+        "{:?}",
+        introspection.auth_errors()
+    );
+    assert_eq!(introspection.calls(), 4);
+    let secrets: Vec<String> = secrets
+        .into_iter()
+        .chain([active, inactive, during_outage])
+        .collect();
+
     get(
         &format!("{base}/entity/Default/x?access_token={valid}"),
         &[],
@@ -116,7 +167,8 @@ async fn no_token_reaches_the_logs_at_any_level() {
 
     // Collect until every request has its access-log line.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while lines.iter().filter(|l| l.contains("\"status\"")).count() < sent
+    let is_access = |l: &String| l.contains("\"target\":\"tollgate::access\"");
+    while lines.iter().filter(|l| is_access(l)).count() < sent
         && std::time::Instant::now() < deadline
     {
         if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
@@ -125,11 +177,12 @@ async fn no_token_reaches_the_logs_at_any_level() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    while let Ok(l) = rx.try_recv() {
+    // The reader thread ends at EOF; take everything it read.
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(5)) {
         lines.push(l);
     }
     let all = lines.join("\n");
-    let access = lines.iter().filter(|l| l.contains("\"status\"")).count();
+    let access = lines.iter().filter(|l| is_access(l)).count();
     assert!(
         access >= sent,
         "expected {sent} access-log lines, got {access}:\n{all}"
@@ -139,13 +192,21 @@ async fn no_token_reaches_the_logs_at_any_level() {
         "not logging at trace/debug"
     );
     for token in &secrets {
-        // Any 24-character piece of the signature or payload would identify the token.
+        // Any 24-character piece of the signature (or of an opaque token) would identify it.
         let sig = token.rsplit('.').next().unwrap();
         assert!(!all.contains(token.as_str()), "a token appears in the logs");
         assert!(
-            !all.contains(&sig[..24]),
+            !all.contains(&sig[sig.len() - 24..]),
             "a token's signature appears in the logs"
         );
     }
     assert!(!all.contains("other-token-value"));
+    assert!(
+        !all.contains(CLIENT_SECRET),
+        "the introspection client secret appears in the logs"
+    );
+    assert!(
+        all.contains("introspection failed"),
+        "the outage was not logged at all:\n{all}"
+    );
 }
