@@ -7,20 +7,25 @@
 //! ```
 //!
 //! Everything runs in this process on 127.0.0.1 (one multi-threaded tokio runtime): a JWKS server,
-//! the upstream (hyper, 200 with a ~100-byte JSON body) and two gateways started with
-//! [`tollgate::App::start`] (the default token cache, and `token_cache_capacity = 1`). No tracing
-//! subscriber is installed, so the gateway logs nothing. Scenarios, each a 2 s warm-up and then
-//! `wrk -t2 -c64 -d10s --latency`:
+//! a minimal RFC 7662 introspection server, the upstream (hyper, 200 with a ~100-byte JSON body)
+//! and four gateways started with [`tollgate::App::start`]: JWT with the default token cache and
+//! with `token_cache_capacity = 1`, introspection with the default introspection cache and with
+//! `cache_capacity = 1`. No tracing subscriber is installed, so the gateways log nothing.
+//! Scenarios, each a 2 s warm-up and then `wrk -t2 -c64 -d10s --latency`:
 //!
-//! | scenario           | what                                                                   |
-//! |--------------------|------------------------------------------------------------------------|
-//! | `direct`           | the upstream, without tollgate                                         |
-//! | `public`           | tollgate, public route (`auth = "none"`)                               |
-//! | `jwt-one-token`    | tollgate, route with `scopes = ["api"]`, one RS256 token reused        |
-//! | `jwt-10k-tokens`   | same route, 10,000 distinct tokens cycled by `benches/tokens.lua`      |
-//! | `jwt-10k-no-cache` | same, gateway with `token_cache_capacity = 1` (a signature check each) |
+//! | scenario                 | what                                                              |
+//! |--------------------------|-------------------------------------------------------------------|
+//! | `direct`                 | the upstream, without tollgate                                    |
+//! | `public`                 | tollgate, public route (`auth = "none"`)                          |
+//! | `jwt-one-token`          | tollgate, route with `scopes = ["api"]`, one RS256 token reused   |
+//! | `jwt-10k-tokens`         | same route, 10,000 distinct tokens cycled by `benches/tokens.lua` |
+//! | `jwt-10k-no-cache`       | same, `token_cache_capacity = 1` (a signature check each)         |
+//! | `introspection-cached`   | `validation = "introspection"`, 10,000 opaque tokens cycled       |
+//! | `introspection-uncached` | same, `[issuer.introspection] cache_capacity = 1` (a call each)   |
 //!
-//! The table is printed and written to `target/bench-results.md`. A scenario with non-2xx
+//! The table is printed and written to `target/bench-results.md`, with the introspection
+//! scenarios' req/s relative to `jwt-10k-tokens`, their introspection calls (counted by the
+//! introspection server) and every token scenario's cache hit rate. A scenario with non-2xx
 //! responses or socket errors is flagged in the table and makes the run fail.
 //!
 //! Without `--bench` in its arguments (which `cargo bench` passes) the binary only prints how to
@@ -34,13 +39,16 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -61,6 +69,12 @@ const PUBLIC_PATH: &str = "/public/orders/24.200.001";
 const UPSTREAM_BODY: &str = r#"{"order":"24.200.001","customer":"C-1042","status":"open","total":"1234.56","currency":"EUR","n":3}"#;
 /// How many distinct tokens the 10k scenarios cycle through.
 const TOKEN_COUNT: usize = 10_000;
+/// The introspection client's credentials (`client_secret_basic`); URL-safe, so the Basic header
+/// is `base64(id:secret)` as is.
+const INTROSPECTION_CLIENT_ID: &str = "tollgate-bench";
+const INTROSPECTION_SECRET: &str = "bench-secret-0001";
+/// The scenario the introspection scenarios are compared with.
+const JWT_BASELINE: &str = "jwt-10k-tokens";
 const WARMUP_SECONDS: u64 = 2;
 
 fn main() {
@@ -122,6 +136,10 @@ struct Scenario {
     auth: Auth,
     /// The gateway's admin address, for the token-cache counters.
     admin: Option<SocketAddr>,
+    /// Which token cache the scenario uses (`cache` label of the counters).
+    cache: &'static str,
+    /// The introspection server's call counter, for the introspection scenarios.
+    calls: Option<Arc<AtomicU64>>,
 }
 
 /// One scenario's measurement.
@@ -135,6 +153,8 @@ struct Outcome {
     socket_errors: Option<String>,
     /// Token-cache hits and misses during the measurement.
     cache: Option<(u64, u64)>,
+    /// Introspection calls during the measurement.
+    introspections: Option<u64>,
 }
 
 fn run() -> anyhow::Result<()> {
@@ -155,8 +175,10 @@ fn run() -> anyhow::Result<()> {
     let key = SigningKey::rsa("bench-k1", Algorithm::RS256).map_err(anyhow::Error::msg)?;
     let jwks = Bytes::from(keys::jwks(&[&key]).to_string());
 
-    // The servers: JWKS, upstream, and the two gateways (default cache, cache of one entry).
-    let (issuer, upstream_addr, cached, uncached) = runtime.block_on(async {
+    // The servers: JWKS, introspection, upstream, and the gateways (JWT and introspection, each
+    // with the default cache and with a cache of one entry).
+    let calls = Arc::new(AtomicU64::new(0));
+    let (issuer, upstream_addr, cached, uncached, opaque, opaque_nc) = runtime.block_on(async {
         let jwks_listener = TcpListener::bind("127.0.0.1:0").await?;
         let issuer = format!("http://{}", jwks_listener.local_addr()?);
         spawn_server(jwks_listener, move |path| match path {
@@ -169,9 +191,15 @@ fn run() -> anyhow::Result<()> {
             (StatusCode::OK, Bytes::from_static(UPSTREAM_BODY.as_bytes()))
         });
         let upstream = format!("http://{upstream_addr}");
+        let introspection_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let opaque_issuer = format!("http://{}", introspection_listener.local_addr()?);
+        spawn_introspection(introspection_listener, opaque_issuer.clone(), calls.clone());
         let cached = start_gateway(&gateway_config(&issuer, &upstream, None)).await?;
         let uncached = start_gateway(&gateway_config(&issuer, &upstream, Some(1))).await?;
-        anyhow::Ok((issuer, upstream_addr, cached, uncached))
+        let opaque = start_gateway(&introspection_config(&opaque_issuer, &upstream, None)).await?;
+        let opaque_nc =
+            start_gateway(&introspection_config(&opaque_issuer, &upstream, Some(1))).await?;
+        anyhow::Ok((issuer, upstream_addr, cached, uncached, opaque, opaque_nc))
     })?;
 
     // The tokens, signed up front on every core.
@@ -186,8 +214,10 @@ fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("temporary directory")?;
     let one_file = dir.path().join("tokens-1.txt");
     let many_file = dir.path().join("tokens-10k.txt");
+    let opaque_file = dir.path().join("opaque-10k.txt");
     std::fs::write(&one_file, one.join("\n") + "\n")?;
     std::fs::write(&many_file, many.join("\n") + "\n")?;
+    std::fs::write(&opaque_file, opaque_tokens(TOKEN_COUNT).join("\n") + "\n")?;
 
     let scenarios = [
         Scenario {
@@ -196,6 +226,8 @@ fn run() -> anyhow::Result<()> {
             path: API_PATH,
             auth: Auth::None,
             admin: None,
+            cache: "jwt",
+            calls: None,
         },
         Scenario {
             name: "public",
@@ -203,6 +235,8 @@ fn run() -> anyhow::Result<()> {
             path: PUBLIC_PATH,
             auth: Auth::None,
             admin: Some(cached.admin_addr),
+            cache: "jwt",
+            calls: None,
         },
         Scenario {
             name: "jwt-one-token",
@@ -210,6 +244,8 @@ fn run() -> anyhow::Result<()> {
             path: API_PATH,
             auth: Auth::Tokens(one_file),
             admin: Some(cached.admin_addr),
+            cache: "jwt",
+            calls: None,
         },
         Scenario {
             name: "jwt-10k-tokens",
@@ -217,6 +253,8 @@ fn run() -> anyhow::Result<()> {
             path: API_PATH,
             auth: Auth::Tokens(many_file.clone()),
             admin: Some(cached.admin_addr),
+            cache: "jwt",
+            calls: None,
         },
         Scenario {
             name: "jwt-10k-no-cache",
@@ -224,6 +262,26 @@ fn run() -> anyhow::Result<()> {
             path: API_PATH,
             auth: Auth::Tokens(many_file),
             admin: Some(uncached.admin_addr),
+            cache: "jwt",
+            calls: None,
+        },
+        Scenario {
+            name: "introspection-cached",
+            addr: opaque.proxy_addr,
+            path: API_PATH,
+            auth: Auth::Tokens(opaque_file.clone()),
+            admin: Some(opaque.admin_addr),
+            cache: "introspection",
+            calls: Some(calls.clone()),
+        },
+        Scenario {
+            name: "introspection-uncached",
+            addr: opaque_nc.proxy_addr,
+            path: API_PATH,
+            auth: Auth::Tokens(opaque_file),
+            admin: Some(opaque_nc.admin_addr),
+            cache: "introspection",
+            calls: Some(calls),
         },
     ];
 
@@ -248,15 +306,20 @@ fn run() -> anyhow::Result<()> {
             .with_context(|| format!("{}: a single request before the load", s.name))?;
         println!("benches/load: {} ({url}): warm-up", s.name);
         wrk(&url, &script, tokens, WARMUP_SECONDS, &settings)?;
-        let before = s.admin.map(cache_counters).transpose()?;
+        let counters = |admin: SocketAddr| cache_counters(admin, s.cache);
+        let before = s.admin.map(counters).transpose()?;
+        let calls_before = s.calls.as_ref().map(|c| c.load(Ordering::SeqCst));
         println!("benches/load: {}: {} s measured", s.name, settings.seconds);
         let output = wrk(&url, &script, tokens, settings.seconds, &settings)?;
-        let after = s.admin.map(cache_counters).transpose()?;
+        let calls_after = s.calls.as_ref().map(|c| c.load(Ordering::SeqCst));
+        let after = s.admin.map(counters).transpose()?;
         let cache = match (before, after) {
             (Some(b), Some(a)) if tokens.is_some() => Some((a.0 - b.0, a.1 - b.1)),
             _ => None,
         };
-        outcomes.push(parse_wrk(s.name, &output, cache)?);
+        let mut outcome = parse_wrk(s.name, &output, cache)?;
+        outcome.introspections = calls_after.zip(calls_before).map(|(a, b)| a - b);
+        outcomes.push(outcome);
     }
 
     let report = report(&outcomes, &settings, workers, &wrk_version);
@@ -270,7 +333,7 @@ fn run() -> anyhow::Result<()> {
     println!("benches/load: written to {}", results.display());
 
     runtime.block_on(async {
-        for app in [cached, uncached] {
+        for app in [cached, uncached, opaque, opaque_nc] {
             let _ = tokio::time::timeout(Duration::from_secs(5), app.shutdown()).await;
         }
     });
@@ -325,6 +388,98 @@ where
     });
 }
 
+/// A minimal RFC 7662 introspection endpoint at `POST /introspect`: it counts every call, wants
+/// `client_secret_basic` with the bench's credentials (else 401 `invalid_client`), and answers
+/// `active: true` (scope and aud `api`, `iss` = `issuer`, one hour left) for every form `token`
+/// starting with `opaque-`, `active: false` for anything else.
+fn spawn_introspection(listener: TcpListener, issuer: String, calls: Arc<AtomicU64>) {
+    let expected = Arc::new(format!(
+        "Basic {}",
+        STANDARD.encode(format!("{INTROSPECTION_CLIENT_ID}:{INTROSPECTION_SECRET}"))
+    ));
+    let issuer = Arc::new(issuer);
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (expected, issuer, calls) = (expected.clone(), issuer.clone(), calls.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (expected, issuer, calls) =
+                        (expected.clone(), issuer.clone(), calls.clone());
+                    async move {
+                        let (status, answer) = introspect(req, &expected, &issuer, &calls).await;
+                        let mut resp = Response::new(Full::new(Bytes::from(answer.to_string())));
+                        *resp.status_mut() = status;
+                        resp.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            header::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// One introspection request: the status and the JSON answer.
+async fn introspect(
+    req: Request<Incoming>,
+    expected_auth: &str,
+    issuer: &str,
+    calls: &AtomicU64,
+) -> (StatusCode, serde_json::Value) {
+    if req.method() != http::Method::POST || req.uri().path() != "/introspect" {
+        return (StatusCode::NOT_FOUND, json!({}));
+    }
+    calls.fetch_add(1, Ordering::Relaxed);
+    let authorized = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == expected_auth.as_bytes());
+    let Ok(body) = req.into_body().collect().await else {
+        return (StatusCode::BAD_REQUEST, json!({"error": "invalid_request"}));
+    };
+    if !authorized {
+        return (StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"}));
+    }
+    let body = body.to_bytes();
+    let token = url::form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if !token.starts_with("opaque-") {
+        return (StatusCode::OK, json!({"active": false}));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (
+        StatusCode::OK,
+        json!({
+            "active": true, "scope": "api", "aud": "api", "iss": issuer, "sub": "bench-user",
+            "client_id": "bench", "token_type": "Bearer", "iat": now, "exp": now + 3600,
+        }),
+    )
+}
+
+/// `count` distinct opaque tokens, `opaque-<32 hex digits>` (random, then the index).
+fn opaque_tokens(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| format!("opaque-{:016x}{i:016x}", rand::random::<u64>()))
+        .collect()
+}
+
 /// The gateway configuration: one issuer (the in-process JWKS server), one upstream, a public
 /// route and a protected one.
 fn gateway_config(issuer: &str, upstream: &str, cache_capacity: Option<u64>) -> String {
@@ -367,7 +522,50 @@ scopes = ["api"]
     )
 }
 
-/// Starts a gateway on ephemeral loopback listeners and waits (up to 10 s) until it has keys.
+/// The introspection gateway's configuration: one issuer validated by introspection only
+/// (`client_secret_basic`), one upstream, the protected route; `cache_capacity` for
+/// `[issuer.introspection]` (`None`: the default).
+fn introspection_config(issuer: &str, upstream: &str, cache_capacity: Option<u64>) -> String {
+    let cache = cache_capacity
+        .map(|n| format!("cache_capacity = {n}"))
+        .unwrap_or_default();
+    format!(
+        r#"
+[server]
+realm = "tollgate"
+
+[log]
+level = "error"
+
+[[issuer]]
+id = "opaque"
+issuer = "{issuer}"
+audiences = ["api"]
+validation = "introspection"
+
+[issuer.introspection]
+endpoint = "{issuer}/introspect"
+client_id = "{INTROSPECTION_CLIENT_ID}"
+client_secret = "{INTROSPECTION_SECRET}"
+auth_method = "client_secret_basic"
+{cache}
+
+[[upstream]]
+id = "backend"
+url = "{upstream}"
+
+[[route]]
+id = "api"
+prefix = "/api/"
+methods = ["GET", "HEAD"]
+upstream = "backend"
+scopes = ["api"]
+"#
+    )
+}
+
+/// Starts a gateway on ephemeral loopback listeners and waits (up to 10 s) until it is ready (has
+/// keys, knows its introspection endpoint).
 async fn start_gateway(toml: &str) -> anyhow::Result<App> {
     let config =
         tollgate::config::from_toml_str(toml).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
@@ -375,7 +573,7 @@ async fn start_gateway(toml: &str) -> anyhow::Result<App> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !app.gateway.is_ready() {
         if tokio::time::Instant::now() > deadline {
-            bail!("the gateway did not load the JWKS within 10 s");
+            bail!("the gateway was not ready (JWKS, introspection endpoint) within 10 s");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -446,15 +644,17 @@ fn preflight(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Resul
     Ok(())
 }
 
-/// The gateway's token-cache counters (hits, misses) from its admin `/metrics`.
-fn cache_counters(admin: SocketAddr) -> anyhow::Result<(u64, u64)> {
+/// The gateway's token-cache counters (hits, misses) of `cache` (`jwt` or `introspection`) from
+/// its admin `/metrics`.
+fn cache_counters(admin: SocketAddr, cache: &str) -> anyhow::Result<(u64, u64)> {
+    let label = format!(r#"cache="{cache}""#);
     let (status, body) = http_get(admin, "/metrics", None)?;
     if status != 200 {
         bail!("GET {admin}/metrics: {status}");
     }
     let (mut hits, mut misses) = (0, 0);
     for line in body.lines() {
-        if !line.starts_with("tollgate_token_cache_requests_total{") {
+        if !line.starts_with("tollgate_token_cache_requests_total{") || !line.contains(&label) {
             continue;
         }
         let value = line
@@ -592,6 +792,7 @@ fn parse_wrk(
         non_2xx,
         socket_errors,
         cache,
+        introspections: None,
     })
 }
 
@@ -684,17 +885,38 @@ fn report(outcomes: &[Outcome], settings: &Settings, workers: usize, wrk_version
             cache.join(", ")
         );
     }
+    let baseline = rps_of(JWT_BASELINE);
+    let introspection: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| {
+            let calls = o.introspections?;
+            Some(format!(
+                "{} {} of `{JWT_BASELINE}` ({calls} introspection calls, {:.3} per request)",
+                o.name,
+                ratio(o.rps, baseline),
+                calls as f64 / o.requests.max(1) as f64
+            ))
+        })
+        .collect();
+    if !introspection.is_empty() {
+        let _ = writeln!(
+            md,
+            "- introspection req/s vs `{JWT_BASELINE}` (target for the cached case: within 10 %), \
+             calls counted by the introspection server while measured: {}",
+            introspection.join(", ")
+        );
+    }
     let _ = writeln!(
         md,
         "- wrk {wrk_version}: `-t{} -c{} -d{}s --latency` after a {WARMUP_SECONDS} s warm-up, \
-         HTTP/1.1 keep-alive on 127.0.0.1; the JWT scenarios send their tokens through \
-         `benches/tokens.lua`",
+         HTTP/1.1 keep-alive on 127.0.0.1; the JWT and introspection scenarios send their tokens \
+         through `benches/tokens.lua`",
         settings.threads, settings.connections, settings.seconds
     );
     let _ = writeln!(
         md,
-        "- upstream (hyper, {}-byte JSON body), JWKS server and gateways share one tokio runtime \
-         ({workers} workers) in the bench process, and the cores with wrk",
+        "- upstream (hyper, {}-byte JSON body), JWKS server, introspection server and gateways \
+         share one tokio runtime ({workers} workers) in the bench process, and the cores with wrk",
         UPSTREAM_BODY.len()
     );
     md.push('\n');
