@@ -13,6 +13,7 @@ use crate::auth::{AuthError, BearerError};
 use crate::metrics::Decision;
 use crate::policy::{Denied, PathError};
 use crate::proxy::{self, ProxyError};
+use crate::session::SessionError;
 use crate::Body;
 
 /// Where a failure came from: drives the log level.
@@ -48,6 +49,8 @@ pub enum GatewayError {
     },
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
 }
 
 impl GatewayError {
@@ -61,6 +64,22 @@ impl GatewayError {
             GatewayError::Proxy(ProxyError::Unreachable { .. } | ProxyError::Timeout { .. }) => {
                 Fault::Upstream
             }
+            GatewayError::Session(e) => match e {
+                SessionError::NoGrant => Fault::Auth,
+                SessionError::InvalidHandle
+                | SessionError::HandleRequired
+                | SessionError::GrantBusy
+                | SessionError::GrantSessionLimit { .. }
+                | SessionError::LoginIdentityMismatch => Fault::Client,
+                SessionError::CapacityExhausted
+                | SessionError::SeatsExhausted
+                | SessionError::Throttled { .. }
+                | SessionError::SessionExpired
+                | SessionError::LoginFailed { .. }
+                | SessionError::LoginError
+                | SessionError::AuthFailed => Fault::Upstream,
+                SessionError::Store(_) | SessionError::Gone => Fault::Internal,
+            },
         }
     }
 
@@ -68,6 +87,8 @@ impl GatewayError {
     pub fn decision(&self) -> Option<Decision> {
         match self {
             GatewayError::Path(_) | GatewayError::NoRoute | GatewayError::Proxy(_) => None,
+            GatewayError::Session(SessionError::NoGrant) => Some(Decision::InvalidToken),
+            GatewayError::Session(_) => None,
             GatewayError::Auth(AuthError::Bearer(BearerError::Missing)) => {
                 Some(Decision::MissingToken)
             }
@@ -191,6 +212,7 @@ impl GatewayError {
                 None,
                 None,
             ),
+            GatewayError::Session(e) => session_reply(e, &bearer),
             GatewayError::Proxy(ProxyError::BadRequest(_)) => reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -200,6 +222,69 @@ impl GatewayError {
             ),
         }
     }
+}
+
+/// The session layer's error table (design §6.10).
+fn session_reply(
+    e: SessionError,
+    bearer: &dyn Fn(&str, &str) -> Option<HeaderValue>,
+) -> Response<Body> {
+    let desc = e.to_string();
+    let (status, code, retry_after) = match e {
+        SessionError::NoGrant => {
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                &desc,
+                bearer("invalid_token", &desc),
+                None,
+            )
+        }
+        SessionError::InvalidHandle => (StatusCode::BAD_REQUEST, "invalid_session_handle", None),
+        SessionError::HandleRequired => (StatusCode::BAD_REQUEST, "session_handle_required", None),
+        SessionError::GrantBusy => (StatusCode::TOO_MANY_REQUESTS, "grant_busy", Some(1)),
+        SessionError::GrantSessionLimit { retry_after } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "grant_session_limit",
+            Some(retry_after),
+        ),
+        SessionError::CapacityExhausted => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_capacity_exhausted",
+            Some(5),
+        ),
+        SessionError::SeatsExhausted => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_seats_exhausted",
+            Some(30),
+        ),
+        SessionError::Throttled { retry_after } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_throttled",
+            Some(retry_after),
+        ),
+        SessionError::SessionExpired => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_session_expired",
+            Some(0),
+        ),
+        SessionError::LoginFailed { retry_after } => (
+            StatusCode::BAD_GATEWAY,
+            "upstream_login_failed",
+            Some(retry_after),
+        ),
+        SessionError::LoginError => (StatusCode::BAD_GATEWAY, "upstream_login_error", None),
+        SessionError::AuthFailed => (StatusCode::BAD_GATEWAY, "upstream_auth_failed", None),
+        SessionError::LoginIdentityMismatch => {
+            (StatusCode::FORBIDDEN, "login_identity_mismatch", None)
+        }
+        SessionError::Store(_) | SessionError::Gone => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "session_store_unavailable",
+            Some(5),
+        ),
+    };
+    reply(status, code, &desc, None, retry_after)
 }
 
 /// A gateway-made JSON response.

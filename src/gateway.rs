@@ -35,6 +35,7 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
+use sha2::Digest as _;
 
 use crate::auth::fetch::IdpClient;
 use crate::auth::{bearer, AuthError, Verifier};
@@ -43,13 +44,16 @@ use crate::error::{Fault, GatewayError};
 use crate::metrics::{Decision, Metrics};
 use crate::policy::{self, matcher, RouteAuth, RouteTable};
 use crate::proxy::{self, headers, ProxyError, Upstream};
+use crate::session::{self, store::MemoryStore, Pool};
 use crate::Body;
 
 /// The part of the configuration a reload swaps as one value: routes and the upstreams they
 /// point at.
 pub struct Snapshot {
     pub routes: Arc<RouteTable>,
-    pub upstreams: Arc<[Upstream]>,
+    pub upstreams: Arc<[Arc<Upstream>]>,
+    /// The session pool of each upstream that has `[upstream.session]`, by upstream index.
+    pub pools: Arc<[Option<Arc<Pool>>]>,
 }
 
 /// The gateway: cheap to clone, shared by every connection.
@@ -101,8 +105,25 @@ impl Gateway {
         let upstreams = config
             .upstreams
             .iter()
-            .map(Upstream::new)
+            .map(|u| Upstream::new(u).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let pools: Vec<Option<Arc<Pool>>> = config
+            .upstreams
+            .iter()
+            .zip(&upstreams)
+            .map(|(cfg, upstream)| {
+                cfg.session.as_ref().map(|s| {
+                    let key: [u8; 32] = match &s.key {
+                        Some(k) => **k,
+                        None => {
+                            tracing::warn!(upstream = %cfg.id, "no handle_key_file: using a random key for this process; handles and grant keys change at every restart");
+                            rand::random()
+                        }
+                    };
+                    Arc::new(Pool::new(upstream.clone(), s.clone(), &key, Arc::new(MemoryStore::new()), metrics.clone()))
+                })
+            })
+            .collect();
         let realm = config.server.realm.clone();
         let missing_challenge = HeaderValue::from_str(&format!("Bearer realm=\"{realm}\""))
             .unwrap_or_else(|_| HeaderValue::from_static("Bearer"));
@@ -111,6 +132,7 @@ impl Gateway {
                 snapshot: ArcSwap::from_pointee(Snapshot {
                     routes: config.routes.clone(),
                     upstreams: upstreams.into(),
+                    pools: pools.into(),
                 }),
                 verifier,
                 metrics,
@@ -122,11 +144,43 @@ impl Gateway {
         })
     }
 
-    /// Starts the background work (every issuer's JWKS refresh).
+    /// Starts the background work: every issuer's JWKS refresh and introspection discovery,
+    /// and every session pool's sweeper (idle and over-age sessions are logged out).
     pub fn start(&self) {
-        let tasks = self.inner.verifier.spawn_background();
+        let mut tasks = self.inner.verifier.spawn_background();
+        for pool in self.pools() {
+            let every = (pool.cfg.idle_ttl / 4).clamp(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(1),
+            );
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    pool.sweep().await;
+                }
+            }));
+        }
         if let Ok(mut r) = self.inner.refreshers.lock() {
             r.extend(tasks);
+        }
+    }
+
+    /// The session pools of the current configuration.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.inner
+            .snapshot
+            .load()
+            .pools
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Logs out every upstream session (graceful shutdown), within `bound`.
+    pub async fn shutdown_sessions(&self, bound: std::time::Duration) {
+        for pool in self.pools() {
+            pool.shutdown(bound).await;
         }
     }
 
@@ -140,8 +194,11 @@ impl Gateway {
     }
 
     /// Publishes gauges that are sampled rather than counted (called at each scrape).
-    pub fn sample_gauges(&self) {
+    pub async fn sample_gauges(&self) {
         self.inner.verifier.sample_gauges();
+        for pool in self.pools() {
+            pool.sample_sessions().await;
+        }
     }
 
     /// Handles one request end to end. Never fails: every error becomes its response here.
@@ -192,6 +249,8 @@ impl Gateway {
             .ok_or(GatewayError::NoRoute)?;
         ctx.route = Some(route.id.clone());
 
+        let pool = snapshot.pools[route.upstream].clone();
+        let mut token_digest = [0u8; 32];
         let permit = match &route.auth {
             RouteAuth::Public => {
                 ctx.decision = Some(Decision::Public);
@@ -199,6 +258,10 @@ impl Gateway {
             }
             RouteAuth::Bearer(requirement) => {
                 let token = bearer::extract(&parts.headers).map_err(AuthError::from)?;
+                if pool.is_some() {
+                    // The `token` grant-key source names a session after the token itself.
+                    token_digest = sha2::Sha256::digest(token.as_str().as_bytes()).into();
+                }
                 let principal = self
                     .inner
                     .verifier
@@ -225,6 +288,31 @@ impl Gateway {
             request_id,
             claims: permit.as_ref().map(|p| &p.principal.claims),
         };
+        if let Some(pool) = &pool {
+            let origin = parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| format!("{}://{h}", forward_ctx.proto));
+            let resp = session::forward(
+                session::flow::Step {
+                    pool,
+                    upstream,
+                    route,
+                    principal: permit.as_ref().map(|p| &*p.principal),
+                    token_digest,
+                    path: &path,
+                    ctx: &forward_ctx,
+                    origin,
+                    metrics: &self.inner.metrics,
+                },
+                parts,
+                body,
+            )
+            .await?;
+            ctx.upstream_status = Some(resp.status().as_u16());
+            return Ok(resp);
+        }
         let upstream_req = proxy::prepare(parts, body, &path, route, upstream, &forward_ctx)?;
         let sent = Instant::now();
         let resp = upstream.send(upstream_req).await;

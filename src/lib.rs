@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod server;
+pub mod session;
 
 pub use config::Config;
 pub use gateway::Gateway;

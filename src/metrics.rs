@@ -24,6 +24,15 @@ pub const JWKS_LAST_SUCCESS_TIMESTAMP_SECONDS: &str =
 pub const INTROSPECTION_REQUESTS_TOTAL: &str = "tollgate_introspection_requests_total";
 pub const INTROSPECTION_DURATION_SECONDS: &str = "tollgate_introspection_duration_seconds";
 pub const INTROSPECTION_BREAKER_OPEN: &str = "tollgate_introspection_breaker_open";
+pub const UPSTREAM_SESSIONS: &str = "tollgate_upstream_sessions";
+pub const UPSTREAM_SEATS_IN_USE: &str = "tollgate_upstream_seats_in_use";
+pub const UPSTREAM_LOGINS_TOTAL: &str = "tollgate_upstream_logins_total";
+pub const UPSTREAM_LOGOUTS_TOTAL: &str = "tollgate_upstream_logouts_total";
+pub const UPSTREAM_EVICTIONS_TOTAL: &str = "tollgate_upstream_evictions_total";
+pub const UPSTREAM_RELOGINS_TOTAL: &str = "tollgate_upstream_relogins_total";
+pub const UPSTREAM_SESSION_QUEUE_DEPTH: &str = "tollgate_upstream_session_queue_depth";
+pub const UPSTREAM_ADMISSION_WAIT_SECONDS: &str = "tollgate_upstream_admission_wait_seconds";
+pub const UPSTREAM_LOGIN_CIRCUIT_OPEN: &str = "tollgate_upstream_login_circuit_open";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 
 /// Latency buckets in seconds: fine below 10 ms where the gateway's own cost lives, coarse above.
@@ -114,6 +123,15 @@ pub struct Metrics {
     introspection_requests: IntCounterVec,
     introspection_duration: HistogramVec,
     introspection_breaker: IntGaugeVec,
+    upstream_sessions: IntGaugeVec,
+    upstream_seats: IntGaugeVec,
+    upstream_logins: IntCounterVec,
+    upstream_logouts: IntCounterVec,
+    upstream_evictions: IntCounterVec,
+    upstream_relogins: IntCounterVec,
+    upstream_queue: IntGaugeVec,
+    upstream_admission: HistogramVec,
+    upstream_circuit: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -215,6 +233,51 @@ impl Metrics {
                 INTROSPECTION_BREAKER_OPEN,
                 "1 while the issuer's introspection breaker is open (calls fail fast), else 0.",
                 &["issuer"],
+            )?,
+            upstream_sessions: int_gauge(
+                UPSTREAM_SESSIONS,
+                "Upstream sessions held, by upstream and state (active, logging_in, needs_login).",
+                &["upstream", "state"],
+            )?,
+            upstream_seats: int_gauge(
+                UPSTREAM_SEATS_IN_USE,
+                "Seats of the upstream's licence held by tollgate (from login start to logout end).",
+                &["upstream"],
+            )?,
+            upstream_logins: counter(
+                UPSTREAM_LOGINS_TOTAL,
+                "Upstream logins, by upstream and result (ok, login_limit, bad_credentials, throttled, error, captured).",
+                &["upstream", "result"],
+            )?,
+            upstream_logouts: counter(
+                UPSTREAM_LOGOUTS_TOTAL,
+                "Upstream logouts, by upstream and result (ok, failed).",
+                &["upstream", "result"],
+            )?,
+            upstream_evictions: counter(
+                UPSTREAM_EVICTIONS_TOTAL,
+                "Upstream sessions retired, by upstream and reason (lru, idle, max_age, expired, logout, shutdown).",
+                &["upstream", "reason"],
+            )?,
+            upstream_relogins: counter(
+                UPSTREAM_RELOGINS_TOTAL,
+                "Re-logins after the upstream ended a session, by upstream.",
+                &["upstream"],
+            )?,
+            upstream_queue: int_gauge(
+                UPSTREAM_SESSION_QUEUE_DEPTH,
+                "Requests waiting for their upstream session, by upstream.",
+                &["upstream"],
+            )?,
+            upstream_admission: histogram(
+                UPSTREAM_ADMISSION_WAIT_SECONDS,
+                "Time a new upstream session waited for a seat, by upstream.",
+                &["upstream"],
+            )?,
+            upstream_circuit: int_gauge(
+                UPSTREAM_LOGIN_CIRCUIT_OPEN,
+                "1 while logins are suspended after the upstream refused the credentials, by upstream.",
+                &["upstream"],
             )?,
             registry,
         };
@@ -328,6 +391,77 @@ impl Metrics {
     pub fn introspection_breaker(&self, issuer: &str, open: bool) {
         self.introspection_breaker
             .with_label_values(&[issuer])
+            .set(i64::from(open));
+    }
+
+    /// Makes an upstream's session series exist (at zero) from the start.
+    pub fn declare_upstream_sessions(&self, upstream: &str) {
+        for state in ["active", "logging_in", "needs_login"] {
+            self.upstream_sessions
+                .with_label_values(&[upstream, state])
+                .set(0);
+        }
+        self.upstream_seats.with_label_values(&[upstream]).set(0);
+        self.upstream_queue.with_label_values(&[upstream]).set(0);
+        self.upstream_circuit.with_label_values(&[upstream]).set(0);
+        self.upstream_relogins.with_label_values(&[upstream]);
+        for result in ["ok", "login_limit", "bad_credentials", "throttled", "error"] {
+            self.upstream_logins.with_label_values(&[upstream, result]);
+        }
+        for result in ["ok", "failed"] {
+            self.upstream_logouts.with_label_values(&[upstream, result]);
+        }
+    }
+
+    pub fn upstream_sessions(&self, upstream: &str, state: &str, n: usize) {
+        self.upstream_sessions
+            .with_label_values(&[upstream, state])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn upstream_seats(&self, upstream: &str, n: u32) {
+        self.upstream_seats
+            .with_label_values(&[upstream])
+            .set(i64::from(n));
+    }
+
+    pub fn upstream_login(&self, upstream: &str, result: &str) {
+        self.upstream_logins
+            .with_label_values(&[upstream, result])
+            .inc();
+    }
+
+    pub fn upstream_logout(&self, upstream: &str, result: &str) {
+        self.upstream_logouts
+            .with_label_values(&[upstream, result])
+            .inc();
+    }
+
+    pub fn upstream_eviction(&self, upstream: &str, reason: &str) {
+        self.upstream_evictions
+            .with_label_values(&[upstream, reason])
+            .inc();
+    }
+
+    pub fn upstream_relogin(&self, upstream: &str) {
+        self.upstream_relogins.with_label_values(&[upstream]).inc();
+    }
+
+    pub fn upstream_queue_depth(&self, upstream: &str, n: u32) {
+        self.upstream_queue
+            .with_label_values(&[upstream])
+            .set(i64::from(n));
+    }
+
+    pub fn upstream_admission_wait(&self, upstream: &str, secs: f64) {
+        self.upstream_admission
+            .with_label_values(&[upstream])
+            .observe(secs);
+    }
+
+    pub fn upstream_login_circuit(&self, upstream: &str, open: bool) {
+        self.upstream_circuit
+            .with_label_values(&[upstream])
             .set(i64::from(open));
     }
 

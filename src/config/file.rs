@@ -139,6 +139,66 @@ pub struct UpstreamSection {
     pub forward_authorization: Option<bool>,
     /// Send the client's `Host` header upstream instead of the upstream URL's authority.
     pub preserve_host: Option<bool>,
+    /// Upstream sessions: map each grant to the legacy API's session cookies.
+    pub session: Option<SessionSection>,
+}
+
+/// `[upstream.session]`: see the README's "Upstream sessions".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSection {
+    /// `by_scope` (default), `single` or `concurrent`.
+    pub mode: Option<String>,
+    /// By default `api:concurrent_access`.
+    pub concurrent_scope: Option<String>,
+    /// `active` (default) or `passive`.
+    pub creation: Option<String>,
+    pub login_path: Option<String>,
+    pub logout_path: Option<String>,
+    pub marker_cookies: Option<Vec<String>>,
+    pub expired_redirect: Option<String>,
+    /// The licence's seat cap; required.
+    pub max_upstream_sessions: Option<u32>,
+    pub max_sessions_per_grant: Option<u32>,
+    pub max_inflight_per_session: Option<u32>,
+    pub max_queue_per_session: Option<u32>,
+    pub max_queue_wait: Option<String>,
+    pub idle_ttl: Option<String>,
+    pub max_session_age: Option<String>,
+    pub admission_wait: Option<String>,
+    pub login_timeout: Option<String>,
+    pub logout_timeout: Option<String>,
+    pub login_failure_cooldown: Option<String>,
+    pub relogin_min_interval: Option<String>,
+    pub min_idle_before_evict: Option<String>,
+    pub op_ttl: Option<String>,
+    /// A byte size such as "10MiB".
+    pub max_replay_body: Option<String>,
+    pub max_jar_cookies: Option<u32>,
+    pub max_jar_bytes: Option<String>,
+    pub handle_cookie: Option<String>,
+    pub handle_key_file: Option<String>,
+    /// `new` (default) or `reject`.
+    pub concurrent_without_handle: Option<String>,
+    pub passive_login_name_claim: Option<String>,
+    pub grant_key: Option<Vec<String>>,
+    pub credentials: Option<CredentialsSection>,
+}
+
+/// `[upstream.session.credentials]`: the active login body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsSection {
+    pub name: Option<String>,
+    pub name_file: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<String>,
+    pub tenant: Option<String>,
+    pub tenant_file: Option<String>,
+    pub branch: Option<String>,
+    pub branch_file: Option<String>,
+    pub locale: Option<String>,
+    pub locale_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

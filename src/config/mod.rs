@@ -14,7 +14,10 @@
 pub mod file;
 mod issuer;
 pub mod routes;
+pub mod session;
 mod validate;
+
+pub use session::{Creation, Credentials, GrantSource, SessionConfig, SessionMode, WithoutHandle};
 
 pub use validate::is_loopback;
 
@@ -178,6 +181,8 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub forward_authorization: bool,
     pub preserve_host: bool,
+    /// The session layer, when the upstream authenticates with session cookies.
+    pub session: Option<SessionConfig>,
 }
 
 impl Config {

@@ -143,7 +143,7 @@ pub(super) fn build(
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let issuers = super::issuer::issuers(&mut c, &raw.issuer, &base_dir);
-    let upstreams = upstreams(&mut c, &raw.upstream);
+    let upstreams = upstreams(&mut c, &raw.upstream, &base_dir);
 
     let issuer_ids: Vec<Arc<str>> = issuers.iter().map(|i| i.id.clone()).collect();
     let upstream_ids: Vec<Arc<str>> = upstreams.iter().map(|u| u.id.clone()).collect();
@@ -298,7 +298,11 @@ fn placeholder_url() -> Url {
     Url::parse("http://invalid.invalid/").expect("a constant URL parses")
 }
 
-fn upstreams(c: &mut Checker<'_>, raw: &[file::UpstreamSection]) -> Vec<UpstreamConfig> {
+fn upstreams(
+    c: &mut Checker<'_>,
+    raw: &[file::UpstreamSection],
+    base: &Path,
+) -> Vec<UpstreamConfig> {
     let mut seen = HashSet::new();
     raw.iter()
         .enumerate()
@@ -344,6 +348,10 @@ fn upstreams(c: &mut Checker<'_>, raw: &[file::UpstreamSection]) -> Vec<Upstream
                 timeout,
                 forward_authorization: r.forward_authorization.unwrap_or(false),
                 preserve_host: r.preserve_host.unwrap_or(false),
+                session: r
+                    .session
+                    .as_ref()
+                    .and_then(|sess| super::session::session(c, &k("session"), sess, base)),
             }
         })
         .collect()

@@ -102,8 +102,10 @@ impl Demo {
 1. Get an access token (password grant) for the read-only user:
    TOKEN=$(curl -s -d grant_type=password -d username=reader -d password=reader -d client_id=demo-client {iss}/token | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
 
-2. Call the legacy API through the gateway (200):
+2. Call the legacy API through the gateway (200). tollgate logs in to the legacy API for the
+   token's grant (Tollgate-Session: new) and reuses that session for every later call:
    curl -i -H "Authorization: Bearer $TOKEN" {entity}
+   curl -s -H "Authorization: Bearer $TOKEN" {gw}/entity/Default/24.200.001/Echo
 
 3. Without a token (401, WWW-Authenticate: Bearer realm="tollgate"):
    curl -i {entity}
@@ -111,7 +113,8 @@ impl Demo {
 4. Write with the read-only token (403, error="insufficient_scope", scope="api erp:write"):
    curl -i -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{{}}' {entity}
 
-5. The metrics:
+5. The upstream sessions (never a cookie value) and the metrics:
+   curl -s {admin}/sessions
    curl -s {admin}/metrics | grep ^tollgate_
 
 Press Ctrl-C to stop.
@@ -174,6 +177,17 @@ id = "erp"
 url = "http://{legacy}"
 connect_timeout = "2s"
 timeout = "60s"
+
+# The demo legacy API works like Acumatica: session cookies from a login, two licence seats.
+[upstream.session]
+mode = "by_scope"
+max_upstream_sessions = 2
+idle_ttl = "300s"
+[upstream.session.credentials]
+name = "admin"
+password = "123"
+tenant = "MyStore"
+branch = "HQ"
 
 [[route]]
 id = "erp-read"

@@ -108,10 +108,34 @@ impl Upstream {
         })
     }
 
+    /// The absolute URI of `path_and_query` (already normalised) on this upstream.
+    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{path_and_query}", self.base_path))
+            .build()
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))
+    }
+
+    /// The scheme and authority of this upstream, to recognise absolute `Location`s on it.
+    pub fn origin(&self) -> (&http::uri::Scheme, &http::uri::Authority) {
+        (&self.scheme, &self.authority)
+    }
+
     /// Sends the request; the timeout covers connecting and waiting for the response headers,
     /// not the streaming of the body afterwards.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        self.send_within(req, self.timeout).await
+    }
+
+    /// [`Upstream::send`] with another timeout (logins and logouts have their own).
+    pub async fn send_within(
+        &self,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(ProxyError::Unreachable {
                 upstream: self.id.to_string(),
@@ -119,7 +143,7 @@ impl Upstream {
             }),
             Err(_) => Err(ProxyError::Timeout {
                 upstream: self.id.to_string(),
-                timeout: self.timeout,
+                timeout,
             }),
         }
     }
@@ -151,26 +175,35 @@ pub struct Context<'a> {
 /// Builds the upstream request: the normalised path (what was authorised) with the original
 /// query, the upstream's scheme and authority, and the header edits of [`headers`].
 pub fn prepare(
-    mut parts: Parts,
+    parts: Parts,
     body: Incoming,
     path: &str,
     route: &Route,
     upstream: &Upstream,
     ctx: &Context<'_>,
 ) -> Result<Request<Body>, ProxyError> {
-    let mut path_and_query = String::with_capacity(upstream.base_path.len() + path.len() + 64);
-    path_and_query.push_str(&upstream.base_path);
+    let parts = prepare_parts(parts, path, route, upstream, ctx)?;
+    Ok(Request::from_parts(
+        parts,
+        body.map_err(BoxError::from).boxed(),
+    ))
+}
+
+/// The head of the upstream request (see [`prepare`]).
+pub fn prepare_parts(
+    mut parts: Parts,
+    path: &str,
+    route: &Route,
+    upstream: &Upstream,
+    ctx: &Context<'_>,
+) -> Result<Parts, ProxyError> {
+    let mut path_and_query = String::with_capacity(path.len() + 64);
     path_and_query.push_str(path);
     if let Some(q) = parts.uri.query() {
         path_and_query.push('?');
         path_and_query.push_str(q);
     }
-    let uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let uri = upstream.uri_for(&path_and_query)?;
 
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -206,10 +239,7 @@ pub fn prepare(
 
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    Ok(Request::from_parts(
-        parts,
-        body.map_err(BoxError::from).boxed(),
-    ))
+    Ok(parts)
 }
 
 /// Cleans the upstream response for the client: hop-by-hop headers removed, body streamed.

@@ -23,13 +23,27 @@ impl Admin {
         Admin { gateway, draining }
     }
 
-    pub fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path();
+        if let Some(grant) = path.strip_prefix("/sessions/") {
+            if req.method() != Method::DELETE {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            }
+            return self.logout_grant(grant).await;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }
-        match req.uri().path() {
+        match path {
+            "/sessions" => {
+                let mut sessions = Vec::new();
+                for pool in self.gateway.pools() {
+                    sessions.extend(pool.describe().await);
+                }
+                json(StatusCode::OK, &serde_json::json!({ "sessions": sessions }))
+            }
             "/metrics" => {
-                self.gateway.sample_gauges();
+                self.gateway.sample_gauges().await;
                 let mut r = Response::new(proxy::full(self.gateway.metrics().render()));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -50,6 +64,36 @@ impl Admin {
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
+}
+
+impl Admin {
+    /// `DELETE /sessions/{grant}`: logs out every session of the grant (after their in-flight
+    /// requests). 200 with the count, 404 when the grant holds none.
+    async fn logout_grant(&self, grant: &str) -> Response<Body> {
+        let key = crate::session::grant::GrantKey(grant.to_owned());
+        let mut n = 0;
+        for pool in self.gateway.pools() {
+            n += pool.logout(&key, None).await;
+        }
+        let status = if n == 0 {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::OK
+        };
+        json(status, &serde_json::json!({ "logged_out": n }))
+    }
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(proxy::full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

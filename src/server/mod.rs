@@ -28,6 +28,9 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::Body;
 
+/// How long shutdown waits for the upstream logouts of every session.
+const SESSION_LOGOUT_BOUND: Duration = Duration::from_secs(10);
+
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -102,7 +105,7 @@ impl App {
         let admin_state = admin::Admin::new(gateway.clone(), draining.clone());
         let admin = tokio::spawn(serve(listeners.admin, rx, grace, move |req, _| {
             let a = admin_state.clone();
-            async move { a.handle(req) }
+            async move { a.handle(req).await }
         }));
         tracing::info!(%proxy_addr, %admin_addr, "tollgate listening");
         Ok(App {
@@ -122,6 +125,8 @@ impl App {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Requests are drained: give every licence seat back.
+        self.gateway.shutdown_sessions(SESSION_LOGOUT_BOUND).await;
     }
 }
 

@@ -80,8 +80,30 @@ async fn the_demo_tells_its_story() {
     // 2. Through the gateway.
     let ok = get(&entity, &[("authorization", &format!("Bearer {token}"))]).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
-    assert_eq!(ok.json()["x_auth_subject"], "reader");
-    assert_eq!(ok.json()["authorization_forwarded"], false);
+    assert_eq!(
+        ok.header("tollgate-session"),
+        Some("new"),
+        "the first call logs in upstream"
+    );
+    let session = ok.json()["session"].clone();
+    assert!(session.is_number(), "{}", ok.text());
+    assert_eq!(
+        ok.header("set-cookie"),
+        None,
+        "no upstream cookie reaches the client"
+    );
+    let echo = get(
+        &format!("{gateway}/entity/Default/24.200.001/Echo"),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(echo.status, 200);
+    assert_eq!(
+        echo.json()["session"],
+        session,
+        "the grant keeps its upstream session"
+    );
+    assert_eq!(echo.header("tollgate-session"), None);
 
     // 3. Without a token.
     let no = get(&entity, &[]).await;
@@ -117,14 +139,23 @@ async fn the_demo_tells_its_story() {
     assert_eq!(r.status, 200, "{}", r.text());
     let refreshed = r.json()["access_token"].as_str().unwrap().to_owned();
     assert_ne!(refreshed, token);
+    let after = get(
+        &entity,
+        &[("authorization", &format!("Bearer {refreshed}"))],
+    )
+    .await;
+    assert_eq!(after.status, 200);
     assert_eq!(
-        get(
-            &entity,
-            &[("authorization", &format!("Bearer {refreshed}"))]
-        )
-        .await
-        .status,
-        200
+        after.json()["session"],
+        session,
+        "a refreshed token keeps the grant's session"
+    );
+    let sessions = get(&format!("{admin}/sessions"), &[]).await;
+    assert_eq!(
+        sessions.json()["sessions"].as_array().unwrap().len(),
+        1,
+        "{}",
+        sessions.text()
     );
 
     // The metrics show it all.

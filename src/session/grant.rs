@@ -1,0 +1,314 @@
+//! The grant key (design §5.5, §6.2): a stable, opaque name for the OAuth grant behind a token, so
+//! that every access token of one refresh chain maps to the same upstream session.
+//!
+//! `grant_key = base64url(HMAC-SHA256(K_gk, "gk1" ‖ lp(iss) ‖ lp(upstream) ‖ lp(source) ‖ lp(value)))`
+//! with `lp` a 4-byte big-endian length prefix. The issuer and the upstream are always part of it,
+//! so equal `sub`/`sid` values of different issuers or upstreams never collide, and the key never
+//! contains a raw claim or token.
+
+use aws_lc_rs::hmac;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::auth::Principal;
+use crate::config::GrantSource;
+
+/// Why no grant key could be derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error("the token carries no grant identifier")]
+    NoGrant,
+}
+
+/// A derived grant key: URL-safe text, safe to log and to show on the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrantKey(pub String);
+
+impl std::fmt::Display for GrantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which source produced the key (for the one-time warning about the coarse `subject` fallback).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Derived {
+    pub key: GrantKey,
+    pub source: &'static str,
+}
+
+fn lp(out: &mut Vec<u8>, part: &[u8]) {
+    out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(part);
+}
+
+fn text<'a>(p: &'a Principal, claim: &str) -> Option<&'a str> {
+    p.claims
+        .get(claim)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// Derives the grant key of `principal` for `upstream` from the first source that applies.
+/// `token_digest` serves the `token` source when the token has no `jti`.
+pub fn derive(
+    key: &hmac::Key,
+    sources: &[GrantSource],
+    issuer: &str,
+    upstream: &str,
+    principal: &Principal,
+    token_digest: &[u8; 32],
+) -> Result<Derived, GrantError> {
+    for source in sources {
+        let found: Option<(&'static str, Vec<u8>)> = match source {
+            GrantSource::Claim(name) => text(principal, name)
+                .map(|v| ("claim", [name.as_bytes(), b"=", v.as_bytes()].concat())),
+            GrantSource::SidClientId => {
+                match (text(principal, "sid"), principal.client_id.as_deref()) {
+                    (Some(sid), Some(client)) => {
+                        let mut v = Vec::new();
+                        lp(&mut v, sid.as_bytes());
+                        lp(&mut v, client.as_bytes());
+                        Some(("sid+client_id", v))
+                    }
+                    _ => None,
+                }
+            }
+            GrantSource::ClientCredentials => {
+                match (principal.client_id.as_deref(), principal.subject.as_deref()) {
+                    (Some(client), None) => {
+                        Some(("client_credentials", client.as_bytes().to_vec()))
+                    }
+                    (Some(client), Some(sub)) if sub == client => {
+                        Some(("client_credentials", client.as_bytes().to_vec()))
+                    }
+                    _ => None,
+                }
+            }
+            GrantSource::Subject => {
+                match (principal.client_id.as_deref(), principal.subject.as_deref()) {
+                    (Some(client), Some(sub)) => {
+                        let mut v = Vec::new();
+                        lp(&mut v, client.as_bytes());
+                        lp(&mut v, sub.as_bytes());
+                        Some(("subject", v))
+                    }
+                    (None, Some(sub)) => Some(("subject", sub.as_bytes().to_vec())),
+                    _ => None,
+                }
+            }
+            GrantSource::Token => Some(match text(principal, "jti") {
+                Some(jti) => ("token", jti.as_bytes().to_vec()),
+                None => ("token", token_digest.to_vec()),
+            }),
+            GrantSource::Reject => return Err(GrantError::NoGrant),
+        };
+        if let Some((name, value)) = found {
+            let mut msg = b"gk1".to_vec();
+            lp(&mut msg, issuer.as_bytes());
+            lp(&mut msg, upstream.as_bytes());
+            lp(&mut msg, name.as_bytes());
+            lp(&mut msg, &value);
+            let tag = hmac::sign(key, &msg);
+            return Ok(Derived {
+                key: GrantKey(URL_SAFE_NO_PAD.encode(tag.as_ref())),
+                source: name,
+            });
+        }
+    }
+    Err(GrantError::NoGrant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn key() -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32])
+    }
+
+    fn p(claims: Value) -> Principal {
+        Principal::new(
+            Arc::from("erp"),
+            claims.as_object().unwrap().clone(),
+            u64::MAX,
+        )
+    }
+
+    fn defaults() -> Vec<GrantSource> {
+        vec![
+            GrantSource::Claim("grant_id".into()),
+            GrantSource::Claim("origin_jti".into()),
+            GrantSource::SidClientId,
+            GrantSource::ClientCredentials,
+            GrantSource::Subject,
+        ]
+    }
+
+    fn derive_default(claims: Value) -> Result<Derived, GrantError> {
+        derive(
+            &key(),
+            &defaults(),
+            "https://idp",
+            "erp",
+            &p(claims),
+            &[0; 32],
+        )
+    }
+
+    #[test]
+    fn a_refreshed_token_keeps_its_grant_key() {
+        let a = derive_default(json!({"grant_id": "g1", "jti": "t1", "sub": "u"})).unwrap();
+        let b = derive_default(json!({"grant_id": "g1", "jti": "t2", "sub": "u"})).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.source, "claim");
+        assert_ne!(
+            a,
+            derive_default(json!({"grant_id": "g2", "sub": "u"})).unwrap()
+        );
+    }
+
+    #[test]
+    fn sources_are_tried_in_order() {
+        assert_eq!(
+            derive_default(json!({"sid": "s", "client_id": "c", "sub": "u"}))
+                .unwrap()
+                .source,
+            "sid+client_id"
+        );
+        assert_eq!(
+            derive_default(json!({"client_id": "c"})).unwrap().source,
+            "client_credentials"
+        );
+        assert_eq!(
+            derive_default(json!({"client_id": "c", "sub": "c"}))
+                .unwrap()
+                .source,
+            "client_credentials"
+        );
+        assert_eq!(
+            derive_default(json!({"client_id": "c", "sub": "u"}))
+                .unwrap()
+                .source,
+            "subject"
+        );
+        assert_eq!(derive_default(json!({})), Err(GrantError::NoGrant));
+    }
+
+    #[test]
+    fn issuer_and_upstream_namespace_the_key() {
+        let claims = p(json!({"sub": "u", "client_id": "c"}));
+        let a = derive(
+            &key(),
+            &defaults(),
+            "https://idp-a",
+            "erp",
+            &claims,
+            &[0; 32],
+        )
+        .unwrap();
+        let b = derive(
+            &key(),
+            &defaults(),
+            "https://idp-b",
+            "erp",
+            &claims,
+            &[0; 32],
+        )
+        .unwrap();
+        let c = derive(
+            &key(),
+            &defaults(),
+            "https://idp-a",
+            "crm",
+            &claims,
+            &[0; 32],
+        )
+        .unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        // Length prefixes keep ("ab","c") and ("a","bc") apart.
+        let x = derive(
+            &key(),
+            &[GrantSource::Subject],
+            "i",
+            "u",
+            &p(json!({"client_id": "ab", "sub": "c"})),
+            &[0; 32],
+        )
+        .unwrap();
+        let y = derive(
+            &key(),
+            &[GrantSource::Subject],
+            "i",
+            "u",
+            &p(json!({"client_id": "a", "sub": "bc"})),
+            &[0; 32],
+        )
+        .unwrap();
+        assert_ne!(x, y);
+    }
+
+    #[test]
+    fn the_key_reveals_no_claim() {
+        let d = derive_default(json!({"grant_id": "secret-grant-id"})).unwrap();
+        assert!(!d.key.0.contains("secret"));
+        assert_eq!(d.key.0.len(), 43);
+    }
+
+    #[test]
+    fn token_and_reject_sources() {
+        let with_jti = derive(
+            &key(),
+            &[GrantSource::Token],
+            "i",
+            "u",
+            &p(json!({"jti": "j1"})),
+            &[1; 32],
+        )
+        .unwrap();
+        let other_jti = derive(
+            &key(),
+            &[GrantSource::Token],
+            "i",
+            "u",
+            &p(json!({"jti": "j2"})),
+            &[1; 32],
+        )
+        .unwrap();
+        assert_ne!(with_jti, other_jti);
+        let digest_a = derive(
+            &key(),
+            &[GrantSource::Token],
+            "i",
+            "u",
+            &p(json!({})),
+            &[1; 32],
+        )
+        .unwrap();
+        let digest_b = derive(
+            &key(),
+            &[GrantSource::Token],
+            "i",
+            "u",
+            &p(json!({})),
+            &[2; 32],
+        )
+        .unwrap();
+        assert_ne!(digest_a, digest_b);
+        assert_eq!(
+            derive(
+                &key(),
+                &[GrantSource::Reject],
+                "i",
+                "u",
+                &p(json!({"sub": "x"})),
+                &[0; 32]
+            ),
+            Err(GrantError::NoGrant)
+        );
+    }
+}

@@ -1,0 +1,401 @@
+//! The cookie jar of one upstream session (design §6.6): what the upstream set, replayed on every
+//! request of that session and nothing else. Pure functions over text; no I/O.
+//!
+//! `Set-Cookie` replaces a cookie of the same name and path, and deletes it on `Max-Age<=0`, an
+//! `Expires` in the past, or an empty value. The jar is capped (cookies and bytes); overflow is
+//! dropped and reported. Values are secrets: `Debug` shows names only, and logs use
+//! [`Jar::correlation`], a short hash of the session cookie.
+
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+#[derive(Clone, PartialEq, Eq)]
+struct Cookie {
+    name: String,
+    path: String,
+    value: String,
+}
+
+/// The cookies of one upstream session.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Jar {
+    cookies: Vec<Cookie>,
+}
+
+impl std::fmt::Debug for Jar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.cookies.iter().map(|c| &c.name))
+            .finish()
+    }
+}
+
+/// What applying a response's `Set-Cookie` headers did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub set: usize,
+    pub deleted: usize,
+    /// Cookies dropped because the jar was full.
+    pub overflow: usize,
+}
+
+impl Jar {
+    pub fn is_empty(&self) -> bool {
+        self.cookies.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.cookies.len()
+    }
+
+    /// True when the jar holds a non-empty cookie of this name.
+    pub fn has(&self, name: &str) -> bool {
+        self.cookies
+            .iter()
+            .any(|c| c.name == name && !c.value.is_empty())
+    }
+
+    /// The names held, for logs.
+    pub fn names(&self) -> Vec<&str> {
+        self.cookies.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    /// A short, non-reversible tag of a cookie's value (the design's "short hash of
+    /// ASP.NET_SessionId"), to correlate logs with the upstream's without revealing the value.
+    pub fn correlation(&self, name: &str) -> Option<String> {
+        let c = self.cookies.iter().find(|c| c.name == name)?;
+        let d = Sha256::digest(c.value.as_bytes());
+        Some(d.iter().take(4).map(|b| format!("{b:02x}")).collect())
+    }
+
+    fn bytes(&self) -> usize {
+        self.cookies
+            .iter()
+            .map(|c| c.name.len() + c.value.len() + 2)
+            .sum()
+    }
+
+    /// Applies one `Set-Cookie` header value.
+    pub fn apply(
+        &mut self,
+        set_cookie: &str,
+        now: SystemTime,
+        max_cookies: usize,
+        max_bytes: usize,
+    ) -> Applied {
+        let mut applied = Applied::default();
+        let Some(parsed) = parse_set_cookie(set_cookie, now) else {
+            return applied;
+        };
+        let existing = self
+            .cookies
+            .iter()
+            .position(|c| c.name == parsed.name && c.path == parsed.path);
+        if parsed.delete {
+            if let Some(i) = existing {
+                self.cookies.remove(i);
+                applied.deleted = 1;
+            }
+            return applied;
+        }
+        let cookie = Cookie {
+            name: parsed.name,
+            path: parsed.path,
+            value: parsed.value,
+        };
+        match existing {
+            Some(i) => {
+                let grows = cookie
+                    .value
+                    .len()
+                    .saturating_sub(self.cookies[i].value.len());
+                if self.bytes() + grows > max_bytes {
+                    applied.overflow = 1;
+                } else {
+                    self.cookies[i] = cookie;
+                    applied.set = 1;
+                }
+            }
+            None => {
+                let size = cookie.name.len() + cookie.value.len() + 2;
+                if self.cookies.len() >= max_cookies || self.bytes() + size > max_bytes {
+                    applied.overflow = 1;
+                } else {
+                    self.cookies.push(cookie);
+                    applied.set = 1;
+                }
+            }
+        }
+        applied
+    }
+
+    /// Applies every `Set-Cookie` of a response.
+    pub fn apply_all<'a>(
+        &mut self,
+        headers: impl Iterator<Item = &'a str>,
+        now: SystemTime,
+        max_cookies: usize,
+        max_bytes: usize,
+    ) -> Applied {
+        headers.fold(Applied::default(), |acc, h| {
+            let a = self.apply(h, now, max_cookies, max_bytes);
+            Applied {
+                set: acc.set + a.set,
+                deleted: acc.deleted + a.deleted,
+                overflow: acc.overflow + a.overflow,
+            }
+        })
+    }
+
+    /// The `Cookie` header for a request to `path`: every cookie whose path is a prefix of it
+    /// (RFC 6265 §5.1.4), longer paths first.
+    pub fn cookie_header(&self, path: &str) -> Option<String> {
+        let mut matching: Vec<&Cookie> = self
+            .cookies
+            .iter()
+            .filter(|c| path_matches(&c.path, path))
+            .collect();
+        if matching.is_empty() {
+            return None;
+        }
+        matching.sort_by_key(|c| std::cmp::Reverse(c.path.len()));
+        Some(
+            matching
+                .iter()
+                .map(|c| format!("{}={}", c.name, c.value))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    }
+}
+
+fn path_matches(cookie_path: &str, request_path: &str) -> bool {
+    if cookie_path == "/" || cookie_path == request_path {
+        return true;
+    }
+    request_path.starts_with(cookie_path)
+        && (cookie_path.ends_with('/')
+            || request_path.as_bytes().get(cookie_path.len()) == Some(&b'/'))
+}
+
+struct Parsed {
+    name: String,
+    value: String,
+    path: String,
+    delete: bool,
+}
+
+/// Parses a `Set-Cookie` value leniently (RFC 6265 §5.2). `None` for a line without `name=`.
+fn parse_set_cookie(line: &str, now: SystemTime) -> Option<Parsed> {
+    let mut parts = line.split(';');
+    let (name, value) = parts.next()?.split_once('=')?;
+    let name = name.trim();
+    if name.is_empty() {
+        return None;
+    }
+    let value = value.trim().trim_matches('"');
+    let mut path = "/".to_owned();
+    let mut delete = value.is_empty();
+    for attr in parts {
+        let (k, v) = attr.split_once('=').unwrap_or((attr, ""));
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("path") && v.starts_with('/') {
+            path = v.to_owned();
+        } else if k.eq_ignore_ascii_case("max-age") {
+            if v.parse::<i64>().is_ok_and(|n| n <= 0) {
+                delete = true;
+            }
+        } else if k.eq_ignore_ascii_case("expires") {
+            if let Some(t) = parse_http_date(v) {
+                if t <= now {
+                    delete = true;
+                }
+            }
+        }
+    }
+    Some(Parsed {
+        name: name.to_owned(),
+        value: value.to_owned(),
+        path,
+        delete,
+    })
+}
+
+/// Parses the cookie date forms seen in the wild: `Thu, 01 Jan 1970 00:00:00 GMT` and the
+/// dashed `Thu, 01-Jan-1970 00:00:00 GMT` ASP.NET sends.
+fn parse_http_date(v: &str) -> Option<SystemTime> {
+    let normalised = v.replace('-', " ");
+    httpdate(&normalised)
+}
+
+fn httpdate(s: &str) -> Option<SystemTime> {
+    // "Thu, 01 Jan 1970 00:00:00 GMT"
+    let s = s.split_once(',').map_or(s, |(_, rest)| rest).trim();
+    let mut it = s.split_whitespace();
+    let day: u64 = it.next()?.parse().ok()?;
+    let month = match it.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let mut year: u64 = it.next()?.parse().ok()?;
+    if year < 100 {
+        year += if year < 70 { 2000 } else { 1900 };
+    }
+    let mut hms = it.next()?.split(':');
+    let (h, m, sec): (u64, u64, u64) = (
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+    );
+    let days = days_from_civil(year, month, day)?;
+    let secs = days * 86_400 + h * 3600 + m * 60 + sec;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: u64, m: u64, d: u64) -> Option<u64> {
+    if y < 1970 || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).checked_sub(719_468)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn jar(lines: &[&str]) -> Jar {
+        let mut j = Jar::default();
+        j.apply_all(lines.iter().copied(), now(), 50, 8192);
+        j
+    }
+
+    #[test]
+    fn the_acumatica_login_cookies() {
+        let j = jar(&[
+            "ASP.NET_SessionId=abcdefghijklmnopqrstuvwx; path=/; HttpOnly; SameSite=Lax",
+            ".ASPXAUTH=0A1B2C; path=/; HttpOnly",
+            "UserBranch=1; path=/",
+            "Locale=Culture=en-US&TimeZone=GMTM0800A; path=/",
+            "requestid=0123456789abcdef0123456789abcdef; path=/",
+            "requeststat=+st:1+sc:~/entity/auth/login+start:1+tg:; path=/",
+        ]);
+        assert_eq!(j.len(), 6);
+        assert!(j.has("ASP.NET_SessionId") && j.has(".ASPXAUTH"));
+        let h = j
+            .cookie_header("/entity/Default/24.200.001/Customer")
+            .unwrap();
+        assert!(h.contains("ASP.NET_SessionId=abcdefghijklmnopqrstuvwx"));
+        assert!(h.contains("Locale=Culture=en-US&TimeZone=GMTM0800A"));
+        assert!(
+            !format!("{j:?}").contains("abcdefghijkl"),
+            "Debug shows names only"
+        );
+    }
+
+    #[test]
+    fn replace_by_name_and_path() {
+        let mut j = jar(&["requestid=one; path=/"]);
+        j.apply("requestid=two; path=/", now(), 50, 8192);
+        assert_eq!(j.len(), 1);
+        assert_eq!(j.cookie_header("/").unwrap(), "requestid=two");
+        j.apply("requestid=three; path=/entity", now(), 50, 8192);
+        assert_eq!(j.len(), 2);
+        assert_eq!(j.cookie_header("/other").unwrap(), "requestid=two");
+        assert_eq!(
+            j.cookie_header("/entity/x").unwrap(),
+            "requestid=three; requestid=two"
+        );
+    }
+
+    #[test]
+    fn deletions() {
+        let mut j = jar(&[".ASPXAUTH=x; path=/", "a=1", "b=2", "c=3"]);
+        let a = j.apply(
+            ".ASPXAUTH=; expires=Thu, 01-Jan-1970 00:00:00 GMT; path=/",
+            now(),
+            50,
+            8192,
+        );
+        assert_eq!(a.deleted, 1);
+        assert!(!j.has(".ASPXAUTH"));
+        j.apply("a=1; Max-Age=0", now(), 50, 8192);
+        j.apply("b=", now(), 50, 8192);
+        j.apply(
+            "c=3; Expires=Wed, 21 Oct 2015 07:28:00 GMT",
+            now(),
+            50,
+            8192,
+        );
+        assert!(j.is_empty(), "{j:?}");
+        // A future Expires keeps the cookie.
+        j.apply(
+            "d=4; Expires=Wed, 21 Oct 2099 07:28:00 GMT",
+            now(),
+            50,
+            8192,
+        );
+        assert!(j.has("d"));
+    }
+
+    #[test]
+    fn caps_drop_overflow() {
+        let mut j = Jar::default();
+        let a = j.apply_all(["a=1", "b=2", "c=3"].into_iter(), now(), 2, 8192);
+        assert_eq!((a.set, a.overflow), (2, 1));
+        let mut j = Jar::default();
+        let big = format!("big={}", "x".repeat(100));
+        let a = j.apply(&big, now(), 50, 64);
+        assert_eq!(a.overflow, 1);
+        assert!(j.is_empty());
+    }
+
+    #[test]
+    fn garbage_is_ignored() {
+        let j = jar(&["", "novalue", "=x", ";;;"]);
+        assert!(j.is_empty());
+    }
+
+    #[test]
+    fn correlation_is_short_and_not_the_value() {
+        let j = jar(&["ASP.NET_SessionId=secretvalue"]);
+        let c = j.correlation("ASP.NET_SessionId").unwrap();
+        assert_eq!(c.len(), 8);
+        assert!(!c.contains("secret"));
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(
+            httpdate("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(SystemTime::UNIX_EPOCH)
+        );
+        assert_eq!(
+            parse_http_date("Wed, 21-Oct-2015 07:28:00 GMT"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480))
+        );
+        assert_eq!(httpdate("nonsense"), None);
+    }
+}

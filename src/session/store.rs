@@ -1,0 +1,621 @@
+//! Where the session table lives. [`SessionStore`] is the seam between the session logic and its
+//! state: the seat count, the session records (owner grant, mode, state, jar, times) and the
+//! per-session in-flight leases that serialise a grant's requests. [`MemoryStore`] keeps them in
+//! this process; a shared store (Redis, for several replicas) implements the same operations
+//! atomically with TTL-bounded leases.
+//!
+//! Every operation that decides something (take a seat, create a record under the per-grant cap,
+//! take an evictable session) is one atomic step of the store, so two callers can never both win.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::grant::GrantKey;
+use super::handle::Nonce;
+use super::jar::Jar;
+
+/// Where one upstream session lives: a grant, and in concurrent mode one of its handles.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SlotKey {
+    pub grant: GrantKey,
+    pub handle: Option<Nonce>,
+}
+
+/// The life of an upstream session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Created; no login has succeeded yet (or the upstream session expired).
+    NeedsLogin,
+    /// A login is running.
+    LoggingIn,
+    Active,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::NeedsLogin => "needs_login",
+            SessionState::LoggingIn => "logging_in",
+            SessionState::Active => "active",
+        }
+    }
+}
+
+/// One upstream session as the store keeps it. Times are Unix milliseconds so that a shared
+/// store can hold them.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    /// Unique for the life of the record: a slot reused after a logout gets a new id.
+    pub id: u64,
+    pub concurrent: bool,
+    pub state: SessionState,
+    pub jar: Jar,
+    /// True while the record holds a seat (from the start of its login until its logout).
+    pub seated: bool,
+    pub created_ms: u64,
+    pub last_used_ms: u64,
+    /// When a `202 Accepted` (a long-running operation) was last seen.
+    pub last_op_ms: Option<u64>,
+    pub in_flight: u32,
+    pub queued: u32,
+}
+
+impl SessionRecord {
+    pub fn new(id: u64, concurrent: bool, now_ms: u64) -> Self {
+        SessionRecord {
+            id,
+            concurrent,
+            state: SessionState::NeedsLogin,
+            jar: Jar::default(),
+            seated: false,
+            created_ms: now_ms,
+            last_used_ms: now_ms,
+            last_op_ms: None,
+            in_flight: 0,
+            queued: 0,
+        }
+    }
+
+    /// Requests holding or waiting for this session.
+    pub fn users(&self) -> u32 {
+        self.in_flight + self.queued
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The result of [`SessionStore::create`].
+#[derive(Debug)]
+pub enum Created {
+    /// The record was stored.
+    New(SessionRecord),
+    /// Another request created the slot first: use its record.
+    Existing(SessionRecord),
+    /// The grant already has its maximum number of sessions; the earliest idle expiry among them.
+    GrantFull { earliest_idle_ms: u64 },
+}
+
+/// Why no in-flight lease was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseRefused {
+    /// The queue is full, or the wait ran out.
+    Busy,
+    /// The session was removed while waiting.
+    Gone,
+}
+
+/// A held in-flight lease. Release it with [`SessionStore::release`]; dropping it without
+/// releasing frees the local permit but leaves the counters (a shared store's lease would expire).
+pub struct InFlight {
+    pub slot: SlotKey,
+    pub id: u64,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change to one record, applied atomically by the store.
+pub type Edit = Box<dyn FnOnce(&mut SessionRecord) + Send + 'static>;
+
+/// The operations the session layer needs from its state.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Takes a seat if fewer than `cap` are in use.
+    async fn take_seat(&self, cap: u32) -> Result<bool, StoreError>;
+    async fn release_seat(&self) -> Result<(), StoreError>;
+    async fn seats_in_use(&self) -> Result<u32, StoreError>;
+
+    async fn get(&self, slot: &SlotKey) -> Result<Option<SessionRecord>, StoreError>;
+    /// Stores `record` at `slot` unless the slot is taken or the grant already holds
+    /// `grant_cap` sessions. The session gets `max_in_flight` in-flight places.
+    async fn create(
+        &self,
+        slot: &SlotKey,
+        record: SessionRecord,
+        grant_cap: u32,
+        max_in_flight: u32,
+    ) -> Result<Created, StoreError>;
+    /// Applies `f` to the record at `slot` if it still has id `id`; returns the updated record.
+    async fn update(
+        &self,
+        slot: &SlotKey,
+        id: u64,
+        f: Edit,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+    /// Removes the record at `slot` if it still has id `id`. Only one caller gets it back.
+    async fn remove(&self, slot: &SlotKey, id: u64) -> Result<Option<SessionRecord>, StoreError>;
+    /// Every record.
+    async fn list(&self) -> Result<Vec<(SlotKey, SessionRecord)>, StoreError>;
+    /// Atomically removes and returns the least-recently-used session that may be evicted: no
+    /// request in flight or queued, idle at least `min_idle_ms`, no 202 seen within `op_ttl_ms`.
+    async fn take_evictable(
+        &self,
+        now_ms: u64,
+        min_idle_ms: u64,
+        op_ttl_ms: u64,
+    ) -> Result<Option<(SlotKey, SessionRecord)>, StoreError>;
+    /// Atomically removes and returns every unused session idle for `idle_ms`, or older than
+    /// `max_age_ms` (the bool says which: true for age).
+    async fn take_expired(
+        &self,
+        now_ms: u64,
+        idle_ms: u64,
+        max_age_ms: u64,
+    ) -> Result<Vec<(SlotKey, SessionRecord, bool)>, StoreError>;
+
+    /// Waits (FIFO) for one of the session's `max` in-flight places, queueing at most
+    /// `max_queue` requests and waiting at most `wait`.
+    async fn acquire(
+        &self,
+        slot: &SlotKey,
+        id: u64,
+        max: u32,
+        max_queue: u32,
+        wait: Duration,
+    ) -> Result<InFlight, LeaseRefused>;
+    /// Gives the place back and records the use time (and a 202, when `op` is set).
+    async fn release(&self, lease: InFlight, now_ms: u64, op: bool);
+}
+
+// === impl MemoryStore ===
+
+#[derive(Default)]
+struct Inner {
+    seats: u32,
+    records: HashMap<SlotKey, SessionRecord>,
+    /// One FIFO semaphore per live record id: the in-flight places.
+    gates: HashMap<u64, Arc<Semaphore>>,
+}
+
+/// The in-process store: one replica, no network.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn take_seat(&self, cap: u32) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        if g.seats < cap {
+            g.seats += 1;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    async fn release_seat(&self) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        g.seats = g.seats.saturating_sub(1);
+        Ok(())
+    }
+
+    async fn seats_in_use(&self) -> Result<u32, StoreError> {
+        Ok(self.lock().seats)
+    }
+
+    async fn get(&self, slot: &SlotKey) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self.lock().records.get(slot).cloned())
+    }
+
+    async fn create(
+        &self,
+        slot: &SlotKey,
+        record: SessionRecord,
+        grant_cap: u32,
+        max_in_flight: u32,
+    ) -> Result<Created, StoreError> {
+        let mut g = self.lock();
+        if let Some(existing) = g.records.get(slot) {
+            return Ok(Created::Existing(existing.clone()));
+        }
+        let of_grant: Vec<&SessionRecord> = g
+            .records
+            .iter()
+            .filter(|(k, _)| k.grant == slot.grant)
+            .map(|(_, r)| r)
+            .collect();
+        if of_grant.len() >= grant_cap as usize {
+            let earliest_idle_ms = of_grant.iter().map(|r| r.last_used_ms).min().unwrap_or(0);
+            return Ok(Created::GrantFull { earliest_idle_ms });
+        }
+        g.gates
+            .insert(record.id, Arc::new(Semaphore::new(max_in_flight as usize)));
+        g.records.insert(slot.clone(), record.clone());
+        Ok(Created::New(record))
+    }
+
+    async fn update(
+        &self,
+        slot: &SlotKey,
+        id: u64,
+        f: Edit,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let mut g = self.lock();
+        match g.records.get_mut(slot) {
+            Some(r) if r.id == id => {
+                f(r);
+                Ok(Some(r.clone()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn remove(&self, slot: &SlotKey, id: u64) -> Result<Option<SessionRecord>, StoreError> {
+        let mut g = self.lock();
+        if g.records.get(slot).is_some_and(|r| r.id == id) {
+            if let Some(gate) = g.gates.remove(&id) {
+                gate.close();
+            }
+            return Ok(g.records.remove(slot));
+        }
+        Ok(None)
+    }
+
+    async fn list(&self) -> Result<Vec<(SlotKey, SessionRecord)>, StoreError> {
+        Ok(self
+            .lock()
+            .records
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn take_evictable(
+        &self,
+        now_ms: u64,
+        min_idle_ms: u64,
+        op_ttl_ms: u64,
+    ) -> Result<Option<(SlotKey, SessionRecord)>, StoreError> {
+        let mut g = self.lock();
+        let victim = g
+            .records
+            .iter()
+            .filter(|(_, r)| {
+                r.users() == 0
+                    && r.state != SessionState::LoggingIn
+                    && now_ms.saturating_sub(r.last_used_ms) >= min_idle_ms
+                    && r.last_op_ms
+                        .is_none_or(|op| now_ms.saturating_sub(op) >= op_ttl_ms)
+            })
+            .min_by_key(|(_, r)| r.last_used_ms)
+            .map(|(k, _)| k.clone());
+        Ok(victim.and_then(|k| {
+            let r = g.records.remove(&k)?;
+            if let Some(gate) = g.gates.remove(&r.id) {
+                gate.close();
+            }
+            Some((k, r))
+        }))
+    }
+
+    async fn take_expired(
+        &self,
+        now_ms: u64,
+        idle_ms: u64,
+        max_age_ms: u64,
+    ) -> Result<Vec<(SlotKey, SessionRecord, bool)>, StoreError> {
+        let mut g = self.lock();
+        let due: Vec<(SlotKey, bool)> = g
+            .records
+            .iter()
+            .filter(|(_, r)| r.users() == 0 && r.state != SessionState::LoggingIn)
+            .filter_map(|(k, r)| {
+                if now_ms.saturating_sub(r.last_used_ms) >= idle_ms {
+                    Some((k.clone(), false))
+                } else if now_ms.saturating_sub(r.created_ms) >= max_age_ms {
+                    Some((k.clone(), true))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        Ok(due
+            .into_iter()
+            .filter_map(|(k, aged)| {
+                let r = g.records.remove(&k)?;
+                if let Some(gate) = g.gates.remove(&r.id) {
+                    gate.close();
+                }
+                Some((k, r, aged))
+            })
+            .collect())
+    }
+
+    async fn acquire(
+        &self,
+        slot: &SlotKey,
+        id: u64,
+        max: u32,
+        max_queue: u32,
+        wait: Duration,
+    ) -> Result<InFlight, LeaseRefused> {
+        let gate = {
+            let mut g = self.lock();
+            let gate = g.gates.get(&id).cloned().ok_or(LeaseRefused::Gone)?;
+            let r = g
+                .records
+                .get_mut(slot)
+                .filter(|r| r.id == id)
+                .ok_or(LeaseRefused::Gone)?;
+            if r.in_flight >= max && r.queued >= max_queue {
+                return Err(LeaseRefused::Busy);
+            }
+            r.queued += 1;
+            gate
+        };
+        let permit = tokio::time::timeout(wait, gate.acquire_owned()).await;
+        let mut g = self.lock();
+        let record = g.records.get_mut(slot).filter(|r| r.id == id);
+        match (permit, record) {
+            (Ok(Ok(p)), Some(r)) => {
+                r.queued = r.queued.saturating_sub(1);
+                r.in_flight += 1;
+                Ok(InFlight {
+                    slot: slot.clone(),
+                    id,
+                    _permit: Some(p),
+                })
+            }
+            (Ok(Ok(_)), None) | (Ok(Err(_)), _) => Err(LeaseRefused::Gone),
+            (Err(_), record) => {
+                if let Some(r) = record {
+                    r.queued = r.queued.saturating_sub(1);
+                }
+                Err(LeaseRefused::Busy)
+            }
+        }
+    }
+
+    async fn release(&self, lease: InFlight, now_ms: u64, op: bool) {
+        let mut g = self.lock();
+        if let Some(r) = g.records.get_mut(&lease.slot).filter(|r| r.id == lease.id) {
+            r.in_flight = r.in_flight.saturating_sub(1);
+            r.last_used_ms = now_ms;
+            if op {
+                r.last_op_ms = Some(now_ms);
+            }
+        }
+        drop(g);
+        drop(lease);
+    }
+}
+
+/// Milliseconds of a duration, saturating (for the store's Unix-millisecond arithmetic).
+pub fn millis(d: Duration) -> u64 {
+    ms(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(g: &str, h: Option<u8>) -> SlotKey {
+        SlotKey {
+            grant: GrantKey(g.to_owned()),
+            handle: h.map(|b| [b; 16]),
+        }
+    }
+
+    #[tokio::test]
+    async fn seats_never_exceed_the_cap() {
+        let s = MemoryStore::new();
+        assert!(s.take_seat(2).await.unwrap());
+        assert!(s.take_seat(2).await.unwrap());
+        assert!(!s.take_seat(2).await.unwrap());
+        s.release_seat().await.unwrap();
+        assert!(s.take_seat(2).await.unwrap());
+        assert_eq!(s.seats_in_use().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn create_respects_the_slot_and_the_grant_cap() {
+        let s = MemoryStore::new();
+        assert!(matches!(
+            s.create(&slot("g", Some(1)), SessionRecord::new(1, true, 10), 2, 1)
+                .await
+                .unwrap(),
+            Created::New(_)
+        ));
+        assert!(
+            matches!(s.create(&slot("g", Some(1)), SessionRecord::new(2, true, 10), 2, 1).await.unwrap(), Created::Existing(r) if r.id == 1)
+        );
+        assert!(matches!(
+            s.create(&slot("g", Some(2)), SessionRecord::new(3, true, 20), 2, 1)
+                .await
+                .unwrap(),
+            Created::New(_)
+        ));
+        assert!(matches!(
+            s.create(&slot("g", Some(3)), SessionRecord::new(4, true, 30), 2, 1)
+                .await
+                .unwrap(),
+            Created::GrantFull {
+                earliest_idle_ms: 10
+            }
+        ));
+        assert!(matches!(
+            s.create(&slot("other", None), SessionRecord::new(5, false, 30), 1, 1)
+                .await
+                .unwrap(),
+            Created::New(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn in_flight_places_are_fifo_and_bounded() {
+        let s = Arc::new(MemoryStore::new());
+        let k = slot("g", None);
+        s.create(&k, SessionRecord::new(1, false, 0), 1, 1)
+            .await
+            .unwrap();
+        let first = s
+            .acquire(&k, 1, 1, 1, Duration::from_secs(1))
+            .await
+            .unwrap();
+        // One may queue; the second waiter is refused at once.
+        let s2 = s.clone();
+        let k2 = k.clone();
+        let queued =
+            tokio::spawn(async move { s2.acquire(&k2, 1, 1, 1, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            s.acquire(&k, 1, 1, 1, Duration::from_secs(1))
+                .await
+                .unwrap_err(),
+            LeaseRefused::Busy
+        );
+        s.release(first, 5, false).await;
+        let second = queued.await.unwrap().unwrap();
+        assert_eq!(s.get(&k).await.unwrap().unwrap().in_flight, 1);
+        // A wait that runs out is Busy and leaves no queued count behind.
+        assert_eq!(
+            s.acquire(&k, 1, 1, 5, Duration::from_millis(20))
+                .await
+                .unwrap_err(),
+            LeaseRefused::Busy
+        );
+        assert_eq!(s.get(&k).await.unwrap().unwrap().queued, 0);
+        s.release(second, 6, true).await;
+        let r = s.get(&k).await.unwrap().unwrap();
+        assert_eq!((r.in_flight, r.last_used_ms, r.last_op_ms), (0, 6, Some(6)));
+    }
+
+    #[tokio::test]
+    async fn eviction_takes_the_lru_unused_session_only() {
+        let s = MemoryStore::new();
+        let (a, b) = (slot("a", None), slot("b", None));
+        let mut old = SessionRecord::new(1, false, 0);
+        old.state = SessionState::Active;
+        let mut newer = SessionRecord::new(2, false, 0);
+        newer.state = SessionState::Active;
+        newer.last_used_ms = 500;
+        s.create(&a, old, 1, 1).await.unwrap();
+        s.create(&b, newer, 1, 1).await.unwrap();
+        let lease = s
+            .acquire(&a, 1, 1, 5, Duration::from_secs(1))
+            .await
+            .unwrap();
+        // `a` is older but busy: `b` goes.
+        let (k, r) = s.take_evictable(10_000, 2_000, 0).await.unwrap().unwrap();
+        assert_eq!((k, r.id), (b.clone(), 2));
+        assert!(
+            s.take_evictable(10_000, 2_000, 0).await.unwrap().is_none(),
+            "a is in use"
+        );
+        s.release(lease, 9_000, true).await;
+        assert!(
+            s.take_evictable(12_000, 2_000, 600_000)
+                .await
+                .unwrap()
+                .is_none(),
+            "a 202 was seen recently"
+        );
+        assert!(s
+            .take_evictable(700_000, 2_000, 600_000)
+            .await
+            .unwrap()
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn waiters_on_a_removed_session_learn_it_is_gone() {
+        let s = Arc::new(MemoryStore::new());
+        let k = slot("g", None);
+        s.create(&k, SessionRecord::new(7, false, 0), 1, 1)
+            .await
+            .unwrap();
+        let held = s
+            .acquire(&k, 7, 1, 5, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let (s2, k2) = (s.clone(), k.clone());
+        let waiter =
+            tokio::spawn(async move { s2.acquire(&k2, 7, 1, 5, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(s.remove(&k, 7).await.unwrap().is_some());
+        assert!(
+            s.remove(&k, 7).await.unwrap().is_none(),
+            "only one remover wins"
+        );
+        assert_eq!(waiter.await.unwrap().unwrap_err(), LeaseRefused::Gone);
+        s.release(held, 1, false).await;
+    }
+
+    #[tokio::test]
+    async fn expiry_by_idle_time_and_by_age() {
+        let s = MemoryStore::new();
+        let mut idle = SessionRecord::new(1, false, 0);
+        idle.state = SessionState::Active;
+        let mut old = SessionRecord::new(2, false, 0);
+        old.state = SessionState::Active;
+        old.last_used_ms = 9_000;
+        let mut fresh = SessionRecord::new(3, false, 8_000);
+        fresh.state = SessionState::Active;
+        fresh.last_used_ms = 9_000;
+        s.create(&slot("a", None), idle, 1, 1).await.unwrap();
+        s.create(&slot("b", None), old, 1, 1).await.unwrap();
+        s.create(&slot("c", None), fresh, 1, 1).await.unwrap();
+        let mut out: Vec<(u64, bool)> = s
+            .take_expired(10_000, 5_000, 9_500)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, r, aged)| (r.id, aged))
+            .collect();
+        out.sort_unstable();
+        assert_eq!(out, vec![(1, false), (2, true)]);
+        assert_eq!(s.list().await.unwrap().len(), 1);
+    }
+}
