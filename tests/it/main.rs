@@ -14,3 +14,4 @@ mod introspection;
 mod jwt;
 mod logs;
 mod metrics;
+mod sessions;

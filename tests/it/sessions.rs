@@ -1,0 +1,833 @@
+//! Upstream sessions end to end (shared design §6 and §7.8): the real gateway in front of the
+//! fake legacy API, which mimics Acumatica's logins, seats, lockout, expiry and per-session
+//! locking and counts every leak. Every test ends by checking the fake's leak detectors.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tollgate::demo::legacy::{Counters, FakeLegacy, LegacyOptions};
+
+use crate::support::http::Reply;
+use crate::support::{eventually, request, FakeIdp, TestGateway};
+
+struct Env {
+    idp: FakeIdp,
+    fake: FakeLegacy,
+    gw: TestGateway,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+/// The session block for the upstream: `extra` lines are added to [upstream.session].
+fn config(issuer: &str, legacy: &str, extra: &str, password: &str) -> String {
+    let cap = if extra.contains("max_upstream_sessions") {
+        ""
+    } else {
+        "max_upstream_sessions = 2"
+    };
+    format!(
+        r#"
+[[issuer]]
+id = "erp"
+issuer = "{issuer}"
+jwks_uri = "{issuer}/jwks"
+audiences = ["api"]
+algorithms = ["RS256"]
+
+[[upstream]]
+id = "erp"
+url = "{legacy}"
+timeout = "10s"
+
+[upstream.session]
+{cap}
+min_idle_before_evict = "0s"
+{extra}
+[upstream.session.credentials]
+name = "admin"
+password = "{password}"
+tenant = "MyStore"
+branch = "HQ"
+
+[[route]]
+id = "erp"
+prefix = "/entity/"
+upstream = "erp"
+scopes = ["api"]
+
+[[route]]
+id = "health"
+exact = "/health"
+upstream = "erp"
+auth = "none"
+"#
+    )
+}
+
+async fn env_with(opts: LegacyOptions, extra: &str, password: &str) -> Env {
+    let idp = FakeIdp::start().await;
+    let fake = FakeLegacy::new(opts);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let legacy = format!("http://{}", listener.local_addr().unwrap());
+    let task = fake.spawn(listener);
+    let gw = TestGateway::start(&config(&idp.issuer, &legacy, extra, password), true).await;
+    Env {
+        idp,
+        fake,
+        gw,
+        _task: task,
+    }
+}
+
+async fn env(extra: &str) -> Env {
+    env_with(LegacyOptions::default(), extra, "123").await
+}
+
+impl Env {
+    /// A token of grant `grant` (scope "api", or with the concurrent scope).
+    fn token(&self, grant: &str, concurrent: bool) -> String {
+        let scope = if concurrent {
+            "api api:concurrent_access"
+        } else {
+            "api"
+        };
+        self.idp.token(json!({"grant_id": grant, "scope": scope}))
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        cookie: Option<&str>,
+        body: &'static [u8],
+    ) -> Reply {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(self.gw.url(path))
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(c) = cookie {
+            b = b.header("cookie", c);
+        }
+        let r = request(b.body(Full::new(Bytes::from_static(body))).unwrap()).await;
+        // Invariant 6.11.1: no upstream Set-Cookie ever reaches a client; only the handle cookie.
+        for v in r.headers.get_all("set-cookie") {
+            let v = v.to_str().unwrap();
+            assert!(
+                v.starts_with("tollgate_session="),
+                "an upstream cookie reached the client: {v}"
+            );
+        }
+        r
+    }
+
+    async fn echo(&self, token: &str) -> Reply {
+        self.send("GET", "/entity/Default/24.200.001/Echo", token, None, b"")
+            .await
+    }
+
+    fn counters(&self) -> Counters {
+        self.fake.counters()
+    }
+
+    /// The leak detectors of the fake (design §6.11, §7.6) stay at zero.
+    fn assert_no_leaks(&self) {
+        let c = self.counters();
+        assert_eq!(c.mixed_session_cookies, 0, "jar cross-contamination: {c:?}");
+        assert_eq!(
+            c.foreign_cookie, 0,
+            "a client or gateway cookie reached the upstream: {c:?}"
+        );
+        assert_eq!(
+            c.authorization_header_seen, 0,
+            "the bearer token reached the upstream: {c:?}"
+        );
+        assert_eq!(c.logouts_411, 0, "a logout without Content-Length: {c:?}");
+        assert_eq!(c.logins_locked, 0, "the service account was locked: {c:?}");
+    }
+
+    async fn metrics(&self) -> String {
+        self.gw.metrics().await
+    }
+}
+
+fn session_of(r: &Reply) -> Value {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["session"].clone()
+}
+
+fn handle_of(r: &Reply) -> String {
+    let v = r.header("set-cookie").expect("a handle cookie");
+    assert!(
+        v.contains("Path=/")
+            && v.contains("Secure")
+            && v.contains("HttpOnly")
+            && v.contains("SameSite=Strict"),
+        "{v}"
+    );
+    v.split(';').next().unwrap().to_owned()
+}
+
+fn metric(m: &str, line: &str) -> u64 {
+    m.lines()
+        .find(|l| l.starts_with(line))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test]
+async fn single_mode_serialises_a_grants_requests_on_one_session() {
+    let e = env("").await;
+    let token = e.token("g1", false);
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let url = e.gw.url("/entity/Default/24.200.001/Slow?ms=30");
+        let auth = format!("Bearer {token}");
+        tasks.push(tokio::spawn(async move {
+            crate::support::get(&url, &[("authorization", &auth)]).await
+        }));
+    }
+    let mut sessions = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        sessions.push(session_of(&r));
+    }
+    sessions.dedup();
+    assert_eq!(sessions.len(), 1, "one upstream session serves the grant");
+    let c = e.counters();
+    assert_eq!(
+        c.max_concurrency_per_session, 1,
+        "requests of one session overlapped upstream: {c:?}"
+    );
+    assert_eq!(c.logins_ok, 1, "exactly one login (single-flight)");
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refreshed_token_keeps_the_session_and_grants_never_share() {
+    let e = env("").await;
+    let first = e.echo(&e.token("g1", false)).await;
+    assert_eq!(first.header("tollgate-session"), Some("new"));
+    let s1 = session_of(&first);
+    // A new access token of the same grant (another jti, same grant_id).
+    let refreshed = e.echo(&e.token("g1", false)).await;
+    assert_eq!(session_of(&refreshed), s1);
+    assert_eq!(refreshed.header("tollgate-session"), None);
+    let other = e.echo(&e.token("g2", false)).await;
+    assert_ne!(session_of(&other), s1, "two grants never share a session");
+    assert_eq!(e.counters().logins_ok, 2);
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_mode_keeps_state_per_handle_and_refuses_another_grants_handle() {
+    let e = env("max_sessions_per_grant = 3").await;
+    let t = e.token("c1", true);
+    let counter = "/entity/Default/24.200.001/Counter";
+    let a1 = e.send("PUT", counter, &t, None, b"{}").await;
+    assert_eq!(a1.status, 200, "{}", a1.text());
+    let handle_a = handle_of(&a1);
+    assert_eq!(a1.json()["counter"], 1);
+    let a2 = e.send("PUT", counter, &t, Some(&handle_a), b"{}").await;
+    assert_eq!(
+        a2.json()["counter"],
+        2,
+        "the handle's session kept its state"
+    );
+    assert_eq!(a2.header("set-cookie"), None);
+    // No handle: a new session with its own state.
+    let b1 = e.send("PUT", counter, &t, None, b"{}").await;
+    let handle_b = handle_of(&b1);
+    assert_ne!(handle_a, handle_b);
+    assert_eq!(b1.json()["counter"], 1);
+    assert_ne!(b1.json()["session"], a1.json()["session"]);
+    let a3 = e.send("PUT", counter, &t, Some(&handle_a), b"{}").await;
+    assert_eq!(a3.json()["counter"], 3);
+
+    // Another grant's token with this handle: 400, nothing reaches the upstream.
+    let before = (
+        e.counters(),
+        e.fake.state()["sessions"].as_array().unwrap().len(),
+    );
+    let thief = e.token("c2", true);
+    let r = e.send("PUT", counter, &thief, Some(&handle_a), b"{}").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "invalid_session_handle");
+    // A forged handle too.
+    let r = e
+        .send(
+            "GET",
+            counter,
+            &t,
+            Some("tollgate_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        e.counters(),
+        before.0,
+        "the refused requests reached the upstream"
+    );
+    assert_eq!(
+        e.fake.state()["sessions"].as_array().unwrap().len(),
+        before.1
+    );
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_per_grant_cap_answers_429_grant_session_limit() {
+    let e = env("max_sessions_per_grant = 2\nmax_upstream_sessions = 2").await;
+    let t = e.token("c1", true);
+    for _ in 0..2 {
+        assert_eq!(e.echo(&t).await.status, 200);
+    }
+    let r = e.echo(&t).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"], "grant_session_limit");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=300).contains(&retry), "{retry}");
+    assert_eq!(
+        e.counters().logins_ok,
+        2,
+        "the request was not put on another handle's session"
+    );
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_seat_cap_evicts_the_lru_idle_session_or_answers_503() {
+    let e = env("admission_wait = \"300ms\"").await;
+    let (a, b, c) = (
+        e.token("a", false),
+        e.token("b", false),
+        e.token("c", false),
+    );
+    let sa = session_of(&e.echo(&a).await);
+    session_of(&e.echo(&b).await);
+    // Both seats taken; `a` is the least recently used: it is logged out for `c`.
+    let rc = e.echo(&c).await;
+    assert_eq!(rc.status, 200, "{}", rc.text());
+    let counters = e.counters();
+    assert_eq!(
+        counters.logouts, 1,
+        "the evicted session was logged out: {counters:?}"
+    );
+    assert_eq!(counters.logouts_411, 0);
+    assert!(counters.peak_seats <= 2, "{counters:?}");
+    // `a` comes back on a fresh session.
+    let again = e.echo(&a).await;
+    assert_eq!(again.header("tollgate-session"), Some("new"));
+    assert_ne!(session_of(&again), sa);
+
+    // Nothing evictable (both sessions busy): 503 after admission_wait.
+    let slow = |t: String| {
+        let url = e.gw.url("/entity/Default/24.200.001/Slow?ms=1500");
+        tokio::spawn(async move {
+            crate::support::get(&url, &[("authorization", &format!("Bearer {t}"))]).await
+        })
+    };
+    let busy = [slow(a.clone()), slow(c.clone())];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = e.echo(&e.token("d", false)).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "upstream_capacity_exhausted");
+    assert_eq!(r.header("retry-after"), Some("5"));
+    for t in busy {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    let m = e.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_upstream_evictions_total{reason="lru",upstream="erp"}"#
+        ),
+        2
+    );
+    assert!(e.counters().peak_seats <= 2);
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_login_limit_gives_one_eviction_and_one_retry_under_500_and_429() {
+    for status in [500u16, 429] {
+        // The gateway's own cap (3) is above the upstream's (2): seats held elsewhere show up
+        // only as "API Login Limit".
+        let e = env_with(LegacyOptions::default(), "max_upstream_sessions = 3", "123").await;
+        e.fake.set_login_limit_status(status);
+        let a = e.token("a", false);
+        session_of(&e.echo(&a).await);
+        e.fake.reserve_seats(1);
+        // The upstream is full: one eviction (a, idle) and one retry, which succeeds.
+        let b = e.echo(&e.token("b", false)).await;
+        assert_eq!(b.status, 200, "{status}: {}", b.text());
+        let c = e.counters();
+        assert_eq!(
+            (c.logins_rejected_limit, c.logouts, c.logins_ok),
+            (1, 1, 2),
+            "{status}: {c:?}"
+        );
+        // Full again and the only own session busy: one attempt, no eviction possible, 503.
+        e.fake.reserve_seats(2);
+        let before = e.counters().logins_rejected_limit;
+        let r = e.echo(&e.token("c", false)).await;
+        assert_eq!(r.status, 503, "{status}: {}", r.text());
+        assert_eq!(r.json()["error"], "upstream_seats_exhausted");
+        assert_eq!(r.header("retry-after"), Some("30"));
+        let after = e.counters();
+        assert!(
+            after.logins_rejected_limit - before <= 2,
+            "never a retry loop: {after:?}"
+        );
+        e.assert_no_leaks();
+        e.gw.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_tried_once_and_opens_the_cooldown() {
+    let e = env_with(LegacyOptions::default(), "", "wrong-password").await;
+    let t = e.token("g", false);
+    for _ in 0..4 {
+        let r = e.echo(&t).await;
+        assert_eq!(r.status, 502);
+        assert_eq!(r.json()["error"], "upstream_login_failed");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!(retry > 800, "the cooldown (15 min) is announced: {retry}");
+        assert!(
+            !r.text().contains("Invalid credentials"),
+            "the upstream's error body was passed on"
+        );
+    }
+    let c = e.counters();
+    assert_eq!(
+        c.logins_bad_credentials, 1,
+        "a credential failure is never retried: {c:?}"
+    );
+    assert_eq!(c.logins_locked, 0);
+    let m = e.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_upstream_logins_total{result="bad_credentials",upstream="erp"}"#
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_upstream_login_circuit_open{upstream="erp"}"#
+        ),
+        1
+    );
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_expired_session_is_logged_in_again_once_and_the_request_replayed_once() {
+    let e = env("").await;
+    let t = e.token("g", false);
+    let counter = "/entity/Default/24.200.001/Counter";
+    assert_eq!(
+        e.send("PUT", counter, &t, None, b"{}").await.json()["counter"],
+        1
+    );
+    e.fake.expire(None);
+    let before = e.counters();
+    let r = e.send("PUT", counter, &t, None, b"{\"replay\":true}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("tollgate-session"), Some("new"));
+    assert_eq!(r.json()["counter"], 1, "served by the new session");
+    let c = e.counters();
+    assert_eq!(c.logins_ok - before.logins_ok, 1, "exactly one re-login");
+    assert_eq!(
+        c.requests_unauthenticated - before.requests_unauthenticated,
+        1,
+        "exactly one replay"
+    );
+    assert_eq!(
+        c.logouts, before.logouts,
+        "no logout for a session the upstream already ended"
+    );
+    let m = e.metrics().await;
+    assert_eq!(
+        metric(&m, r#"tollgate_upstream_relogins_total{upstream="erp"}"#),
+        1
+    );
+
+    // A streamed body cannot be replayed: 503 upstream_session_expired, Retry-After: 0.
+    e.fake.expire(None);
+    let body = Chunked(Some(Bytes::from_static(b"{\"x\":1}")));
+    let req = Request::put(e.gw.url(counter))
+        .header("authorization", format!("Bearer {t}"))
+        .body(body)
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "0");
+    // The next request finds a fresh session.
+    assert_eq!(e.echo(&t).await.status, 200);
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+/// A request body of unknown length: hyper sends it chunked, so it cannot be replayed.
+struct Chunked(Option<Bytes>);
+
+impl http_body::Body for Chunked {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn a_replay_that_is_still_unauthenticated_is_502_and_never_loops() {
+    let e = env("").await;
+    let t = e.token("g", false);
+    session_of(&e.echo(&t).await);
+    // Every session now ends at once upstream.
+    e.fake.set_idle_timeout(Duration::ZERO);
+    e.fake.advance_clock(Duration::from_secs(1));
+    let before = e.counters();
+    let r = e.echo(&t).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"], "upstream_auth_failed");
+    let c = e.counters();
+    assert_eq!(
+        c.logins_ok - before.logins_ok,
+        1,
+        "one re-login, no loop: {c:?}"
+    );
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_sessions_are_logged_out_and_seats_return_to_zero() {
+    let e = env("idle_ttl = \"300ms\"").await;
+    session_of(&e.echo(&e.token("a", false)).await);
+    session_of(&e.echo(&e.token("b", false)).await);
+    assert_eq!(e.counters().seats_in_use, 2);
+    let fake = e.fake.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || fake.counters().seats_in_use == 0).await,
+        "{:?}",
+        e.counters()
+    );
+    let c = e.counters();
+    assert_eq!(c.logouts, 2);
+    assert_eq!(c.logouts_411, 0, "logout carried Content-Length: 0");
+    let m = e.metrics().await;
+    assert_eq!(
+        metric(&m, r#"tollgate_upstream_seats_in_use{upstream="erp"}"#),
+        0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_upstream_evictions_total{reason="idle",upstream="erp"}"#
+        ),
+        2
+    );
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_cookies_never_reach_the_upstream() {
+    let e = env("").await;
+    let t = e.token("g", false);
+    let s = session_of(&e.echo(&t).await);
+    let r = e
+        .send(
+            "GET",
+            "/entity/Default/24.200.001/Echo",
+            &t,
+            Some(".ASPXAUTH=forged; ASP.NET_SessionId=abcdefghijklmnopqrstuvwx; tracking=1"),
+            b"",
+        )
+        .await;
+    assert_eq!(session_of(&r), s, "served by the grant's own session");
+    // A public route on the session upstream: no session, no cookie either way.
+    let r = crate::support::get(&e.gw.url("/health"), &[("cookie", ".ASPXAUTH=forged")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("set-cookie"), None);
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn login_and_logout_calls_are_intercepted() {
+    let e = env("").await;
+    let t = e.token("g", false);
+    // Active mode: the client's login is answered by the gateway, never forwarded.
+    let r = e
+        .send(
+            "POST",
+            "/entity/auth/login",
+            &t,
+            None,
+            br#"{"name":"x","password":"y"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("tollgate-login"), Some("managed"));
+    assert_eq!(
+        e.counters().logins_ok + e.counters().logins_bad_credentials,
+        0
+    );
+    session_of(&e.echo(&t).await);
+    assert_eq!(e.counters().seats_in_use, 1);
+    // The client's logout logs the grant's session out (Content-Length: 0 upstream), idempotent.
+    for _ in 0..2 {
+        let r = e.send("POST", "/entity/auth/logout", &t, None, b"").await;
+        assert_eq!(r.status, 204);
+    }
+    let c = e.counters();
+    assert_eq!((c.logouts, c.seats_in_use), (1, 0), "{c:?}");
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_logout_with_a_handle_clears_it() {
+    let e = env("").await;
+    let t = e.token("c", true);
+    let h = handle_of(&e.echo(&t).await);
+    let r = e
+        .send("POST", "/entity/auth/logout", &t, Some(&h), b"")
+        .await;
+    assert_eq!(r.status, 204);
+    let cleared = r.header("set-cookie").unwrap();
+    assert!(
+        cleared.starts_with("tollgate_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    assert_eq!(e.counters().seats_in_use, 0);
+    // The same handle later: a new session under the same handle value.
+    let again = e.echo_with(&t, &h).await;
+    assert_eq!(again.header("tollgate-session"), Some("new"));
+    assert_eq!(again.header("set-cookie"), None, "the handle value is kept");
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+impl Env {
+    async fn echo_with(&self, token: &str, cookie: &str) -> Reply {
+        self.send(
+            "GET",
+            "/entity/Default/24.200.001/Echo",
+            token,
+            Some(cookie),
+            b"",
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn passive_capture_stores_the_clients_login_cookies() {
+    let idp = FakeIdp::start().await;
+    let fake = FakeLegacy::new(LegacyOptions::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let legacy = format!("http://{}", listener.local_addr().unwrap());
+    let _task = fake.spawn(listener);
+    let cfg = config(&idp.issuer, &legacy, "creation = \"passive\"", "123");
+    // Passive mode has no credentials table.
+    let cfg = cfg.replace("[upstream.session.credentials]\nname = \"admin\"\npassword = \"123\"\ntenant = \"MyStore\"\nbranch = \"HQ\"\n", "");
+    let gw = TestGateway::start(&cfg, true).await;
+    let e = Env {
+        idp,
+        fake,
+        gw,
+        _task,
+    };
+    let t = e.token("g", false);
+    let login = e
+        .send(
+            "POST",
+            "/entity/auth/login",
+            &t,
+            None,
+            br#"{"name":"admin","password":"123","tenant":"MyStore"}"#,
+        )
+        .await;
+    assert_eq!(login.status, 204);
+    assert_eq!(
+        login.header("set-cookie"),
+        None,
+        "the captured cookies are stripped"
+    );
+    let s = session_of(&e.echo(&t).await);
+    assert_eq!(session_of(&e.echo(&t).await), s);
+    assert_eq!(e.counters().logins_ok, 1, "the client's own login");
+    // The upstream ends the session: no re-login in passive mode, the client is told to sign in.
+    e.fake.expire(None);
+    let r = e.echo(&t).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(e.counters().logins_ok, 1);
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn long_running_operations_stay_on_their_session() {
+    let e = env("").await;
+    let t = e.token("g", false);
+    let start = e
+        .send(
+            "POST",
+            "/entity/Default/24.200.001/LongOp/Start",
+            &t,
+            None,
+            b"{}",
+        )
+        .await;
+    assert_eq!(start.status, 202, "{}", start.text());
+    let location = start.header("location").unwrap().to_owned();
+    let mut status = 202;
+    for _ in 0..100 {
+        status = e
+            .send("GET", &location, &t, None, b"")
+            .await
+            .status
+            .as_u16();
+        if status != 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 204);
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_lists_sessions_without_cookies_and_logs_a_grant_out() {
+    let e = env("").await;
+    let t = e.token("g", false);
+    session_of(&e.echo(&t).await);
+    let list = crate::support::get(&format!("{}/sessions", e.gw.admin), &[]).await;
+    assert_eq!(list.status, 200);
+    let sessions = list.json()["sessions"].as_array().unwrap().clone();
+    assert_eq!(sessions.len(), 1);
+    let s = &sessions[0];
+    for key in [
+        "grant",
+        "upstream",
+        "mode",
+        "age_seconds",
+        "idle_seconds",
+        "in_flight",
+        "queued",
+        "state",
+    ] {
+        assert!(s.get(key).is_some(), "{key} missing in {s}");
+    }
+    assert_eq!(s["upstream"], "erp");
+    assert_eq!(s["mode"], "single");
+    assert_eq!(s["state"], "active");
+    let text = list.text();
+    assert!(
+        !text.contains("ASP.NET") && !text.contains("ASPXAUTH"),
+        "{text}"
+    );
+    let grant = s["grant"].as_str().unwrap().to_owned();
+    let del = request(
+        Request::delete(format!("{}/sessions/{grant}", e.gw.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(del.status, 200, "{}", del.text());
+    assert_eq!(e.counters().seats_in_use, 0);
+    assert_eq!(e.counters().logouts, 1);
+    let del = request(
+        Request::delete(format!("{}/sessions/{grant}", e.gw.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(del.status, 404);
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_logs_every_session_out() {
+    let e = env("").await;
+    session_of(&e.echo(&e.token("a", false)).await);
+    session_of(&e.echo(&e.token("b", true)).await);
+    assert_eq!(e.counters().seats_in_use, 2);
+    let fake = e.fake.clone();
+    e.gw.shutdown().await;
+    let c = fake.counters();
+    assert_eq!((c.seats_in_use, c.logouts), (0, 2), "{c:?}");
+    assert_eq!(c.logouts_411, 0);
+}
+
+#[tokio::test]
+async fn queue_bounds_answer_429_grant_busy() {
+    let e = env("max_queue_per_session = 1\nmax_queue_wait = \"5s\"").await;
+    let t = e.token("g", false);
+    session_of(&e.echo(&t).await);
+    let slow = || {
+        let url = e.gw.url("/entity/Default/24.200.001/Slow?ms=800");
+        let auth = format!("Bearer {t}");
+        tokio::spawn(async move { crate::support::get(&url, &[("authorization", &auth)]).await })
+    };
+    let first = slow();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = slow();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // One in flight, one queued: the third is refused at once.
+    let r = e.echo(&t).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"], "grant_busy");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(second.await.unwrap().status, 200);
+    assert_eq!(e.counters().max_concurrency_per_session, 1);
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn session_metrics_are_exposed_and_parse() {
+    let e = env("").await;
+    session_of(&e.echo(&e.token("g", false)).await);
+    let m = e.metrics().await;
+    crate::metrics::promtool_check(&m);
+    for line in [
+        r#"tollgate_upstream_sessions{state="active",upstream="erp"} 1"#,
+        r#"tollgate_upstream_seats_in_use{upstream="erp"} 1"#,
+        r#"tollgate_upstream_logins_total{result="ok",upstream="erp"} 1"#,
+        r#"tollgate_upstream_logouts_total{result="ok",upstream="erp"} 0"#,
+        r#"tollgate_upstream_relogins_total{upstream="erp"} 0"#,
+        r#"tollgate_upstream_session_queue_depth{upstream="erp"} 0"#,
+        r#"tollgate_upstream_admission_wait_seconds_count{upstream="erp"} 1"#,
+    ] {
+        assert!(m.contains(line), "missing `{line}` in:\n{m}");
+    }
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
