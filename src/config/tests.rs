@@ -457,3 +457,192 @@ fn a_missing_file_is_named() {
         "/nonexistent/tollgate.toml: no such configuration file"
     );
 }
+
+fn with_session(session: &str) -> String {
+    format!("{ISSUER}{UPSTREAM}[upstream.session]\n{session}\n{ROUTE}")
+}
+
+const CREDS: &str = "[upstream.session.credentials]\nname = \"api-user\"\npassword = \"secret\"\n";
+
+#[test]
+fn session_defaults_follow_the_design() {
+    let c = ok(&with_session(&format!(
+        "max_upstream_sessions = 2\n{CREDS}"
+    )));
+    let s = c.upstreams[0].session.as_ref().unwrap();
+    assert_eq!(s.mode, crate::config::SessionMode::ByScope);
+    assert_eq!(s.concurrent_scope, "api:concurrent_access");
+    assert_eq!(s.creation, crate::config::Creation::Active);
+    assert_eq!(
+        (s.login_path.as_str(), s.logout_path.as_str()),
+        ("/entity/auth/login", "/entity/auth/logout")
+    );
+    assert_eq!(
+        s.marker_cookies,
+        vec!["ASP.NET_SessionId".to_owned(), ".ASPXAUTH".to_owned()]
+    );
+    assert!(s.expired_redirect.is_match("/Frames/Login.aspx"));
+    assert_eq!(
+        (
+            s.max_sessions_per_grant,
+            s.max_inflight_per_session,
+            s.max_queue_per_session
+        ),
+        (3, 1, 20)
+    );
+    assert_eq!(s.max_queue_wait, Duration::from_secs(30));
+    assert_eq!(s.idle_ttl, Duration::from_secs(300));
+    assert_eq!(s.max_session_age, Duration::from_secs(8 * 3600));
+    assert_eq!(s.admission_wait, Duration::from_secs(5));
+    assert_eq!(s.login_timeout, Duration::from_secs(30));
+    assert_eq!(s.login_failure_cooldown, Duration::from_secs(900));
+    assert_eq!(s.max_replay_body, 10 << 20);
+    assert_eq!(s.handle_cookie, "tollgate_session");
+    assert!(s.key.is_none());
+    assert_eq!(s.grant_key.len(), 5);
+    let creds = s.credentials.as_ref().unwrap();
+    assert_eq!(creds.name, "api-user");
+    assert!(
+        !format!("{creds:?}").contains("secret"),
+        "Debug shows no password"
+    );
+}
+
+#[test]
+fn session_errors_name_their_keys() {
+    let p = "upstream[0].session";
+    assert_error(
+        &with_session(CREDS),
+        &format!("{p}.max_upstream_sessions"),
+        "missing key",
+    );
+    assert_error(
+        &with_session(&format!("max_upstream_sessions = 0\n{CREDS}")),
+        &format!("{p}.max_upstream_sessions"),
+        "at least 1",
+    );
+    assert_error(
+        &with_session("max_upstream_sessions = 2"),
+        &format!("{p}.credentials"),
+        "missing table",
+    );
+    assert_error(
+        &with_session(&format!(
+            "max_upstream_sessions = 2\nmode = \"sometimes\"\n{CREDS}"
+        )),
+        &format!("{p}.mode"),
+        "not a session mode",
+    );
+    assert_error(
+        &with_session(&format!(
+            "max_upstream_sessions = 2\ncreation = \"magic\"\n{CREDS}"
+        )),
+        &format!("{p}.creation"),
+        "not a creation mode",
+    );
+    assert_error(
+        &with_session(&format!(
+            "max_upstream_sessions = 2\ncreation = \"passive\"\n{CREDS}"
+        )),
+        &format!("{p}.credentials"),
+        "no use",
+    );
+    assert_error(
+        &with_session(&format!(
+            "max_upstream_sessions = 2\nexpired_redirect = \"(\"\n{CREDS}"
+        )),
+        &format!("{p}.expired_redirect"),
+        "not a regular expression",
+    );
+    assert_error(
+        &with_session(&format!(
+            "max_upstream_sessions = 2\nidle_ttl = \"soon\"\n{CREDS}"
+        )),
+        &format!("{p}.idle_ttl"),
+        "not a duration",
+    );
+    assert_error(
+        &with_session(&format!(
+            "max_upstream_sessions = 2\nmax_replay_body = \"lots\"\n{CREDS}"
+        )),
+        &format!("{p}.max_replay_body"),
+        "not a byte size",
+    );
+    assert_error(
+        &with_session(&format!(
+            "max_upstream_sessions = 2\nhandle_cookie = \".ASPXAUTH\"\n{CREDS}"
+        )),
+        &format!("{p}.handle_cookie"),
+        "upstream cookie name",
+    );
+    assert_error(
+        &with_session(&format!(
+            "max_upstream_sessions = 2\ngrant_key = [\"claim:grant_id\", \"whatever\"]\n{CREDS}"
+        )),
+        &format!("{p}.grant_key[1]"),
+        "not a grant key source",
+    );
+    assert_error(
+        &with_session(&format!(
+            "max_upstream_sessions = 2\nlogin_path = \"/a/../b\"\n{CREDS}"
+        )),
+        &format!("{p}.login_path"),
+        "normalised",
+    );
+    assert_error(
+        &with_session(&format!(
+            "max_upstream_sessions = 2\nconcurrent_without_handle = \"maybe\"\n{CREDS}"
+        )),
+        &format!("{p}.concurrent_without_handle"),
+        "reject",
+    );
+    assert_error(
+        &with_session("max_upstream_sessions = 2\n[upstream.session.credentials]\nname = \"x\"\n"),
+        &format!("{p}.credentials.password"),
+        "missing key",
+    );
+    assert_error(
+        &with_session("max_upstream_sessions = 2\n[upstream.session.credentials]\nname = \"x\"\npassword = \"a\"\npassword_file = \"/x\"\n"),
+        &format!("{p}.credentials.password"),
+        "not both",
+    );
+    assert_error(
+        &with_session("max_upstream_sessions = 2\n[upstream.session.credentials]\nname = \"x\"\npassword_file = \"/nonexistent/pw\"\n"),
+        &format!("{p}.credentials.password_file"),
+        "cannot read",
+    );
+    assert_error(
+        &with_session(&format!(
+            "max_upstream_sessions = 2\nhandle_key_file = \"/nonexistent/key\"\n{CREDS}"
+        )),
+        &format!("{p}.handle_key_file"),
+        "cannot read",
+    );
+}
+
+#[test]
+fn secret_files_are_read_with_the_newline_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+    std::fs::write(dir.path().join("key"), format!("{}\n", "ab".repeat(32))).unwrap();
+    std::fs::write(dir.path().join("short-key"), "abcd\n").unwrap();
+    let main = dir.path().join("tollgate.toml");
+    let body = |key: &str| {
+        with_session(&format!(
+            "max_upstream_sessions = 2\nhandle_key_file = \"{key}\"\n[upstream.session.credentials]\nname = \"x\"\npassword_file = \"pw\"\n"
+        ))
+    };
+    std::fs::write(&main, body("key")).unwrap();
+    let c = load(&main).unwrap();
+    let s = c.upstreams[0].session.as_ref().unwrap();
+    assert_eq!(s.credentials.as_ref().unwrap().password.expose(), "s3cret");
+    assert_eq!(**s.key.as_ref().unwrap(), [0xab; 32]);
+    std::fs::write(&main, body("short-key")).unwrap();
+    let e = load(&main).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("upstream[0].session.handle_key_file: ")
+            && e.to_string().contains("64 hex characters"),
+        "{e}"
+    );
+}

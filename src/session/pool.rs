@@ -18,13 +18,17 @@ use super::handle;
 use super::jar::Jar;
 use super::login::{self, LoginOutcome};
 use super::store::{
-    millis, Created, InFlight, LeaseRefused, SessionRecord, SessionState, SessionStore, SlotKey,
+    millis, Created, Expiry, InFlight, LeaseRefused, SessionRecord, SessionState, SessionStore,
+    SlotKey,
 };
 use super::SessionError;
 use crate::auth::Principal;
 use crate::config::{Creation, SessionConfig, SessionMode, WithoutHandle};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
+
+/// Logouts running at once during shutdown.
+const SHUTDOWN_PARALLELISM: usize = 16;
 
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
@@ -40,6 +44,8 @@ pub enum Retire {
     Lru,
     Idle,
     MaxAge,
+    /// `token` grant keys: the session's access token expired.
+    TokenExpired,
     /// The upstream said the session had ended (expiry, failed replay).
     Expired,
     /// An admin or client logout.
@@ -53,6 +59,7 @@ impl Retire {
             Retire::Lru => "lru",
             Retire::Idle => "idle",
             Retire::MaxAge => "max_age",
+            Retire::TokenExpired => "token_expired",
             Retire::Expired => "expired",
             Retire::Logout => "logout",
             Retire::Shutdown => "shutdown",
@@ -70,6 +77,8 @@ pub struct Identity {
     pub new_handle: Option<String>,
     /// True when the request named its session with a handle.
     pub had_handle: bool,
+    /// `token` grant keys: the session ends with the token (Unix ms).
+    pub retire_at_ms: Option<u64>,
 }
 
 /// A request's hold on an upstream session: the in-flight place and the jar to send.
@@ -177,6 +186,8 @@ impl Pool {
                 tracing::warn!(upstream = %self.upstream_id, client_id = %client, "grant key falls back to client_id+sub: all of this user's grants in this client share one upstream session");
             }
         }
+        let retire_at_ms = (derived.source == "token" && principal.expires_at != u64::MAX)
+            .then(|| principal.expires_at.saturating_mul(1000));
         let grant = derived.key;
         let concurrent = match self.cfg.mode {
             SessionMode::Single => false,
@@ -193,6 +204,7 @@ impl Pool {
                 concurrent,
                 new_handle: None,
                 had_handle: false,
+                retire_at_ms,
             });
         }
         match cookie_value(headers, &self.cfg.handle_cookie) {
@@ -208,6 +220,7 @@ impl Pool {
                     concurrent,
                     new_handle: None,
                     had_handle: true,
+                    retire_at_ms,
                 })
             }
             None if self.cfg.without_handle == WithoutHandle::Reject => {
@@ -224,6 +237,7 @@ impl Pool {
                     concurrent,
                     new_handle: Some(value),
                     had_handle: false,
+                    retire_at_ms,
                 })
             }
         }
@@ -315,7 +329,10 @@ impl Pool {
             .store
             .create(
                 &who.slot,
-                SessionRecord::new(id, who.concurrent, now_ms()),
+                SessionRecord {
+                    retire_at_ms: who.retire_at_ms,
+                    ..SessionRecord::new(id, who.concurrent, now_ms())
+                },
                 cap,
                 self.cfg.max_inflight_per_session,
             )
@@ -669,6 +686,7 @@ impl Pool {
         self.admit().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut record = SessionRecord::new(id, who.concurrent, now_ms());
+        record.retire_at_ms = who.retire_at_ms;
         record.state = SessionState::Active;
         record.seated = true;
         record.jar = jar;
@@ -796,14 +814,13 @@ impl Pool {
             .await;
         match due {
             Ok(list) => {
-                for (slot, record, aged) in list {
-                    self.retire(
-                        slot,
-                        record,
-                        if aged { Retire::MaxAge } else { Retire::Idle },
-                        true,
-                    )
-                    .await;
+                for (slot, record, why) in list {
+                    let reason = match why {
+                        Expiry::Idle => Retire::Idle,
+                        Expiry::Age => Retire::MaxAge,
+                        Expiry::TokenExpired => Retire::TokenExpired,
+                    };
+                    self.retire(slot, record, reason, true).await;
                 }
             }
             Err(e) => {
@@ -817,10 +834,14 @@ impl Pool {
         let Ok(all) = self.store.list().await else {
             return;
         };
+        // Bounded parallelism: a large table must not open hundreds of connections at once.
+        let parallel = Arc::new(tokio::sync::Semaphore::new(SHUTDOWN_PARALLELISM));
         let mut tasks = tokio::task::JoinSet::new();
         for (slot, record) in all {
             let me = self.clone();
+            let parallel = parallel.clone();
             tasks.spawn(async move {
+                let _permit = parallel.acquire_owned().await;
                 if let Ok(Some(r)) = me.store.remove(&slot, record.id).await {
                     me.retire_removed(r, Retire::Shutdown, true).await;
                 }

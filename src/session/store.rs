@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::grant::GrantKey;
 use super::handle::Nonce;
@@ -62,6 +62,17 @@ pub struct SessionRecord {
     pub last_op_ms: Option<u64>,
     pub in_flight: u32,
     pub queued: u32,
+    /// `token` grant keys: the session ends with its access token, at this time.
+    pub retire_at_ms: Option<u64>,
+}
+
+/// Why [`SessionStore::take_expired`] took a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    Idle,
+    Age,
+    /// The access token that named the session (`token` grant keys) expired.
+    TokenExpired,
 }
 
 impl SessionRecord {
@@ -77,6 +88,7 @@ impl SessionRecord {
             last_op_ms: None,
             in_flight: 0,
             queued: 0,
+            retire_at_ms: None,
         }
     }
 
@@ -112,12 +124,39 @@ pub enum LeaseRefused {
     Gone,
 }
 
-/// A held in-flight lease. Release it with [`SessionStore::release`]; dropping it without
-/// releasing frees the local permit but leaves the counters (a shared store's lease would expire).
+/// A held in-flight lease. Release it with [`SessionStore::release`]; a lease dropped without
+/// release (its request was cancelled) is released by its drop.
 pub struct InFlight {
     pub slot: SlotKey,
     pub id: u64,
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Gives the place back: `(now_ms, saw_202)`.
+    finish: Option<Box<dyn FnOnce(u64, bool) + Send + Sync>>,
+}
+
+impl InFlight {
+    /// A lease whose release runs `finish`.
+    pub fn new(slot: SlotKey, id: u64, finish: Box<dyn FnOnce(u64, bool) + Send + Sync>) -> Self {
+        InFlight {
+            slot,
+            id,
+            finish: Some(finish),
+        }
+    }
+
+    /// Gives the place back now.
+    pub fn finish(mut self, now_ms: u64, op: bool) {
+        if let Some(f) = self.finish.take() {
+            f(now_ms, op);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(f) = self.finish.take() {
+            f(super::pool::now_ms(), false);
+        }
+    }
 }
 
 impl std::fmt::Debug for InFlight {
@@ -168,14 +207,14 @@ pub trait SessionStore: Send + Sync + 'static {
         min_idle_ms: u64,
         op_ttl_ms: u64,
     ) -> Result<Option<(SlotKey, SessionRecord)>, StoreError>;
-    /// Atomically removes and returns every unused session idle for `idle_ms`, or older than
-    /// `max_age_ms` (the bool says which: true for age).
+    /// Atomically removes and returns every unused session idle for `idle_ms`, older than
+    /// `max_age_ms`, or past its `retire_at_ms`.
     async fn take_expired(
         &self,
         now_ms: u64,
         idle_ms: u64,
         max_age_ms: u64,
-    ) -> Result<Vec<(SlotKey, SessionRecord, bool)>, StoreError>;
+    ) -> Result<Vec<(SlotKey, SessionRecord, Expiry)>, StoreError>;
 
     /// Waits (FIFO) for one of the session's `max` in-flight places, queueing at most
     /// `max_queue` requests and waiting at most `wait`.
@@ -204,7 +243,7 @@ struct Inner {
 /// The in-process store: one replica, no network.
 #[derive(Default)]
 pub struct MemoryStore {
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
 }
 
 impl MemoryStore {
@@ -213,9 +252,30 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock_inner(&self.inner)
+    }
+}
+
+fn lock_inner(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Takes a request off a session's queue if its wait is cancelled (the client went away).
+struct Queued {
+    inner: Arc<Mutex<Inner>>,
+    slot: SlotKey,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut g = lock_inner(&self.inner);
+            if let Some(r) = g.records.get_mut(&self.slot).filter(|r| r.id == self.id) {
+                r.queued = r.queued.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -345,17 +405,19 @@ impl SessionStore for MemoryStore {
         now_ms: u64,
         idle_ms: u64,
         max_age_ms: u64,
-    ) -> Result<Vec<(SlotKey, SessionRecord, bool)>, StoreError> {
+    ) -> Result<Vec<(SlotKey, SessionRecord, Expiry)>, StoreError> {
         let mut g = self.lock();
-        let due: Vec<(SlotKey, bool)> = g
+        let due: Vec<(SlotKey, Expiry)> = g
             .records
             .iter()
             .filter(|(_, r)| r.users() == 0 && r.state != SessionState::LoggingIn)
             .filter_map(|(k, r)| {
-                if now_ms.saturating_sub(r.last_used_ms) >= idle_ms {
-                    Some((k.clone(), false))
+                if r.retire_at_ms.is_some_and(|t| now_ms >= t) {
+                    Some((k.clone(), Expiry::TokenExpired))
+                } else if now_ms.saturating_sub(r.last_used_ms) >= idle_ms {
+                    Some((k.clone(), Expiry::Idle))
                 } else if now_ms.saturating_sub(r.created_ms) >= max_age_ms {
-                    Some((k.clone(), true))
+                    Some((k.clone(), Expiry::Age))
                 } else {
                     None
                 }
@@ -363,12 +425,12 @@ impl SessionStore for MemoryStore {
             .collect();
         Ok(due
             .into_iter()
-            .filter_map(|(k, aged)| {
+            .filter_map(|(k, why)| {
                 let r = g.records.remove(&k)?;
                 if let Some(gate) = g.gates.remove(&r.id) {
                     gate.close();
                 }
-                Some((k, r, aged))
+                Some((k, r, why))
             })
             .collect())
     }
@@ -395,18 +457,38 @@ impl SessionStore for MemoryStore {
             r.queued += 1;
             gate
         };
+        let mut queued = Queued {
+            inner: self.inner.clone(),
+            slot: slot.clone(),
+            id,
+            armed: true,
+        };
         let permit = tokio::time::timeout(wait, gate.acquire_owned()).await;
+        queued.armed = false;
         let mut g = self.lock();
         let record = g.records.get_mut(slot).filter(|r| r.id == id);
         match (permit, record) {
             (Ok(Ok(p)), Some(r)) => {
                 r.queued = r.queued.saturating_sub(1);
                 r.in_flight += 1;
-                Ok(InFlight {
-                    slot: slot.clone(),
+                let inner = self.inner.clone();
+                let key = slot.clone();
+                Ok(InFlight::new(
+                    slot.clone(),
                     id,
-                    _permit: Some(p),
-                })
+                    Box::new(move |now_ms, op| {
+                        let mut g = lock_inner(&inner);
+                        if let Some(r) = g.records.get_mut(&key).filter(|r| r.id == id) {
+                            r.in_flight = r.in_flight.saturating_sub(1);
+                            r.last_used_ms = now_ms;
+                            if op {
+                                r.last_op_ms = Some(now_ms);
+                            }
+                        }
+                        drop(g);
+                        drop(p);
+                    }),
+                ))
             }
             (Ok(Ok(_)), None) | (Ok(Err(_)), _) => Err(LeaseRefused::Gone),
             (Err(_), record) => {
@@ -419,16 +501,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn release(&self, lease: InFlight, now_ms: u64, op: bool) {
-        let mut g = self.lock();
-        if let Some(r) = g.records.get_mut(&lease.slot).filter(|r| r.id == lease.id) {
-            r.in_flight = r.in_flight.saturating_sub(1);
-            r.last_used_ms = now_ms;
-            if op {
-                r.last_op_ms = Some(now_ms);
-            }
-        }
-        drop(g);
-        drop(lease);
+        lease.finish(now_ms, op);
     }
 }
 
@@ -570,6 +643,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cancelled_waiters_and_dropped_leases_leave_no_count_behind() {
+        let s = Arc::new(MemoryStore::new());
+        let k = slot("g", None);
+        s.create(&k, SessionRecord::new(1, false, 0), 1, 1)
+            .await
+            .unwrap();
+        let held = s
+            .acquire(&k, 1, 1, 5, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let (s2, k2) = (s.clone(), k.clone());
+        let waiter =
+            tokio::spawn(async move { s2.acquire(&k2, 1, 1, 5, Duration::from_secs(30)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(s.get(&k).await.unwrap().unwrap().queued, 1);
+        // The client goes away while queued.
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(s.get(&k).await.unwrap().unwrap().queued, 0);
+        // A lease dropped without release (a cancelled request) gives its place back.
+        drop(held);
+        let r = s.get(&k).await.unwrap().unwrap();
+        assert_eq!(r.users(), 0);
+        assert!(s
+            .acquire(&k, 1, 1, 5, Duration::from_millis(50))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
     async fn waiters_on_a_removed_session_learn_it_is_gone() {
         let s = Arc::new(MemoryStore::new());
         let k = slot("g", None);
@@ -607,15 +710,27 @@ mod tests {
         s.create(&slot("a", None), idle, 1, 1).await.unwrap();
         s.create(&slot("b", None), old, 1, 1).await.unwrap();
         s.create(&slot("c", None), fresh, 1, 1).await.unwrap();
-        let mut out: Vec<(u64, bool)> = s
+        let mut token = SessionRecord::new(4, false, 9_000);
+        token.state = SessionState::Active;
+        token.last_used_ms = 9_900;
+        token.retire_at_ms = Some(9_990);
+        s.create(&slot("d", None), token, 1, 1).await.unwrap();
+        let mut out: Vec<(u64, Expiry)> = s
             .take_expired(10_000, 5_000, 9_500)
             .await
             .unwrap()
             .into_iter()
-            .map(|(_, r, aged)| (r.id, aged))
+            .map(|(_, r, why)| (r.id, why))
             .collect();
-        out.sort_unstable();
-        assert_eq!(out, vec![(1, false), (2, true)]);
+        out.sort_unstable_by_key(|(id, _)| *id);
+        assert_eq!(
+            out,
+            vec![
+                (1, Expiry::Idle),
+                (2, Expiry::Age),
+                (4, Expiry::TokenExpired)
+            ]
+        );
         assert_eq!(s.list().await.unwrap().len(), 1);
     }
 }

@@ -831,3 +831,32 @@ async fn session_metrics_are_exposed_and_parse() {
     e.assert_no_leaks();
     e.gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn token_keyed_sessions_end_with_their_token() {
+    let e = env("grant_key = [\"token\"]\nidle_ttl = \"300s\"").await;
+    let now = crate::support::now();
+    let short = e.idp.token(json!({"exp": now + 1}));
+    let other = e.idp.token(json!({"exp": now + 300}));
+    let s1 = session_of(&e.echo(&short).await);
+    let s2 = session_of(&e.echo(&other).await);
+    assert_ne!(s1, s2, "one session per access token");
+    // The short token expires: its session is logged out without waiting for idle_ttl.
+    let fake = e.fake.clone();
+    assert!(
+        eventually(Duration::from_secs(6), || fake.counters().logouts == 1).await,
+        "{:?}",
+        e.counters()
+    );
+    assert_eq!(e.counters().seats_in_use, 1);
+    let m = e.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_upstream_evictions_total{reason="token_expired",upstream="erp"}"#
+        ),
+        1
+    );
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
