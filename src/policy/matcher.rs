@@ -20,6 +20,10 @@ pub enum PathError {
     NotAbsolute,
     #[error("backslashes and encoded NUL are not allowed in the request path")]
     ForbiddenCharacter,
+    /// A `%` not followed by two hex digits. Refused rather than copied: decoding around it
+    /// could assemble a new escape (`%2%65` → `%2e`) that the upstream would decode again.
+    #[error("the request path has a malformed percent-encoding")]
+    BadEscape,
 }
 
 /// Returns the canonical form of `path` (see the module docs). Borrows when nothing changes.
@@ -84,22 +88,26 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                let b = h << 4 | l;
-                if b == b'\\' || b == 0 {
-                    return Err(PathError::ForbiddenCharacter);
-                }
-                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                    out.push(char::from(b));
-                } else {
-                    out.push('%');
-                    out.push(char::from(bytes[i + 1].to_ascii_uppercase()));
-                    out.push(char::from(bytes[i + 2].to_ascii_uppercase()));
-                }
-                i += 3;
-                continue;
+        if bytes[i] == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            let b = h << 4 | l;
+            if b == b'\\' || b == 0 {
+                return Err(PathError::ForbiddenCharacter);
             }
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(char::from(b));
+            } else {
+                out.push('%');
+                out.push(char::from(bytes[i + 1].to_ascii_uppercase()));
+                out.push(char::from(bytes[i + 2].to_ascii_uppercase()));
+            }
+            i += 3;
+            continue;
         }
         // Paths from hyper are ASCII; copy any other byte through unchanged.
         let ch_len = utf8_len(bytes[i]);
@@ -294,8 +302,15 @@ mod tests {
         assert_eq!(n("/%7Euser/%41b"), "/~user/Ab");
         assert_eq!(n("/a%2fb"), "/a%2Fb");
         assert_eq!(n("/a%2a"), "/a%2A");
-        assert_eq!(n("/bad%zzescape"), "/bad%zzescape");
-        assert_eq!(n("/trailing%"), "/trailing%");
+        assert_eq!(normalize("/bad%zzescape"), Err(PathError::BadEscape));
+        assert_eq!(normalize("/trailing%"), Err(PathError::BadEscape));
+        assert_eq!(normalize("/trailing%4"), Err(PathError::BadEscape));
+        // No new escape can be assembled from a broken one and a decoded one.
+        assert_eq!(
+            normalize("/public/%2%65%2%65/entity"),
+            Err(PathError::BadEscape)
+        );
+        assert_eq!(normalize("/%a%30"), Err(PathError::BadEscape));
     }
 
     #[test]

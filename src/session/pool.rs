@@ -263,7 +263,7 @@ impl Pool {
 
     /// Finds or creates the slot's session, waits for its in-flight place (FIFO, bounded), and
     /// makes sure it is logged in.
-    pub async fn lease(&self, who: &Identity) -> Result<Lease, SessionError> {
+    pub async fn lease(self: &Arc<Self>, who: &Identity) -> Result<Lease, SessionError> {
         // A session may vanish between lookup and lease (evicted, logged out): look again, a few
         // times at most.
         for _ in 0..4 {
@@ -357,7 +357,21 @@ impl Pool {
 
     /// Logs the slot's session in unless it already is (single-flight per slot). Returns the
     /// record and whether this call logged it in.
+    /// Runs [`Pool::login_if_needed`] in its own task: a login, once started, finishes and
+    /// records its seat even if the request that started it goes away.
     async fn ensure_login(
+        self: &Arc<Self>,
+        slot: &SlotKey,
+        id: u64,
+    ) -> Result<(SessionRecord, bool), SessionError> {
+        let me = self.clone();
+        let slot = slot.clone();
+        tokio::spawn(async move { me.login_if_needed(&slot, id).await })
+            .await
+            .unwrap_or(Err(SessionError::LoginError))
+    }
+
+    async fn login_if_needed(
         &self,
         slot: &SlotKey,
         id: u64,
@@ -587,7 +601,7 @@ impl Pool {
 
     /// The session ended upstream: its seat is presumed free (no logout call). Logs in again
     /// into the same slot, once, unless the grant's re-login is blocked.
-    pub async fn relogin(&self, lease: &mut Lease) -> Result<(), SessionError> {
+    pub async fn relogin(self: &Arc<Self>, lease: &mut Lease) -> Result<(), SessionError> {
         if lock(&self.relogin_blocked)
             .get(&lease.slot.grant)
             .is_some_and(|until| Instant::now() < *until)
@@ -882,8 +896,7 @@ impl Pool {
     }
 
     async fn sample_queue(&self) {
-        if let Ok(all) = self.store.list().await {
-            let queued: u32 = all.iter().map(|(_, r)| r.queued).sum();
+        if let Ok(queued) = self.store.queue_depth().await {
             self.metrics.upstream_queue_depth(&self.upstream_id, queued);
         }
     }

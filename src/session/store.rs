@@ -228,6 +228,8 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> Result<InFlight, LeaseRefused>;
     /// Gives the place back and records the use time (and a 202, when `op` is set).
     async fn release(&self, lease: InFlight, now_ms: u64, op: bool);
+    /// Requests waiting for their session, over all sessions.
+    async fn queue_depth(&self) -> Result<u32, StoreError>;
 }
 
 // === impl MemoryStore ===
@@ -235,6 +237,8 @@ pub trait SessionStore: Send + Sync + 'static {
 #[derive(Default)]
 struct Inner {
     seats: u32,
+    /// The sum of every record's `queued`, kept so the gauge costs no scan.
+    queued_total: u32,
     records: HashMap<SlotKey, SessionRecord>,
     /// One FIFO semaphore per live record id: the in-flight places.
     gates: HashMap<u64, Arc<Semaphore>>,
@@ -275,6 +279,7 @@ impl Drop for Queued {
             if let Some(r) = g.records.get_mut(&self.slot).filter(|r| r.id == self.id) {
                 r.queued = r.queued.saturating_sub(1);
             }
+            g.queued_total = g.queued_total.saturating_sub(1);
         }
     }
 }
@@ -455,6 +460,7 @@ impl SessionStore for MemoryStore {
                 return Err(LeaseRefused::Busy);
             }
             r.queued += 1;
+            g.queued_total += 1;
             gate
         };
         let mut queued = Queued {
@@ -466,6 +472,7 @@ impl SessionStore for MemoryStore {
         let permit = tokio::time::timeout(wait, gate.acquire_owned()).await;
         queued.armed = false;
         let mut g = self.lock();
+        g.queued_total = g.queued_total.saturating_sub(1);
         let record = g.records.get_mut(slot).filter(|r| r.id == id);
         match (permit, record) {
             (Ok(Ok(p)), Some(r)) => {
@@ -502,6 +509,10 @@ impl SessionStore for MemoryStore {
 
     async fn release(&self, lease: InFlight, now_ms: u64, op: bool) {
         lease.finish(now_ms, op);
+    }
+
+    async fn queue_depth(&self) -> Result<u32, StoreError> {
+        Ok(self.lock().queued_total)
     }
 }
 
@@ -658,10 +669,12 @@ mod tests {
             tokio::spawn(async move { s2.acquire(&k2, 1, 1, 5, Duration::from_secs(30)).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(s.get(&k).await.unwrap().unwrap().queued, 1);
+        assert_eq!(s.queue_depth().await.unwrap(), 1);
         // The client goes away while queued.
         waiter.abort();
         let _ = waiter.await;
         assert_eq!(s.get(&k).await.unwrap().unwrap().queued, 0);
+        assert_eq!(s.queue_depth().await.unwrap(), 0);
         // A lease dropped without release (a cancelled request) gives its place back.
         drop(held);
         let r = s.get(&k).await.unwrap().unwrap();

@@ -38,6 +38,11 @@ async fn dot_segments_cannot_slip_past_a_route() {
     )
     .await;
     assert_eq!(r.status, 404);
+    // A broken escape next to a decoded one must not assemble a new escape (`%2%65` → `%2e`)
+    // that the upstream would decode into a dot segment.
+    let r = get(&gw.url("/public/%2%65%2%65/entity/Default/x"), &[]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "invalid_request");
     // Backslashes (IIS treats them as '/') are refused.
     let r = get(&gw.url("/public/..%5Centity%5CDefault"), &[]).await;
     assert_eq!(r.status, 400);
