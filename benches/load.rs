@@ -7,10 +7,12 @@
 //! ```
 //!
 //! Everything runs in this process on 127.0.0.1 (one multi-threaded tokio runtime): a JWKS server,
-//! a minimal RFC 7662 introspection server, the upstream (hyper, 200 with a ~100-byte JSON body)
-//! and four gateways started with [`tollgate::App::start`]: JWT with the default token cache and
-//! with `token_cache_capacity = 1`, introspection with the default introspection cache and with
-//! `cache_capacity = 1`. No tracing subscriber is installed, so the gateways log nothing.
+//! a minimal RFC 7662 introspection server, the upstream (hyper, 200 with a ~100-byte JSON body),
+//! the fake legacy API ([`tollgate::demo::legacy::FakeLegacy`], `max_api_users = 300`) and six
+//! gateways started with [`tollgate::App::start`]: JWT with the default token cache and with
+//! `token_cache_capacity = 1`, introspection with the default introspection cache and with
+//! `cache_capacity = 1`, and JWT in front of the fake without and with `[upstream.session]`. No
+//! tracing subscriber is installed, so the gateways log nothing.
 //! Scenarios, each a 2 s warm-up and then `wrk -t2 -c64 -d10s --latency`:
 //!
 //! | scenario                 | what                                                              |
@@ -22,11 +24,21 @@
 //! | `jwt-10k-no-cache`       | same, `token_cache_capacity = 1` (a signature check each)         |
 //! | `introspection-cached`   | `validation = "introspection"`, 10,000 opaque tokens cycled       |
 //! | `introspection-uncached` | same, `[issuer.introspection] cache_capacity = 1` (a call each)   |
+//! | `legacy-direct`          | the fake's `GET …/Echo`, 100 pre-made sessions' cookies cycled    |
+//! | `legacy-nosession`       | tollgate (no session layer), 100 tokens each with its cookies     |
+//! | `legacy-sessions`        | tollgate with `[upstream.session]` (single), 100 grants, no cookie |
+//!
+//! The 100 sessions of `legacy-direct` and `legacy-nosession` are logged in directly to the fake
+//! before the load and logged out before `legacy-sessions`, in which tollgate logs in once per
+//! grant (the 100 tokens carry distinct `grant_id` claims).
 //!
 //! The table is printed and written to `target/bench-results.md`, with the introspection
 //! scenarios' req/s relative to `jwt-10k-tokens`, their introspection calls (counted by the
-//! introspection server) and every token scenario's cache hit rate. A scenario with non-2xx
-//! responses or socket errors is flagged in the table and makes the run fail.
+//! introspection server), every token scenario's cache hit rate, the cost of the session layer
+//! (`legacy-sessions` against `legacy-nosession`) and the fake's login and leak counters. A
+//! scenario with non-2xx responses or socket errors is flagged in the table and makes the run
+//! fail, and so does a leak counter above 0 (or concurrency above 1 on one session) in
+//! `legacy-sessions`.
 //!
 //! Without `--bench` in its arguments (which `cargo bench` passes) the binary only prints how to
 //! run it, so `cargo test --all-targets` never starts a load test.
@@ -57,10 +69,13 @@ use jsonwebtoken::Algorithm;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tollgate::demo::keys::{self, SigningKey};
+use tollgate::demo::legacy::{self, Counters, FakeLegacy, LegacyOptions};
 use tollgate::{App, Listeners};
 
 /// The environment variable that names the token file for `benches/tokens.lua`.
 const TOKENS_ENV: &str = "TOLLGATE_BENCH_TOKENS";
+/// The environment variable that names the `Cookie` file for `benches/tokens.lua`.
+const COOKIES_ENV: &str = "TOLLGATE_BENCH_COOKIES";
 /// The path requested on the protected route (and directly on the upstream).
 const API_PATH: &str = "/api/orders/24.200.001";
 /// The path requested on the public route.
@@ -76,6 +91,19 @@ const INTROSPECTION_SECRET: &str = "bench-secret-0001";
 /// The scenario the introspection scenarios are compared with.
 const JWT_BASELINE: &str = "jwt-10k-tokens";
 const WARMUP_SECONDS: u64 = 2;
+/// The fake legacy API's data endpoint the legacy scenarios request.
+const LEGACY_PATH: &str = "/entity/Default/24.200.001/Echo";
+/// What its answer contains (for the preflight).
+const LEGACY_BODY: &str = r#""user":"admin""#;
+/// The active login body (the fake's default user).
+const LEGACY_LOGIN: &str = r#"{"name":"admin","password":"123","tenant":"MyStore","branch":"HQ"}"#;
+/// How many sessions (pre-made, and grants) the legacy scenarios cycle through.
+const LEGACY_SESSIONS: usize = 100;
+/// The fake's seat limit.
+const LEGACY_SEATS: u32 = 300;
+/// The scenarios compared for the cost of the session layer.
+const SESSIONS_BASELINE: &str = "legacy-nosession";
+const SESSIONS_SCENARIO: &str = "legacy-sessions";
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -121,11 +149,54 @@ impl Settings {
     }
 }
 
-/// Which `Authorization` header a scenario sends.
-enum Auth {
-    None,
-    /// `benches/tokens.lua` with this token file.
-    Tokens(PathBuf),
+/// What `benches/tokens.lua` sends per request: a bearer token from `tokens` and/or a `Cookie`
+/// from `cookies` (line i with line i). Neither: no script.
+#[derive(Default)]
+struct Headers {
+    tokens: Option<PathBuf>,
+    cookies: Option<PathBuf>,
+}
+
+impl Headers {
+    fn tokens(file: &Path) -> Headers {
+        Headers {
+            tokens: Some(file.to_owned()),
+            cookies: None,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.tokens.is_some() || self.cookies.is_some()
+    }
+}
+
+/// The role of a scenario against the fake legacy API.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Legacy {
+    Direct,
+    NoSession,
+    /// Through the session layer: the pre-made sessions are logged out first.
+    Sessions,
+}
+
+/// The fake's counters over one legacy scenario (from its preflight to the end of its
+/// measurement).
+struct LegacyStats {
+    logins: u64,
+    /// Logins during the measurement only.
+    logins_measured: u64,
+    mixed_session_cookies: u64,
+    foreign_cookie: u64,
+    authorization_header_seen: u64,
+    /// `Sessions`: the highest `max_in_flight` of tollgate's own sessions; otherwise the fake's
+    /// `max_concurrency_per_session` so far (cumulative).
+    max_concurrency: u64,
+}
+
+impl LegacyStats {
+    fn leaks(&self) -> u64 {
+        self.mixed_session_cookies + self.foreign_cookie + self.authorization_header_seen
+    }
 }
 
 struct Scenario {
@@ -133,19 +204,23 @@ struct Scenario {
     /// Where wrk sends its requests.
     addr: SocketAddr,
     path: &'static str,
-    auth: Auth,
+    headers: Headers,
+    /// What the preflight answer must contain.
+    expect: &'static str,
     /// The gateway's admin address, for the token-cache counters.
     admin: Option<SocketAddr>,
     /// Which token cache the scenario uses (`cache` label of the counters).
     cache: &'static str,
     /// The introspection server's call counter, for the introspection scenarios.
     calls: Option<Arc<AtomicU64>>,
+    legacy: Option<Legacy>,
 }
 
 /// One scenario's measurement.
 struct Outcome {
     name: &'static str,
     rps: f64,
+    mean_ms: f64,
     p50_ms: f64,
     p99_ms: f64,
     requests: u64,
@@ -155,6 +230,8 @@ struct Outcome {
     cache: Option<(u64, u64)>,
     /// Introspection calls during the measurement.
     introspections: Option<u64>,
+    /// The fake legacy API's counters, for the legacy scenarios.
+    legacy: Option<LegacyStats>,
 }
 
 fn run() -> anyhow::Result<()> {
@@ -175,9 +252,14 @@ fn run() -> anyhow::Result<()> {
     let key = SigningKey::rsa("bench-k1", Algorithm::RS256).map_err(anyhow::Error::msg)?;
     let jwks = Bytes::from(keys::jwks(&[&key]).to_string());
 
-    // The servers: JWKS, introspection, upstream, and the gateways (JWT and introspection, each
-    // with the default cache and with a cache of one entry).
+    // The servers: JWKS, introspection, upstream, the fake legacy API, and the gateways (JWT and
+    // introspection, each with the default cache and with a cache of one entry; JWT in front of
+    // the fake without and with the session layer).
     let calls = Arc::new(AtomicU64::new(0));
+    let fake = FakeLegacy::new(LegacyOptions {
+        max_api_users: LEGACY_SEATS,
+        ..LegacyOptions::default()
+    });
     let (issuer, upstream_addr, cached, uncached, opaque, opaque_nc) = runtime.block_on(async {
         let jwks_listener = TcpListener::bind("127.0.0.1:0").await?;
         let issuer = format!("http://{}", jwks_listener.local_addr()?);
@@ -201,16 +283,31 @@ fn run() -> anyhow::Result<()> {
             start_gateway(&introspection_config(&opaque_issuer, &upstream, Some(1))).await?;
         anyhow::Ok((issuer, upstream_addr, cached, uncached, opaque, opaque_nc))
     })?;
+    let (legacy_addr, fake_task, plain, sessions) = runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let legacy_addr = listener.local_addr()?;
+        let fake_task = fake.spawn(listener);
+        let legacy = format!("http://{legacy_addr}");
+        let plain = start_gateway(&legacy_config(&issuer, &legacy, false)).await?;
+        let sessions = start_gateway(&legacy_config(&issuer, &legacy, true)).await?;
+        anyhow::Ok((legacy_addr, fake_task, plain, sessions))
+    })?;
 
     // The tokens, signed up front on every core.
     let started = Instant::now();
-    let one = mint(&key, &issuer, 1, "one")?;
-    let many = mint(&key, &issuer, TOKEN_COUNT, "many")?;
+    let one = mint(&key, &issuer, 1, "one", false)?;
+    let many = mint(&key, &issuer, TOKEN_COUNT, "many", false)?;
+    let grants = mint(&key, &issuer, LEGACY_SESSIONS, "legacy", true)?;
     println!(
         "benches/load: signed {} RS256 tokens in {:.1} s",
-        one.len() + many.len(),
+        one.len() + many.len() + grants.len(),
         started.elapsed().as_secs_f64()
     );
+    // The pre-made sessions of `legacy-direct` and `legacy-nosession`.
+    let premade = (0..LEGACY_SESSIONS)
+        .map(|_| legacy_login(legacy_addr))
+        .collect::<anyhow::Result<Vec<String>>>()
+        .context("logging in to the fake legacy API")?;
     let dir = tempfile::tempdir().context("temporary directory")?;
     let one_file = dir.path().join("tokens-1.txt");
     let many_file = dir.path().join("tokens-10k.txt");
@@ -218,107 +315,180 @@ fn run() -> anyhow::Result<()> {
     std::fs::write(&one_file, one.join("\n") + "\n")?;
     std::fs::write(&many_file, many.join("\n") + "\n")?;
     std::fs::write(&opaque_file, opaque_tokens(TOKEN_COUNT).join("\n") + "\n")?;
+    let grants_file = dir.path().join("legacy-tokens-100.txt");
+    let cookies_file = dir.path().join("legacy-cookies-100.txt");
+    std::fs::write(&grants_file, grants.join("\n") + "\n")?;
+    std::fs::write(&cookies_file, premade.join("\n") + "\n")?;
 
     let scenarios = [
         Scenario {
             name: "direct",
             addr: upstream_addr,
             path: API_PATH,
-            auth: Auth::None,
+            headers: Headers::default(),
+            expect: UPSTREAM_BODY,
             admin: None,
             cache: "jwt",
             calls: None,
+            legacy: None,
         },
         Scenario {
             name: "public",
             addr: cached.proxy_addr,
             path: PUBLIC_PATH,
-            auth: Auth::None,
+            headers: Headers::default(),
+            expect: UPSTREAM_BODY,
             admin: Some(cached.admin_addr),
             cache: "jwt",
             calls: None,
+            legacy: None,
         },
         Scenario {
             name: "jwt-one-token",
             addr: cached.proxy_addr,
             path: API_PATH,
-            auth: Auth::Tokens(one_file),
+            headers: Headers::tokens(&one_file),
+            expect: UPSTREAM_BODY,
             admin: Some(cached.admin_addr),
             cache: "jwt",
             calls: None,
+            legacy: None,
         },
         Scenario {
             name: "jwt-10k-tokens",
             addr: cached.proxy_addr,
             path: API_PATH,
-            auth: Auth::Tokens(many_file.clone()),
+            headers: Headers::tokens(&many_file),
+            expect: UPSTREAM_BODY,
             admin: Some(cached.admin_addr),
             cache: "jwt",
             calls: None,
+            legacy: None,
         },
         Scenario {
             name: "jwt-10k-no-cache",
             addr: uncached.proxy_addr,
             path: API_PATH,
-            auth: Auth::Tokens(many_file),
+            headers: Headers::tokens(&many_file),
+            expect: UPSTREAM_BODY,
             admin: Some(uncached.admin_addr),
             cache: "jwt",
             calls: None,
+            legacy: None,
         },
         Scenario {
             name: "introspection-cached",
             addr: opaque.proxy_addr,
             path: API_PATH,
-            auth: Auth::Tokens(opaque_file.clone()),
+            headers: Headers::tokens(&opaque_file),
+            expect: UPSTREAM_BODY,
             admin: Some(opaque.admin_addr),
             cache: "introspection",
             calls: Some(calls.clone()),
+            legacy: None,
         },
         Scenario {
             name: "introspection-uncached",
             addr: opaque_nc.proxy_addr,
             path: API_PATH,
-            auth: Auth::Tokens(opaque_file),
+            headers: Headers::tokens(&opaque_file),
+            expect: UPSTREAM_BODY,
             admin: Some(opaque_nc.admin_addr),
             cache: "introspection",
             calls: Some(calls),
+            legacy: None,
+        },
+        Scenario {
+            name: "legacy-direct",
+            addr: legacy_addr,
+            path: LEGACY_PATH,
+            headers: Headers {
+                tokens: None,
+                cookies: Some(cookies_file.clone()),
+            },
+            expect: LEGACY_BODY,
+            admin: None,
+            cache: "jwt",
+            calls: None,
+            legacy: Some(Legacy::Direct),
+        },
+        Scenario {
+            name: SESSIONS_BASELINE,
+            addr: plain.proxy_addr,
+            path: LEGACY_PATH,
+            headers: Headers {
+                tokens: Some(grants_file.clone()),
+                cookies: Some(cookies_file),
+            },
+            expect: LEGACY_BODY,
+            admin: Some(plain.admin_addr),
+            cache: "jwt",
+            calls: None,
+            legacy: Some(Legacy::NoSession),
+        },
+        Scenario {
+            name: SESSIONS_SCENARIO,
+            addr: sessions.proxy_addr,
+            path: LEGACY_PATH,
+            headers: Headers::tokens(&grants_file),
+            expect: LEGACY_BODY,
+            admin: Some(sessions.admin_addr),
+            cache: "jwt",
+            calls: None,
+            legacy: Some(Legacy::Sessions),
         },
     ];
 
     let mut outcomes = Vec::new();
     for s in &scenarios {
         let url = format!("http://{}{}", s.addr, s.path);
-        let tokens = match &s.auth {
-            Auth::None => None,
-            Auth::Tokens(file) => Some(file.as_path()),
+        if s.legacy == Some(Legacy::Sessions) {
+            // Only tollgate's sessions from here on (the fake looks sessions up by scanning them).
+            for cookie in &premade {
+                legacy_logout(legacy_addr, cookie)?;
+            }
+            let left = fake.counters().seats_in_use;
+            if left != 0 {
+                bail!("{left} pre-made sessions still live after logging them out");
+            }
+        }
+        let first_line = |file: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
+            let Some(file) = file else { return Ok(None) };
+            let text = std::fs::read_to_string(file)?;
+            Ok(Some(text.lines().next().unwrap_or_default().to_owned()))
         };
-        let first_token = match tokens {
-            Some(file) => Some(
-                std::fs::read_to_string(file)?
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned(),
-            ),
-            None => None,
-        };
-        preflight(s.addr, s.path, first_token.as_deref())
-            .with_context(|| format!("{}: a single request before the load", s.name))?;
+        let first_token = first_line(&s.headers.tokens)?;
+        let first_cookie = first_line(&s.headers.cookies)?;
+        let fake_before = s.legacy.map(|_| fake.counters());
+        preflight(
+            s.addr,
+            s.path,
+            first_token.as_deref(),
+            first_cookie.as_deref(),
+            s.expect,
+        )
+        .with_context(|| format!("{}: a single request before the load", s.name))?;
         println!("benches/load: {} ({url}): warm-up", s.name);
-        wrk(&url, &script, tokens, WARMUP_SECONDS, &settings)?;
+        wrk(&url, &script, &s.headers, WARMUP_SECONDS, &settings)?;
         let counters = |admin: SocketAddr| cache_counters(admin, s.cache);
         let before = s.admin.map(counters).transpose()?;
         let calls_before = s.calls.as_ref().map(|c| c.load(Ordering::SeqCst));
+        let logins_before = fake.counters().logins_ok;
         println!("benches/load: {}: {} s measured", s.name, settings.seconds);
-        let output = wrk(&url, &script, tokens, settings.seconds, &settings)?;
+        let output = wrk(&url, &script, &s.headers, settings.seconds, &settings)?;
+        let logins_measured = fake.counters().logins_ok - logins_before;
         let calls_after = s.calls.as_ref().map(|c| c.load(Ordering::SeqCst));
         let after = s.admin.map(counters).transpose()?;
         let cache = match (before, after) {
-            (Some(b), Some(a)) if tokens.is_some() => Some((a.0 - b.0, a.1 - b.1)),
+            (Some(b), Some(a)) if s.headers.tokens.is_some() => Some((a.0 - b.0, a.1 - b.1)),
             _ => None,
         };
         let mut outcome = parse_wrk(s.name, &output, cache)?;
         outcome.introspections = calls_after.zip(calls_before).map(|(a, b)| a - b);
+        outcome.legacy = match (s.legacy, fake_before) {
+            (Some(role), Some(b)) => Some(legacy_stats(&fake, role, &b, logins_measured)),
+            _ => None,
+        };
         outcomes.push(outcome);
     }
 
@@ -333,19 +503,29 @@ fn run() -> anyhow::Result<()> {
     println!("benches/load: written to {}", results.display());
 
     runtime.block_on(async {
-        for app in [cached, uncached, opaque, opaque_nc] {
-            let _ = tokio::time::timeout(Duration::from_secs(5), app.shutdown()).await;
+        for app in [cached, uncached, opaque, opaque_nc, plain, sessions] {
+            // The session gateway logs out its sessions at shutdown (within 10 s).
+            let _ = tokio::time::timeout(Duration::from_secs(12), app.shutdown()).await;
         }
+        fake_task.abort();
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
 
     let failed: Vec<&str> = outcomes
         .iter()
-        .filter(|o| o.non_2xx > 0 || o.socket_errors.is_some())
+        .filter(|o| {
+            let leaked = o.legacy.as_ref().is_some_and(|l| {
+                o.name == SESSIONS_SCENARIO && (l.leaks() > 0 || l.max_concurrency > 1)
+            });
+            o.non_2xx > 0 || o.socket_errors.is_some() || leaked
+        })
         .map(|o| o.name)
         .collect();
     if !failed.is_empty() {
-        bail!("errors under load in: {}", failed.join(", "));
+        bail!(
+            "errors under load (non-2xx, socket errors, session leaks) in: {}",
+            failed.join(", ")
+        );
     }
     Ok(())
 }
@@ -564,6 +744,55 @@ scopes = ["api"]
     )
 }
 
+/// The legacy gateways' configuration: the bench issuer, the fake legacy API as upstream, one
+/// bearer route to it; with `sessions`, `[upstream.session]` in single mode (active logins with
+/// the fake's default user, the default `grant_key`: the tokens' `grant_id` claim).
+fn legacy_config(issuer: &str, legacy: &str, sessions: bool) -> String {
+    let session = if sessions {
+        r#"
+[upstream.session]
+mode = "single"
+max_upstream_sessions = 200
+idle_ttl = "300s"
+
+[upstream.session.credentials]
+name = "admin"
+password = "123"
+tenant = "MyStore"
+branch = "HQ"
+"#
+    } else {
+        ""
+    };
+    format!(
+        r#"
+[server]
+realm = "tollgate"
+
+[log]
+level = "error"
+
+[[issuer]]
+id = "bench"
+issuer = "{issuer}"
+jwks_uri = "{issuer}/jwks"
+audiences = ["api"]
+algorithms = ["RS256"]
+
+[[upstream]]
+id = "legacy"
+url = "{legacy}"
+{session}
+[[route]]
+id = "legacy"
+prefix = "/entity/Default/"
+methods = ["GET", "HEAD"]
+upstream = "legacy"
+scopes = ["api"]
+"#
+    )
+}
+
 /// Starts a gateway on ephemeral loopback listeners and waits (up to 10 s) until it is ready (has
 /// keys, knows its introspection endpoint).
 async fn start_gateway(toml: &str) -> anyhow::Result<App> {
@@ -580,15 +809,25 @@ async fn start_gateway(toml: &str) -> anyhow::Result<App> {
     Ok(app)
 }
 
-/// Signs `count` distinct valid tokens (scope `api`, one hour), on every core.
-fn mint(key: &SigningKey, issuer: &str, count: usize, tag: &str) -> anyhow::Result<Vec<String>> {
+/// Signs `count` distinct valid tokens (scope `api`, one hour), on every core; with `grants`,
+/// each with its own `grant_id` claim.
+fn mint(
+    key: &SigningKey,
+    issuer: &str,
+    count: usize,
+    tag: &str,
+    grants: bool,
+) -> anyhow::Result<Vec<String>> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let sign = |i: usize| {
-        key.sign(&json!({
+        let mut claims = json!({
             "iss": issuer, "aud": "api", "sub": format!("user-{i}"), "client_id": "bench",
             "scope": "api", "iat": now, "exp": now + 3600, "jti": format!("{tag}-{i}"),
-        }))
-        .map_err(anyhow::Error::msg)
+        });
+        if grants {
+            claims["grant_id"] = json!(format!("{tag}-grant-{i}"));
+        }
+        key.sign(&claims).map_err(anyhow::Error::msg)
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = count.div_ceil(cores).max(1);
@@ -610,16 +849,27 @@ fn mint(key: &SigningKey, issuer: &str, count: usize, tag: &str) -> anyhow::Resu
 
 // === plain HTTP from the main thread ===
 
-/// One `GET` with `Connection: close`; returns the status code and the body.
-fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
+/// One request with `Connection: close` (and a `Content-Length` when there is a body); returns
+/// the status code, the response head and the body.
+fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        let _ = write!(req, "Authorization: Bearer {t}\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        let _ = write!(req, "{name}: {value}\r\n");
     }
-    req.push_str("\r\n");
+    if let Some(b) = body {
+        let _ = write!(req, "Content-Length: {}\r\n\r\n{b}", b.len());
+    } else {
+        req.push_str("\r\n");
+    }
     stream.write_all(req.as_bytes())?;
     let mut resp = String::new();
     stream.read_to_string(&mut resp)?;
@@ -628,27 +878,128 @@ fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
         .with_context(|| format!("not an HTTP response: {resp:?}"))?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    Ok((status, head.to_owned(), body.to_owned()))
+}
+
+/// One `GET`, with a bearer token and a `Cookie` if given; returns the status code and the body.
+fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    cookie: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = Vec::new();
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
+    }
+    if let Some(c) = cookie {
+        headers.push(("Cookie", c));
+    }
+    let (status, _, body) = http_request(addr, "GET", path, &headers, None)?;
     Ok((status, body))
 }
 
-/// The scenario must answer 200 with the upstream's body before any load is sent.
-fn preflight(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<()> {
-    let (status, body) = http_get(addr, path, token)?;
-    if status != 200 || !body.contains(UPSTREAM_BODY) {
-        bail!("expected 200 with the upstream's body, got {status}: {body}");
+/// The scenario must answer 200 with a body containing `expect` before any load is sent.
+fn preflight(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    cookie: Option<&str>,
+    expect: &str,
+) -> anyhow::Result<()> {
+    let (status, body) = http_get(addr, path, token, cookie)?;
+    if status != 200 || !body.contains(expect) {
+        bail!("expected 200 with {expect:?} in the body, got {status}: {body}");
     }
     Ok(())
+}
+
+/// Logs in to the fake legacy API; returns the `Cookie` header value of the new session
+/// (`ASP.NET_SessionId` and `.ASPXAUTH` from the `Set-Cookie`s).
+fn legacy_login(addr: SocketAddr) -> anyhow::Result<String> {
+    let (status, head, body) = http_request(
+        addr,
+        "POST",
+        "/entity/auth/login",
+        &[("Content-Type", "application/json")],
+        Some(LEGACY_LOGIN),
+    )?;
+    if status != 204 {
+        bail!("login: expected 204, got {status}: {body}");
+    }
+    let cookie = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(h, _)| h.trim().eq_ignore_ascii_case("set-cookie"))
+            .find_map(|(_, v)| {
+                let (n, value) = v.trim().split(';').next()?.split_once('=')?;
+                (n.trim() == name).then(|| value.trim().to_owned())
+            })
+            .with_context(|| format!("login: no {name} cookie in {head}"))
+    };
+    Ok(format!(
+        "{}={}; {}={}",
+        legacy::SESSION_COOKIE,
+        cookie(legacy::SESSION_COOKIE)?,
+        legacy::AUTH_COOKIE,
+        cookie(legacy::AUTH_COOKIE)?
+    ))
+}
+
+/// Logs the session of `cookie` out of the fake legacy API (`Content-Length: 0`).
+fn legacy_logout(addr: SocketAddr, cookie: &str) -> anyhow::Result<()> {
+    let (status, _, body) = http_request(
+        addr,
+        "POST",
+        "/entity/auth/logout",
+        &[("Cookie", cookie)],
+        Some(""),
+    )?;
+    if status != 204 {
+        bail!("logout: expected 204, got {status}: {body}");
+    }
+    Ok(())
+}
+
+/// The fake's counters over one legacy scenario: `before` is from before its preflight.
+fn legacy_stats(
+    fake: &FakeLegacy,
+    role: Legacy,
+    before: &Counters,
+    logins_measured: u64,
+) -> LegacyStats {
+    let now = fake.counters();
+    let max_concurrency = if role == Legacy::Sessions {
+        // Every live session is tollgate's (the pre-made ones were logged out).
+        fake.state()["sessions"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter_map(|s| s["max_in_flight"].as_u64())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    } else {
+        now.max_concurrency_per_session
+    };
+    LegacyStats {
+        logins: now.logins_ok - before.logins_ok,
+        logins_measured,
+        mixed_session_cookies: now.mixed_session_cookies - before.mixed_session_cookies,
+        foreign_cookie: now.foreign_cookie - before.foreign_cookie,
+        authorization_header_seen: now.authorization_header_seen - before.authorization_header_seen,
+        max_concurrency,
+    }
 }
 
 /// The gateway's token-cache counters (hits, misses) of `cache` (`jwt` or `introspection`) from
 /// its admin `/metrics`.
 fn cache_counters(admin: SocketAddr, cache: &str) -> anyhow::Result<(u64, u64)> {
     let label = format!(r#"cache="{cache}""#);
-    let (status, body) = http_get(admin, "/metrics", None)?;
+    let (status, body) = http_get(admin, "/metrics", None, None)?;
     if status != 200 {
         bail!("GET {admin}/metrics: {status}");
     }
@@ -693,7 +1044,7 @@ fn wrk_version() -> anyhow::Result<String> {
 fn wrk(
     url: &str,
     script: &Path,
-    tokens: Option<&Path>,
+    headers: &Headers,
     seconds: u64,
     settings: &Settings,
 ) -> anyhow::Result<String> {
@@ -702,8 +1053,14 @@ fn wrk(
         .arg(format!("-c{}", settings.connections))
         .arg(format!("-d{seconds}s"))
         .args(["--timeout", "2s", "--latency"]);
-    if let Some(file) = tokens {
-        cmd.arg("-s").arg(script).env(TOKENS_ENV, file);
+    if headers.any() {
+        cmd.arg("-s").arg(script);
+    }
+    if let Some(file) = &headers.tokens {
+        cmd.env(TOKENS_ENV, file);
+    }
+    if let Some(file) = &headers.cookies {
+        cmd.env(COOKIES_ENV, file);
     }
     cmd.arg(url)
         .stdin(Stdio::null())
@@ -763,13 +1120,15 @@ fn parse_wrk(
     output: &str,
     cache: Option<(u64, u64)>,
 ) -> anyhow::Result<Outcome> {
-    let (mut rps, mut p50, mut p99, mut requests) = (None, None, None, None);
+    let (mut rps, mut mean, mut p50, mut p99, mut requests) = (None, None, None, None, None);
     let mut non_2xx = 0;
     let mut socket_errors = None;
     for line in output.lines().map(str::trim) {
         let fields: Vec<&str> = line.split_whitespace().collect();
         match fields.as_slice() {
             ["Requests/sec:", v] => rps = v.parse::<f64>().ok(),
+            // `Latency  <avg> <stdev> <max> <+/- stdev>` (not `Latency Distribution`).
+            ["Latency", v, _, _, _] => mean = duration_ms(v),
             ["50%", v] => p50 = duration_ms(v),
             ["99%", v] => p99 = duration_ms(v),
             [n, "requests", "in", ..] => requests = n.parse::<u64>().ok(),
@@ -786,6 +1145,7 @@ fn parse_wrk(
     Ok(Outcome {
         name,
         rps: rps.with_context(missing)?,
+        mean_ms: mean.with_context(missing)?,
         p50_ms: p50.with_context(missing)?,
         p99_ms: p99.with_context(missing)?,
         requests: requests.with_context(missing)?,
@@ -793,6 +1153,7 @@ fn parse_wrk(
         socket_errors,
         cache,
         introspections: None,
+        legacy: None,
     })
 }
 
@@ -906,17 +1267,83 @@ fn report(outcomes: &[Outcome], settings: &Settings, workers: usize, wrk_version
             introspection.join(", ")
         );
     }
+    let find = |name: &str| outcomes.iter().find(|o| o.name == name);
+    if let (Some(base), Some(with)) = (find(SESSIONS_BASELINE), find(SESSIONS_SCENARIO)) {
+        // Little's law: at a fixed concurrency, the mean time a connection waits per request.
+        let little_us = |rps: f64| 1e6 * settings.connections as f64 / rps.max(1e-9);
+        let _ = writeln!(
+            md,
+            "- session layer (`{SESSIONS_SCENARIO}` vs `{SESSIONS_BASELINE}`, both at -c{}): \
+             {} of the req/s; mean latency {:.0} µs vs {:.0} µs (wrk), {:+.0} µs per request \
+             (connections / req/s: {:.0} µs vs {:.0} µs, {:+.0} µs)",
+            settings.connections,
+            ratio(with.rps, base.rps),
+            1000.0 * with.mean_ms,
+            1000.0 * base.mean_ms,
+            1000.0 * (with.mean_ms - base.mean_ms),
+            little_us(with.rps),
+            little_us(base.rps),
+            little_us(with.rps) - little_us(base.rps),
+        );
+    }
+    let legacy: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| {
+            let l = o.legacy.as_ref()?;
+            let sessions = o.name == SESSIONS_SCENARIO;
+            let flag = |bad: bool| if bad { " **(expected 0)**" } else { "" };
+            let logins = if sessions && l.logins != LEGACY_SESSIONS as u64 {
+                format!(" **(expected {LEGACY_SESSIONS})**")
+            } else {
+                String::new()
+            };
+            let concurrency = if sessions {
+                let flag = if l.max_concurrency > 1 {
+                    " **(expected 1)**"
+                } else {
+                    ""
+                };
+                format!("{} on tollgate's sessions{flag}", l.max_concurrency)
+            } else {
+                format!("{} (the fake's maximum so far)", l.max_concurrency)
+            };
+            Some(format!(
+                "{}: {} logins{logins} ({} while measured), mixed_session_cookies {}{}, \
+                 foreign_cookie {}{}, authorization_header_seen {}{}, max concurrency per \
+                 session {concurrency}",
+                o.name,
+                l.logins,
+                l.logins_measured,
+                l.mixed_session_cookies,
+                flag(sessions && l.mixed_session_cookies > 0),
+                l.foreign_cookie,
+                flag(sessions && l.foreign_cookie > 0),
+                l.authorization_header_seen,
+                flag(sessions && l.authorization_header_seen > 0),
+            ))
+        })
+        .collect();
+    if !legacy.is_empty() {
+        let _ = writeln!(
+            md,
+            "- fake legacy API (`max_api_users = {LEGACY_SEATS}`, {LEGACY_SESSIONS} sessions \
+             pre-made for the first two, logged out before `{SESSIONS_SCENARIO}`), counted from \
+             each scenario's preflight to the end of its measurement: {}",
+            legacy.join("; ")
+        );
+    }
     let _ = writeln!(
         md,
         "- wrk {wrk_version}: `-t{} -c{} -d{}s --latency` after a {WARMUP_SECONDS} s warm-up, \
-         HTTP/1.1 keep-alive on 127.0.0.1; the JWT and introspection scenarios send their tokens \
-         through `benches/tokens.lua`",
+         HTTP/1.1 keep-alive on 127.0.0.1; the JWT, introspection and legacy scenarios send their \
+         tokens and cookies through `benches/tokens.lua`",
         settings.threads, settings.connections, settings.seconds
     );
     let _ = writeln!(
         md,
-        "- upstream (hyper, {}-byte JSON body), JWKS server, introspection server and gateways \
-         share one tokio runtime ({workers} workers) in the bench process, and the cores with wrk",
+        "- upstream (hyper, {}-byte JSON body), JWKS server, introspection server, fake legacy API \
+         and gateways share one tokio runtime ({workers} workers) in the bench process, and the \
+         cores with wrk",
         UPSTREAM_BODY.len()
     );
     md.push('\n');
