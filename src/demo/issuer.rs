@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -19,7 +18,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use super::keys::{self, SigningKey};
-use crate::{proxy, Body};
+use crate::proxy::json_response;
+use crate::Body;
 
 /// Demo accounts: (username, password, scopes the user may get, tenant).
 pub const USERS: &[(&str, &str, &str, &str)] = &[
@@ -234,18 +234,6 @@ fn oauth_error(code: &str, description: &str) -> Response<Body> {
         StatusCode::BAD_REQUEST,
         &json!({"error": code, "error_description": description}),
     )
-}
-
-pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
-    let mut r = Response::new(proxy::full(v.to_string()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
 }
 
 #[cfg(test)]

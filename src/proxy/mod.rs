@@ -249,6 +249,19 @@ pub fn finish(resp: Response<Incoming>) -> Response<Body> {
     Response::from_parts(parts, body.map_err(BoxError::from).boxed())
 }
 
+/// A JSON response the gateway (or its admin and demo servers) writes itself, not cacheable.
+pub fn json_response(status: http::StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
 /// A body the gateway writes itself.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(bytes.into())

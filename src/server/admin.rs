@@ -40,7 +40,7 @@ impl Admin {
                 for pool in self.gateway.pools() {
                     sessions.extend(pool.describe().await);
                 }
-                json(StatusCode::OK, &serde_json::json!({ "sessions": sessions }))
+                proxy::json_response(StatusCode::OK, &serde_json::json!({ "sessions": sessions }))
             }
             "/metrics" => {
                 self.gateway.sample_gauges().await;
@@ -80,20 +80,8 @@ impl Admin {
         } else {
             StatusCode::OK
         };
-        json(status, &serde_json::json!({ "logged_out": n }))
+        proxy::json_response(status, &serde_json::json!({ "logged_out": n }))
     }
-}
-
-fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(proxy::full(v.to_string()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

@@ -567,8 +567,8 @@ impl Pool {
             )
             .await;
         match victim {
-            Ok(Some((slot, record))) => {
-                self.retire(slot, record, Retire::Lru, true).await;
+            Ok(Some((_, record))) => {
+                self.retire_removed(record, Retire::Lru, true).await;
                 true
             }
             Ok(None) => false,
@@ -775,16 +775,6 @@ impl Pool {
         }
     }
 
-    async fn retire(
-        &self,
-        _slot: SlotKey,
-        record: SessionRecord,
-        reason: Retire,
-        call_logout: bool,
-    ) {
-        self.retire_removed(record, reason, call_logout).await;
-    }
-
     /// Finishes a session already removed from the store: logs it out (with two retries, after
     /// 1 s and 4 s) when it holds a seat and `call_logout`, then gives the seat back.
     async fn retire_removed(&self, record: SessionRecord, reason: Retire, call_logout: bool) {
@@ -828,13 +818,13 @@ impl Pool {
             .await;
         match due {
             Ok(list) => {
-                for (slot, record, why) in list {
+                for (_, record, why) in list {
                     let reason = match why {
                         Expiry::Idle => Retire::Idle,
                         Expiry::Age => Retire::MaxAge,
                         Expiry::TokenExpired => Retire::TokenExpired,
                     };
-                    self.retire(slot, record, reason, true).await;
+                    self.retire_removed(record, reason, true).await;
                 }
             }
             Err(e) => {
