@@ -96,11 +96,27 @@ impl Gateway {
     /// [`Gateway::start`] inside a Tokio runtime.
     pub fn new(config: &Config, metrics: Metrics) -> Result<Self, ProxyError> {
         let client = IdpClient::new();
+
+        let redis = match &config.store {
+            crate::config::StoreConfig::Memory => None,
+            crate::config::StoreConfig::Redis(r) => Some((
+                session::redis::RedisHandle::new(&r.url, r.timeout, metrics.clone())
+                    .map_err(|e| ProxyError::BadRequest(e.to_string()))?,
+                r.clone(),
+            )),
+        };
+        let shared: Option<Arc<dyn crate::auth::introspect::SharedAnswers>> = match &redis {
+            Some((handle, r)) if r.share_introspection => Some(Arc::new(
+                session::redis::SharedIntrospection::new(handle.clone(), &r.key_prefix),
+            )),
+            _ => None,
+        };
         let verifier = Verifier::new(
             &config.issuers,
             config.server.token_cache_capacity,
             &client,
             &metrics,
+            shared,
         );
         let upstreams = config
             .upstreams
@@ -120,7 +136,11 @@ impl Gateway {
                             rand::random()
                         }
                     };
-                    Arc::new(Pool::new(upstream.clone(), s.clone(), &key, Arc::new(MemoryStore::new()), metrics.clone()))
+                    let store: Arc<dyn session::store::SessionStore> = match &redis {
+                        None => Arc::new(MemoryStore::new()),
+                        Some((handle, r)) => Arc::new(session::redis::RedisStore::new(handle.clone(), &r.key_prefix, &cfg.id, r.lease_ttl)),
+                    };
+                    Arc::new(Pool::new(upstream.clone(), s.clone(), &key, store, metrics.clone()))
                 })
             })
             .collect();

@@ -33,6 +33,7 @@ pub const UPSTREAM_RELOGINS_TOTAL: &str = "tollgate_upstream_relogins_total";
 pub const UPSTREAM_SESSION_QUEUE_DEPTH: &str = "tollgate_upstream_session_queue_depth";
 pub const UPSTREAM_ADMISSION_WAIT_SECONDS: &str = "tollgate_upstream_admission_wait_seconds";
 pub const UPSTREAM_LOGIN_CIRCUIT_OPEN: &str = "tollgate_upstream_login_circuit_open";
+pub const STORE_ERRORS_TOTAL: &str = "tollgate_store_errors_total";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 
 /// Latency buckets in seconds: fine below 10 ms where the gateway's own cost lives, coarse above.
@@ -132,6 +133,7 @@ pub struct Metrics {
     upstream_queue: IntGaugeVec,
     upstream_admission: HistogramVec,
     upstream_circuit: IntGaugeVec,
+    store_errors: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -278,6 +280,11 @@ impl Metrics {
                 UPSTREAM_LOGIN_CIRCUIT_OPEN,
                 "1 while logins are suspended after the upstream refused the credentials, by upstream.",
                 &["upstream"],
+            )?,
+            store_errors: counter(
+                STORE_ERRORS_TOTAL,
+                "Failed operations of the shared session store (Redis), by operation.",
+                &["op"],
             )?,
             registry,
         };
@@ -463,6 +470,10 @@ impl Metrics {
         self.upstream_circuit
             .with_label_values(&[upstream])
             .set(i64::from(open));
+    }
+
+    pub fn store_error(&self, op: &str) {
+        self.store_errors.with_label_values(&[op]).inc();
     }
 
     /// The Prometheus text exposition of every family.

@@ -73,6 +73,16 @@ impl moka::Expiry<[u8; 32], Arc<Entry>> for KeepFor {
 
 type Flight = Arc<OnceCell<Result<Outcome, CallError>>>;
 
+/// Positive introspection answers shared between replicas through a shared store, keyed by
+/// issuer and token digest (never the token).
+#[async_trait::async_trait]
+pub trait SharedAnswers: Send + Sync {
+    /// The members of a shared answer, if one is stored.
+    async fn get(&self, key: &str) -> Option<String>;
+    /// Stores the members of a positive answer for `ttl`.
+    async fn put(&self, key: &str, members: String, ttl: Duration);
+}
+
 /// One issuer's introspection client, cache and breaker.
 pub struct Introspector {
     issuer_id: Arc<str>,
@@ -90,6 +100,7 @@ pub struct Introspector {
     cache: moka::sync::Cache<[u8; 32], Arc<Entry>>,
     inflight: Mutex<HashMap<[u8; 32], Flight>>,
     breaker: Breaker,
+    shared: Option<Arc<dyn SharedAnswers>>,
 }
 
 impl std::fmt::Debug for Introspector {
@@ -127,7 +138,19 @@ impl Introspector {
             metrics,
             resolving: tokio::sync::Mutex::new(()),
             inflight: Mutex::new(HashMap::new()),
+            shared: None,
         }
+    }
+
+    /// Shares positive answers with the other replicas.
+    pub fn with_shared(mut self, shared: Option<Arc<dyn SharedAnswers>>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    fn shared_key(&self, digest: &[u8; 32]) -> String {
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("i:{}:{hex}", self.issuer_id)
     }
 
     pub fn issuer_id(&self) -> &Arc<str> {
@@ -269,6 +292,25 @@ impl Introspector {
     }
 
     async fn call_and_cache(&self, token: &str, digest: [u8; 32]) -> Result<Outcome, CallError> {
+        // Another replica may have asked already.
+        if let Some(shared) = &self.shared {
+            let text = shared.get(&self.shared_key(&digest)).await;
+            if let Some(Value::Object(members)) = text.and_then(|t| serde_json::from_str(&t).ok()) {
+                let outcome = interpret(
+                    members,
+                    &self.issuer_id,
+                    &self.issuer,
+                    &self.audiences,
+                    self.leeway,
+                    now_unix(),
+                );
+                if let Outcome::Active(_) = &outcome {
+                    self.cache
+                        .insert(digest, Arc::new(self.entry(outcome.clone())));
+                    return Ok(outcome);
+                }
+            }
+        }
         let probe = self
             .breaker
             .admit()
@@ -279,6 +321,10 @@ impl Introspector {
         match result {
             Ok(members) => {
                 self.breaker.success(&self.metrics, &self.issuer_id);
+                let shared_text = self
+                    .shared
+                    .as_ref()
+                    .map(|_| Value::Object(members.clone()).to_string());
                 let outcome = interpret(
                     members,
                     &self.issuer_id,
@@ -293,8 +339,16 @@ impl Introspector {
                 };
                 self.metrics
                     .introspection_call(&self.issuer_id, label, elapsed);
-                self.cache
-                    .insert(digest, Arc::new(self.entry(outcome.clone())));
+                let entry = self.entry(outcome.clone());
+                if let (Some(shared), Some(text), Outcome::Active(_)) =
+                    (&self.shared, shared_text, &outcome)
+                {
+                    let fresh = entry.fresh_until.saturating_duration_since(Instant::now());
+                    if !fresh.is_zero() {
+                        shared.put(&self.shared_key(&digest), text, fresh).await;
+                    }
+                }
+                self.cache.insert(digest, Arc::new(entry));
                 Ok(outcome)
             }
             Err(e) => {

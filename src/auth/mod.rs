@@ -168,6 +168,7 @@ impl Verifier {
         cache_capacity: u64,
         client: &IdpClient,
         metrics: &Metrics,
+        shared: Option<Arc<dyn introspect::SharedAnswers>>,
     ) -> Self {
         let issuers: Vec<(Arc<str>, String, Arc<Issuer>)> = issuers
             .iter()
@@ -176,10 +177,12 @@ impl Verifier {
                     let jwks = Arc::new(Jwks::new(cfg, source, client.clone(), metrics.clone()));
                     Arc::new(IssuerVerifier::new(cfg, jwks))
                 });
-                let introspector = cfg
-                    .introspection
-                    .clone()
-                    .map(|i| Arc::new(Introspector::new(cfg, i, client.clone(), metrics.clone())));
+                let introspector = cfg.introspection.clone().map(|i| {
+                    Arc::new(
+                        Introspector::new(cfg, i, client.clone(), metrics.clone())
+                            .with_shared(shared.clone()),
+                    )
+                });
                 (
                     cfg.id.clone(),
                     cfg.issuer.clone(),

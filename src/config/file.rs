@@ -22,6 +22,26 @@ pub struct FileConfig {
     pub upstream: Vec<UpstreamSection>,
     #[serde(default)]
     pub route: Vec<RouteSection>,
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// `[store]`: where the session table (and shared introspection results) live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `memory` (default, one replica) or `redis`.
+    pub kind: Option<String>,
+    /// `redis://host:port/db` or `rediss://…` (TLS).
+    pub url: Option<String>,
+    /// By default `tollgate:`.
+    pub key_prefix: Option<String>,
+    /// Timeout of one store operation. By default `500ms`.
+    pub timeout: Option<String>,
+    /// How long a crashed replica's leases and login locks live. By default `30s`.
+    pub lease_ttl: Option<String>,
+    /// Share positive introspection results between replicas. By default true.
+    pub share_introspection: Option<bool>,
 }
 
 /// The separate route file named by `server.routes_file`: only `[[route]]` tables.

@@ -47,6 +47,25 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Arc<RouteTable>,
+    pub store: StoreConfig,
+}
+
+/// Where the session table lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In this process (one replica).
+    Memory,
+    /// In Redis, shared by every replica.
+    Redis(RedisConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    pub url: String,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub lease_ttl: Duration,
+    pub share_introspection: bool,
 }
 
 #[derive(Debug, Clone)]

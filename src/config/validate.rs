@@ -10,8 +10,8 @@ use url::{Host, Url};
 
 use super::file::{self, FileConfig};
 use super::{
-    routes, Config, ConfigError, ConfigErrors, LogConfig, LogFormat, Origin, ServerConfig,
-    UpstreamConfig,
+    routes, Config, ConfigError, ConfigErrors, LogConfig, LogFormat, Origin, RedisConfig,
+    ServerConfig, StoreConfig, UpstreamConfig,
 };
 
 /// Collects errors while typed values are built.
@@ -156,6 +156,7 @@ pub(super) fn build(
     }
     let table = routes::compile(&mut c, &sections, &upstream_ids, &issuer_ids, &server.realm);
 
+    let store = store(&mut c, &raw.store, &upstreams);
     if c.errors.is_empty() {
         Ok(Config {
             source: source.map(Path::to_path_buf),
@@ -164,6 +165,7 @@ pub(super) fn build(
             issuers,
             upstreams,
             routes: Arc::new(table),
+            store,
         })
     } else {
         Err(ConfigErrors(c.errors))
@@ -196,6 +198,106 @@ pub(super) fn build_routes_only(
         Ok(table.len())
     } else {
         Err(ConfigErrors(c.errors))
+    }
+}
+
+fn store(
+    c: &mut Checker<'_>,
+    raw: &file::StoreSection,
+    upstreams: &[UpstreamConfig],
+) -> StoreConfig {
+    match raw.kind.as_deref() {
+        None | Some("memory") => {
+            for field in [
+                "url",
+                "key_prefix",
+                "timeout",
+                "lease_ttl",
+                "share_introspection",
+            ] {
+                let set = match field {
+                    "url" => raw.url.is_some(),
+                    "key_prefix" => raw.key_prefix.is_some(),
+                    "timeout" => raw.timeout.is_some(),
+                    "lease_ttl" => raw.lease_ttl.is_some(),
+                    _ => raw.share_introspection.is_some(),
+                };
+                if set {
+                    c.error(
+                        &format!("store.{field}"),
+                        "has no use with kind = \"memory\"; set kind = \"redis\"",
+                    );
+                }
+            }
+            StoreConfig::Memory
+        }
+        Some("redis") => {
+            let url = match raw.url.as_deref() {
+                Some(u)
+                    if u.starts_with("redis://")
+                        || u.starts_with("rediss://")
+                        || u.starts_with("redis+unix://")
+                        || u.starts_with("unix://") =>
+                {
+                    if redis::Client::open(u).is_err() {
+                        c.error("store.url", format!("`{u}` is not a Redis URL"));
+                    }
+                    u.to_owned()
+                }
+                Some(u) => {
+                    c.error(
+                        "store.url",
+                        format!("`{u}` must start with redis:// or rediss://"),
+                    );
+                    String::new()
+                }
+                None => {
+                    c.error("store.url", "missing key: kind = \"redis\" needs url");
+                    String::new()
+                }
+            };
+            for (i, u) in upstreams.iter().enumerate() {
+                if u.session.as_ref().is_some_and(|s| s.key.is_none()) {
+                    c.error(
+                        &format!("upstream[{i}].session.handle_key_file"),
+                        "missing key: with a shared store every replica must use the same key (otherwise grant keys and handles differ between replicas)",
+                    );
+                }
+            }
+            let timeout = c.duration(
+                "store.timeout",
+                raw.timeout.as_deref(),
+                Duration::from_millis(500),
+            );
+            let lease_ttl = c.duration(
+                "store.lease_ttl",
+                raw.lease_ttl.as_deref(),
+                Duration::from_secs(30),
+            );
+            if lease_ttl < Duration::from_secs(1) {
+                c.error("store.lease_ttl", "must be at least 1s");
+            }
+            if timeout.is_zero() {
+                c.error("store.timeout", "must be greater than zero");
+            }
+            StoreConfig::Redis(RedisConfig {
+                url,
+                key_prefix: raw
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| "tollgate:".to_owned()),
+                timeout,
+                lease_ttl,
+                share_introspection: raw.share_introspection.unwrap_or(true),
+            })
+        }
+        Some(other) => {
+            c.error(
+                "store.kind",
+                format!("`{other}` is not a store kind; use \"memory\" or \"redis\""),
+            );
+            StoreConfig::Memory
+        }
     }
 }
 

@@ -148,6 +148,33 @@ impl Jar {
         })
     }
 
+    /// The jar as text for a shared store: one `name\tpath\tvalue` line per cookie (cookie
+    /// names, paths and values never hold tabs or newlines).
+    pub fn to_text(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|c| format!("{}\t{}\t{}", c.name, c.path, c.value))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The jar of [`Jar::to_text`]; malformed lines are skipped.
+    pub fn from_text(text: &str) -> Jar {
+        let cookies = text
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, '\t');
+                Some(Cookie {
+                    name: parts.next()?.to_owned(),
+                    path: parts.next()?.to_owned(),
+                    value: parts.next()?.to_owned(),
+                })
+            })
+            .filter(|c| !c.name.is_empty())
+            .collect();
+        Jar { cookies }
+    }
+
     /// The `Cookie` header for a request to `path`: every cookie whose path is a prefix of it
     /// (RFC 6265 §5.1.4), longer paths first.
     pub fn cookie_header(&self, path: &str) -> Option<String> {
@@ -370,6 +397,18 @@ mod tests {
         let a = j.apply(&big, now(), 50, 64);
         assert_eq!(a.overflow, 1);
         assert!(j.is_empty());
+    }
+
+    #[test]
+    fn text_round_trip() {
+        let j = jar(&[
+            "ASP.NET_SessionId=abc; path=/",
+            "Locale=Culture=en-US&TimeZone=X; path=/entity",
+        ]);
+        let back = Jar::from_text(&j.to_text());
+        assert_eq!(back, j);
+        assert!(Jar::from_text("").is_empty());
+        assert!(Jar::from_text("broken").is_empty());
     }
 
     #[test]

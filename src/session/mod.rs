@@ -9,7 +9,8 @@
 //! | [`handle`] | concurrent-mode handle cookies |
 //! | [`jar`] | one session's cookie jar |
 //! | [`login`] | the login and logout calls and the classification of login answers |
-//! | [`store`] | the session table behind a store trait (in memory now) |
+//! | [`store`] | the session table behind a store trait, and the in-memory store |
+//! | [`redis`] | the store in Redis, shared by several replicas |
 //! | [`pool`] | per-upstream coordination: leases, logins, seats, eviction, expiry, logout |
 //! | [`flow`] | the forwarding step for routes whose upstream has sessions |
 
@@ -19,6 +20,7 @@ pub mod handle;
 pub mod jar;
 pub mod login;
 pub mod pool;
+pub mod redis;
 pub mod store;
 
 pub use flow::forward;

@@ -111,6 +111,8 @@ pub struct Pool {
     handle_key: hmac::Key,
     metrics: Metrics,
     next_id: AtomicU64,
+    /// The high 32 bits of this process's session ids.
+    id_base: u64,
     login_locks: Mutex<HashMap<SlotKey, Arc<tokio::sync::Mutex<()>>>>,
     circuit: Mutex<Circuit>,
     relogin_blocked: Mutex<HashMap<GrantKey, Instant>>,
@@ -154,6 +156,7 @@ impl Pool {
             store,
             metrics,
             next_id: AtomicU64::new(1),
+            id_base: u64::from(rand::random::<u32>() | 1) << 32,
             login_locks: Mutex::new(HashMap::new()),
             circuit: Mutex::new(Circuit::default()),
             relogin_blocked: Mutex::new(HashMap::new()),
@@ -319,7 +322,7 @@ impl Pool {
         if let Some(r) = self.store.get(&who.slot).await? {
             return Ok((r, false));
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id();
         let cap = if who.concurrent {
             self.cfg.max_sessions_per_grant
         } else {
@@ -346,6 +349,11 @@ impl Pool {
                 Err(SessionError::GrantSessionLimit { retry_after })
             }
         }
+    }
+
+    /// A session id unique across replicas: a random per-process prefix and a counter.
+    fn next_id(&self) -> u64 {
+        self.id_base | (self.next_id.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF)
     }
 
     fn login_lock(&self, slot: &SlotKey) -> Arc<tokio::sync::Mutex<()>> {
@@ -378,31 +386,64 @@ impl Pool {
     ) -> Result<(SessionRecord, bool), SessionError> {
         let lock = self.login_lock(slot);
         let _guard = lock.lock().await;
-        let record = match self.store.get(slot).await? {
-            Some(r) if r.id == id => r,
-            _ => return Err(SessionError::Gone),
+        // Within this process the lock above makes logins single-flight; across replicas the
+        // store's login lock does, and a replica that does not get it waits for the other's
+        // login to finish.
+        let deadline = Instant::now() + self.cfg.login_timeout + Duration::from_secs(5);
+        loop {
+            let record = match self.store.get(slot).await? {
+                Some(r) if r.id == id => r,
+                _ => return Err(SessionError::Gone),
+            };
+            if record.state == SessionState::Active {
+                return Ok((record, false));
+            }
+            if self.cfg.creation == Creation::Passive {
+                // The client logs in itself; until it does, requests go without a session.
+                return Ok((record, false));
+            }
+            if self.store.lock_login(slot, id).await? {
+                // Another replica may have finished between the read and the lock.
+                match self.store.get(slot).await? {
+                    Some(r) if r.id == id && r.state == SessionState::Active => {
+                        self.store.unlock_login(slot, id).await?;
+                        return Ok((r, false));
+                    }
+                    Some(r) if r.id == id => break,
+                    _ => {
+                        self.store.unlock_login(slot, id).await?;
+                        return Err(SessionError::Gone);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(SessionError::LoginError);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        // The record turns Active before the login lock is released: a record that is
+        // "logging in" without a lock is taken for a crashed replica's by the store's upkeep.
+        let result = match self.login_with_seat(slot, id).await {
+            Ok(jar) => self
+                .store
+                .update(
+                    slot,
+                    id,
+                    Box::new(move |r| {
+                        r.state = SessionState::Active;
+                        r.jar = jar;
+                        r.created_ms = now_ms();
+                    }),
+                )
+                .await
+                .map_err(SessionError::from)
+                .and_then(|r| r.ok_or(SessionError::Gone)),
+            Err(e) => Err(e),
         };
-        if record.state == SessionState::Active {
-            return Ok((record, false));
+        if let Err(e) = self.store.unlock_login(slot, id).await {
+            tracing::warn!(upstream = %self.upstream_id, error = %e, "login lock release failed; it expires with its lease");
         }
-        if self.cfg.creation == Creation::Passive {
-            // The client logs in itself; until it does, requests go without a session.
-            return Ok((record, false));
-        }
-        let jar = self.login_with_seat(slot, id).await?;
-        let updated = self
-            .store
-            .update(
-                slot,
-                id,
-                Box::new(move |r| {
-                    r.state = SessionState::Active;
-                    r.jar = jar;
-                    r.created_ms = now_ms();
-                }),
-            )
-            .await?
-            .ok_or(SessionError::Gone)?;
+        let updated = result?;
         self.sample_sessions().await;
         Ok((updated, true))
     }
@@ -417,7 +458,7 @@ impl Pool {
         let upstream = self.upstream()?;
         let mut retried = false;
         loop {
-            self.admit().await?;
+            self.admit(id).await?;
             self.mark(slot, id, SessionState::LoggingIn, true).await?;
             let outcome = login::login(&upstream, &self.cfg, &creds).await;
             self.metrics
@@ -430,7 +471,7 @@ impl Pool {
                 }
                 other => {
                     self.mark(slot, id, SessionState::NeedsLogin, false).await?;
-                    self.give_back_seat().await;
+                    self.give_back_seat(id).await;
                     match other {
                         LoginOutcome::LoginLimit if !retried => {
                             retried = true;
@@ -520,14 +561,18 @@ impl Pool {
 
     /// Takes a seat: at once if one is free, else by evicting the least-recently-used idle
     /// session, else by waiting (FIFO) up to `admission_wait`.
-    async fn admit(&self) -> Result<(), SessionError> {
+    async fn admit(&self, holder: u64) -> Result<(), SessionError> {
         let start = Instant::now();
         let deadline = start + self.cfg.admission_wait;
         loop {
             let notified = self.seat_freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.store.take_seat(self.cfg.max_upstream_sessions).await? {
+            if self
+                .store
+                .take_seat(self.cfg.max_upstream_sessions, holder)
+                .await?
+            {
                 self.metrics
                     .upstream_admission_wait(&self.upstream_id, start.elapsed().as_secs_f64());
                 self.sample_seats().await;
@@ -548,8 +593,8 @@ impl Pool {
         }
     }
 
-    async fn give_back_seat(&self) {
-        if let Err(e) = self.store.release_seat().await {
+    async fn give_back_seat(&self, holder: u64) {
+        if let Err(e) = self.store.release_seat(holder).await {
             tracing::warn!(upstream = %self.upstream_id, error = %e, "seat release failed");
         }
         self.seat_freed.notify_one();
@@ -623,7 +668,7 @@ impl Pool {
         if was_seated {
             self.mark(&lease.slot, lease.id, SessionState::NeedsLogin, false)
                 .await?;
-            self.give_back_seat().await;
+            self.give_back_seat(lease.id).await;
         }
         self.metrics.upstream_relogin(&self.upstream_id);
         let (record, _) = self.ensure_login(&lease.slot, lease.id).await?;
@@ -697,8 +742,8 @@ impl Pool {
                 self.retire_removed(r, Retire::Logout, true).await;
             }
         }
-        self.admit().await?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id();
+        self.admit(id).await?;
         let mut record = SessionRecord::new(id, who.concurrent, now_ms());
         record.retire_at_ms = who.retire_at_ms;
         record.state = SessionState::Active;
@@ -720,7 +765,7 @@ impl Pool {
                 Ok(())
             }
             Created::Existing(_) | Created::GrantFull { .. } => {
-                self.give_back_seat().await;
+                self.give_back_seat(id).await;
                 Ok(())
             }
         }
@@ -801,13 +846,24 @@ impl Pool {
                     .upstream_logout(&self.upstream_id, if ok { "ok" } else { "failed" });
                 tracing::info!(upstream = %self.upstream_id, session = record.id, reason = reason.as_str(), ok, correlation = record.jar.correlation("ASP.NET_SessionId").as_deref().unwrap_or("-"), "upstream logout");
             }
-            self.give_back_seat().await;
+            self.give_back_seat(record.id).await;
         }
         self.sample_sessions().await;
     }
 
-    /// Retires idle and over-age sessions; run periodically.
+    /// Retires idle and over-age sessions, and the logins a crashed replica left behind; run
+    /// periodically.
     pub async fn sweep(&self) {
+        match self.store.maintain(now_ms()).await {
+            Ok(abandoned) => {
+                for record in abandoned {
+                    self.retire_removed(record, Retire::Expired, false).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %self.upstream_id, error = %e, "session store upkeep failed")
+            }
+        }
         let due = self
             .store
             .take_expired(

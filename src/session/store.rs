@@ -173,9 +173,9 @@ pub type Edit = Box<dyn FnOnce(&mut SessionRecord) + Send + 'static>;
 /// The operations the session layer needs from its state.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
-    /// Takes a seat if fewer than `cap` are in use.
-    async fn take_seat(&self, cap: u32) -> Result<bool, StoreError>;
-    async fn release_seat(&self) -> Result<(), StoreError>;
+    /// Takes a seat for session `holder` if fewer than `cap` are in use.
+    async fn take_seat(&self, cap: u32, holder: u64) -> Result<bool, StoreError>;
+    async fn release_seat(&self, holder: u64) -> Result<(), StoreError>;
     async fn seats_in_use(&self) -> Result<u32, StoreError>;
 
     async fn get(&self, slot: &SlotKey) -> Result<Option<SessionRecord>, StoreError>;
@@ -230,6 +230,13 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn release(&self, lease: InFlight, now_ms: u64, op: bool);
     /// Requests waiting for their session, over all sessions.
     async fn queue_depth(&self) -> Result<u32, StoreError>;
+    /// Cross-replica single-flight of logins: true when the caller may log session `id` in now
+    /// (it holds the lock until [`SessionStore::unlock_login`], or until its lease runs out).
+    async fn lock_login(&self, slot: &SlotKey, id: u64) -> Result<bool, StoreError>;
+    async fn unlock_login(&self, slot: &SlotKey, id: u64) -> Result<(), StoreError>;
+    /// Periodic upkeep: renews leases and removes (and returns) the records of logins a crashed
+    /// replica left unfinished, so that their seats can be given back.
+    async fn maintain(&self, now_ms: u64) -> Result<Vec<SessionRecord>, StoreError>;
 }
 
 // === impl MemoryStore ===
@@ -290,7 +297,7 @@ fn ms(d: Duration) -> u64 {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn take_seat(&self, cap: u32) -> Result<bool, StoreError> {
+    async fn take_seat(&self, cap: u32, _holder: u64) -> Result<bool, StoreError> {
         let mut g = self.lock();
         if g.seats < cap {
             g.seats += 1;
@@ -300,7 +307,7 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    async fn release_seat(&self) -> Result<(), StoreError> {
+    async fn release_seat(&self, _holder: u64) -> Result<(), StoreError> {
         let mut g = self.lock();
         g.seats = g.seats.saturating_sub(1);
         Ok(())
@@ -514,6 +521,20 @@ impl SessionStore for MemoryStore {
     async fn queue_depth(&self) -> Result<u32, StoreError> {
         Ok(self.lock().queued_total)
     }
+
+    // One process: the pool's own per-slot lock already makes logins single-flight, and no
+    // other process holds leases.
+    async fn lock_login(&self, _: &SlotKey, _: u64) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn unlock_login(&self, _: &SlotKey, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn maintain(&self, _: u64) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Milliseconds of a duration, saturating (for the store's Unix-millisecond arithmetic).
@@ -535,11 +556,11 @@ mod tests {
     #[tokio::test]
     async fn seats_never_exceed_the_cap() {
         let s = MemoryStore::new();
-        assert!(s.take_seat(2).await.unwrap());
-        assert!(s.take_seat(2).await.unwrap());
-        assert!(!s.take_seat(2).await.unwrap());
-        s.release_seat().await.unwrap();
-        assert!(s.take_seat(2).await.unwrap());
+        assert!(s.take_seat(2, 1).await.unwrap());
+        assert!(s.take_seat(2, 1).await.unwrap());
+        assert!(!s.take_seat(2, 1).await.unwrap());
+        s.release_seat(1).await.unwrap();
+        assert!(s.take_seat(2, 1).await.unwrap());
         assert_eq!(s.seats_in_use().await.unwrap(), 2);
     }
 

@@ -14,4 +14,5 @@ mod introspection;
 mod jwt;
 mod logs;
 mod metrics;
+mod replicas;
 mod sessions;

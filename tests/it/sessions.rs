@@ -12,13 +12,43 @@ use tokio::net::TcpListener;
 use tollgate::demo::legacy::{Counters, FakeLegacy, LegacyOptions};
 
 use crate::support::http::Reply;
+use crate::support::redis::RedisServer;
 use crate::support::{eventually, request, FakeIdp, TestGateway};
+
+/// Which session store the gateway uses: every test runs against both.
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    Memory,
+    Redis,
+}
 
 struct Env {
     idp: FakeIdp,
     fake: FakeLegacy,
     gw: TestGateway,
     _task: tokio::task::JoinHandle<()>,
+    _redis: Option<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+/// The `[store]` table (and the shared handle key a shared store requires) for `store`.
+fn store_config(store: Store, dir: &std::path::Path) -> (String, String, Option<RedisServer>) {
+    match store {
+        Store::Memory => (String::new(), String::new(), None),
+        Store::Redis => {
+            let redis = RedisServer::start();
+            let key = dir.join("handle.key");
+            std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+            (
+                format!(
+                    "\n[store]\nkind = \"redis\"\nurl = \"{}\"\nlease_ttl = \"3s\"\n",
+                    redis.url()
+                ),
+                format!("handle_key_file = \"{}\"", key.display()),
+                Some(redis),
+            )
+        }
+    }
 }
 
 /// The session block for the upstream: `extra` lines are added to [upstream.session].
@@ -67,23 +97,33 @@ auth = "none"
     )
 }
 
-async fn env_with(opts: LegacyOptions, extra: &str, password: &str) -> Env {
+async fn env_with(store: Store, opts: LegacyOptions, extra: &str, password: &str) -> Env {
     let idp = FakeIdp::start().await;
     let fake = FakeLegacy::new(opts);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let legacy = format!("http://{}", listener.local_addr().unwrap());
     let task = fake.spawn(listener);
-    let gw = TestGateway::start(&config(&idp.issuer, &legacy, extra, password), true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store_table, key_line, redis) = store_config(store, dir.path());
+    let cfg = config(
+        &idp.issuer,
+        &legacy,
+        &format!("{extra}\n{key_line}"),
+        password,
+    ) + &store_table;
+    let gw = TestGateway::start(&cfg, true).await;
     Env {
         idp,
         fake,
         gw,
         _task: task,
+        _redis: redis,
+        _dir: dir,
     }
 }
 
-async fn env(extra: &str) -> Env {
-    env_with(LegacyOptions::default(), extra, "123").await
+async fn env(store: Store, extra: &str) -> Env {
+    env_with(store, LegacyOptions::default(), extra, "123").await
 }
 
 impl Env {
@@ -179,9 +219,8 @@ fn metric(m: &str, line: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-#[tokio::test]
-async fn single_mode_serialises_a_grants_requests_on_one_session() {
-    let e = env("").await;
+async fn single_mode_serialises_a_grants_requests_on_one_session(store: Store) {
+    let e = env(store, "").await;
     let token = e.token("g1", false);
     let mut tasks = Vec::new();
     for _ in 0..10 {
@@ -208,9 +247,8 @@ async fn single_mode_serialises_a_grants_requests_on_one_session() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_refreshed_token_keeps_the_session_and_grants_never_share() {
-    let e = env("").await;
+async fn a_refreshed_token_keeps_the_session_and_grants_never_share(store: Store) {
+    let e = env(store, "").await;
     let first = e.echo(&e.token("g1", false)).await;
     assert_eq!(first.header("tollgate-session"), Some("new"));
     let s1 = session_of(&first);
@@ -225,9 +263,8 @@ async fn a_refreshed_token_keeps_the_session_and_grants_never_share() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn concurrent_mode_keeps_state_per_handle_and_refuses_another_grants_handle() {
-    let e = env("max_sessions_per_grant = 3").await;
+async fn concurrent_mode_keeps_state_per_handle_and_refuses_another_grants_handle(store: Store) {
+    let e = env(store, "max_sessions_per_grant = 3").await;
     let t = e.token("c1", true);
     let counter = "/entity/Default/24.200.001/Counter";
     let a1 = e.send("PUT", counter, &t, None, b"{}").await;
@@ -283,9 +320,12 @@ async fn concurrent_mode_keeps_state_per_handle_and_refuses_another_grants_handl
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_per_grant_cap_answers_429_grant_session_limit() {
-    let e = env("max_sessions_per_grant = 2\nmax_upstream_sessions = 2").await;
+async fn the_per_grant_cap_answers_429_grant_session_limit(store: Store) {
+    let e = env(
+        store,
+        "max_sessions_per_grant = 2\nmax_upstream_sessions = 2",
+    )
+    .await;
     let t = e.token("c1", true);
     for _ in 0..2 {
         assert_eq!(e.echo(&t).await.status, 200);
@@ -304,9 +344,8 @@ async fn the_per_grant_cap_answers_429_grant_session_limit() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_seat_cap_evicts_the_lru_idle_session_or_answers_503() {
-    let e = env("admission_wait = \"300ms\"").await;
+async fn the_seat_cap_evicts_the_lru_idle_session_or_answers_503(store: Store) {
+    let e = env(store, "admission_wait = \"300ms\"").await;
     let (a, b, c) = (
         e.token("a", false),
         e.token("b", false),
@@ -358,12 +397,17 @@ async fn the_seat_cap_evicts_the_lru_idle_session_or_answers_503() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn api_login_limit_gives_one_eviction_and_one_retry_under_500_and_429() {
+async fn api_login_limit_gives_one_eviction_and_one_retry_under_500_and_429(store: Store) {
     for status in [500u16, 429] {
         // The gateway's own cap (3) is above the upstream's (2): seats held elsewhere show up
         // only as "API Login Limit".
-        let e = env_with(LegacyOptions::default(), "max_upstream_sessions = 3", "123").await;
+        let e = env_with(
+            store,
+            LegacyOptions::default(),
+            "max_upstream_sessions = 3",
+            "123",
+        )
+        .await;
         e.fake.set_login_limit_status(status);
         let a = e.token("a", false);
         session_of(&e.echo(&a).await);
@@ -394,9 +438,8 @@ async fn api_login_limit_gives_one_eviction_and_one_retry_under_500_and_429() {
     }
 }
 
-#[tokio::test]
-async fn a_wrong_password_is_tried_once_and_opens_the_cooldown() {
-    let e = env_with(LegacyOptions::default(), "", "wrong-password").await;
+async fn a_wrong_password_is_tried_once_and_opens_the_cooldown(store: Store) {
+    let e = env_with(store, LegacyOptions::default(), "", "wrong-password").await;
     let t = e.token("g", false);
     for _ in 0..4 {
         let r = e.echo(&t).await;
@@ -434,9 +477,8 @@ async fn a_wrong_password_is_tried_once_and_opens_the_cooldown() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn an_expired_session_is_logged_in_again_once_and_the_request_replayed_once() {
-    let e = env("").await;
+async fn an_expired_session_is_logged_in_again_once_and_the_request_replayed_once(store: Store) {
+    let e = env(store, "").await;
     let t = e.token("g", false);
     let counter = "/entity/Default/24.200.001/Counter";
     assert_eq!(
@@ -499,9 +541,8 @@ impl http_body::Body for Chunked {
     }
 }
 
-#[tokio::test]
-async fn a_replay_that_is_still_unauthenticated_is_502_and_never_loops() {
-    let e = env("").await;
+async fn a_replay_that_is_still_unauthenticated_is_502_and_never_loops(store: Store) {
+    let e = env(store, "").await;
     let t = e.token("g", false);
     session_of(&e.echo(&t).await);
     // Every session now ends at once upstream.
@@ -521,9 +562,8 @@ async fn a_replay_that_is_still_unauthenticated_is_502_and_never_loops() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn idle_sessions_are_logged_out_and_seats_return_to_zero() {
-    let e = env("idle_ttl = \"300ms\"").await;
+async fn idle_sessions_are_logged_out_and_seats_return_to_zero(store: Store) {
+    let e = env(store, "idle_ttl = \"300ms\"").await;
     session_of(&e.echo(&e.token("a", false)).await);
     session_of(&e.echo(&e.token("b", false)).await);
     assert_eq!(e.counters().seats_in_use, 2);
@@ -552,9 +592,8 @@ async fn idle_sessions_are_logged_out_and_seats_return_to_zero() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn client_cookies_never_reach_the_upstream() {
-    let e = env("").await;
+async fn client_cookies_never_reach_the_upstream(store: Store) {
+    let e = env(store, "").await;
     let t = e.token("g", false);
     let s = session_of(&e.echo(&t).await);
     let r = e
@@ -575,9 +614,8 @@ async fn client_cookies_never_reach_the_upstream() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn login_and_logout_calls_are_intercepted() {
-    let e = env("").await;
+async fn login_and_logout_calls_are_intercepted(store: Store) {
+    let e = env(store, "").await;
     let t = e.token("g", false);
     // Active mode: the client's login is answered by the gateway, never forwarded.
     let r = e
@@ -608,9 +646,8 @@ async fn login_and_logout_calls_are_intercepted() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn concurrent_logout_with_a_handle_clears_it() {
-    let e = env("").await;
+async fn concurrent_logout_with_a_handle_clears_it(store: Store) {
+    let e = env(store, "").await;
     let t = e.token("c", true);
     let h = handle_of(&e.echo(&t).await);
     let r = e
@@ -644,14 +681,20 @@ impl Env {
     }
 }
 
-#[tokio::test]
-async fn passive_capture_stores_the_clients_login_cookies() {
+async fn passive_capture_stores_the_clients_login_cookies(store: Store) {
     let idp = FakeIdp::start().await;
     let fake = FakeLegacy::new(LegacyOptions::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let legacy = format!("http://{}", listener.local_addr().unwrap());
     let _task = fake.spawn(listener);
-    let cfg = config(&idp.issuer, &legacy, "creation = \"passive\"", "123");
+    let dir = tempfile::tempdir().unwrap();
+    let (store_table, key_line, redis) = store_config(store, dir.path());
+    let cfg = config(
+        &idp.issuer,
+        &legacy,
+        &format!("creation = \"passive\"\n{key_line}"),
+        "123",
+    ) + &store_table;
     // Passive mode has no credentials table.
     let cfg = cfg.replace("[upstream.session.credentials]\nname = \"admin\"\npassword = \"123\"\ntenant = \"MyStore\"\nbranch = \"HQ\"\n", "");
     let gw = TestGateway::start(&cfg, true).await;
@@ -660,6 +703,8 @@ async fn passive_capture_stores_the_clients_login_cookies() {
         fake,
         gw,
         _task,
+        _redis: redis,
+        _dir: dir,
     };
     let t = e.token("g", false);
     let login = e
@@ -689,9 +734,8 @@ async fn passive_capture_stores_the_clients_login_cookies() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn long_running_operations_stay_on_their_session() {
-    let e = env("").await;
+async fn long_running_operations_stay_on_their_session(store: Store) {
+    let e = env(store, "").await;
     let t = e.token("g", false);
     let start = e
         .send(
@@ -721,9 +765,8 @@ async fn long_running_operations_stay_on_their_session() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn admin_lists_sessions_without_cookies_and_logs_a_grant_out() {
-    let e = env("").await;
+async fn admin_lists_sessions_without_cookies_and_logs_a_grant_out(store: Store) {
+    let e = env(store, "").await;
     let t = e.token("g", false);
     session_of(&e.echo(&t).await);
     let list = crate::support::get(&format!("{}/sessions", e.gw.admin), &[]).await;
@@ -772,9 +815,8 @@ async fn admin_lists_sessions_without_cookies_and_logs_a_grant_out() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn shutdown_logs_every_session_out() {
-    let e = env("").await;
+async fn shutdown_logs_every_session_out(store: Store) {
+    let e = env(store, "").await;
     session_of(&e.echo(&e.token("a", false)).await);
     session_of(&e.echo(&e.token("b", true)).await);
     assert_eq!(e.counters().seats_in_use, 2);
@@ -785,9 +827,8 @@ async fn shutdown_logs_every_session_out() {
     assert_eq!(c.logouts_411, 0);
 }
 
-#[tokio::test]
-async fn queue_bounds_answer_429_grant_busy() {
-    let e = env("max_queue_per_session = 1\nmax_queue_wait = \"5s\"").await;
+async fn queue_bounds_answer_429_grant_busy(store: Store) {
+    let e = env(store, "max_queue_per_session = 1\nmax_queue_wait = \"5s\"").await;
     let t = e.token("g", false);
     session_of(&e.echo(&t).await);
     let slow = || {
@@ -811,9 +852,8 @@ async fn queue_bounds_answer_429_grant_busy() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn session_metrics_are_exposed_and_parse() {
-    let e = env("").await;
+async fn session_metrics_are_exposed_and_parse(store: Store) {
+    let e = env(store, "").await;
     session_of(&e.echo(&e.token("g", false)).await);
     let m = e.metrics().await;
     crate::metrics::promtool_check(&m);
@@ -832,9 +872,8 @@ async fn session_metrics_are_exposed_and_parse() {
     e.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn token_keyed_sessions_end_with_their_token() {
-    let e = env("grant_key = [\"token\"]\nidle_ttl = \"300s\"").await;
+async fn token_keyed_sessions_end_with_their_token(store: Store) {
+    let e = env(store, "grant_key = [\"token\"]\nidle_ttl = \"300s\"").await;
     let now = crate::support::now();
     let short = e.idp.token(json!({"exp": now + 1}));
     let other = e.idp.token(json!({"exp": now + 300}));
@@ -860,3 +899,37 @@ async fn token_keyed_sessions_end_with_their_token() {
     e.assert_no_leaks();
     e.gw.shutdown().await;
 }
+
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test] async fn $name() { super::$name(super::Store::Memory).await } )*
+        }
+        mod redis {
+            $( #[tokio::test] async fn $name() { super::$name(super::Store::Redis).await } )*
+        }
+    };
+}
+
+both_stores!(
+    single_mode_serialises_a_grants_requests_on_one_session,
+    a_refreshed_token_keeps_the_session_and_grants_never_share,
+    concurrent_mode_keeps_state_per_handle_and_refuses_another_grants_handle,
+    the_per_grant_cap_answers_429_grant_session_limit,
+    the_seat_cap_evicts_the_lru_idle_session_or_answers_503,
+    api_login_limit_gives_one_eviction_and_one_retry_under_500_and_429,
+    a_wrong_password_is_tried_once_and_opens_the_cooldown,
+    an_expired_session_is_logged_in_again_once_and_the_request_replayed_once,
+    a_replay_that_is_still_unauthenticated_is_502_and_never_loops,
+    idle_sessions_are_logged_out_and_seats_return_to_zero,
+    client_cookies_never_reach_the_upstream,
+    login_and_logout_calls_are_intercepted,
+    concurrent_logout_with_a_handle_clears_it,
+    passive_capture_stores_the_clients_login_cookies,
+    long_running_operations_stay_on_their_session,
+    admin_lists_sessions_without_cookies_and_logs_a_grant_out,
+    shutdown_logs_every_session_out,
+    queue_bounds_answer_429_grant_busy,
+    session_metrics_are_exposed_and_parse,
+    token_keyed_sessions_end_with_their_token,
+);

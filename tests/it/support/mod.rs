@@ -5,6 +5,7 @@ pub mod gateway;
 pub mod http;
 pub mod idp;
 pub mod introspect;
+pub mod redis;
 pub mod upstream;
 
 pub use gateway::TestGateway;
