@@ -18,7 +18,8 @@ command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
-command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+if ! command -v python3 >/dev/null 2>&1; then need_apt+=(python3 python3-venv)
+elif ! python3 -c 'import ensurepip, venv' 2>/dev/null; then need_apt+=(python3-venv); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   $SUDO apt-get update -qq
