@@ -284,6 +284,11 @@ impl Pool {
             {
                 Ok(l) => l,
                 Err(LeaseRefused::Busy) => return Err(SessionError::GrantBusy),
+                Err(LeaseRefused::Unavailable) => {
+                    return Err(SessionError::Store(
+                        "the session store did not answer".to_owned(),
+                    ))
+                }
                 Err(LeaseRefused::Gone) => continue,
             };
             self.sample_queue().await;

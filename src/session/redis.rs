@@ -814,7 +814,7 @@ impl SessionStore for RedisStore {
                     }
                 }
                 // The store is down: the request cannot be placed safely.
-                Err(_) => break Err(LeaseRefused::Busy),
+                Err(_) => break Err(LeaseRefused::Unavailable),
             }
             if tokio::time::Instant::now() >= deadline {
                 break Err(LeaseRefused::Busy);

@@ -122,6 +122,8 @@ pub enum LeaseRefused {
     Busy,
     /// The session was removed while waiting.
     Gone,
+    /// The store could not be asked (a shared store is down).
+    Unavailable,
 }
 
 /// A held in-flight lease. Release it with [`SessionStore::release`]; a lease dropped without
