@@ -61,9 +61,11 @@ impl GatewayError {
             GatewayError::Auth(AuthError::Bearer(_) | AuthError::InvalidToken(_)) => Fault::Auth,
             GatewayError::Denied { .. } => Fault::Auth,
             GatewayError::Proxy(ProxyError::BadRequest(_)) => Fault::Internal,
-            GatewayError::Proxy(ProxyError::Unreachable { .. } | ProxyError::Timeout { .. }) => {
-                Fault::Upstream
-            }
+            GatewayError::Proxy(
+                ProxyError::Unreachable { .. }
+                | ProxyError::Timeout { .. }
+                | ProxyError::Overloaded { .. },
+            ) => Fault::Upstream,
             GatewayError::Session(e) => match e {
                 SessionError::NoGrant => Fault::Auth,
                 SessionError::InvalidHandle
@@ -213,6 +215,13 @@ impl GatewayError {
                 None,
             ),
             GatewayError::Session(e) => session_reply(e, &bearer),
+            GatewayError::Proxy(ProxyError::Overloaded { .. }) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_overloaded",
+                "the upstream has its maximum number of requests in flight; retry shortly",
+                None,
+                Some(1),
+            ),
             GatewayError::Proxy(ProxyError::BadRequest(_)) => reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",

@@ -70,6 +70,34 @@ pub struct ServerSection {
     pub trust_forwarded_headers: Option<bool>,
     /// How long in-flight requests may take to finish on shutdown (humantime). By default `30s`.
     pub shutdown_grace: Option<String>,
+    /// Serve TLS on the proxy listener.
+    pub tls: Option<TlsSection>,
+    /// Accept HTTP/2 without TLS (h2c, prior knowledge). By default false.
+    pub http2_cleartext: Option<bool>,
+    /// Largest request head (request line and headers); larger heads get 431. By default `64KiB`.
+    pub max_header_bytes: Option<String>,
+    /// Time a client has to send its request head (humantime). By default `30s`.
+    pub header_read_timeout: Option<String>,
+    /// Keep-alive connections idle this long are closed (humantime). By default `60s`.
+    pub idle_timeout: Option<String>,
+    /// Most client connections open at once on the proxy listener. By default 10000.
+    pub max_connections: Option<u32>,
+    /// Largest request body (a byte size) on routes that set none. By default `10MiB`.
+    pub max_body: Option<String>,
+    /// Watch the configuration (and route) file and reload when it changes. By default true.
+    pub watch_config: Option<bool>,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain.
+    pub cert_file: Option<String>,
+    /// PEM private key (RSA, ECDSA or Ed25519; PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<String>,
+    /// PEM CA certificates: when set, clients must present a certificate signed by one (mTLS).
+    pub client_ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +187,15 @@ pub struct UpstreamSection {
     pub forward_authorization: Option<bool>,
     /// Send the client's `Host` header upstream instead of the upstream URL's authority.
     pub preserve_host: Option<bool>,
+    /// PEM CA certificates trusted for an `https://` upstream instead of the system roots.
+    pub ca_file: Option<String>,
+    /// PEM client certificate (and `client_key_file`) presented to an `https://` upstream.
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
+    /// Speak HTTP/2 to the upstream (ALPN for https, prior knowledge for http). By default false.
+    pub http2: Option<bool>,
+    /// Most requests in flight to this upstream; beyond it requests get 503 at once.
+    pub max_concurrency: Option<u32>,
     /// Upstream sessions: map each grant to the legacy API's session cookies.
     pub session: Option<SessionSection>,
 }
@@ -244,4 +281,8 @@ pub struct RouteSection {
     pub claims: Option<BTreeMap<String, Vec<String>>>,
     /// Upstream request headers set from token claims: header name = claim name.
     pub headers: Option<BTreeMap<String, String>>,
+    /// Largest request body on this route (a byte size such as "10MiB"); larger get 413.
+    pub max_body: Option<String>,
+    /// Pass WebSocket (and other `Upgrade`) requests through. By default false.
+    pub websocket: Option<bool>,
 }

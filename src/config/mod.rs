@@ -76,6 +76,24 @@ pub struct ServerConfig {
     pub token_cache_capacity: u64,
     pub trust_forwarded_headers: bool,
     pub shutdown_grace: Duration,
+    pub tls: Option<TlsConfig>,
+    pub http2_cleartext: bool,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: u32,
+    /// The body limit of routes that set none.
+    pub max_body: u64,
+    pub watch_config: bool,
+}
+
+/// `[server.tls]`, with paths resolved against the configuration file's folder. The files are
+/// read (and re-read on reload) by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +218,11 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub forward_authorization: bool,
     pub preserve_host: bool,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub http2: bool,
+    pub max_concurrency: Option<u32>,
     /// The session layer, when the upstream authenticates with session cookies.
     pub session: Option<SessionConfig>,
 }

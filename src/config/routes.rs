@@ -55,13 +55,16 @@ pub(crate) fn compile(
     upstreams: &[Arc<str>],
     issuers: &[Arc<str>],
     realm: &str,
+    default_max_body: u64,
 ) -> RouteTable {
     let mut seen = HashSet::new();
     let mut routes: Vec<Route> = Vec::with_capacity(sections.len());
     let mut keys: Vec<(String, Option<String>)> = Vec::with_capacity(sections.len());
     for s in sections {
         c.file_override = s.file.clone();
-        if let Some(route) = compile_one(c, s, &mut seen, upstreams, issuers, realm) {
+        if let Some(route) =
+            compile_one(c, s, &mut seen, upstreams, issuers, realm, default_max_body)
+        {
             let key = &s.key;
             if let Some((j, _)) = routes
                 .iter()
@@ -96,6 +99,7 @@ fn compile_one(
     upstreams: &[Arc<str>],
     issuers: &[Arc<str>],
     realm: &str,
+    default_max_body: u64,
 ) -> Option<Route> {
     let r = s.raw;
     let k = |field: &str| format!("{}.{field}", s.key);
@@ -218,6 +222,17 @@ fn compile_one(
         upstream: upstream?,
         auth,
         identity_headers,
+        max_body: match r.max_body.as_deref() {
+            None => default_max_body,
+            Some(v) => crate::config::session::parse_bytes(v).unwrap_or_else(|| {
+                c.error(
+                    &k("max_body"),
+                    format!("`{v}` is not a byte size (for example \"10MiB\")"),
+                );
+                default_max_body
+            }),
+        },
+        websocket: r.websocket.unwrap_or(false),
     })
 }
 

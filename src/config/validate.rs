@@ -11,7 +11,7 @@ use url::{Host, Url};
 use super::file::{self, FileConfig};
 use super::{
     routes, Config, ConfigError, ConfigErrors, LogConfig, LogFormat, Origin, RedisConfig,
-    ServerConfig, StoreConfig, UpstreamConfig,
+    ServerConfig, StoreConfig, TlsConfig, UpstreamConfig,
 };
 
 /// Collects errors while typed values are built.
@@ -136,12 +136,12 @@ pub(super) fn build(
         errors: Vec::new(),
     };
 
-    let server = server(&mut c, &raw.server);
-    let log = log(&mut c, &raw.log);
     let base_dir = source
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    let server = server(&mut c, &raw.server, &base_dir);
+    let log = log(&mut c, &raw.log);
     let issuers = super::issuer::issuers(&mut c, &raw.issuer, &base_dir);
     let upstreams = upstreams(&mut c, &raw.upstream, &base_dir);
 
@@ -154,7 +154,14 @@ pub(super) fn build(
             Some(path.display().to_string()),
         ));
     }
-    let table = routes::compile(&mut c, &sections, &upstream_ids, &issuer_ids, &server.realm);
+    let table = routes::compile(
+        &mut c,
+        &sections,
+        &upstream_ids,
+        &issuer_ids,
+        &server.realm,
+        server.max_body,
+    );
 
     let store = store(&mut c, &raw.store, &upstreams);
     if c.errors.is_empty() {
@@ -193,7 +200,14 @@ pub(super) fn build_routes_only(
     let upstreams = named(|r| r.upstream.as_ref());
     let issuers = named(|r| r.issuer.as_ref());
     let sections = routes::Section::all(&parsed.route, None);
-    let table = routes::compile(&mut c, &sections, &upstreams, &issuers, "tollgate");
+    let table = routes::compile(
+        &mut c,
+        &sections,
+        &upstreams,
+        &issuers,
+        "tollgate",
+        10 << 20,
+    );
     if c.errors.is_empty() {
         Ok(table.len())
     } else {
@@ -301,7 +315,7 @@ fn store(
     }
 }
 
-fn server(c: &mut Checker<'_>, raw: &file::ServerSection) -> ServerConfig {
+fn server(c: &mut Checker<'_>, raw: &file::ServerSection, base: &Path) -> ServerConfig {
     let listen = c.socket_addr("server.listen", raw.listen.as_deref(), "127.0.0.1:8080");
     let admin_listen = c.socket_addr(
         "server.admin_listen",
@@ -337,7 +351,96 @@ fn server(c: &mut Checker<'_>, raw: &file::ServerSection) -> ServerConfig {
             raw.shutdown_grace.as_deref(),
             Duration::from_secs(30),
         ),
+        tls: raw.tls.as_ref().and_then(|t| tls(c, t, base)),
+        http2_cleartext: raw.http2_cleartext.unwrap_or(false),
+        max_header_bytes: byte_size(
+            c,
+            "server.max_header_bytes",
+            raw.max_header_bytes.as_deref(),
+            64 << 10,
+        ) as usize,
+        header_read_timeout: positive_duration(
+            c,
+            "server.header_read_timeout",
+            raw.header_read_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
+        idle_timeout: positive_duration(
+            c,
+            "server.idle_timeout",
+            raw.idle_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+        max_connections: match raw.max_connections {
+            Some(0) => {
+                c.error("server.max_connections", "must be at least 1");
+                1
+            }
+            Some(n) => n,
+            None => 10_000,
+        },
+        max_body: byte_size(c, "server.max_body", raw.max_body.as_deref(), 10 << 20),
+        watch_config: raw.watch_config.unwrap_or(true),
     }
+}
+
+/// A byte size (`"10MiB"`, `"64KiB"`, `"4096"`), or `default`.
+pub(crate) fn byte_size(c: &mut Checker<'_>, key: &str, value: Option<&str>, default: u64) -> u64 {
+    match value {
+        None => default,
+        Some(v) => super::session::parse_bytes(v).unwrap_or_else(|| {
+            c.error(
+                key,
+                format!("`{v}` is not a byte size (for example \"10MiB\", \"64KiB\", \"4096\")"),
+            );
+            default
+        }),
+    }
+}
+
+fn positive_duration(
+    c: &mut Checker<'_>,
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Duration {
+    let d = c.duration(key, value, default);
+    if d.is_zero() {
+        c.error(key, "must be greater than zero");
+    }
+    d
+}
+
+/// A file named by the configuration, relative to its folder; it must exist.
+pub(crate) fn existing_file(
+    c: &mut Checker<'_>,
+    key: &str,
+    value: &str,
+    base: &Path,
+) -> Option<PathBuf> {
+    let path = base.join(value);
+    if path.is_file() {
+        Some(path)
+    } else {
+        c.error(key, format!("no such file: {}", path.display()));
+        None
+    }
+}
+
+fn tls(c: &mut Checker<'_>, t: &file::TlsSection, base: &Path) -> Option<TlsConfig> {
+    let cert = c.required("server.tls.cert_file", &t.cert_file).cloned();
+    let key = c.required("server.tls.key_file", &t.key_file).cloned();
+    let cert = cert.and_then(|f| existing_file(c, "server.tls.cert_file", &f, base));
+    let key = key.and_then(|f| existing_file(c, "server.tls.key_file", &f, base));
+    let ca = match &t.client_ca_file {
+        Some(f) => Some(existing_file(c, "server.tls.client_ca_file", f, base)?),
+        None => None,
+    };
+    Some(TlsConfig {
+        cert_file: cert?,
+        key_file: key?,
+        client_ca_file: ca,
+    })
 }
 
 fn log(c: &mut Checker<'_>, raw: &file::LogSection) -> LogConfig {
@@ -450,6 +553,26 @@ fn upstreams(
                 timeout,
                 forward_authorization: r.forward_authorization.unwrap_or(false),
                 preserve_host: r.preserve_host.unwrap_or(false),
+                ca_file: r
+                    .ca_file
+                    .as_deref()
+                    .and_then(|f| existing_file(c, &k("ca_file"), f, base)),
+                client_cert_file: r
+                    .client_cert_file
+                    .as_deref()
+                    .and_then(|f| existing_file(c, &k("client_cert_file"), f, base)),
+                client_key_file: r
+                    .client_key_file
+                    .as_deref()
+                    .and_then(|f| existing_file(c, &k("client_key_file"), f, base)),
+                http2: r.http2.unwrap_or(false),
+                max_concurrency: match r.max_concurrency {
+                    Some(0) => {
+                        c.error(&k("max_concurrency"), "must be at least 1");
+                        None
+                    }
+                    other => other,
+                },
                 session: r
                     .session
                     .as_ref()

@@ -26,6 +26,10 @@ pub struct Route {
     /// Upstream request headers set from claims (header, claim name). Client-sent headers with
     /// these names are always removed first.
     pub identity_headers: Box<[(HeaderName, Box<str>)]>,
+    /// The largest request body accepted (bytes); larger get 413.
+    pub max_body: u64,
+    /// WebSocket (and other `Upgrade`) requests pass through.
+    pub websocket: bool,
 }
 
 /// Whether and how a route is protected. Public routes are a variant, not a flag checked in

@@ -19,6 +19,8 @@ fn route(id: &str, path: PathMatch, methods: Option<&[Method]>, host: Option<&st
         upstream: 0,
         auth: RouteAuth::Public,
         identity_headers: Box::new([]),
+        max_body: 1 << 20,
+        websocket: false,
     }
 }
 

@@ -32,6 +32,8 @@ pub enum ProxyError {
     Timeout { upstream: String, timeout: Duration },
     #[error("could not build the upstream request: {0}")]
     BadRequest(String),
+    #[error("upstream {upstream} has max_concurrency requests in flight")]
+    Overloaded { upstream: String },
 }
 
 /// One configured upstream with its own connection pool.
@@ -47,6 +49,8 @@ pub struct Upstream {
     timeout: Duration,
     forward_authorization: bool,
     preserve_host: bool,
+    /// `max_concurrency`: places for requests in flight; none left means 503 at once.
+    limit: Option<std::sync::Arc<tokio::sync::Semaphore>>,
     client: Client<HttpsConnector<HttpConnector>, Body>,
 }
 
@@ -104,6 +108,9 @@ impl Upstream {
             timeout: cfg.timeout,
             forward_authorization: cfg.forward_authorization,
             preserve_host: cfg.preserve_host,
+            limit: cfg
+                .max_concurrency
+                .map(|n| std::sync::Arc::new(tokio::sync::Semaphore::new(n as usize))),
             client,
         })
     }
@@ -135,6 +142,20 @@ impl Upstream {
         req: Request<Body>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, ProxyError> {
+        // Shed load instead of queueing behind a saturated upstream.
+        let _place = match &self.limit {
+            Some(limit) => {
+                Some(
+                    limit
+                        .clone()
+                        .try_acquire_owned()
+                        .map_err(|_| ProxyError::Overloaded {
+                            upstream: self.id.to_string(),
+                        })?,
+                )
+            }
+            None => None,
+        };
         match tokio::time::timeout(timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(ProxyError::Unreachable {
