@@ -1275,7 +1275,8 @@ fn report(outcomes: &[Outcome], settings: &Settings, workers: usize, wrk_version
             md,
             "- session layer (`{SESSIONS_SCENARIO}` vs `{SESSIONS_BASELINE}`, both at -c{}): \
              {} of the req/s; mean latency {:.0} µs vs {:.0} µs (wrk), {:+.0} µs per request \
-             (connections / req/s: {:.0} µs vs {:.0} µs, {:+.0} µs)",
+             (connections / req/s: {:.0} µs vs {:.0} µs, {:+.0} µs); wall time per request \
+             (1 / req/s, whole machine): {:.1} µs vs {:.1} µs, {:+.1} µs",
             settings.connections,
             ratio(with.rps, base.rps),
             1000.0 * with.mean_ms,
@@ -1284,6 +1285,9 @@ fn report(outcomes: &[Outcome], settings: &Settings, workers: usize, wrk_version
             little_us(with.rps),
             little_us(base.rps),
             little_us(with.rps) - little_us(base.rps),
+            1e6 / with.rps.max(1e-9),
+            1e6 / base.rps.max(1e-9),
+            1e6 / with.rps.max(1e-9) - 1e6 / base.rps.max(1e-9),
         );
     }
     let legacy: Vec<String> = outcomes

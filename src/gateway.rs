@@ -83,6 +83,14 @@ impl Drop for Inner {
     }
 }
 
+/// The client connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub remote: SocketAddr,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+}
+
 /// What the epilogue needs to know about one request.
 #[derive(Debug, Default)]
 struct RequestCtx {
@@ -222,14 +230,14 @@ impl Gateway {
     }
 
     /// Handles one request end to end. Never fails: every error becomes its response here.
-    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let start = Instant::now();
         let method = req.method().clone();
         let request_id = headers::request_id(req.headers());
         let unread_body = req.version() < Version::HTTP_2 && has_body(&req);
         let mut ctx = RequestCtx::default();
 
-        let mut resp = match self.process(req, remote, &request_id, &mut ctx).await {
+        let mut resp = match self.process(req, conn, &request_id, &mut ctx).await {
             Ok(resp) => resp,
             Err(e) => {
                 if ctx.decision.is_none() {
@@ -255,7 +263,7 @@ impl Gateway {
     async fn process(
         &self,
         req: Request<Incoming>,
-        remote: SocketAddr,
+        conn: Conn,
         request_id: &HeaderValue,
         ctx: &mut RequestCtx,
     ) -> Result<Response<Body>, GatewayError> {
@@ -302,8 +310,8 @@ impl Gateway {
 
         let upstream = &snapshot.upstreams[route.upstream];
         let forward_ctx = proxy::Context {
-            remote,
-            proto: "http",
+            remote: conn.remote,
+            proto: if conn.tls { "https" } else { "http" },
             trust_forwarded: self.inner.trust_forwarded,
             request_id,
             claims: permit.as_ref().map(|p| &p.principal.claims),

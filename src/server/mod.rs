@@ -99,7 +99,10 @@ impl App {
             grace,
             move |req, remote| {
                 let gw = gw.clone();
-                async move { gw.handle(req, remote).await }
+                async move {
+                    gw.handle(req, crate::gateway::Conn { remote, tls: false })
+                        .await
+                }
             },
         ));
         let admin_state = admin::Admin::new(gateway.clone(), draining.clone());
