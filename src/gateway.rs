@@ -39,7 +39,7 @@ use sha2::Digest as _;
 
 use crate::auth::fetch::IdpClient;
 use crate::auth::{bearer, AuthError, Verifier};
-use crate::config::Config;
+use crate::config::{Config, RedisConfig, StoreConfig, UpstreamConfig};
 use crate::error::{Fault, GatewayError};
 use crate::metrics::{Decision, Metrics};
 use crate::policy::{self, matcher, RouteAuth, RouteTable};
@@ -47,13 +47,22 @@ use crate::proxy::{self, headers, ProxyError, Upstream};
 use crate::session::{self, store::MemoryStore, Pool};
 use crate::Body;
 
-/// The part of the configuration a reload swaps as one value: routes and the upstreams they
-/// point at.
+/// The part of the configuration a reload swaps as one value: routes, the upstreams they point
+/// at (with their session pools) and the verifier of the issuers. In-flight requests keep the
+/// snapshot they started with.
 pub struct Snapshot {
     pub routes: Arc<RouteTable>,
     pub upstreams: Arc<[Arc<Upstream>]>,
     /// The session pool of each upstream that has `[upstream.session]`, by upstream index.
     pub pools: Arc<[Option<Arc<Pool>>]>,
+    pub verifier: Arc<Verifier>,
+    /// The configuration of each upstream (by index), to keep unchanged upstreams (and their
+    /// live sessions) across a reload.
+    upstream_configs: Arc<[UpstreamConfig]>,
+    realm: Arc<str>,
+    /// The bare challenge of a 401 without a token, built once.
+    missing_challenge: HeaderValue,
+    trust_forwarded: bool,
 }
 
 /// The gateway: cheap to clone, shared by every connection.
@@ -64,23 +73,12 @@ pub struct Gateway {
 
 struct Inner {
     snapshot: ArcSwap<Snapshot>,
-    verifier: Verifier,
     metrics: Metrics,
-    realm: Arc<str>,
-    /// The bare challenge of a 401 without a token, built once.
-    missing_challenge: HeaderValue,
-    trust_forwarded: bool,
-    refreshers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Ok(tasks) = self.refreshers.get_mut() {
-            for t in tasks.drain(..) {
-                t.abort();
-            }
-        }
-    }
+    client: IdpClient,
+    /// The shared store, fixed for the life of the process (changing it needs a restart).
+    redis: Option<(session::redis::RedisHandle, RedisConfig)>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// The client connection a request arrived on.
@@ -99,98 +97,181 @@ struct RequestCtx {
     upstream_status: Option<u16>,
 }
 
+/// True when two upstream configurations are the same, secrets included (their `Debug` hides
+/// them, so they are compared apart).
+fn same_upstream(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
+    let secrets = |u: &UpstreamConfig| {
+        u.session.as_ref().map(|s| {
+            (
+                s.key.clone(),
+                s.credentials.as_ref().map(|c| c.password.clone()),
+            )
+        })
+    };
+    format!("{a:?}") == format!("{b:?}") && secrets(a) == secrets(b)
+}
+
 impl Gateway {
     /// Builds the gateway from a frozen configuration. Does not fetch anything yet; call
     /// [`Gateway::start`] inside a Tokio runtime.
     pub fn new(config: &Config, metrics: Metrics) -> Result<Self, ProxyError> {
-        let client = IdpClient::new();
-
         let redis = match &config.store {
-            crate::config::StoreConfig::Memory => None,
-            crate::config::StoreConfig::Redis(r) => Some((
+            StoreConfig::Memory => None,
+            StoreConfig::Redis(r) => Some((
                 session::redis::RedisHandle::new(&r.url, r.timeout, metrics.clone())
                     .map_err(|e| ProxyError::BadRequest(e.to_string()))?,
                 r.clone(),
             )),
         };
-        let shared: Option<Arc<dyn crate::auth::introspect::SharedAnswers>> = match &redis {
-            Some((handle, r)) if r.share_introspection => Some(Arc::new(
-                session::redis::SharedIntrospection::new(handle.clone(), &r.key_prefix),
-            )),
-            _ => None,
+        let inner = Inner {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                routes: Arc::new(RouteTable::default()),
+                upstreams: Arc::new([]),
+                pools: Arc::new([]),
+                verifier: Arc::new(Verifier::new(&[], 1, &IdpClient::new(), &metrics, None)),
+                upstream_configs: Arc::new([]),
+                realm: Arc::from("tollgate"),
+                missing_challenge: HeaderValue::from_static("Bearer"),
+                trust_forwarded: false,
+            }),
+            metrics,
+            client: IdpClient::new(),
+            redis,
+            reloading: tokio::sync::Mutex::new(()),
         };
-        let verifier = Verifier::new(
+        let gateway = Gateway {
+            inner: Arc::new(inner),
+        };
+        let snapshot = gateway.build(config, None)?;
+        gateway.inner.snapshot.store(Arc::new(snapshot));
+        Ok(gateway)
+    }
+
+    /// A snapshot of `config`, reusing the upstreams (and session pools) of `previous` whose
+    /// configuration did not change.
+    fn build(&self, config: &Config, previous: Option<&Snapshot>) -> Result<Snapshot, ProxyError> {
+        let metrics = &self.inner.metrics;
+        let shared: Option<Arc<dyn crate::auth::introspect::SharedAnswers>> =
+            match &self.inner.redis {
+                Some((handle, r)) if r.share_introspection => Some(Arc::new(
+                    session::redis::SharedIntrospection::new(handle.clone(), &r.key_prefix),
+                )),
+                _ => None,
+            };
+        let verifier = Arc::new(Verifier::new(
             &config.issuers,
             config.server.token_cache_capacity,
-            &client,
-            &metrics,
+            &self.inner.client,
+            metrics,
             shared,
-        );
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| Upstream::new(u).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let pools: Vec<Option<Arc<Pool>>> = config
-            .upstreams
-            .iter()
-            .zip(&upstreams)
-            .map(|(cfg, upstream)| {
-                cfg.session.as_ref().map(|s| {
-                    let key: [u8; 32] = match &s.key {
-                        Some(k) => **k,
-                        None => {
-                            tracing::warn!(upstream = %cfg.id, "no handle_key_file: using a random key for this process; handles and grant keys change at every restart");
-                            rand::random()
-                        }
-                    };
-                    let store: Arc<dyn session::store::SessionStore> = match &redis {
-                        None => Arc::new(MemoryStore::new()),
-                        Some((handle, r)) => Arc::new(session::redis::RedisStore::new(handle.clone(), &r.key_prefix, &cfg.id, r.lease_ttl)),
-                    };
-                    Arc::new(Pool::new(upstream.clone(), s.clone(), &key, store, metrics.clone()))
-                })
-            })
-            .collect();
+        ));
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        let mut pools = Vec::with_capacity(config.upstreams.len());
+        for cfg in &config.upstreams {
+            let kept = previous.and_then(|p| {
+                p.upstream_configs
+                    .iter()
+                    .position(|old| old.id == cfg.id && same_upstream(old, cfg))
+                    .map(|i| (p.upstreams[i].clone(), p.pools[i].clone()))
+            });
+            let (upstream, pool) = match kept {
+                Some(k) => k,
+                None => {
+                    let upstream = Arc::new(Upstream::new(cfg)?);
+                    let pool = cfg.session.as_ref().map(|s| self.pool(cfg, s, &upstream));
+                    (upstream, pool)
+                }
+            };
+            upstreams.push(upstream);
+            pools.push(pool);
+        }
         let realm = config.server.realm.clone();
         let missing_challenge = HeaderValue::from_str(&format!("Bearer realm=\"{realm}\""))
             .unwrap_or_else(|_| HeaderValue::from_static("Bearer"));
-        Ok(Gateway {
-            inner: Arc::new(Inner {
-                snapshot: ArcSwap::from_pointee(Snapshot {
-                    routes: config.routes.clone(),
-                    upstreams: upstreams.into(),
-                    pools: pools.into(),
-                }),
-                verifier,
-                metrics,
-                realm,
-                missing_challenge,
-                trust_forwarded: config.server.trust_forwarded_headers,
-                refreshers: std::sync::Mutex::new(Vec::new()),
-            }),
+        Ok(Snapshot {
+            routes: config.routes.clone(),
+            upstreams: upstreams.into(),
+            pools: pools.into(),
+            verifier,
+            upstream_configs: config.upstreams.clone().into(),
+            realm,
+            missing_challenge,
+            trust_forwarded: config.server.trust_forwarded_headers,
         })
+    }
+
+    fn pool(
+        &self,
+        cfg: &UpstreamConfig,
+        s: &crate::config::SessionConfig,
+        upstream: &Arc<Upstream>,
+    ) -> Arc<Pool> {
+        let key: [u8; 32] = match &s.key {
+            Some(k) => *k.0,
+            None => {
+                tracing::warn!(upstream = %cfg.id, "no handle_key_file: using a random key for this process; handles and grant keys change at every restart");
+                rand::random()
+            }
+        };
+        let store: Arc<dyn session::store::SessionStore> = match &self.inner.redis {
+            None => Arc::new(MemoryStore::new()),
+            Some((handle, r)) => Arc::new(session::redis::RedisStore::new(
+                handle.clone(),
+                &r.key_prefix,
+                &cfg.id,
+                r.lease_ttl,
+            )),
+        };
+        Arc::new(Pool::new(
+            upstream.clone(),
+            s.clone(),
+            &key,
+            store,
+            self.inner.metrics.clone(),
+        ))
     }
 
     /// Starts the background work: every issuer's JWKS refresh and introspection discovery,
     /// and every session pool's sweeper (idle and over-age sessions are logged out).
     pub fn start(&self) {
-        let mut tasks = self.inner.verifier.spawn_background();
-        for pool in self.pools() {
-            let every = (pool.cfg.idle_ttl / 4).clamp(
-                std::time::Duration::from_millis(100),
-                std::time::Duration::from_secs(1),
-            );
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    pool.sweep().await;
-                }
-            }));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.inner.metrics.config_loaded("startup", now);
+        let snapshot = self.inner.snapshot.load_full();
+        snapshot.verifier.spawn_background();
+        for pool in snapshot.pools.iter().flatten() {
+            pool.start();
         }
-        if let Ok(mut r) = self.inner.refreshers.lock() {
-            r.extend(tasks);
+    }
+
+    /// Applies a new configuration (a reload): new issuers' keys are fetched before the new
+    /// routes go live (bounded by their fetch timeouts); unchanged upstreams keep their
+    /// connections and sessions; sessions of removed or changed upstreams are logged out. Then
+    /// the whole snapshot is swapped at once; in-flight requests finish on the old one.
+    pub async fn apply(&self, config: &Config) -> Result<(), ProxyError> {
+        let _one_at_a_time = self.inner.reloading.lock().await;
+        let old = self.inner.snapshot.load_full();
+        let new = self.build(config, Some(&old))?;
+        new.verifier.prefetch().await;
+        new.verifier.spawn_background();
+        for pool in new.pools.iter().flatten() {
+            pool.start();
         }
+        let kept: Vec<&Arc<Pool>> = new.pools.iter().flatten().collect();
+        let retired: Vec<Arc<Pool>> = old
+            .pools
+            .iter()
+            .flatten()
+            .filter(|p| !kept.iter().any(|k| Arc::ptr_eq(k, p)))
+            .cloned()
+            .collect();
+        self.inner.snapshot.store(Arc::new(new));
+        for pool in retired {
+            tracing::info!(upstream = %pool.upstream_id, "upstream removed or changed by the reload: logging its sessions out");
+            tokio::spawn(async move { pool.shutdown(std::time::Duration::from_secs(30)).await });
+        }
+        Ok(())
     }
 
     /// The session pools of the current configuration.
@@ -214,7 +295,7 @@ impl Gateway {
 
     /// Ready when every issuer can validate tokens (key set loaded, introspection endpoint known).
     pub fn is_ready(&self) -> bool {
-        self.inner.verifier.is_ready()
+        self.inner.snapshot.load().verifier.is_ready()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -223,7 +304,7 @@ impl Gateway {
 
     /// Publishes gauges that are sampled rather than counted (called at each scrape).
     pub async fn sample_gauges(&self) {
-        self.inner.verifier.sample_gauges();
+        self.inner.snapshot.load().verifier.sample_gauges();
         for pool in self.pools() {
             pool.sample_sessions().await;
         }
@@ -244,7 +325,8 @@ impl Gateway {
                     ctx.decision = e.decision();
                 }
                 log_error(&e, &request_id);
-                let mut resp = e.into_response(&self.inner.realm, &self.inner.missing_challenge);
+                let snapshot = self.inner.snapshot.load();
+                let mut resp = e.into_response(&snapshot.realm, &snapshot.missing_challenge);
                 if unread_body {
                     // The request body was never read: the connection cannot be reused safely.
                     resp.headers_mut()
@@ -290,8 +372,7 @@ impl Gateway {
                     // The `token` grant-key source names a session after the token itself.
                     token_digest = sha2::Sha256::digest(token.as_str().as_bytes()).into();
                 }
-                let principal = self
-                    .inner
+                let principal = snapshot
                     .verifier
                     .verify(token, requirement.issuer.as_ref())
                     .await?;
@@ -312,7 +393,7 @@ impl Gateway {
         let forward_ctx = proxy::Context {
             remote: conn.remote,
             proto: if conn.tls { "https" } else { "http" },
-            trust_forwarded: self.inner.trust_forwarded,
+            trust_forwarded: snapshot.trust_forwarded,
             request_id,
             claims: permit.as_ref().map(|p| &p.principal.claims),
         };

@@ -109,7 +109,16 @@ fn main() -> ExitCode {
                 let listeners = Listeners::bind(&cfg).await?;
                 let app = App::start(&cfg, listeners)?;
                 tracing::info!(config = %config.display(), summary = %cfg.summary(), version = tollgate::VERSION, "started");
+                // SIGHUP and file changes reload the configuration.
+                let reloader = tollgate::reload::spawn(
+                    config.clone(),
+                    app.gateway.clone(),
+                    cfg.clone(),
+                    None,
+                    std::time::Duration::from_secs(1),
+                );
                 wait_for_signal().await;
+                reloader.abort();
                 tracing::info!("shutting down");
                 app.shutdown().await;
                 Ok(())

@@ -34,6 +34,9 @@ pub const UPSTREAM_SESSION_QUEUE_DEPTH: &str = "tollgate_upstream_session_queue_
 pub const UPSTREAM_ADMISSION_WAIT_SECONDS: &str = "tollgate_upstream_admission_wait_seconds";
 pub const UPSTREAM_LOGIN_CIRCUIT_OPEN: &str = "tollgate_upstream_login_circuit_open";
 pub const STORE_ERRORS_TOTAL: &str = "tollgate_store_errors_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "tollgate_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
+    "tollgate_config_last_reload_success_timestamp_seconds";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 
 /// Latency buckets in seconds: fine below 10 ms where the gateway's own cost lives, coarse above.
@@ -134,6 +137,8 @@ pub struct Metrics {
     upstream_admission: HistogramVec,
     upstream_circuit: IntGaugeVec,
     store_errors: IntCounterVec,
+    config_reloads: IntCounterVec,
+    config_last_success: prometheus::Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -286,6 +291,19 @@ impl Metrics {
                 "Failed operations of the shared session store (Redis), by operation.",
                 &["op"],
             )?,
+            config_reloads: counter(
+                CONFIG_RELOADS_TOTAL,
+                "Configuration reloads (SIGHUP or file change), by result (success, failure).",
+                &["result"],
+            )?,
+            config_last_success: {
+                let g = prometheus::Gauge::with_opts(Opts::new(
+                    CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
+                    "Unix time the running configuration was loaded (at start or by the last good reload).",
+                ))?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             registry,
         };
 
@@ -470,6 +488,20 @@ impl Metrics {
         self.upstream_circuit
             .with_label_values(&[upstream])
             .set(i64::from(open));
+    }
+
+    /// A reload attempt; a success also sets the last-success time (start-up counts as one).
+    pub fn config_loaded(&self, result: &str, unix_time: f64) {
+        if result != "startup" {
+            self.config_reloads.with_label_values(&[result]).inc();
+        } else {
+            for r in ["success", "failure"] {
+                self.config_reloads.with_label_values(&[r]);
+            }
+        }
+        if result != "failure" {
+            self.config_last_success.set(unix_time);
+        }
     }
 
     pub fn store_error(&self, op: &str) {

@@ -318,6 +318,10 @@ impl Jwks {
     pub fn spawn_refresh(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut backoff = Duration::from_secs(1);
+            if self.is_ready() {
+                // Fetched already (a reload's prefetch): the next refresh is due later.
+                tokio::time::sleep(self.refresh_every.max(self.min_refresh)).await;
+            }
             loop {
                 let wait = match self.refresh().await {
                     Ok(max_age) => {

@@ -136,6 +136,18 @@ pub struct Verifier {
     sole_introspector: Option<Arc<Introspector>>,
     cache: Cache<[u8; 32], Arc<Principal>>,
     metrics: Metrics,
+    /// The background tasks of this verifier's issuers; they end with it (a reload replaces it).
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Verifier {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.get_mut() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Verifier {
@@ -218,7 +230,28 @@ impl Verifier {
                 .expire_after(UntilExp)
                 .build(),
             metrics: metrics.clone(),
+            tasks: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Fetches every JWT issuer's key set once, concurrently, before the verifier goes live
+    /// (a reload's new issuers); each fetch is bounded by its issuer's fetch timeout.
+    pub async fn prefetch(&self) {
+        let mut set = tokio::task::JoinSet::new();
+        for i in &self.issuers {
+            if let Some(j) = &i.jwt {
+                let jwks = j.jwks.clone();
+                set.spawn(async move {
+                    let _ = jwks.refresh().await;
+                });
+            }
+            if let Some(x) = &i.introspector {
+                if let Some(t) = x.clone().spawn_resolve() {
+                    let _ = t.await;
+                }
+            }
+        }
+        while set.join_next().await.is_some() {}
     }
 
     /// True when every issuer can validate: JWT issuers have a key set, introspection-only
@@ -233,8 +266,9 @@ impl Verifier {
             })
     }
 
-    /// Starts every issuer's background work: JWKS refresh, introspection endpoint discovery.
-    pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+    /// Starts every issuer's background work (JWKS refresh, introspection endpoint discovery);
+    /// the tasks end when the verifier is dropped.
+    pub fn spawn_background(&self) {
         let mut tasks = Vec::new();
         for i in &self.issuers {
             if let Some(j) = &i.jwt {
@@ -244,7 +278,9 @@ impl Verifier {
                 tasks.extend(x.clone().spawn_resolve());
             }
         }
-        tasks
+        if let Ok(mut t) = self.tasks.lock() {
+            t.extend(tasks);
+        }
     }
 
     /// Validates a bearer token. `route_issuer` is the issuer id the route names, if any: it

@@ -53,6 +53,16 @@ pub enum WithoutHandle {
     Reject,
 }
 
+/// The HMAC key of handles and grant keys. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HandleKey(pub Arc<[u8; 32]>);
+
+impl std::fmt::Debug for HandleKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandleKey(<redacted>)")
+    }
+}
+
 /// The active-login body.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -92,7 +102,7 @@ pub struct SessionConfig {
     pub max_jar_bytes: usize,
     pub handle_cookie: String,
     /// 32 bytes of HMAC key material; `None`: random per process.
-    pub key: Option<Arc<[u8; 32]>>,
+    pub key: Option<HandleKey>,
     pub without_handle: WithoutHandle,
     pub passive_login_name_claim: Option<String>,
     pub grant_key: Vec<GrantSource>,
@@ -405,7 +415,7 @@ fn grant_source(c: &mut Checker<'_>, key: &str, s: &str) -> Option<GrantSource> 
 }
 
 /// `handle_key_file`: at least 32 bytes of key as hex (64 hex characters), newline trimmed.
-fn handle_key(c: &mut Checker<'_>, key: &str, path: &Path) -> Option<Arc<[u8; 32]>> {
+fn handle_key(c: &mut Checker<'_>, key: &str, path: &Path) -> Option<HandleKey> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => trim_newline(t),
         Err(e) => {
@@ -431,7 +441,7 @@ fn handle_key(c: &mut Checker<'_>, key: &str, path: &Path) -> Option<Arc<[u8; 32
                 use sha2::Digest as _;
                 sha2::Sha256::digest(&b).into()
             };
-            Some(Arc::new(k))
+            Some(HandleKey(Arc::new(k)))
         }
         _ => {
             c.error(

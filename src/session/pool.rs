@@ -118,6 +118,15 @@ pub struct Pool {
     relogin_blocked: Mutex<HashMap<GrantKey, Instant>>,
     seat_freed: Notify,
     warned_subject: Mutex<HashSet<String>>,
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Some(t) = lock(&self.sweeper).take() {
+            t.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -162,7 +171,29 @@ impl Pool {
             relogin_blocked: Mutex::new(HashMap::new()),
             seat_freed: Notify::new(),
             warned_subject: Mutex::new(HashSet::new()),
+            sweeper: Mutex::new(None),
         }
+    }
+
+    /// Starts the sweeper (idle, over-age and token-expired sessions are logged out; a shared
+    /// store's upkeep runs). It holds only a weak reference, so it ends with the pool. Idempotent.
+    pub fn start(self: &Arc<Self>) {
+        let mut slot = lock(&self.sweeper);
+        if slot.is_some() {
+            return;
+        }
+        let every =
+            (self.cfg.idle_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let weak = Arc::downgrade(self);
+        *slot = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match weak.upgrade() {
+                    Some(pool) => pool.sweep().await,
+                    None => break,
+                }
+            }
+        }));
     }
 
     // === identity ===
