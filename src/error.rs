@@ -51,12 +51,16 @@ pub enum GatewayError {
     Proxy(#[from] ProxyError),
     #[error(transparent)]
     Session(#[from] SessionError),
+    #[error(transparent)]
+    TooLarge(#[from] crate::limits::TooLarge),
 }
 
 impl GatewayError {
     pub fn fault(&self) -> Fault {
         match self {
-            GatewayError::Path(_) | GatewayError::NoRoute => Fault::Client,
+            GatewayError::Path(_) | GatewayError::NoRoute | GatewayError::TooLarge(_) => {
+                Fault::Client
+            }
             GatewayError::Auth(AuthError::IdpUnavailable { .. }) => Fault::Idp,
             GatewayError::Auth(AuthError::Bearer(_) | AuthError::InvalidToken(_)) => Fault::Auth,
             GatewayError::Denied { .. } => Fault::Auth,
@@ -88,7 +92,10 @@ impl GatewayError {
     /// The auth decision this error records, if it is an authentication or policy outcome.
     pub fn decision(&self) -> Option<Decision> {
         match self {
-            GatewayError::Path(_) | GatewayError::NoRoute | GatewayError::Proxy(_) => None,
+            GatewayError::Path(_)
+            | GatewayError::NoRoute
+            | GatewayError::Proxy(_)
+            | GatewayError::TooLarge(_) => None,
             GatewayError::Session(SessionError::NoGrant) => Some(Decision::InvalidToken),
             GatewayError::Session(_) => None,
             GatewayError::Auth(AuthError::Bearer(BearerError::Missing)) => {
@@ -215,6 +222,13 @@ impl GatewayError {
                 None,
             ),
             GatewayError::Session(e) => session_reply(e, &bearer),
+            GatewayError::TooLarge(e) => reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &e.to_string(),
+                None,
+                None,
+            ),
             GatewayError::Proxy(ProxyError::Overloaded { .. }) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_overloaded",

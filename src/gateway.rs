@@ -34,6 +34,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Version};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use sha2::Digest as _;
 
@@ -158,12 +159,13 @@ impl Gateway {
                 )),
                 _ => None,
             };
-        let verifier = Arc::new(Verifier::new(
+        let verifier = Arc::new(Verifier::with_previous(
             &config.issuers,
             config.server.token_cache_capacity,
             &self.inner.client,
             metrics,
             shared,
+            previous.map(|p| &*p.verifier),
         ));
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         let mut pools = Vec::with_capacity(config.upstreams.len());
@@ -389,6 +391,12 @@ impl Gateway {
             }
         };
 
+        // Body limit: a declared length over it is refused before anything is forwarded; a
+        // body of unknown length is cut off at the limit while it streams.
+        crate::limits::check_declared(&parts.headers, route.max_body)?;
+        let (body, exceeded) = crate::limits::Capped::new(body, route.max_body);
+        let body: Body = body.boxed();
+
         let upstream = &snapshot.upstreams[route.upstream];
         let forward_ctx = proxy::Context {
             remote: conn.remote,
@@ -418,17 +426,19 @@ impl Gateway {
                 parts,
                 body,
             )
-            .await?;
+            .await
+            .map_err(|e| too_large_or(e, &exceeded))?;
             ctx.upstream_status = Some(resp.status().as_u16());
             return Ok(resp);
         }
-        let upstream_req = proxy::prepare(parts, body, &path, route, upstream, &forward_ctx)?;
+        let head = proxy::prepare_parts(parts, &path, route, upstream, &forward_ctx)?;
+        let upstream_req = Request::from_parts(head, body);
         let sent = Instant::now();
         let resp = upstream.send(upstream_req).await;
         self.inner
             .metrics
             .observe_upstream(&upstream.id, sent.elapsed().as_secs_f64());
-        let resp = resp?;
+        let resp = resp.map_err(|e| too_large_or(GatewayError::from(e), &exceeded))?;
         ctx.upstream_status = Some(resp.status().as_u16());
         Ok(proxy::finish(resp))
     }
@@ -465,6 +475,16 @@ impl Gateway {
                 "request"
             );
         }
+    }
+}
+
+/// A request whose streamed body went over its limit ends in 413, whatever the upstream call
+/// made of the cut-off body.
+fn too_large_or(e: GatewayError, exceeded: &std::sync::atomic::AtomicBool) -> GatewayError {
+    if exceeded.load(std::sync::atomic::Ordering::SeqCst) {
+        GatewayError::TooLarge(crate::limits::TooLarge)
+    } else {
+        e
     }
 }
 

@@ -20,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod gateway;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod policy;

@@ -110,11 +110,13 @@ pub fn spawn(
     hook: Option<Hook>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    // The files' versions are taken now, not when the task first runs: a change made right
+    // after start must count as a change.
+    let mut files = watched(&path, &initial);
+    let mut seen = fingerprint(&files);
     tokio::spawn(async move {
         let mut running = initial;
         let watch = running.server.watch_config;
-        let mut files = watched(&path, &running);
-        let mut seen = fingerprint(&files);
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {

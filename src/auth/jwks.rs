@@ -209,6 +209,17 @@ impl Jwks {
         }
     }
 
+    /// True when this key set serves `cfg` unchanged (a reload keeps it, keys and all).
+    pub fn serves(&self, cfg: &IssuerConfig) -> bool {
+        cfg.keys.as_ref() == Some(&self.source)
+            && *cfg.id == *self.issuer_id
+            && cfg.issuer == self.issuer
+            && cfg.allow_http == self.allow_http
+            && cfg.jwks_refresh == self.refresh_every
+            && cfg.jwks_min_refresh == self.min_refresh
+            && cfg.fetch_timeout == self.fetch_timeout
+    }
+
     /// The current key set; `None` until the first successful fetch.
     pub fn snapshot(&self) -> Option<Arc<KeySet>> {
         self.current.load_full()

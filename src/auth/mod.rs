@@ -182,11 +182,34 @@ impl Verifier {
         metrics: &Metrics,
         shared: Option<Arc<dyn introspect::SharedAnswers>>,
     ) -> Self {
+        Self::with_previous(issuers, cache_capacity, client, metrics, shared, None)
+    }
+
+    /// A verifier for `issuers` that keeps the key sets of `previous` whose issuer did not
+    /// change (a reload): they stay loaded, so their tokens never wait for a fetch.
+    pub fn with_previous(
+        issuers: &[IssuerConfig],
+        cache_capacity: u64,
+        client: &IdpClient,
+        metrics: &Metrics,
+        shared: Option<Arc<dyn introspect::SharedAnswers>>,
+        previous: Option<&Verifier>,
+    ) -> Self {
+        let kept = |cfg: &IssuerConfig| -> Option<Arc<Jwks>> {
+            previous?
+                .issuers
+                .iter()
+                .filter_map(|i| i.jwt.as_ref())
+                .find(|v| v.jwks.serves(cfg))
+                .map(|v| v.jwks.clone())
+        };
         let issuers: Vec<(Arc<str>, String, Arc<Issuer>)> = issuers
             .iter()
             .map(|cfg| {
                 let jwt = cfg.keys.clone().map(|source| {
-                    let jwks = Arc::new(Jwks::new(cfg, source, client.clone(), metrics.clone()));
+                    let jwks = kept(cfg).unwrap_or_else(|| {
+                        Arc::new(Jwks::new(cfg, source, client.clone(), metrics.clone()))
+                    });
                     Arc::new(IssuerVerifier::new(cfg, jwks))
                 });
                 let introspector = cfg.introspection.clone().map(|i| {
@@ -239,7 +262,7 @@ impl Verifier {
     pub async fn prefetch(&self) {
         let mut set = tokio::task::JoinSet::new();
         for i in &self.issuers {
-            if let Some(j) = &i.jwt {
+            if let Some(j) = i.jwt.as_ref().filter(|j| !j.jwks.is_ready()) {
                 let jwks = j.jwks.clone();
                 set.spawn(async move {
                     let _ = jwks.refresh().await;

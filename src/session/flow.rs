@@ -24,7 +24,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::pool::{Identity, Lease, Pool};
@@ -55,7 +55,7 @@ pub struct Step<'a> {
 pub async fn forward(
     step: Step<'_>,
     parts: Parts,
-    body: Incoming,
+    body: Body,
 ) -> Result<Response<Body>, GatewayError> {
     let pool = step.pool;
     let cfg = &pool.cfg;
@@ -107,18 +107,16 @@ pub async fn forward(
     let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
     let (buffered, mut streamed) = match (declared, chunked) {
         (Some(n), false) if n <= cfg.max_replay_body => {
-            let bytes = Limited::new(
+            let bytes = collect_bounded(
                 body,
                 usize::try_from(cfg.max_replay_body).unwrap_or(usize::MAX),
             )
-            .collect()
             .await
-            .map_err(|_| {
+            .ok_or_else(|| {
                 GatewayError::Proxy(proxy::ProxyError::BadRequest(
                     "the request body could not be read".to_owned(),
                 ))
-            })?
-            .to_bytes();
+            })?;
             (Some(bytes), None)
         }
         (None, false) => (Some(Bytes::new()), None),
@@ -131,7 +129,7 @@ pub async fn forward(
     loop {
         let req_body: Body = match (&buffered, streamed.take()) {
             (Some(b), _) => proxy::full(b.clone()),
-            (None, Some(s)) => s.map_err(BoxError::from).boxed(),
+            (None, Some(s)) => s,
             (None, None) => proxy::full(Bytes::new()),
         };
         let mut req = Request::from_parts(clone_head(&head), req_body);
@@ -218,11 +216,11 @@ async fn respond(
 async fn forward_without_session(
     step: &Step<'_>,
     parts: Parts,
-    body: Incoming,
+    body: Body,
 ) -> Result<Response<Body>, GatewayError> {
     let mut head = proxy::prepare_parts(parts, step.path, step.route, step.upstream, step.ctx)?;
     head.headers.remove(header::COOKIE);
-    let req = Request::from_parts(head, body.map_err(BoxError::from).boxed());
+    let req = Request::from_parts(head, body);
     let resp = step.upstream.send(req).await?;
     let mut resp = proxy::finish(resp);
     strip_set_cookies(resp.headers_mut());
@@ -236,18 +234,14 @@ async fn passive_login(
     who: &Identity,
     principal: &Principal,
     parts: Parts,
-    body: Incoming,
+    body: Body,
 ) -> Result<Response<Body>, GatewayError> {
     let pool = step.pool;
-    let body = Limited::new(body, 64 * 1024)
-        .collect()
-        .await
-        .map_err(|_| {
-            GatewayError::Proxy(proxy::ProxyError::BadRequest(
-                "the login body could not be read".to_owned(),
-            ))
-        })?
-        .to_bytes();
+    let body = collect_bounded(body, 64 * 1024).await.ok_or_else(|| {
+        GatewayError::Proxy(proxy::ProxyError::BadRequest(
+            "the login body could not be read".to_owned(),
+        ))
+    })?;
     if let Some(claim) = &pool.cfg.passive_login_name_claim {
         let name = login_name(&parts.headers, &body);
         let expected = principal.claims.get(claim).and_then(|v| v.as_str());
@@ -270,6 +264,20 @@ async fn passive_login(
         set_cookie(resp.headers_mut(), &pool.handle_cookie(h));
     }
     Ok(resp)
+}
+
+/// Reads a whole body of at most `max` bytes; `None` when it is larger or fails.
+async fn collect_bounded(mut body: Body, max: usize) -> Option<Bytes> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            if buf.len() + data.len() > max {
+                return None;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Some(buf.freeze())
 }
 
 /// The `name` field of a JSON or form login body.

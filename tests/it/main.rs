@@ -14,5 +14,6 @@ mod introspection;
 mod jwt;
 mod logs;
 mod metrics;
+mod reload;
 mod replicas;
 mod sessions;
