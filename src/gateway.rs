@@ -431,15 +431,44 @@ impl Gateway {
             ctx.upstream_status = Some(resp.status().as_u16());
             return Ok(resp);
         }
-        let head = proxy::prepare_parts(parts, &path, route, upstream, &forward_ctx)?;
+        // WebSocket routes: the upgrade survives the hop-by-hop clean-up, and a 101 joins the
+        // two connections.
+        let mut parts = parts;
+        let upgrade = (route.websocket && crate::upgrade::is_upgrade(&parts.headers))
+            .then(|| parts.headers.get(http::header::UPGRADE).cloned())
+            .flatten()
+            .map(|u| (u, parts.extensions.remove::<hyper::upgrade::OnUpgrade>()));
+        let mut head = proxy::prepare_parts(parts, &path, route, upstream, &forward_ctx)?;
+        if let Some((u, _)) = &upgrade {
+            crate::upgrade::restore(&mut head.headers, u);
+        }
         let upstream_req = Request::from_parts(head, body);
         let sent = Instant::now();
         let resp = upstream.send(upstream_req).await;
         self.inner
             .metrics
             .observe_upstream(&upstream.id, sent.elapsed().as_secs_f64());
-        let resp = resp.map_err(|e| too_large_or(GatewayError::from(e), &exceeded))?;
+        let mut resp = resp.map_err(|e| too_large_or(GatewayError::from(e), &exceeded))?;
         ctx.upstream_status = Some(resp.status().as_u16());
+        if let (Some((_, Some(client))), http::StatusCode::SWITCHING_PROTOCOLS) =
+            (upgrade, resp.status())
+        {
+            let upgrade_header = resp.headers().get(http::header::UPGRADE).cloned();
+            crate::upgrade::join(client, hyper::upgrade::on(&mut resp));
+            let mut resp = proxy::finish(resp);
+            if let Some(u) = upgrade_header {
+                crate::upgrade::restore(resp.headers_mut(), &u);
+            }
+            return Ok(resp);
+        }
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // A protocol switch the gateway did not ask for cannot be relayed.
+            return Err(ProxyError::Unreachable {
+                upstream: upstream.id.to_string(),
+                reason: "answered 101 to a request that was not an upgrade".to_owned(),
+            }
+            .into());
+        }
         Ok(proxy::finish(resp))
     }
 

@@ -28,6 +28,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod session;
+pub mod upgrade;
 
 pub use config::Config;
 pub use gateway::Gateway;

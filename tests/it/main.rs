@@ -17,3 +17,4 @@ mod metrics;
 mod reload;
 mod replicas;
 mod sessions;
+mod websocket;
