@@ -22,7 +22,8 @@ fn metric(m: &str, line: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-const EXTRA_ROUTE: &str = "\n[[route]]\nid = \"added\"\nprefix = \"/added/\"\nupstream = \"erp\"\nauth = \"none\"\n";
+const EXTRA_ROUTE: &str =
+    "\n[[route]]\nid = \"added\"\nprefix = \"/added/\"\nupstream = \"erp\"\nauth = \"none\"\n";
 
 #[tokio::test]
 async fn reloads_under_load_lose_no_request_and_a_bad_file_changes_nothing() {
@@ -36,7 +37,13 @@ async fn reloads_under_load_lose_no_request_and_a_bad_file_changes_nothing() {
     let app = App::start(&cfg, Listeners::ephemeral().await.unwrap()).unwrap();
     let gw = app.gateway.clone();
     assert!(crate::support::eventually(Duration::from_secs(10), || gw.is_ready()).await);
-    let watcher = tollgate::reload::spawn(path.clone(), app.gateway.clone(), cfg, None, Duration::from_millis(50));
+    let watcher = tollgate::reload::spawn(
+        path.clone(),
+        app.gateway.clone(),
+        cfg,
+        None,
+        Duration::from_millis(50),
+    );
     let base_url = format!("http://{}", app.proxy_addr);
     let admin = format!("http://{}", app.admin_addr);
     let token = idp.token(json!({}));
@@ -45,7 +52,11 @@ async fn reloads_under_load_lose_no_request_and_a_bad_file_changes_nothing() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
     for _ in 0..4 {
-        let (url, auth, stop) = (format!("{base_url}/entity/Default/x"), format!("Bearer {token}"), stop.clone());
+        let (url, auth, stop) = (
+            format!("{base_url}/entity/Default/x"),
+            format!("Bearer {token}"),
+            stop.clone(),
+        );
         load.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0u32, 0u32);
             while !stop.load(std::sync::atomic::Ordering::SeqCst) && ok + failed < 2000 {
@@ -71,7 +82,10 @@ async fn reloads_under_load_lose_no_request_and_a_bad_file_changes_nothing() {
     }
     assert!(live, "the reloaded route never went live");
     let m = get(&format!("{admin}/metrics"), &[]).await.text();
-    assert_eq!(metric(&m, r#"tollgate_config_reloads_total{result="success"}"#), 1);
+    assert_eq!(
+        metric(&m, r#"tollgate_config_reloads_total{result="success"}"#),
+        1
+    );
     assert!(metric(&m, "tollgate_config_last_reload_success_timestamp_seconds") > 1_700_000_000);
 
     // A bad file: the running configuration stays, the failure is counted.
@@ -86,7 +100,11 @@ async fn reloads_under_load_lose_no_request_and_a_bad_file_changes_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(failed, "the bad file was not reported");
-    assert_eq!(get(&format!("{base_url}/added/x"), &[]).await.status, 200, "the bad file changed the running routes");
+    assert_eq!(
+        get(&format!("{base_url}/added/x"), &[]).await.status,
+        200,
+        "the bad file changed the running routes"
+    );
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (mut ok, mut bad) = (0, 0);
@@ -116,7 +134,12 @@ async fn a_reload_adds_an_issuer_whose_keys_load_before_its_routes_go_live() {
     assert!(crate::support::eventually(Duration::from_secs(10), || gw.is_ready()).await);
     let url = format!("http://{}/partner/x", app.proxy_addr);
     let token = second.token(json!({}));
-    assert_eq!(get(&url, &[("authorization", &format!("Bearer {token}"))]).await.status, 404);
+    assert_eq!(
+        get(&url, &[("authorization", &format!("Bearer {token}"))])
+            .await
+            .status,
+        404
+    );
     std::fs::write(
         &path,
         format!(
@@ -125,9 +148,16 @@ async fn a_reload_adds_an_issuer_whose_keys_load_before_its_routes_go_live() {
         ),
     )
     .unwrap();
-    tollgate::reload::reload(&path, &app.gateway, &cfg, None).await.unwrap();
+    tollgate::reload::reload(&path, &app.gateway, &cfg, None)
+        .await
+        .unwrap();
     // The very first request after the swap succeeds: the keys were fetched before it.
-    assert_eq!(get(&url, &[("authorization", &format!("Bearer {token}"))]).await.status, 200);
+    assert_eq!(
+        get(&url, &[("authorization", &format!("Bearer {token}"))])
+            .await
+            .status,
+        200
+    );
     assert_eq!(second.jwks_fetches(), 1);
     app.shutdown().await;
 }
@@ -137,33 +167,57 @@ async fn body_limits_answer_413_before_anything_is_forwarded() {
     let idp = FakeIdp::start().await;
     let upstream = RecordingUpstream::start().await;
     let extra = "\n[[route]]\nid = \"small\"\nprefix = \"/small/\"\nupstream = \"erp\"\nauth = \"none\"\nmax_body = \"1KiB\"\n";
-    let gw = crate::support::TestGateway::start(&config(&idp.issuer, &upstream.url(), extra), true).await;
-    let send = |body: Bytes| Request::post(gw.url("/small/x")).body(Full::new(body)).unwrap();
-    assert_eq!(request(send(Bytes::from(vec![b'a'; 1024]))).await.status, 200);
+    let gw = crate::support::TestGateway::start(&config(&idp.issuer, &upstream.url(), extra), true)
+        .await;
+    let send = |body: Bytes| {
+        Request::post(gw.url("/small/x"))
+            .body(Full::new(body))
+            .unwrap()
+    };
+    assert_eq!(
+        request(send(Bytes::from(vec![b'a'; 1024]))).await.status,
+        200
+    );
     let r = request(send(Bytes::from(vec![b'a'; 1025]))).await;
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"], "payload_too_large");
-    assert_eq!(upstream.count(), 1, "the oversized body reached the upstream");
+    assert_eq!(
+        upstream.count(),
+        1,
+        "the oversized body reached the upstream"
+    );
     // Without a declared length the limit holds while the body streams.
     struct Chunked(Option<Bytes>);
     impl http_body::Body for Chunked {
         type Data = Bytes;
         type Error = std::convert::Infallible;
-        fn poll_frame(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
             std::task::Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
         }
     }
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let req = Request::post(gw.url("/small/x")).body(Chunked(Some(Bytes::from(vec![b'b'; 4096])))).unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = Request::post(gw.url("/small/x"))
+        .body(Chunked(Some(Bytes::from(vec![b'b'; 4096]))))
+        .unwrap();
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.status(), 413);
     // The server-wide default applies to routes without their own limit.
     let gw2 = crate::support::TestGateway::start(
-        &config(&idp.issuer, &upstream.url(), "").replace("[server]\n", "[server]\nmax_body = \"2KiB\"\n"),
+        &config(&idp.issuer, &upstream.url(), "")
+            .replace("[server]\n", "[server]\nmax_body = \"2KiB\"\n"),
         true,
     )
     .await;
-    let r = request(Request::put(gw2.url("/public/x")).body(Full::new(Bytes::from(vec![b'c'; 3000]))).unwrap()).await;
+    let r = request(
+        Request::put(gw2.url("/public/x"))
+            .body(Full::new(Bytes::from(vec![b'c'; 3000])))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.status, 413);
     gw.shutdown().await;
     gw2.shutdown().await;
@@ -192,7 +246,11 @@ fn spawn_binary(path: &std::path::Path) -> (Child, String, String) {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill {sig} failed");
 }
 
@@ -246,9 +304,14 @@ async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() 
     signal(&child, "-TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
     // New connections are refused while the slow request drains.
-    let refused = tokio::net::TcpStream::connect(proxy.trim_start_matches("http://")).await.is_err();
+    let refused = tokio::net::TcpStream::connect(proxy.trim_start_matches("http://"))
+        .await
+        .is_err();
     assert!(refused, "a new connection was accepted after SIGTERM");
     let r = slow.await.unwrap();
     assert_eq!(r.status, 200, "the in-flight request did not complete");
-    assert!(child.wait().unwrap().success(), "tollgate did not exit cleanly");
+    assert!(
+        child.wait().unwrap().success(),
+        "tollgate did not exit cleanly"
+    );
 }
