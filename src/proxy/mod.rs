@@ -2,6 +2,7 @@
 //! client, and clean the response. Bodies are streamed both ways and never buffered.
 
 pub mod headers;
+mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -84,22 +85,25 @@ impl Upstream {
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-            Ok(b) => b.https_or_http().enable_http1().wrap_connector(http),
-            Err(_) => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                )
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http),
+        let tls = tls::client_config(cfg).map_err(ProxyError::BadRequest)?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        // `http2`: over TLS, ALPN offers h2 then http/1.1 and the client speaks what the upstream
+        // picked; over plain http there is no negotiation, so HTTP/2 with prior knowledge.
+        let https = if cfg.http2 {
+            https.enable_all_versions().wrap_connector(http)
+        } else {
+            https.enable_http1().wrap_connector(http)
         };
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(https);
+            .pool_max_idle_per_host(256);
+        if cfg.http2 && scheme == http::uri::Scheme::HTTP {
+            builder.http2_only(true);
+        }
+        let client = builder.build(https);
         Ok(Upstream {
             id: cfg.id.clone(),
             scheme,

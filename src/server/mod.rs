@@ -1,44 +1,165 @@
 //! Listeners and connections: the proxy listener and the separate admin listener, each an accept
-//! loop serving HTTP/1.1 and HTTP/2 (hyper-util's auto builder), with graceful shutdown.
+//! loop serving HTTP/1.1 and HTTP/2 (hyper's connection builders), with graceful shutdown.
 //!
 //! Tests and the demo bind their own listeners (port 0) and pass them in through [`Listeners`], so
 //! no port is ever probed and released.
+//!
+//! One connection's life on the proxy listener (`[server]` keys in brackets):
+//!
+//! ```text
+//! wait for a place [max_connections]    over the limit, clients wait in the listen backlog
+//! accept
+//! TLS handshake [tls]                   bounded by [header_read_timeout]; ALPN h2 or http/1.1
+//! HTTP/1.1 or HTTP/2                    TLS: ALPN decides; cleartext: HTTP/1.1, or also h2 with
+//!                                       prior knowledge when [http2_cleartext]
+//!   request head                        [max_header_bytes] (431), [header_read_timeout] from its
+//!                                       first byte (the connection is closed)
+//!   request .. response body sent       in flight: no timer runs
+//!   nothing in flight [idle_timeout]    graceful close (HTTP/2: GOAWAY)
+//! shutdown                              graceful close; in-flight requests get `shutdown_grace`
+//! ```
+//!
+//! The admin listener (and the demo's servers) use the same loop with fixed limits
+//! (`Limits::ADMIN`).
 
 pub mod admin;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
 
-use crate::config::Config;
-use crate::gateway::Gateway;
+use crate::config::{Config, ServerConfig, TlsConfig};
+use crate::gateway::{Conn, Gateway};
 use crate::metrics::Metrics;
-use crate::Body;
+use crate::{Body, BoxError};
+use tls::{TlsAcceptor, TlsReloader};
 
 /// How long shutdown waits for the upstream logouts of every session.
 const SESSION_LOGOUT_BOUND: Duration = Duration::from_secs(10);
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The HTTP/2 connection preface (RFC 9113 §3.4), to tell h2c from HTTP/1.1 on a cleartext
+/// connection.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The two bound listeners.
 pub struct Listeners {
     pub proxy: TcpListener,
     pub admin: TcpListener,
 }
+
+/// A running gateway.
+pub struct App {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway: Gateway,
+    tls: TlsReloader,
+    shutdown: watch::Sender<bool>,
+    draining: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The connection limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Largest request head: hyper's HTTP/1 `max_header_size` and HTTP/2
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`; over it, 431.
+    pub(crate) max_header_bytes: usize,
+    /// Time from the first byte of an HTTP/1 request head to its end; also bounds the TLS
+    /// handshake.
+    pub(crate) header_read_timeout: Duration,
+    /// A connection with nothing in flight this long is closed gracefully.
+    pub(crate) idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub(crate) max_connections: usize,
+    /// Cleartext connections may speak HTTP/2 with prior knowledge.
+    pub(crate) http2_cleartext: bool,
+}
+
+/// The protocol of a connection, decided before HTTP starts: by ALPN with TLS, by the first
+/// bytes (the h2 preface or not) on cleartext with `http2_cleartext`, else HTTP/1.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    Http2,
+}
+
+/// What every connection task of one listener shares: the HTTP builders, configured once.
+struct Shared<F> {
+    limits: Limits,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    handler: F,
+}
+
+/// Request activity of one connection, shared by its service (which counts requests), its IO
+/// (the head timer) and its task (the idle timer).
+struct Activity {
+    epoch: Instant,
+    /// Requests whose response body has not been sent (or dropped) yet.
+    in_flight: AtomicUsize,
+    /// Requests begun so far: a change tells the head timer that its head was complete.
+    begun: AtomicU64,
+    /// When the last request ended, in milliseconds after `epoch`.
+    last_end_ms: AtomicU64,
+    /// The connection switched protocols (101): its bytes are no longer HTTP heads.
+    upgraded: AtomicBool,
+}
+
+/// One request in flight; it ends when this is dropped (with the response body).
+struct InFlight(Arc<Activity>);
+
+/// A response body that keeps its request in flight until the body has been sent.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+/// The IO of a connection: it holds the connection's place (so an upgraded connection still
+/// counts towards `max_connections` until its tunnel ends), replays the bytes read to choose
+/// the protocol, and times HTTP/1 request heads.
+struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+    head_timeout: Duration,
+    /// HTTP/2 has no head timer (HEADERS frames are bounded by the h2 codec).
+    proto: Proto,
+    /// Bytes already read from `io` (to tell h2c from HTTP/1.1), served first.
+    replay: Bytes,
+    /// The head being read: the `begun` count when its first byte came, and its deadline.
+    head: Option<(u64, Pin<Box<Sleep>>)>,
+    _place: OwnedSemaphorePermit,
+}
+
+/// The first bytes of a cleartext connection and what they show.
+struct Sniffed {
+    proto: Proto,
+    bytes: Bytes,
+    /// When the first byte came: an HTTP/1.1 head's timer started then.
+    first_byte: Instant,
+}
+
+// === impl Listeners ===
 
 impl Listeners {
     /// Binds the addresses of the configuration.
@@ -69,20 +190,17 @@ impl Listeners {
     }
 }
 
-/// A running gateway.
-pub struct App {
-    pub proxy_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    pub gateway: Gateway,
-    shutdown: watch::Sender<bool>,
-    draining: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<()>>,
-}
+// === impl App ===
 
 impl App {
     /// Starts the gateway on the given listeners: JWKS fetches begin at once, `/readyz` turns
-    /// 200 when every issuer has keys.
+    /// 200 when every issuer has keys. With `[server.tls]`, the certificate, key and client CA
+    /// are read first; an unreadable or unusable file is an error naming it.
     pub fn start(config: &Config, listeners: Listeners) -> anyhow::Result<App> {
+        let acceptor = match &config.server.tls {
+            Some(t) => Some(TlsAcceptor::new(t).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
         let metrics = Metrics::new()?;
         let gateway = Gateway::new(config, metrics)?;
         gateway.start();
@@ -91,18 +209,18 @@ impl App {
         let (shutdown, rx) = watch::channel(false);
         let draining = Arc::new(AtomicBool::new(false));
         let grace = config.server.shutdown_grace;
+        let tls = acceptor.is_some();
 
         let gw = gateway.clone();
-        let proxy = tokio::spawn(serve(
+        let proxy = tokio::spawn(serve_listener(
             listeners.proxy,
+            Limits::proxy(&config.server),
+            acceptor.clone(),
             rx.clone(),
             grace,
-            move |req, remote| {
+            move |req, conn| {
                 let gw = gw.clone();
-                async move {
-                    gw.handle(req, crate::gateway::Conn { remote, tls: false })
-                        .await
-                }
+                async move { gw.handle(req, conn).await }
             },
         ));
         let admin_state = admin::Admin::new(gateway.clone(), draining.clone());
@@ -110,15 +228,29 @@ impl App {
             let a = admin_state.clone();
             async move { a.handle(req).await }
         }));
-        tracing::info!(%proxy_addr, %admin_addr, "tollgate listening");
+        tracing::info!(%proxy_addr, %admin_addr, tls, "tollgate listening");
         Ok(App {
             proxy_addr,
             admin_addr,
             gateway,
+            tls: TlsReloader::new(acceptor),
             shutdown,
             draining,
             tasks: vec![proxy, admin],
         })
+    }
+
+    /// Applies the `[server.tls]` of a reloaded configuration to the proxy listener: the
+    /// certificate, key and client CA files are read again and used for new connections
+    /// (established ones keep theirs). On an error the running certificate stays. TLS cannot be
+    /// turned on or off without a restart. See [`TlsReloader::reload_tls`].
+    pub fn reload_tls(&self, cfg: Option<&TlsConfig>) -> Result<(), String> {
+        self.tls.reload_tls(cfg)
+    }
+
+    /// A handle for [`App::reload_tls`] that a reload task can keep.
+    pub fn tls_reloader(&self) -> TlsReloader {
+        self.tls.clone()
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_grace`), then ends.
@@ -133,57 +265,514 @@ impl App {
     }
 }
 
-/// One accept loop. Each connection is served by hyper-util's auto builder (HTTP/1.1 with
-/// upgrades, or HTTP/2 by preface) and watched for graceful shutdown.
+// === impl Limits ===
+
+impl Limits {
+    /// The admin listener's (and the demo servers') fixed limits; h2c is accepted there.
+    pub(crate) const ADMIN: Limits = Limits {
+        max_header_bytes: 64 << 10,
+        header_read_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 1024,
+        http2_cleartext: true,
+    };
+
+    /// The proxy listener's limits, from `[server]`.
+    pub(crate) fn proxy(server: &ServerConfig) -> Limits {
+        Limits {
+            max_header_bytes: server.max_header_bytes,
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            max_connections: usize::try_from(server.max_connections).unwrap_or(usize::MAX),
+            http2_cleartext: server.http2_cleartext,
+        }
+    }
+}
+
+// === impl Shared ===
+
+impl<F> Shared<F> {
+    fn new(limits: Limits, tls: Option<TlsAcceptor>, handler: F) -> Shared<F> {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            // A longer head is answered 431 by hyper.
+            .max_header_size(limits.max_header_bytes)
+            // `Watched` times heads instead: hyper's timer also runs while a keep-alive
+            // connection waits for its next request, which is `idle_timeout`'s business.
+            .header_read_timeout(None);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        Shared {
+            limits,
+            http1,
+            http2,
+            tls,
+            handler,
+        }
+    }
+}
+
+// === impl Activity ===
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            begun: AtomicU64::new(0),
+            last_end_ms: AtomicU64::new(0),
+            upgraded: AtomicBool::new(false),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.begun.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// When the connection becomes idle for `idle`: `None` while a request is in flight.
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_end_ms.load(Ordering::SeqCst));
+        Some(self.epoch + last + idle)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let ms = u64::try_from(a.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // The end time first, so that whoever sees nothing in flight sees when it ended.
+        a.last_end_ms.fetch_max(ms, Ordering::SeqCst);
+        a.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+// === impl Tracked ===
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+// === impl Watched ===
+
+impl<I> Watched<I> {
+    fn new(
+        io: I,
+        activity: Arc<Activity>,
+        proto: Proto,
+        head_timeout: Duration,
+        place: OwnedSemaphorePermit,
+    ) -> Self {
+        Watched {
+            io,
+            activity,
+            head_timeout,
+            proto,
+            replay: Bytes::new(),
+            head: None,
+            _place: place,
+        }
+    }
+
+    /// Serves `sniffed.bytes` before reading on; they began the first HTTP/1.1 head.
+    fn replaying(mut self, sniffed: Sniffed) -> Self {
+        if self.proto == Proto::Http1 && !sniffed.bytes.is_empty() {
+            let deadline = sniffed.first_byte + self.head_timeout;
+            self.head = Some((0, Box::pin(tokio::time::sleep_until(deadline))));
+        }
+        self.replay = sniffed.bytes;
+        self
+    }
+
+    /// True when heads are timed: HTTP/1.1, not upgraded.
+    fn times_heads(&self) -> bool {
+        self.proto == Proto::Http1 && !self.activity.upgraded.load(Ordering::SeqCst)
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
+        if !this.times_heads() {
+            this.head = None;
+            return poll;
+        }
+        let begun = this.activity.begun.load(Ordering::SeqCst);
+        if matches!(&this.head, Some((at, _)) if *at != begun) {
+            // A request began since the head's first byte: that head was complete.
+            this.head = None;
+        }
+        match &poll {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                // The first byte of a head: bytes while nothing is in flight.
+                if this.head.is_none() && this.activity.in_flight.load(Ordering::SeqCst) == 0 {
+                    this.head = Some((begun, Box::pin(tokio::time::sleep(this.head_timeout))));
+                }
+            }
+            Poll::Pending => {
+                if let Some((_, deadline)) = &mut this.head {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the request head did not arrive within server.header_read_timeout",
+                        )));
+                    }
+                }
+            }
+            Poll::Ready(_) => {}
+        }
+        poll
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+// === accept loops ===
+
+/// An accept loop with the admin listener's fixed limits and no TLS (the admin listener and the
+/// demo's servers): HTTP/1.1 with upgrades, or HTTP/2 by preface. Connections are shut down
+/// gracefully when `shutdown` turns true.
 pub(crate) async fn serve<F, Fut>(
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     grace: Duration,
     handler: F,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
+    serve_listener(
+        listener,
+        Limits::ADMIN,
+        None,
+        shutdown,
+        grace,
+        move |req, conn: Conn| handler(req, conn.remote),
+    )
+    .await;
+}
+
+/// An accept loop with `limits`, speaking TLS when `tls` is set. When `shutdown` turns true (or
+/// its sender goes away) it stops accepting, closes every connection gracefully, and returns
+/// once they have ended or `grace` has passed.
+pub(crate) async fn serve_listener<F, Fut>(
+    listener: TcpListener,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>, Conn) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let shared = Arc::new(Shared::new(limits, tls, handler));
+    let places = Arc::new(Semaphore::new(limits.max_connections));
+    // Every connection task holds a receiver: `closed()` means they have all ended.
+    let (live, _) = watch::channel(());
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, remote) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let h = handler.clone();
-                let svc = service_fn(move |req| {
-                    let h = h.clone();
-                    async move { Ok::<_, Infallible>(h(req, remote).await) }
-                });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %remote, "connection ended with an error");
-                    }
-                });
-            }
+        // A place first, then accept: over `max_connections`, clients wait in the listen
+        // backlog instead of being accepted and dropped.
+        let place = tokio::select! {
+            place = places.clone().acquire_owned() => match place {
+                Ok(p) => p,
+                Err(_) => break,
+            },
             _ = shutdown.changed() => break,
-        }
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(
+            shared.clone(),
+            stream,
+            remote,
+            place,
+            shutdown.clone(),
+            live.subscribe(),
+        ));
     }
     drop(listener);
     tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => {
+        () = live.closed() => {}
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(?grace, "shutdown grace elapsed with requests still in flight");
+        }
+    }
+}
+
+/// One accepted connection: the TLS handshake when the listener has TLS (bounded by
+/// `header_read_timeout`; a failure is logged at debug and only ends this connection), then HTTP.
+async fn connection<F, Fut>(
+    shared: Arc<Shared<F>>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    place: OwnedSemaphorePermit,
+    mut shutdown: watch::Receiver<bool>,
+    _live: watch::Receiver<()>,
+) where
+    F: Fn(Request<Incoming>, Conn) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let Some(acceptor) = &shared.tls else {
+        let conn = Conn { remote, tls: false };
+        if !shared.limits.http2_cleartext {
+            let sniffed = Sniffed {
+                proto: Proto::Http1,
+                bytes: Bytes::new(),
+                first_byte: Instant::now(),
+            };
+            return http(shared, stream, sniffed, conn, place, shutdown).await;
+        }
+        let mut stream = stream;
+        let sniffed = tokio::select! {
+            s = sniff(&mut stream, &shared.limits) => match s {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, %remote, "connection closed before its first request");
+                    return;
+                }
+            },
+            _ = shutdown.wait_for(|&v| v) => return,
+        };
+        return http(shared, stream, sniffed, conn, place, shutdown).await;
+    };
+    let handshake =
+        tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = shutdown.wait_for(|&v| v) => return,
+    };
+    let proto = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Proto::Http2,
+        _ => Proto::Http1,
+    };
+    let sniffed = Sniffed {
+        proto,
+        bytes: Bytes::new(),
+        first_byte: Instant::now(),
+    };
+    let conn = Conn { remote, tls: true };
+    http(shared, stream, sniffed, conn, place, shutdown).await;
+}
+
+/// Reads the first bytes of a cleartext connection until they are the HTTP/2 preface or cannot
+/// be: the first byte within `idle_timeout`, the rest within `header_read_timeout`.
+async fn sniff(stream: &mut TcpStream, limits: &Limits) -> io::Result<Sniffed> {
+    let mut bytes = Vec::with_capacity(H2_PREFACE.len());
+    let mut first_byte = None;
+    while bytes.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&bytes) {
+        let deadline = match first_byte {
+            None => Instant::now() + limits.idle_timeout,
+            Some(t) => t + limits.header_read_timeout,
+        };
+        let mut chunk = [0u8; 24];
+        let want = H2_PREFACE.len() - bytes.len();
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk[..want]))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        first_byte.get_or_insert_with(Instant::now);
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Sniffed {
+        proto: if bytes == H2_PREFACE {
+            Proto::Http2
+        } else {
+            Proto::Http1
+        },
+        bytes: Bytes::from(bytes),
+        first_byte: first_byte.unwrap_or_else(Instant::now),
+    })
+}
+
+/// Serves HTTP on one connection until it ends, closing it gracefully when it has been idle
+/// for `idle_timeout` or when shutdown starts.
+async fn http<I, F, Fut>(
+    shared: Arc<Shared<F>>,
+    io: I,
+    sniffed: Sniffed,
+    conn: Conn,
+    place: OwnedSemaphorePermit,
+    shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>, Conn) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let limits = shared.limits;
+    let activity = Arc::new(Activity::new());
+    let proto = sniffed.proto;
+    let io = Watched::new(
+        io,
+        activity.clone(),
+        proto,
+        limits.header_read_timeout,
+        place,
+    )
+    .replaying(sniffed);
+    let io = TokioIo::new(io);
+    let requests = activity.clone();
+    let handler = shared.clone();
+    let svc = service_fn(move |req| {
+        let in_flight = requests.begin();
+        let response = (handler.handler)(req, conn);
+        async move {
+            let response = response.await;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                in_flight.0.upgraded.store(true, Ordering::SeqCst);
+            }
+            Ok::<_, Infallible>(response.map(|body| Tracked {
+                body,
+                _in_flight: in_flight,
+            }))
+        }
+    });
+    let watch = Watch {
+        activity: &activity,
+        idle: limits.idle_timeout,
+        shutdown,
+        remote: conn.remote,
+    };
+    match proto {
+        Proto::Http1 => {
+            let served = shared.http1.serve_connection(io, svc).with_upgrades();
+            watch.run(served, |c| c.graceful_shutdown()).await;
+        }
+        Proto::Http2 => {
+            let served = shared.http2.serve_connection(io, svc);
+            watch.run(served, |c| c.graceful_shutdown()).await;
+        }
+    }
+}
+
+/// What ends a served connection besides the client: idleness and shutdown.
+struct Watch<'a> {
+    activity: &'a Activity,
+    idle: Duration,
+    shutdown: watch::Receiver<bool>,
+    remote: SocketAddr,
+}
+
+impl Watch<'_> {
+    /// Drives `served` to its end, calling `graceful` (once) when the connection has had
+    /// nothing in flight for `idle`, or when shutdown starts.
+    async fn run<C>(mut self, served: C, graceful: impl Fn(Pin<&mut C>))
+    where
+        C: Future<Output = Result<(), hyper::Error>>,
+    {
+        tokio::pin!(served);
+        let mut check = Instant::now() + self.idle;
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                r = served.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, remote = %self.remote, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = self.shutdown.wait_for(|&v| v), if !closing => {
+                    graceful(served.as_mut());
+                    closing = true;
+                }
+                () = tokio::time::sleep_until(check), if !closing => {
+                    // Deadlines only move later, so waking at the earliest possible one and
+                    // looking again is exact without waking the task on every request.
+                    match self.activity.idle_deadline(self.idle) {
+                        Some(deadline) if deadline <= Instant::now() => {
+                            graceful(served.as_mut());
+                            closing = true;
+                        }
+                        Some(deadline) => check = deadline,
+                        None => check = Instant::now() + self.idle,
+                    }
+                }
+            }
         }
     }
 }
