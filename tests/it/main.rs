@@ -6,6 +6,7 @@
 mod support;
 
 mod cli;
+mod connections;
 mod demo;
 mod errors_rfc6750;
 mod forwarding;
@@ -17,4 +18,5 @@ mod metrics;
 mod reload;
 mod replicas;
 mod sessions;
+mod tls;
 mod websocket;
