@@ -110,11 +110,17 @@ fn main() -> ExitCode {
                 let app = App::start(&cfg, listeners)?;
                 tracing::info!(config = %config.display(), summary = %cfg.summary(), version = tollgate::VERSION, "started");
                 // SIGHUP and file changes reload the configuration.
+                // A reload also re-reads the TLS certificate and key.
+                let tls = app.tls_reloader();
+                let hook: tollgate::reload::Hook =
+                    std::sync::Arc::new(move |c: &tollgate::Config| {
+                        tls.reload_tls(c.server.tls.as_ref())
+                    });
                 let reloader = tollgate::reload::spawn(
                     config.clone(),
                     app.gateway.clone(),
                     cfg.clone(),
-                    None,
+                    Some(hook),
                     std::time::Duration::from_secs(1),
                 );
                 wait_for_signal().await;

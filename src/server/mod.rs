@@ -74,6 +74,8 @@ pub struct App {
     pub gateway: Gateway,
     tls: TlsReloader,
     shutdown: watch::Sender<bool>,
+    /// The admin listener stops last, so that `/readyz` answers 503 while the proxy drains.
+    admin_shutdown: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -216,7 +218,7 @@ impl App {
             listeners.proxy,
             Limits::proxy(&config.server),
             acceptor.clone(),
-            rx.clone(),
+            rx,
             grace,
             move |req, conn| {
                 let gw = gw.clone();
@@ -224,7 +226,8 @@ impl App {
             },
         ));
         let admin_state = admin::Admin::new(gateway.clone(), draining.clone());
-        let admin = tokio::spawn(serve(listeners.admin, rx, grace, move |req, _| {
+        let (admin_shutdown, admin_rx) = watch::channel(false);
+        let admin = tokio::spawn(serve(listeners.admin, admin_rx, grace, move |req, _| {
             let a = admin_state.clone();
             async move { a.handle(req).await }
         }));
@@ -235,6 +238,7 @@ impl App {
             gateway,
             tls: TlsReloader::new(acceptor),
             shutdown,
+            admin_shutdown,
             draining,
             tasks: vec![proxy, admin],
         })
@@ -254,14 +258,20 @@ impl App {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_grace`), then ends.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        // From here /readyz answers 503, while the admin listener keeps serving.
         self.draining.store(true, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
+        let admin = self.tasks.pop();
         for t in self.tasks {
             let _ = t.await;
         }
         // Requests are drained: give every licence seat back.
         self.gateway.shutdown_sessions(SESSION_LOGOUT_BOUND).await;
+        let _ = self.admin_shutdown.send(true);
+        if let Some(t) = admin {
+            let _ = t.await;
+        }
     }
 }
 

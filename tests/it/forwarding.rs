@@ -245,7 +245,12 @@ async fn bodies_stream_through_both_ways() {
 
 #[tokio::test]
 async fn http2_clients_are_served() {
-    let (idp, upstream, gw) = setup("").await;
+    // HTTP/2 without TLS (prior knowledge) only when http2_cleartext is on.
+    let idp = FakeIdp::start().await;
+    let upstream = RecordingUpstream::start().await;
+    let cfg = config(&idp.issuer, &upstream.url(), "")
+        .replace("[server]\n", "[server]\nhttp2_cleartext = true\n");
+    let gw = TestGateway::start(&cfg, true).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();

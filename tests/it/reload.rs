@@ -296,7 +296,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.toml");
     std::fs::write(&path, binary_config(&idp.issuer, &upstream.url(), "")).unwrap();
-    let (mut child, proxy, _) = spawn_binary(&path);
+    let (mut child, proxy, admin) = spawn_binary(&path);
     let slow_url = format!("{proxy}/public/slow?ms=1500");
     let slow = tokio::spawn(async move { get(&slow_url, &[]).await });
     // Let the slow request reach the gateway, then ask it to stop.
@@ -308,6 +308,8 @@ async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() 
         .await
         .is_err();
     assert!(refused, "a new connection was accepted after SIGTERM");
+    // Readiness turns 503 as soon as draining starts (the admin listener still answers).
+    assert_eq!(get(&format!("{admin}/readyz"), &[]).await.status, 503);
     let r = slow.await.unwrap();
     assert_eq!(r.status, 200, "the in-flight request did not complete");
     assert!(
