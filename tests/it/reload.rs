@@ -317,3 +317,29 @@ async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() 
         "tollgate did not exit cleanly"
     );
 }
+
+#[tokio::test]
+async fn a_saturated_upstream_sheds_load_with_503() {
+    let idp = FakeIdp::start().await;
+    let upstream = RecordingUpstream::start().await;
+    let cfg = config(&idp.issuer, &upstream.url(), "").replace(
+        "timeout = \"2s\"\n\n[[route]]",
+        "timeout = \"2s\"\nmax_concurrency = 1\n\n[[route]]",
+    );
+    assert!(cfg.contains("max_concurrency = 1"));
+    let gw = crate::support::TestGateway::start(&cfg, true).await;
+    // One slow request holds the only place.
+    let slow_url = gw.url("/public/slow?ms=800");
+    let slow = tokio::spawn(async move { get(&slow_url, &[]).await.status });
+    // The upstream records a request only after answering it: give the slow one time to be
+    // in flight (it lasts 800 ms).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = get(&gw.url("/public/other"), &[]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "upstream_overloaded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(slow.await.unwrap(), 200);
+    // The place is free again.
+    assert_eq!(get(&gw.url("/public/other"), &[]).await.status, 200);
+    gw.shutdown().await;
+}
