@@ -2,7 +2,7 @@
 //! one run, so that the numbers are side by side on the same machine at the same moment.
 //!
 //! ```text
-//! cargo bench --bench load                      # needs wrk on PATH
+//! cargo bench --bench load                      # needs wrk and redis-server on PATH
 //! LOAD_SECONDS=30 LOAD_CONNECTIONS=128 cargo bench --bench load
 //! ```
 //!
@@ -27,18 +27,32 @@
 //! | `legacy-direct`          | the fake's `GET …/Echo`, 100 pre-made sessions' cookies cycled    |
 //! | `legacy-nosession`       | tollgate (no session layer), 100 tokens each with its cookies     |
 //! | `legacy-sessions`        | tollgate with `[upstream.session]` (single), 100 grants, no cookie |
+//! | `sessions-memory-1`      | the same setup again, a fresh fake and gateway                    |
+//! | `sessions-redis-1`       | the same with `[store] kind = "redis"`                            |
+//! | `sessions-redis-2`       | two such gateways sharing the Redis, two wrk `-t1 -c32` at once   |
 //!
 //! The 100 sessions of `legacy-direct` and `legacy-nosession` are logged in directly to the fake
 //! before the load and logged out before `legacy-sessions`, in which tollgate logs in once per
 //! grant (the 100 tokens carry distinct `grant_id` claims).
 //!
+//! The `sessions-*` scenarios (the session store, memory against Redis) run last, each with a
+//! fresh fake and fresh gateways, shut down after it; the other gateways are shut down before
+//! them. The bench starts its own redis-server on a free 127.0.0.1 port (`--save "" --appendonly
+//! yes --appendfsync everysec`, in a temporary directory) and kills it at the end; each Redis
+//! scenario has its own `key_prefix`, and all share one `handle_key_file`. Their warm-up is every
+//! token once on every gateway, one request at a time, instead of wrk (see the report's note).
+//! For `sessions-redis-2` the two wrk processes' req/s are summed and the worse p50 and p99 are
+//! reported; `TOLLGATE_BENCH_THREAD_BASE` starts the second where a second wrk thread would.
+//!
 //! The table is printed and written to `target/bench-results.md`, with the introspection
 //! scenarios' req/s relative to `jwt-10k-tokens`, their introspection calls (counted by the
 //! introspection server), every token scenario's cache hit rate, the cost of the session layer
-//! (`legacy-sessions` against `legacy-nosession`) and the fake's login and leak counters. A
-//! scenario with non-2xx responses or socket errors is flagged in the table and makes the run
-//! fail, and so does a leak counter above 0 (or concurrency above 1 on one session) in
-//! `legacy-sessions`.
+//! (`legacy-sessions` against `legacy-nosession`), the fake's login and leak counters, and the
+//! session store's ratios (`sessions-redis-1` / `sessions-memory-1`, `sessions-redis-2` /
+//! `sessions-redis-1`). A scenario with non-2xx responses or socket errors is flagged in the
+//! table and makes the run fail, and so does a leak counter above 0 (or concurrency above 1 on
+//! one session) in `legacy-sessions` and the `sessions-*` scenarios, a login count other than 100
+//! or a store error in the `sessions-*` scenarios.
 //!
 //! Without `--bench` in its arguments (which `cargo bench` passes) the binary only prints how to
 //! run it, so `cargo test --all-targets` never starts a load test.
@@ -76,6 +90,8 @@ use tollgate::{App, Listeners};
 const TOKENS_ENV: &str = "TOLLGATE_BENCH_TOKENS";
 /// The environment variable that names the `Cookie` file for `benches/tokens.lua`.
 const COOKIES_ENV: &str = "TOLLGATE_BENCH_COOKIES";
+/// The environment variable added to `benches/tokens.lua`'s thread numbers (its start offsets).
+const THREAD_BASE_ENV: &str = "TOLLGATE_BENCH_THREAD_BASE";
 /// The path requested on the protected route (and directly on the upstream).
 const API_PATH: &str = "/api/orders/24.200.001";
 /// The path requested on the public route.
@@ -104,6 +120,13 @@ const LEGACY_SEATS: u32 = 300;
 /// The scenarios compared for the cost of the session layer.
 const SESSIONS_BASELINE: &str = "legacy-nosession";
 const SESSIONS_SCENARIO: &str = "legacy-sessions";
+/// The session-store scenarios: the session layer with the memory store (one gateway) and with
+/// Redis (one gateway, two gateways sharing it), each in front of a fresh fake.
+const STORE_MEMORY: &str = "sessions-memory-1";
+const STORE_REDIS_1: &str = "sessions-redis-1";
+const STORE_REDIS_2: &str = "sessions-redis-2";
+/// The Redis persistence the bench runs redis-server with.
+const REDIS_PERSISTENCE: &str = "--save \"\" --appendonly yes --appendfsync everysec";
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -147,6 +170,42 @@ impl Settings {
         }
         Ok(s)
     }
+
+    /// wrk's load for one scenario spread over `replicas` wrk processes: each gets its share of
+    /// the threads (at least one) and connections, and thread numbers following the previous
+    /// process's.
+    fn split(&self, replicas: u64) -> anyhow::Result<Vec<WrkLoad>> {
+        let threads = (self.threads / replicas).max(1);
+        let connections = self.connections / replicas;
+        if connections < threads {
+            bail!(
+                "LOAD_CONNECTIONS ({}) is too low to split over {replicas} wrk processes",
+                self.connections
+            );
+        }
+        Ok((0..replicas)
+            .map(|i| WrkLoad {
+                threads,
+                connections,
+                thread_base: i * threads,
+            })
+            .collect())
+    }
+
+    fn load(&self) -> WrkLoad {
+        WrkLoad {
+            threads: self.threads,
+            connections: self.connections,
+            thread_base: 0,
+        }
+    }
+}
+
+/// One wrk process's `-t` and `-c`, and the number of its first thread for `benches/tokens.lua`.
+struct WrkLoad {
+    threads: u64,
+    connections: u64,
+    thread_base: u64,
 }
 
 /// What `benches/tokens.lua` sends per request: a bearer token from `tokens` and/or a `Cookie`
@@ -177,20 +236,33 @@ enum Legacy {
     NoSession,
     /// Through the session layer: the pre-made sessions are logged out first.
     Sessions,
+    /// Through the session layer in front of a fake of its own (the session-store scenarios).
+    Store,
+}
+
+impl Legacy {
+    /// Whether tollgate's session layer holds the fake's sessions (the checked scenarios).
+    fn through_sessions(self) -> bool {
+        matches!(self, Legacy::Sessions | Legacy::Store)
+    }
 }
 
 /// The fake's counters over one legacy scenario (from its preflight to the end of its
 /// measurement).
 struct LegacyStats {
+    role: Legacy,
     logins: u64,
     /// Logins during the measurement only.
     logins_measured: u64,
     mixed_session_cookies: u64,
     foreign_cookie: u64,
     authorization_header_seen: u64,
-    /// `Sessions`: the highest `max_in_flight` of tollgate's own sessions; otherwise the fake's
-    /// `max_concurrency_per_session` so far (cumulative).
+    /// `Sessions`: the highest `max_in_flight` of tollgate's own sessions; `Store`: that or the
+    /// fake's `max_concurrency_per_session`, whichever is higher (every session of its fake is
+    /// tollgate's); otherwise the fake's `max_concurrency_per_session` so far (cumulative).
     max_concurrency: u64,
+    /// `Store`: the fake's live sessions after the gateways' shutdown.
+    seats_after_shutdown: Option<u64>,
 }
 
 impl LegacyStats {
@@ -232,11 +304,15 @@ struct Outcome {
     introspections: Option<u64>,
     /// The fake legacy API's counters, for the legacy scenarios.
     legacy: Option<LegacyStats>,
+    /// `tollgate_store_errors_total` of the gateways, from their start to the end of the
+    /// measurement (the session-store scenarios).
+    store_errors: Option<u64>,
 }
 
 fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     let wrk_version = wrk_version()?;
+    let redis_version = redis_version()?;
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = manifest_dir.join("benches/tokens.lua");
     if !script.is_file() {
@@ -248,6 +324,9 @@ fn run() -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     let workers = runtime.metrics().num_workers();
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    // Started up front so that a missing redis-server fails the run at once; killed on drop.
+    let redis = RedisServer::start(&dir.path().join("redis"))?;
 
     let key = SigningKey::rsa("bench-k1", Algorithm::RS256).map_err(anyhow::Error::msg)?;
     let jwks = Bytes::from(keys::jwks(&[&key]).to_string());
@@ -288,8 +367,8 @@ fn run() -> anyhow::Result<()> {
         let legacy_addr = listener.local_addr()?;
         let fake_task = fake.spawn(listener);
         let legacy = format!("http://{legacy_addr}");
-        let plain = start_gateway(&legacy_config(&issuer, &legacy, false)).await?;
-        let sessions = start_gateway(&legacy_config(&issuer, &legacy, true)).await?;
+        let plain = start_gateway(&legacy_config(&issuer, &legacy, false, None)).await?;
+        let sessions = start_gateway(&legacy_config(&issuer, &legacy, true, None)).await?;
         anyhow::Ok((legacy_addr, fake_task, plain, sessions))
     })?;
 
@@ -308,7 +387,6 @@ fn run() -> anyhow::Result<()> {
         .map(|_| legacy_login(legacy_addr))
         .collect::<anyhow::Result<Vec<String>>>()
         .context("logging in to the fake legacy API")?;
-    let dir = tempfile::tempdir().context("temporary directory")?;
     let one_file = dir.path().join("tokens-1.txt");
     let many_file = dir.path().join("tokens-10k.txt");
     let opaque_file = dir.path().join("opaque-10k.txt");
@@ -469,13 +547,19 @@ fn run() -> anyhow::Result<()> {
         )
         .with_context(|| format!("{}: a single request before the load", s.name))?;
         println!("benches/load: {} ({url}): warm-up", s.name);
-        wrk(&url, &script, &s.headers, WARMUP_SECONDS, &settings)?;
+        wrk(&url, &script, &s.headers, WARMUP_SECONDS, &settings.load())?;
         let counters = |admin: SocketAddr| cache_counters(admin, s.cache);
         let before = s.admin.map(counters).transpose()?;
         let calls_before = s.calls.as_ref().map(|c| c.load(Ordering::SeqCst));
         let logins_before = fake.counters().logins_ok;
         println!("benches/load: {}: {} s measured", s.name, settings.seconds);
-        let output = wrk(&url, &script, &s.headers, settings.seconds, &settings)?;
+        let output = wrk(
+            &url,
+            &script,
+            &s.headers,
+            settings.seconds,
+            &settings.load(),
+        )?;
         let logins_measured = fake.counters().logins_ok - logins_before;
         let calls_after = s.calls.as_ref().map(|c| c.load(Ordering::SeqCst));
         let after = s.admin.map(counters).transpose()?;
@@ -491,8 +575,51 @@ fn run() -> anyhow::Result<()> {
         };
         outcomes.push(outcome);
     }
+    runtime.block_on(async {
+        for app in [cached, uncached, opaque, opaque_nc, plain, sessions] {
+            // The session gateway logs out its sessions at shutdown (within 10 s).
+            let _ = tokio::time::timeout(Duration::from_secs(12), app.shutdown()).await;
+        }
+        fake_task.abort();
+    });
 
-    let report = report(&outcomes, &settings, workers, &wrk_version);
+    // The session-store scenarios, each with a fresh fake and fresh gateways.
+    let key_file = dir.path().join("handle.key");
+    let key: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    std::fs::write(&key_file, key + "\n")?;
+    let fleet = Fleet {
+        issuer: &issuer,
+        grants: &grants_file,
+        tokens: &grants,
+        script: &script,
+        settings: &settings,
+    };
+    for (name, replicas, store) in [
+        (STORE_MEMORY, 1, None),
+        (STORE_REDIS_1, 1, Some(redis.url())),
+        (STORE_REDIS_2, 2, Some(redis.url())),
+    ] {
+        let store = store.map(|url| RedisStore {
+            url,
+            key_prefix: format!("tollgate-bench:{name}:"),
+            handle_key_file: key_file.clone(),
+        });
+        let outcome = fleet
+            .measure(&runtime, name, replicas, store.as_ref())
+            .with_context(|| name.to_owned())?;
+        outcomes.push(outcome);
+    }
+    let redis_port = redis.port;
+    drop(redis);
+
+    let store = StoreInfo {
+        redis_version: &redis_version,
+        redis_port,
+        split: settings.split(2)?,
+    };
+    let report = report(&outcomes, &settings, workers, &wrk_version, &store);
     println!("\n{report}");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -502,32 +629,276 @@ fn run() -> anyhow::Result<()> {
     std::fs::write(&results, &report).with_context(|| results.display().to_string())?;
     println!("benches/load: written to {}", results.display());
 
-    runtime.block_on(async {
-        for app in [cached, uncached, opaque, opaque_nc, plain, sessions] {
-            // The session gateway logs out its sessions at shutdown (within 10 s).
-            let _ = tokio::time::timeout(Duration::from_secs(12), app.shutdown()).await;
-        }
-        fake_task.abort();
-    });
     runtime.shutdown_timeout(Duration::from_secs(2));
 
     let failed: Vec<&str> = outcomes
         .iter()
         .filter(|o| {
             let leaked = o.legacy.as_ref().is_some_and(|l| {
-                o.name == SESSIONS_SCENARIO && (l.leaks() > 0 || l.max_concurrency > 1)
+                l.role.through_sessions()
+                    && (l.leaks() > 0
+                        || l.max_concurrency > 1
+                        || (l.role == Legacy::Store && l.logins != LEGACY_SESSIONS as u64))
             });
-            o.non_2xx > 0 || o.socket_errors.is_some() || leaked
+            o.non_2xx > 0
+                || o.socket_errors.is_some()
+                || o.store_errors.is_some_and(|n| n > 0)
+                || leaked
         })
         .map(|o| o.name)
         .collect();
     if !failed.is_empty() {
         bail!(
-            "errors under load (non-2xx, socket errors, session leaks) in: {}",
+            "errors under load (non-2xx, socket errors, store errors, session leaks, extra \
+             logins) in: {}",
             failed.join(", ")
         );
     }
     Ok(())
+}
+
+// === the session-store scenarios ===
+
+/// What every session-store scenario shares.
+struct Fleet<'a> {
+    issuer: &'a str,
+    /// The 100 grants' tokens, one a line, and the same in a list.
+    grants: &'a Path,
+    tokens: &'a [String],
+    script: &'a Path,
+    settings: &'a Settings,
+}
+
+/// `[store] kind = "redis"` for one scenario.
+struct RedisStore {
+    url: String,
+    /// Its own per scenario, so that no scenario finds another's sessions.
+    key_prefix: String,
+    handle_key_file: PathBuf,
+}
+
+/// For the report.
+struct StoreInfo<'a> {
+    redis_version: &'a str,
+    redis_port: u16,
+    /// The wrk processes of `sessions-redis-2`.
+    split: Vec<WrkLoad>,
+}
+
+impl Fleet<'_> {
+    /// One session-store scenario: a fresh fake, `replicas` gateways with `[upstream.session]`
+    /// (single) and `store` (`None`: memory) in front of it, one wrk process per gateway at the
+    /// same time (the connections split evenly); the gateways are shut down afterwards.
+    fn measure(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        name: &'static str,
+        replicas: u64,
+        store: Option<&RedisStore>,
+    ) -> anyhow::Result<Outcome> {
+        let fake = FakeLegacy::new(LegacyOptions {
+            max_api_users: LEGACY_SEATS,
+            ..LegacyOptions::default()
+        });
+        let (fake_task, started) = runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let legacy = format!("http://{}", listener.local_addr()?);
+            let fake_task = fake.spawn(listener);
+            let config = legacy_config(self.issuer, &legacy, true, store);
+            let mut apps = Vec::new();
+            for _ in 0..replicas {
+                match start_gateway(&config).await {
+                    Ok(app) => apps.push(app),
+                    Err(e) => return anyhow::Ok((fake_task, Err(e))),
+                }
+            }
+            anyhow::Ok((fake_task, Ok(apps)))
+        })?;
+        let result = started.and_then(|apps| {
+            let outcome = self.load(name, &fake, &apps, replicas);
+            runtime.block_on(async {
+                for app in apps {
+                    let _ = tokio::time::timeout(Duration::from_secs(12), app.shutdown()).await;
+                }
+            });
+            outcome
+        });
+        fake_task.abort();
+        let mut outcome = result?;
+        if let Some(l) = outcome.legacy.as_mut() {
+            l.seats_after_shutdown = Some(fake.counters().seats_in_use);
+        }
+        Ok(outcome)
+    }
+
+    fn load(
+        &self,
+        name: &'static str,
+        fake: &FakeLegacy,
+        apps: &[App],
+        replicas: u64,
+    ) -> anyhow::Result<Outcome> {
+        let headers = Headers::tokens(self.grants);
+        let urls: Vec<String> = apps
+            .iter()
+            .map(|app| format!("http://{}{LEGACY_PATH}", app.proxy_addr))
+            .collect();
+        let loads = self.settings.split(replicas)?;
+        let before = fake.counters();
+        // The warm-up: every token once on every gateway, one request at a time (every grant
+        // logged in, every token in every gateway's cache). Not wrk: its exit cancels requests
+        // in flight, which the Redis store does not survive well (see the report).
+        println!("benches/load: {name} ({}): warm-up", urls.join(", "));
+        for app in apps {
+            for token in self.tokens {
+                preflight(app.proxy_addr, LEGACY_PATH, Some(token), None, LEGACY_BODY)
+                    .with_context(|| format!("{name}: the warm-up, one request at a time"))?;
+            }
+        }
+        let cache = |apps: &[App]| -> anyhow::Result<(u64, u64)> {
+            apps.iter().try_fold((0, 0), |(h, m), app| {
+                let (hits, misses) = cache_counters(app.admin_addr, "jwt")?;
+                anyhow::Ok((h + hits, m + misses))
+            })
+        };
+        let cache_before = cache(apps)?;
+        let logins_before = fake.counters().logins_ok;
+        println!("benches/load: {name}: {} s measured", self.settings.seconds);
+        let outputs = wrk_all(&urls, self.script, &headers, self.settings.seconds, &loads)?;
+        let logins_measured = fake.counters().logins_ok - logins_before;
+        let cache_after = cache(apps)?;
+        let mut store_errors = 0;
+        for app in apps {
+            store_errors += store_error_count(app.admin_addr)?;
+        }
+        let parts = outputs
+            .iter()
+            .map(|out| parse_wrk(name, out, None))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut outcome = combine(name, parts);
+        outcome.cache = Some((
+            cache_after.0 - cache_before.0,
+            cache_after.1 - cache_before.1,
+        ));
+        outcome.legacy = Some(legacy_stats(fake, Legacy::Store, &before, logins_measured));
+        outcome.store_errors = Some(store_errors);
+        Ok(outcome)
+    }
+}
+
+/// Several wrk processes' measurements of one scenario as one: requests, req/s and non-2xx
+/// summed, the mean weighted by requests, p50 and p99 the worse of them (percentiles cannot be
+/// merged from wrk's summaries), socket errors listed per process.
+fn combine(name: &'static str, parts: Vec<Outcome>) -> Outcome {
+    let requests: u64 = parts.iter().map(|o| o.requests).sum();
+    let weighted: f64 = parts.iter().map(|o| o.mean_ms * o.requests as f64).sum();
+    let socket_errors: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| Some(format!("wrk {}: {}", i + 1, o.socket_errors.as_ref()?)))
+        .collect();
+    Outcome {
+        name,
+        rps: parts.iter().map(|o| o.rps).sum(),
+        mean_ms: weighted / requests.max(1) as f64,
+        p50_ms: parts.iter().map(|o| o.p50_ms).fold(0.0, f64::max),
+        p99_ms: parts.iter().map(|o| o.p99_ms).fold(0.0, f64::max),
+        requests,
+        non_2xx: parts.iter().map(|o| o.non_2xx).sum(),
+        socket_errors: if parts.len() == 1 || socket_errors.is_empty() {
+            parts.into_iter().next().and_then(|o| o.socket_errors)
+        } else {
+            Some(socket_errors.join("; "))
+        },
+        cache: None,
+        introspections: None,
+        legacy: None,
+        store_errors: None,
+    }
+}
+
+/// A redis-server of the bench's own on a free 127.0.0.1 port, with an append-only file
+/// (`REDIS_PERSISTENCE`) in `dir`; killed on drop.
+struct RedisServer {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RedisServer {
+    fn start(dir: &Path) -> anyhow::Result<RedisServer> {
+        std::fs::create_dir_all(dir)?;
+        // redis-server cannot take port 0 and report it: find a free port, then start on it
+        // (again if another process took it in between).
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                ])
+                .arg("--dir")
+                .arg(dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("redis-server is not installed (apt-get install redis-server)")?;
+            let mut server = RedisServer { port, child };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if server.ping() {
+                    return Ok(server);
+                }
+                if server.child.try_wait()?.is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        bail!("could not start redis-server on a free port")
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+/// `redis-server --version`'s `v=…`.
+fn redis_version() -> anyhow::Result<String> {
+    let out = Command::new("redis-server")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .context("redis-server is not installed (apt-get install redis-server)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("v="))
+        .unwrap_or("unknown")
+        .to_owned())
 }
 
 // === the servers ===
@@ -746,23 +1117,36 @@ scopes = ["api"]
 
 /// The legacy gateways' configuration: the bench issuer, the fake legacy API as upstream, one
 /// bearer route to it; with `sessions`, `[upstream.session]` in single mode (active logins with
-/// the fake's default user, the default `grant_key`: the tokens' `grant_id` claim).
-fn legacy_config(issuer: &str, legacy: &str, sessions: bool) -> String {
+/// the fake's default user, the default `grant_key`: the tokens' `grant_id` claim); with `store`,
+/// `[store] kind = "redis"` (default `timeout` and `lease_ttl`) and the `handle_key_file` it needs.
+fn legacy_config(issuer: &str, legacy: &str, sessions: bool, store: Option<&RedisStore>) -> String {
+    let (store, key_file) = match store {
+        Some(s) => (
+            format!(
+                "\n[store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{}\"\n",
+                s.url, s.key_prefix
+            ),
+            format!("handle_key_file = \"{}\"\n", s.handle_key_file.display()),
+        ),
+        None => (String::new(), String::new()),
+    };
     let session = if sessions {
-        r#"
+        format!(
+            r#"
 [upstream.session]
 mode = "single"
 max_upstream_sessions = 200
 idle_ttl = "300s"
-
+{key_file}
 [upstream.session.credentials]
 name = "admin"
 password = "123"
 tenant = "MyStore"
 branch = "HQ"
 "#
+        )
     } else {
-        ""
+        String::new()
     };
     format!(
         r#"
@@ -771,7 +1155,7 @@ realm = "tollgate"
 
 [log]
 level = "error"
-
+{store}
 [[issuer]]
 id = "bench"
 issuer = "{issuer}"
@@ -971,8 +1355,8 @@ fn legacy_stats(
     logins_measured: u64,
 ) -> LegacyStats {
     let now = fake.counters();
-    let max_concurrency = if role == Legacy::Sessions {
-        // Every live session is tollgate's (the pre-made ones were logged out).
+    // Every live session is tollgate's (the pre-made ones were logged out, or never existed).
+    let live = || {
         fake.state()["sessions"]
             .as_array()
             .map(|all| {
@@ -982,17 +1366,36 @@ fn legacy_stats(
                     .unwrap_or(0)
             })
             .unwrap_or(0)
-    } else {
-        now.max_concurrency_per_session
+    };
+    let max_concurrency = match role {
+        Legacy::Sessions => live(),
+        // Every session this fake ever had was tollgate's.
+        Legacy::Store => live().max(now.max_concurrency_per_session),
+        Legacy::Direct | Legacy::NoSession => now.max_concurrency_per_session,
     };
     LegacyStats {
+        role,
         logins: now.logins_ok - before.logins_ok,
         logins_measured,
         mixed_session_cookies: now.mixed_session_cookies - before.mixed_session_cookies,
         foreign_cookie: now.foreign_cookie - before.foreign_cookie,
         authorization_header_seen: now.authorization_header_seen - before.authorization_header_seen,
         max_concurrency,
+        seats_after_shutdown: None,
     }
+}
+
+/// The sum of the gateway's `tollgate_store_errors_total` (every `op`) from its admin `/metrics`.
+fn store_error_count(admin: SocketAddr) -> anyhow::Result<u64> {
+    let (status, body) = http_get(admin, "/metrics", None, None)?;
+    if status != 200 {
+        bail!("GET {admin}/metrics: {status}");
+    }
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("tollgate_store_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
 }
 
 /// The gateway's token-cache counters (hits, misses) of `cache` (`jwt` or `introspection`) from
@@ -1040,21 +1443,43 @@ fn wrk_version() -> anyhow::Result<String> {
         .to_owned())
 }
 
+/// Runs one wrk process per URL at the same time (`loads` in the same order) and returns their
+/// outputs.
+fn wrk_all(
+    urls: &[String],
+    script: &Path,
+    headers: &Headers,
+    seconds: u64,
+    loads: &[WrkLoad],
+) -> anyhow::Result<Vec<String>> {
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = urls
+            .iter()
+            .zip(loads)
+            .map(|(url, load)| scope.spawn(move || wrk(url, script, headers, seconds, load)))
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().expect("wrk thread panicked"))
+            .collect()
+    })
+}
+
 /// Runs wrk for `seconds` and returns its output; killed if it overruns by 30 s.
 fn wrk(
     url: &str,
     script: &Path,
     headers: &Headers,
     seconds: u64,
-    settings: &Settings,
+    load: &WrkLoad,
 ) -> anyhow::Result<String> {
     let mut cmd = Command::new("wrk");
-    cmd.arg(format!("-t{}", settings.threads))
-        .arg(format!("-c{}", settings.connections))
+    cmd.arg(format!("-t{}", load.threads))
+        .arg(format!("-c{}", load.connections))
         .arg(format!("-d{seconds}s"))
         .args(["--timeout", "2s", "--latency"]);
     if headers.any() {
         cmd.arg("-s").arg(script);
+        cmd.env(THREAD_BASE_ENV, load.thread_base.to_string());
     }
     if let Some(file) = &headers.tokens {
         cmd.env(TOKENS_ENV, file);
@@ -1154,6 +1579,7 @@ fn parse_wrk(
         cache,
         introspections: None,
         legacy: None,
+        store_errors: None,
     })
 }
 
@@ -1181,7 +1607,13 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-fn report(outcomes: &[Outcome], settings: &Settings, workers: usize, wrk_version: &str) -> String {
+fn report(
+    outcomes: &[Outcome],
+    settings: &Settings,
+    workers: usize,
+    wrk_version: &str,
+    store: &StoreInfo,
+) -> String {
     let rps_of = |name: &str| {
         outcomes
             .iter()
@@ -1294,7 +1726,7 @@ fn report(outcomes: &[Outcome], settings: &Settings, workers: usize, wrk_version
         .iter()
         .filter_map(|o| {
             let l = o.legacy.as_ref()?;
-            let sessions = o.name == SESSIONS_SCENARIO;
+            let sessions = l.role.through_sessions();
             let flag = |bad: bool| if bad { " **(expected 0)**" } else { "" };
             let logins = if sessions && l.logins != LEGACY_SESSIONS as u64 {
                 format!(" **(expected {LEGACY_SESSIONS})**")
@@ -1311,10 +1743,14 @@ fn report(outcomes: &[Outcome], settings: &Settings, workers: usize, wrk_version
             } else {
                 format!("{} (the fake's maximum so far)", l.max_concurrency)
             };
+            let shutdown = l
+                .seats_after_shutdown
+                .map(|n| format!(", {n} sessions left after the gateways' shutdown"))
+                .unwrap_or_default();
             Some(format!(
                 "{}: {} logins{logins} ({} while measured), mixed_session_cookies {}{}, \
                  foreign_cookie {}{}, authorization_header_seen {}{}, max concurrency per \
-                 session {concurrency}",
+                 session {concurrency}{shutdown}",
                 o.name,
                 l.logins,
                 l.logins_measured,
@@ -1331,9 +1767,72 @@ fn report(outcomes: &[Outcome], settings: &Settings, workers: usize, wrk_version
         let _ = writeln!(
             md,
             "- fake legacy API (`max_api_users = {LEGACY_SEATS}`, {LEGACY_SESSIONS} sessions \
-             pre-made for the first two, logged out before `{SESSIONS_SCENARIO}`), counted from \
-             each scenario's preflight to the end of its measurement: {}",
+             pre-made for the first two, logged out before `{SESSIONS_SCENARIO}`; a fresh fake \
+             for each `sessions-*` scenario), counted from each scenario's preflight to the end \
+             of its measurement: {}",
             legacy.join("; ")
+        );
+    }
+    let (memory, redis1, redis2) = (
+        rps_of(STORE_MEMORY),
+        rps_of(STORE_REDIS_1),
+        rps_of(STORE_REDIS_2),
+    );
+    if memory > 0.0 {
+        let errors: Vec<String> = outcomes
+            .iter()
+            .filter_map(|o| Some(format!("{} {}", o.name, o.store_errors?)))
+            .collect();
+        let split = |f: fn(&WrkLoad) -> u64| {
+            store
+                .split
+                .iter()
+                .map(|l| f(l).to_string())
+                .collect::<Vec<_>>()
+                .join("+")
+        };
+        let _ = writeln!(
+            md,
+            "- session store ({LEGACY_SESSIONS} grants, `mode = \"single\"`, a fresh fake and \
+             fresh gateways per scenario): `{STORE_REDIS_1}` / `{STORE_MEMORY}` = {}, \
+             `{STORE_REDIS_2}` / `{STORE_REDIS_1}` = {} (`{STORE_REDIS_2}` / `{STORE_MEMORY}` = \
+             {}). `{STORE_MEMORY}` is the `{SESSIONS_SCENARIO}` setup measured again, not its \
+             numbers reused ({} of its req/s). Redis: redis-server {} started by the bench on \
+             127.0.0.1:{}, `{REDIS_PERSISTENCE}` (append-only file, fsync once a second), \
+             killed at the end; a `key_prefix` per scenario, one `handle_key_file` for all, \
+             default `timeout` and `lease_ttl`; `tollgate_store_errors_total` up to the end of \
+             the measurement: {}",
+            ratio(redis1, memory),
+            ratio(redis2, redis1),
+            ratio(redis2, memory),
+            ratio(memory, rps_of(SESSIONS_SCENARIO)),
+            store.redis_version,
+            store.redis_port,
+            errors.join(", "),
+        );
+        let _ = writeln!(
+            md,
+            "- `{STORE_REDIS_2}`: two gateways (two `App::start` in this process, each on its own \
+             ephemeral listeners) sharing that Redis, loaded at the same time by two wrk \
+             processes, one per gateway (`-t{} -c{}`, the same {LEGACY_SESSIONS} tokens, the \
+             second starting where a second wrk thread would), the same total connections as \
+             the one-gateway rows; its req/s is the SUM of the two, p50 and p99 the WORSE of the \
+             two (wrk's percentiles of two runs cannot be merged; the worse one bounds the \
+             fleet's), requests and non-2xx summed. No `sessions-memory-2`: with the memory \
+             store each replica holds its own session table, so a grant would get a session (a \
+             login, a seat) on each replica, which is not the same work",
+            split(|l| l.threads),
+            split(|l| l.connections),
+        );
+        let _ = writeln!(
+            md,
+            "- warm-up of the `sessions-*` rows: every token once on every gateway, one request \
+             at a time (the {LEGACY_SESSIONS} logins, the token caches), not {WARMUP_SECONDS} s \
+             of wrk: wrk's exit cancels the requests it has in flight, and with the Redis store \
+             a request cancelled while its in-flight place is being granted leaves that place \
+             taken until `lease_ttl` (30 s), so the next run stalled on those grants (their \
+             queues full: 429 `grant_busy`, then no progress for ~30 s; seen while writing this \
+             bench, in `RedisStore::acquire`, src/session/redis.rs)"
         );
     }
     let _ = writeln!(
@@ -1347,7 +1846,7 @@ fn report(outcomes: &[Outcome], settings: &Settings, workers: usize, wrk_version
         md,
         "- upstream (hyper, {}-byte JSON body), JWKS server, introspection server, fake legacy API \
          and gateways share one tokio runtime ({workers} workers) in the bench process, and the \
-         cores with wrk",
+         cores with wrk (and redis-server)",
         UPSTREAM_BODY.len()
     );
     md.push('\n');

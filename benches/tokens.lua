@@ -8,10 +8,12 @@
 -- Each wrk thread builds all its requests once, in init(), and then goes through every line in
 -- turn, starting at its own offset (so that two threads do not send the same line at the same
 -- moment). Building the requests up front keeps the per-request Lua work to a table lookup.
+-- TOLLGATE_BENCH_THREAD_BASE (default 0) is added to the thread numbers, so that two wrk
+-- processes with -t1 and bases 0 and 1 start where the two threads of one -t2 wrk would.
 --
 --   TOLLGATE_BENCH_TOKENS=/tmp/tokens.txt wrk -t2 -c64 -d10s -s benches/tokens.lua URL
 
-local threads = 0
+local threads = tonumber(os.getenv("TOLLGATE_BENCH_THREAD_BASE") or "0") or 0
 
 function setup(thread)
   thread:set("thread_index", threads)
