@@ -84,7 +84,7 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
 }
 
 /// The files a configuration was read from: the file itself and its route file.
-fn watched(path: &Path, cfg: &Config) -> Vec<PathBuf> {
+fn watched(path: &Path) -> Vec<PathBuf> {
     let mut files = vec![path.to_path_buf()];
     if let Ok(text) = std::fs::read_to_string(path) {
         if let Ok(table) = text.parse::<toml::Table>() {
@@ -97,7 +97,6 @@ fn watched(path: &Path, cfg: &Config) -> Vec<PathBuf> {
             }
         }
     }
-    let _ = cfg;
     files
 }
 
@@ -112,7 +111,7 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     // The files' versions are taken now, not when the task first runs: a change made right
     // after start must count as a change.
-    let mut files = watched(&path, &initial);
+    let mut files = watched(&path);
     let mut seen = fingerprint(&files);
     tokio::spawn(async move {
         let mut running = initial;
@@ -154,7 +153,7 @@ pub fn spawn(
                 tracing::info!("SIGHUP: reloading the configuration");
             }
             if let Ok(cfg) = reload(&path, &gateway, &running, hook.as_ref()).await {
-                files = watched(&path, &cfg);
+                files = watched(&path);
                 seen = fingerprint(&files);
                 running = cfg;
             }

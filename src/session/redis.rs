@@ -777,8 +777,15 @@ impl SessionStore for RedisStore {
         let ticket = token();
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(5);
-        let mut queued = false;
-        let mut renewal: Option<tokio::task::JoinHandle<()>> = None;
+        // Undoes the wait however it ends short of a lease, a dropped request included: the
+        // script may already have queued this ticket, or given it an in-flight place whose
+        // reply never arrived. Without it such a place stays taken until `lease_ttl`.
+        let mut pending = Unfinished {
+            redis: self.redis.clone(),
+            keys: Some((f.clone(), q.clone())),
+            ticket: ticket.clone(),
+            renewal: None,
+        };
         // Counted while this replica waits; a cancelled wait takes itself off (drop guard).
         let mut here = QueuedHere::new(self.queued_here.clone());
         let result = loop {
@@ -807,10 +814,9 @@ impl SessionStore for RedisStore {
                 Ok(-1) => break Err(LeaseRefused::Gone),
                 Ok(-2) => break Err(LeaseRefused::Busy),
                 Ok(_) => {
-                    if !queued {
-                        queued = true;
+                    if pending.renewal.is_none() {
                         here.enter();
-                        renewal = Some(self.renew(q.clone(), ticket.clone(), true));
+                        pending.renewal = Some(self.renew(q.clone(), ticket.clone(), true));
                     }
                 }
                 // The store is down: the request cannot be placed safely.
@@ -822,23 +828,12 @@ impl SessionStore for RedisStore {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
         };
-        if let Some(r) = renewal {
-            r.abort();
-        }
         drop(here);
-        if result.is_err() && queued {
-            let (q2, t2) = (q.clone(), ticket.clone());
-            let _ = self
-                .redis
-                .run("acquire", |mut c| async move {
-                    redis::cmd("ZREM")
-                        .arg(&q2)
-                        .arg(&t2)
-                        .query_async::<i64>(&mut c)
-                        .await
-                })
-                .await;
+        if result.is_ok() {
+            // The place is this request's now: the lease below gives it back.
+            pending.keys = None;
         }
+        drop(pending);
         result?;
         let renewal = self.renew(f.clone(), ticket.clone(), true);
         let redis = self.redis.clone();
@@ -943,6 +938,46 @@ impl SessionStore for RedisStore {
             .into_iter()
             .filter_map(|(_, r)| record_from(&pairs(r)))
             .collect())
+    }
+}
+
+/// A wait for an in-flight place that has not (yet) become a lease. Dropped with `keys`
+/// still set, it takes the ticket off both the in-flight set and the queue, on its own task
+/// because a drop cannot wait; it always stops the queue place's renewal.
+struct Unfinished {
+    redis: RedisHandle,
+    keys: Option<(String, String)>,
+    ticket: String,
+    renewal: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+        let Some((f, q)) = self.keys.take() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (redis, t) = (self.redis.clone(), self.ticket.clone());
+        handle.spawn(async move {
+            let _ = redis
+                .run("release", |mut c| async move {
+                    redis::pipe()
+                        .cmd("ZREM")
+                        .arg(&f)
+                        .arg(&t)
+                        .cmd("ZREM")
+                        .arg(&q)
+                        .arg(&t)
+                        .query_async::<(i64, i64)>(&mut c)
+                        .await
+                })
+                .await;
+        });
     }
 }
 

@@ -15,6 +15,7 @@ mod introspection;
 mod jwt;
 mod logs;
 mod metrics;
+mod redis_store;
 mod reload;
 mod replicas;
 mod sessions;
