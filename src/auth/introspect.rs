@@ -148,6 +148,18 @@ impl Introspector {
         self
     }
 
+    /// Reads one answer (from the server or another replica) against this issuer, as of now.
+    fn interpret(&self, members: serde_json::Map<String, Value>) -> Outcome {
+        interpret(
+            members,
+            &self.issuer_id,
+            &self.issuer,
+            &self.audiences,
+            self.leeway,
+            now_unix(),
+        )
+    }
+
     fn shared_key(&self, digest: &[u8; 32]) -> String {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("i:{}:{hex}", self.issuer_id)
@@ -296,14 +308,7 @@ impl Introspector {
         if let Some(shared) = &self.shared {
             let text = shared.get(&self.shared_key(&digest)).await;
             if let Some(Value::Object(members)) = text.and_then(|t| serde_json::from_str(&t).ok()) {
-                let outcome = interpret(
-                    members,
-                    &self.issuer_id,
-                    &self.issuer,
-                    &self.audiences,
-                    self.leeway,
-                    now_unix(),
-                );
+                let outcome = self.interpret(members);
                 if let Outcome::Active(_) = &outcome {
                     self.cache
                         .insert(digest, Arc::new(self.entry(outcome.clone())));
@@ -325,14 +330,7 @@ impl Introspector {
                     .shared
                     .as_ref()
                     .map(|_| Value::Object(members.clone()).to_string());
-                let outcome = interpret(
-                    members,
-                    &self.issuer_id,
-                    &self.issuer,
-                    &self.audiences,
-                    self.leeway,
-                    now_unix(),
-                );
+                let outcome = self.interpret(members);
                 let label = match outcome {
                     Outcome::Active(_) => IntrospectionResult::Active,
                     Outcome::Inactive(_) => IntrospectionResult::Inactive,

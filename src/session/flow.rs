@@ -354,16 +354,12 @@ fn rewrite_location(h: &mut HeaderMap, step: &Step<'_>) {
 }
 
 fn clone_head(p: &Parts) -> Parts {
-    let mut b = Request::builder()
-        .method(p.method.clone())
-        .uri(p.uri.clone())
-        .version(p.version);
-    if let Some(h) = b.headers_mut() {
-        h.extend(p.headers.clone());
-    }
-    b.body(())
-        .map(|r| r.into_parts().0)
-        .unwrap_or_else(|_| Request::new(()).into_parts().0)
+    let mut r = Request::new(());
+    *r.method_mut() = p.method.clone();
+    *r.uri_mut() = p.uri.clone();
+    *r.version_mut() = p.version;
+    *r.headers_mut() = p.headers.clone();
+    r.into_parts().0
 }
 
 /// Releases the lease when the response body has been sent (or dropped).

@@ -356,6 +356,16 @@ impl RedisStore {
         }
     }
 
+    /// The keys a slot (`text` is its [`slot_text`]) lives under: the record, the slot index and
+    /// the grant's set.
+    fn slot_keys(&self, text: &str, slot: &SlotKey) -> (String, String, String) {
+        (
+            self.key(&format!("r:{text}")),
+            self.key("slots"),
+            self.key(&format!("g:{}", slot.grant.0)),
+        )
+    }
+
     fn key(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.prefix)
     }
@@ -588,11 +598,7 @@ impl SessionStore for RedisStore {
         _max_in_flight: u32,
     ) -> Result<Created, StoreError> {
         let s = slot_text(slot);
-        let (rec, slots, grant) = (
-            self.key(&format!("r:{s}")),
-            self.key("slots"),
-            self.key(&format!("g:{}", slot.grant.0)),
-        );
+        let (rec, slots, grant) = self.slot_keys(&s, slot);
         let prefix = self.prefix.clone();
         let script = &self.scripts.create;
         let flat: Vec<String> = fields(&record)
@@ -664,11 +670,7 @@ impl SessionStore for RedisStore {
 
     async fn remove(&self, slot: &SlotKey, id: u64) -> Result<Option<SessionRecord>, StoreError> {
         let s = slot_text(slot);
-        let (rec, slots, grant) = (
-            self.key(&format!("r:{s}")),
-            self.key("slots"),
-            self.key(&format!("g:{}", slot.grant.0)),
-        );
+        let (rec, slots, grant) = self.slot_keys(&s, slot);
         let prefix = self.prefix.clone();
         let script = &self.scripts.remove;
         let reply: Option<Vec<String>> = self
