@@ -32,7 +32,21 @@
 //! - the strict `Content-Length` rule applies to every `POST` (login, logout, data), over HTTP/1
 //!   and HTTP/2 alike; only the logout's `411`s are counted (`logouts_411`);
 //! - a user's empty `tenants` (or `branches`) list means every configured tenant (any branch); a
-//!   requested branch the user does not have fails the login with a fake-specific message.
+//!   requested branch the user does not have fails the login with a fake-specific message;
+//! - every error body carries `exceptionMessage`, `exceptionType` and a `stackTrace`, as the real
+//!   API's do: a gateway must never show them to its clients;
+//! - every `renew_auth_every`-th data answer of a session (5 by default) sets a fresh `.ASPXAUTH`
+//!   (forms authentication's sliding renewal); the replaced value still authenticates, but each
+//!   use of it is counted in `stale_auth_cookie`, which stays 0 behind a gateway whose jar
+//!   follows;
+//! - a request whose session ended while it ran (a logout, a forced expiry) answers 401 and
+//!   deletes `.ASPXAUTH`, as the real API fails it; `sign_out_on_next_answer` (or
+//!   `POST /_fake/sign-out`) makes a session's next data answer succeed and delete `.ASPXAUTH`,
+//!   ending the session upstream;
+//! - with `login_limit_shape = Redirect` the "API Login Limit" is a `302` to
+//!   `/Frames/Error.aspx` with the message in the query, the third shape seen in the wild;
+//! - `max_requests_per_minute` limits data requests over all sessions per minute of the fake's
+//!   clock; over it, `429` with `Retry-After` (the licence's request rate).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -81,6 +95,11 @@ const LOGIN_LIMIT: &str = "API Login Limit";
 const LOCKED_OUT: &str = "Error: Your account is locked out.";
 const OPERATION_RUNNING: &str = "The previous operation has not been completed yet.";
 const DENIED: &str = "Authorization has been denied for this request.";
+const THROTTLED: &str = "The number of requests per minute has exceeded the limit of the license.";
+/// Where the login limit redirects in the `Redirect` shape.
+const LIMIT_REDIRECT: &str = "/Frames/Error.aspx?exceptionID=PX.Data.PXException&typeID=Login&message=Login%20failed.%20The%20number%20of%20concurrent%20API%20logins%20exceeds%20the%20license%20limit.";
+/// The stack trace every error body carries (the gateway must never pass it on).
+const STACK_TRACE: &str = "   at PX.Api.ContractBased.WebApi.Controllers.AuthController.Login(LoginRequest request)\r\n   at lambda_method(Closure , Object , Object[] )\r\n   at System.Web.Http.Controllers.ReflectedHttpActionDescriptor.ActionExecutor.Execute(Object instance, Object[] arguments)";
 
 /// One account of the fake.
 #[derive(Clone, PartialEq, Eq)]
@@ -140,6 +159,31 @@ pub struct LegacyOptions {
     pub rotate_cookies: bool,
     /// How long a `LongOp` runs.
     pub long_op_duration: Duration,
+    /// Every this many authenticated data answers of a session carry a renewed `.ASPXAUTH`
+    /// (forms authentication's sliding expiration); 0 = never. The superseded value still
+    /// authenticates, but its use is counted (`stale_auth_cookie`).
+    pub renew_auth_every: u32,
+    /// How the "API Login Limit" is answered: as an error body, or (`Redirect`) as a 302 to
+    /// the error page with the message in its query.
+    pub login_limit_shape: LimitShape,
+    /// Data requests allowed per minute of the fake's clock over all sessions (the licence's
+    /// request rate); more answer 429 with `Retry-After`. 0 = unlimited.
+    pub max_requests_per_minute: u32,
+    /// How long a login takes before it is answered (the checks and the seat happen at the
+    /// end, as a real login's do).
+    pub login_delay: Duration,
+    /// Every request (but `/health` and the control API) answers IIS's `503 Service
+    /// Unavailable`, as while the application pool is stopped.
+    pub unavailable: bool,
+}
+
+/// The shape of the "API Login Limit" answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitShape {
+    /// `login_limit_status` with `"API Login Limit"` in an error body.
+    Error,
+    /// `302` to `/Frames/Error.aspx?...&message=...concurrent API logins...`.
+    Redirect,
 }
 
 impl Default for LegacyOptions {
@@ -157,6 +201,11 @@ impl Default for LegacyOptions {
             strict_content_length: true,
             rotate_cookies: true,
             long_op_duration: Duration::from_millis(300),
+            renew_auth_every: 5,
+            login_limit_shape: LimitShape::Error,
+            max_requests_per_minute: 0,
+            login_delay: Duration::ZERO,
+            unavailable: false,
         }
     }
 }
@@ -188,6 +237,17 @@ pub struct Counters {
     pub peak_seats: u64,
     /// Requests refused for want of a valid session (401, or 302 to the login page).
     pub requests_unauthenticated: u64,
+    /// Requests authenticated by a `.ASPXAUTH` value the fake had already replaced: a client
+    /// whose jar does not follow the renewals (stays 0 behind a correct gateway).
+    pub stale_auth_cookie: u64,
+    /// `.ASPXAUTH` renewals sent.
+    pub auth_renewed: u64,
+    /// Data requests refused by the request-rate limit (429).
+    pub requests_throttled: u64,
+    /// Requests whose session ended while they were being handled (answered 401).
+    pub ended_mid_request: u64,
+    /// Sessions ended by a data answer deleting `.ASPXAUTH` (see `sign_out_on_next_answer`).
+    pub signed_out_by_answer: u64,
 }
 
 /// The fake legacy API. Cheap to clone; clones share one state.
@@ -216,6 +276,12 @@ struct Session {
     lock: Arc<tokio::sync::Mutex<()>>,
     /// Long operations started in this session: id → start.
     ops: HashMap<u64, Instant>,
+    /// `.ASPXAUTH` values this session had before its current one (still accepted, counted).
+    old_auth: Vec<String>,
+    /// Authenticated data answers since the last renewal.
+    answers: u32,
+    /// The next data answer ends the session and deletes `.ASPXAUTH`.
+    sign_out_next: bool,
 }
 
 #[derive(Default)]
@@ -236,6 +302,8 @@ struct State {
     /// By lower-cased user name.
     lockouts: HashMap<String, Lockout>,
     counters: Counters,
+    /// The request-rate window: its start and the data requests in it.
+    rate_window: Option<(Instant, u32)>,
 }
 
 enum Auth {
@@ -287,7 +355,7 @@ impl State {
                 by_auth.extend(
                     self.sessions
                         .values()
-                        .filter(|s| s.auth == *value)
+                        .filter(|s| s.auth == *value || s.old_auth.contains(value))
                         .map(|s| s.ordinal),
                 );
             }
@@ -300,6 +368,38 @@ impl State {
             (Some(a), Some(b)) if a == b => Auth::Session(*a),
             _ => Auth::None,
         }
+    }
+
+    /// True when the request's `.ASPXAUTH` is one its session has since replaced.
+    fn uses_stale_auth(&self, ordinal: u64, cookies: &[(String, String)]) -> bool {
+        let Some(s) = self.sessions.get(&ordinal) else {
+            return false;
+        };
+        cookies
+            .iter()
+            .any(|(n, v)| n == AUTH_COOKIE && s.old_auth.contains(v))
+    }
+
+    /// Counts a data request against the per-minute rate; `Some(retry_after)` when over it.
+    fn over_rate(&mut self) -> Option<u64> {
+        let limit = self.opts.max_requests_per_minute;
+        if limit == 0 {
+            return None;
+        }
+        let now = self.now();
+        let minute = Duration::from_secs(60);
+        let (start, n) = match self.rate_window {
+            Some((start, n)) if now.saturating_duration_since(start) < minute => (start, n),
+            _ => (now, 0),
+        };
+        if n >= limit {
+            self.counters.requests_throttled += 1;
+            self.rate_window = Some((start, n));
+            let left = minute.saturating_sub(now.saturating_duration_since(start));
+            return Some(left.as_secs().max(1));
+        }
+        self.rate_window = Some((start, n + 1));
+        None
     }
 
     /// Notes that a request entered the handling of session `ordinal`.
@@ -430,6 +530,8 @@ enum LoginOutcome {
         seq: u64,
     },
     Refused(StatusCode, &'static str),
+    /// The login limit as a redirect to the error page.
+    LimitRedirect,
     BadBranch(String),
 }
 
@@ -448,6 +550,7 @@ impl FakeLegacy {
                     reserved: 0,
                     lockouts: HashMap::new(),
                     counters: Counters::default(),
+                    rate_window: None,
                 }),
             }),
         }
@@ -505,6 +608,9 @@ impl FakeLegacy {
             st.opts.strict_content_length
         };
         let route = Route::of(req.method(), &path);
+        if self.inner.lock().opts.unavailable && !matches!(route, Route::Health) {
+            return service_unavailable();
+        }
         if strict && req.method() == Method::POST && !has_length(req.headers()) {
             if matches!(route, Route::Logout) {
                 self.inner.lock().counters.logouts_411 += 1;
@@ -597,9 +703,38 @@ impl FakeLegacy {
         n
     }
 
+    /// Session `session`'s next data answer ends it: the answer is served and deletes
+    /// `.ASPXAUTH` (the upstream signing the session out by itself). False if no such session.
+    pub fn sign_out_on_next_answer(&self, session: u64) -> bool {
+        let mut st = self.inner.lock();
+        match st.sessions.get_mut(&session) {
+            Some(s) => {
+                s.sign_out_next = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The live sessions' ordinals, in order.
+    pub fn live_sessions(&self) -> Vec<u64> {
+        let mut st = self.inner.lock();
+        st.sweep();
+        let mut v: Vec<u64> = st.sessions.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Seats held by "other integrations" (replaces the previous number).
     pub fn reserve_seats(&self, n: u32) {
         self.inner.lock().reserved = n;
+    }
+
+    /// Changes options at run time, as `POST /_fake/config` does.
+    pub fn configure_with(&self, change: impl FnOnce(&mut LegacyOptions)) {
+        let mut st = self.inner.lock();
+        change(&mut st.opts);
+        st.sweep();
     }
 
     /// The status of the "API Login Limit" answer (an invalid status is answered as 500).
@@ -646,6 +781,10 @@ impl FakeLegacy {
                 &json!({"message": "The request is invalid."}),
             );
         };
+        let delay = self.inner.lock().opts.login_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         match self.try_login(&form) {
             LoginOutcome::Ok {
                 session_id,
@@ -670,6 +809,12 @@ impl FakeLegacy {
                 resp
             }
             LoginOutcome::Refused(status, text) => px_error(status, text),
+            LoginOutcome::LimitRedirect => {
+                let mut r = empty(StatusCode::FOUND);
+                r.headers_mut()
+                    .insert(header::LOCATION, HeaderValue::from_static(LIMIT_REDIRECT));
+                r
+            }
             LoginOutcome::BadBranch(b) => px_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("Error: The branch '{b}' is not available to the user."),
@@ -730,6 +875,9 @@ impl FakeLegacy {
         let taken = st.sessions.len() as u64 + u64::from(st.reserved);
         if taken >= u64::from(st.opts.max_api_users) {
             st.counters.logins_rejected_limit += 1;
+            if st.opts.login_limit_shape == LimitShape::Redirect {
+                return LoginOutcome::LimitRedirect;
+            }
             let status = StatusCode::from_u16(st.opts.login_limit_status)
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return LoginOutcome::Refused(status, LOGIN_LIMIT);
@@ -756,6 +904,9 @@ impl FakeLegacy {
                 counter: 0,
                 lock: Arc::new(tokio::sync::Mutex::new(())),
                 ops: HashMap::new(),
+                old_auth: Vec::new(),
+                answers: 0,
+                sign_out_next: false,
             },
         );
         st.counters.logins_ok += 1;
@@ -849,26 +1000,95 @@ impl FakeLegacy {
         } else {
             None
         };
-        let live = self.inner.lock().sessions.contains_key(&ordinal);
-        if !live {
-            // The session ended while this request waited for its turn.
-            self.inner.lock().counters.requests_unauthenticated += 1;
-            return refuse(&data, &path);
+        let throttled = {
+            let mut st = self.inner.lock();
+            if !st.sessions.contains_key(&ordinal) {
+                // The session ended while this request waited for its turn.
+                st.counters.requests_unauthenticated += 1;
+                None
+            } else {
+                if st.uses_stale_auth(ordinal, cookies) {
+                    st.counters.stale_auth_cookie += 1;
+                }
+                Some(if data.is_some() { st.over_rate() } else { None })
+            }
+        };
+        let retry_after = match throttled {
+            None => return refuse(&data, &path),
+            Some(r) => r,
+        };
+        if let Some(secs) = retry_after {
+            let mut r = json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &json!({"message": THROTTLED}),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return r;
         }
-        let body_bytes = drain(body).await;
-
+        let (body_bytes, body_sha256) = drain(body).await;
+        let is_data = data.is_some();
         let mut resp = match data {
             None => json_response(
                 StatusCode::OK,
-                &json!({"session": ordinal, "path": path, "method": parts.method.as_str(), "body_bytes": body_bytes}),
+                &json!({"session": ordinal, "path": path, "method": parts.method.as_str(), "body_bytes": body_bytes, "body_sha256": body_sha256}),
             ),
-            Some((prefix, op)) => self.data_op(ordinal, &prefix, op, &parts, body_bytes).await,
+            Some((prefix, op)) => {
+                self.data_op(ordinal, &prefix, op, &parts, body_bytes, &body_sha256)
+                    .await
+            }
         };
-        let rotate = {
-            let mut st = self.inner.lock();
-            st.opts.rotate_cookies.then(|| st.next_seq())
+        // What the session came to while the request ran: ended (logout, expiry), signed out
+        // by this very answer, due for a renewed `.ASPXAUTH`, or simply on.
+        let mut st = self.inner.lock();
+        let renew_every = st.opts.renew_auth_every;
+        let rotate = st.opts.rotate_cookies;
+        let ended = match st.sessions.get_mut(&ordinal) {
+            None => true,
+            Some(s) if s.sign_out_next => {
+                st.sessions.remove(&ordinal);
+                st.counters.signed_out_by_answer += 1;
+                st.counters.expiries += 1;
+                st.update_seats();
+                delete_auth_cookie(resp.headers_mut());
+                false
+            }
+            Some(s) => {
+                s.answers += 1;
+                if is_data && renew_every > 0 && s.answers >= renew_every {
+                    s.answers = 0;
+                    let fresh = random_hex(4);
+                    let old = std::mem::replace(&mut s.auth, fresh.clone());
+                    // Old tickets lapse in time; the last few are kept to recognise them.
+                    if s.old_auth.len() >= 16 {
+                        s.old_auth.remove(0);
+                    }
+                    s.old_auth.push(old);
+                    add_cookie(
+                        resp.headers_mut(),
+                        &format!("{AUTH_COOKIE}={fresh}; path=/; HttpOnly"),
+                    );
+                    st.counters.auth_renewed += 1;
+                }
+                false
+            }
         };
-        if let Some(seq) = rotate {
+        if ended {
+            // The real API fails a request whose session ended under it: not signed in.
+            st.counters.ended_mid_request += 1;
+            st.counters.requests_unauthenticated += 1;
+            drop(st);
+            let mut r = if is_data {
+                json_response(StatusCode::UNAUTHORIZED, &json!({"message": DENIED}))
+            } else {
+                login_redirect(&path)
+            };
+            delete_auth_cookie(r.headers_mut());
+            return r;
+        }
+        let seq = rotate.then(|| st.next_seq());
+        drop(st);
+        if let Some(seq) = seq {
             add_request_cookies(resp.headers_mut(), seq, &path);
         }
         resp
@@ -881,6 +1101,7 @@ impl FakeLegacy {
         op: DataOp,
         parts: &http::request::Parts,
         body_bytes: u64,
+        body_sha256: &str,
     ) -> Response<Body> {
         match op {
             DataOp::Slow => {
@@ -902,7 +1123,7 @@ impl FakeLegacy {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 json_response(StatusCode::OK, &json!({"session": ordinal}))
             }
-            op => self.data_op_now(ordinal, prefix, op, parts, body_bytes),
+            op => self.data_op_now(ordinal, prefix, op, parts, body_bytes, body_sha256),
         }
     }
 
@@ -914,14 +1135,15 @@ impl FakeLegacy {
         op: DataOp,
         parts: &http::request::Parts,
         body_bytes: u64,
+        body_sha256: &str,
     ) -> Response<Body> {
         let mut guard = self.inner.lock();
         let now = guard.now();
         let st = &mut *guard;
         let long_op_duration = st.opts.long_op_duration;
         let Some(s) = st.sessions.get_mut(&ordinal) else {
-            // Ended a moment ago (logout or expiry during this request): answer as if just before.
-            return json_response(StatusCode::OK, &json!({"session": ordinal}));
+            // Ended during this request: the caller answers 401.
+            return empty(StatusCode::UNAUTHORIZED);
         };
         let running = running_op(s, now, long_op_duration);
         let is_long_op = matches!(
@@ -969,7 +1191,7 @@ impl FakeLegacy {
             },
             DataOp::LongOpOther | DataOp::Generic | DataOp::Slow => json_response(
                 StatusCode::OK,
-                &json!({"session": ordinal, "path": parts.uri.path(), "method": parts.method.as_str(), "body_bytes": body_bytes}),
+                &json!({"session": ordinal, "path": parts.uri.path(), "method": parts.method.as_str(), "body_bytes": body_bytes, "body_sha256": body_sha256}),
             ),
         }
     }
@@ -987,7 +1209,7 @@ impl FakeLegacy {
         }
         if !matches!(
             sub,
-            "/expire" | "/reserve-seats" | "/config" | "/reset" | "/advance-clock"
+            "/expire" | "/reserve-seats" | "/config" | "/reset" | "/advance-clock" | "/sign-out"
         ) {
             return control_error(StatusCode::NOT_FOUND, "unknown control endpoint");
         }
@@ -1039,6 +1261,13 @@ impl FakeLegacy {
                 self.reset();
                 json_response(StatusCode::OK, &json!({"reset": true}))
             }
+            "/sign-out" => match v["session"].as_u64() {
+                Some(n) if self.sign_out_on_next_answer(n) => {
+                    json_response(StatusCode::OK, &json!({"sign_out_next": n}))
+                }
+                Some(_) => control_error(StatusCode::NOT_FOUND, "no such session"),
+                None => control_error(StatusCode::BAD_REQUEST, "expected {\"session\": <ordinal>}"),
+            },
             _ => self.configure(&v),
         }
     }
@@ -1070,6 +1299,24 @@ impl FakeLegacy {
                 "serialize_per_session" => value.as_bool().map(|b| opts.serialize_per_session = b),
                 "rotate_cookies" => value.as_bool().map(|b| opts.rotate_cookies = b),
                 "strict_content_length" => value.as_bool().map(|b| opts.strict_content_length = b),
+                "renew_auth_every" => value
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .map(|n| opts.renew_auth_every = n),
+                "max_requests_per_minute" => value
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .map(|n| opts.max_requests_per_minute = n),
+                "login_delay_ms" => value
+                    .as_u64()
+                    .map(|ms| opts.login_delay = Duration::from_millis(ms)),
+                "unavailable" => value.as_bool().map(|b| opts.unavailable = b),
+                "login_limit_shape" => match value.as_str() {
+                    Some("error") => Some(LimitShape::Error),
+                    Some("redirect") => Some(LimitShape::Redirect),
+                    _ => None,
+                }
+                .map(|shape| opts.login_limit_shape = shape),
                 _ => {
                     return control_error(StatusCode::BAD_REQUEST, &format!("unknown option {key}"))
                 }
@@ -1091,6 +1338,14 @@ impl FakeLegacy {
                 "serialize_per_session": o.serialize_per_session,
                 "rotate_cookies": o.rotate_cookies,
                 "strict_content_length": o.strict_content_length,
+                "renew_auth_every": o.renew_auth_every,
+                "login_delay_ms": millis(o.login_delay),
+                "unavailable": o.unavailable,
+                "max_requests_per_minute": o.max_requests_per_minute,
+                "login_limit_shape": match o.login_limit_shape {
+                    LimitShape::Error => "error",
+                    LimitShape::Redirect => "redirect",
+                },
             }),
         )
     }
@@ -1207,16 +1462,29 @@ async fn read_limited(body: Incoming) -> Result<Bytes, Response<Body>> {
     }
 }
 
-/// Reads and discards a body of any size; returns its length.
-async fn drain(mut body: Incoming) -> u64 {
+/// Reads and discards a body of any size; returns its length and SHA-256 (hex), so that tests
+/// can check that a body arrived byte for byte.
+async fn drain(mut body: Incoming) -> (u64, String) {
+    use sha2::Digest as _;
     let mut n = 0u64;
+    let mut digest = sha2::Sha256::new();
     while let Some(frame) = body.frame().await {
         match frame {
-            Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    n += d.len() as u64;
+                    digest.update(d);
+                }
+            }
             Err(_) => break,
         }
     }
-    n
+    let hex = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (n, hex)
 }
 
 fn random_session_id() -> String {
@@ -1284,7 +1552,7 @@ fn empty(status: StatusCode) -> Response<Body> {
     r
 }
 
-/// An error in Acumatica's shape.
+/// An error in Acumatica's shape, stack trace included.
 fn px_error(status: StatusCode, text: &str) -> Response<Body> {
     json_response(
         status,
@@ -1292,8 +1560,17 @@ fn px_error(status: StatusCode, text: &str) -> Response<Body> {
             "message": "An error has occurred.",
             "exceptionMessage": text,
             "exceptionType": "PX.Data.PXException",
+            "stackTrace": STACK_TRACE,
         }),
     )
+}
+
+/// The deletion of `.ASPXAUTH` that a signed-out session's answers carry.
+fn delete_auth_cookie(headers: &mut HeaderMap) {
+    add_cookie(
+        headers,
+        &format!("{AUTH_COOKIE}=; expires=Thu, 01-Jan-1970 00:00:00 GMT; path=/"),
+    );
 }
 
 fn not_found() -> Response<Body> {
@@ -1301,6 +1578,19 @@ fn not_found() -> Response<Body> {
         StatusCode::NOT_FOUND,
         &json!({"message": "No HTTP resource was found that matches the request URI."}),
     )
+}
+
+/// IIS's answer while the application pool is stopped.
+fn service_unavailable() -> Response<Body> {
+    let mut r = Response::new(proxy::full(
+        "<h2>Service Unavailable</h2><hr><p>HTTP Error 503. The service is unavailable.</p>",
+    ));
+    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=us-ascii"),
+    );
+    r
 }
 
 /// IIS's answer to a `POST` without a length.
@@ -1814,9 +2104,14 @@ mod tests {
         assert_eq!(r.json()["session"], 1);
         assert_eq!(r.json()["path"], "/entity/Default/24.200.001/Customer");
         assert_eq!(r.json()["body_bytes"], 7);
-        // Without rotation, no Set-Cookie at all.
-        f.call("POST", "/_fake/config", &[], r#"{"rotate_cookies":false}"#)
-            .await;
+        // Without rotation (and renewal), no Set-Cookie at all.
+        f.call(
+            "POST",
+            "/_fake/config",
+            &[],
+            r#"{"rotate_cookies":false,"renew_auth_every":0}"#,
+        )
+        .await;
         assert!(f.echo(&jar).await.set_cookies().is_empty());
     }
 
@@ -1995,9 +2290,15 @@ mod tests {
         let (slow, (out, took)) = tokio::join!(slow, logout);
         assert_eq!(out.status, 204);
         assert!(took < Duration::from_millis(200), "{took:?}");
-        assert_eq!(slow.status, 200, "the in-flight request finishes normally");
+        // The request whose session ended under it fails as the real API fails it.
+        assert_eq!(slow.status, 401, "{}", slow.body);
+        assert!(slow
+            .set_cookies()
+            .iter()
+            .any(|c| c.starts_with(".ASPXAUTH=;")));
         let n = f.fake.counters();
         assert_eq!((n.logouts, n.seats_in_use), (1, 0));
+        assert_eq!(n.ended_mid_request, 1);
         // The logout was seen while a request was in flight.
         assert_eq!(n.max_concurrency_per_session, 2);
     }
@@ -2195,5 +2496,161 @@ mod tests {
             .unwrap();
         assert_eq!(resp.status(), 204);
         task.abort();
+    }
+
+    #[tokio::test]
+    async fn error_bodies_carry_the_exception_and_a_stack_trace() {
+        let f = start(LegacyOptions::default()).await;
+        let r = f.login_as("admin", "wrong", None).await;
+        assert_eq!(r.status, 500);
+        let v = r.json();
+        assert_eq!(v["exceptionType"], "PX.Data.PXException");
+        assert!(v["stackTrace"].as_str().unwrap().contains("   at PX."));
+    }
+
+    #[tokio::test]
+    async fn login_and_logout_route_without_case_and_with_a_trailing_slash() {
+        let f = start(LegacyOptions::default()).await;
+        let body = r#"{"name":"admin","password":"123"}"#;
+        let r = f
+            .call(
+                "POST",
+                "/Entity/AUTH/Login/",
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await;
+        assert_eq!(r.status, 204, "{}", r.body);
+        let jar = r.jar();
+        let out = f
+            .call(
+                "POST",
+                "/ENTITY/auth/LOGOUT/",
+                &[("cookie", &jar), ("content-length", "0")],
+                "",
+            )
+            .await;
+        assert_eq!(out.status, 204);
+        assert_eq!(f.fake.counters().logouts, 1);
+    }
+
+    #[tokio::test]
+    async fn auth_cookies_are_renewed_and_the_old_ones_counted() {
+        let f = start(LegacyOptions {
+            renew_auth_every: 2,
+            rotate_cookies: false,
+            ..LegacyOptions::default()
+        })
+        .await;
+        let jar = f.login().await;
+        assert!(f.echo(&jar).await.set_cookies().is_empty());
+        let renewed = f.echo(&jar).await;
+        let fresh = renewed.set_cookies();
+        assert_eq!(fresh.len(), 1, "{fresh:?}");
+        let new_auth = fresh[0].split(';').next().unwrap().to_owned();
+        assert!(new_auth.starts_with(".ASPXAUTH=") && new_auth.len() > 20);
+        // The replaced value still authenticates, and is counted.
+        assert_eq!(f.echo(&jar).await.status, 200);
+        assert_eq!(f.fake.counters().stale_auth_cookie, 1);
+        let followed = format!(
+            "ASP.NET_SessionId={}; {new_auth}",
+            cookie_value(&jar, "ASP.NET_SessionId")
+        );
+        assert_eq!(f.echo(&followed).await.status, 200);
+        let c = f.fake.counters();
+        assert_eq!((c.stale_auth_cookie, c.auth_renewed), (1, 2), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn a_session_signed_out_by_an_answer_deletes_its_cookie() {
+        let f = start(LegacyOptions::default()).await;
+        let jar = f.login().await;
+        assert!(f.fake.sign_out_on_next_answer(1));
+        let last = f.echo(&jar).await;
+        assert_eq!(last.status, 200);
+        assert!(last
+            .set_cookies()
+            .iter()
+            .any(|c| c.starts_with(".ASPXAUTH=;") && c.contains("1970")));
+        assert_eq!(f.echo(&jar).await.status, 401);
+        let c = f.fake.counters();
+        assert_eq!((c.signed_out_by_answer, c.seats_in_use), (1, 0), "{c:?}");
+        // Over the control API too.
+        let jar = f.login().await;
+        let r = f
+            .call("POST", "/_fake/sign-out", &[], r#"{"session":2}"#)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(f
+            .echo(&jar)
+            .await
+            .set_cookies()
+            .iter()
+            .any(|c| c.starts_with(".ASPXAUTH=;")));
+        assert_eq!(
+            f.call("POST", "/_fake/sign-out", &[], r#"{"session":2}"#)
+                .await
+                .status,
+            404
+        );
+    }
+
+    #[tokio::test]
+    async fn the_login_limit_can_be_a_redirect_to_the_error_page() {
+        let f = start(LegacyOptions {
+            max_api_users: 1,
+            login_limit_shape: LimitShape::Redirect,
+            ..LegacyOptions::default()
+        })
+        .await;
+        f.login().await;
+        let r = f.login_as("admin", "123", None).await;
+        assert_eq!(r.status, 302);
+        let loc = r.headers.get("location").unwrap().to_str().unwrap();
+        assert!(
+            loc.starts_with("/Frames/Error.aspx?") && loc.contains("concurrent%20API%20logins"),
+            "{loc}"
+        );
+        assert_eq!(f.fake.counters().logins_rejected_limit, 1);
+    }
+
+    #[tokio::test]
+    async fn data_requests_are_limited_per_minute() {
+        let f = start(LegacyOptions {
+            max_requests_per_minute: 2,
+            ..LegacyOptions::default()
+        })
+        .await;
+        let jar = f.login().await;
+        for _ in 0..2 {
+            assert_eq!(f.echo(&jar).await.status, 200);
+        }
+        let r = f.echo(&jar).await;
+        assert_eq!(r.status, 429);
+        let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        // Logins and logouts are not data requests; a new minute starts afresh.
+        f.fake.advance_clock(Duration::from_secs(61));
+        let jar = f.login().await;
+        assert_eq!(f.echo(&jar).await.status, 200);
+        assert_eq!(f.fake.counters().requests_throttled, 1);
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_upstream_and_a_slow_login() {
+        let f = start(LegacyOptions {
+            unavailable: true,
+            ..LegacyOptions::default()
+        })
+        .await;
+        assert_eq!(f.login_as("admin", "123", None).await.status, 503);
+        assert_eq!(f.call("GET", "/health", &[], "").await.status, 200);
+        f.fake.configure_with(|o| {
+            o.unavailable = false;
+            o.login_delay = Duration::from_millis(150);
+        });
+        let started = Instant::now();
+        assert_eq!(f.login_as("admin", "123", None).await.status, 204);
+        assert!(started.elapsed() >= Duration::from_millis(150));
     }
 }
