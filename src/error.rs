@@ -53,14 +53,19 @@ pub enum GatewayError {
     Session(#[from] SessionError),
     #[error(transparent)]
     TooLarge(#[from] crate::limits::TooLarge),
+    /// The client's request body could not be read to its end (the client went away, or its
+    /// framing was broken).
+    #[error("the request body could not be read")]
+    BodyRead,
 }
 
 impl GatewayError {
     pub fn fault(&self) -> Fault {
         match self {
-            GatewayError::Path(_) | GatewayError::NoRoute | GatewayError::TooLarge(_) => {
-                Fault::Client
-            }
+            GatewayError::Path(_)
+            | GatewayError::NoRoute
+            | GatewayError::TooLarge(_)
+            | GatewayError::BodyRead => Fault::Client,
             GatewayError::Auth(AuthError::IdpUnavailable { .. }) => Fault::Idp,
             GatewayError::Auth(AuthError::Bearer(_) | AuthError::InvalidToken(_)) => Fault::Auth,
             GatewayError::Denied { .. } => Fault::Auth,
@@ -95,7 +100,8 @@ impl GatewayError {
             GatewayError::Path(_)
             | GatewayError::NoRoute
             | GatewayError::Proxy(_)
-            | GatewayError::TooLarge(_) => None,
+            | GatewayError::TooLarge(_)
+            | GatewayError::BodyRead => None,
             GatewayError::Session(SessionError::NoGrant) => Some(Decision::InvalidToken),
             GatewayError::Session(_) => None,
             GatewayError::Auth(AuthError::Bearer(BearerError::Missing)) => {
@@ -222,6 +228,13 @@ impl GatewayError {
                 None,
             ),
             GatewayError::Session(e) => session_reply(e, &bearer),
+            GatewayError::BodyRead => reply(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the request body could not be read",
+                None,
+                None,
+            ),
             GatewayError::TooLarge(e) => reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

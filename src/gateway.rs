@@ -45,7 +45,8 @@ use crate::error::{Fault, GatewayError};
 use crate::metrics::{Decision, Metrics};
 use crate::policy::{self, matcher, RouteAuth, RouteTable};
 use crate::proxy::{self, headers, ProxyError, Upstream};
-use crate::session::{self, store::MemoryStore, Pool};
+use crate::session::store::{MemoryStore, SeatTable};
+use crate::session::{self, Pool};
 use crate::Body;
 
 /// The part of the configuration a reload swaps as one value: routes, the upstreams they point
@@ -80,6 +81,9 @@ struct Inner {
     redis: Option<(session::redis::RedisHandle, RedisConfig)>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// The seats of each upstream with the memory store, by upstream id: kept across reloads so
+    /// that a pool being retired and the one replacing it count against one cap.
+    seats: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<SeatTable>>>,
 }
 
 /// The client connection a request arrived on.
@@ -139,6 +143,7 @@ impl Gateway {
             client: IdpClient::new(),
             redis,
             reloading: tokio::sync::Mutex::new(()),
+            seats: std::sync::Mutex::default(),
         };
         let gateway = Gateway {
             inner: Arc::new(inner),
@@ -216,7 +221,17 @@ impl Gateway {
             }
         };
         let store: Arc<dyn session::store::SessionStore> = match &self.inner.redis {
-            None => Arc::new(MemoryStore::new()),
+            None => {
+                let seats = self
+                    .inner
+                    .seats
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(cfg.id.clone())
+                    .or_default()
+                    .clone();
+                Arc::new(MemoryStore::with_seats(seats))
+            }
             Some((handle, r)) => Arc::new(session::redis::RedisStore::new(
                 handle.clone(),
                 &r.key_prefix,

@@ -239,6 +239,9 @@ pub struct SessionSection {
     pub concurrent_without_handle: Option<String>,
     pub passive_login_name_claim: Option<String>,
     pub grant_key: Option<Vec<String>>,
+    /// `sanitize` (default): upstream error answers never reach the client with the
+    /// upstream's exception details; `pass`: they pass unchanged.
+    pub error_bodies: Option<String>,
     pub credentials: Option<CredentialsSection>,
 }
 

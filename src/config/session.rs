@@ -106,6 +106,8 @@ pub struct SessionConfig {
     pub without_handle: WithoutHandle,
     pub passive_login_name_claim: Option<String>,
     pub grant_key: Vec<GrantSource>,
+    /// Upstream error answers lose the upstream's exception details (`error_bodies`).
+    pub sanitize_errors: bool,
     /// Required with `creation = "active"`.
     pub credentials: Option<Credentials>,
 }
@@ -338,6 +340,17 @@ pub(crate) fn session(
             .collect(),
     };
 
+    let sanitize_errors = match s.error_bodies.as_deref() {
+        None | Some("sanitize") => true,
+        Some("pass") => false,
+        Some(other) => {
+            c.error(
+                &k("error_bodies"),
+                format!("`{other}`: use \"sanitize\" or \"pass\""),
+            );
+            true
+        }
+    };
     let credentials = match (creation, &s.credentials) {
         (Creation::Active, Some(cr)) => credentials(c, &k("credentials"), cr, base),
         (Creation::Active, None) => {
@@ -393,6 +406,7 @@ pub(crate) fn session(
         without_handle,
         passive_login_name_claim: s.passive_login_name_claim.clone(),
         grant_key,
+        sanitize_errors,
         credentials,
     })
 }

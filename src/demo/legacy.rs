@@ -304,6 +304,8 @@ struct State {
     counters: Counters,
     /// The request-rate window: its start and the data requests in it.
     rate_window: Option<(Instant, u32)>,
+    /// Login attempts that reached the checks: when (real time) and how they ended.
+    logins: VecDeque<(Instant, &'static str)>,
 }
 
 enum Auth {
@@ -414,6 +416,14 @@ impl State {
             self.counters.max_concurrency_per_session.max(max);
         Some(lock)
     }
+}
+
+/// Records a login attempt (the most recent 10,000 are kept).
+fn note_login(log: &mut VecDeque<(Instant, &'static str)>, outcome: &'static str) {
+    if log.len() >= 10_000 {
+        log.pop_front();
+    }
+    log.push_back((Instant::now(), outcome));
 }
 
 /// Decrements the session's in-flight count when the request ends (or is dropped).
@@ -551,6 +561,7 @@ impl FakeLegacy {
                     lockouts: HashMap::new(),
                     counters: Counters::default(),
                     rate_window: None,
+                    logins: VecDeque::new(),
                 }),
             }),
         }
@@ -716,6 +727,23 @@ impl FakeLegacy {
         }
     }
 
+    /// The login attempts so far, oldest first: when they were answered (on the real clock)
+    /// and how (`ok`, `bad_credentials`, `limit`, `locked`). Tests check the spacing of
+    /// refused attempts with it.
+    pub fn login_attempts(&self) -> Vec<(Instant, &'static str)> {
+        self.inner.lock().logins.iter().copied().collect()
+    }
+
+    /// Replaces the password of user `name` (the account's password changed upstream).
+    pub fn set_password(&self, name: &str, password: &str) {
+        let mut st = self.inner.lock();
+        for u in &mut st.opts.users {
+            if u.name.eq_ignore_ascii_case(name) {
+                u.password = password.to_owned();
+            }
+        }
+    }
+
     /// The live sessions' ordinals, in order.
     pub fn live_sessions(&self) -> Vec<u64> {
         let mut st = self.inner.lock();
@@ -834,6 +862,7 @@ impl FakeLegacy {
         match lockout.locked_until {
             Some(until) if until > now => {
                 st.counters.logins_locked += 1;
+                note_login(&mut st.logins, "locked");
                 return LoginOutcome::Refused(StatusCode::INTERNAL_SERVER_ERROR, LOCKED_OUT);
             }
             Some(_) => *lockout = Lockout::default(),
@@ -847,6 +876,7 @@ impl FakeLegacy {
             .find(|u| u.name.eq_ignore_ascii_case(&form.name) && u.password == form.password)
         else {
             st.counters.logins_bad_credentials += 1;
+            note_login(&mut st.logins, "bad_credentials");
             let reset = st.opts.lockout_reset;
             while lockout
                 .failures
@@ -875,6 +905,7 @@ impl FakeLegacy {
         let taken = st.sessions.len() as u64 + u64::from(st.reserved);
         if taken >= u64::from(st.opts.max_api_users) {
             st.counters.logins_rejected_limit += 1;
+            note_login(&mut st.logins, "limit");
             if st.opts.login_limit_shape == LimitShape::Redirect {
                 return LoginOutcome::LimitRedirect;
             }
@@ -910,6 +941,7 @@ impl FakeLegacy {
             },
         );
         st.counters.logins_ok += 1;
+        note_login(&mut st.logins, "ok");
         st.update_seats();
         let seq = st.next_seq();
         LoginOutcome::Ok {

@@ -68,19 +68,26 @@ impl Admin {
 
 impl Admin {
     /// `DELETE /sessions/{grant}`: logs out every session of the grant (after their in-flight
-    /// requests). 200 with the count, 404 when the grant holds none.
+    /// and queued requests). 200 with the count, 404 when the grant holds none, 409 when its
+    /// sessions stayed in use for the whole wait (nothing was logged out).
     async fn logout_grant(&self, grant: &str) -> Response<Body> {
         let key = crate::session::grant::GrantKey(grant.to_owned());
-        let mut n = 0;
+        let (mut done, mut busy) = (0, 0);
         for pool in self.gateway.pools() {
-            n += pool.logout(&key, None).await;
+            let (d, b) = pool.logout(&key, None).await;
+            done += d;
+            busy += b;
         }
-        let status = if n == 0 {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::OK
+        // 404: the grant holds no session; 409: it does, but they stayed in use throughout.
+        let status = match (done, busy) {
+            (0, 0) => StatusCode::NOT_FOUND,
+            (0, _) => StatusCode::CONFLICT,
+            _ => StatusCode::OK,
         };
-        proxy::json_response(status, &serde_json::json!({ "logged_out": n }))
+        proxy::json_response(
+            status,
+            &serde_json::json!({ "logged_out": done, "busy": busy }),
+        )
     }
 }
 

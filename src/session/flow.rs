@@ -1,7 +1,8 @@
 //! The forwarding step for routes whose upstream has sessions (design §6.5–6.7):
 //!
 //! ```text
-//! login path (active)  ─▶ 204 Tollgate-Login: managed, nothing forwarded
+//! login path (active)  ─▶ 204 Tollgate-Login: managed, nothing forwarded (every spelling the
+//!                         upstream routes there: see [`super::intercept`])
 //! identify             ─▶ grant key, mode, slot (handle checked)      400 / 401
 //! logout path          ─▶ log the slot (or grant) out, 204, handle cleared
 //! login path (passive) ─▶ forward, capture the Set-Cookies into the slot, strip them
@@ -9,6 +10,7 @@
 //! lease                ─▶ in-flight place (FIFO), login if needed      429 / 502 / 503
 //! send with the jar    ─▶ expired? re-login once and replay once        503 / 502
 //! absorb Set-Cookie    ─▶ jar updated; no upstream Set-Cookie reaches the client
+//! error answer         ─▶ exception details withheld (see [`super::sanitize`])
 //! respond              ─▶ the lease is held until the response body has been sent
 //! ```
 //!
@@ -27,9 +29,10 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::login::{self, LoginOutcome};
 use super::pool::{Identity, Lease, Pool};
-use super::{SessionError, LOGIN_HEADER, SESSION_HEADER};
-use crate::auth::Principal;
+use super::{intercept, sanitize, SessionError, LOGIN_HEADER, SESSION_HEADER};
+use crate::auth::{AuthError, BearerError, Principal};
 use crate::config::Creation;
 use crate::error::GatewayError;
 use crate::policy::Route;
@@ -59,68 +62,70 @@ pub async fn forward(
 ) -> Result<Response<Body>, GatewayError> {
     let pool = step.pool;
     let cfg = &pool.cfg;
-    let has_body = request_has_body(&parts.headers);
+    // The body itself says whether one was sent: HTTP/2 has no framing headers for it.
+    let has_body = !body.is_end_stream();
+    let login = intercept::is_action(step.path, &cfg.login_path);
+    let logout = !login && intercept::is_action(step.path, &cfg.logout_path);
 
-    if step.path == cfg.login_path && cfg.creation == Creation::Active {
+    if login && cfg.creation == Creation::Active {
         // SDKs that always call login get a success; the body (credentials) is never read.
         let mut r = empty(StatusCode::NO_CONTENT);
         r.headers_mut().insert(
             HeaderName::from_static(LOGIN_HEADER),
             HeaderValue::from_static("managed"),
         );
-        if has_body {
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
+        close_if_unread(&mut r, has_body);
         return Ok(r);
     }
 
     let Some(principal) = step.principal else {
+        if logout {
+            // A public route reaching the logout call: no grant, so no session to end; the
+            // call is never forwarded (it would sign out whatever its cookies named).
+            let mut r = empty(StatusCode::NO_CONTENT);
+            close_if_unread(&mut r, has_body);
+            return Ok(r);
+        }
+        if login {
+            // A passive login needs the grant its session will belong to: forwarded without one,
+            // it would open an upstream session that nobody counts or logs out.
+            return Err(AuthError::Bearer(BearerError::Missing).into());
+        }
         return forward_without_session(&step, parts, body).await;
     };
     let who = pool.identify(principal, &step.token_digest, &parts.headers)?;
 
-    if step.path == cfg.logout_path {
+    if logout {
         let slot = who.had_handle.then_some(&who.slot);
         pool.logout(&who.grant, slot).await;
         let mut r = empty(StatusCode::NO_CONTENT);
         if who.concurrent && who.had_handle {
             set_cookie(r.headers_mut(), &pool.clear_handle_cookie());
         }
-        if has_body {
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
+        close_if_unread(&mut r, has_body);
         return Ok(r);
     }
 
-    if step.path == cfg.login_path && cfg.creation == Creation::Passive {
+    if login {
         return passive_login(&step, &who, principal, parts, body).await;
     }
 
-    // Buffer the body when it may have to be replayed after a re-login.
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let (buffered, mut streamed) = match (declared, chunked) {
-        (Some(n), false) if n <= cfg.max_replay_body => {
-            let bytes = collect_bounded(
-                body,
-                usize::try_from(cfg.max_replay_body).unwrap_or(usize::MAX),
-            )
+    // Buffer the body when it may have to be replayed after a re-login: decided from the body
+    // (its end and its size hint), never from framing headers, which HTTP/2 does not send.
+    let (buffered, mut streamed) = if body.is_end_stream() {
+        (Some(Bytes::new()), None)
+    } else if body
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= cfg.max_replay_body)
+    {
+        let max = usize::try_from(cfg.max_replay_body).unwrap_or(usize::MAX);
+        let bytes = collect_bounded(body, max)
             .await
-            .ok_or_else(|| {
-                GatewayError::Proxy(proxy::ProxyError::BadRequest(
-                    "the request body could not be read".to_owned(),
-                ))
-            })?;
-            (Some(bytes), None)
-        }
-        (None, false) => (Some(Bytes::new()), None),
-        _ => (None, Some(body)),
+            .ok_or(GatewayError::BodyRead)?;
+        (Some(bytes), None)
+    } else {
+        (None, Some(body))
     };
 
     let head = proxy::prepare_parts(parts, step.path, step.route, step.upstream, step.ctx)?;
@@ -145,7 +150,7 @@ pub async fn forward(
         step.metrics
             .observe_upstream(&step.upstream.id, sent.elapsed().as_secs_f64());
         if !pool.is_expired(resp.status(), resp.headers()) || lease.jar.is_empty() {
-            return Ok(respond(&step, &who, lease, resp).await);
+            return respond(&step, &who, lease, resp).await;
         }
         // The upstream says the session has ended.
         if cfg.creation == Creation::Passive {
@@ -177,16 +182,29 @@ pub async fn forward(
     }
 }
 
+/// An intercepted call whose body was not read: the connection cannot carry another request.
+fn close_if_unread(r: &mut Response<Body>, has_body: bool) {
+    if has_body {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
 /// Sends the upstream's answer back: cookies into the jar and out of the response, `Location`
-/// rewritten, the session headers set, the lease held until the body is done.
+/// rewritten, error details withheld, the session headers set, the lease held until the body
+/// is done.
 async fn respond(
     step: &Step<'_>,
     who: &Identity,
     mut lease: Lease,
     resp: Response<Incoming>,
-) -> Response<Body> {
+) -> Result<Response<Body>, GatewayError> {
     let pool = step.pool;
-    step.pool.absorb(&mut lease, resp.headers()).await;
+    if pool.absorb(&mut lease, resp.headers()).await {
+        // The answer deleted a marker cookie: the upstream signed the session out. The answer
+        // itself stands; the next request logs in again.
+        pool.ended_upstream(&lease).await?;
+    }
     let accepted = resp.status() == StatusCode::ACCEPTED;
     let (mut parts, body) = resp.into_parts();
     strip_set_cookies(&mut parts.headers);
@@ -201,6 +219,12 @@ async fn respond(
     if let Some(h) = &who.new_handle {
         set_cookie(&mut parts.headers, &pool.handle_cookie(h));
     }
+    if pool.cfg.sanitize_errors && sanitize::applies(parts.status) {
+        // Error answers are small: read here (the session is held meanwhile), then released.
+        let clean = sanitize::error_body(parts.status, &mut parts.headers, body).await;
+        pool.release(&mut lease, accepted).await;
+        return Ok(Response::from_parts(parts, proxy::full(clean)));
+    }
     let body = LeasedBody {
         inner: body,
         guard: Some(Guard {
@@ -209,7 +233,7 @@ async fn respond(
             accepted,
         }),
     };
-    Response::from_parts(parts, body.boxed())
+    Ok(Response::from_parts(parts, body.boxed()))
 }
 
 /// A public route on a session upstream: no session, and still no cookie crosses either way.
@@ -222,13 +246,25 @@ async fn forward_without_session(
     head.headers.remove(header::COOKIE);
     let req = Request::from_parts(head, body);
     let resp = step.upstream.send(req).await?;
-    let mut resp = proxy::finish(resp);
-    strip_set_cookies(resp.headers_mut());
-    Ok(resp)
+    let (mut parts, body) = resp.into_parts();
+    strip_set_cookies(&mut parts.headers);
+    crate::proxy::headers::strip_hop_by_hop(&mut parts.headers);
+    if step.pool.cfg.sanitize_errors && sanitize::applies(parts.status) {
+        let clean = sanitize::error_body(parts.status, &mut parts.headers, body).await;
+        return Ok(Response::from_parts(parts, proxy::full(clean)));
+    }
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(BoxError::from).boxed(),
+    ))
 }
 
-/// Passive capture (design §6.5.4): the client's own login goes upstream; its cookies become the
-/// slot's session and never reach the client.
+/// Passive capture (design §6.5.4): the client's own login goes upstream, to the configured
+/// login path whatever spelling the client used; its cookies become the slot's session and
+/// never reach the client. The seat is taken before the login is forwarded, so the captured
+/// session is counted from its first moment; a session already in the slot is logged out
+/// first. A refused login is answered with the gateway's own error (the upstream's status, never
+/// its body).
 async fn passive_login(
     step: &Step<'_>,
     who: &Identity,
@@ -237,11 +273,9 @@ async fn passive_login(
     body: Body,
 ) -> Result<Response<Body>, GatewayError> {
     let pool = step.pool;
-    let body = collect_bounded(body, 64 * 1024).await.ok_or_else(|| {
-        GatewayError::Proxy(proxy::ProxyError::BadRequest(
-            "the login body could not be read".to_owned(),
-        ))
-    })?;
+    let body = collect_bounded(body, MAX_PASSIVE_LOGIN_BODY)
+        .await
+        .ok_or(GatewayError::BodyRead)?;
     if let Some(claim) = &pool.cfg.passive_login_name_claim {
         let name = login_name(&parts.headers, &body);
         let expected = principal.claims.get(claim).and_then(|v| v.as_str());
@@ -249,22 +283,66 @@ async fn passive_login(
             return Err(SessionError::LoginIdentityMismatch.into());
         }
     }
-    let mut head = proxy::prepare_parts(parts, step.path, step.route, step.upstream, step.ctx)?;
+    pool.logout(&who.grant, Some(&who.slot)).await;
+    let seat = pool.admit_capture().await?;
+    let mut head = proxy::prepare_parts(
+        parts,
+        &pool.cfg.login_path,
+        step.route,
+        step.upstream,
+        step.ctx,
+    )?;
     head.headers.remove(header::COOKIE);
-    let resp = step
+    let resp = match step
         .upstream
         .send(Request::from_parts(head, proxy::full(body)))
-        .await?;
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            pool.abandon_capture(seat).await;
+            return Err(e.into());
+        }
+    };
     if resp.status().is_success() {
-        pool.capture(who, resp.headers()).await?;
+        let captured = pool.capture(who, seat, resp.headers()).await?;
+        if !captured {
+            return Err(SessionError::LoginError.into());
+        }
+        let mut resp = proxy::finish(resp);
+        strip_set_cookies(resp.headers_mut());
+        if let Some(h) = &who.new_handle {
+            set_cookie(resp.headers_mut(), &pool.handle_cookie(h));
+        }
+        return Ok(resp);
     }
-    let mut resp = proxy::finish(resp);
-    strip_set_cookies(resp.headers_mut());
-    if let Some(h) = &who.new_handle {
-        set_cookie(resp.headers_mut(), &pool.handle_cookie(h));
+    pool.abandon_capture(seat).await;
+    let status = resp.status();
+    let answer = login::read_answer(resp, &pool.cfg).await;
+    let retry_after = answer.retry_after.clone();
+    let (code, desc) = match login::classify(answer, &pool.cfg) {
+        LoginOutcome::LoginLimit => (
+            "upstream_seats_exhausted",
+            "the upstream has no free session seat",
+        ),
+        LoginOutcome::BadCredentials => (
+            "upstream_login_failed",
+            "the upstream refused the credentials",
+        ),
+        LoginOutcome::Throttled { .. } => ("upstream_throttled", "the upstream throttles logins"),
+        LoginOutcome::Error(_) | LoginOutcome::Ok(_) => {
+            ("upstream_login_error", "the upstream login failed")
+        }
+    };
+    let mut r = crate::error::reply(status, code, desc, None, None);
+    if let Some(v) = retry_after {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
     }
-    Ok(resp)
+    Ok(r)
 }
+
+/// The largest client login body read in passive mode.
+const MAX_PASSIVE_LOGIN_BODY: usize = 64 * 1024;
 
 /// Reads a whole body of at most `max` bytes; `None` when it is larger or fails.
 async fn collect_bounded(mut body: Body, max: usize) -> Option<Bytes> {
@@ -297,12 +375,6 @@ fn login_name(headers: &HeaderMap, body: &[u8]) -> Option<String> {
             .as_str()
             .map(str::to_owned)
     }
-}
-
-fn request_has_body(h: &HeaderMap) -> bool {
-    h.contains_key(header::TRANSFER_ENCODING)
-        || h.get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 fn empty(status: StatusCode) -> Response<Body> {

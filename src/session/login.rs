@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use serde_json::json;
 
 use super::jar::Jar;
@@ -46,47 +47,132 @@ impl LoginOutcome {
     }
 }
 
-/// Classifies a login answer (pure, for tests).
-pub fn classify(
-    status: StatusCode,
-    retry_after: Option<&HeaderValue>,
-    body: &[u8],
-    jar: Jar,
-    cfg: &SessionConfig,
-) -> LoginOutcome {
-    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
-    if text.contains("api login limit") {
+/// What a login answer said, read once: the status, the headers classification needs, the new
+/// session's cookies and a bounded prefix of the body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub retry_after: Option<HeaderValue>,
+    pub location: Option<HeaderValue>,
+    pub jar: Jar,
+    /// At most [`MAX_LOGIN_ANSWER`] bytes of the body: a longer body is still classified by its
+    /// beginning (error texts come first), never taken for an empty one.
+    pub body: Bytes,
+}
+
+/// Classifies a login answer (pure, for tests), in the design's order. Besides the body's "API
+/// Login Limit", a redirect to the upstream's error page that names the concurrent-login limit
+/// is seat exhaustion too; a locked or disabled account is a credential failure (retrying it
+/// only prolongs the lock).
+pub fn classify(a: Answer, cfg: &SessionConfig) -> LoginOutcome {
+    let text = String::from_utf8_lossy(&a.body).to_lowercase();
+    if text.contains("api login limit")
+        || error_page_says_login_limit(a.status, a.location.as_ref())
+    {
         return LoginOutcome::LoginLimit;
     }
     if text.contains("invalid credentials")
-        || status == StatusCode::UNAUTHORIZED
-        || status == StatusCode::FORBIDDEN
+        || text.contains("locked")
+        || text.contains("disabled")
+        || a.status == StatusCode::UNAUTHORIZED
+        || a.status == StatusCode::FORBIDDEN
     {
         return LoginOutcome::BadCredentials;
     }
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        let retry_after = retry_after
+    if a.status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = a
+            .retry_after
+            .as_ref()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(5);
         return LoginOutcome::Throttled { retry_after };
     }
-    if status.is_success() {
+    if a.status.is_success() {
         let missing: Vec<&str> = cfg
             .marker_cookies
             .iter()
-            .filter(|m| !jar.has(m))
+            .filter(|m| !a.jar.has(m))
             .map(String::as_str)
             .collect();
         return if missing.is_empty() {
-            LoginOutcome::Ok(jar)
+            LoginOutcome::Ok(a.jar)
         } else {
             LoginOutcome::Error(format!(
-                "login answered {status} without the marker cookies {missing:?}"
+                "login answered {} without the marker cookies {missing:?}",
+                a.status
             ))
         };
     }
-    LoginOutcome::Error(format!("login answered {status}"))
+    LoginOutcome::Error(format!("login answered {}", a.status))
+}
+
+/// A 302/303 to `/Frames/Error.aspx` whose decoded query names the API login limit ("API Login
+/// Limit", "concurrent API logins"): the third shape of seat exhaustion.
+fn error_page_says_login_limit(status: StatusCode, location: Option<&HeaderValue>) -> bool {
+    if !status.is_redirection() {
+        return false;
+    }
+    let Some(loc) = location.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let (path, query) = loc.split_once('?').unwrap_or((loc, ""));
+    if !path.to_ascii_lowercase().ends_with("/frames/error.aspx") {
+        return false;
+    }
+    let text: String = url::form_urlencoded::parse(query.as_bytes())
+        .map(|(_, v)| v.to_lowercase())
+        .collect::<Vec<_>>()
+        .join(" ");
+    text.contains("api login") || text.contains("concurrent api")
+}
+
+/// Reads a login answer: its cookies into a fresh jar, and a bounded prefix of its body.
+pub async fn read_answer(resp: Response<Incoming>, cfg: &SessionConfig) -> Answer {
+    let status = resp.status();
+    let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+    let location = resp.headers().get(header::LOCATION).cloned();
+    let mut jar = Jar::default();
+    let set_cookies: Vec<String> = resp
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    jar.apply_all(
+        set_cookies.iter().map(String::as_str),
+        SystemTime::now(),
+        cfg.max_jar_cookies,
+        cfg.max_jar_bytes,
+    );
+    let body = read_prefix(resp.into_body(), MAX_LOGIN_ANSWER).await;
+    Answer {
+        status,
+        retry_after,
+        location,
+        jar,
+        body,
+    }
+}
+
+/// The first `max` bytes of a body (fewer if it ends or fails sooner). The rest is not read.
+pub async fn read_prefix<B>(mut body: B, max: usize) -> Bytes
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut buf = bytes::BytesMut::new();
+    while buf.len() < max {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let room = max - buf.len();
+                    buf.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Some(Err(_)) | None => break,
+        }
+    }
+    buf.freeze()
 }
 
 /// The JSON login body of the credential profile.
@@ -127,27 +213,7 @@ pub async fn login(upstream: &Upstream, cfg: &SessionConfig, creds: &Credentials
             .send_within(req, cfg.login_timeout)
             .await
             .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-        let mut jar = Jar::default();
-        let set_cookies: Vec<String> = resp
-            .headers()
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_owned))
-            .collect();
-        jar.apply_all(
-            set_cookies.iter().map(String::as_str),
-            SystemTime::now(),
-            cfg.max_jar_cookies,
-            cfg.max_jar_bytes,
-        );
-        let body = Limited::new(resp.into_body(), MAX_LOGIN_ANSWER)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        Ok::<_, String>(classify(status, retry_after.as_ref(), &body, jar, cfg))
+        Ok::<_, String>(classify(read_answer(resp, cfg).await, cfg))
     };
     // The send has its own timeout; this one also bounds reading the answer.
     match tokio::time::timeout(cfg.login_timeout + Duration::from_secs(1), exchange).await {
@@ -188,5 +254,108 @@ pub async fn logout(upstream: &Upstream, cfg: &SessionConfig, jar: &Jar) -> bool
             ok
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> SessionConfig {
+        let toml = r#"
+[[upstream]]
+id = "erp"
+url = "http://127.0.0.1:9"
+[upstream.session]
+max_upstream_sessions = 2
+[upstream.session.credentials]
+name = "admin"
+password = "x"
+[[route]]
+id = "r"
+prefix = "/"
+upstream = "erp"
+auth = "none"
+"#;
+        let c = crate::config::from_toml_str(toml).unwrap();
+        c.upstreams[0].session.clone().unwrap()
+    }
+
+    fn answer(status: u16, location: Option<&str>, body: &str) -> Answer {
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            retry_after: None,
+            location: location.map(|l| HeaderValue::from_str(l).unwrap()),
+            jar: Jar::default(),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    fn label(a: Answer) -> &'static str {
+        classify(a, &cfg()).label()
+    }
+
+    #[test]
+    fn login_answers_are_classified_in_the_designs_order() {
+        assert_eq!(label(answer(500, None, "API Login Limit")), "login_limit");
+        assert_eq!(label(answer(429, None, "api login limit")), "login_limit");
+        assert_eq!(
+            label(answer(500, None, "Error: Invalid credentials.")),
+            "bad_credentials"
+        );
+        assert_eq!(
+            label(answer(500, None, "Error: Your account is locked out.")),
+            "bad_credentials"
+        );
+        assert_eq!(
+            label(answer(500, None, "The user account is disabled.")),
+            "bad_credentials"
+        );
+        assert_eq!(label(answer(403, None, "")), "bad_credentials");
+        assert_eq!(label(answer(429, None, "")), "throttled");
+        assert_eq!(label(answer(500, None, "")), "error");
+        assert_eq!(label(answer(204, None, "")), "error", "no marker cookies");
+    }
+
+    #[test]
+    fn a_redirect_to_the_error_page_naming_the_login_limit_is_seat_exhaustion() {
+        let limit = "/Frames/Error.aspx?exceptionID=x&message=Login%20failed.%20The%20number%20of%20concurrent%20API%20logins%20exceeds%20the%20license%20limit.";
+        assert_eq!(label(answer(302, Some(limit), "")), "login_limit");
+        assert_eq!(
+            label(answer(
+                303,
+                Some("https://erp.example.com/frames/error.aspx?message=API+Login+Limit"),
+                ""
+            )),
+            "login_limit"
+        );
+        assert_eq!(
+            label(answer(302, Some("/Frames/Error.aspx?message=Timeout"), "")),
+            "error"
+        );
+        assert_eq!(
+            label(answer(
+                302,
+                Some("/Frames/Login.aspx?message=concurrent%20API"),
+                ""
+            )),
+            "error"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_answer_is_classified_by_its_beginning() {
+        let long = format!(
+            "{{\"exceptionMessage\":\"Error: Invalid credentials.\",\"stackTrace\":\"{}\"}}",
+            "x".repeat(3 * MAX_LOGIN_ANSWER)
+        );
+        let body = http_body_util::Full::new(Bytes::from(long));
+        let prefix = read_prefix(body, MAX_LOGIN_ANSWER).await;
+        assert_eq!(prefix.len(), MAX_LOGIN_ANSWER);
+        let a = Answer {
+            body: prefix,
+            ..answer(500, None, "")
+        };
+        assert_eq!(label(a), "bad_credentials");
     }
 }

@@ -7,6 +7,8 @@
 //! |---|---|
 //! | [`grant`] | the grant key: HMAC of issuer, upstream and the grant's identifier |
 //! | [`handle`] | concurrent-mode handle cookies |
+//! | [`intercept`] | which request paths are the upstream's login and logout calls |
+//! | [`sanitize`] | upstream error answers without the upstream's exception details |
 //! | [`jar`] | one session's cookie jar |
 //! | [`login`] | the login and logout calls and the classification of login answers |
 //! | [`store`] | the session table behind a store trait, and the in-memory store |
@@ -17,10 +19,12 @@
 pub mod flow;
 pub mod grant;
 pub mod handle;
+pub mod intercept;
 pub mod jar;
 pub mod login;
 pub mod pool;
 pub mod redis;
+pub mod sanitize;
 pub mod store;
 
 pub use flow::forward;

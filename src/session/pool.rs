@@ -5,7 +5,7 @@
 //! circuit, waiters for seats).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,17 +18,33 @@ use super::handle;
 use super::jar::Jar;
 use super::login::{self, LoginOutcome};
 use super::store::{
-    millis, Created, Expiry, InFlight, LeaseRefused, SessionRecord, SessionState, SessionStore,
-    SlotKey,
+    millis, Created, Expiry, InFlight, LeaseRefused, Removal, SessionRecord, SessionState,
+    SessionStore, SlotKey,
 };
 use super::SessionError;
 use crate::auth::Principal;
-use crate::config::{Creation, SessionConfig, SessionMode, WithoutHandle};
+use crate::config::{Creation, Credentials, SessionConfig, SessionMode, WithoutHandle};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 
 /// Logouts running at once during shutdown.
 const SHUTDOWN_PARALLELISM: usize = 16;
+/// How long a logout waits for the requests on its session to finish.
+const DRAIN_BOUND: Duration = Duration::from_secs(30);
+/// How long a slot's failed login is remembered for the requests that waited behind it.
+const FAILURE_MEMORY: Duration = Duration::from_secs(60);
+
+/// The login of one session in progress: every request needing it waits for this one answer.
+type Flight = tokio::sync::watch::Receiver<Option<Result<(SessionRecord, bool), SessionError>>>;
+
+/// What [`Pool::drain_and_retire`] came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    Retired,
+    /// Still in use when the wait ran out: left alone.
+    Busy,
+    Gone,
+}
 
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
@@ -113,9 +129,20 @@ pub struct Pool {
     next_id: AtomicU64,
     /// The high 32 bits of this process's session ids.
     id_base: u64,
-    login_locks: Mutex<HashMap<SlotKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The logins in progress, by session.
+    flights: Mutex<HashMap<(SlotKey, u64), Flight>>,
+    login_done: Notify,
+    /// Recent failed logins by slot, for the requests that waited behind them.
+    failures: Mutex<HashMap<SlotKey, (Instant, SessionError)>>,
     circuit: Mutex<Circuit>,
-    relogin_blocked: Mutex<HashMap<GrantKey, Instant>>,
+    /// A keyed digest naming the credential set (the fleet-wide gate's key; never the secret).
+    credential_fp: String,
+    /// One unproven login at a time in this process (the store's trial lock spans the fleet).
+    trial: tokio::sync::Mutex<()>,
+    /// A login with these credentials succeeded since their last refusal.
+    proven: AtomicBool,
+    /// Grants that gave up on their session (design §6.7.3): no login for them until then.
+    relogin_blocked: Blocked,
     seat_freed: Notify,
     warned_subject: Mutex<HashSet<String>>,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -156,6 +183,7 @@ impl Pool {
         let derive =
             |label: &[u8]| hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&master, label).as_ref());
         metrics.declare_upstream_sessions(&upstream_id);
+        let credential_fp = credential_fingerprint(&derive(b"tollgate credentials v1"), &cfg);
         Pool {
             grant_key: derive(b"tollgate grant key v1"),
             handle_key: derive(b"tollgate session handle v1"),
@@ -166,9 +194,14 @@ impl Pool {
             metrics,
             next_id: AtomicU64::new(1),
             id_base: u64::from(rand::random::<u32>() | 1) << 32,
-            login_locks: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
+            login_done: Notify::new(),
+            failures: Mutex::new(HashMap::new()),
             circuit: Mutex::new(Circuit::default()),
-            relogin_blocked: Mutex::new(HashMap::new()),
+            credential_fp,
+            trial: tokio::sync::Mutex::new(()),
+            proven: AtomicBool::new(false),
+            relogin_blocked: Blocked::default(),
             seat_freed: Notify::new(),
             warned_subject: Mutex::new(HashSet::new()),
             sweeper: Mutex::new(None),
@@ -298,9 +331,15 @@ impl Pool {
     /// Finds or creates the slot's session, waits for its in-flight place (FIFO, bounded), and
     /// makes sure it is logged in.
     pub async fn lease(self: &Arc<Self>, who: &Identity) -> Result<Lease, SessionError> {
-        // A session may vanish between lookup and lease (evicted, logged out): look again, a few
-        // times at most.
+        let started = Instant::now();
+        // A session may vanish between lookup and lease (evicted, logged out, its login failed):
+        // look again, a few times at most.
         for _ in 0..4 {
+            if let Some(e) = self.failed_since(&who.slot, started) {
+                // The login this request was waiting behind failed: it shares that answer
+                // rather than trying again (never a login per queued request).
+                return Err(e);
+            }
             let (record, created) = self.find_or_create(who).await?;
             let in_flight = match self
                 .store
@@ -343,7 +382,9 @@ impl Pool {
                 }
             }
         }
-        Err(SessionError::CapacityExhausted)
+        Err(self
+            .failed_since(&who.slot, started)
+            .unwrap_or(SessionError::CapacityExhausted))
     }
 
     /// Releases a lease: the in-flight place goes back, the use time is recorded.
@@ -392,27 +433,49 @@ impl Pool {
         self.id_base | (self.next_id.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF)
     }
 
-    fn login_lock(&self, slot: &SlotKey) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.login_locks)
-            .entry(slot.clone())
-            .or_default()
-            .clone()
-    }
+    // === logins ===
 
-    /// Logs the slot's session in unless it already is (single-flight per slot). Returns the
-    /// record and whether this call logged it in.
-    /// Runs [`Pool::login_if_needed`] in its own task: a login, once started, finishes and
-    /// records its seat even if the request that started it goes away.
+    /// Makes sure session `id` of the slot is logged in. Returns the record and whether a login
+    /// ran for it during this call.
+    ///
+    /// Logins are single-flight per slot: the first request that needs one starts it in its own
+    /// task (so that it finishes, and accounts for its seat, even if that request goes away), and
+    /// every request needing the same session waits for that one login and shares its answer.
     async fn ensure_login(
         self: &Arc<Self>,
         slot: &SlotKey,
         id: u64,
     ) -> Result<(SessionRecord, bool), SessionError> {
-        let me = self.clone();
-        let slot = slot.clone();
-        tokio::spawn(async move { me.login_if_needed(&slot, id).await })
+        match self.store.get(slot).await? {
+            Some(r) if r.id == id && r.state == SessionState::Active => return Ok((r, false)),
+            Some(r) if r.id == id => {}
+            _ => return Err(SessionError::Gone),
+        }
+        let key = (slot.clone(), id);
+        let mut rx = {
+            let mut flights = lock(&self.flights);
+            if let Some(rx) = flights.get(&key) {
+                rx.clone()
+            } else {
+                let (tx, rx) = tokio::sync::watch::channel(None);
+                flights.insert(key.clone(), rx.clone());
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let result = me.login_if_needed(&key.0, key.1).await;
+                    lock(&me.flights).remove(&key);
+                    let _ = tx.send(Some(result));
+                    me.login_done.notify_waiters();
+                });
+                rx
+            }
+        };
+        let answer = rx
+            .wait_for(Option::is_some)
             .await
-            .unwrap_or(Err(SessionError::LoginError))
+            .map(|r| r.clone())
+            .ok()
+            .flatten();
+        answer.unwrap_or(Err(SessionError::LoginError))
     }
 
     async fn login_if_needed(
@@ -420,11 +483,8 @@ impl Pool {
         slot: &SlotKey,
         id: u64,
     ) -> Result<(SessionRecord, bool), SessionError> {
-        let lock = self.login_lock(slot);
-        let _guard = lock.lock().await;
-        // Within this process the lock above makes logins single-flight; across replicas the
-        // store's login lock does, and a replica that does not get it waits for the other's
-        // login to finish.
+        // Within this process the flight makes logins single-flight; across replicas the store's
+        // login lock does, and a replica that does not get it waits for the other's login.
         let deadline = Instant::now() + self.cfg.login_timeout + Duration::from_secs(5);
         loop {
             let record = match self.store.get(slot).await? {
@@ -459,89 +519,239 @@ impl Pool {
         }
         // The record turns Active before the login lock is released: a record that is
         // "logging in" without a lock is taken for a crashed replica's by the store's upkeep.
-        let result = match self.login_with_seat(slot, id).await {
-            Ok(jar) => self
-                .store
-                .update(
-                    slot,
-                    id,
-                    Box::new(move |r| {
-                        r.state = SessionState::Active;
-                        r.jar = jar;
-                        r.created_ms = now_ms();
-                    }),
-                )
-                .await
-                .map_err(SessionError::from)
-                .and_then(|r| r.ok_or(SessionError::Gone)),
-            Err(e) => Err(e),
-        };
+        let result = self.login_with_seat(slot, id).await;
         if let Err(e) = self.store.unlock_login(slot, id).await {
             tracing::warn!(upstream = %self.upstream_id, error = %e, "login lock release failed; it expires with its lease");
         }
-        let updated = result?;
-        self.sample_sessions().await;
-        Ok((updated, true))
+        match result {
+            Ok(record) => {
+                self.sample_sessions().await;
+                Ok((record, true))
+            }
+            Err(e) => {
+                self.note_failure(slot, &e);
+                self.sample_sessions().await;
+                Err(e)
+            }
+        }
     }
 
-    /// Takes a seat (evicting if needed), logs in, and classifies the outcome; on failure the
-    /// seat is given back. An "API Login Limit" answer leads to one eviction and one retry.
-    async fn login_with_seat(&self, slot: &SlotKey, id: u64) -> Result<Jar, SessionError> {
+    /// Takes a seat (evicting if needed), logs in, and classifies the outcome. The seat belongs
+    /// to this login until the record holds it; every way out before that gives it back. A
+    /// failed login deletes its record: a session that never logged in holds no seat, must not
+    /// count towards the grant's cap, and is nothing to evict. An "API Login Limit" answer leads
+    /// to one eviction and one retry.
+    async fn login_with_seat(
+        &self,
+        slot: &SlotKey,
+        id: u64,
+    ) -> Result<SessionRecord, SessionError> {
         let Some(creds) = self.cfg.credentials.clone() else {
-            return Err(SessionError::LoginError);
+            return self.fail(slot, id, SessionError::LoginError).await;
         };
-        self.check_circuit()?;
-        let upstream = self.upstream()?;
+        // The grant gave up on its upstream session a moment ago (design §6.7.3): a fresh
+        // session would be refused the same way.
+        if let Err(e) = self.check_relogin_block(&slot.grant) {
+            return self.fail(slot, id, e).await;
+        }
+        if let Err(e) = self.check_circuit().await {
+            return self.fail(slot, id, e).await;
+        }
         let mut retried = false;
         loop {
-            self.admit(id).await?;
-            self.mark(slot, id, SessionState::LoggingIn, true).await?;
-            let outcome = login::login(&upstream, &self.cfg, &creds).await;
-            self.metrics
-                .upstream_login(&self.upstream_id, outcome.label());
+            if let Err(e) = self.admit(id).await {
+                return self.fail(slot, id, e).await;
+            }
+            if let Err(e) = self.mark(slot, id, SessionState::LoggingIn, true).await {
+                // Removed while waiting for the seat (cancelled, evicted, logged out).
+                self.give_back_seat(id).await;
+                return Err(e);
+            }
+            let outcome = match self.gated_login(&creds).await {
+                Ok(o) => o,
+                Err(e) => {
+                    // The cooldown opened (or the store failed) while this login waited.
+                    let failed = self.fail(slot, id, e).await;
+                    self.give_back_seat(id).await;
+                    return failed;
+                }
+            };
             match outcome {
-                LoginOutcome::Ok(jar) => {
-                    self.circuit_success();
-                    tracing::info!(upstream = %self.upstream_id, session = id, cookies = ?jar.names(), correlation = jar.correlation("ASP.NET_SessionId").as_deref().unwrap_or("-"), "upstream login");
-                    return Ok(jar);
+                LoginOutcome::Ok(jar) => return self.seat_session(slot, id, jar).await,
+                LoginOutcome::LoginLimit if !retried => {
+                    retried = true;
+                    self.give_back_seat(id).await;
+                    self.mark(slot, id, SessionState::NeedsLogin, false).await?;
+                    tracing::warn!(upstream = %self.upstream_id, "upstream API login limit reached below tollgate's own cap; evicting one idle session and retrying once");
+                    if !self.evict_one().await {
+                        return self.fail(slot, id, SessionError::SeatsExhausted).await;
+                    }
                 }
                 other => {
-                    self.mark(slot, id, SessionState::NeedsLogin, false).await?;
-                    self.give_back_seat(id).await;
-                    match other {
-                        LoginOutcome::LoginLimit if !retried => {
-                            retried = true;
-                            tracing::warn!(upstream = %self.upstream_id, "upstream API login limit reached below tollgate's own cap; evicting one idle session and retrying once");
-                            if !self.evict_one().await {
-                                return Err(SessionError::SeatsExhausted);
-                            }
-                        }
-                        LoginOutcome::LoginLimit => return Err(SessionError::SeatsExhausted),
-                        LoginOutcome::BadCredentials => {
-                            let until = Instant::now() + self.cfg.login_failure_cooldown;
-                            lock(&self.circuit).open_until = Some(until);
-                            self.metrics.upstream_login_circuit(&self.upstream_id, true);
-                            tracing::error!(upstream = %self.upstream_id, cooldown = ?self.cfg.login_failure_cooldown, "upstream refused tollgate's credentials; no login is attempted until the cooldown ends (the account locks after repeated failures)");
-                            return Err(SessionError::LoginFailed {
-                                retry_after: self.cfg.login_failure_cooldown.as_secs().max(1),
-                            });
-                        }
+                    let e = match other {
+                        LoginOutcome::LoginLimit => SessionError::SeatsExhausted,
+                        LoginOutcome::BadCredentials => SessionError::LoginFailed {
+                            retry_after: self.cfg.login_failure_cooldown.as_secs().max(1),
+                        },
                         LoginOutcome::Throttled { retry_after } => {
-                            return Err(SessionError::Throttled { retry_after })
+                            SessionError::Throttled { retry_after }
                         }
-                        LoginOutcome::Error(reason) => {
-                            let mut c = lock(&self.circuit);
-                            c.backoff = (c.backoff * 2)
-                                .clamp(Duration::from_secs(1), Duration::from_secs(60));
-                            c.backoff_until = Some(Instant::now() + c.backoff);
-                            drop(c);
-                            tracing::warn!(upstream = %self.upstream_id, %reason, "upstream login failed");
-                            return Err(SessionError::LoginError);
-                        }
-                        LoginOutcome::Ok(_) => return Err(SessionError::LoginError),
+                        LoginOutcome::Error(_) | LoginOutcome::Ok(_) => SessionError::LoginError,
+                    };
+                    let failed = self.fail(slot, id, e).await;
+                    self.give_back_seat(id).await;
+                    return failed;
+                }
+            }
+        }
+    }
+
+    /// A successful login's jar goes into its record, which now holds the seat. If the record
+    /// was removed while the login ran (the request cancelled, an eviction, a logout, a reload
+    /// or shutdown), the new upstream session belongs to nobody: it is logged out at once.
+    async fn seat_session(
+        &self,
+        slot: &SlotKey,
+        id: u64,
+        jar: Jar,
+    ) -> Result<SessionRecord, SessionError> {
+        tracing::info!(upstream = %self.upstream_id, session = id, cookies = ?jar.names(), correlation = jar.correlation("ASP.NET_SessionId").as_deref().unwrap_or("-"), "upstream login");
+        let kept = jar.clone();
+        let created = now_ms();
+        let stored = self
+            .store
+            .update(
+                slot,
+                id,
+                Box::new(move |r| {
+                    r.state = SessionState::Active;
+                    r.jar = kept.clone();
+                    r.created_ms = created;
+                }),
+            )
+            .await;
+        match stored {
+            Ok(Some(record)) => Ok(record),
+            Ok(None) | Err(_) => {
+                tracing::info!(upstream = %self.upstream_id, session = id, "the session was removed while it logged in: logging the new upstream session out");
+                self.logout_jar(&jar, Retire::Logout).await;
+                self.give_back_seat(id).await;
+                Err(SessionError::Gone)
+            }
+        }
+    }
+
+    /// Deletes the record of a login that failed, and returns the error.
+    async fn fail<T>(&self, slot: &SlotKey, id: u64, e: SessionError) -> Result<T, SessionError> {
+        if let Err(err) = self.store.remove(slot, id).await {
+            tracing::warn!(upstream = %self.upstream_id, error = %err, "could not delete the record of a failed login; the sweep will");
+        }
+        Err(e)
+    }
+
+    /// The login call behind the credential gate (design §6.5.3): never while the credential
+    /// set's cooldown is open, and, until the credentials are proven by one success, one
+    /// attempt at a time across every grant (and, with a shared store, every replica). A wrong
+    /// password is then tried once, not once per waiting grant, and the account never locks.
+    async fn gated_login(&self, creds: &Credentials) -> Result<LoginOutcome, SessionError> {
+        self.check_circuit().await?;
+        if self.is_proven().await {
+            let outcome = login::login(&self.upstream, &self.cfg, creds).await;
+            self.after_login(&outcome).await;
+            return Ok(outcome);
+        }
+        let _local = self.trial.lock().await;
+        let deadline = Instant::now() + self.cfg.login_timeout + Duration::from_secs(5);
+        let ttl = self.cfg.login_timeout + Duration::from_secs(5);
+        let fleet_proven = loop {
+            // The trial before this one may have opened the cooldown or proven the set.
+            self.check_circuit().await?;
+            if self.is_proven().await {
+                break true;
+            }
+            if self
+                .store
+                .lock_credential_trial(&self.credential_fp, ttl)
+                .await?
+            {
+                break false;
+            }
+            if Instant::now() > deadline {
+                return Err(SessionError::LoginError);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let outcome = login::login(&self.upstream, &self.cfg, creds).await;
+        self.after_login(&outcome).await;
+        if !fleet_proven {
+            if let Err(e) = self
+                .store
+                .unlock_credential_trial(&self.credential_fp)
+                .await
+            {
+                tracing::warn!(upstream = %self.upstream_id, error = %e, "credential trial lock release failed; it expires by itself");
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The credential gate's bookkeeping after a login call.
+    async fn after_login(&self, outcome: &LoginOutcome) {
+        self.metrics
+            .upstream_login(&self.upstream_id, outcome.label());
+        match outcome {
+            LoginOutcome::Ok(_) => {
+                self.circuit_success();
+                if !self.proven.swap(true, Ordering::SeqCst) {
+                    if let Err(e) = self
+                        .store
+                        .mark_credentials_proven(&self.credential_fp)
+                        .await
+                    {
+                        tracing::warn!(upstream = %self.upstream_id, error = %e, "could not share that the credentials work");
                     }
                 }
             }
+            LoginOutcome::BadCredentials => self.open_cooldown().await,
+            LoginOutcome::Error(reason) => {
+                let mut c = lock(&self.circuit);
+                c.backoff = (c.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                c.backoff_until = Some(Instant::now() + c.backoff);
+                drop(c);
+                tracing::warn!(upstream = %self.upstream_id, %reason, "upstream login failed");
+            }
+            LoginOutcome::LoginLimit | LoginOutcome::Throttled { .. } => {}
+        }
+    }
+
+    async fn is_proven(&self) -> bool {
+        if self.proven.load(Ordering::SeqCst) {
+            return true;
+        }
+        let shared = self
+            .store
+            .credentials_proven(&self.credential_fp)
+            .await
+            .unwrap_or(false);
+        if shared {
+            self.proven.store(true, Ordering::SeqCst);
+        }
+        shared
+    }
+
+    /// A credential failure: no login with this credential set until the cooldown ends.
+    async fn open_cooldown(&self) {
+        let cooldown = self.cfg.login_failure_cooldown;
+        self.proven.store(false, Ordering::SeqCst);
+        lock(&self.circuit).open_until = Some(Instant::now() + cooldown);
+        self.metrics.upstream_login_circuit(&self.upstream_id, true);
+        tracing::error!(upstream = %self.upstream_id, ?cooldown, "upstream refused tollgate's credentials; no login is attempted until the cooldown ends (the account locks after repeated failures)");
+        if let Err(e) = self
+            .store
+            .open_credential_cooldown(&self.credential_fp, now_ms() + millis(cooldown))
+            .await
+        {
+            tracing::warn!(upstream = %self.upstream_id, error = %e, "could not share the credential cooldown with the other replicas");
         }
     }
 
@@ -566,11 +776,26 @@ impl Pool {
             .ok_or(SessionError::Gone)
     }
 
-    fn upstream(&self) -> Result<Arc<Upstream>, SessionError> {
-        Ok(self.upstream.clone())
+    /// Refuses a login while the credential cooldown is open (here or, with a shared store,
+    /// anywhere in the fleet) or while failed logins back off.
+    async fn check_circuit(&self) -> Result<(), SessionError> {
+        self.check_local_circuit()?;
+        if let Some(until) = self.store.credential_cooldown(&self.credential_fp).await? {
+            let left = Duration::from_millis(until.saturating_sub(now_ms()));
+            let mut c = lock(&self.circuit);
+            if c.open_until.is_none() {
+                self.metrics.upstream_login_circuit(&self.upstream_id, true);
+            }
+            c.open_until = Some(Instant::now() + left);
+            self.proven.store(false, Ordering::SeqCst);
+            return Err(SessionError::LoginFailed {
+                retry_after: left.as_secs().max(1),
+            });
+        }
+        Ok(())
     }
 
-    fn check_circuit(&self) -> Result<(), SessionError> {
+    fn check_local_circuit(&self) -> Result<(), SessionError> {
         let mut c = lock(&self.circuit);
         let now = Instant::now();
         if let Some(until) = c.open_until {
@@ -593,6 +818,33 @@ impl Pool {
         let mut c = lock(&self.circuit);
         c.backoff = Duration::ZERO;
         c.backoff_until = None;
+    }
+
+    /// Remembers a slot's failed login, so that the requests that were waiting for it share the
+    /// answer instead of each trying a login of its own.
+    fn note_failure(&self, slot: &SlotKey, e: &SessionError) {
+        if matches!(e, SessionError::Gone) {
+            return;
+        }
+        let mut failures = lock(&self.failures);
+        failures.retain(|_, (at, _)| at.elapsed() < FAILURE_MEMORY);
+        failures.insert(slot.clone(), (Instant::now(), e.clone()));
+    }
+
+    /// The slot's login failure since `since`, if any.
+    fn failed_since(&self, slot: &SlotKey, since: Instant) -> Option<SessionError> {
+        lock(&self.failures)
+            .get(slot)
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, e)| e.clone())
+    }
+
+    fn check_relogin_block(&self, grant: &GrantKey) -> Result<(), SessionError> {
+        if self.relogin_blocked.is_blocked(grant) {
+            Err(SessionError::AuthFailed)
+        } else {
+            Ok(())
+        }
     }
 
     /// Takes a seat: at once if one is free, else by evicting the least-recently-used idle
@@ -683,29 +935,8 @@ impl Pool {
     /// The session ended upstream: its seat is presumed free (no logout call). Logs in again
     /// into the same slot, once, unless the grant's re-login is blocked.
     pub async fn relogin(self: &Arc<Self>, lease: &mut Lease) -> Result<(), SessionError> {
-        if lock(&self.relogin_blocked)
-            .get(&lease.slot.grant)
-            .is_some_and(|until| Instant::now() < *until)
-        {
-            return Err(SessionError::AuthFailed);
-        }
-        let was_seated = self
-            .store
-            .update(
-                &lease.slot,
-                lease.id,
-                Box::new(|r| {
-                    r.state = SessionState::NeedsLogin;
-                    r.jar = Jar::default();
-                }),
-            )
-            .await?
-            .is_some_and(|r| r.seated);
-        if was_seated {
-            self.mark(&lease.slot, lease.id, SessionState::NeedsLogin, false)
-                .await?;
-            self.give_back_seat(lease.id).await;
-        }
+        self.check_relogin_block(&lease.slot.grant)?;
+        self.ended_upstream(lease).await?;
         self.metrics.upstream_relogin(&self.upstream_id);
         let (record, _) = self.ensure_login(&lease.slot, lease.id).await?;
         lease.jar = record.jar;
@@ -713,30 +944,61 @@ impl Pool {
         Ok(())
     }
 
+    /// The upstream ended the session (it said so, or deleted a marker cookie): the record
+    /// needs a login again, and its seat is given back without a logout call (the upstream
+    /// already freed it). Only the caller whose edit turned the record from active gives the
+    /// seat back.
+    pub async fn ended_upstream(&self, lease: &Lease) -> Result<(), SessionError> {
+        let flipped = Arc::new(AtomicBool::new(false));
+        let seen = flipped.clone();
+        self.store
+            .update(
+                &lease.slot,
+                lease.id,
+                Box::new(move |r| {
+                    let active = r.state == SessionState::Active;
+                    seen.store(active && r.seated, Ordering::SeqCst);
+                    if active {
+                        r.state = SessionState::NeedsLogin;
+                        r.jar = Jar::default();
+                        r.seated = false;
+                    }
+                }),
+            )
+            .await?;
+        if flipped.load(Ordering::SeqCst) {
+            self.give_back_seat(lease.id).await;
+        }
+        Ok(())
+    }
+
     /// After a replay that was still unauthenticated: no re-login for this grant for a while,
     /// and the session is dropped (no logout: the upstream says it is not signed in).
     pub async fn give_up(&self, lease: &mut Lease) {
-        lock(&self.relogin_blocked).insert(
-            lease.slot.grant.clone(),
+        self.relogin_blocked.block(
+            &lease.slot.grant,
             Instant::now() + self.cfg.relogin_min_interval,
         );
+        self.note_failure(&lease.slot, &SessionError::AuthFailed);
         self.release(lease, false).await;
         if let Ok(Some(record)) = self.store.remove(&lease.slot, lease.id).await {
             self.retire_removed(record, Retire::Expired, false).await;
         }
     }
 
-    /// Records the upstream's `Set-Cookie`s in the session's jar (and in the lease).
-    pub async fn absorb(&self, lease: &mut Lease, headers: &HeaderMap) {
+    /// Records the upstream's `Set-Cookie`s in the session's jar (and in the lease). Returns
+    /// true when they deleted a marker cookie: the upstream signed the session out.
+    pub async fn absorb(&self, lease: &mut Lease, headers: &HeaderMap) -> bool {
         let lines: Vec<String> = headers
             .get_all(header::SET_COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok().map(str::to_owned))
             .collect();
         if lines.is_empty() {
-            return;
+            return false;
         }
         let (max_c, max_b) = (self.cfg.max_jar_cookies, self.cfg.max_jar_bytes);
+        let had_markers = self.has_markers(&lease.jar);
         let applied = lease.jar.apply_all(
             lines.iter().map(String::as_str),
             SystemTime::now(),
@@ -749,15 +1011,44 @@ impl Pool {
         let jar = lease.jar.clone();
         let _ = self
             .store
-            .update(&lease.slot, lease.id, Box::new(move |r| r.jar = jar))
+            .update(
+                &lease.slot,
+                lease.id,
+                Box::new(move |r| r.jar = jar.clone()),
+            )
             .await;
+        had_markers && !self.has_markers(&lease.jar)
+    }
+
+    fn has_markers(&self, jar: &Jar) -> bool {
+        self.cfg.marker_cookies.iter().all(|m| jar.has(m))
     }
 
     // === passive capture ===
 
-    /// Stores the cookies of a client-made login as the slot's session (logging out a session
-    /// the slot already had). Returns false when no session could be made (no seat).
-    pub async fn capture(&self, who: &Identity, headers: &HeaderMap) -> Result<(), SessionError> {
+    /// Passive mode: takes a seat for a client's own login before that login is forwarded, so
+    /// the captured session is counted from its first moment. Returns the new session's id.
+    pub async fn admit_capture(&self) -> Result<u64, SessionError> {
+        let id = self.next_id();
+        self.admit(id).await?;
+        Ok(id)
+    }
+
+    /// The forwarded login did not create a session: its seat goes back.
+    pub async fn abandon_capture(&self, id: u64) {
+        self.give_back_seat(id).await;
+    }
+
+    /// Stores the cookies of a client-made login as the slot's session, on the seat taken by
+    /// [`Pool::admit_capture`]. A session that cannot be stored (the slot was taken meanwhile,
+    /// the grant is full) is logged out at once and its seat given back. False when the answer
+    /// carried no session (the marker cookies are missing): the seat goes back too.
+    pub async fn capture(
+        &self,
+        who: &Identity,
+        id: u64,
+        headers: &HeaderMap,
+    ) -> Result<bool, SessionError> {
         let mut jar = Jar::default();
         let lines: Vec<String> = headers
             .get_all(header::SET_COOKIE)
@@ -770,39 +1061,40 @@ impl Pool {
             self.cfg.max_jar_cookies,
             self.cfg.max_jar_bytes,
         );
-        if !self.cfg.marker_cookies.iter().all(|m| jar.has(m)) {
-            return Ok(());
+        if !self.has_markers(&jar) {
+            self.give_back_seat(id).await;
+            return Ok(false);
         }
-        if let Some(old) = self.store.get(&who.slot).await? {
-            if let Some(r) = self.store.remove(&who.slot, old.id).await? {
-                self.retire_removed(r, Retire::Logout, true).await;
-            }
-        }
-        let id = self.next_id();
-        self.admit(id).await?;
         let mut record = SessionRecord::new(id, who.concurrent, now_ms());
         record.retire_at_ms = who.retire_at_ms;
         record.state = SessionState::Active;
         record.seated = true;
-        record.jar = jar;
+        record.jar = jar.clone();
         let cap = if who.concurrent {
             self.cfg.max_sessions_per_grant
         } else {
             1
         };
-        match self
+        let created = self
             .store
             .create(&who.slot, record, cap, self.cfg.max_inflight_per_session)
-            .await?
-        {
-            Created::New(_) => {
+            .await;
+        match created {
+            Ok(Created::New(_)) => {
                 self.metrics.upstream_login(&self.upstream_id, "captured");
                 self.sample_sessions().await;
-                Ok(())
+                Ok(true)
             }
-            Created::Existing(_) | Created::GrantFull { .. } => {
+            Ok(Created::Existing(_) | Created::GrantFull { .. }) => {
+                tracing::info!(upstream = %self.upstream_id, "a captured session found its slot taken: logging it out");
+                self.logout_jar(&jar, Retire::Logout).await;
                 self.give_back_seat(id).await;
-                Ok(())
+                Ok(false)
+            }
+            Err(e) => {
+                self.logout_jar(&jar, Retire::Logout).await;
+                self.give_back_seat(id).await;
+                Err(e.into())
             }
         }
     }
@@ -817,74 +1109,93 @@ impl Pool {
 
     // === logout ===
 
-    /// Logs out the sessions of `who` (the slot, or every slot of the grant when `all`) once
-    /// their in-flight requests are done. Idempotent.
-    pub async fn logout(&self, grant: &GrantKey, slot: Option<&SlotKey>) -> usize {
+    /// Logs out the sessions of `grant` (the one of `slot`, or every slot of the grant), each
+    /// once nothing holds or waits for it. Idempotent. Returns how many were logged out, and
+    /// how many were still busy when the wait ran out (they stay).
+    pub async fn logout(&self, grant: &GrantKey, slot: Option<&SlotKey>) -> (usize, usize) {
         let Ok(all) = self.store.list().await else {
-            return 0;
+            return (0, 0);
         };
-        let mut n = 0;
+        let deadline = Instant::now() + DRAIN_BOUND;
+        let (mut done, mut busy) = (0, 0);
         for (key, record) in all {
             if key.grant != *grant || slot.is_some_and(|s| *s != key) {
                 continue;
             }
-            if self.drain_and_retire(key, record.id, Retire::Logout).await {
-                n += 1;
+            match self
+                .drain_and_retire(&key, record.id, Retire::Logout, deadline)
+                .await
+            {
+                Drained::Retired => done += 1,
+                Drained::Busy => busy += 1,
+                Drained::Gone => {}
             }
         }
-        n
+        (done, busy)
     }
 
-    /// Waits (bounded) until nothing uses the session, then removes and logs it out.
-    async fn drain_and_retire(&self, slot: SlotKey, id: u64, reason: Retire) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// Waits (until `deadline`) for nothing to hold or wait for the session, then removes it
+    /// and logs it out. The check and the removal are one atomic step of the store, so a
+    /// logout never meets a request on its session.
+    async fn drain_and_retire(
+        &self,
+        slot: &SlotKey,
+        id: u64,
+        reason: Retire,
+        deadline: Instant,
+    ) -> Drained {
         loop {
-            match self.store.get(&slot).await {
-                Ok(Some(r)) if r.id == id && r.users() > 0 && Instant::now() < deadline => {
+            match self.store.remove_unused(slot, id).await {
+                Ok(Removal::Removed(record)) => {
+                    self.retire_removed(record, reason, true).await;
+                    return Drained::Retired;
+                }
+                Ok(Removal::Gone) => return Drained::Gone,
+                Ok(Removal::Busy) | Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
-                Ok(Some(r)) if r.id == id => break,
-                _ => return false,
+                Ok(Removal::Busy) | Err(_) => {
+                    tracing::warn!(upstream = %self.upstream_id, session = id, reason = reason.as_str(), "session still in use: not logged out (the idle sweep ends it later)");
+                    return Drained::Busy;
+                }
             }
-        }
-        match self.store.remove(&slot, id).await {
-            Ok(Some(record)) => {
-                self.retire_removed(record, reason, true).await;
-                true
-            }
-            _ => false,
         }
     }
 
     /// Finishes a session already removed from the store: logs it out (with two retries, after
-    /// 1 s and 4 s) when it holds a seat and `call_logout`, then gives the seat back.
+    /// 1 s and 4 s) when it holds a seat and `call_logout`, then gives the seat back. A record
+    /// removed while its login runs is left to that login, which owns the seat until then and
+    /// logs the new session out when it finds the record gone.
     async fn retire_removed(&self, record: SessionRecord, reason: Retire, call_logout: bool) {
-        lock(&self.login_locks).retain(|_, l| Arc::strong_count(l) > 1);
         self.metrics
             .upstream_eviction(&self.upstream_id, reason.as_str());
+        if record.state == SessionState::LoggingIn {
+            self.sample_sessions().await;
+            return;
+        }
         if record.seated {
             if call_logout && record.state == SessionState::Active && !record.jar.is_empty() {
-                let ok = match self.upstream() {
-                    Ok(upstream) => {
-                        let mut ok = login::logout(&upstream, &self.cfg, &record.jar).await;
-                        for pause in [Duration::from_secs(1), Duration::from_secs(4)] {
-                            if ok || reason == Retire::Shutdown {
-                                break;
-                            }
-                            tokio::time::sleep(pause).await;
-                            ok = login::logout(&upstream, &self.cfg, &record.jar).await;
-                        }
-                        ok
-                    }
-                    Err(_) => false,
-                };
-                self.metrics
-                    .upstream_logout(&self.upstream_id, if ok { "ok" } else { "failed" });
+                let ok = self.logout_jar(&record.jar, reason).await;
                 tracing::info!(upstream = %self.upstream_id, session = record.id, reason = reason.as_str(), ok, correlation = record.jar.correlation("ASP.NET_SessionId").as_deref().unwrap_or("-"), "upstream logout");
             }
             self.give_back_seat(record.id).await;
         }
         self.sample_sessions().await;
+    }
+
+    /// The logout call for a jar, with two retries (after 1 s and 4 s; none at shutdown).
+    async fn logout_jar(&self, jar: &Jar, reason: Retire) -> bool {
+        let mut ok = login::logout(&self.upstream, &self.cfg, jar).await;
+        for pause in [Duration::from_secs(1), Duration::from_secs(4)] {
+            if ok || reason == Retire::Shutdown {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            ok = login::logout(&self.upstream, &self.cfg, jar).await;
+        }
+        self.metrics
+            .upstream_logout(&self.upstream_id, if ok { "ok" } else { "failed" });
+        ok
     }
 
     /// Retires idle and over-age sessions, and the logins a crashed replica left behind; run
@@ -893,7 +1204,12 @@ impl Pool {
         match self.store.maintain(now_ms()).await {
             Ok(abandoned) => {
                 for record in abandoned {
-                    self.retire_removed(record, Retire::Expired, false).await;
+                    // Its login's owner is gone: the seat is given back here.
+                    self.metrics
+                        .upstream_eviction(&self.upstream_id, Retire::Expired.as_str());
+                    if record.seated {
+                        self.give_back_seat(record.id).await;
+                    }
                 }
             }
             Err(e) => {
@@ -925,8 +1241,11 @@ impl Pool {
         }
     }
 
-    /// Logs out every session, in parallel, within `bound`.
+    /// Logs out every session, in parallel, within `bound`: first the logins in progress finish
+    /// (their new sessions are logged out too), then each session once nothing uses it.
     pub async fn shutdown(self: &Arc<Self>, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        self.wait_for_logins(deadline).await;
         let Ok(all) = self.store.list().await else {
             return;
         };
@@ -938,13 +1257,35 @@ impl Pool {
             let parallel = parallel.clone();
             tasks.spawn(async move {
                 let _permit = parallel.acquire_owned().await;
-                if let Ok(Some(r)) = me.store.remove(&slot, record.id).await {
-                    me.retire_removed(r, Retire::Shutdown, true).await;
-                }
+                me.drain_and_retire(&slot, record.id, Retire::Shutdown, deadline)
+                    .await;
             });
         }
+        let left = deadline.saturating_duration_since(Instant::now());
         let _ =
-            tokio::time::timeout(bound, async { while tasks.join_next().await.is_some() {} }).await;
+            tokio::time::timeout(left, async { while tasks.join_next().await.is_some() {} }).await;
+    }
+
+    /// Waits until no login of this pool is running (or `deadline`).
+    async fn wait_for_logins(&self, deadline: Instant) {
+        loop {
+            let done = self.login_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if lock(&self.flights).is_empty() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), done).await;
+        }
+    }
+
+    /// True while a login of this pool is running (tests and shutdown wait on it).
+    pub fn logins_running(&self) -> usize {
+        lock(&self.flights).len()
     }
 
     // === admin and metrics ===
@@ -1010,4 +1351,71 @@ pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| k.trim() == name)
         .map(|(_, v)| v.trim().to_owned())
+}
+
+/// Grants blocked until a moment. Entries that ran out are pruned whenever one is added, so
+/// the map holds only the grants blocked now.
+#[derive(Debug, Default)]
+struct Blocked(Mutex<HashMap<GrantKey, Instant>>);
+
+impl Blocked {
+    fn block(&self, grant: &GrantKey, until: Instant) {
+        let mut m = lock(&self.0);
+        let now = Instant::now();
+        m.retain(|_, u| *u > now);
+        m.insert(grant.clone(), until);
+    }
+
+    fn is_blocked(&self, grant: &GrantKey) -> bool {
+        lock(&self.0)
+            .get(grant)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+}
+
+/// Names a credential set without revealing it: an HMAC over every field of the login body.
+fn credential_fingerprint(key: &hmac::Key, cfg: &SessionConfig) -> String {
+    let Some(c) = &cfg.credentials else {
+        return "passive".to_owned();
+    };
+    let mut ctx = hmac::Context::with_key(key);
+    for part in [
+        Some(c.name.as_str()),
+        Some(c.password.expose()),
+        c.tenant.as_deref(),
+        c.branch.as_deref(),
+        c.locale.as_deref(),
+    ] {
+        let v = part.unwrap_or("\0");
+        ctx.update(&(v.len() as u64).to_be_bytes());
+        ctx.update(v.as_bytes());
+    }
+    ctx.sign()
+        .as_ref()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_grants_are_pruned_once_their_time_is_up() {
+        let b = Blocked::default();
+        let (g1, g2) = (GrantKey("g1".into()), GrantKey("g2".into()));
+        let now = Instant::now();
+        b.block(&g1, now);
+        assert!(!b.is_blocked(&g1), "a block that ran out");
+        b.block(&g2, now + Duration::from_secs(60));
+        assert!(b.is_blocked(&g2));
+        assert_eq!(b.len(), 1, "g1 was pruned when g2 was added");
+    }
 }

@@ -18,6 +18,9 @@
 //! | `f:{id}` | sorted set | in-flight lease tokens by expiry |
 //! | `q:{id}` | sorted set | queue tickets by expiry |
 //! | `l:{id}` | string | the login lock's token (with a TTL) |
+//! | `c:{fp}:cooldown` | string | credential set `fp` refused until (Unix ms, with a TTL) |
+//! | `c:{fp}:proven` | string | some replica logged in with `fp` since its last refusal |
+//! | `c:{fp}:trial` | string | the fleet's single unproven login attempt (with a TTL) |
 //!
 //! Scripts touch keys derived from the prefix, so this store needs standalone Redis (or
 //! Sentinel), not Redis Cluster.
@@ -38,8 +41,8 @@ use super::grant::GrantKey;
 use super::jar::Jar;
 use super::pool::now_ms;
 use super::store::{
-    millis, Created, Expiry, InFlight, LeaseRefused, SessionRecord, SessionState, SessionStore,
-    SlotKey, StoreError,
+    millis, Created, Expiry, InFlight, LeaseRefused, Removal, SessionRecord, SessionState,
+    SessionStore, SlotKey, StoreError,
 };
 use crate::metrics::Metrics;
 
@@ -190,9 +193,14 @@ redis.call('SADD', KEYS[3], ARGV[1])
 return {0}
 ";
 
+/// `ARGV`: id, then (field, expected, new) triples. 0: gone; -1: a field changed meanwhile.
 const UPDATE: &str = r"
 if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
-if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
+for i = 2, #ARGV, 3 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i]) or ''
+  if cur ~= ARGV[i + 1] then return -1 end
+end
+for i = 2, #ARGV, 3 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2]) end
 return 1
 ";
 
@@ -202,6 +210,22 @@ local r = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1], ARGV[3] .. 'f:' .. ARGV[1], ARGV[3] .. 'q:' .. ARGV[1])
 redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('SREM', KEYS[3], ARGV[2])
+return r
+";
+
+/// Removes the record unless a request holds or waits for it: `{"gone"}`, `{"busy"}` or
+/// `{"removed", field, value, ...}`.
+const REMOVE_UNUSED: &str = r"
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return {'gone'} end
+local P, now = ARGV[3], ARGV[4]
+if redis.call('ZCOUNT', P .. 'f:' .. ARGV[1], now, '+inf') + redis.call('ZCOUNT', P .. 'q:' .. ARGV[1], now, '+inf') > 0 then
+  return {'busy'}
+end
+local r = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1], P .. 'f:' .. ARGV[1], P .. 'q:' .. ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[2])
+table.insert(r, 1, 'removed')
 return r
 ";
 
@@ -226,8 +250,9 @@ const TAKE_EVICTABLE: &str = r"
 local P, now, min_idle, op_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local best, best_used = nil, nil
 for _, slot in ipairs(redis.call('SMEMBERS', P .. 'slots')) do
-  local f = redis.call('HMGET', P .. 'r:' .. slot, 'id', 'state', 'used', 'op')
-  if f[1] and f[2] ~= 'l' then
+  local f = redis.call('HMGET', P .. 'r:' .. slot, 'id', 'state', 'used', 'op', 'seated')
+  -- Only a logged-in session frees a seat when it goes.
+  if f[1] and f[2] == 'a' and f[5] == '1' then
     local used = tonumber(f[3]) or 0
     local op = tonumber(f[4])
     if users(P, f[1], now) == 0 and now - used >= min_idle and (op == nil or now - op >= op_ttl) then
@@ -325,6 +350,7 @@ struct Scripts {
     create: Script,
     update: Script,
     remove: Script,
+    remove_unused: Script,
     take_evictable: Script,
     take_expired: Script,
     maintain: Script,
@@ -344,6 +370,7 @@ impl RedisStore {
                 create: Script::new(CREATE),
                 update: Script::new(UPDATE),
                 remove: Script::new(REMOVE),
+                remove_unused: Script::new(REMOVE_UNUSED),
                 take_evictable: Script::new(&format!("{REMOVE_FN}{TAKE_EVICTABLE}")),
                 take_expired: Script::new(&format!("{REMOVE_FN}{TAKE_EXPIRED}")),
                 maintain: Script::new(&format!("{REMOVE_FN}{MAINTAIN}")),
@@ -639,33 +666,48 @@ impl SessionStore for RedisStore {
         id: u64,
         f: super::store::Edit,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let Some(before) = self.get(slot).await?.filter(|r| r.id == id) else {
-            return Ok(None);
-        };
-        let mut after = before.clone();
-        f(&mut after);
-        // Only the fields this edit changed are written, so concurrent edits of other fields
-        // (a use time from another replica) are not overwritten.
-        let old: HashMap<&str, String> = fields(&before).into_iter().collect();
-        let changed: Vec<String> = fields(&after)
-            .into_iter()
-            .filter(|(k, v)| old.get(k) != Some(v))
-            .flat_map(|(k, v)| [k.to_owned(), v])
-            .collect();
-        let rec = self.key(&format!("r:{}", slot_text(slot)));
-        let script = &self.scripts.update;
-        let ok: i64 = self
-            .redis
-            .run("update", |mut c| async move {
-                let mut inv = script.key(&rec);
-                inv.arg(id);
-                for v in &changed {
-                    inv.arg(v);
-                }
-                inv.invoke_async(&mut c).await
-            })
-            .await?;
-        Ok((ok == 1).then_some(after))
+        // Compare and set: only the fields this edit changed are written, and only if they still
+        // hold what this edit read, so that concurrent edits (a use time from another replica, a
+        // second observer of the same expiry) are neither overwritten nor applied twice.
+        for _ in 0..8 {
+            let Some(before) = self.get(slot).await?.filter(|r| r.id == id) else {
+                return Ok(None);
+            };
+            let mut after = before.clone();
+            f(&mut after);
+            let old: HashMap<&str, String> = fields(&before).into_iter().collect();
+            let changed: Vec<(&str, String, String)> = fields(&after)
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    let was = old.get(k).cloned().unwrap_or_default();
+                    (was != v).then_some((k, was, v))
+                })
+                .collect();
+            if changed.is_empty() {
+                return Ok(Some(after));
+            }
+            let rec = self.key(&format!("r:{}", slot_text(slot)));
+            let script = &self.scripts.update;
+            let ok: i64 = self
+                .redis
+                .run("update", |mut c| async move {
+                    let mut inv = script.key(&rec);
+                    inv.arg(id);
+                    for (k, was, v) in &changed {
+                        inv.arg(k).arg(was).arg(v);
+                    }
+                    inv.invoke_async(&mut c).await
+                })
+                .await?;
+            match ok {
+                1 => return Ok(Some(after)),
+                0 => return Ok(None),
+                _ => continue,
+            }
+        }
+        Err(StoreError::Unavailable(
+            "the session record kept changing under the update".to_owned(),
+        ))
     }
 
     async fn remove(&self, slot: &SlotKey, id: u64) -> Result<Option<SessionRecord>, StoreError> {
@@ -688,6 +730,37 @@ impl SessionStore for RedisStore {
             })
             .await?;
         Ok(reply.and_then(|r| record_from(&pairs(r))))
+    }
+
+    async fn remove_unused(&self, slot: &SlotKey, id: u64) -> Result<Removal, StoreError> {
+        let s = slot_text(slot);
+        let (rec, slots, grant) = self.slot_keys(&s, slot);
+        let prefix = self.prefix.clone();
+        let script = &self.scripts.remove_unused;
+        let now = now_ms();
+        let reply: Vec<String> = self
+            .redis
+            .run("remove", |mut c| async move {
+                script
+                    .key(&rec)
+                    .key(&slots)
+                    .key(&grant)
+                    .arg(id)
+                    .arg(&s)
+                    .arg(&prefix)
+                    .arg(now)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut it = reply.into_iter();
+        Ok(match it.next().as_deref() {
+            Some("busy") => Removal::Busy,
+            Some("removed") => {
+                record_from(&pairs(it.collect())).map_or(Removal::Gone, Removal::Removed)
+            }
+            _ => Removal::Gone,
+        })
     }
 
     async fn list(&self) -> Result<Vec<(SlotKey, SessionRecord)>, StoreError> {
@@ -940,6 +1013,91 @@ impl SessionStore for RedisStore {
             .into_iter()
             .filter_map(|(_, r)| record_from(&pairs(r)))
             .collect())
+    }
+
+    async fn credential_cooldown(&self, fp: &str) -> Result<Option<u64>, StoreError> {
+        let key = self.key(&format!("c:{fp}:cooldown"));
+        let until: Option<u64> = self
+            .redis
+            .run("credentials", |mut c| async move {
+                redis::cmd("GET").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(until.filter(|u| *u > now_ms()))
+    }
+
+    async fn open_credential_cooldown(&self, fp: &str, until_ms: u64) -> Result<(), StoreError> {
+        let (cool, proven) = (
+            self.key(&format!("c:{fp}:cooldown")),
+            self.key(&format!("c:{fp}:proven")),
+        );
+        let ttl = until_ms.saturating_sub(now_ms()).max(1);
+        self.redis
+            .run("credentials", |mut c| async move {
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(&cool)
+                    .arg(until_ms)
+                    .arg("PX")
+                    .arg(ttl)
+                    .ignore()
+                    .cmd("DEL")
+                    .arg(&proven)
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+    }
+
+    async fn credentials_proven(&self, fp: &str) -> Result<bool, StoreError> {
+        let key = self.key(&format!("c:{fp}:proven"));
+        self.redis
+            .run("credentials", |mut c| async move {
+                redis::cmd("EXISTS").arg(&key).query_async(&mut c).await
+            })
+            .await
+    }
+
+    async fn mark_credentials_proven(&self, fp: &str) -> Result<(), StoreError> {
+        let key = self.key(&format!("c:{fp}:proven"));
+        self.redis
+            .run("credentials", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+    }
+
+    async fn lock_credential_trial(&self, fp: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let key = self.key(&format!("c:{fp}:trial"));
+        let ttl = millis(ttl).max(1);
+        let got: Option<String> = self
+            .redis
+            .run("credentials", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(got.is_some())
+    }
+
+    async fn unlock_credential_trial(&self, fp: &str) -> Result<(), StoreError> {
+        let key = self.key(&format!("c:{fp}:trial"));
+        self.redis
+            .run("credentials", |mut c| async move {
+                redis::cmd("DEL").arg(&key).query_async::<()>(&mut c).await
+            })
+            .await
     }
 }
 

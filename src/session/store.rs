@@ -126,6 +126,33 @@ pub enum LeaseRefused {
     Unavailable,
 }
 
+/// The result of [`SessionStore::remove_unused`].
+#[derive(Debug)]
+pub enum Removal {
+    /// The record was removed; the caller retires it.
+    Removed(SessionRecord),
+    /// A request holds or waits for the session: nothing was removed.
+    Busy,
+    /// No record with that id is at the slot any more.
+    Gone,
+}
+
+/// The seats of one upstream in this process: the session ids holding one. Shared by the
+/// memory stores of one upstream across reloads, so that a pool being retired and its successor
+/// count against one cap.
+#[derive(Debug, Default)]
+pub struct SeatTable {
+    holders: Mutex<std::collections::HashSet<u64>>,
+}
+
+impl SeatTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
+        self.holders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A held in-flight lease. Release it with [`SessionStore::release`]; a lease dropped without
 /// release (its request was cancelled) is released by its drop.
 pub struct InFlight {
@@ -169,8 +196,10 @@ impl std::fmt::Debug for InFlight {
     }
 }
 
-/// A change to one record, applied atomically by the store.
-pub type Edit = Box<dyn FnOnce(&mut SessionRecord) + Send + 'static>;
+/// A change to one record, applied atomically by the store. A shared store may run it again on
+/// a fresh copy when another writer got there first (compare and set), so it must depend only
+/// on the record it is given.
+pub type Edit = Box<dyn Fn(&mut SessionRecord) + Send + Sync + 'static>;
 
 /// The operations the session layer needs from its state.
 #[async_trait]
@@ -199,6 +228,9 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> Result<Option<SessionRecord>, StoreError>;
     /// Removes the record at `slot` if it still has id `id`. Only one caller gets it back.
     async fn remove(&self, slot: &SlotKey, id: u64) -> Result<Option<SessionRecord>, StoreError>;
+    /// Removes the record at `slot` if it still has id `id` and no request holds or waits for
+    /// it, in one atomic step: a logout can then never meet a request on its session.
+    async fn remove_unused(&self, slot: &SlotKey, id: u64) -> Result<Removal, StoreError>;
     /// Every record.
     async fn list(&self) -> Result<Vec<(SlotKey, SessionRecord)>, StoreError>;
     /// Atomically removes and returns the least-recently-used session that may be evicted: no
@@ -239,13 +271,42 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Periodic upkeep: renews leases and removes (and returns) the records of logins a crashed
     /// replica left unfinished, so that their seats can be given back.
     async fn maintain(&self, now_ms: u64) -> Result<Vec<SessionRecord>, StoreError>;
+
+    // --- the credential gate, fleet-wide (design §6.5.3) ---
+    //
+    // By default a store shares nothing: within one process the pool's own gate is the whole
+    // truth. A shared store makes the cooldown, the "credentials proven" mark and the trial lock
+    // hold for every replica. `fp` names a credential set (a keyed digest, never the secret).
+
+    /// Until when (Unix ms) logins with credential set `fp` are refused, fleet-wide.
+    async fn credential_cooldown(&self, _fp: &str) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+    /// Opens the cooldown of `fp` until `until_ms` (and forgets that it was proven).
+    async fn open_credential_cooldown(&self, _fp: &str, _until_ms: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// True once some replica logged in with `fp` (since its last credential failure).
+    async fn credentials_proven(&self, _fp: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    async fn mark_credentials_proven(&self, _fp: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The fleet-wide single-flight of unproven logins: true when the caller may try `fp` now
+    /// (until [`SessionStore::unlock_credential_trial`], or `ttl`).
+    async fn lock_credential_trial(&self, _fp: &str, _ttl: Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    async fn unlock_credential_trial(&self, _fp: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 // === impl MemoryStore ===
 
 #[derive(Default)]
 struct Inner {
-    seats: u32,
     /// The sum of every record's `queued`, kept so the gauge costs no scan.
     queued_total: u32,
     records: HashMap<SlotKey, SessionRecord>,
@@ -257,11 +318,20 @@ struct Inner {
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
+    seats: Arc<SeatTable>,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store whose seats are `seats` (shared with the other stores of the same upstream).
+    pub fn with_seats(seats: Arc<SeatTable>) -> Self {
+        MemoryStore {
+            inner: Arc::default(),
+            seats,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -299,24 +369,26 @@ fn ms(d: Duration) -> u64 {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn take_seat(&self, cap: u32, _holder: u64) -> Result<bool, StoreError> {
-        let mut g = self.lock();
-        if g.seats < cap {
-            g.seats += 1;
+    async fn take_seat(&self, cap: u32, holder: u64) -> Result<bool, StoreError> {
+        let mut seats = self.seats.lock();
+        if seats.contains(&holder) {
+            return Ok(true);
+        }
+        if seats.len() < cap as usize {
+            seats.insert(holder);
             Ok(true)
         } else {
             Ok(false)
         }
     }
 
-    async fn release_seat(&self, _holder: u64) -> Result<(), StoreError> {
-        let mut g = self.lock();
-        g.seats = g.seats.saturating_sub(1);
+    async fn release_seat(&self, holder: u64) -> Result<(), StoreError> {
+        self.seats.lock().remove(&holder);
         Ok(())
     }
 
     async fn seats_in_use(&self) -> Result<u32, StoreError> {
-        Ok(self.lock().seats)
+        Ok(u32::try_from(self.seats.lock().len()).unwrap_or(u32::MAX))
     }
 
     async fn get(&self, slot: &SlotKey) -> Result<Option<SessionRecord>, StoreError> {
@@ -377,6 +449,22 @@ impl SessionStore for MemoryStore {
         Ok(None)
     }
 
+    async fn remove_unused(&self, slot: &SlotKey, id: u64) -> Result<Removal, StoreError> {
+        let mut g = self.lock();
+        match g.records.get(slot) {
+            Some(r) if r.id == id && r.users() > 0 => Ok(Removal::Busy),
+            Some(r) if r.id == id => {
+                if let Some(gate) = g.gates.remove(&id) {
+                    gate.close();
+                }
+                Ok(g.records
+                    .remove(slot)
+                    .map_or(Removal::Gone, Removal::Removed))
+            }
+            _ => Ok(Removal::Gone),
+        }
+    }
+
     async fn list(&self) -> Result<Vec<(SlotKey, SessionRecord)>, StoreError> {
         Ok(self
             .lock()
@@ -397,8 +485,10 @@ impl SessionStore for MemoryStore {
             .records
             .iter()
             .filter(|(_, r)| {
+                // Only a logged-in session frees a seat when it goes.
                 r.users() == 0
-                    && r.state != SessionState::LoggingIn
+                    && r.seated
+                    && r.state == SessionState::Active
                     && now_ms.saturating_sub(r.last_used_ms) >= min_idle_ms
                     && r.last_op_ms
                         .is_none_or(|op| now_ms.saturating_sub(op) >= op_ttl_ms)
@@ -559,11 +649,31 @@ mod tests {
     async fn seats_never_exceed_the_cap() {
         let s = MemoryStore::new();
         assert!(s.take_seat(2, 1).await.unwrap());
-        assert!(s.take_seat(2, 1).await.unwrap());
-        assert!(!s.take_seat(2, 1).await.unwrap());
+        assert!(
+            s.take_seat(2, 1).await.unwrap(),
+            "a holder's second take is its own seat"
+        );
+        assert!(s.take_seat(2, 2).await.unwrap());
+        assert!(!s.take_seat(2, 3).await.unwrap());
         s.release_seat(1).await.unwrap();
-        assert!(s.take_seat(2, 1).await.unwrap());
+        s.release_seat(1).await.unwrap();
+        assert_eq!(
+            s.seats_in_use().await.unwrap(),
+            1,
+            "releasing twice frees one seat"
+        );
+        assert!(s.take_seat(2, 3).await.unwrap());
         assert_eq!(s.seats_in_use().await.unwrap(), 2);
+        // Stores of one upstream share their seats (a reload's old and new pool).
+        let table = Arc::new(SeatTable::default());
+        let (old, new) = (
+            MemoryStore::with_seats(table.clone()),
+            MemoryStore::with_seats(table),
+        );
+        assert!(old.take_seat(1, 10).await.unwrap());
+        assert!(!new.take_seat(1, 11).await.unwrap());
+        old.release_seat(10).await.unwrap();
+        assert!(new.take_seat(1, 11).await.unwrap());
     }
 
     #[tokio::test]
@@ -608,25 +718,48 @@ mod tests {
             .await
             .unwrap();
         let first = s
-            .acquire(&k, 1, 1, 1, Duration::from_secs(1))
+            .acquire(&k, 1, 1, 4, Duration::from_secs(1))
             .await
             .unwrap();
-        // One may queue; the second waiter is refused at once.
-        let s2 = s.clone();
-        let k2 = k.clone();
-        let queued =
-            tokio::spawn(async move { s2.acquire(&k2, 1, 1, 1, Duration::from_secs(5)).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Four wait, one after the other; each records when it got the place and holds it a
+        // moment, so a waiter served out of turn shows in the order.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for n in 0..4u64 {
+            let (s2, k2, order) = (s.clone(), k.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let lease = s2.acquire(&k2, 1, 1, 4, Duration::from_secs(5)).await?;
+                order.lock().unwrap().push(n);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                s2.release(lease, n, false).await;
+                Ok::<_, LeaseRefused>(())
+            }));
+            // Queued in this order before the next one arrives.
+            while s.get(&k).await.unwrap().unwrap().queued <= u32::try_from(n).unwrap() {
+                tokio::task::yield_now().await;
+            }
+        }
+        // The queue is full: the next is refused at once.
         assert_eq!(
-            s.acquire(&k, 1, 1, 1, Duration::from_secs(1))
+            s.acquire(&k, 1, 1, 4, Duration::from_secs(1))
                 .await
                 .unwrap_err(),
             LeaseRefused::Busy
         );
         s.release(first, 5, false).await;
-        let second = queued.await.unwrap().unwrap();
-        assert_eq!(s.get(&k).await.unwrap().unwrap().in_flight, 1);
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            vec![0, 1, 2, 3],
+            "first come, first served"
+        );
         // A wait that runs out is Busy and leaves no queued count behind.
+        let held = s
+            .acquire(&k, 1, 1, 5, Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!(
             s.acquire(&k, 1, 1, 5, Duration::from_millis(20))
                 .await
@@ -634,9 +767,35 @@ mod tests {
             LeaseRefused::Busy
         );
         assert_eq!(s.get(&k).await.unwrap().unwrap().queued, 0);
-        s.release(second, 6, true).await;
+        s.release(held, 6, true).await;
         let r = s.get(&k).await.unwrap().unwrap();
         assert_eq!((r.in_flight, r.last_used_ms, r.last_op_ms), (0, 6, Some(6)));
+    }
+
+    #[tokio::test]
+    async fn removal_of_an_unused_session_is_atomic_with_its_use() {
+        let s = MemoryStore::new();
+        let k = slot("g", None);
+        s.create(&k, SessionRecord::new(1, false, 0), 1, 1)
+            .await
+            .unwrap();
+        let lease = s
+            .acquire(&k, 1, 1, 5, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.remove_unused(&k, 1).await.unwrap(),
+            Removal::Busy
+        ));
+        s.release(lease, 1, false).await;
+        assert!(matches!(
+            s.remove_unused(&k, 1).await.unwrap(),
+            Removal::Removed(r) if r.id == 1
+        ));
+        assert!(matches!(
+            s.remove_unused(&k, 1).await.unwrap(),
+            Removal::Gone
+        ));
     }
 
     #[tokio::test]
@@ -645,11 +804,17 @@ mod tests {
         let (a, b) = (slot("a", None), slot("b", None));
         let mut old = SessionRecord::new(1, false, 0);
         old.state = SessionState::Active;
+        old.seated = true;
         let mut newer = SessionRecord::new(2, false, 0);
         newer.state = SessionState::Active;
+        newer.seated = true;
         newer.last_used_ms = 500;
         s.create(&a, old, 1, 1).await.unwrap();
         s.create(&b, newer, 1, 1).await.unwrap();
+        // A record that never logged in holds no seat: evicting it would free nothing.
+        s.create(&slot("c", None), SessionRecord::new(3, false, 0), 1, 1)
+            .await
+            .unwrap();
         let lease = s
             .acquire(&a, 1, 1, 5, Duration::from_secs(1))
             .await

@@ -18,6 +18,8 @@ mod metrics;
 mod redis_store;
 mod reload;
 mod replicas;
+mod session_edges;
+mod session_model;
 mod sessions;
 mod tls;
 mod websocket;

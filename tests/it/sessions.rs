@@ -7,217 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tollgate::demo::legacy::{Counters, FakeLegacy, LegacyOptions};
+use serde_json::json;
 
-use crate::support::http::Reply;
-use crate::support::redis::RedisServer;
-use crate::support::{eventually, request, FakeIdp, TestGateway};
-
-/// Which session store the gateway uses: every test runs against both.
-#[derive(Debug, Clone, Copy)]
-enum Store {
-    Memory,
-    Redis,
-}
-
-struct Env {
-    idp: FakeIdp,
-    fake: FakeLegacy,
-    gw: TestGateway,
-    _task: tokio::task::JoinHandle<()>,
-    _redis: Option<RedisServer>,
-    _dir: tempfile::TempDir,
-}
-
-/// The `[store]` table (and the shared handle key a shared store requires) for `store`.
-fn store_config(store: Store, dir: &std::path::Path) -> (String, String, Option<RedisServer>) {
-    match store {
-        Store::Memory => (String::new(), String::new(), None),
-        Store::Redis => {
-            let redis = RedisServer::start();
-            let key = dir.join("handle.key");
-            std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
-            (
-                format!(
-                    "\n[store]\nkind = \"redis\"\nurl = \"{}\"\nlease_ttl = \"3s\"\n",
-                    redis.url()
-                ),
-                format!("handle_key_file = \"{}\"", key.display()),
-                Some(redis),
-            )
-        }
-    }
-}
-
-/// The session block for the upstream: `extra` lines are added to [upstream.session].
-fn config(issuer: &str, legacy: &str, extra: &str, password: &str) -> String {
-    let cap = if extra.contains("max_upstream_sessions") {
-        ""
-    } else {
-        "max_upstream_sessions = 2"
-    };
-    format!(
-        r#"
-[[issuer]]
-id = "erp"
-issuer = "{issuer}"
-jwks_uri = "{issuer}/jwks"
-audiences = ["api"]
-algorithms = ["RS256"]
-
-[[upstream]]
-id = "erp"
-url = "{legacy}"
-timeout = "10s"
-
-[upstream.session]
-{cap}
-min_idle_before_evict = "0s"
-{extra}
-[upstream.session.credentials]
-name = "admin"
-password = "{password}"
-tenant = "MyStore"
-branch = "HQ"
-
-[[route]]
-id = "erp"
-prefix = "/entity/"
-upstream = "erp"
-scopes = ["api"]
-
-[[route]]
-id = "health"
-exact = "/health"
-upstream = "erp"
-auth = "none"
-"#
-    )
-}
-
-async fn env_with(store: Store, opts: LegacyOptions, extra: &str, password: &str) -> Env {
-    let idp = FakeIdp::start().await;
-    let fake = FakeLegacy::new(opts);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let legacy = format!("http://{}", listener.local_addr().unwrap());
-    let task = fake.spawn(listener);
-    let dir = tempfile::tempdir().unwrap();
-    let (store_table, key_line, redis) = store_config(store, dir.path());
-    let cfg = config(
-        &idp.issuer,
-        &legacy,
-        &format!("{extra}\n{key_line}"),
-        password,
-    ) + &store_table;
-    let gw = TestGateway::start(&cfg, true).await;
-    Env {
-        idp,
-        fake,
-        gw,
-        _task: task,
-        _redis: redis,
-        _dir: dir,
-    }
-}
-
-async fn env(store: Store, extra: &str) -> Env {
-    env_with(store, LegacyOptions::default(), extra, "123").await
-}
-
-impl Env {
-    /// A token of grant `grant` (scope "api", or with the concurrent scope).
-    fn token(&self, grant: &str, concurrent: bool) -> String {
-        let scope = if concurrent {
-            "api api:concurrent_access"
-        } else {
-            "api"
-        };
-        self.idp.token(json!({"grant_id": grant, "scope": scope}))
-    }
-
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        cookie: Option<&str>,
-        body: &'static [u8],
-    ) -> Reply {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(self.gw.url(path))
-            .header("authorization", format!("Bearer {token}"));
-        if let Some(c) = cookie {
-            b = b.header("cookie", c);
-        }
-        let r = request(b.body(Full::new(Bytes::from_static(body))).unwrap()).await;
-        // Invariant 6.11.1: no upstream Set-Cookie ever reaches a client; only the handle cookie.
-        for v in r.headers.get_all("set-cookie") {
-            let v = v.to_str().unwrap();
-            assert!(
-                v.starts_with("tollgate_session="),
-                "an upstream cookie reached the client: {v}"
-            );
-        }
-        r
-    }
-
-    async fn echo(&self, token: &str) -> Reply {
-        self.send("GET", "/entity/Default/24.200.001/Echo", token, None, b"")
-            .await
-    }
-
-    fn counters(&self) -> Counters {
-        self.fake.counters()
-    }
-
-    /// The leak detectors of the fake (design §6.11, §7.6) stay at zero.
-    fn assert_no_leaks(&self) {
-        let c = self.counters();
-        assert_eq!(c.mixed_session_cookies, 0, "jar cross-contamination: {c:?}");
-        assert_eq!(
-            c.foreign_cookie, 0,
-            "a client or gateway cookie reached the upstream: {c:?}"
-        );
-        assert_eq!(
-            c.authorization_header_seen, 0,
-            "the bearer token reached the upstream: {c:?}"
-        );
-        assert_eq!(c.logouts_411, 0, "a logout without Content-Length: {c:?}");
-        assert_eq!(c.logins_locked, 0, "the service account was locked: {c:?}");
-    }
-
-    async fn metrics(&self) -> String {
-        self.gw.metrics().await
-    }
-}
-
-fn session_of(r: &Reply) -> Value {
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["session"].clone()
-}
-
-fn handle_of(r: &Reply) -> String {
-    let v = r.header("set-cookie").expect("a handle cookie");
-    assert!(
-        v.contains("Path=/")
-            && v.contains("Secure")
-            && v.contains("HttpOnly")
-            && v.contains("SameSite=Strict"),
-        "{v}"
-    );
-    v.split(';').next().unwrap().to_owned()
-}
-
-fn metric(m: &str, line: &str) -> u64 {
-    m.lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
+use crate::support::legacy::{env, handle_of, metric, session_of, Setup, Store};
+use crate::support::{eventually, request};
 
 async fn single_mode_serialises_a_grants_requests_on_one_session(store: Store) {
     let e = env(store, "").await;
@@ -345,7 +138,11 @@ async fn the_per_grant_cap_answers_429_grant_session_limit(store: Store) {
 }
 
 async fn the_seat_cap_evicts_the_lru_idle_session_or_answers_503(store: Store) {
-    let e = env(store, "admission_wait = \"300ms\"").await;
+    let e = env(
+        store,
+        "admission_wait = \"300ms\"\nmin_idle_before_evict = \"0s\"",
+    )
+    .await;
     let (a, b, c) = (
         e.token("a", false),
         e.token("b", false),
@@ -401,11 +198,9 @@ async fn api_login_limit_gives_one_eviction_and_one_retry_under_500_and_429(stor
     for status in [500u16, 429] {
         // The gateway's own cap (3) is above the upstream's (2): seats held elsewhere show up
         // only as "API Login Limit".
-        let e = env_with(
+        let e = env(
             store,
-            LegacyOptions::default(),
-            "max_upstream_sessions = 3",
-            "123",
+            "max_upstream_sessions = 3\nmin_idle_before_evict = \"0s\"",
         )
         .await;
         e.fake.set_login_limit_status(status);
@@ -421,25 +216,32 @@ async fn api_login_limit_gives_one_eviction_and_one_retry_under_500_and_429(stor
             (1, 1, 2),
             "{status}: {c:?}"
         );
-        // Full again and the only own session busy: one attempt, no eviction possible, 503.
+        // Other integrations now hold every seat: the one eviction the rule allows logs `b` out
+        // (idle), the one retry still meets the limit, and the answer is 503 without a loop.
         e.fake.reserve_seats(2);
-        let before = e.counters().logins_rejected_limit;
+        let before = e.counters();
         let r = e.echo(&e.token("c", false)).await;
         assert_eq!(r.status, 503, "{status}: {}", r.text());
         assert_eq!(r.json()["error"], "upstream_seats_exhausted");
         assert_eq!(r.header("retry-after"), Some("30"));
         let after = e.counters();
-        assert!(
-            after.logins_rejected_limit - before <= 2,
-            "never a retry loop: {after:?}"
+        assert_eq!(
+            (
+                after.logins_rejected_limit - before.logins_rejected_limit,
+                after.logouts - before.logouts,
+                after.seats_in_use,
+            ),
+            (2, 1, 0),
+            "one attempt, one eviction (b), one retry: {after:?}"
         );
+        assert!(e.records().await.is_empty(), "c's failed record is gone");
         e.assert_no_leaks();
         e.gw.shutdown().await;
     }
 }
 
 async fn a_wrong_password_is_tried_once_and_opens_the_cooldown(store: Store) {
-    let e = env_with(store, LegacyOptions::default(), "", "wrong-password").await;
+    let e = Setup::new(store).password("wrong-password").start().await;
     let t = e.token("g", false);
     for _ in 0..4 {
         let r = e.echo(&t).await;
@@ -668,44 +470,8 @@ async fn concurrent_logout_with_a_handle_clears_it(store: Store) {
     e.gw.shutdown().await;
 }
 
-impl Env {
-    async fn echo_with(&self, token: &str, cookie: &str) -> Reply {
-        self.send(
-            "GET",
-            "/entity/Default/24.200.001/Echo",
-            token,
-            Some(cookie),
-            b"",
-        )
-        .await
-    }
-}
-
 async fn passive_capture_stores_the_clients_login_cookies(store: Store) {
-    let idp = FakeIdp::start().await;
-    let fake = FakeLegacy::new(LegacyOptions::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let legacy = format!("http://{}", listener.local_addr().unwrap());
-    let _task = fake.spawn(listener);
-    let dir = tempfile::tempdir().unwrap();
-    let (store_table, key_line, redis) = store_config(store, dir.path());
-    let cfg = config(
-        &idp.issuer,
-        &legacy,
-        &format!("creation = \"passive\"\n{key_line}"),
-        "123",
-    ) + &store_table;
-    // Passive mode has no credentials table.
-    let cfg = cfg.replace("[upstream.session.credentials]\nname = \"admin\"\npassword = \"123\"\ntenant = \"MyStore\"\nbranch = \"HQ\"\n", "");
-    let gw = TestGateway::start(&cfg, true).await;
-    let e = Env {
-        idp,
-        fake,
-        gw,
-        _task,
-        _redis: redis,
-        _dir: dir,
-    };
+    let e = Setup::new(store).passive().start().await;
     let t = e.token("g", false);
     let login = e
         .send(
@@ -735,8 +501,10 @@ async fn passive_capture_stores_the_clients_login_cookies(store: Store) {
 }
 
 async fn long_running_operations_stay_on_their_session(store: Store) {
-    let e = env(store, "").await;
-    let t = e.token("g", false);
+    // Concurrent mode, where a grant has several sessions: the handle must pin the polling to
+    // the session that started the operation (another session does not know it).
+    let e = env(store, "max_sessions_per_grant = 2").await;
+    let t = e.token("g", true);
     let start = e
         .send(
             "POST",
@@ -747,11 +515,31 @@ async fn long_running_operations_stay_on_their_session(store: Store) {
         )
         .await;
     assert_eq!(start.status, 202, "{}", start.text());
+    let a = handle_of(&start);
     let location = start.header("location").unwrap().to_owned();
+    let other = e.echo(&t).await;
+    let b = handle_of(&other);
+    assert_ne!(a, b);
+    // The grant's other session does not know the operation.
+    let elsewhere = e.send("GET", &location, &t, Some(&b), b"").await;
+    assert_eq!(elsewhere.status, 404, "{}", elsewhere.text());
+    // While it runs, another operation on its session fails upstream: the status passes, the
+    // upstream's exception details do not.
+    let busy = e
+        .send(
+            "POST",
+            "/entity/Default/24.200.001/LongOp/Start",
+            &t,
+            Some(&a),
+            b"{}",
+        )
+        .await;
+    assert_eq!(busy.status, 500, "{}", busy.text());
+    assert_eq!(busy.json()["error"], "upstream_error");
     let mut status = 202;
     for _ in 0..100 {
         status = e
-            .send("GET", &location, &t, None, b"")
+            .send("GET", &location, &t, Some(&a), b"")
             .await
             .status
             .as_u16();
@@ -760,7 +548,8 @@ async fn long_running_operations_stay_on_their_session(store: Store) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(status, 204);
+    assert_eq!(status, 204, "the handle's session finished its operation");
+    assert_eq!(e.counters().logins_ok, 2);
     e.assert_no_leaks();
     e.gw.shutdown().await;
 }

@@ -2,8 +2,7 @@
 //! the proxy listener over HTTP/1.1 and HTTP/2 (ALPN), every key kind and PEM encoding, client
 //! certificates (mTLS), a certificate reload, and `https://` and HTTP/2 upstreams.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -12,159 +11,16 @@ use http::{Response, StatusCode, Version};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SignatureAlgorithm,
-};
+use rcgen::{ExtendedKeyUsagePurpose, KeyPair};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tokio_rustls::client::TlsStream;
 
 use crate::connections::{get1, get2, h1, h2, start};
+use crate::support::certs::{client_config, tls_connect, tls_table, Ca, Files, Leaf};
 use crate::support::RecordingUpstream;
 use tollgate::config::TlsConfig;
-
-const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-/// A certificate authority made for one test.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A certificate and its key, in PEM.
-struct Leaf {
-    cert: String,
-    key: String,
-}
-
-/// Where a test writes its PEM files.
-struct Files(tempfile::TempDir);
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A server certificate for 127.0.0.1 and localhost (ECDSA P-256).
-    fn server(&self) -> Leaf {
-        self.leaf_with(
-            &rcgen::PKCS_ECDSA_P256_SHA256,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )
-    }
-
-    /// A client certificate (ECDSA P-256).
-    fn client(&self) -> Leaf {
-        self.leaf_with(
-            &rcgen::PKCS_ECDSA_P256_SHA256,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        )
-    }
-
-    fn leaf_with(&self, alg: &'static SignatureAlgorithm, usage: ExtendedKeyUsagePurpose) -> Leaf {
-        let key = KeyPair::generate_for(alg).unwrap();
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "tollgate test");
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &*self.issuer).unwrap();
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-}
-
-impl Files {
-    fn new() -> Files {
-        Files(tempfile::tempdir().unwrap())
-    }
-
-    fn write(&self, name: &str, pem: &str) -> PathBuf {
-        let path = self.0.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path
-    }
-
-    /// Writes `leaf` as `{name}.crt` and `{name}.key`.
-    fn leaf(&self, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
-        (
-            self.write(&format!("{name}.crt"), &leaf.cert),
-            self.write(&format!("{name}.key"), &leaf.key),
-        )
-    }
-}
-
-/// The `[server.tls]` table for these files.
-fn tls_table(cert: &Path, key: &Path, client_ca: Option<&Path>) -> String {
-    let mut t = format!(
-        "[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
-        cert.display().to_string(),
-        key.display().to_string()
-    );
-    if let Some(ca) = client_ca {
-        t.push_str(&format!(
-            "client_ca_file = {:?}\n",
-            ca.display().to_string()
-        ));
-    }
-    t
-}
-
-/// A rustls client trusting `ca_pem`, presenting `client` if given, offering `alpn`.
-fn client_config(ca_pem: &str, client: Option<&Leaf>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let mut config = match client {
-        None => builder.with_no_client_auth(),
-        Some(leaf) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
-}
-
-async fn tls_connect(
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::IpAddress(LOCALHOST.into()), tcp)
-        .await
-}
 
 /// One `GET /public/…` over a new TLS connection with HTTP/1.1; any failure (handshake,
 /// certificate, request) is an `Err`.

@@ -1,10 +1,13 @@
 //! Test support: real sockets on 127.0.0.1 port 0, an in-process issuer and a recording
 //! upstream, and the gateway started in-process on listeners the test bound itself.
 
+pub mod certs;
 pub mod gateway;
 pub mod http;
 pub mod idp;
 pub mod introspect;
+pub mod legacy;
+pub mod process;
 pub mod redis;
 pub mod upstream;
 
@@ -35,4 +38,24 @@ pub fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The status of a GET to `url`, or `None` when it could not be sent (nothing listening).
+pub async fn try_get(url: &str) -> Option<u16> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(url.parse().ok()?))
+        .await
+        .ok()?
+        .ok()?;
+    Some(resp.status().as_u16())
 }

@@ -18,6 +18,8 @@ pub struct Recorded {
     pub uri: String,
     pub headers: HeaderMap,
     pub body_len: usize,
+    /// SHA-256 of the body, hex.
+    pub body_sha256: String,
 }
 
 pub struct RecordingUpstream {
@@ -59,17 +61,19 @@ impl RecordingUpstream {
                     .await
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
+                let body_sha256 = super::sha256_hex(&body);
                 r.lock().unwrap().push(Recorded {
                     uri: uri.clone(),
                     headers: parts.headers.clone(),
                     body_len: body.len(),
+                    body_sha256: body_sha256.clone(),
                 });
                 let headers: serde_json::Map<String, serde_json::Value> = parts
                     .headers
                     .iter()
                     .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("<bin>"))))
                     .collect();
-                let echo = json!({"method": parts.method.as_str(), "uri": uri, "headers": headers, "body_len": body.len()});
+                let echo = json!({"method": parts.method.as_str(), "uri": uri, "headers": headers, "body_len": body.len(), "body_sha256": body_sha256});
                 Response::builder()
                     .status(StatusCode::OK)
                     .header("content-type", "application/json")

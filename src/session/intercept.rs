@@ -1,0 +1,152 @@
+//! Which requests are the upstream's login or logout call (design §6.6.5).
+//!
+//! The reference upstream is an ASP.NET application behind IIS: it routes paths
+//! case-insensitively, ignores a trailing slash, and percent-decodes the path before routing.
+//! A gateway that compared paths byte for byte would forward `/entity/Auth/Login/` with the
+//! client's own credentials, and the upstream would log it in (or count the wrong password
+//! towards the account's lockout). So a request path is the login or logout call when, segment
+//! by segment, it equals the configured path once both are read the way the upstream reads
+//! them:
+//!
+//! - percent escapes decoded (`%4C`, `%2F`);
+//! - empty segments dropped (a trailing or doubled `/`);
+//! - `;`-parameters cut off each segment (`login;x=1`);
+//! - trailing dots and spaces cut off each segment (Windows drops them from path names);
+//! - letters compared without case, the way .NET's ordinal-ignore-case compare does it (so
+//!   `logın` with a dotless i matches too).
+//!
+//! The rule errs towards interception: a variant the upstream would answer with 404 is
+//! intercepted all the same, which costs nothing; one it would route to its login must never
+//! slip through.
+
+use std::borrow::Cow;
+
+/// True when `path` (already normalised by the gateway) names the same action as `configured`.
+pub fn is_action(path: &str, configured: &str) -> bool {
+    let decoded = percent_decode(path);
+    let mut a = segments(&decoded);
+    let mut b = segments(configured);
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(x), Some(y)) if same_text(x, y) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The path's segments as the upstream routes them.
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/')
+        .map(|seg| {
+            let seg = seg.split(';').next().unwrap_or("");
+            seg.trim_end_matches(['.', ' '])
+        })
+        .filter(|seg| !seg.is_empty())
+}
+
+/// Case-insensitive equality by simple upper-case mapping of each character.
+fn same_text(a: &str, b: &str) -> bool {
+    a.chars().map(fold).eq(b.chars().map(fold))
+}
+
+fn fold(c: char) -> char {
+    let mut up = c.to_uppercase();
+    match (up.next(), up.next()) {
+        (Some(u), None) => u,
+        _ => c,
+    }
+}
+
+/// Decodes every `%XX` escape (invalid UTF-8 is replaced, which never matches a configured
+/// path); other bytes are kept.
+fn percent_decode(path: &str) -> Cow<'_, str> {
+    if !path.contains('%') {
+        return Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOGIN: &str = "/entity/auth/login";
+
+    #[test]
+    fn every_spelling_the_upstream_routes_is_the_action() {
+        for p in [
+            "/entity/auth/login",
+            "/entity/auth/login/",
+            "/entity/Auth/Login",
+            "/ENTITY/AUTH/LOGIN/",
+            "/entity//auth/login",
+            "/entity/auth/login;jsessionid=1",
+            "/entity/auth;x/login",
+            "/entity/auth/login.",
+            "/entity/auth/login%20",
+            "/entity/auth/log%69n",
+            "/entity/auth/login%2F",
+            "/entity/auth/log\u{131}n",
+        ] {
+            assert!(is_action(p, LOGIN), "{p}");
+        }
+    }
+
+    #[test]
+    fn other_paths_are_not() {
+        for p in [
+            "/entity/auth/logins",
+            "/entity/auth/logout",
+            "/entity/auth",
+            "/entity/auth/login/extra",
+            "/entity/login",
+            "/",
+            "/entity/auth/log%in",
+        ] {
+            assert!(!is_action(p, LOGIN), "{p}");
+        }
+    }
+
+    #[test]
+    fn the_configured_path_is_read_the_same_way() {
+        assert!(is_action("/api/SignIn", "/API/signin/"));
+        assert!(!is_action("/api/signin", "/api/signout"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn case_and_trailing_slashes_never_matter(upper in proptest::collection::vec(proptest::bool::ANY, 18), slashes in 0usize..3) {
+            let spelled: String = LOGIN
+                .chars()
+                .zip(upper.iter().cycle())
+                .map(|(c, up)| if *up { c.to_ascii_uppercase() } else { c })
+                .collect();
+            let p = format!("{spelled}{}", "/".repeat(slashes));
+            proptest::prop_assert!(is_action(&p, LOGIN));
+        }
+
+        #[test]
+        fn never_panics(p in "\\PC*") {
+            let _ = is_action(&p, LOGIN);
+        }
+    }
+}
