@@ -335,8 +335,11 @@ fn run() -> anyhow::Result<()> {
     // introspection, each with the default cache and with a cache of one entry; JWT in front of
     // the fake without and with the session layer).
     let calls = Arc::new(AtomicU64::new(0));
+    // wrk replays fixed cookies and cannot follow renewed ones: no renewals, in every legacy
+    // scenario alike.
     let fake = FakeLegacy::new(LegacyOptions {
         max_api_users: LEGACY_SEATS,
+        renew_auth_every: 0,
         ..LegacyOptions::default()
     });
     let (issuer, upstream_addr, cached, uncached, opaque, opaque_nc) = runtime.block_on(async {
@@ -698,6 +701,7 @@ impl Fleet<'_> {
     ) -> anyhow::Result<Outcome> {
         let fake = FakeLegacy::new(LegacyOptions {
             max_api_users: LEGACY_SEATS,
+            renew_auth_every: 0,
             ..LegacyOptions::default()
         });
         let (fake_task, started) = runtime.block_on(async {

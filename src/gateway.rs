@@ -42,6 +42,7 @@ use crate::auth::fetch::IdpClient;
 use crate::auth::{bearer, AuthError, Verifier};
 use crate::config::{Config, RedisConfig, StoreConfig, UpstreamConfig};
 use crate::error::{Fault, GatewayError};
+use crate::fleet::{Fleet, RedisHandle};
 use crate::metrics::{Decision, Metrics};
 use crate::policy::{self, matcher, RouteAuth, RouteTable};
 use crate::proxy::{self, headers, ProxyError, Upstream};
@@ -67,6 +68,16 @@ pub struct Snapshot {
     trust_forwarded: bool,
 }
 
+impl Snapshot {
+    /// The session pool of the upstream with id `id`, if it has one.
+    fn pool_of(&self, id: &str) -> Option<Arc<Pool>> {
+        self.upstream_configs
+            .iter()
+            .position(|u| &*u.id == id)
+            .and_then(|i| self.pools[i].clone())
+    }
+}
+
 /// The gateway: cheap to clone, shared by every connection.
 #[derive(Clone)]
 pub struct Gateway {
@@ -77,8 +88,9 @@ struct Inner {
     snapshot: ArcSwap<Snapshot>,
     metrics: Metrics,
     client: IdpClient,
-    /// The shared store, fixed for the life of the process (changing it needs a restart).
-    redis: Option<(session::redis::RedisHandle, RedisConfig)>,
+    /// The fleet (a shared store), fixed for the life of the process (changing it needs a
+    /// restart).
+    fleet: Option<(Arc<Fleet>, RedisConfig)>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
     /// The seats of each upstream with the memory store, by upstream id: kept across reloads so
@@ -120,13 +132,16 @@ impl Gateway {
     /// Builds the gateway from a frozen configuration. Does not fetch anything yet; call
     /// [`Gateway::start`] inside a Tokio runtime.
     pub fn new(config: &Config, metrics: Metrics) -> Result<Self, ProxyError> {
-        let redis = match &config.store {
+        let fleet = match &config.store {
             StoreConfig::Memory => None,
-            StoreConfig::Redis(r) => Some((
-                session::redis::RedisHandle::new(&r.url, r.timeout, metrics.clone())
-                    .map_err(|e| ProxyError::BadRequest(e.to_string()))?,
-                r.clone(),
-            )),
+            StoreConfig::Redis(r) => {
+                let handle = RedisHandle::new(r, metrics.clone())
+                    .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+                Some((
+                    Fleet::new(handle, &r.key_prefix, r.lease_ttl, metrics.clone()),
+                    r.clone(),
+                ))
+            }
         };
         let inner = Inner {
             snapshot: ArcSwap::from_pointee(Snapshot {
@@ -141,7 +156,7 @@ impl Gateway {
             }),
             metrics,
             client: IdpClient::new(),
-            redis,
+            fleet,
             reloading: tokio::sync::Mutex::new(()),
             seats: std::sync::Mutex::default(),
         };
@@ -157,13 +172,15 @@ impl Gateway {
     /// configuration did not change.
     fn build(&self, config: &Config, previous: Option<&Snapshot>) -> Result<Snapshot, ProxyError> {
         let metrics = &self.inner.metrics;
-        let shared: Option<Arc<dyn crate::auth::introspect::SharedAnswers>> =
-            match &self.inner.redis {
-                Some((handle, r)) if r.share_introspection => Some(Arc::new(
-                    session::redis::SharedIntrospection::new(handle.clone(), &r.key_prefix),
-                )),
-                _ => None,
-            };
+        let shared: Option<Arc<dyn crate::auth::introspect::SharedAnswers>> = match &self
+            .inner
+            .fleet
+        {
+            Some((fleet, r)) if r.share_introspection => Some(Arc::new(
+                crate::auth::shared::SharedIntrospection::new(fleet.redis().clone(), &r.key_prefix),
+            )),
+            _ => None,
+        };
         let verifier = Arc::new(Verifier::with_previous(
             &config.issuers,
             config.server.token_cache_capacity,
@@ -185,7 +202,11 @@ impl Gateway {
                 Some(k) => k,
                 None => {
                     let upstream = Arc::new(Upstream::new(cfg)?);
-                    let pool = cfg.session.as_ref().map(|s| self.pool(cfg, s, &upstream));
+                    let before = previous.and_then(|p| p.pool_of(&cfg.id));
+                    let pool = cfg
+                        .session
+                        .as_ref()
+                        .map(|s| self.pool(cfg, s, &upstream, before.as_deref()));
                     (upstream, pool)
                 }
             };
@@ -207,37 +228,53 @@ impl Gateway {
         })
     }
 
+    /// The session pool of an upstream. The master key comes from `handle_key_file` (or, without
+    /// one, is kept from the upstream's previous pool, else made at random for this process).
+    /// A previous pool with the same profile hands its store over, so that its sessions go on.
     fn pool(
         &self,
         cfg: &UpstreamConfig,
         s: &crate::config::SessionConfig,
         upstream: &Arc<Upstream>,
+        previous: Option<&Pool>,
     ) -> Arc<Pool> {
-        let key: [u8; 32] = match &s.key {
-            Some(k) => *k.0,
-            None => {
+        let key: [u8; 32] = match (&s.key, previous) {
+            (Some(k), _) => *k.0,
+            (None, Some(p)) => *p.master(),
+            (None, None) => {
                 tracing::warn!(upstream = %cfg.id, "no handle_key_file: using a random key for this process; handles and grant keys change at every restart");
                 rand::random()
             }
         };
-        let store: Arc<dyn session::store::SessionStore> = match &self.inner.redis {
-            None => {
-                let seats = self
-                    .inner
-                    .seats
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .entry(cfg.id.clone())
-                    .or_default()
-                    .clone();
-                Arc::new(MemoryStore::with_seats(seats))
-            }
-            Some((handle, r)) => Arc::new(session::redis::RedisStore::new(
-                handle.clone(),
-                &r.key_prefix,
-                &cfg.id,
-                r.lease_ttl,
-            )),
+        let profile = session::profile(cfg.url.as_str(), s, &key);
+        let store: Arc<dyn session::store::SessionStore> = match previous {
+            Some(p) if p.profile == profile => p.store(),
+            _ => match &self.inner.fleet {
+                None => {
+                    let seats = self
+                        .inner
+                        .seats
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .entry(cfg.id.clone())
+                        .or_default()
+                        .clone();
+                    Arc::new(MemoryStore::with_seats(seats))
+                }
+                Some((fleet, r)) => Arc::new(session::redis::RedisStore::new(
+                    fleet.clone(),
+                    &session::redis::Namespace {
+                        upstream: &cfg.id,
+                        profile: &profile,
+                        lease_ttl: r.lease_ttl,
+                        idle_ttl: s.idle_ttl,
+                        max_inflight: s.max_inflight_per_session,
+                        seat_cap: s.max_upstream_sessions,
+                        grant_cap: s.max_sessions_per_grant,
+                    },
+                    &key,
+                )),
+            },
         };
         Arc::new(Pool::new(
             upstream.clone(),
@@ -245,11 +282,14 @@ impl Gateway {
             &key,
             store,
             self.inner.metrics.clone(),
+            self.inner.fleet.as_ref().map(|(f, _)| f.clone()),
+            profile,
         ))
     }
 
     /// Starts the background work: every issuer's JWKS refresh and introspection discovery,
-    /// and every session pool's sweeper (idle and over-age sessions are logged out).
+    /// every session pool's sweeper and upkeep, and (with a shared store) this replica's
+    /// heartbeat in the fleet, announcing the profiles it serves.
     pub fn start(&self) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -258,35 +298,54 @@ impl Gateway {
         let snapshot = self.inner.snapshot.load_full();
         snapshot.verifier.spawn_background();
         for pool in snapshot.pools.iter().flatten() {
+            if let Some((fleet, _)) = &self.inner.fleet {
+                fleet.serve(&pool.upstream_id, &pool.profile);
+            }
             pool.start();
+        }
+        if let Some((fleet, _)) = &self.inner.fleet {
+            fleet.start();
         }
     }
 
     /// Applies a new configuration (a reload): new issuers' keys are fetched before the new
     /// routes go live (bounded by their fetch timeouts); unchanged upstreams keep their
-    /// connections and sessions; sessions of removed or changed upstreams are logged out. Then
-    /// the whole snapshot is swapped at once; in-flight requests finish on the old one.
+    /// connections and sessions, and so do upstreams whose session profile (URL, credentials,
+    /// paths) is unchanged. Then the whole snapshot is swapped at once; in-flight requests
+    /// finish on the old one. A retired profile's sessions are logged out once nothing uses
+    /// them, and, in a fleet, only when no live replica still serves that profile.
     pub async fn apply(&self, config: &Config) -> Result<(), ProxyError> {
         let _one_at_a_time = self.inner.reloading.lock().await;
         let old = self.inner.snapshot.load_full();
         let new = self.build(config, Some(&old))?;
         new.verifier.prefetch().await;
         new.verifier.spawn_background();
-        for pool in new.pools.iter().flatten() {
+        let kept: Vec<&Arc<Pool>> = new.pools.iter().flatten().collect();
+        for pool in &kept {
+            if old.pools.iter().flatten().any(|p| Arc::ptr_eq(p, pool)) {
+                continue;
+            }
+            if let Some((fleet, _)) = &self.inner.fleet {
+                fleet.serve_now(&pool.upstream_id, &pool.profile).await;
+            }
             pool.start();
         }
-        let kept: Vec<&Arc<Pool>> = new.pools.iter().flatten().collect();
-        let retired: Vec<Arc<Pool>> = old
+        let retired: Vec<(Arc<Pool>, bool)> = old
             .pools
             .iter()
             .flatten()
             .filter(|p| !kept.iter().any(|k| Arc::ptr_eq(k, p)))
-            .cloned()
+            .map(|p| {
+                let handed_over = kept
+                    .iter()
+                    .any(|k| k.upstream_id == p.upstream_id && k.profile == p.profile);
+                (p.clone(), handed_over)
+            })
             .collect();
         self.inner.snapshot.store(Arc::new(new));
-        for pool in retired {
-            tracing::info!(upstream = %pool.upstream_id, "upstream removed or changed by the reload: logging its sessions out");
-            tokio::spawn(async move { pool.shutdown(std::time::Duration::from_secs(30)).await });
+        for (pool, handed_over) in retired {
+            let fleet = self.inner.fleet.as_ref().map(|(f, _)| f.clone());
+            tokio::spawn(retire(pool, handed_over, fleet));
         }
         Ok(())
     }
@@ -303,10 +362,32 @@ impl Gateway {
             .collect()
     }
 
-    /// Logs out every upstream session (graceful shutdown), within `bound`.
+    /// Graceful shutdown of the session layer, within `bound`. Alone (the memory store), or as
+    /// the last live replica of a fleet, tollgate logs every session out. A replica that stops
+    /// while others run leaves the sessions to them (a rolling restart costs no login and no
+    /// logout): it only lets its running logins finish. If the store cannot be asked, the
+    /// sessions are left too (the others, if any, still use them; the idle sweep or the
+    /// upstream ends them otherwise).
     pub async fn shutdown_sessions(&self, bound: std::time::Duration) {
+        let last = match &self.inner.fleet {
+            None => true,
+            Some((fleet, _)) => match fleet.leave().await {
+                Ok(others) => {
+                    tracing::info!(replica = fleet.id(), others, "left the fleet");
+                    others == 0
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach the session store at shutdown: the sessions are left to the fleet");
+                    false
+                }
+            },
+        };
         for pool in self.pools() {
-            pool.shutdown(bound).await;
+            if last {
+                pool.shutdown(bound).await;
+            } else {
+                pool.leave(bound).await;
+            }
         }
     }
 
@@ -322,6 +403,9 @@ impl Gateway {
     /// Publishes gauges that are sampled rather than counted (called at each scrape).
     pub async fn sample_gauges(&self) {
         self.inner.snapshot.load().verifier.sample_gauges();
+        if let Some((fleet, _)) = &self.inner.fleet {
+            self.inner.metrics.fleet_reporter(fleet.is_reporter());
+        }
         for pool in self.pools() {
             pool.sample_sessions().await;
         }
@@ -519,6 +603,33 @@ impl Gateway {
                 "request"
             );
         }
+    }
+}
+
+/// Retires a pool that a reload replaced: its successor with the same profile keeps the
+/// sessions (only the background work stops); otherwise they are logged out once nothing uses
+/// them, and in a fleet only when no live replica still serves the profile.
+async fn retire(pool: Arc<Pool>, handed_over: bool, fleet: Option<Arc<Fleet>>) {
+    let bound = std::time::Duration::from_secs(30);
+    let last = match &fleet {
+        Some(f) => match f.retire(&pool.upstream_id, &pool.profile).await {
+            Ok(others) => others == 0,
+            Err(e) => {
+                tracing::warn!(upstream = %pool.upstream_id, error = %e, "cannot reach the session store to retire a profile; its sessions are left to the idle sweep");
+                false
+            }
+        },
+        None => !handed_over,
+    };
+    if handed_over {
+        tracing::info!(upstream = %pool.upstream_id, "upstream changed by the reload with the same session profile: its sessions go on");
+        pool.stop();
+    } else if last {
+        tracing::info!(upstream = %pool.upstream_id, "upstream removed, or its session profile changed, by the reload: logging its sessions out");
+        pool.shutdown(bound).await;
+    } else {
+        tracing::info!(upstream = %pool.upstream_id, "upstream's session profile retired here but still served by other replicas: its sessions stay");
+        pool.leave(bound).await;
     }
 }
 

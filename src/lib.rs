@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fleet;
 pub mod gateway;
 pub mod limits;
 pub mod logging;

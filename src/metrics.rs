@@ -34,6 +34,10 @@ pub const UPSTREAM_SESSION_QUEUE_DEPTH: &str = "tollgate_upstream_session_queue_
 pub const UPSTREAM_ADMISSION_WAIT_SECONDS: &str = "tollgate_upstream_admission_wait_seconds";
 pub const UPSTREAM_LOGIN_CIRCUIT_OPEN: &str = "tollgate_upstream_login_circuit_open";
 pub const STORE_ERRORS_TOTAL: &str = "tollgate_store_errors_total";
+pub const STORE_OPERATION_DURATION_SECONDS: &str = "tollgate_store_operation_duration_seconds";
+pub const STORE_RESETS_TOTAL: &str = "tollgate_store_resets_total";
+pub const FLEET_MEMBERS: &str = "tollgate_fleet_members";
+pub const FLEET_REPORTER: &str = "tollgate_fleet_reporter";
 pub const CONFIG_RELOADS_TOTAL: &str = "tollgate_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
     "tollgate_config_last_reload_success_timestamp_seconds";
@@ -137,6 +141,10 @@ pub struct Metrics {
     upstream_admission: HistogramVec,
     upstream_circuit: IntGaugeVec,
     store_errors: IntCounterVec,
+    store_duration: HistogramVec,
+    store_resets: IntCounterVec,
+    fleet_members: prometheus::IntGauge,
+    fleet_reporter: prometheus::IntGauge,
     config_reloads: IntCounterVec,
     config_last_success: prometheus::Gauge,
 }
@@ -243,12 +251,12 @@ impl Metrics {
             )?,
             upstream_sessions: int_gauge(
                 UPSTREAM_SESSIONS,
-                "Upstream sessions held, by upstream and state (active, logging_in, needs_login).",
+                "Upstream sessions held, by upstream and state (active, logging_in, needs_login). In a fleet, published by the reporter replica only (fleet-wide values).",
                 &["upstream", "state"],
             )?,
             upstream_seats: int_gauge(
                 UPSTREAM_SEATS_IN_USE,
-                "Seats of the upstream's licence held by tollgate (from login start to logout end).",
+                "Seats of the upstream's licence held by tollgate (from login start to logout end). In a fleet, published by the reporter replica only (fleet-wide values).",
                 &["upstream"],
             )?,
             upstream_logins: counter(
@@ -291,6 +299,32 @@ impl Metrics {
                 "Failed operations of the shared session store (Redis), by operation.",
                 &["op"],
             )?,
+            store_duration: histogram(
+                STORE_OPERATION_DURATION_SECONDS,
+                "Duration of shared session store (Redis) operations, by operation.",
+                &["op"],
+            )?,
+            store_resets: counter(
+                STORE_RESETS_TOTAL,
+                "Times the shared store was found to have lost its state (restarted empty, failed over to a stale replica, flushed), by upstream.",
+                &["upstream"],
+            )?,
+            fleet_members: {
+                let g = prometheus::IntGauge::with_opts(Opts::new(
+                    FLEET_MEMBERS,
+                    "Live replicas in the fleet (heartbeats in the shared store), as this replica last saw them.",
+                ))?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            fleet_reporter: {
+                let g = prometheus::IntGauge::with_opts(Opts::new(
+                    FLEET_REPORTER,
+                    "1 on the one replica that publishes the fleet-wide session gauges, else 0.",
+                ))?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             config_reloads: counter(
                 CONFIG_RELOADS_TOTAL,
                 "Configuration reloads (SIGHUP or file change), by result (success, failure).",
@@ -430,6 +464,7 @@ impl Metrics {
         self.upstream_queue.with_label_values(&[upstream]).set(0);
         self.upstream_circuit.with_label_values(&[upstream]).set(0);
         self.upstream_relogins.with_label_values(&[upstream]);
+        self.store_resets.with_label_values(&[upstream]);
         for result in ["ok", "login_limit", "bad_credentials", "throttled", "error"] {
             self.upstream_logins.with_label_values(&[upstream, result]);
         }
@@ -506,6 +541,33 @@ impl Metrics {
 
     pub fn store_error(&self, op: &str) {
         self.store_errors.with_label_values(&[op]).inc();
+    }
+
+    pub fn store_operation(&self, op: &str, secs: f64) {
+        self.store_duration.with_label_values(&[op]).observe(secs);
+    }
+
+    pub fn store_reset(&self, upstream: &str) {
+        self.store_resets.with_label_values(&[upstream]).inc();
+    }
+
+    pub fn fleet_members(&self, n: u64) {
+        self.fleet_members.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn fleet_reporter(&self, reporter: bool) {
+        self.fleet_reporter.set(i64::from(reporter));
+    }
+
+    /// Withdraws an upstream's fleet-wide gauges (sessions by state, seats) from this replica:
+    /// in a fleet only the reporter publishes them, so that a sum over replicas is right.
+    pub fn withdraw_fleet_gauges(&self, upstream: &str) {
+        for state in ["active", "logging_in", "needs_login"] {
+            let _ = self
+                .upstream_sessions
+                .remove_label_values(&[upstream, state]);
+        }
+        let _ = self.upstream_seats.remove_label_values(&[upstream]);
     }
 
     /// The Prometheus text exposition of every family.

@@ -15,6 +15,7 @@ pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod scope;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::sync::Arc;

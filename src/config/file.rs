@@ -32,8 +32,12 @@ pub struct FileConfig {
 pub struct StoreSection {
     /// `memory` (default, one replica) or `redis`.
     pub kind: Option<String>,
-    /// `redis://host:port/db` or `rediss://…` (TLS).
+    /// `redis://host:port/db`, `rediss://…` (TLS), or through Sentinel
+    /// `redis+sentinel://[[user]:password@]host:port[,host:port…]/master_name[/db]`.
     pub url: Option<String>,
+    /// Instead of a Sentinel URL: the sentinels (`host:port`) and the primary's name.
+    pub sentinels: Option<Vec<String>>,
+    pub master_name: Option<String>,
     /// By default `tollgate:`.
     pub key_prefix: Option<String>,
     /// Timeout of one store operation. By default `500ms`.

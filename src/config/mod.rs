@@ -61,11 +61,57 @@ pub enum StoreConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    pub url: String,
+    pub target: RedisTarget,
     pub key_prefix: String,
     pub timeout: Duration,
     pub lease_ttl: Duration,
     pub share_introspection: bool,
+}
+
+/// Where Redis is: one address, or the primary that Redis Sentinel names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://`, `rediss://` or `unix://` (it may carry a password: a secret).
+    Url(Secret),
+    Sentinel {
+        /// `host:port` of each sentinel.
+        sentinels: Vec<String>,
+        /// The monitored primary's name.
+        master: String,
+        node: NodeAuth,
+    },
+}
+
+/// How to talk to the data nodes that Sentinel names.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeAuth {
+    pub db: i64,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: bool,
+}
+
+impl RedisTarget {
+    /// The address for logs and errors, any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match self {
+            RedisTarget::Url(u) => crate::fleet::connection::redact_urls(u.expose()),
+            RedisTarget::Sentinel {
+                sentinels,
+                master,
+                node,
+            } => format!(
+                "sentinel {} (primary {master}, db {}{})",
+                sentinels.join(","),
+                node.db,
+                if node.password.is_some() {
+                    ", password ***"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

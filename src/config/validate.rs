@@ -10,8 +10,8 @@ use url::{Host, Url};
 
 use super::file::{self, FileConfig};
 use super::{
-    routes, Config, ConfigError, ConfigErrors, LogConfig, LogFormat, Origin, RedisConfig,
-    ServerConfig, StoreConfig, TlsConfig, UpstreamConfig,
+    routes, Config, ConfigError, ConfigErrors, LogConfig, LogFormat, NodeAuth, Origin, RedisConfig,
+    RedisTarget, Secret, ServerConfig, StoreConfig, TlsConfig, UpstreamConfig,
 };
 
 /// Collects errors while typed values are built.
@@ -224,6 +224,8 @@ fn store(
         None | Some("memory") => {
             for field in [
                 "url",
+                "sentinels",
+                "master_name",
                 "key_prefix",
                 "timeout",
                 "lease_ttl",
@@ -231,6 +233,8 @@ fn store(
             ] {
                 let set = match field {
                     "url" => raw.url.is_some(),
+                    "sentinels" => raw.sentinels.is_some(),
+                    "master_name" => raw.master_name.is_some(),
                     "key_prefix" => raw.key_prefix.is_some(),
                     "timeout" => raw.timeout.is_some(),
                     "lease_ttl" => raw.lease_ttl.is_some(),
@@ -246,30 +250,7 @@ fn store(
             StoreConfig::Memory
         }
         Some("redis") => {
-            let url = match raw.url.as_deref() {
-                Some(u)
-                    if u.starts_with("redis://")
-                        || u.starts_with("rediss://")
-                        || u.starts_with("redis+unix://")
-                        || u.starts_with("unix://") =>
-                {
-                    if redis::Client::open(u).is_err() {
-                        c.error("store.url", format!("`{u}` is not a Redis URL"));
-                    }
-                    u.to_owned()
-                }
-                Some(u) => {
-                    c.error(
-                        "store.url",
-                        format!("`{u}` must start with redis:// or rediss://"),
-                    );
-                    String::new()
-                }
-                None => {
-                    c.error("store.url", "missing key: kind = \"redis\" needs url");
-                    String::new()
-                }
-            };
+            let target = redis_target(c, raw);
             for (i, u) in upstreams.iter().enumerate() {
                 if u.session.as_ref().is_some_and(|s| s.key.is_none()) {
                     c.error(
@@ -295,7 +276,7 @@ fn store(
                 c.error("store.timeout", "must be greater than zero");
             }
             StoreConfig::Redis(RedisConfig {
-                url,
+                target,
                 key_prefix: raw
                     .key_prefix
                     .clone()
@@ -313,6 +294,148 @@ fn store(
             StoreConfig::Memory
         }
     }
+}
+
+/// `store.url` (a Redis URL, or a Sentinel URL), or `store.sentinels` with `store.master_name`.
+/// Errors never repeat a password.
+fn redis_target(c: &mut Checker<'_>, raw: &file::StoreSection) -> RedisTarget {
+    let none = || RedisTarget::Url(Secret::new(String::new()));
+    match (&raw.url, &raw.sentinels, &raw.master_name) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            c.error(
+                "store.url",
+                "set either url or sentinels with master_name, not both",
+            );
+            none()
+        }
+        (Some(u), None, None) => {
+            let shown = crate::fleet::connection::redact_urls(u);
+            if let Some(rest) = u
+                .strip_prefix("redis+sentinel://")
+                .map(|r| (r, false))
+                .or_else(|| u.strip_prefix("rediss+sentinel://").map(|r| (r, true)))
+            {
+                return match parse_sentinel_url(rest.0, rest.1) {
+                    Ok(t) => t,
+                    Err(why) => {
+                        c.error("store.url", format!("`{shown}`: {why}"));
+                        none()
+                    }
+                };
+            }
+            let known = ["redis://", "rediss://", "redis+unix://", "unix://"];
+            if !known.iter().any(|k| u.starts_with(k)) {
+                c.error(
+                    "store.url",
+                    format!("`{shown}` must start with redis://, rediss:// or redis+sentinel://"),
+                );
+                return none();
+            }
+            if redis::Client::open(u.as_str()).is_err() {
+                c.error("store.url", format!("`{shown}` is not a Redis URL"));
+            }
+            RedisTarget::Url(Secret::new(u.clone()))
+        }
+        (None, Some(list), Some(master)) => {
+            if list.is_empty() {
+                c.error("store.sentinels", "must list at least one host:port");
+            }
+            for (i, s) in list.iter().enumerate() {
+                if !valid_host_port(s) {
+                    c.error(
+                        &format!("store.sentinels[{i}]"),
+                        format!("`{s}` is not host:port"),
+                    );
+                }
+            }
+            if master.is_empty() {
+                c.error("store.master_name", "must not be empty");
+            }
+            RedisTarget::Sentinel {
+                sentinels: list.clone(),
+                master: master.clone(),
+                node: NodeAuth::default(),
+            }
+        }
+        (None, Some(_), None) => {
+            c.error(
+                "store.master_name",
+                "missing key: sentinels needs the name of the primary they monitor",
+            );
+            none()
+        }
+        (None, None, Some(_)) => {
+            c.error(
+                "store.sentinels",
+                "missing key: master_name needs the sentinels (host:port) that monitor it",
+            );
+            none()
+        }
+        (None, None, None) => {
+            c.error(
+                "store.url",
+                "missing key: kind = \"redis\" needs url (or sentinels and master_name)",
+            );
+            none()
+        }
+    }
+}
+
+fn valid_host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+/// `[[user]:password@]host:port[,host:port…]/master_name[/db]` (after the scheme).
+fn parse_sentinel_url(rest: &str, tls: bool) -> Result<RedisTarget, String> {
+    let (auth, rest) = match rest.rsplit_once('@') {
+        Some((a, r)) => (Some(a), r),
+        None => (None, rest),
+    };
+    let (hosts, path) = rest
+        .split_once('/')
+        .ok_or("the primary's name is missing after the hosts (…/master_name)")?;
+    let sentinels: Vec<String> = hosts.split(',').map(str::to_owned).collect();
+    if let Some(bad) = sentinels.iter().find(|s| !valid_host_port(s)) {
+        return Err(format!("`{bad}` is not host:port"));
+    }
+    let mut parts = path.split('/');
+    let master = parts.next().unwrap_or_default().to_owned();
+    if master.is_empty() {
+        return Err("the primary's name is missing after the hosts (…/master_name)".to_owned());
+    }
+    let db = match parts.next() {
+        None | Some("") => 0,
+        Some(d) => d
+            .parse()
+            .map_err(|_| format!("`{d}` is not a database number"))?,
+    };
+    let decode = |v: &str| {
+        url::form_urlencoded::parse(format!("v={v}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let (username, password) = match auth {
+        None => (None, None),
+        Some(a) => match a.split_once(':') {
+            Some((u, p)) => (
+                (!u.is_empty()).then(|| decode(u)),
+                Some(Secret::new(decode(p))),
+            ),
+            None => (Some(decode(a)), None),
+        },
+    };
+    Ok(RedisTarget::Sentinel {
+        sentinels,
+        master,
+        node: NodeAuth {
+            db,
+            username,
+            password,
+            tls,
+        },
+    })
 }
 
 fn server(c: &mut Checker<'_>, raw: &file::ServerSection, base: &Path) -> ServerConfig {

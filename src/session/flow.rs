@@ -140,11 +140,11 @@ pub async fn forward(
         let mut req = Request::from_parts(clone_head(&head), req_body);
         set_jar(req.headers_mut(), &lease, step.path);
         let sent = std::time::Instant::now();
-        let resp = match step.upstream.send(req).await {
+        let resp = match send_while_held(step.upstream, req, lease.lost()).await {
             Ok(r) => r,
             Err(e) => {
                 pool.release(&mut lease, false).await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         step.metrics
@@ -182,6 +182,26 @@ pub async fn forward(
     }
 }
 
+/// Sends the request upstream while the lease holds. A shared store that lost the lease (it
+/// expired during an outage and another request took the session) stops the request before
+/// its answer: 503 with `Retry-After`, never two requests on one session.
+async fn send_while_held(
+    upstream: &Upstream,
+    req: Request<Body>,
+    lost: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<Response<Incoming>, GatewayError> {
+    let Some(mut lost) = lost else {
+        return upstream.send(req).await.map_err(GatewayError::from);
+    };
+    tokio::select! {
+        r = upstream.send(req) => r.map_err(GatewayError::from),
+        _ = lost.wait_for(|l| *l) => Err(SessionError::Store(
+            "the session's lease was lost in the store".to_owned(),
+        )
+        .into()),
+    }
+}
+
 /// An intercepted call whose body was not read: the connection cannot carry another request.
 fn close_if_unread(r: &mut Response<Body>, has_body: bool) {
     if has_body {
@@ -200,10 +220,10 @@ async fn respond(
     resp: Response<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     let pool = step.pool;
-    if pool.absorb(&mut lease, resp.headers()).await {
+    if pool.absorb(&mut lease, resp.headers()) {
         // The answer deleted a marker cookie: the upstream signed the session out. The answer
         // itself stands; the next request logs in again.
-        pool.ended_upstream(&lease).await?;
+        pool.ended_upstream(&mut lease).await?;
     }
     let accepted = resp.status() == StatusCode::ACCEPTED;
     let (mut parts, body) = resp.into_parts();

@@ -67,10 +67,52 @@ pub enum SessionError {
     Gone,
 }
 
-impl From<store::StoreError> for SessionError {
+impl From<crate::fleet::StoreError> for SessionError {
     fn from(e: store::StoreError) -> Self {
         SessionError::Store(e.to_string())
     }
+}
+
+/// The session profile of an upstream: a keyed digest of what makes its sessions what they are
+/// (its URL, its login and logout paths, how sessions are created, the service credentials and
+/// the cookies that prove a login). Two configurations with the same profile share their
+/// sessions: a reload that changes only limits or timeouts keeps them; one that changes the
+/// profile retires them.
+pub fn profile(url: &str, cfg: &crate::config::SessionConfig, master: &[u8; 32]) -> String {
+    use aws_lc_rs::hmac;
+    let key = hmac::Key::new(hmac::HMAC_SHA256, master);
+    let mut ctx = hmac::Context::with_key(&key);
+    let creds = cfg.credentials.as_ref();
+    let parts = [
+        Some("tollgate session profile v1"),
+        Some(url),
+        Some(cfg.login_path.as_str()),
+        Some(cfg.logout_path.as_str()),
+        Some(match cfg.creation {
+            crate::config::Creation::Active => "active",
+            crate::config::Creation::Passive => "passive",
+        }),
+        creds.map(|c| c.name.as_str()),
+        creds.map(|c| c.password.expose()),
+        creds.and_then(|c| c.tenant.as_deref()),
+        creds.and_then(|c| c.branch.as_deref()),
+        creds.and_then(|c| c.locale.as_deref()),
+    ];
+    for p in parts {
+        let v = p.unwrap_or("\0");
+        ctx.update(&(v.len() as u64).to_be_bytes());
+        ctx.update(v.as_bytes());
+    }
+    for m in &cfg.marker_cookies {
+        ctx.update(&(m.len() as u64).to_be_bytes());
+        ctx.update(m.as_bytes());
+    }
+    ctx.sign()
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Response header on a response served by an upstream session created during the request.

@@ -18,8 +18,8 @@ use super::handle;
 use super::jar::Jar;
 use super::login::{self, LoginOutcome};
 use super::store::{
-    millis, Created, Expiry, InFlight, LeaseRefused, Removal, SessionRecord, SessionState,
-    SessionStore, SlotKey,
+    millis, Created, Expiry, InFlight, LeaseRefused, Leased, Release, Removal, Restored,
+    SessionRecord, SessionState, SessionStore, SlotKey,
 };
 use super::SessionError;
 use crate::auth::Principal;
@@ -106,6 +106,16 @@ pub struct Lease {
     pub in_flight: Option<InFlight>,
     /// The session was created (logged in) during this request: `Tollgate-Session: new`.
     pub new_session: bool,
+    /// The upstream changed the jar during this request: it goes back with the release.
+    pub jar_changed: bool,
+}
+
+impl Lease {
+    /// Turns true if the store could not keep this lease (a shared store lost it during an
+    /// outage and another request took the place).
+    pub fn lost(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.in_flight.as_ref().and_then(InFlight::lost)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -145,12 +155,18 @@ pub struct Pool {
     relogin_blocked: Blocked,
     seat_freed: Notify,
     warned_subject: Mutex<HashSet<String>>,
-    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The fleet this replica belongs to (a shared store), which says whether this replica
+    /// publishes the fleet-wide gauges.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// The upstream's session profile: what makes two configurations the same sessions.
+    pub profile: String,
+    master: [u8; 32],
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        if let Some(t) = lock(&self.sweeper).take() {
+        for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
     }
@@ -177,6 +193,8 @@ impl Pool {
         key: &[u8; 32],
         store: Arc<dyn SessionStore>,
         metrics: Metrics,
+        fleet: Option<Arc<crate::fleet::Fleet>>,
+        profile: String,
     ) -> Self {
         let upstream_id = upstream.id.clone();
         let master = hmac::Key::new(hmac::HMAC_SHA256, key);
@@ -204,21 +222,41 @@ impl Pool {
             relogin_blocked: Blocked::default(),
             seat_freed: Notify::new(),
             warned_subject: Mutex::new(HashSet::new()),
-            sweeper: Mutex::new(None),
+            profile,
+            fleet,
+            master: *key,
+            tasks: Mutex::new(Vec::new()),
         }
     }
 
-    /// Starts the sweeper (idle, over-age and token-expired sessions are logged out; a shared
-    /// store's upkeep runs). It holds only a weak reference, so it ends with the pool. Idempotent.
+    /// The master key (kept by a reload's successor pool when no `handle_key_file` is set).
+    pub(crate) fn master(&self) -> &[u8; 32] {
+        &self.master
+    }
+
+    /// The store this pool keeps its sessions in (handed to its successor by a reload that
+    /// keeps the profile).
+    pub fn store(&self) -> Arc<dyn SessionStore> {
+        self.store.clone()
+    }
+
+    /// Starts the background work. Each task holds only a weak reference, so it ends with the
+    /// pool. Idempotent.
+    ///
+    /// - the sweep: idle, over-age and token-expired sessions are logged out;
+    /// - the upkeep, on its own task so that slow logouts never delay it: the shared store
+    ///   renews seats and finds crashed replicas' logins and lost sessions (repaired here);
+    /// - the store's own lease renewal.
     pub fn start(self: &Arc<Self>) {
-        let mut slot = lock(&self.sweeper);
-        if slot.is_some() {
+        let mut tasks = lock(&self.tasks);
+        if !tasks.is_empty() {
             return;
         }
+        self.store.clone().start();
         let every =
             (self.cfg.idle_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let weak = Arc::downgrade(self);
-        *slot = Some(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 match weak.upgrade() {
@@ -227,6 +265,23 @@ impl Pool {
                 }
             }
         }));
+        let weak = Arc::downgrade(self);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match weak.upgrade() {
+                    Some(pool) => pool.upkeep().await,
+                    None => break,
+                }
+                tokio::time::sleep(every).await;
+            }
+        }));
+    }
+
+    /// Stops the background work (the pool is retired or the process leaves the fleet).
+    pub fn stop(&self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
     }
 
     // === identity ===
@@ -332,6 +387,11 @@ impl Pool {
     /// makes sure it is logged in.
     pub async fn lease(self: &Arc<Self>, who: &Identity) -> Result<Lease, SessionError> {
         let started = Instant::now();
+        let cap = if who.concurrent {
+            self.cfg.max_sessions_per_grant
+        } else {
+            1
+        };
         // A session may vanish between lookup and lease (evicted, logged out, its login failed):
         // look again, a few times at most.
         for _ in 0..4 {
@@ -340,12 +400,16 @@ impl Pool {
                 // rather than trying again (never a login per queued request).
                 return Err(e);
             }
-            let (record, created) = self.find_or_create(who).await?;
-            let in_flight = match self
+            let template = SessionRecord {
+                retire_at_ms: who.retire_at_ms,
+                ..SessionRecord::new(self.next_id(), who.concurrent, now_ms())
+            };
+            let leased = match self
                 .store
-                .acquire(
+                .lease(
                     &who.slot,
-                    record.id,
+                    template,
+                    cap,
                     self.cfg.max_inflight_per_session,
                     self.cfg.max_queue_per_session,
                     self.cfg.max_queue_wait,
@@ -359,10 +423,20 @@ impl Pool {
                         "the session store did not answer".to_owned(),
                     ))
                 }
+                Err(LeaseRefused::GrantFull { earliest_idle_ms }) => {
+                    let expires = earliest_idle_ms + millis(self.cfg.idle_ttl);
+                    let retry_after = expires.saturating_sub(now_ms()).div_ceil(1000).max(1);
+                    return Err(SessionError::GrantSessionLimit { retry_after });
+                }
                 Err(LeaseRefused::Gone) => continue,
             };
             self.sample_queue().await;
-            match self.ensure_login(&who.slot, record.id).await {
+            let Leased {
+                record,
+                in_flight,
+                created,
+            } = leased;
+            match self.ensure_login(&who.slot, record).await {
                 Ok((rec, logged_in)) => {
                     return Ok(Lease {
                         slot: who.slot.clone(),
@@ -370,14 +444,15 @@ impl Pool {
                         jar: rec.jar,
                         in_flight: Some(in_flight),
                         new_session: created || logged_in,
+                        jar_changed: false,
                     })
                 }
                 Err(SessionError::Gone) => {
-                    self.store.release(in_flight, now_ms(), false).await;
+                    self.store.release(in_flight, Release::default()).await;
                     continue;
                 }
                 Err(e) => {
-                    self.store.release(in_flight, now_ms(), false).await;
+                    self.store.release(in_flight, Release::default()).await;
                     return Err(e);
                 }
             }
@@ -387,45 +462,22 @@ impl Pool {
             .unwrap_or(SessionError::CapacityExhausted))
     }
 
-    /// Releases a lease: the in-flight place goes back, the use time is recorded.
+    /// Releases a lease: the in-flight place goes back, the use time is recorded (and the jar,
+    /// when the upstream changed it).
     pub async fn release(&self, lease: &mut Lease, accepted_202: bool) {
         if let Some(l) = lease.in_flight.take() {
-            self.store.release(l, now_ms(), accepted_202).await;
+            let jar = lease.jar_changed.then(|| lease.jar.clone());
+            self.store
+                .release(
+                    l,
+                    Release {
+                        op: accepted_202,
+                        jar,
+                    },
+                )
+                .await;
         }
         self.sample_queue().await;
-    }
-
-    async fn find_or_create(&self, who: &Identity) -> Result<(SessionRecord, bool), SessionError> {
-        if let Some(r) = self.store.get(&who.slot).await? {
-            return Ok((r, false));
-        }
-        let id = self.next_id();
-        let cap = if who.concurrent {
-            self.cfg.max_sessions_per_grant
-        } else {
-            1
-        };
-        match self
-            .store
-            .create(
-                &who.slot,
-                SessionRecord {
-                    retire_at_ms: who.retire_at_ms,
-                    ..SessionRecord::new(id, who.concurrent, now_ms())
-                },
-                cap,
-                self.cfg.max_inflight_per_session,
-            )
-            .await?
-        {
-            Created::New(r) => Ok((r, true)),
-            Created::Existing(r) => Ok((r, false)),
-            Created::GrantFull { earliest_idle_ms } => {
-                let expires = earliest_idle_ms + millis(self.cfg.idle_ttl);
-                let retry_after = expires.saturating_sub(now_ms()).div_ceil(1000).max(1);
-                Err(SessionError::GrantSessionLimit { retry_after })
-            }
-        }
     }
 
     /// A session id unique across replicas: a random per-process prefix and a counter.
@@ -444,13 +496,12 @@ impl Pool {
     async fn ensure_login(
         self: &Arc<Self>,
         slot: &SlotKey,
-        id: u64,
+        record: SessionRecord,
     ) -> Result<(SessionRecord, bool), SessionError> {
-        match self.store.get(slot).await? {
-            Some(r) if r.id == id && r.state == SessionState::Active => return Ok((r, false)),
-            Some(r) if r.id == id => {}
-            _ => return Err(SessionError::Gone),
+        if record.state == SessionState::Active || self.cfg.creation == Creation::Passive {
+            return Ok((record, false));
         }
+        let id = record.id;
         let key = (slot.clone(), id);
         let mut rx = {
             let mut flights = lock(&self.flights);
@@ -938,9 +989,16 @@ impl Pool {
         self.check_relogin_block(&lease.slot.grant)?;
         self.ended_upstream(lease).await?;
         self.metrics.upstream_relogin(&self.upstream_id);
-        let (record, _) = self.ensure_login(&lease.slot, lease.id).await?;
+        let current = self
+            .store
+            .get(&lease.slot)
+            .await?
+            .filter(|r| r.id == lease.id)
+            .ok_or(SessionError::Gone)?;
+        let (record, _) = self.ensure_login(&lease.slot, current).await?;
         lease.jar = record.jar;
         lease.new_session = true;
+        lease.jar_changed = false;
         Ok(())
     }
 
@@ -948,7 +1006,9 @@ impl Pool {
     /// needs a login again, and its seat is given back without a logout call (the upstream
     /// already freed it). Only the caller whose edit turned the record from active gives the
     /// seat back.
-    pub async fn ended_upstream(&self, lease: &Lease) -> Result<(), SessionError> {
+    pub async fn ended_upstream(&self, lease: &mut Lease) -> Result<(), SessionError> {
+        lease.jar = Jar::default();
+        lease.jar_changed = false;
         let flipped = Arc::new(AtomicBool::new(false));
         let seen = flipped.clone();
         self.store
@@ -988,7 +1048,7 @@ impl Pool {
 
     /// Records the upstream's `Set-Cookie`s in the session's jar (and in the lease). Returns
     /// true when they deleted a marker cookie: the upstream signed the session out.
-    pub async fn absorb(&self, lease: &mut Lease, headers: &HeaderMap) -> bool {
+    pub fn absorb(&self, lease: &mut Lease, headers: &HeaderMap) -> bool {
         let lines: Vec<String> = headers
             .get_all(header::SET_COOKIE)
             .iter()
@@ -1008,15 +1068,8 @@ impl Pool {
         if applied.overflow > 0 {
             tracing::warn!(upstream = %self.upstream_id, dropped = applied.overflow, "session jar full; cookies dropped");
         }
-        let jar = lease.jar.clone();
-        let _ = self
-            .store
-            .update(
-                &lease.slot,
-                lease.id,
-                Box::new(move |r| r.jar = jar.clone()),
-            )
-            .await;
+        // The jar goes back to the store with the release (one round trip, not two).
+        lease.jar_changed |= applied.set + applied.deleted > 0;
         had_markers && !self.has_markers(&lease.jar)
     }
 
@@ -1198,24 +1251,8 @@ impl Pool {
         ok
     }
 
-    /// Retires idle and over-age sessions, and the logins a crashed replica left behind; run
-    /// periodically.
+    /// Retires idle and over-age sessions (and token-expired ones); run periodically.
     pub async fn sweep(&self) {
-        match self.store.maintain(now_ms()).await {
-            Ok(abandoned) => {
-                for record in abandoned {
-                    // Its login's owner is gone: the seat is given back here.
-                    self.metrics
-                        .upstream_eviction(&self.upstream_id, Retire::Expired.as_str());
-                    if record.seated {
-                        self.give_back_seat(record.id).await;
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(upstream = %self.upstream_id, error = %e, "session store upkeep failed")
-            }
-        }
         let due = self
             .store
             .take_expired(
@@ -1241,6 +1278,54 @@ impl Pool {
         }
     }
 
+    /// The store's upkeep: a crashed replica's unfinished logins give their seats back, and
+    /// sessions the store lost (it came back empty, or failed over to a replica that missed
+    /// them) are repaired: registered again within the cap, or logged out when there is no
+    /// room, so that no upstream session holds a seat the fleet does not count.
+    pub async fn upkeep(&self) {
+        let m = match self.store.maintain().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(upstream = %self.upstream_id, error = %e, "session store upkeep failed");
+                return;
+            }
+        };
+        for record in m.abandoned {
+            self.metrics
+                .upstream_eviction(&self.upstream_id, Retire::Expired.as_str());
+            if record.seated {
+                self.give_back_seat(record.id).await;
+            }
+        }
+        if !m.reset && m.lost.is_empty() {
+            return;
+        }
+        self.metrics.store_reset(&self.upstream_id);
+        let (mut registered, mut logged_out) = (0, 0);
+        for (slot, record) in m.lost {
+            if !record.seated || record.state != SessionState::Active || record.jar.is_empty() {
+                continue;
+            }
+            let cap = if record.concurrent {
+                self.cfg.max_sessions_per_grant
+            } else {
+                1
+            };
+            let restored = self
+                .store
+                .restore(&slot, record.clone(), cap, self.cfg.max_upstream_sessions)
+                .await;
+            if matches!(restored, Ok(Restored::Registered)) {
+                registered += 1;
+            } else {
+                self.logout_jar(&record.jar, Retire::Expired).await;
+                logged_out += 1;
+            }
+        }
+        tracing::warn!(upstream = %self.upstream_id, reset = m.reset, registered, logged_out, "the session store lost sessions this replica knew (tollgate_store_resets_total): registered them again within the cap, logged out those without room");
+        self.sample_sessions().await;
+    }
+
     /// Logs out every session, in parallel, within `bound`: first the logins in progress finish
     /// (their new sessions are logged out too), then each session once nothing uses it.
     pub async fn shutdown(self: &Arc<Self>, bound: Duration) {
@@ -1264,6 +1349,14 @@ impl Pool {
         let left = deadline.saturating_duration_since(Instant::now());
         let _ =
             tokio::time::timeout(left, async { while tasks.join_next().await.is_some() {} }).await;
+    }
+
+    /// Leaves the sessions to the fleet (this replica stops, others go on): waits for this
+    /// replica's logins in progress to finish, so that they record their sessions (bounded by
+    /// `bound`), then stops the background work. Nothing is logged out.
+    pub async fn leave(&self, bound: Duration) {
+        self.wait_for_logins(Instant::now() + bound).await;
+        self.stop();
     }
 
     /// Waits until no login of this pool is running (or `deadline`).
@@ -1313,6 +1406,9 @@ impl Pool {
     }
 
     async fn sample_seats(&self) {
+        if !self.publishes() {
+            return;
+        }
         if let Ok(n) = self.store.seats_in_use().await {
             self.metrics.upstream_seats(&self.upstream_id, n);
         }
@@ -1324,20 +1420,30 @@ impl Pool {
         }
     }
 
-    /// Publishes the session-count gauges by state (also called at each scrape).
+    /// True when this replica publishes the fleet-wide gauges: always with the memory store,
+    /// and in a fleet only on the reporter (so that a sum over replicas is the fleet's value).
+    fn publishes(&self) -> bool {
+        self.fleet.as_ref().is_none_or(|f| f.is_reporter())
+    }
+
+    /// Publishes the session-count gauges by state and the seats, in one store round trip
+    /// whatever the number of sessions (also called at each scrape).
     pub async fn sample_sessions(&self) {
-        if let Ok(all) = self.store.list().await {
-            let count = |s: SessionState| all.iter().filter(|(_, r)| r.state == s).count();
-            for s in [
-                SessionState::Active,
-                SessionState::LoggingIn,
-                SessionState::NeedsLogin,
+        if !self.publishes() {
+            self.metrics.withdraw_fleet_gauges(&self.upstream_id);
+            return;
+        }
+        if let Ok(stats) = self.store.stats().await {
+            for (s, n) in [
+                (SessionState::Active, stats.active),
+                (SessionState::LoggingIn, stats.logging_in),
+                (SessionState::NeedsLogin, stats.needs_login),
             ] {
                 self.metrics
-                    .upstream_sessions(&self.upstream_id, s.as_str(), count(s));
+                    .upstream_sessions(&self.upstream_id, s.as_str(), n);
             }
+            self.metrics.upstream_seats(&self.upstream_id, stats.seats);
         }
-        self.sample_seats().await;
     }
 }
 

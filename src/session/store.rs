@@ -64,6 +64,9 @@ pub struct SessionRecord {
     pub queued: u32,
     /// `token` grant keys: the session ends with its access token, at this time.
     pub retire_at_ms: Option<u64>,
+    /// How many times the jar was written back (a shared store keeps the freshest copy when
+    /// sessions are registered again after a loss).
+    pub jar_version: u64,
 }
 
 /// Why [`SessionStore::take_expired`] took a session.
@@ -89,6 +92,7 @@ impl SessionRecord {
             in_flight: 0,
             queued: 0,
             retire_at_ms: None,
+            jar_version: 0,
         }
     }
 
@@ -98,11 +102,7 @@ impl SessionRecord {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("session store unavailable: {0}")]
-    Unavailable(String),
-}
+pub use crate::fleet::connection::StoreError;
 
 /// The result of [`SessionStore::create`].
 #[derive(Debug)]
@@ -124,6 +124,9 @@ pub enum LeaseRefused {
     Gone,
     /// The store could not be asked (a shared store is down).
     Unavailable,
+    /// The grant already holds its maximum number of sessions; the earliest idle expiry among
+    /// them (last use, Unix ms).
+    GrantFull { earliest_idle_ms: u64 },
 }
 
 /// The result of [`SessionStore::remove_unused`].
@@ -153,29 +156,53 @@ impl SeatTable {
     }
 }
 
+/// How an in-flight lease ends.
+#[derive(Debug, Default)]
+pub struct Release {
+    /// The answer was `202 Accepted` (a long-running operation is under way).
+    pub op: bool,
+    /// The jar as the answer left it, when it changed.
+    pub jar: Option<Jar>,
+}
+
 /// A held in-flight lease. Release it with [`SessionStore::release`]; a lease dropped without
 /// release (its request was cancelled) is released by its drop.
 pub struct InFlight {
     pub slot: SlotKey,
     pub id: u64,
-    /// Gives the place back: `(now_ms, saw_202)`.
-    finish: Option<Box<dyn FnOnce(u64, bool) + Send + Sync>>,
+    /// Gives the place back.
+    finish: Option<Box<dyn FnOnce(Release) + Send + Sync>>,
+    /// Turns true when a shared store could not keep the lease (it expired during an outage
+    /// and another request took the place): the request must stop using the session.
+    lost: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl InFlight {
     /// A lease whose release runs `finish`.
-    pub fn new(slot: SlotKey, id: u64, finish: Box<dyn FnOnce(u64, bool) + Send + Sync>) -> Self {
+    pub fn new(slot: SlotKey, id: u64, finish: Box<dyn FnOnce(Release) + Send + Sync>) -> Self {
         InFlight {
             slot,
             id,
             finish: Some(finish),
+            lost: None,
         }
     }
 
+    /// The same lease, with a signal that it was lost.
+    pub fn with_lost(mut self, lost: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.lost = Some(lost);
+        self
+    }
+
+    /// A receiver that turns true if the store lost this lease (`None`: it cannot be lost).
+    pub fn lost(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.lost.clone()
+    }
+
     /// Gives the place back now.
-    pub fn finish(mut self, now_ms: u64, op: bool) {
+    pub fn finish(mut self, how: Release) {
         if let Some(f) = self.finish.take() {
-            f(now_ms, op);
+            f(how);
         }
     }
 }
@@ -183,7 +210,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(f) = self.finish.take() {
-            f(super::pool::now_ms(), false);
+            f(Release::default());
         }
     }
 }
@@ -194,6 +221,46 @@ impl std::fmt::Debug for InFlight {
             .field("id", &self.id)
             .finish_non_exhaustive()
     }
+}
+
+/// A request's hold on its slot's session: the record as it was when the place was granted.
+#[derive(Debug)]
+pub struct Leased {
+    pub record: SessionRecord,
+    pub in_flight: InFlight,
+    /// The record was created by this call.
+    pub created: bool,
+}
+
+/// What periodic upkeep found.
+#[derive(Debug, Default)]
+pub struct Maintenance {
+    /// Records of logins whose replica is gone (their seats are given back by the caller).
+    pub abandoned: Vec<SessionRecord>,
+    /// The store lost its state (it came back empty, or as another instance) since the last
+    /// upkeep.
+    pub reset: bool,
+    /// Sessions this replica logged in or used lately that the store no longer has, though
+    /// nobody removed them: they hold seats at the upstream that the fleet no longer counts.
+    pub lost: Vec<(SlotKey, SessionRecord)>,
+}
+
+/// What [`SessionStore::restore`] did with a lost session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// Registered again, with its seat.
+    Registered,
+    /// Its slot is taken by a newer session, or no seat is free: the caller logs it out.
+    NoRoom,
+}
+
+/// Session counts for the gauges, read in one step.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub needs_login: usize,
+    pub logging_in: usize,
+    pub active: usize,
+    pub seats: u32,
 }
 
 /// A change to one record, applied atomically by the store. A shared store may run it again on
@@ -250,27 +317,57 @@ pub trait SessionStore: Send + Sync + 'static {
         max_age_ms: u64,
     ) -> Result<Vec<(SlotKey, SessionRecord, Expiry)>, StoreError>;
 
-    /// Waits (FIFO) for one of the session's `max` in-flight places, queueing at most
-    /// `max_queue` requests and waiting at most `wait`.
-    async fn acquire(
+    /// Finds the slot's session, or creates it from `template` (unless the grant already holds
+    /// `grant_cap` sessions), and waits (FIFO, across replicas for a shared store) for one of
+    /// its `max` in-flight places, queueing at most `max_queue` requests and waiting at most
+    /// `wait`.
+    async fn lease(
         &self,
         slot: &SlotKey,
-        id: u64,
+        template: SessionRecord,
+        grant_cap: u32,
         max: u32,
         max_queue: u32,
         wait: Duration,
-    ) -> Result<InFlight, LeaseRefused>;
-    /// Gives the place back and records the use time (and a 202, when `op` is set).
-    async fn release(&self, lease: InFlight, now_ms: u64, op: bool);
+    ) -> Result<Leased, LeaseRefused>;
+    /// Gives the place back and records the use time (and a 202, and the jar, when given).
+    async fn release(&self, lease: InFlight, how: Release);
     /// Requests waiting for their session, over all sessions.
     async fn queue_depth(&self) -> Result<u32, StoreError>;
     /// Cross-replica single-flight of logins: true when the caller may log session `id` in now
     /// (it holds the lock until [`SessionStore::unlock_login`], or until its lease runs out).
     async fn lock_login(&self, slot: &SlotKey, id: u64) -> Result<bool, StoreError>;
     async fn unlock_login(&self, slot: &SlotKey, id: u64) -> Result<(), StoreError>;
-    /// Periodic upkeep: renews leases and removes (and returns) the records of logins a crashed
-    /// replica left unfinished, so that their seats can be given back.
-    async fn maintain(&self, now_ms: u64) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Periodic upkeep: removes (and returns) the records of logins a crashed replica left
+    /// unfinished, so that their seats can be given back, and tells whether the store lost its
+    /// state. By default a store never loses anything and nothing is abandoned.
+    async fn maintain(&self) -> Result<Maintenance, StoreError> {
+        Ok(Maintenance::default())
+    }
+    /// Registers a lost session again (with its seat, within `seat_cap` and the grant's
+    /// `grant_cap`), so that it is counted and used as before.
+    async fn restore(
+        &self,
+        _slot: &SlotKey,
+        _record: SessionRecord,
+        _grant_cap: u32,
+        _seat_cap: u32,
+    ) -> Result<Restored, StoreError> {
+        Ok(Restored::NoRoom)
+    }
+    /// The counts behind the session gauges.
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        let all = self.list().await?;
+        let count = |s: SessionState| all.iter().filter(|(_, r)| r.state == s).count();
+        Ok(Stats {
+            needs_login: count(SessionState::NeedsLogin),
+            logging_in: count(SessionState::LoggingIn),
+            active: count(SessionState::Active),
+            seats: self.seats_in_use().await?,
+        })
+    }
+    /// Starts the store's own background work (a shared store renews its leases); idempotent.
+    fn start(self: Arc<Self>) {}
 
     // --- the credential gate, fleet-wide (design §6.5.3) ---
     //
@@ -336,6 +433,81 @@ impl MemoryStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         lock_inner(&self.inner)
+    }
+}
+
+impl MemoryStore {
+    /// Waits (FIFO) for one of session `id`'s `max` in-flight places, queueing at most
+    /// `max_queue` requests and waiting at most `wait`.
+    pub async fn acquire(
+        &self,
+        slot: &SlotKey,
+        id: u64,
+        max: u32,
+        max_queue: u32,
+        wait: Duration,
+    ) -> Result<InFlight, LeaseRefused> {
+        let gate = {
+            let mut g = self.lock();
+            let gate = g.gates.get(&id).cloned().ok_or(LeaseRefused::Gone)?;
+            let r = g
+                .records
+                .get_mut(slot)
+                .filter(|r| r.id == id)
+                .ok_or(LeaseRefused::Gone)?;
+            if r.in_flight >= max && r.queued >= max_queue {
+                return Err(LeaseRefused::Busy);
+            }
+            r.queued += 1;
+            g.queued_total += 1;
+            gate
+        };
+        let mut queued = Queued {
+            inner: self.inner.clone(),
+            slot: slot.clone(),
+            id,
+            armed: true,
+        };
+        let permit = tokio::time::timeout(wait, gate.acquire_owned()).await;
+        queued.armed = false;
+        let mut g = self.lock();
+        g.queued_total = g.queued_total.saturating_sub(1);
+        let record = g.records.get_mut(slot).filter(|r| r.id == id);
+        match (permit, record) {
+            (Ok(Ok(p)), Some(r)) => {
+                r.queued = r.queued.saturating_sub(1);
+                r.in_flight += 1;
+                let inner = self.inner.clone();
+                let key = slot.clone();
+                Ok(InFlight::new(
+                    slot.clone(),
+                    id,
+                    Box::new(move |how: Release| {
+                        let now = super::pool::now_ms();
+                        let mut g = lock_inner(&inner);
+                        if let Some(r) = g.records.get_mut(&key).filter(|r| r.id == id) {
+                            r.in_flight = r.in_flight.saturating_sub(1);
+                            r.last_used_ms = now;
+                            if how.op {
+                                r.last_op_ms = Some(now);
+                            }
+                            if let Some(jar) = how.jar {
+                                r.jar = jar;
+                            }
+                        }
+                        drop(g);
+                        drop(p);
+                    }),
+                ))
+            }
+            (Ok(Ok(_)), None) | (Ok(Err(_)), _) => Err(LeaseRefused::Gone),
+            (Err(_), record) => {
+                if let Some(r) = record {
+                    r.queued = r.queued.saturating_sub(1);
+                }
+                Err(LeaseRefused::Busy)
+            }
+        }
     }
 }
 
@@ -539,75 +711,43 @@ impl SessionStore for MemoryStore {
             .collect())
     }
 
-    async fn acquire(
+    async fn lease(
         &self,
         slot: &SlotKey,
-        id: u64,
+        template: SessionRecord,
+        grant_cap: u32,
         max: u32,
         max_queue: u32,
         wait: Duration,
-    ) -> Result<InFlight, LeaseRefused> {
-        let gate = {
-            let mut g = self.lock();
-            let gate = g.gates.get(&id).cloned().ok_or(LeaseRefused::Gone)?;
-            let r = g
-                .records
-                .get_mut(slot)
-                .filter(|r| r.id == id)
-                .ok_or(LeaseRefused::Gone)?;
-            if r.in_flight >= max && r.queued >= max_queue {
-                return Err(LeaseRefused::Busy);
-            }
-            r.queued += 1;
-            g.queued_total += 1;
-            gate
-        };
-        let mut queued = Queued {
-            inner: self.inner.clone(),
-            slot: slot.clone(),
-            id,
-            armed: true,
-        };
-        let permit = tokio::time::timeout(wait, gate.acquire_owned()).await;
-        queued.armed = false;
-        let mut g = self.lock();
-        g.queued_total = g.queued_total.saturating_sub(1);
-        let record = g.records.get_mut(slot).filter(|r| r.id == id);
-        match (permit, record) {
-            (Ok(Ok(p)), Some(r)) => {
-                r.queued = r.queued.saturating_sub(1);
-                r.in_flight += 1;
-                let inner = self.inner.clone();
-                let key = slot.clone();
-                Ok(InFlight::new(
-                    slot.clone(),
-                    id,
-                    Box::new(move |now_ms, op| {
-                        let mut g = lock_inner(&inner);
-                        if let Some(r) = g.records.get_mut(&key).filter(|r| r.id == id) {
-                            r.in_flight = r.in_flight.saturating_sub(1);
-                            r.last_used_ms = now_ms;
-                            if op {
-                                r.last_op_ms = Some(now_ms);
-                            }
-                        }
-                        drop(g);
-                        drop(p);
-                    }),
-                ))
-            }
-            (Ok(Ok(_)), None) | (Ok(Err(_)), _) => Err(LeaseRefused::Gone),
-            (Err(_), record) => {
-                if let Some(r) = record {
-                    r.queued = r.queued.saturating_sub(1);
+    ) -> Result<Leased, LeaseRefused> {
+        let (id, created) = match self.get(slot).await.ok().flatten() {
+            Some(r) => (r.id, false),
+            None => match self.create(slot, template, grant_cap, max).await {
+                Ok(Created::New(r)) => (r.id, true),
+                Ok(Created::Existing(r)) => (r.id, false),
+                Ok(Created::GrantFull { earliest_idle_ms }) => {
+                    return Err(LeaseRefused::GrantFull { earliest_idle_ms })
                 }
-                Err(LeaseRefused::Busy)
-            }
-        }
+                Err(_) => return Err(LeaseRefused::Unavailable),
+            },
+        };
+        let in_flight = self.acquire(slot, id, max, max_queue, wait).await?;
+        let record = self
+            .lock()
+            .records
+            .get(slot)
+            .filter(|r| r.id == id)
+            .cloned()
+            .ok_or(LeaseRefused::Gone)?;
+        Ok(Leased {
+            record,
+            in_flight,
+            created,
+        })
     }
 
-    async fn release(&self, lease: InFlight, now_ms: u64, op: bool) {
-        lease.finish(now_ms, op);
+    async fn release(&self, lease: InFlight, how: Release) {
+        lease.finish(how);
     }
 
     async fn queue_depth(&self) -> Result<u32, StoreError> {
@@ -622,10 +762,6 @@ impl SessionStore for MemoryStore {
 
     async fn unlock_login(&self, _: &SlotKey, _: u64) -> Result<(), StoreError> {
         Ok(())
-    }
-
-    async fn maintain(&self, _: u64) -> Result<Vec<SessionRecord>, StoreError> {
-        Ok(Vec::new())
     }
 }
 
@@ -731,7 +867,7 @@ mod tests {
                 let lease = s2.acquire(&k2, 1, 1, 4, Duration::from_secs(5)).await?;
                 order.lock().unwrap().push(n);
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                s2.release(lease, n, false).await;
+                s2.release(lease, Release::default()).await;
                 Ok::<_, LeaseRefused>(())
             }));
             // Queued in this order before the next one arrives.
@@ -746,7 +882,7 @@ mod tests {
                 .unwrap_err(),
             LeaseRefused::Busy
         );
-        s.release(first, 5, false).await;
+        s.release(first, Release::default()).await;
         for w in waiters {
             w.await.unwrap().unwrap();
         }
@@ -767,9 +903,22 @@ mod tests {
             LeaseRefused::Busy
         );
         assert_eq!(s.get(&k).await.unwrap().unwrap().queued, 0);
-        s.release(held, 6, true).await;
+        s.release(
+            held,
+            Release {
+                op: true,
+                jar: Some(Jar::from_text("a\t/\t1")),
+            },
+        )
+        .await;
         let r = s.get(&k).await.unwrap().unwrap();
-        assert_eq!((r.in_flight, r.last_used_ms, r.last_op_ms), (0, 6, Some(6)));
+        assert_eq!(r.in_flight, 0);
+        assert!(r.last_used_ms > 0 && r.last_op_ms == Some(r.last_used_ms));
+        assert_eq!(
+            r.jar,
+            Jar::from_text("a\t/\t1"),
+            "the jar came back with the release"
+        );
     }
 
     #[tokio::test]
@@ -787,7 +936,7 @@ mod tests {
             s.remove_unused(&k, 1).await.unwrap(),
             Removal::Busy
         ));
-        s.release(lease, 1, false).await;
+        s.release(lease, Release::default()).await;
         assert!(matches!(
             s.remove_unused(&k, 1).await.unwrap(),
             Removal::Removed(r) if r.id == 1
@@ -826,16 +975,24 @@ mod tests {
             s.take_evictable(10_000, 2_000, 0).await.unwrap().is_none(),
             "a is in use"
         );
-        s.release(lease, 9_000, true).await;
+        s.release(
+            lease,
+            Release {
+                op: true,
+                jar: None,
+            },
+        )
+        .await;
+        let now = super::super::pool::now_ms();
         assert!(
-            s.take_evictable(12_000, 2_000, 600_000)
+            s.take_evictable(now + 3_000, 2_000, 600_000)
                 .await
                 .unwrap()
                 .is_none(),
             "a 202 was seen recently"
         );
         assert!(s
-            .take_evictable(700_000, 2_000, 600_000)
+            .take_evictable(now + 700_000, 2_000, 600_000)
             .await
             .unwrap()
             .is_some());
@@ -894,7 +1051,7 @@ mod tests {
             "only one remover wins"
         );
         assert_eq!(waiter.await.unwrap().unwrap_err(), LeaseRefused::Gone);
-        s.release(held, 1, false).await;
+        s.release(held, Release::default()).await;
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ mod cli;
 mod connections;
 mod demo;
 mod errors_rfc6750;
+mod fleet;
 mod forwarding;
 mod interop;
 mod introspection;

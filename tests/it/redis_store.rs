@@ -1,23 +1,37 @@
-//! The Redis session store under cancelled requests: a client that hangs up while its request
-//! waits for, or has just been given, an in-flight place must not keep that place. Driven on
-//! the store itself against a real `redis-server`, with a TCP relay that can withhold Redis's
-//! replies so that the cancel lands after the script has run.
+//! The Redis session store itself, against a real `redis-server`: requests that hang up while
+//! they wait for (or have just been given) an in-flight place give it back; the wait is FIFO
+//! across replicas and woken, not polled; a lease that expired during an outage is restored,
+//! or its request told it was lost; jars are sealed at rest; and a store that lost its state
+//! is repaired from what the replica remembers. A TCP relay can withhold Redis's replies, or
+//! cut the connection both ways, to put a cancel or an outage exactly where a test wants it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tollgate::config::{RedisConfig, RedisTarget, Secret};
+use tollgate::fleet::{Fleet, RedisHandle};
 use tollgate::metrics::Metrics;
 use tollgate::session::grant::GrantKey;
-use tollgate::session::redis::{RedisHandle, RedisStore};
-use tollgate::session::store::{Created, LeaseRefused, SessionRecord, SessionStore, SlotKey};
+use tollgate::session::jar::Jar;
+use tollgate::session::redis::{Namespace, RedisStore};
+use tollgate::session::store::{
+    LeaseRefused, Leased, Release, Restored, SessionRecord, SessionState, SessionStore, SlotKey,
+};
 
 use crate::support::redis::RedisServer;
 
-/// Forwards every command to Redis; while `hold` is set, Redis's replies are dropped.
-async fn relay(redis_port: u16, hold: Arc<AtomicBool>) -> String {
+/// What the relay does with the traffic.
+const PASS: u8 = 0;
+/// Commands reach Redis; its replies are dropped.
+const WITHHOLD: u8 = 1;
+/// Nothing crosses either way (a network partition).
+const CUT: u8 = 2;
+
+/// A TCP relay in front of Redis whose behaviour `mode` sets.
+async fn relay(redis_port: u16, mode: Arc<AtomicU8>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("redis://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -27,17 +41,32 @@ async fn relay(redis_port: u16, hold: Arc<AtomicBool>) -> String {
             };
             let (mut cr, mut cw) = client.into_split();
             let (mut sr, mut sw) = server.into_split();
+            let m = mode.clone();
             tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    while m.load(Ordering::SeqCst) == CUT {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
             });
-            let hold = hold.clone();
+            let m = mode.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
                 while let Ok(n) = sr.read(&mut buf).await {
                     if n == 0 {
                         break;
                     }
-                    if !hold.load(Ordering::SeqCst) && cw.write_all(&buf[..n]).await.is_err() {
+                    while m.load(Ordering::SeqCst) == CUT {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    if m.load(Ordering::SeqCst) == PASS && cw.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
                 }
@@ -47,9 +76,47 @@ async fn relay(redis_port: u16, hold: Arc<AtomicBool>) -> String {
     url
 }
 
-fn store(url: &str, lease_ttl: Duration) -> RedisStore {
-    let handle = RedisHandle::new(url, Duration::from_secs(2), Metrics::new().unwrap()).unwrap();
-    RedisStore::new(handle, "cancel:", "legacy", lease_ttl)
+/// One replica's view of the store: its fleet membership (for wake-ups) and the store of one
+/// upstream profile.
+struct Replica {
+    _fleet: Arc<Fleet>,
+    store: Arc<RedisStore>,
+}
+
+fn replica(url: &str, lease_ttl: Duration) -> Replica {
+    let cfg = RedisConfig {
+        target: RedisTarget::Url(Secret::new(url.to_owned())),
+        key_prefix: "store-test:".to_owned(),
+        timeout: Duration::from_secs(2),
+        lease_ttl,
+        share_introspection: false,
+    };
+    let metrics = Metrics::new().unwrap();
+    let fleet = Fleet::new(
+        RedisHandle::new(&cfg, metrics.clone()).unwrap(),
+        &cfg.key_prefix,
+        lease_ttl,
+        metrics,
+    );
+    fleet.start();
+    let store = Arc::new(RedisStore::new(
+        fleet.clone(),
+        &Namespace {
+            upstream: "legacy",
+            profile: "p1",
+            lease_ttl,
+            idle_ttl: Duration::from_secs(300),
+            max_inflight: 1,
+            seat_cap: 2,
+            grant_cap: 3,
+        },
+        &[9u8; 32],
+    ));
+    store.clone().start();
+    Replica {
+        _fleet: fleet,
+        store,
+    }
 }
 
 fn slot() -> SlotKey {
@@ -57,6 +124,12 @@ fn slot() -> SlotKey {
         grant: GrantKey("grant-a".into()),
         handle: None,
     }
+}
+
+async fn lease(store: &RedisStore, queue: u32, wait: Duration) -> Result<Leased, LeaseRefused> {
+    store
+        .lease(&slot(), SessionRecord::new(7, false, 1), 1, 1, queue, wait)
+        .await
 }
 
 /// Waits up to 5 s for the store to show `want` (in flight, queued).
@@ -84,54 +157,37 @@ async fn counts(store: &RedisStore) -> (u32, u32) {
     (r.in_flight, r.queued)
 }
 
-async fn session(store: &RedisStore) -> u64 {
-    match store
-        .create(&slot(), SessionRecord::new(7, false, 1), 1, 1)
-        .await
-        .unwrap()
-    {
-        Created::New(r) => r.id,
-        other => panic!("expected a new record, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn a_request_cancelled_after_its_place_was_granted_gives_it_back() {
     let redis = RedisServer::start();
-    let hold = Arc::new(AtomicBool::new(false));
-    let through_relay = relay(redis.port, hold.clone()).await;
+    let mode = Arc::new(AtomicU8::new(PASS));
+    let through_relay = relay(redis.port, mode.clone()).await;
     // A long lease: without the clean-up the place would stay taken for the whole test.
     let ttl = Duration::from_secs(60);
-    let (relayed, direct) = (store(&through_relay, ttl), store(&redis.url(), ttl));
-    let id = session(&relayed).await;
-    // One lease taken and given back first, so that Redis knows the script and the held
-    // request's EVALSHA runs it (a NOSCRIPT reply would be held too, and nothing would run).
-    let warm = relayed
-        .acquire(&slot(), id, 1, 4, Duration::from_millis(500))
-        .await;
+    let (relayed, direct) = (replica(&through_relay, ttl), replica(&redis.url(), ttl));
+    // Redis knows the scripts before the replies are withheld (a NOSCRIPT reply would be held
+    // too, and nothing would run).
+    relayed.store.load_scripts().await.unwrap();
+    let warm = lease(&relayed.store, 4, Duration::from_millis(500)).await;
     assert!(warm.is_ok(), "the first lease");
     drop(warm);
-    settles_at(&direct, (0, 0), "the first lease is given back").await;
+    settles_at(&direct.store, (0, 0), "the first lease is given back").await;
 
-    // Redis runs the acquire script and grants the place; its reply never comes back, and
-    // the request is dropped while it waits for it, as when a client hangs up.
-    hold.store(true, Ordering::SeqCst);
+    // Redis runs the lease script and grants the place; its reply never comes back, and the
+    // request is dropped while it waits for it, as when a client hangs up.
+    mode.store(WITHHOLD, Ordering::SeqCst);
     let waited = tokio::time::timeout(
         Duration::from_millis(300),
-        relayed.acquire(&slot(), id, 1, 4, Duration::from_secs(5)),
+        lease(&relayed.store, 4, Duration::from_secs(5)),
     )
     .await;
-    assert!(
-        waited.is_err(),
-        "the acquire must still be waiting for Redis"
-    );
+    assert!(waited.is_err(), "the lease must still be waiting for Redis");
+    mode.store(PASS, Ordering::SeqCst);
 
-    settles_at(&direct, (0, 0), "the granted place is given back").await;
+    settles_at(&direct.store, (0, 0), "the granted place is given back").await;
     // The place is free for the next request at once, not after `lease_ttl`.
-    let lease = direct
-        .acquire(&slot(), id, 1, 4, Duration::from_millis(500))
-        .await;
-    assert!(lease.is_ok(), "the next request gets the place");
+    let next = lease(&direct.store, 4, Duration::from_millis(500)).await;
+    assert!(next.is_ok(), "the next request gets the place");
 }
 
 #[tokio::test]
@@ -139,32 +195,221 @@ async fn a_request_cancelled_while_queued_leaves_the_queue_for_good() {
     let redis = RedisServer::start();
     // A short lease: a queue place kept alive by a forgotten renewal outlives it.
     let ttl = Duration::from_millis(900);
-    let store = store(&redis.url(), ttl);
-    let id = session(&store).await;
-    let first = store
-        .acquire(&slot(), id, 1, 1, Duration::from_millis(500))
+    let r = replica(&redis.url(), ttl);
+    let first = lease(&r.store, 1, Duration::from_millis(500))
         .await
         .map_err(|e| format!("{e:?}"))
         .unwrap();
-
     let waited = tokio::time::timeout(
         Duration::from_millis(300),
-        store.acquire(&slot(), id, 1, 1, Duration::from_secs(10)),
+        lease(&r.store, 1, Duration::from_secs(10)),
     )
     .await;
     assert!(waited.is_err(), "the second request must still be queued");
-
-    settles_at(&store, (1, 0), "the cancelled request leaves the queue").await;
+    settles_at(&r.store, (1, 0), "the cancelled request leaves the queue").await;
     // Twice the lease later it has not come back (no renewal outlived the request).
     tokio::time::sleep(ttl * 2).await;
-    assert_eq!(counts(&store).await, (1, 0));
-    let third = store
-        .acquire(&slot(), id, 1, 1, Duration::from_millis(100))
-        .await;
+    assert_eq!(counts(&r.store).await, (1, 0));
+    let third = lease(&r.store, 1, Duration::from_millis(100)).await;
     assert!(
         matches!(third, Err(LeaseRefused::Busy)),
-        "still busy behind the first"
+        "still busy behind the first: {third:?}"
     );
     drop(first);
-    settles_at(&store, (0, 0), "the first place comes back").await;
+    settles_at(&r.store, (0, 0), "the first place comes back").await;
+}
+
+#[tokio::test]
+async fn waiters_on_two_replicas_are_served_in_their_order_without_polling() {
+    let redis = RedisServer::start();
+    let ttl = Duration::from_secs(10);
+    let (a, b) = (replica(&redis.url(), ttl), replica(&redis.url(), ttl));
+    let first = lease(&a.store, 8, Duration::from_secs(1)).await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for n in 0..6u32 {
+        let store = if n % 2 == 0 {
+            a.store.clone()
+        } else {
+            b.store.clone()
+        };
+        let order = order.clone();
+        waiters.push(tokio::spawn(async move {
+            let l = lease(&store, 8, Duration::from_secs(10)).await.unwrap();
+            order.lock().unwrap().push(n);
+            store.release(l.in_flight, Release::default()).await;
+        }));
+        // Queued before the next one arrives.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while counts(&a.store).await.1 <= n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waiter {n} never queued"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // Nobody asks Redis while they wait: the command count stays put.
+    let before = commands(&redis);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let polled = commands(&redis) - before;
+    assert!(polled < 20, "{polled} commands while six requests waited");
+    a.store.release(first.in_flight, Release::default()).await;
+    for w in waiters {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        *order.lock().unwrap(),
+        vec![0, 1, 2, 3, 4, 5],
+        "first come, first served across replicas"
+    );
+}
+
+/// The server's processed-command count.
+fn commands(redis: &RedisServer) -> u64 {
+    let info = redis.command("INFO stats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_lease_that_expired_in_an_outage_is_restored_or_its_request_told() {
+    let redis = RedisServer::start();
+    let ttl = Duration::from_secs(1);
+    let mode = Arc::new(AtomicU8::new(PASS));
+    let through_relay = relay(redis.port, mode.clone()).await;
+    let (a, b) = (replica(&through_relay, ttl), replica(&redis.url(), ttl));
+
+    // Cut off for longer than the lease, nobody else wants the session: restored.
+    let held = lease(&a.store, 4, Duration::from_secs(1)).await.unwrap();
+    mode.store(CUT, Ordering::SeqCst);
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    assert_eq!(counts(&b.store).await, (0, 0), "expired in the store");
+    mode.store(PASS, Ordering::SeqCst);
+    settles_at(&b.store, (1, 0), "restored by the renewal").await;
+    let lost = held.in_flight.lost().unwrap();
+    assert!(!*lost.borrow(), "a restored lease is not lost");
+    a.store.release(held.in_flight, Release::default()).await;
+    settles_at(&b.store, (0, 0), "released").await;
+
+    // Cut off again, and another replica takes the place meanwhile: the request is told.
+    let held = lease(&a.store, 4, Duration::from_secs(1)).await.unwrap();
+    let mut lost = held.in_flight.lost().unwrap();
+    mode.store(CUT, Ordering::SeqCst);
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    let other = lease(&b.store, 4, Duration::from_secs(2)).await.unwrap();
+    mode.store(PASS, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(5), lost.wait_for(|l| *l))
+        .await
+        .expect("the lost lease is reported")
+        .unwrap();
+    assert_eq!(
+        counts(&b.store).await,
+        (1, 0),
+        "one request on the session, never two"
+    );
+    drop(held);
+    b.store.release(other.in_flight, Release::default()).await;
+}
+
+#[tokio::test]
+async fn jars_are_sealed_at_rest_and_a_tampered_one_is_never_used() {
+    let redis = RedisServer::start();
+    let r = replica(&redis.url(), Duration::from_secs(10));
+    let mut record = SessionRecord::new(7, false, 1);
+    record.state = SessionState::Active;
+    record.jar = Jar::from_text(".ASPXAUTH\t/\tthe-live-session-cookie");
+    r.store.create(&slot(), record, 1, 1).await.unwrap();
+    let raw = redis.command("KEYS *r:*");
+    let key = raw
+        .lines()
+        .find(|l| l.contains("r:"))
+        .expect("the record's key")
+        .to_owned();
+    let stored = redis.command(&format!("HGET {key} jar"));
+    assert!(
+        !stored.contains("the-live-session-cookie"),
+        "the jar sits in Redis in plain text: {stored}"
+    );
+    let back = r.store.get(&slot()).await.unwrap().unwrap();
+    assert!(back.jar.has(".ASPXAUTH"));
+    // Tampered with: the record is treated as lost, never forwarded.
+    redis.command(&format!(
+        "HSET {key} jar AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    ));
+    assert!(r.store.get(&slot()).await.unwrap().is_none());
+    assert_eq!(redis.command(&format!("EXISTS {key}")).trim(), ":0");
+}
+
+#[tokio::test]
+async fn sessions_the_store_lost_are_registered_again_within_the_cap() {
+    let redis = RedisServer::start();
+    let r = replica(&redis.url(), Duration::from_secs(10));
+    // A session this replica used, with its seat.
+    let leased = lease(&r.store, 4, Duration::from_secs(1)).await.unwrap();
+    let id = leased.record.id;
+    r.store
+        .update(
+            &slot(),
+            id,
+            Box::new(|rec| {
+                rec.state = SessionState::Active;
+                rec.seated = true;
+                rec.jar = Jar::from_text("ASP.NET_SessionId\t/\tx\n.ASPXAUTH\t/\ty");
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(r.store.take_seat(2, id).await.unwrap());
+    r.store.release(leased.in_flight, Release::default()).await;
+    assert!(
+        !r.store.maintain().await.unwrap().reset,
+        "the first upkeep learns the epoch"
+    );
+
+    redis.command("FLUSHALL");
+    let m = r.store.maintain().await.unwrap();
+    assert!(m.reset, "the store came back empty");
+    assert_eq!(m.lost.len(), 1, "{m:?}");
+    let (lost_slot, lost) = m.lost.into_iter().next().unwrap();
+    assert_eq!(lost.id, id);
+    assert!(lost.jar.has(".ASPXAUTH"));
+    assert_eq!(
+        r.store
+            .restore(&lost_slot, lost.clone(), 1, 2)
+            .await
+            .unwrap(),
+        Restored::Registered
+    );
+    assert_eq!(r.store.seats_in_use().await.unwrap(), 1);
+    let back = r.store.get(&slot()).await.unwrap().unwrap();
+    assert_eq!((back.id, back.state), (id, SessionState::Active));
+    // A second copy (another replica's memory) finds it back already; a full cap refuses.
+    assert_eq!(
+        r.store.restore(&lost_slot, lost, 1, 2).await.unwrap(),
+        Restored::Registered
+    );
+    let other = SlotKey {
+        grant: GrantKey("grant-b".into()),
+        handle: None,
+    };
+    let mut more = SessionRecord::new(8, false, 1);
+    more.jar = Jar::from_text("a\t/\tb");
+    assert_eq!(
+        r.store.restore(&other, more, 1, 1).await.unwrap(),
+        Restored::NoRoom
+    );
+    // Removed by tollgate itself (a tombstone): not "lost" after a flush of unrelated keys.
+    let gone = r.store.get(&slot()).await.unwrap().unwrap();
+    r.store.remove(&slot(), gone.id).await.unwrap();
+    redis.command("DEL store-test:epoch");
+    redis.command(&format!("SET store-test:epoch {}", "0".repeat(32)));
+    let m = r.store.maintain().await.unwrap();
+    assert!(m.reset, "another instance's epoch");
+    assert!(
+        m.lost.is_empty(),
+        "a session tollgate removed is not lost: {m:?}"
+    );
 }

@@ -720,11 +720,38 @@ async fn passive_capture_takes_its_seat_before_the_login_is_forwarded(store: Sto
     e.gw.shutdown().await;
 }
 
-/// The configuration with the upstream changed (its timeout), so a reload retires its pool.
+/// The configuration with the upstream's session profile changed (its login's locale), so a
+/// reload retires its pool and its sessions.
 fn changed(config: &str) -> tollgate::Config {
+    let text = config.replacen("branch = \"HQ\"", "branch = \"HQ\"\nlocale = \"en-GB\"", 1);
+    assert_ne!(text, config);
+    tollgate::config::from_toml_str(&text).unwrap()
+}
+
+/// The configuration with only a limit of the upstream changed (its timeout): same profile.
+fn retuned(config: &str) -> tollgate::Config {
     let text = config.replacen("timeout = \"10s\"", "timeout = \"11s\"", 1);
     assert_ne!(text, config);
     tollgate::config::from_toml_str(&text).unwrap()
+}
+
+async fn a_reload_that_keeps_the_profile_keeps_the_sessions(store: Store) {
+    let e = env(store, "").await;
+    let (a, b) = (e.token("a", false), e.token("b", false));
+    let (sa, sb) = (session_of(&e.echo(&a).await), session_of(&e.echo(&b).await));
+    let busy = slow(&e, &a, 500).await;
+    in_flight(&e.fake).await;
+    let app = e.gw.app.as_ref().unwrap();
+    app.gateway.apply(&retuned(&e.config)).await.unwrap();
+    assert_eq!(session_of(&busy.await.unwrap()), sa);
+    // The new pool serves the same sessions: no logout, no login.
+    let (ra, rb) = (e.echo(&a).await, e.echo(&b).await);
+    assert_eq!((session_of(&ra), session_of(&rb)), (sa, sb));
+    assert_eq!(ra.header("tollgate-session"), None);
+    let c = e.counters();
+    assert_eq!((c.logins_ok, c.logouts), (2, 0), "{c:?}");
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
 }
 
 async fn a_reload_logs_a_retired_upstreams_session_out_only_after_its_request(store: Store) {
@@ -1062,6 +1089,7 @@ both_stores!(
     the_eviction_an_api_login_limit_allows_frees_a_real_seat,
     passive_capture_takes_its_seat_before_the_login_is_forwarded,
     a_reload_logs_a_retired_upstreams_session_out_only_after_its_request,
+    a_reload_that_keeps_the_profile_keeps_the_sessions,
     after_giving_up_the_grant_logs_in_no_more_for_a_while,
     the_jar_follows_renewed_and_deleted_auth_cookies,
     a_login_limit_redirect_is_seat_exhaustion,

@@ -59,3 +59,30 @@ pub async fn try_get(url: &str) -> Option<u16> {
         .ok()?;
     Some(resp.status().as_u16())
 }
+
+/// A GET with headers whose failure to get an answer (the server died) is `None`.
+pub async fn try_request(url: &str, headers: &[(&str, &str)]) -> Option<http::Reply> {
+    let mut b = ::http::Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let resp = client
+        .request(
+            b.body(http_body_util::Full::new(bytes::Bytes::new()))
+                .ok()?,
+        )
+        .await
+        .ok()?;
+    let (parts, body) = resp.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .ok()?
+        .to_bytes();
+    Some(http::Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}

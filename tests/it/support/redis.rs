@@ -10,6 +10,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl Drop for RedisServer {
@@ -20,8 +21,11 @@ impl Drop for RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        // redis-server cannot take port 0 and report it: find a free port, then start on it
-        // (retrying if another process took it in between).
+        Self::start_with(&[])
+    }
+
+    /// A server with extra arguments (for example `--replicaof 127.0.0.1 <port>`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         for _ in 0..20 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -32,6 +36,7 @@ impl RedisServer {
                 port,
                 dir: tempfile::tempdir().unwrap(),
                 child: None,
+                extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             };
             if r.spawn() {
                 return r;
@@ -43,6 +48,7 @@ impl RedisServer {
     fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -87,6 +93,51 @@ impl RedisServer {
         }
     }
 
+    /// Starts it again on the same port, without its data (no persistence, a failover to an
+    /// empty replica).
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(path).unwrap();
+            } else {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        assert!(self.spawn(), "redis-server did not come back");
+    }
+
+    /// Stops the process (SIGSTOP): clients' operations hang until [`RedisServer::resume`].
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .args([format!("-{sig}"), c.id().to_string()])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kill -{sig}");
+        }
+    }
+
+    /// Runs one command with `redis-cli`-like inline syntax; returns the raw reply.
+    pub fn command(&self, cmd: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
     /// Starts it again on the same port and data directory.
     pub fn restart(&mut self) {
         self.stop();
@@ -95,5 +146,81 @@ impl RedisServer {
             "redis-server did not come back on port {}",
             self.port
         );
+    }
+}
+
+/// A `redis-sentinel` (Debian's package) on a free port, monitoring `mymaster`.
+pub struct Sentinel {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sentinel {
+    /// A sentinel watching the primary on `primary_port` (quorum 2, down after 1 s).
+    pub fn start(primary_port: u16) -> Sentinel {
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = tempfile::tempdir().unwrap();
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {primary_port} 2\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 4000\nsentinel parallel-syncs mymaster 1\n",
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-sentinel not found: the test command installs it (apt-get install redis-sentinel)");
+            let mut s = Sentinel {
+                port,
+                _dir: dir,
+                child,
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return s;
+                }
+                if let Ok(Some(_)) = s.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = s.child.kill();
+        }
+        panic!("could not start redis-sentinel");
+    }
+
+    /// The primary's port as this sentinel names it now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"SENTINEL get-master-addr-by-name mymaster\r\n")
+            .ok()?;
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        text.lines()
+            .filter(|l| !l.starts_with(['*', '$']))
+            .nth(1)?
+            .parse()
+            .ok()
     }
 }

@@ -1,0 +1,663 @@
+//! A fleet of real replica processes (`tollgate run`) sharing one real `redis-server`, in front
+//! of the fake legacy API, driven the way an operator runs it: rolling restarts under load
+//! (SIGTERM, one replica at a time), a replica killed mid-login, Redis restarted empty or
+//! paused, a burst over the cap, the whole fleet stopped, and a Sentinel failover. The fake's
+//! counters are checked in every test, and its leak detectors stay at zero.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tollgate::demo::legacy::{FakeLegacy, LegacyOptions};
+
+use crate::support::process::{child_config, Process};
+use crate::support::redis::{RedisServer, Sentinel};
+use crate::support::{eventually, get, FakeIdp};
+
+const ECHO: &str = "/entity/Default/24.200.001/Echo";
+
+struct Harness {
+    idp: FakeIdp,
+    fake: FakeLegacy,
+    legacy: String,
+    dir: tempfile::TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    async fn start(opts: LegacyOptions) -> Harness {
+        let idp = FakeIdp::start().await;
+        let fake = FakeLegacy::new(opts);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let legacy = format!("http://{}", listener.local_addr().unwrap());
+        let task = fake.spawn(listener);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("handle.key"),
+            format!("{}\n", "d4".repeat(32)),
+        )
+        .unwrap();
+        Harness {
+            idp,
+            fake,
+            legacy,
+            dir,
+            _task: task,
+        }
+    }
+
+    /// The configuration every replica shares: `store` is the `[store]` table's target lines
+    /// (`url = ...`, or sentinels), `session` lines go to `[upstream.session]`.
+    fn config(&self, store: &str, session: &str) -> String {
+        child_config(
+            &format!(
+                r#"
+[server]
+shutdown_grace = "5s"
+
+[store]
+kind = "redis"
+{store}
+lease_ttl = "2s"
+timeout = "400ms"
+
+[[issuer]]
+id = "erp"
+issuer = "{iss}"
+jwks_uri = "{iss}/jwks"
+audiences = ["api"]
+
+[[upstream]]
+id = "erp"
+url = "{legacy}"
+timeout = "10s"
+
+[upstream.session]
+handle_key_file = "{key}"
+{session}
+[upstream.session.credentials]
+name = "admin"
+password = "123"
+tenant = "MyStore"
+
+[[route]]
+id = "erp"
+prefix = "/entity/"
+upstream = "erp"
+scopes = ["api"]
+"#,
+                iss = self.idp.issuer,
+                legacy = self.legacy,
+                key = self.dir.path().join("handle.key").display(),
+            ),
+            "info",
+        )
+    }
+
+    async fn replica(&self, config: &str) -> Process {
+        let p = Process::start(config).await;
+        p.ready().await;
+        p
+    }
+
+    fn token(&self, grant: &str) -> String {
+        self.idp.token(json!({"grant_id": grant}))
+    }
+
+    fn assert_no_leaks(&self) {
+        self.assert_no_leaks_but_stale_jars();
+        let c = self.fake.counters();
+        assert_eq!(
+            c.stale_auth_cookie, 0,
+            "a jar did not follow a renewal: {c:?}"
+        );
+    }
+
+    /// The leak detectors, except the use of a jar a renewal behind: after the store lost its
+    /// state, a session registered again carries the freshest jar a replica remembers, which
+    /// may miss the last renewal another replica saw (the upstream still accepts it).
+    fn assert_no_leaks_but_stale_jars(&self) {
+        let c = self.fake.counters();
+        assert_eq!(
+            (
+                c.mixed_session_cookies,
+                c.foreign_cookie,
+                c.authorization_header_seen,
+                c.logouts_411,
+                c.logins_locked,
+            ),
+            (0, 0, 0, 0, 0),
+            "{c:?}"
+        );
+        assert!(c.max_concurrency_per_session <= 1, "{c:?}");
+    }
+}
+
+/// Steady load: one client per grant, each sending its requests to a live replica of the
+/// rotation (what a load balancer does: a replica leaves the rotation before it is stopped).
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Outcome>>,
+}
+
+#[derive(Default, Debug)]
+struct Outcome {
+    ok: u64,
+    failed: Vec<(u16, String, Option<String>)>,
+    sessions: BTreeSet<String>,
+}
+
+type Rotation = Arc<RwLock<Vec<String>>>;
+
+impl Load {
+    fn start(h: &Harness, grants: usize, rotation: &Rotation, pause: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..grants)
+            .map(|g| {
+                let (stop, rotation) = (stop.clone(), rotation.clone());
+                let auth = format!("Bearer {}", h.token(&format!("grant-{g}")));
+                tokio::spawn(async move {
+                    let mut out = Outcome::default();
+                    let mut n = g;
+                    while !stop.load(Ordering::SeqCst) {
+                        let base = {
+                            let r = rotation.read().unwrap();
+                            n += 1;
+                            r[n % r.len()].clone()
+                        };
+                        let r = get(&format!("{base}{ECHO}"), &[("authorization", &auth)]).await;
+                        if r.status == 200 {
+                            out.ok += 1;
+                            out.sessions.insert(r.json()["session"].to_string());
+                        } else {
+                            out.failed.push((
+                                r.status.as_u16(),
+                                r.text(),
+                                r.header("retry-after").map(str::to_owned),
+                            ));
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                    out
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    async fn finish(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.push(t.await.unwrap());
+        }
+        all
+    }
+}
+
+/// Each grant once, on replica `base`.
+async fn warm(h: &Harness, base: &str, grants: usize) -> BTreeMap<usize, Value> {
+    let mut sessions = BTreeMap::new();
+    for g in 0..grants {
+        let r = get(
+            &format!("{base}{ECHO}"),
+            &[(
+                "authorization",
+                &format!("Bearer {}", h.token(&format!("grant-{g}"))),
+            )],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        sessions.insert(g, r.json()["session"].clone());
+    }
+    sessions
+}
+
+#[tokio::test]
+async fn a_rolling_restart_keeps_every_session_and_stopping_the_fleet_frees_every_seat() {
+    let h = Harness::start(LegacyOptions {
+        max_api_users: 30,
+        ..LegacyOptions::default()
+    })
+    .await;
+    let redis = RedisServer::start();
+    let cfg = h.config(
+        &format!("url = \"{}\"", redis.url()),
+        "max_upstream_sessions = 25",
+    );
+    let mut replicas = vec![
+        h.replica(&cfg).await,
+        h.replica(&cfg).await,
+        h.replica(&cfg).await,
+    ];
+    let before = warm(&h, &replicas[0].proxy, 20).await;
+    assert_eq!(h.fake.counters().logins_ok, 20);
+    let rotation: Rotation = Arc::new(RwLock::new(
+        replicas.iter().map(|r| r.proxy.clone()).collect(),
+    ));
+    let load = Load::start(&h, 20, &rotation, Duration::from_millis(20));
+    for (i, replica) in replicas.iter_mut().enumerate() {
+        // Out of the rotation (as a Service drops a terminating pod), then SIGTERM.
+        let leaving = replica.proxy.clone();
+        rotation.write().unwrap().retain(|b| *b != leaving);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        replica.signal("TERM");
+        let status = replica.wait(Duration::from_secs(20)).await;
+        assert!(status.success(), "replica {i} ended with {status}");
+        assert_eq!(
+            h.fake.counters().logouts,
+            0,
+            "replica {i}'s stop logged sessions out"
+        );
+        let fresh = h.replica(&cfg).await;
+        rotation.write().unwrap().push(fresh.proxy.clone());
+        *replica = fresh;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let outcomes = load.finish().await;
+    let failed: Vec<_> = outcomes.iter().flat_map(|o| o.failed.iter()).collect();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for (g, o) in outcomes.iter().enumerate() {
+        assert!(o.ok > 0, "grant {g} was never served");
+        assert_eq!(
+            o.sessions,
+            BTreeSet::from([before[&g].to_string()]),
+            "grant {g} changed sessions"
+        );
+    }
+    let c = h.fake.counters();
+    assert_eq!((c.logins_ok, c.logouts), (20, 0), "{c:?}");
+    h.assert_no_leaks();
+
+    // The whole fleet stops at once: the last to leave logs every session out.
+    for r in &replicas {
+        r.signal("TERM");
+    }
+    for r in &mut replicas {
+        assert!(r.wait(Duration::from_secs(30)).await.success());
+    }
+    let c = h.fake.counters();
+    assert_eq!((c.seats_in_use, c.logouts), (0, 20), "{c:?}");
+    h.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_login_gives_its_seat_back_within_lease_ttl() {
+    let h = Harness::start(LegacyOptions {
+        login_delay: Duration::from_millis(1500),
+        ..LegacyOptions::default()
+    })
+    .await;
+    let redis = RedisServer::start();
+    let cfg = h.config(
+        &format!("url = \"{}\"", redis.url()),
+        "max_upstream_sessions = 1\nadmission_wait = \"10s\"",
+    );
+    let doomed = h.replica(&cfg).await;
+    let survivor = h.replica(&cfg).await;
+    // A login starts on the doomed replica (it takes the only seat) ...
+    let url = format!("{}{ECHO}", doomed.proxy);
+    let auth = format!("Bearer {}", h.token("a"));
+    let login = tokio::spawn(async move {
+        crate::support::try_request(&url, &[("authorization", &auth)]).await
+    });
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            fleet_seats(&[&doomed, &survivor]).await == Some(1)
+        })
+        .await,
+        "the login never took its seat"
+    );
+    // ... and the replica dies in the middle of it.
+    doomed.signal("KILL");
+    let killed = Instant::now();
+    let _ = login.await;
+    let r = get(
+        &format!("{}{ECHO}", survivor.proxy),
+        &[("authorization", &format!("Bearer {}", h.token("b")))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(2) + Duration::from_millis(1500) + Duration::from_secs(2),
+        "the seat came back after {took:?} (lease_ttl 2 s, plus one upkeep and the new login)"
+    );
+    let c = h.fake.counters();
+    assert!(c.peak_seats <= 1, "{c:?}");
+    h.assert_no_leaks();
+    drop(survivor);
+}
+
+/// Polls an async condition.
+async fn eventually_async<F, Fut>(within: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The fleet's seats as a replica's `/metrics` shows them (`None` when it does not report).
+async fn seats(metrics_url: &str) -> Option<u64> {
+    let m = get(metrics_url, &[]).await.text();
+    m.lines()
+        .find(|l| l.starts_with(r#"tollgate_upstream_seats_in_use{upstream="erp"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// The fleet's seats, from whichever replica reports them.
+async fn fleet_seats(replicas: &[&Process]) -> Option<u64> {
+    for r in replicas {
+        if let Some(n) = seats(&format!("{}/metrics", r.admin)).await {
+            return Some(n);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_under_load_leaves_no_orphan() {
+    let h = Harness::start(LegacyOptions {
+        max_api_users: 10,
+        ..LegacyOptions::default()
+    })
+    .await;
+    let mut redis = RedisServer::start();
+    let cfg = h.config(
+        &format!("url = \"{}\"", redis.url()),
+        "max_upstream_sessions = 8",
+    );
+    let (a, b) = (h.replica(&cfg).await, h.replica(&cfg).await);
+    warm(&h, &a.proxy, 5).await;
+    let rotation: Rotation = Arc::new(RwLock::new(vec![a.proxy.clone(), b.proxy.clone()]));
+    let load = Load::start(&h, 5, &rotation, Duration::from_millis(30));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart_empty();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outcomes = load.finish().await;
+    // What failed during the switch said when to retry.
+    for (status, body, retry) in outcomes.iter().flat_map(|o| o.failed.iter()) {
+        assert_eq!(*status, 503, "{body}");
+        assert!(retry.is_some(), "503 without Retry-After: {body}");
+    }
+    // Within lease_ttl and one upkeep the fleet counts exactly the live upstream sessions.
+    let fake = h.fake.clone();
+    let replicas = [&a, &b];
+    assert!(
+        eventually_async(Duration::from_secs(8), || async {
+            let live = fake.counters().seats_in_use;
+            let records = active_records(&replicas).await;
+            let counted = fleet_seats(&replicas).await;
+            live == records && counted == Some(live)
+        })
+        .await,
+        "upstream sessions {} against the fleet's records {} and seats {:?}",
+        h.fake.counters().seats_in_use,
+        active_records(&replicas).await,
+        fleet_seats(&replicas).await
+    );
+    // Counted by the next upkeep (within a second).
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            let mut resets = 0;
+            for r in [&a, &b] {
+                resets += metric(&r.admin, r#"tollgate_store_resets_total{upstream="erp"}"#).await;
+            }
+            resets >= 1
+        })
+        .await,
+        "the reset was not counted"
+    );
+    let logs: Vec<String> = a.logs().into_iter().chain(b.logs()).collect();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("tollgate_store_resets_total")),
+        "no log line names the reset"
+    );
+    h.assert_no_leaks_but_stale_jars();
+}
+
+/// One sample of a replica's `/metrics` (0 when absent).
+async fn metric(admin: &str, line: &str) -> u64 {
+    let m = get(&format!("{admin}/metrics"), &[]).await.text();
+    crate::support::legacy::metric(&m, line)
+}
+
+/// Records holding a seat, as the fleet lists them (any replica: the table is shared).
+async fn active_records(replicas: &[&Process]) -> u64 {
+    let list = get(&format!("{}/sessions", replicas[0].admin), &[]).await;
+    list.json()["sessions"].as_array().map_or(0, |s| {
+        s.iter().filter(|r| r["state"] == "active").count() as u64
+    })
+}
+
+#[tokio::test]
+async fn a_paused_redis_is_503_with_retry_after_and_nothing_is_double_booked() {
+    let h = Harness::start(LegacyOptions {
+        max_api_users: 10,
+        ..LegacyOptions::default()
+    })
+    .await;
+    let redis = RedisServer::start();
+    let cfg = h.config(
+        &format!("url = \"{}\"", redis.url()),
+        "max_upstream_sessions = 4",
+    );
+    let (a, b) = (h.replica(&cfg).await, h.replica(&cfg).await);
+    let sessions = warm(&h, &a.proxy, 3).await;
+    // A request in flight on grant 0 while Redis stops answering.
+    let slow = format!("{}/entity/Default/24.200.001/Slow?ms=1500", a.proxy);
+    let auth0 = format!("Bearer {}", h.token("grant-0"));
+    let in_flight = tokio::spawn(async move { get(&slow, &[("authorization", &auth0)]).await });
+    let fake = h.fake.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || fake.state()["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["in_flight"].as_u64() > Some(0)))
+        .await
+    );
+    redis.pause();
+    for (gw, g) in [(&a, 1), (&b, 2)] {
+        let r = get(
+            &format!("{}{ECHO}", gw.proxy),
+            &[(
+                "authorization",
+                &format!("Bearer {}", h.token(&format!("grant-{g}"))),
+            )],
+        )
+        .await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.json()["error"], "session_store_unavailable");
+        assert!(r.header("retry-after").is_some());
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    redis.resume();
+    let r = in_flight.await.unwrap();
+    assert_eq!(
+        r.status,
+        200,
+        "the request in flight finished: {}",
+        r.text()
+    );
+    // Afterwards every grant is on its one session, each request alone on it.
+    for g in 0..3 {
+        for gw in [&a, &b] {
+            let r = get(
+                &format!("{}{ECHO}", gw.proxy),
+                &[(
+                    "authorization",
+                    &format!("Bearer {}", h.token(&format!("grant-{g}"))),
+                )],
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(
+                r.json()["session"],
+                sessions[&g],
+                "grant {g} got a second session"
+            );
+        }
+    }
+    let c = h.fake.counters();
+    assert_eq!(c.logins_ok, 3, "{c:?}");
+    h.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn a_burst_of_50_grants_over_three_replicas_never_exceeds_the_seat_cap() {
+    let h = Harness::start(LegacyOptions {
+        max_api_users: 100,
+        ..LegacyOptions::default()
+    })
+    .await;
+    let redis = RedisServer::start();
+    let cfg = h.config(
+        &format!("url = \"{}\"", redis.url()),
+        "max_upstream_sessions = 5\nadmission_wait = \"2s\"\nmin_idle_before_evict = \"0s\"",
+    );
+    let mut replicas = vec![
+        h.replica(&cfg).await,
+        h.replica(&cfg).await,
+        h.replica(&cfg).await,
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let url = format!("{}{ECHO}", replicas[i % 3].proxy);
+        let auth = format!("Bearer {}", h.token(&format!("burst-{i}")));
+        tasks.push(tokio::spawn(async move {
+            get(&url, &[("authorization", &auth)]).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(r.status == 200 || r.status == 503, "{}", r.text());
+        if r.status == 503 {
+            assert!(r.header("retry-after").is_some());
+        }
+        ok += usize::from(r.status == 200);
+    }
+    let c = h.fake.counters();
+    assert!(
+        c.peak_seats <= 5,
+        "more sessions upstream than the cap: {c:?}"
+    );
+    assert!(ok >= 5, "only {ok} requests served");
+    h.assert_no_leaks();
+    for r in &replicas {
+        r.signal("TERM");
+    }
+    for r in &mut replicas {
+        assert!(r.wait(Duration::from_secs(30)).await.success());
+    }
+    assert_eq!(
+        h.fake.counters().seats_in_use,
+        0,
+        "the fleet stopped with seats held"
+    );
+}
+
+#[tokio::test]
+async fn the_fleet_follows_a_sentinel_failover() {
+    // Jar renewals are off here: a renewal written just before the kill may not have reached the
+    // replica, and the old cookie's later use would be counted as a stale jar.
+    let h = Harness::start(LegacyOptions {
+        max_api_users: 20,
+        renew_auth_every: 0,
+        ..LegacyOptions::default()
+    })
+    .await;
+    let mut primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let sentinels = [
+        Sentinel::start(primary.port),
+        Sentinel::start(primary.port),
+        Sentinel::start(primary.port),
+    ];
+    let list: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("\"127.0.0.1:{}\"", s.port))
+        .collect();
+    let cfg = h.config(
+        &format!(
+            "sentinels = [{}]\nmaster_name = \"mymaster\"",
+            list.join(", ")
+        ),
+        "max_upstream_sessions = 8",
+    );
+    let (a, b) = (h.replica(&cfg).await, h.replica(&cfg).await);
+    let before = warm(&h, &a.proxy, 6).await;
+    // Everything written so far has reached the replica.
+    assert!(
+        eventually(Duration::from_secs(10), || primary
+            .command("WAIT 1 500")
+            .contains(":1"))
+        .await,
+        "the replica never caught up"
+    );
+    let rotation: Rotation = Arc::new(RwLock::new(vec![a.proxy.clone(), b.proxy.clone()]));
+    let load = Load::start(&h, 6, &rotation, Duration::from_millis(30));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    primary.stop();
+    let switched = eventually(Duration::from_secs(20), || {
+        sentinels
+            .iter()
+            .filter_map(Sentinel::primary_port)
+            .any(|p| p == replica.port)
+    })
+    .await;
+    assert!(switched, "the sentinels never promoted the replica");
+    // Served again by the new primary.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get(
+            &format!("{}{ECHO}", a.proxy),
+            &[("authorization", &format!("Bearer {}", h.token("grant-0")))],
+        )
+        .await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never served after the failover: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outcomes = load.finish().await;
+    for (status, body, retry) in outcomes.iter().flat_map(|o| o.failed.iter()) {
+        assert_eq!(*status, 503, "a failure other than 503: {body}");
+        assert!(retry.is_some(), "503 without Retry-After: {body}");
+    }
+    for (g, o) in outcomes.iter().enumerate() {
+        assert_eq!(
+            o.sessions,
+            BTreeSet::from([before[&g].to_string()]),
+            "grant {g} got a second session"
+        );
+    }
+    let c = h.fake.counters();
+    assert!(c.peak_seats <= 8, "{c:?}");
+    assert_eq!(c.logins_ok, 6, "{c:?}");
+    h.assert_no_leaks();
+    drop(replica);
+}
