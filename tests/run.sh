@@ -4,8 +4,9 @@
 #
 #   bash tests/run.sh
 #
-# Installs (only when missing): promtool (Debian package prometheus), redis-server, Node.js and
-# npm, and the interop issuer's npm packages (tests/interop, from its lock file).
+# Installs (only when missing): promtool (Debian package prometheus), redis-server and
+# redis-sentinel, Node.js and npm, and the interop issuer's npm packages (tests/interop, from its
+# lock file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,7 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || need_apt+=(redis-sentinel)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if ! command -v python3 >/dev/null 2>&1; then need_apt+=(python3 python3-venv)

@@ -650,3 +650,95 @@ fn secret_files_are_read_with_the_newline_trimmed() {
         "{e}"
     );
 }
+
+#[test]
+fn the_store_is_redis_directly_or_through_sentinel() {
+    let base = format!("{ISSUER}{UPSTREAM}{ROUTE}");
+    let direct = ok(&format!(
+        "[store]\nkind = \"redis\"\nurl = \"redis://:pw@127.0.0.1:6379/2\"\n{base}"
+    ));
+    let StoreConfig::Redis(r) = &direct.store else {
+        panic!("not redis")
+    };
+    assert_eq!(r.target.redacted(), "redis://***@127.0.0.1:6379/2");
+    assert!(!format!("{direct:?}").contains(":pw@"), "Debug shows the password");
+
+    let sentinel = ok(&format!(
+        "[store]\nkind = \"redis\"\nurl = \"redis+sentinel://app:s%40hunter-pw@10.0.0.1:26379,10.0.0.2:26379/mymaster/3\"\n{base}"
+    ));
+    let StoreConfig::Redis(r) = &sentinel.store else {
+        panic!("not redis")
+    };
+    match &r.target {
+        RedisTarget::Sentinel {
+            sentinels,
+            master,
+            node,
+        } => {
+            assert_eq!(sentinels, &["10.0.0.1:26379", "10.0.0.2:26379"]);
+            assert_eq!(master, "mymaster");
+            assert_eq!(node.db, 3);
+            assert_eq!(node.username.as_deref(), Some("app"));
+            assert_eq!(node.password.as_ref().map(Secret::expose), Some("s@hunter-pw"));
+            assert!(!node.tls);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!r.target.redacted().contains("hunter-pw"));
+    assert!(!format!("{sentinel:?}").contains("hunter-pw"));
+
+    let keys = ok(&format!(
+        "[store]\nkind = \"redis\"\nsentinels = [\"127.0.0.1:26379\"]\nmaster_name = \"m\"\n{base}"
+    ));
+    assert!(matches!(
+        keys.store,
+        StoreConfig::Redis(RedisConfig {
+            target: RedisTarget::Sentinel { .. },
+            ..
+        })
+    ));
+}
+
+#[test]
+fn store_errors_name_the_key_and_never_the_password() {
+    let base = format!("{ISSUER}{UPSTREAM}{ROUTE}");
+    for (store, key, text) in [
+        (
+            "url = \"http://:hunter2@h:1\"",
+            "store.url",
+            "must start with redis://",
+        ),
+        (
+            "url = \"redis+sentinel://:hunter2@h:1\"",
+            "store.url",
+            "primary's name is missing",
+        ),
+        (
+            "url = \"redis+sentinel://:hunter2@h/m\"",
+            "store.url",
+            "is not host:port",
+        ),
+        ("sentinels = [\"h:1\"]", "store.master_name", "missing key"),
+        ("master_name = \"m\"", "store.sentinels", "missing key"),
+        (
+            "sentinels = [\"nohost\"]\nmaster_name = \"m\"",
+            "store.sentinels[0]",
+            "is not host:port",
+        ),
+        (
+            "url = \"redis://h:1\"\nsentinels = [\"h:1\"]",
+            "store.url",
+            "not both",
+        ),
+    ] {
+        let errs = errors(&format!("[store]\nkind = \"redis\"\n{store}\n{base}"));
+        let found = errs
+            .iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("{store}: no error at {key}: {errs:?}"));
+        assert!(found.1.contains(text), "{store}: {}", found.1);
+        for (_, m) in &errs {
+            assert!(!m.contains("hunter2"), "{m}");
+        }
+    }
+}
