@@ -144,6 +144,8 @@ struct Settings {
     seconds: u64,
     connections: u64,
     threads: u64,
+    /// `LOAD_SCENARIOS`: the scenarios to measure (comma-separated names); all when unset.
+    only: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -161,6 +163,12 @@ impl Settings {
             seconds: num("LOAD_SECONDS", 10)?,
             connections: num("LOAD_CONNECTIONS", 64)?,
             threads: num("LOAD_THREADS", 2)?,
+            only: std::env::var("LOAD_SCENARIOS").ok().map(|v| {
+                v.split(',')
+                    .map(|n| n.trim().to_owned())
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            }),
         };
         if s.connections < s.threads {
             bail!(
@@ -169,6 +177,13 @@ impl Settings {
             );
         }
         Ok(s)
+    }
+
+    /// True when scenario `name` is to be measured.
+    fn selected(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|n| n == name))
     }
 
     /// wrk's load for one scenario spread over `replicas` wrk processes: each gets its share of
@@ -307,6 +322,9 @@ struct Outcome {
     /// `tollgate_store_errors_total` of the gateways, from their start to the end of the
     /// measurement (the session-store scenarios).
     store_errors: Option<u64>,
+    /// Redis commands (a script call counts as one, plus the commands it runs) and Redis CPU
+    /// µs per request while measured (the Redis session-store scenarios).
+    store_commands: Option<(f64, f64)>,
 }
 
 fn run() -> anyhow::Result<()> {
@@ -522,6 +540,9 @@ fn run() -> anyhow::Result<()> {
 
     let mut outcomes = Vec::new();
     for s in &scenarios {
+        if !settings.selected(s.name) {
+            continue;
+        }
         let url = format!("http://{}{}", s.addr, s.path);
         if s.legacy == Some(Legacy::Sessions) {
             // Only tollgate's sessions from here on (the fake looks sessions up by scanning them).
@@ -604,6 +625,9 @@ fn run() -> anyhow::Result<()> {
         (STORE_REDIS_1, 1, Some(redis.url())),
         (STORE_REDIS_2, 2, Some(redis.url())),
     ] {
+        if !settings.selected(name) {
+            continue;
+        }
         let store = store.map(|url| RedisStore {
             url,
             key_prefix: format!("tollgate-bench:{name}:"),
@@ -719,7 +743,14 @@ impl Fleet<'_> {
             anyhow::Ok((fake_task, Ok(apps)))
         })?;
         let result = started.and_then(|apps| {
-            let outcome = self.load(name, &fake, &apps, replicas);
+            let redis = store.and_then(|s| {
+                s.url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.split('/').next())
+                    .and_then(|p| p.parse().ok())
+            });
+            let outcome = self.load(name, &fake, &apps, replicas, redis);
             runtime.block_on(async {
                 for app in apps {
                     let _ = tokio::time::timeout(Duration::from_secs(12), app.shutdown()).await;
@@ -741,6 +772,7 @@ impl Fleet<'_> {
         fake: &FakeLegacy,
         apps: &[App],
         replicas: u64,
+        redis: Option<u16>,
     ) -> anyhow::Result<Outcome> {
         let headers = Headers::tokens(self.grants);
         let urls: Vec<String> = apps
@@ -767,8 +799,14 @@ impl Fleet<'_> {
         };
         let cache_before = cache(apps)?;
         let logins_before = fake.counters().logins_ok;
+        let commands_before = redis.map(redis_commands).transpose()?;
         println!("benches/load: {name}: {} s measured", self.settings.seconds);
         let outputs = wrk_all(&urls, self.script, &headers, self.settings.seconds, &loads)?;
+        let commands = redis
+            .map(redis_commands)
+            .transpose()?
+            .zip(commands_before)
+            .map(|(a, b)| (a.0 - b.0, a.1 - b.1));
         let logins_measured = fake.counters().logins_ok - logins_before;
         let cache_after = cache(apps)?;
         let mut store_errors = 0;
@@ -786,6 +824,9 @@ impl Fleet<'_> {
         ));
         outcome.legacy = Some(legacy_stats(fake, Legacy::Store, &before, logins_measured));
         outcome.store_errors = Some(store_errors);
+        let requests = outcome.requests.max(1) as f64;
+        outcome.store_commands =
+            commands.map(|(c, cpu)| (c as f64 / requests, 1e6 * cpu / requests));
         Ok(outcome)
     }
 }
@@ -818,6 +859,7 @@ fn combine(name: &'static str, parts: Vec<Outcome>) -> Outcome {
         introspections: None,
         legacy: None,
         store_errors: None,
+        store_commands: None,
     }
 }
 
@@ -891,6 +933,39 @@ impl RedisServer {
 }
 
 /// `redis-server --version`'s `v=…`.
+/// The Redis server's processed-command count and CPU seconds (user + system) so far.
+fn redis_commands(port: u16) -> anyhow::Result<(u64, f64)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"INFO everything\r\n")?;
+    let mut text = String::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    // Read until the reply's last section is in (the bulk string is a few KiB).
+    while !text.contains("# Keyspace") {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .map(str::to_owned)
+    };
+    let commands = field("total_commands_processed:")
+        .and_then(|v| v.parse().ok())
+        .context("INFO without total_commands_processed")?;
+    let cpu = |name: &str| {
+        field(name)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((commands, cpu("used_cpu_user:") + cpu("used_cpu_sys:")))
+}
+
 fn redis_version() -> anyhow::Result<String> {
     let out = Command::new("redis-server")
         .arg("--version")
@@ -1584,6 +1659,7 @@ fn parse_wrk(
         introspections: None,
         legacy: None,
         store_errors: None,
+        store_commands: None,
     })
 }
 
@@ -1814,6 +1890,23 @@ fn report(
             store.redis_port,
             errors.join(", "),
         );
+        let commands: Vec<String> = outcomes
+            .iter()
+            .filter_map(|o| {
+                let (commands, cpu) = o.store_commands?;
+                Some(format!(
+                    "{} {commands:.1} commands, {cpu:.1} µs of Redis CPU",
+                    o.name
+                ))
+            })
+            .collect();
+        if !commands.is_empty() {
+            let _ = writeln!(
+                md,
+                "- Redis commands per request while measured (`INFO stats`                  total_commands_processed; a script call counts once plus each command it runs,                  and the replicas' lease renewals and upkeep are included): {}",
+                commands.join(", ")
+            );
+        }
         let _ = writeln!(
             md,
             "- `{STORE_REDIS_2}`: two gateways (two `App::start` in this process, each on its own \

@@ -661,7 +661,10 @@ fn the_store_is_redis_directly_or_through_sentinel() {
         panic!("not redis")
     };
     assert_eq!(r.target.redacted(), "redis://***@127.0.0.1:6379/2");
-    assert!(!format!("{direct:?}").contains(":pw@"), "Debug shows the password");
+    assert!(
+        !format!("{direct:?}").contains(":pw@"),
+        "Debug shows the password"
+    );
 
     let sentinel = ok(&format!(
         "[store]\nkind = \"redis\"\nurl = \"redis+sentinel://app:s%40hunter-pw@10.0.0.1:26379,10.0.0.2:26379/mymaster/3\"\n{base}"
@@ -679,10 +682,13 @@ fn the_store_is_redis_directly_or_through_sentinel() {
             assert_eq!(master, "mymaster");
             assert_eq!(node.db, 3);
             assert_eq!(node.username.as_deref(), Some("app"));
-            assert_eq!(node.password.as_ref().map(Secret::expose), Some("s@hunter-pw"));
+            assert_eq!(
+                node.password.as_ref().map(Secret::expose),
+                Some("s@hunter-pw")
+            );
             assert!(!node.tls);
         }
-        other => panic!("{other:?}"),
+        other @ RedisTarget::Url(_) => panic!("{other:?}"),
     }
     assert!(!r.target.redacted().contains("hunter-pw"));
     assert!(!format!("{sentinel:?}").contains("hunter-pw"));

@@ -73,8 +73,11 @@ enum Op {
     },
     /// Long enough for the idle sweep to log every unused session out.
     Idle,
-    /// A reload that changes the upstream (its pool is retired).
-    Reload,
+    /// A reload that changes the upstream: only a timeout (its sessions go on), or its session
+    /// profile (its sessions are retired).
+    Reload {
+        profile: bool,
+    },
 }
 
 fn req() -> impl Strategy<Value = Req> {
@@ -106,7 +109,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Expire),
         1 => (0u8..4, any::<bool>()).prop_map(|(grant, admin)| Op::Logout { grant, admin }),
         1 => Just(Op::Idle),
-        1 => Just(Op::Reload),
+        1 => any::<bool>().prop_map(|profile| Op::Reload { profile }),
     ]
 }
 
@@ -118,16 +121,19 @@ struct Model {
     ghosts: bool,
     /// When reloads happened (a reload starts a fresh credential gate).
     reloads: Vec<Instant>,
-    reloaded: bool,
+    /// The timeout and the profile (locale) toggles of the current configuration.
+    retuned: bool,
+    reprofiled: bool,
 }
 
-fn config_for(e: &Env, reloaded: bool) -> tollgate::Config {
-    let text = if reloaded {
-        e.config
-            .replacen("timeout = \"10s\"", "timeout = \"11s\"", 1)
-    } else {
-        e.config.clone()
-    };
+fn config_for(e: &Env, m: &Model) -> tollgate::Config {
+    let mut text = e.config.clone();
+    if m.retuned {
+        text = text.replacen("timeout = \"10s\"", "timeout = \"11s\"", 1);
+    }
+    if m.reprofiled {
+        text = text.replacen("branch = \"HQ\"", "branch = \"HQ\"\nlocale = \"en-GB\"", 1);
+    }
     tollgate::config::from_toml_str(&text).unwrap()
 }
 
@@ -261,11 +267,15 @@ async fn apply(e: &Env, m: &mut Model, op: &Op) {
             tokio::time::sleep(Duration::from_millis(700)).await;
             m.ghosts = false;
         }
-        Op::Reload => {
-            m.reloaded = !m.reloaded;
+        Op::Reload { profile } => {
+            if *profile {
+                m.reprofiled = !m.reprofiled;
+            } else {
+                m.retuned = !m.retuned;
+            }
             m.reloads.push(Instant::now());
             let app = e.gw.app.as_ref().unwrap();
-            app.gateway.apply(&config_for(e, m.reloaded)).await.unwrap();
+            app.gateway.apply(&config_for(e, m)).await.unwrap();
         }
     }
 }

@@ -84,33 +84,37 @@ pub(super) fn record_from(
     sealer: &Sealer,
     aad: &str,
 ) -> Option<Result<Stored, Unsealable>> {
-    let num = |k: &str| map.get(k).and_then(|v| v.parse::<u64>().ok());
+    let mut record = plain_record(map)?;
     let sealed_jar = map.get("jar").cloned().unwrap_or_default();
-    let jar = match sealer.open(aad, &sealed_jar) {
-        Ok(text) => Jar::from_text(&text),
+    match sealer.open(aad, &sealed_jar) {
+        Ok(text) => record.jar = Jar::from_text(&text),
         Err(e) => return Some(Err(e)),
-    };
-    Some(Ok(Stored {
-        record: SessionRecord {
-            id: num("id")?,
-            concurrent: map.get("concurrent").is_some_and(|v| v == "1"),
-            state: match map.get("state").map(String::as_str) {
-                Some("a") => SessionState::Active,
-                Some("l") => SessionState::LoggingIn,
-                _ => SessionState::NeedsLogin,
-            },
-            jar,
-            seated: map.get("seated").is_some_and(|v| v == "1"),
-            created_ms: num("created").unwrap_or(0),
-            last_used_ms: num("used").unwrap_or(0),
-            last_op_ms: num("op"),
-            in_flight: 0,
-            queued: 0,
-            retire_at_ms: num("retire"),
-            jar_version: num("jv").unwrap_or(0),
+    }
+    Some(Ok(Stored { record, sealed_jar }))
+}
+
+/// A record from its fields, without its jar (left empty): for upkeep's records whose jar
+/// does not matter, and for a lease whose jar the replica already has.
+pub(super) fn plain_record(map: &HashMap<String, String>) -> Option<SessionRecord> {
+    let num = |k: &str| map.get(k).and_then(|v| v.parse::<u64>().ok());
+    Some(SessionRecord {
+        id: num("id")?,
+        concurrent: map.get("concurrent").is_some_and(|v| v == "1"),
+        state: match map.get("state").map(String::as_str) {
+            Some("a") => SessionState::Active,
+            Some("l") => SessionState::LoggingIn,
+            _ => SessionState::NeedsLogin,
         },
-        sealed_jar,
-    }))
+        jar: Jar::default(),
+        seated: map.get("seated").is_some_and(|v| v == "1"),
+        created_ms: num("created").unwrap_or(0),
+        last_used_ms: num("used").unwrap_or(0),
+        last_op_ms: num("op"),
+        in_flight: 0,
+        queued: 0,
+        retire_at_ms: num("retire"),
+        jar_version: num("jv").unwrap_or(0),
+    })
 }
 
 /// An `HGETALL` reply (flat name/value list) as a map.

@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use super::jar::Jar;
 use super::store::{
     millis, Created, Expiry, InFlight, LeaseRefused, Leased, Maintenance, Release, Removal,
     Restored, SessionRecord, SessionState, SessionStore, SlotKey, Stats, StoreError,
@@ -56,7 +57,9 @@ use super::store::{
 use crate::fleet::membership::Wake;
 use crate::fleet::seal::Sealer;
 use crate::fleet::{Fleet, RedisHandle};
-use codec::{fields, pairs, plain_fields, record_from, slot_from_text, slot_text, Stored};
+use codec::{
+    fields, pairs, plain_fields, plain_record, record_from, slot_from_text, slot_text, Stored,
+};
 use guards::{Holdings, Kind};
 use scripts::Scripts;
 
@@ -90,6 +93,9 @@ pub struct RedisStore {
     /// This replica's credential trial locks: token by credential set.
     trial_tokens: Mutex<HashMap<String, String>>,
     recent: Arc<Mutex<HashMap<(String, u64), Recent>>>,
+    /// The session id and jar version this replica last knew for each slot, whose jar is in
+    /// `recent`: a lease that finds them unchanged is not sent the jar again.
+    latest: Arc<Mutex<HashMap<String, (u64, u64)>>>,
     /// Sessions re-registered (or found without room) by a request that met a reset store,
     /// for the next upkeep to report and finish.
     repaired: Mutex<(bool, Vec<(SlotKey, SessionRecord)>)>,
@@ -161,6 +167,7 @@ impl RedisStore {
             login_tokens: Mutex::new(HashMap::new()),
             trial_tokens: Mutex::new(HashMap::new()),
             recent: Arc::new(Mutex::new(HashMap::new())),
+            latest: Arc::new(Mutex::new(HashMap::new())),
             repaired: Mutex::new((false, Vec::new())),
             repairing: tokio::sync::Mutex::new(()),
             seat_cap: ns.seat_cap,
@@ -214,32 +221,48 @@ impl RedisStore {
         slot_text: &str,
         map: &HashMap<String, String>,
     ) -> Option<SessionRecord> {
-        if let Some(s) = self.decode(slot_text, map) {
-            return Some(s.record);
+        match record_from(map, &self.sealer, &self.record_key(slot_text))? {
+            Ok(s) => Some(s.record),
+            Err(_) => plain_record(map),
         }
-        let mut m = map.clone();
-        m.remove("jar");
-        record_from(&m, &self.sealer, "")
-            .and_then(Result::ok)
-            .map(|s| s.record)
     }
 
     fn remember(&self, slot: &SlotKey, record: &SessionRecord) {
-        let mut recent = lock(&self.recent);
-        let now = Instant::now();
-        recent.retain(|_, r| now.duration_since(r.touched) < self.remember);
-        recent.insert(
-            (slot_text(slot), record.id),
+        let text = slot_text(slot);
+        lock(&self.latest).insert(text.clone(), (record.id, record.jar_version));
+        lock(&self.recent).insert(
+            (text, record.id),
             Recent {
                 slot: slot.clone(),
                 record: record.clone(),
-                touched: now,
+                touched: Instant::now(),
             },
         );
     }
 
     fn forget(&self, slot_text: &str, id: u64) {
         lock(&self.recent).remove(&(slot_text.to_owned(), id));
+        let mut latest = lock(&self.latest);
+        if latest.get(slot_text).is_some_and(|(i, _)| *i == id) {
+            latest.remove(slot_text);
+        }
+    }
+
+    /// Forgets what was used longer ago than a session can stay idle (upkeep).
+    fn prune_memory(&self) {
+        let now = Instant::now();
+        let mut recent = lock(&self.recent);
+        recent.retain(|_, r| now.duration_since(r.touched) < self.remember);
+        let mut latest = lock(&self.latest);
+        latest.retain(|s, (id, _)| recent.contains_key(&(s.clone(), *id)));
+    }
+
+    /// The jar this replica has for session `id` of slot `s`, if it is of version `jv`.
+    fn cached_jar(&self, s: &str, id: u64, jv: u64) -> Option<Jar> {
+        lock(&self.recent)
+            .get(&(s.to_owned(), id))
+            .filter(|r| r.record.jar_version == jv)
+            .map(|r| r.record.jar.clone())
     }
 
     async fn read(&self, s: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -312,6 +335,7 @@ impl RedisStore {
     fn releaser(&self) -> Releaser {
         Releaser {
             recent: self.recent.clone(),
+            latest: self.latest.clone(),
             redis: self.redis.clone(),
             script: self.scripts.release.clone(),
             sealer: self.sealer.clone(),
@@ -390,6 +414,7 @@ impl RedisStore {
             *known = current;
         }
         let remembered: Vec<((String, u64), Recent)> = lock(&self.recent).drain().collect();
+        lock(&self.latest).clear();
         let mut found = Vec::new();
         for (_, r) in remembered {
             let cap = if r.record.concurrent {
@@ -816,12 +841,20 @@ impl SessionStore for RedisStore {
         let epoch_key = format!("{}epoch", self.global);
         let mut reply: Vec<String> = Vec::new();
         let fresh = format!("{:032x}", rand::random::<u128>());
-        for _ in 0..2 {
+        let (cached_id, cached_jv) = lock(&self.latest)
+            .get(&s)
+            .map_or((String::new(), String::new()), |(id, jv)| {
+                (id.to_string(), jv.to_string())
+            });
+        let mut with_fields = false;
+        for _ in 0..3 {
             let known = lock(&self.epoch).clone();
             let script = &self.scripts.lease;
             let (text, t2) = (s.clone(), ticket.clone());
             let (rec, slots, grant, epoch_key) = (&rec, &slots, &grant, &epoch_key);
-            let (prefix, global, flat, fresh) = (&prefix, &global, &flat, &fresh);
+            let (prefix, global, fresh) = (&prefix, &global, &fresh);
+            let (cached_id, cached_jv) = (&cached_id, &cached_jv);
+            let flat: &[String] = if with_fields { &flat } else { &[] };
             reply = self
                 .redis
                 .run("lease", |mut c| async move {
@@ -838,7 +871,9 @@ impl SessionStore for RedisStore {
                         .arg(&t2)
                         .arg(lease)
                         .arg(&known)
-                        .arg(fresh);
+                        .arg(fresh)
+                        .arg(cached_id)
+                        .arg(cached_jv);
                     for f in flat {
                         inv.arg(f);
                     }
@@ -846,14 +881,16 @@ impl SessionStore for RedisStore {
                 })
                 .await
                 .map_err(|_| LeaseRefused::Unavailable)?;
-            if reply.first().map(String::as_str) != Some("reset") {
-                break;
+            match reply.first().map(String::as_str) {
+                Some("create") => with_fields = true,
+                // The store lost its state since this replica last looked: before anything is
+                // created in the empty store, what this replica knows is registered again.
+                Some("reset") => self
+                    .repair_reset()
+                    .await
+                    .map_err(|_| LeaseRefused::Unavailable)?,
+                _ => break,
             }
-            // The store lost its state since this replica last looked: before anything is
-            // created in the empty store, what this replica knows is registered again.
-            self.repair_reset()
-                .await
-                .map_err(|_| LeaseRefused::Unavailable)?;
         }
         let mut it = reply.into_iter();
         // From here the script's answer is known: only a queued ticket needs undoing.
@@ -870,7 +907,52 @@ impl SessionStore for RedisStore {
         match code.as_str() {
             "1" => {
                 pending.disarm();
-                let map = pairs(it.collect());
+                let how = it.next().unwrap_or_default();
+                let mut map = pairs(it.collect());
+                if how == "cached" {
+                    // The jar did not change since this replica last had it.
+                    let id = map
+                        .get("id")
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    let jv = map
+                        .get("jv")
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    let jar = self.cached_jar(&s, id, jv);
+                    match jar {
+                        Some(jar) => {
+                            let mut record = plain_record(&map).ok_or(LeaseRefused::Gone)?;
+                            record.jar = jar;
+                            self.remember(slot, &record);
+                            let in_flight = self.in_flight(slot, &s, record.id, ticket);
+                            return Ok(Leased {
+                                record,
+                                in_flight,
+                                created,
+                            });
+                        }
+                        // Forgotten meanwhile: read it whole.
+                        None => match self.read_stored(&s).await {
+                            Ok(Some(stored)) if stored.record.id == id => {
+                                map = HashMap::new();
+                                map.insert("id".to_owned(), id.to_string());
+                                let record = stored.record;
+                                self.remember(slot, &record);
+                                let in_flight = self.in_flight(slot, &s, record.id, ticket);
+                                return Ok(Leased {
+                                    record,
+                                    in_flight,
+                                    created,
+                                });
+                            }
+                            _ => {
+                                drop(self.in_flight(slot, &s, id, ticket));
+                                return Err(LeaseRefused::Gone);
+                            }
+                        },
+                    }
+                }
                 let Some(stored) = self.decode(&s, &map) else {
                     // Lost (its jar does not open): the place is given back and the record
                     // taken away, never forwarded.
@@ -969,6 +1051,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn maintain(&self) -> Result<Maintenance, StoreError> {
+        self.prune_memory();
         let remembered: Vec<(String, u64)> = lock(&self.recent).keys().cloned().collect();
         let known = lock(&self.epoch).clone();
         let fresh = format!("{:032x}", rand::random::<u128>());
@@ -1207,6 +1290,7 @@ impl SessionStore for RedisStore {
 struct Releaser {
     /// The store's memory of used sessions, which follows the jar as it is written back.
     recent: Arc<Mutex<HashMap<(String, u64), Recent>>>,
+    latest: Arc<Mutex<HashMap<String, (u64, u64)>>>,
     redis: RedisHandle,
     script: redis::Script,
     sealer: Arc<Sealer>,
@@ -1239,6 +1323,7 @@ impl Releaser {
         handle.spawn(async move {
             let Releaser {
                 recent,
+                latest,
                 redis,
                 script,
                 prefix,
@@ -1269,6 +1354,9 @@ impl Releaser {
                     if v > r.record.jar_version {
                         r.record.jar = jar;
                         r.record.jar_version = v;
+                        if let Some(l) = lock(&latest).get_mut(&key.0).filter(|l| l.0 == id) {
+                            l.1 = v;
+                        }
                     }
                     r.touched = Instant::now();
                 }

@@ -25,6 +25,8 @@ local function wake(G, ticket, kind, ttl)
 end
 local function drain(P, G, id, max, now, lease)
   local f, w, q = P .. 'f:' .. id, P .. 'w:' .. id, P .. 'q:' .. id
+  -- Nothing waits: nothing to hand on (the common case costs one command).
+  if redis.call('LLEN', w) == 0 then return end
   redis.call('ZREMRANGEBYSCORE', f, '-inf', now)
   while redis.call('ZCARD', f) < max do
     local head = redis.call('LPOP', w)
@@ -60,10 +62,14 @@ end
 /// KEYS: record, slots, grant set, epoch. ARGV: P, G, slot, grant cap, max, max queue, ticket,
 /// lease ms, the epoch this replica knows ('' before it knows one), then the new record's
 /// fields (name, value, ...).
-/// Returns `{'1', created, epoch, fields...}` (granted), `{'0', created, epoch, id}` (queued),
-/// `{'-2'}` (queue full), `{'2', earliest_used}` (grant full) or `{'reset'}` (the store lost
-/// its state since this replica last looked: nothing was done). A store without an epoch gets
-/// one (ARGV[10], a fresh value), and fields start at ARGV[11].
+/// Returns `{'1', created, epoch, how, fields...}` (granted), `{'0', created, epoch, id}`
+/// (queued), `{'-2'}` (queue full), `{'2', earliest_used}` (grant full) or `{'reset'}` (the
+/// store lost its state since this replica last looked: nothing was done). A store without an
+/// epoch gets one (ARGV[10], a fresh value). ARGV[11] and ARGV[12] are the session id and jar
+/// version this replica has cached for the slot: when they still hold, `how` is `cached` and
+/// the fields leave the jar out (the replica has it); else `how` is `full`. The new record's
+/// fields start at ARGV[13]; without them a missing record is answered `{'create'}` (the
+/// replica asks again with them).
 const LEASE: &str = r"
 local P, G, slot = ARGV[1], ARGV[2], ARGV[3]
 local cap, max, max_queue = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -76,7 +82,10 @@ if not epoch then
 end
 local now = now_ms()
 local created = '0'
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id then
+  -- The record's fields are sent only when it is to be created (most leases find it).
+  if #ARGV < 13 then return {'create'} end
   if redis.call('SCARD', KEYS[3]) >= cap then
     local earliest = -1
     for _, s in ipairs(redis.call('SMEMBERS', KEYS[3])) do
@@ -85,22 +94,39 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
     end
     return {'2', tostring(earliest)}
   end
-  redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+  redis.call('HSET', KEYS[1], unpack(ARGV, 13))
   redis.call('HSET', KEYS[1], 'created', now, 'used', now)
   redis.call('SADD', KEYS[2], slot)
   redis.call('SADD', KEYS[3], slot)
   created = '1'
+  id = redis.call('HGET', KEYS[1], 'id')
 end
-local id = redis.call('HGET', KEYS[1], 'id')
-drain(P, G, id, max, now, lease)
 local f, w, q = P .. 'f:' .. id, P .. 'w:' .. id, P .. 'q:' .. id
-if redis.call('ZCARD', f) < max and redis.call('LLEN', w) == 0 then
+local waiting = redis.call('LLEN', w)
+if waiting > 0 then
+  drain(P, G, id, max, now, lease)
+  waiting = redis.call('LLEN', w)
+end
+-- Live places only: a crashed replica's expired ones do not count.
+if waiting == 0 and redis.call('ZCOUNT', f, now, '+inf') < max then
+  redis.call('ZREMRANGEBYSCORE', f, '-inf', now)
   redis.call('ZADD', f, now + lease, ticket)
   local out = {'1', created, epoch}
-  for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(out, v) end
+  local names = {'id', 'concurrent', 'state', 'seated', 'created', 'used', 'op', 'retire', 'jv'}
+  local values = redis.call('HMGET', KEYS[1], unpack(names))
+  if id == ARGV[11] and (values[9] or '0') == ARGV[12] then
+    table.insert(out, 'cached')
+    for i, n in ipairs(names) do
+      table.insert(out, n)
+      table.insert(out, values[i] or '')
+    end
+  else
+    table.insert(out, 'full')
+    for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(out, v) end
+  end
   return out
 end
-if redis.call('LLEN', w) >= max_queue then return {'-2'} end
+if waiting >= max_queue then return {'-2'} end
 redis.call('RPUSH', w, ticket)
 redis.call('ZADD', q, now + lease, ticket)
 return {'0', created, epoch, id}
@@ -115,11 +141,17 @@ local now = now_ms()
 redis.call('ZREM', P .. 'f:' .. id, ticket)
 local version = 0
 if redis.call('HGET', KEYS[1], 'id') == id then
-  redis.call('HSET', KEYS[1], 'used', now)
-  if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'op', now) end
   if ARGV[8] == '1' then
-    redis.call('HSET', KEYS[1], 'jar', ARGV[9])
     version = redis.call('HINCRBY', KEYS[1], 'jv', 1)
+    if ARGV[5] == '1' then
+      redis.call('HSET', KEYS[1], 'used', now, 'op', now, 'jar', ARGV[9])
+    else
+      redis.call('HSET', KEYS[1], 'used', now, 'jar', ARGV[9])
+    end
+  elseif ARGV[5] == '1' then
+    redis.call('HSET', KEYS[1], 'used', now, 'op', now)
+  else
+    redis.call('HSET', KEYS[1], 'used', now)
   end
 end
 drain(P, G, id, tonumber(ARGV[6]), now, tonumber(ARGV[7]))
