@@ -1,19 +1,25 @@
 //! Every response the gateway writes itself, in one place.
 //!
-//! Each step's error type converts into [`GatewayError`]; [`GatewayError::into_response`] maps it to
-//! status, `WWW-Authenticate` (RFC 6750 §3), `Retry-After`, and the JSON body
-//! `{"error": "...", "error_description": "..."}` with `Cache-Control: no-store`. The match is
-//! exhaustive, so a new error variant cannot ship without its response. Descriptions are fixed
-//! text: never a token, a secret or an upstream body.
+//! Each step's error type converts into [`GatewayError`]. [`GatewayError::class`] is the one
+//! table: for every error it gives the status, the `error` code, the [`Fault`] (which drives the
+//! log level), the auth [`Decision`] the metrics record, the `WWW-Authenticate` challenge (RFC
+//! 6750 §3) and the `Retry-After`. The response, the log line and the metric decision are all
+//! derived from that one classification, and its match is exhaustive, so a new error cannot ship
+//! without its answer.
+//!
+//! Bodies are `{"error": "...", "error_description": "..."}` with `Cache-Control: no-store`.
+//! Descriptions are the errors' fixed texts: never a token, a secret or an upstream body.
+
+use std::collections::HashMap;
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::auth::{AuthError, BearerError};
+use crate::auth::{AuthError, BearerError, InvalidToken};
 use crate::metrics::Decision;
 use crate::policy::{Denied, PathError};
 use crate::proxy::{self, ProxyError};
-use crate::session::SessionError;
+use crate::session::{RefusedLogin, SessionError};
 use crate::Body;
 
 /// Where a failure came from: drives the log level.
@@ -53,284 +59,338 @@ pub enum GatewayError {
     Session(#[from] SessionError),
     #[error(transparent)]
     TooLarge(#[from] crate::limits::TooLarge),
-    /// The client's request body could not be read to its end (the client went away, or its
-    /// framing was broken).
-    #[error("the request body could not be read")]
-    BodyRead,
 }
 
-impl GatewayError {
-    pub fn fault(&self) -> Fault {
-        match self {
-            GatewayError::Path(_)
-            | GatewayError::NoRoute
-            | GatewayError::TooLarge(_)
-            | GatewayError::BodyRead => Fault::Client,
-            GatewayError::Auth(AuthError::IdpUnavailable { .. }) => Fault::Idp,
-            GatewayError::Auth(AuthError::Bearer(_) | AuthError::InvalidToken(_)) => Fault::Auth,
-            GatewayError::Denied { .. } => Fault::Auth,
-            GatewayError::Proxy(ProxyError::BadRequest(_)) => Fault::Internal,
-            GatewayError::Proxy(
-                ProxyError::Unreachable { .. }
-                | ProxyError::Timeout { .. }
-                | ProxyError::Overloaded { .. },
-            ) => Fault::Upstream,
-            GatewayError::Session(e) => match e {
-                SessionError::NoGrant => Fault::Auth,
-                SessionError::InvalidHandle
-                | SessionError::HandleRequired
-                | SessionError::GrantBusy
-                | SessionError::GrantSessionLimit { .. }
-                | SessionError::LoginIdentityMismatch => Fault::Client,
-                SessionError::CapacityExhausted
-                | SessionError::SeatsExhausted
-                | SessionError::Throttled { .. }
-                | SessionError::SessionExpired
-                | SessionError::LoginFailed { .. }
-                | SessionError::LoginError
-                | SessionError::AuthFailed => Fault::Upstream,
-                SessionError::Store(_) | SessionError::Gone => Fault::Internal,
-            },
+/// Which `WWW-Authenticate` challenge an error answer carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    None,
+    /// `Bearer realm="…"`: no credentials were sent (RFC 6750 §3.1).
+    Bare,
+    /// `error="invalid_request"` with the error's description.
+    InvalidRequest,
+    /// `error="invalid_token"` with the error's description.
+    InvalidToken,
+    /// A challenge prebuilt with the route (`insufficient_scope` and the route's scopes).
+    Prebuilt(HeaderValue),
+}
+
+/// The `Retry-After` of an error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryAfter {
+    Seconds(u64),
+    /// The upstream's own value, passed on as it came (seconds or an HTTP date).
+    Upstream(HeaderValue),
+}
+
+/// How one error leaves the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Class {
+    pub status: StatusCode,
+    /// The `error` member of the body.
+    pub code: &'static str,
+    pub fault: Fault,
+    /// The auth decision the request metrics record, for authentication and policy outcomes.
+    pub decision: Option<Decision>,
+    pub challenge: Challenge,
+    pub retry_after: Option<RetryAfter>,
+}
+
+impl Class {
+    fn new(status: StatusCode, code: &'static str, fault: Fault) -> Self {
+        Class {
+            status,
+            code,
+            fault,
+            decision: None,
+            challenge: Challenge::None,
+            retry_after: None,
         }
     }
 
-    /// The auth decision this error records, if it is an authentication or policy outcome.
-    pub fn decision(&self) -> Option<Decision> {
+    fn decision(mut self, d: Decision) -> Self {
+        self.decision = Some(d);
+        self
+    }
+
+    fn challenge(mut self, c: Challenge) -> Self {
+        self.challenge = c;
+        self
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(RetryAfter::Seconds(secs));
+        self
+    }
+}
+
+impl GatewayError {
+    /// The one table: every error's status, code, fault, decision, challenge and retry-after.
+    pub fn class(&self) -> Class {
+        use Fault::{Auth, Client, Idp, Internal, Upstream};
+        use StatusCode as S;
         match self {
-            GatewayError::Path(_)
-            | GatewayError::NoRoute
-            | GatewayError::Proxy(_)
-            | GatewayError::TooLarge(_)
-            | GatewayError::BodyRead => None,
-            GatewayError::Session(SessionError::NoGrant) => Some(Decision::InvalidToken),
-            GatewayError::Session(_) => None,
+            GatewayError::Path(_) => Class::new(S::BAD_REQUEST, "invalid_request", Client),
+            GatewayError::NoRoute => Class::new(S::NOT_FOUND, "not_found", Client),
+            GatewayError::TooLarge(_) => {
+                Class::new(S::PAYLOAD_TOO_LARGE, "payload_too_large", Client)
+            }
             GatewayError::Auth(AuthError::Bearer(BearerError::Missing)) => {
-                Some(Decision::MissingToken)
+                Class::new(S::UNAUTHORIZED, "invalid_token", Auth)
+                    .decision(Decision::MissingToken)
+                    .challenge(Challenge::Bare)
             }
             GatewayError::Auth(AuthError::Bearer(
                 BearerError::Duplicate
                 | BearerError::Empty
                 | BearerError::BadCharacters
                 | BearerError::TooLarge,
-            )) => Some(Decision::InvalidRequest),
-            GatewayError::Auth(AuthError::InvalidToken(_)) => Some(Decision::InvalidToken),
-            GatewayError::Auth(AuthError::IdpUnavailable { .. }) => Some(Decision::IdpUnavailable),
-            GatewayError::Denied {
+            )) => Class::new(S::BAD_REQUEST, "invalid_request", Auth)
+                .decision(Decision::InvalidRequest)
+                .challenge(Challenge::InvalidRequest),
+            GatewayError::Auth(AuthError::InvalidToken(_))
+            | GatewayError::Denied {
                 reason: Denied::WrongIssuer,
                 ..
-            } => Some(Decision::InvalidToken),
+            } => Class::new(S::UNAUTHORIZED, "invalid_token", Auth)
+                .decision(Decision::InvalidToken)
+                .challenge(Challenge::InvalidToken),
+            GatewayError::Auth(AuthError::IdpUnavailable { retry_after, .. }) => {
+                Class::new(S::SERVICE_UNAVAILABLE, "temporarily_unavailable", Idp)
+                    .decision(Decision::IdpUnavailable)
+                    .retry_after(*retry_after)
+            }
             GatewayError::Denied {
                 reason: Denied::InsufficientScope | Denied::ClaimMismatch,
-                ..
-            } => Some(Decision::InsufficientScope),
-        }
-    }
-
-    /// The response for this error. `realm` is the configured realm; `missing` is its prebuilt
-    /// bare challenge.
-    pub fn into_response(self, realm: &str, missing: &HeaderValue) -> Response<Body> {
-        let bearer = |code: &str, desc: &str| {
-            HeaderValue::from_str(&format!(
-                "Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{desc}\""
-            ))
-            .ok()
-        };
-        match self {
-            GatewayError::Path(e) => reply(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &e.to_string(),
-                None,
-                None,
-            ),
-            GatewayError::NoRoute => reply(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no route matches the request",
-                None,
-                None,
-            ),
-            GatewayError::Auth(AuthError::Bearer(BearerError::Missing)) => reply(
-                StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                "a bearer token is required",
-                Some(missing.clone()),
-                None,
-            ),
-            GatewayError::Auth(AuthError::Bearer(
-                e @ (BearerError::Duplicate
-                | BearerError::Empty
-                | BearerError::BadCharacters
-                | BearerError::TooLarge),
-            )) => {
-                let desc = e.to_string();
-                reply(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    &desc,
-                    bearer("invalid_request", &desc),
-                    None,
-                )
-            }
-            GatewayError::Auth(AuthError::InvalidToken(e)) => {
-                let desc = e.to_string();
-                reply(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    &desc,
-                    bearer("invalid_token", &desc),
-                    None,
-                )
-            }
-            GatewayError::Auth(AuthError::IdpUnavailable { retry_after, .. }) => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the identity provider cannot validate the token right now; retry later",
-                None,
-                Some(retry_after),
-            ),
-            GatewayError::Denied {
-                reason: Denied::WrongIssuer,
-                ..
-            } => {
-                let desc = Denied::WrongIssuer.to_string();
-                reply(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    &desc,
-                    bearer("invalid_token", &desc),
-                    None,
-                )
-            }
-            GatewayError::Denied {
-                reason: reason @ (Denied::InsufficientScope | Denied::ClaimMismatch),
                 challenge,
                 ..
-            } => reply(
-                StatusCode::FORBIDDEN,
-                "insufficient_scope",
-                &reason.to_string(),
-                Some(challenge),
-                None,
-            ),
-            GatewayError::Proxy(ProxyError::Unreachable { .. }) => reply(
-                StatusCode::BAD_GATEWAY,
-                "upstream_unreachable",
-                "the upstream could not be reached",
-                None,
-                None,
-            ),
-            GatewayError::Proxy(ProxyError::Timeout { .. }) => reply(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "the upstream did not answer in time",
-                None,
-                None,
-            ),
-            GatewayError::Session(e) => session_reply(e, &bearer),
-            GatewayError::BodyRead => reply(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "the request body could not be read",
-                None,
-                None,
-            ),
-            GatewayError::TooLarge(e) => reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                &e.to_string(),
-                None,
-                None,
-            ),
-            GatewayError::Proxy(ProxyError::Overloaded { .. }) => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream_overloaded",
-                "the upstream has its maximum number of requests in flight; retry shortly",
-                None,
-                Some(1),
-            ),
-            GatewayError::Proxy(ProxyError::BadRequest(_)) => reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "the gateway could not build the upstream request",
-                None,
-                None,
-            ),
+            } => Class::new(S::FORBIDDEN, "insufficient_scope", Auth)
+                .decision(Decision::InsufficientScope)
+                .challenge(Challenge::Prebuilt(challenge.clone())),
+            GatewayError::Proxy(ProxyError::Unreachable { .. }) => {
+                Class::new(S::BAD_GATEWAY, "upstream_unreachable", Upstream)
+            }
+            GatewayError::Proxy(ProxyError::Timeout { .. }) => {
+                Class::new(S::GATEWAY_TIMEOUT, "upstream_timeout", Upstream)
+            }
+            GatewayError::Proxy(ProxyError::Overloaded { .. }) => {
+                Class::new(S::SERVICE_UNAVAILABLE, "upstream_overloaded", Upstream).retry_after(1)
+            }
+            GatewayError::Proxy(ProxyError::UpstreamRequest(_)) => {
+                Class::new(S::INTERNAL_SERVER_ERROR, "internal_error", Internal)
+            }
+            GatewayError::Session(e) => session_class(e),
         }
+    }
+
+    /// Where the failure came from (the log level).
+    pub fn fault(&self) -> Fault {
+        self.class().fault
+    }
+
+    /// The auth decision this error records, if it is an authentication or policy outcome.
+    pub fn decision(&self) -> Option<Decision> {
+        self.class().decision
+    }
+
+    /// The text of `error_description`: fixed, never anything the client or upstream sent.
+    fn description(&self) -> String {
+        match self {
+            GatewayError::Path(e) => e.to_string(),
+            GatewayError::NoRoute => "no route matches the request".to_owned(),
+            GatewayError::Auth(AuthError::Bearer(BearerError::Missing)) => {
+                "a bearer token is required".to_owned()
+            }
+            GatewayError::Auth(AuthError::IdpUnavailable { .. }) => {
+                "the identity provider cannot validate the token right now; retry later".to_owned()
+            }
+            GatewayError::Auth(e) => e.to_string(),
+            GatewayError::Denied { reason, .. } => reason.to_string(),
+            GatewayError::Proxy(ProxyError::Unreachable { .. }) => {
+                "the upstream could not be reached".to_owned()
+            }
+            GatewayError::Proxy(ProxyError::Timeout { .. }) => {
+                "the upstream did not answer in time".to_owned()
+            }
+            GatewayError::Proxy(ProxyError::Overloaded { .. }) => {
+                "the upstream has its maximum number of requests in flight; retry shortly"
+                    .to_owned()
+            }
+            GatewayError::Proxy(ProxyError::UpstreamRequest(_)) => {
+                "the gateway could not build the upstream request".to_owned()
+            }
+            GatewayError::Session(e) => e.to_string(),
+            GatewayError::TooLarge(e) => e.to_string(),
+        }
+    }
+
+    /// The response for this error.
+    pub fn into_response(self, challenges: &Challenges) -> Response<Body> {
+        let class = self.class();
+        self.respond(class, challenges)
+    }
+
+    /// The response for this error, given its [`GatewayError::class`].
+    pub fn respond(&self, class: Class, challenges: &Challenges) -> Response<Body> {
+        let description = self.description();
+        let challenge = match &class.challenge {
+            Challenge::None => None,
+            Challenge::Bare => Some(challenges.bare.clone()),
+            Challenge::InvalidRequest => Some(challenges.get("invalid_request", &description)),
+            Challenge::InvalidToken => Some(challenges.get("invalid_token", &description)),
+            Challenge::Prebuilt(v) => Some(v.clone()),
+        };
+        let mut resp = reply(class.status, class.code, &description);
+        let h = resp.headers_mut();
+        if let Some(c) = challenge {
+            h.insert(header::WWW_AUTHENTICATE, c);
+        }
+        match class.retry_after {
+            Some(RetryAfter::Seconds(secs)) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            Some(RetryAfter::Upstream(v)) => {
+                h.insert(header::RETRY_AFTER, v);
+            }
+            None => {}
+        }
+        resp
     }
 }
 
-/// The session layer's error table (design §6.10).
-fn session_reply(
-    e: SessionError,
-    bearer: &dyn Fn(&str, &str) -> Option<HeaderValue>,
-) -> Response<Body> {
-    let desc = e.to_string();
-    let (status, code, retry_after) = match e {
-        SessionError::NoGrant => {
-            return reply(
-                StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                &desc,
-                bearer("invalid_token", &desc),
-                None,
-            )
+/// The session layer's rows of the table (design §6.10).
+fn session_class(e: &SessionError) -> Class {
+    use Fault::{Auth, Client, Internal, Upstream};
+    use StatusCode as S;
+    match e {
+        SessionError::GrantRequired => Class::new(S::UNAUTHORIZED, "invalid_token", Auth)
+            .decision(Decision::MissingToken)
+            .challenge(Challenge::Bare),
+        SessionError::BodyRead => Class::new(S::BAD_REQUEST, "invalid_request", Client),
+        SessionError::NoGrant => Class::new(S::UNAUTHORIZED, "invalid_token", Auth)
+            .decision(Decision::InvalidToken)
+            .challenge(Challenge::InvalidToken),
+        SessionError::InvalidHandle => Class::new(S::BAD_REQUEST, "invalid_session_handle", Client),
+        SessionError::HandleRequired => {
+            Class::new(S::BAD_REQUEST, "session_handle_required", Client)
         }
-        SessionError::InvalidHandle => (StatusCode::BAD_REQUEST, "invalid_session_handle", None),
-        SessionError::HandleRequired => (StatusCode::BAD_REQUEST, "session_handle_required", None),
-        SessionError::GrantBusy => (StatusCode::TOO_MANY_REQUESTS, "grant_busy", Some(1)),
-        SessionError::GrantSessionLimit { retry_after } => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "grant_session_limit",
-            Some(retry_after),
-        ),
-        SessionError::CapacityExhausted => (
-            StatusCode::SERVICE_UNAVAILABLE,
+        SessionError::GrantBusy => {
+            Class::new(S::TOO_MANY_REQUESTS, "grant_busy", Client).retry_after(1)
+        }
+        SessionError::GrantSessionLimit { retry_after } => {
+            Class::new(S::TOO_MANY_REQUESTS, "grant_session_limit", Client)
+                .retry_after(*retry_after)
+        }
+        SessionError::CapacityExhausted => Class::new(
+            S::SERVICE_UNAVAILABLE,
             "upstream_capacity_exhausted",
-            Some(5),
-        ),
-        SessionError::SeatsExhausted => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream_seats_exhausted",
-            Some(30),
-        ),
-        SessionError::Throttled { retry_after } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream_throttled",
-            Some(retry_after),
-        ),
-        SessionError::SessionExpired => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream_session_expired",
-            Some(0),
-        ),
-        SessionError::LoginFailed { retry_after } => (
-            StatusCode::BAD_GATEWAY,
-            "upstream_login_failed",
-            Some(retry_after),
-        ),
-        SessionError::LoginError => (StatusCode::BAD_GATEWAY, "upstream_login_error", None),
-        SessionError::AuthFailed => (StatusCode::BAD_GATEWAY, "upstream_auth_failed", None),
-        SessionError::LoginIdentityMismatch => {
-            (StatusCode::FORBIDDEN, "login_identity_mismatch", None)
+            Upstream,
+        )
+        .retry_after(5),
+        SessionError::SeatsExhausted => {
+            Class::new(S::SERVICE_UNAVAILABLE, "upstream_seats_exhausted", Upstream).retry_after(30)
         }
-        SessionError::Store(_) | SessionError::Gone => (
-            StatusCode::SERVICE_UNAVAILABLE,
+        SessionError::Throttled { retry_after } => {
+            Class::new(S::SERVICE_UNAVAILABLE, "upstream_throttled", Upstream)
+                .retry_after(*retry_after)
+        }
+        SessionError::SessionExpired => {
+            Class::new(S::SERVICE_UNAVAILABLE, "upstream_session_expired", Upstream).retry_after(0)
+        }
+        SessionError::SignedOut => Class::new(S::UNAUTHORIZED, "upstream_session_expired", Client),
+        SessionError::LoginFailed { retry_after } => {
+            Class::new(S::BAD_GATEWAY, "upstream_login_failed", Upstream).retry_after(*retry_after)
+        }
+        SessionError::LoginError => Class::new(S::BAD_GATEWAY, "upstream_login_error", Upstream),
+        SessionError::AuthFailed => Class::new(S::BAD_GATEWAY, "upstream_auth_failed", Upstream),
+        SessionError::LoginIdentityMismatch => {
+            Class::new(S::FORBIDDEN, "login_identity_mismatch", Client)
+        }
+        SessionError::LoginRefused {
+            status,
+            refused,
+            retry_after,
+        } => {
+            let code = match refused {
+                RefusedLogin::SeatLimit => "upstream_seats_exhausted",
+                RefusedLogin::BadCredentials => "upstream_login_failed",
+                RefusedLogin::Throttled => "upstream_throttled",
+                RefusedLogin::Error => "upstream_login_error",
+            };
+            let mut class = Class::new(*status, code, Client);
+            class.retry_after = retry_after.clone().map(RetryAfter::Upstream);
+            class
+        }
+        SessionError::Store(_) | SessionError::Gone => Class::new(
+            S::SERVICE_UNAVAILABLE,
             "session_store_unavailable",
-            Some(5),
-        ),
-    };
-    reply(status, code, &desc, None, retry_after)
+            Internal,
+        )
+        .retry_after(5),
+    }
 }
 
-/// A gateway-made JSON response.
-pub fn reply(
-    status: StatusCode,
-    error: &str,
-    description: &str,
-    challenge: Option<HeaderValue>,
-    retry_after: Option<u64>,
-) -> Response<Body> {
+/// The `WWW-Authenticate` values of one realm, built once per configuration: the bare challenge
+/// and an `invalid_token` or `invalid_request` challenge for every fixed description, so that a
+/// refusal costs a lookup, not a formatting.
+#[derive(Debug, Clone)]
+pub struct Challenges {
+    realm: std::sync::Arc<str>,
+    bare: HeaderValue,
+    invalid_token: HashMap<String, HeaderValue>,
+    invalid_request: HashMap<String, HeaderValue>,
+}
+
+impl Challenges {
+    pub fn new(realm: &str) -> Self {
+        let mut c = Challenges {
+            realm: realm.into(),
+            bare: HeaderValue::from_str(&format!("Bearer realm=\"{realm}\""))
+                .unwrap_or_else(|_| HeaderValue::from_static("Bearer")),
+            invalid_token: HashMap::new(),
+            invalid_request: HashMap::new(),
+        };
+        let invalid_token = InvalidToken::ALL.iter().map(ToString::to_string).chain([
+            Denied::WrongIssuer.to_string(),
+            SessionError::NoGrant.to_string(),
+        ]);
+        for desc in invalid_token {
+            let v = c.format("invalid_token", &desc);
+            c.invalid_token.insert(desc, v);
+        }
+        for e in BearerError::MALFORMED {
+            let desc = e.to_string();
+            let v = c.format("invalid_request", &desc);
+            c.invalid_request.insert(desc, v);
+        }
+        c
+    }
+
+    /// The `invalid_token` or `invalid_request` challenge with `description`: prebuilt for
+    /// every fixed description (formatted here only for one this table does not list).
+    fn get(&self, code: &'static str, description: &str) -> HeaderValue {
+        let built = if code == "invalid_token" {
+            &self.invalid_token
+        } else {
+            &self.invalid_request
+        };
+        built
+            .get(description)
+            .cloned()
+            .unwrap_or_else(|| self.format(code, description))
+    }
+
+    fn format(&self, code: &str, description: &str) -> HeaderValue {
+        let realm = &self.realm;
+        HeaderValue::from_str(&format!(
+            "Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{description}\""
+        ))
+        .unwrap_or_else(|_| self.bare.clone())
+    }
+}
+
+/// A gateway-made JSON response: `{"error", "error_description"}`, not cacheable.
+pub fn reply(status: StatusCode, error: &str, description: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": error, "error_description": description });
     let mut resp = Response::new(proxy::full(body.to_string()));
     *resp.status_mut() = status;
@@ -340,106 +400,8 @@ pub fn reply(
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(c) = challenge {
-        h.insert(header::WWW_AUTHENTICATE, c);
-    }
-    if let Some(secs) = retry_after {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
     resp
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::auth::InvalidToken;
-
-    fn missing() -> HeaderValue {
-        HeaderValue::from_static("Bearer realm=\"tollgate\"")
-    }
-
-    fn respond(e: GatewayError) -> Response<Body> {
-        e.into_response("tollgate", &missing())
-    }
-
-    #[test]
-    fn missing_token_has_a_bare_challenge() {
-        let r = respond(AuthError::Bearer(BearerError::Missing).into());
-        assert_eq!(r.status(), 401);
-        assert_eq!(
-            r.headers()[header::WWW_AUTHENTICATE],
-            "Bearer realm=\"tollgate\""
-        );
-        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
-    }
-
-    #[test]
-    fn malformed_header_is_invalid_request() {
-        let r = respond(AuthError::Bearer(BearerError::Duplicate).into());
-        assert_eq!(r.status(), 400);
-        assert_eq!(
-            r.headers()[header::WWW_AUTHENTICATE],
-            "Bearer realm=\"tollgate\", error=\"invalid_request\", error_description=\"more than one Authorization header\""
-        );
-    }
-
-    #[test]
-    fn invalid_token() {
-        let r = respond(AuthError::InvalidToken(InvalidToken::Expired).into());
-        assert_eq!(r.status(), 401);
-        assert_eq!(
-            r.headers()[header::WWW_AUTHENTICATE],
-            "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"the token has expired\""
-        );
-    }
-
-    #[test]
-    fn idp_down_is_503_with_retry_after_and_no_challenge() {
-        let r = respond(
-            AuthError::IdpUnavailable {
-                issuer: "erp".into(),
-                retry_after: 5,
-            }
-            .into(),
-        );
-        assert_eq!(r.status(), 503);
-        assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
-        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
-    }
-
-    #[test]
-    fn insufficient_scope_uses_the_routes_challenge() {
-        let challenge = HeaderValue::from_static(
-            "Bearer realm=\"tollgate\", error=\"insufficient_scope\", scope=\"api erp:write\"",
-        );
-        let r = respond(GatewayError::Denied {
-            reason: Denied::InsufficientScope,
-            challenge: challenge.clone(),
-            route: "w".into(),
-        });
-        assert_eq!(r.status(), 403);
-        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], challenge);
-    }
-
-    #[test]
-    fn upstream_failures() {
-        let r = respond(
-            ProxyError::Unreachable {
-                upstream: "u".into(),
-                reason: "refused".into(),
-            }
-            .into(),
-        );
-        assert_eq!(r.status(), 502);
-        assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
-        let r = respond(
-            ProxyError::Timeout {
-                upstream: "u".into(),
-                timeout: std::time::Duration::from_secs(1),
-            }
-            .into(),
-        );
-        assert_eq!(r.status(), 504);
-        assert_eq!(respond(GatewayError::NoRoute).status(), 404);
-    }
-}
+mod tests;

@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::BoxError;
 
@@ -34,14 +33,14 @@ pub fn check_declared(headers: &HeaderMap, max: u64) -> Result<(), TooLarge> {
 
 /// A streamed request body that fails once more than `max` bytes went through, and says so
 /// through its flag (so that the failed upstream call can be answered 413, not 502).
-pub struct Capped {
-    inner: Incoming,
+pub struct Capped<B> {
+    inner: B,
     left: u64,
     exceeded: Arc<AtomicBool>,
 }
 
-impl Capped {
-    pub fn new(inner: Incoming, max: u64) -> (Self, Arc<AtomicBool>) {
+impl<B> Capped<B> {
+    pub fn new(inner: B, max: u64) -> (Self, Arc<AtomicBool>) {
         let exceeded = Arc::new(AtomicBool::new(false));
         (
             Capped {
@@ -54,7 +53,11 @@ impl Capped {
     }
 }
 
-impl HttpBody for Capped {
+impl<B> HttpBody for Capped<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -74,7 +77,7 @@ impl HttpBody for Capped {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -18,6 +18,38 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// An upgrade the client asked for on a route that allows it, taken out of the request before
+/// the hop-by-hop clean-up removes its headers.
+pub struct Upgrade {
+    protocol: HeaderValue,
+    client: Option<OnUpgrade>,
+}
+
+impl Upgrade {
+    /// The request's upgrade, when it asks for one and `allowed`.
+    pub fn take(head: &mut http::request::Parts, allowed: bool) -> Option<Upgrade> {
+        if !allowed || !is_upgrade(&head.headers) {
+            return None;
+        }
+        let protocol = head.headers.get(header::UPGRADE)?.clone();
+        Some(Upgrade {
+            protocol,
+            client: head.extensions.remove::<OnUpgrade>(),
+        })
+    }
+
+    /// Puts the upgrade headers back on the prepared upstream request.
+    pub fn restore(&self, headers: &mut HeaderMap) {
+        restore(headers, &self.protocol);
+    }
+
+    /// The client's side of the upgrade, to join once the upstream answered 101 (`None` on a
+    /// connection that cannot be upgraded).
+    pub fn into_client(self) -> Option<OnUpgrade> {
+        self.client
+    }
+}
+
 /// Puts the upgrade headers back after the hop-by-hop headers were removed.
 pub fn restore(headers: &mut HeaderMap, upgrade: &HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -26,6 +26,16 @@ pub enum BearerError {
     TooLarge,
 }
 
+impl BearerError {
+    /// The variants that mean a malformed `Authorization` header (400 `invalid_request`).
+    pub const MALFORMED: [BearerError; 4] = [
+        BearerError::Duplicate,
+        BearerError::Empty,
+        BearerError::BadCharacters,
+        BearerError::TooLarge,
+    ];
+}
+
 /// A bearer token. `Debug` never prints it.
 #[derive(Clone, Copy)]
 pub struct Token<'a>(&'a str);

@@ -105,6 +105,24 @@ pub enum InvalidToken {
     Inactive,
 }
 
+impl InvalidToken {
+    /// Every variant, so that the answers' challenges can be built once per configuration.
+    pub const ALL: [InvalidToken; 12] = [
+        InvalidToken::Malformed,
+        InvalidToken::UnknownIssuer,
+        InvalidToken::AlgorithmNotAllowed,
+        InvalidToken::UnknownKey,
+        InvalidToken::BadSignature,
+        InvalidToken::Expired,
+        InvalidToken::NotYetValid,
+        InvalidToken::WrongAudience,
+        InvalidToken::MissingClaim,
+        InvalidToken::NotAnAccessToken,
+        InvalidToken::UnsupportedCritical,
+        InvalidToken::Inactive,
+    ];
+}
+
 /// Every way authentication can fail.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {

@@ -132,6 +132,58 @@ pub fn set_identity(
     }
 }
 
+// === session edits: the upstream session's cookies never cross the gateway ===
+
+/// `Tollgate-Session: new` on an answer served by a session logged in during the request.
+pub static TOLLGATE_SESSION: HeaderName = HeaderName::from_static("tollgate-session");
+/// `Tollgate-Login: managed` on an intercepted login call.
+pub static TOLLGATE_LOGIN: HeaderName = HeaderName::from_static("tollgate-login");
+static SET_COOKIE2: HeaderName = HeaderName::from_static("set-cookie2");
+
+/// Replaces the client's `Cookie` header with exactly `jar` (none: no `Cookie` at all), so the
+/// upstream sees only the session's cookies, never the client's.
+pub fn replace_cookie(headers: &mut HeaderMap, jar: Option<HeaderValue>) {
+    headers.remove(header::COOKIE);
+    if let Some(mut v) = jar {
+        v.set_sensitive(true);
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Removes the upstream's `Set-Cookie` (and the obsolete `Set-Cookie2`).
+pub fn strip_set_cookies(headers: &mut HeaderMap) {
+    headers.remove(header::SET_COOKIE);
+    headers.remove(&SET_COOKIE2);
+}
+
+/// Appends one `Set-Cookie` line of the gateway's own (a session handle).
+pub fn append_set_cookie(headers: &mut HeaderMap, line: &str) {
+    if let Ok(v) = HeaderValue::from_str(line) {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+/// An absolute `Location` on the upstream's origin points at the gateway's external origin
+/// (`scheme://host`) instead, so that a redirect never sends the client around the gateway.
+pub fn rewrite_location(
+    headers: &mut HeaderMap,
+    upstream: (&http::uri::Scheme, &http::uri::Authority),
+    external: &str,
+) {
+    let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let Ok(uri) = loc.parse::<http::Uri>() else {
+        return;
+    };
+    if uri.scheme() == Some(upstream.0) && uri.authority() == Some(upstream.1) {
+        let rest = uri.path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(v) = HeaderValue::from_str(&format!("{external}{rest}")) {
+            headers.insert(header::LOCATION, v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

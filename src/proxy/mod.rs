@@ -31,11 +31,18 @@ pub enum ProxyError {
     Unreachable { upstream: String, reason: String },
     #[error("upstream {upstream} did not answer within {timeout:?}")]
     Timeout { upstream: String, timeout: Duration },
+    /// The upstream request could not be put together (an upstream URI that does not parse).
     #[error("could not build the upstream request: {0}")]
-    BadRequest(String),
+    UpstreamRequest(String),
     #[error("upstream {upstream} has max_concurrency requests in flight")]
     Overloaded { upstream: String },
 }
+
+/// Why an upstream's client could not be built from its configuration (at startup or reload).
+/// The text names the upstream and the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(String);
 
 /// One configured upstream with its own connection pool.
 ///
@@ -65,16 +72,18 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Self, ProxyError> {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, SetupError> {
         let uri: Uri = cfg
             .url
             .as_str()
             .parse()
-            .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest(e.to_string()))?;
+            .map_err(|e: http::uri::InvalidUri| {
+                SetupError(format!("upstream \"{}\": url: {e}", cfg.id))
+            })?;
         let parts = uri.into_parts();
         let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
-            return Err(ProxyError::BadRequest(format!(
-                "upstream {} URL has no scheme or host",
+            return Err(SetupError(format!(
+                "upstream \"{}\": url has no scheme or host",
                 cfg.id
             )));
         };
@@ -85,7 +94,7 @@ impl Upstream {
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let tls = tls::client_config(cfg).map_err(ProxyError::BadRequest)?;
+        let tls = tls::client_config(cfg).map_err(SetupError)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
@@ -126,7 +135,7 @@ impl Upstream {
             .authority(self.authority.clone())
             .path_and_query(format!("{}{path_and_query}", self.base_path))
             .build()
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))
+            .map_err(|e| ProxyError::UpstreamRequest(e.to_string()))
     }
 
     /// The scheme and authority of this upstream, to recognise absolute `Location`s on it.
@@ -186,7 +195,7 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
     msg
 }
 
-/// What `prepare` needs to know about the connection and the decision.
+/// What [`prepare_parts`] needs to know about the connection and the decision.
 #[derive(Debug)]
 pub struct Context<'a> {
     pub remote: SocketAddr,
@@ -197,24 +206,8 @@ pub struct Context<'a> {
     pub claims: Option<&'a Map<String, Value>>,
 }
 
-/// Builds the upstream request: the normalised path (what was authorised) with the original
-/// query, the upstream's scheme and authority, and the header edits of [`headers`].
-pub fn prepare(
-    parts: Parts,
-    body: Incoming,
-    path: &str,
-    route: &Route,
-    upstream: &Upstream,
-    ctx: &Context<'_>,
-) -> Result<Request<Body>, ProxyError> {
-    let parts = prepare_parts(parts, path, route, upstream, ctx)?;
-    Ok(Request::from_parts(
-        parts,
-        body.map_err(BoxError::from).boxed(),
-    ))
-}
-
-/// The head of the upstream request (see [`prepare`]).
+/// The head of the upstream request: the normalised path (what was authorised) with the
+/// original query, the upstream's scheme and authority, and the header edits of [`headers`].
 pub fn prepare_parts(
     mut parts: Parts,
     path: &str,

@@ -14,9 +14,10 @@
 //! | [`store`] | the session table behind a store trait, and the in-memory store |
 //! | [`redis`] | the store in Redis, shared by several replicas |
 //! | [`pool`] | per-upstream coordination: leases, logins, seats, eviction, expiry, logout |
-//! | [`flow`] | the forwarding step for routes whose upstream has sessions |
+//! | [`capture`] | passive mode: the client's own login call becomes the slot's session |
+//! | [`step`] | the layer's two steps of the request pipeline: `lease` and `settle` |
 
-pub mod flow;
+pub mod capture;
 pub mod grant;
 pub mod handle;
 pub mod intercept;
@@ -25,10 +26,11 @@ pub mod login;
 pub mod pool;
 pub mod redis;
 pub mod sanitize;
+pub mod step;
 pub mod store;
 
-pub use flow::forward;
 pub use pool::Pool;
+pub use step::{lease, settle, Edits, Lease, Leased, Settled};
 
 /// Every way the session layer refuses or fails a request (design §6.10). The mapping to status,
 /// `error` code and `Retry-After` is in `crate::error`.
@@ -60,11 +62,43 @@ pub enum SessionError {
     AuthFailed,
     #[error("the login name does not match the token")]
     LoginIdentityMismatch,
+    /// Passive mode: the upstream ended the session, and only the client can log in again.
+    #[error("the upstream session has ended; sign in again")]
+    SignedOut,
+    /// Passive mode: the upstream refused the client's own login (answered with the upstream's
+    /// status, never its body).
+    #[error("{refused}")]
+    LoginRefused {
+        status: http::StatusCode,
+        refused: RefusedLogin,
+        /// The upstream's `Retry-After`, passed on as it came.
+        retry_after: Option<http::HeaderValue>,
+    },
+    /// A login call on a route without a bearer token: a session needs a grant to belong to.
+    #[error("a bearer token is required")]
+    GrantRequired,
+    /// The request body could not be read to its end (the client went away, or its framing
+    /// was broken) while the session layer kept it for a replay or a login check.
+    #[error("the request body could not be read")]
+    BodyRead,
     #[error("the session store is unavailable")]
     Store(String),
     /// Internal: the session vanished while waiting; the lease is tried again.
     #[error("the session ended while waiting")]
     Gone,
+}
+
+/// Why the upstream refused a client's own (passive) login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedLogin {
+    #[error("the upstream has no free session seat")]
+    SeatLimit,
+    #[error("the upstream refused the credentials")]
+    BadCredentials,
+    #[error("the upstream throttles logins")]
+    Throttled,
+    #[error("the upstream login failed")]
+    Error,
 }
 
 impl From<crate::fleet::StoreError> for SessionError {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::hmac;
 use http::header::{self, HeaderMap};
+use sha2::Digest as _;
 use tokio::sync::Notify;
 
 use super::grant::{self, GrantKey};
@@ -23,7 +24,9 @@ use super::store::{
 };
 use super::SessionError;
 use crate::auth::Principal;
-use crate::config::{Creation, Credentials, SessionConfig, SessionMode, WithoutHandle};
+use crate::config::{
+    Creation, Credentials, GrantSource, SessionConfig, SessionMode, WithoutHandle,
+};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 
@@ -99,7 +102,7 @@ pub struct Identity {
 
 /// A request's hold on an upstream session: the in-flight place and the jar to send.
 #[derive(Debug)]
-pub struct Lease {
+pub struct Held {
     pub slot: SlotKey,
     pub id: u64,
     pub jar: Jar,
@@ -110,7 +113,7 @@ pub struct Lease {
     pub jar_changed: bool,
 }
 
-impl Lease {
+impl Held {
     /// Turns true if the store could not keep this lease (a shared store lost it during an
     /// outage and another request took the place).
     pub fn lost(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
@@ -286,20 +289,26 @@ impl Pool {
 
     // === identity ===
 
-    /// The grant, mode and session slot of a request (design §6.2–6.4).
+    /// The grant, mode and session slot of a request (design §6.2–6.4). `token` is the bearer
+    /// token, hashed only when the `token` grant-key source names the session after it.
     pub fn identify(
         &self,
         principal: &Principal,
-        token_digest: &[u8; 32],
+        token: &str,
         headers: &HeaderMap,
     ) -> Result<Identity, SessionError> {
+        let token_digest: [u8; 32] = if self.cfg.grant_key.contains(&GrantSource::Token) {
+            sha2::Sha256::digest(token.as_bytes()).into()
+        } else {
+            [0; 32]
+        };
         let derived = grant::derive(
             &self.grant_key,
             &self.cfg.grant_key,
             &principal.issuer,
             &self.upstream_id,
             principal,
-            token_digest,
+            &token_digest,
         )
         .map_err(|_| SessionError::NoGrant)?;
         if derived.source == "subject" {
@@ -385,7 +394,7 @@ impl Pool {
 
     /// Finds or creates the slot's session, waits for its in-flight place (FIFO, bounded), and
     /// makes sure it is logged in.
-    pub async fn lease(self: &Arc<Self>, who: &Identity) -> Result<Lease, SessionError> {
+    pub async fn hold(self: &Arc<Self>, who: &Identity) -> Result<Held, SessionError> {
         let started = Instant::now();
         let cap = if who.concurrent {
             self.cfg.max_sessions_per_grant
@@ -438,7 +447,7 @@ impl Pool {
             } = leased;
             match self.ensure_login(&who.slot, record).await {
                 Ok((rec, logged_in)) => {
-                    return Ok(Lease {
+                    return Ok(Held {
                         slot: who.slot.clone(),
                         id: rec.id,
                         jar: rec.jar,
@@ -464,7 +473,7 @@ impl Pool {
 
     /// Releases a lease: the in-flight place goes back, the use time is recorded (and the jar,
     /// when the upstream changed it).
-    pub async fn release(&self, lease: &mut Lease, accepted_202: bool) {
+    pub async fn release(&self, lease: &mut Held, accepted_202: bool) {
         if let Some(l) = lease.in_flight.take() {
             let jar = lease.jar_changed.then(|| lease.jar.clone());
             self.store
@@ -985,7 +994,7 @@ impl Pool {
 
     /// The session ended upstream: its seat is presumed free (no logout call). Logs in again
     /// into the same slot, once, unless the grant's re-login is blocked.
-    pub async fn relogin(self: &Arc<Self>, lease: &mut Lease) -> Result<(), SessionError> {
+    pub async fn relogin(self: &Arc<Self>, lease: &mut Held) -> Result<(), SessionError> {
         self.check_relogin_block(&lease.slot.grant)?;
         self.ended_upstream(lease).await?;
         self.metrics.upstream_relogin(&self.upstream_id);
@@ -1006,7 +1015,7 @@ impl Pool {
     /// needs a login again, and its seat is given back without a logout call (the upstream
     /// already freed it). Only the caller whose edit turned the record from active gives the
     /// seat back.
-    pub async fn ended_upstream(&self, lease: &mut Lease) -> Result<(), SessionError> {
+    pub async fn ended_upstream(&self, lease: &mut Held) -> Result<(), SessionError> {
         lease.jar = Jar::default();
         lease.jar_changed = false;
         let flipped = Arc::new(AtomicBool::new(false));
@@ -1034,7 +1043,7 @@ impl Pool {
 
     /// After a replay that was still unauthenticated: no re-login for this grant for a while,
     /// and the session is dropped (no logout: the upstream says it is not signed in).
-    pub async fn give_up(&self, lease: &mut Lease) {
+    pub async fn give_up(&self, lease: &mut Held) {
         self.relogin_blocked.block(
             &lease.slot.grant,
             Instant::now() + self.cfg.relogin_min_interval,
@@ -1048,7 +1057,7 @@ impl Pool {
 
     /// Records the upstream's `Set-Cookie`s in the session's jar (and in the lease). Returns
     /// true when they deleted a marker cookie: the upstream signed the session out.
-    pub fn absorb(&self, lease: &mut Lease, headers: &HeaderMap) -> bool {
+    pub fn absorb(&self, lease: &mut Held, headers: &HeaderMap) -> bool {
         let lines: Vec<String> = headers
             .get_all(header::SET_COOKIE)
             .iter()
@@ -1153,7 +1162,7 @@ impl Pool {
     }
 
     /// Passive mode: the upstream ended the session; forget it (no re-login is possible).
-    pub async fn forget(&self, lease: &mut Lease) {
+    pub async fn forget(&self, lease: &mut Held) {
         self.release(lease, false).await;
         if let Ok(Some(record)) = self.store.remove(&lease.slot, lease.id).await {
             self.retire_removed(record, Retire::Expired, false).await;

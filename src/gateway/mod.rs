@@ -1,0 +1,105 @@
+//! The gateway: one request pipeline of named steps, over a snapshot of the configuration.
+//!
+//! ```text
+//!  client request
+//!       │
+//!  normalize  the path as the routes see it ─────────────────────────▶ 400 invalid_request
+//!  find       the route (host, method, path) ────────────────────────▶ 404
+//!       │ Public ─────────────────────────────────────────────┐
+//!  extract    the bearer token (RFC 6750 §2.1) ─── missing ───────────▶ 401 Bearer realm
+//!       │                                     └─── malformed ─────────▶ 400 invalid_request
+//!  verify     cache → iss → JWKS / introspection ─────────────────────▶ 401 invalid_token / 503
+//!  authorize  issuer, scopes, claims → Permit ────────────────────────▶ 403 insufficient_scope
+//!       │ ◀───────────────────────────────────────────────────┘
+//!  limit      max_body: declared length refused, streamed body capped ▶ 413
+//!  lease      session upstreams: the session layer's first step ─────▶ its own answer (login,
+//!       │                                                               logout) / 429 / 502 / 503
+//!  prepare    path, hop-by-hop, identity and forwarded headers; the lease's jar as Cookie
+//!  send       to the upstream (latency recorded here, once) ──────────▶ 502 / 504 / 503
+//!  settle     session upstreams: expired? re-login and replay once ───▶ 502 / 503 / 401
+//!  finish     hop-by-hop, the lease's cookie edits, error bodies sanitized, 101 joined
+//!       │
+//!  record     metrics + one access-log line: every outcome passes here, once
+//! ```
+//!
+//! Every error is a typed value that leaves through one table ([`crate::error`]); nothing is
+//! sent upstream for a refused request. The wiring (what a configuration becomes, and what a
+//! reload swaps) lives apart in [`wiring`].
+//!
+//! | module | concern |
+//! |---|---|
+//! | `mod.rs` | the [`Gateway`] handle and its public face |
+//! | [`pipeline`] | [`Gateway::handle`] and the steps above |
+//! | [`wiring`] | the snapshot of a configuration: build, start, apply (reload), shutdown |
+
+mod pipeline;
+pub mod wiring;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::session::Pool;
+pub use wiring::BuildError;
+use wiring::Wiring;
+
+/// The gateway: cheap to clone, shared by every connection.
+#[derive(Clone)]
+pub struct Gateway {
+    wiring: Arc<Wiring>,
+}
+
+/// The client connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub remote: SocketAddr,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+}
+
+impl Gateway {
+    /// Builds the gateway from a frozen configuration. Does not fetch anything yet; call
+    /// [`Gateway::start`] inside a Tokio runtime.
+    pub fn new(config: &Config, metrics: Metrics) -> Result<Self, BuildError> {
+        Ok(Gateway {
+            wiring: Arc::new(Wiring::new(config, metrics)?),
+        })
+    }
+
+    /// Starts the background work (key refresh, session upkeep, the fleet's heartbeat).
+    pub fn start(&self) {
+        self.wiring.start();
+    }
+
+    /// Applies a new configuration (a reload); see [`Wiring::apply`].
+    pub async fn apply(&self, config: &Config) -> Result<(), BuildError> {
+        self.wiring.apply(config).await
+    }
+
+    /// The session pools of the current configuration.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.wiring.pools()
+    }
+
+    /// Graceful shutdown of the session layer, within `bound`; see
+    /// [`Wiring::shutdown_sessions`].
+    pub async fn shutdown_sessions(&self, bound: Duration) {
+        self.wiring.shutdown_sessions(bound).await;
+    }
+
+    /// Ready when every issuer can validate tokens (key set loaded, introspection endpoint known).
+    pub fn is_ready(&self) -> bool {
+        self.wiring.is_ready()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        self.wiring.metrics()
+    }
+
+    /// Publishes gauges that are sampled rather than counted (called at each scrape).
+    pub async fn sample_gauges(&self) {
+        self.wiring.sample_gauges().await;
+    }
+}

@@ -1,0 +1,514 @@
+//! The request pipeline: [`Gateway::handle`] and its steps, in the order of the module chart.
+//! Each step is a plain function with typed input and output; the pipeline is generic over the
+//! request body, so that it runs without sockets in the unit tests.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+
+use super::wiring::Snapshot;
+use super::{Conn, Gateway};
+use crate::auth::{bearer, AuthError, Principal};
+use crate::error::{Fault, GatewayError};
+use crate::limits::{self, Capped, TooLarge};
+use crate::metrics::Decision;
+use crate::policy::{self, matcher, Permit, Requirement, Route, RouteAuth};
+use crate::proxy::{self, headers, ProxyError, Upstream};
+use crate::session::{self, sanitize, Lease, Leased, Settled};
+use crate::upgrade::{self, Upgrade};
+use crate::{Body, BoxError};
+
+/// What the epilogue needs to know about one request, filled in as the steps run.
+#[derive(Debug, Default)]
+struct Record {
+    route: Option<Arc<str>>,
+    decision: Option<Decision>,
+    upstream_status: Option<u16>,
+    /// The gateway answered itself (an error, or the session layer's own answer): a request
+    /// body it did not read makes the connection unusable for another request.
+    answered: bool,
+    /// Set when the streamed request body went over `max_body`.
+    over_limit: Option<Arc<AtomicBool>>,
+}
+
+impl Gateway {
+    /// Handles one request end to end. Never fails: every error becomes its response here, and
+    /// every outcome is recorded once.
+    pub async fn handle<B>(&self, req: Request<B>, conn: Conn) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let request_id = headers::request_id(req.headers());
+        let unread_body = req.version() < Version::HTTP_2 && has_body(req.headers());
+        let mut rec = Record::default();
+
+        let mut resp = match self.process(req, conn, &request_id, &mut rec).await {
+            Ok(resp) => resp,
+            Err(e) => self.refuse(e, &mut rec, &request_id),
+        };
+        if unread_body && rec.answered {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+        self.record(&rec, &method, &resp, start, &request_id);
+        resp
+    }
+
+    /// The pipeline proper: its table of contents.
+    async fn process<B>(
+        &self,
+        req: Request<B>,
+        conn: Conn,
+        request_id: &HeaderValue,
+        rec: &mut Record,
+    ) -> Result<Response<Body>, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let snapshot = self.wiring.current();
+        let (head, body) = req.into_parts();
+        let path = normalize(&head)?;
+        let route = find(&snapshot, &head, &path)?;
+        rec.route = Some(route.id.clone());
+        let permit = match &route.auth {
+            RouteAuth::Public => None,
+            RouteAuth::Bearer(requirement) => {
+                let token = extract(&head)?;
+                let principal = verify(&snapshot, token, requirement).await?;
+                Some(authorize(route, requirement, principal)?)
+            }
+        };
+        rec.decision = Some(match permit {
+            None => Decision::Public,
+            Some(_) => Decision::Allowed,
+        });
+        let mut body = limit(&head, body, route, rec)?;
+        let pool = snapshot.pools[route.upstream].as_ref();
+        let mut lease = match lease(pool, permit.as_ref(), &head, &path, &mut body).await? {
+            Leased::Answered(resp) => {
+                rec.answered = true;
+                return Ok(resp);
+            }
+            Leased::None => None,
+            Leased::Session(lease) => Some(lease),
+        };
+        let forwarded = self
+            .forward(
+                &snapshot,
+                route,
+                permit.as_ref(),
+                head,
+                &path,
+                body,
+                &mut lease,
+                conn,
+                request_id,
+                rec,
+            )
+            .await;
+        if let (Err(_), Some(lease)) = (&forwarded, lease) {
+            // A failed request gives its session back before the client hears of it.
+            lease.release().await;
+        }
+        forwarded
+    }
+
+    /// The second half of the pipeline, once the request may go upstream: prepare, send and
+    /// settle (again, after a re-login), finish.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        snapshot: &Snapshot,
+        route: &Route,
+        permit: Option<&Permit>,
+        mut head: Parts,
+        path: &str,
+        body: Body,
+        lease: &mut Option<Lease>,
+        conn: Conn,
+        request_id: &HeaderValue,
+        rec: &mut Record,
+    ) -> Result<Response<Body>, GatewayError> {
+        let upstream = &snapshot.upstreams[route.upstream];
+        let upgrade = Upgrade::take(&mut head, route.websocket && lease.is_none());
+        let origin = lease.as_ref().and_then(|_| external_origin(&head, conn));
+        let ctx = proxy::Context {
+            remote: conn.remote,
+            proto: if conn.tls { "https" } else { "http" },
+            trust_forwarded: snapshot.trust_forwarded,
+            request_id,
+            claims: permit.map(|p| &p.principal.claims),
+        };
+        let head = prepare(
+            head,
+            path,
+            route,
+            upstream,
+            &ctx,
+            lease.as_ref(),
+            upgrade.as_ref(),
+        )?;
+        let mut attempts = Attempts::new(head, body, lease.is_some());
+        let resp = loop {
+            let req = attempts.next(lease.as_ref(), path);
+            let resp = self.send(upstream, req, lease.as_ref()).await?;
+            rec.upstream_status = Some(resp.status().as_u16());
+            match settle(lease.as_mut(), resp).await {
+                Settled::Keep(resp) => break resp,
+                Settled::Replay => continue,
+                Settled::Fail(e) => return Err(e.into()),
+            }
+        };
+        finish(resp, lease.take(), upstream, origin.as_deref(), upgrade).await
+    }
+
+    /// `send`: the request to the upstream, stopped if a shared store loses the lease while it
+    /// runs (never two requests on one session). The upstream latency is recorded here, once
+    /// per attempt, whatever the outcome.
+    async fn send(
+        &self,
+        upstream: &Upstream,
+        req: Request<Body>,
+        lease: Option<&Lease>,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let sent = Instant::now();
+        let resp = match lease.and_then(Lease::lost) {
+            None => upstream.send(req).await.map_err(GatewayError::from),
+            Some(mut lost) => tokio::select! {
+                r = upstream.send(req) => r.map_err(GatewayError::from),
+                _ = lost.wait_for(|l| *l) => Err(session::SessionError::Store(
+                    "the session's lease was lost in the store".to_owned(),
+                )
+                .into()),
+            },
+        };
+        self.wiring
+            .metrics()
+            .observe_upstream(&upstream.id, sent.elapsed().as_secs_f64());
+        resp
+    }
+
+    /// The error's answer, from the one table; its decision and log line too.
+    fn refuse(
+        &self,
+        e: GatewayError,
+        rec: &mut Record,
+        request_id: &HeaderValue,
+    ) -> Response<Body> {
+        rec.answered = true;
+        // A streamed body cut off at its limit ends in 413, whatever the upstream call made of
+        // the cut-off body.
+        let over = rec
+            .over_limit
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst));
+        let e = if over {
+            GatewayError::TooLarge(TooLarge)
+        } else {
+            e
+        };
+        let class = e.class();
+        if rec.decision.is_none() {
+            rec.decision = class.decision;
+        }
+        log_error(&e, class.fault, request_id);
+        e.respond(class, &self.wiring.current().challenges)
+    }
+
+    /// `record`, the epilogue: metrics and the access-log line, for every outcome.
+    fn record(
+        &self,
+        rec: &Record,
+        method: &Method,
+        resp: &Response<Body>,
+        start: Instant,
+        request_id: &HeaderValue,
+    ) {
+        let elapsed = start.elapsed();
+        let route = rec.route.as_deref().unwrap_or("none");
+        let status = resp.status().as_u16();
+        self.wiring.metrics().record_request(
+            route,
+            method,
+            status,
+            rec.decision,
+            elapsed.as_secs_f64(),
+        );
+        if tracing::enabled!(target: "tollgate::access", tracing::Level::INFO) {
+            tracing::info!(
+                target: "tollgate::access",
+                route,
+                method = method.as_str(),
+                status,
+                decision = rec.decision.map_or("-", Decision::as_str),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                upstream_status = rec.upstream_status,
+                request_id = request_id.to_str().unwrap_or("-"),
+                "request"
+            );
+        }
+    }
+}
+
+/// `normalize`: the path as the routes (and the upstream) see it.
+fn normalize(head: &Parts) -> Result<String, GatewayError> {
+    Ok(policy::normalize(head.uri.path())?.into_owned())
+}
+
+/// `find`: the route for the request's host, method and path; none is a 404 (deny by default).
+fn find<'s>(snapshot: &'s Snapshot, head: &Parts, path: &str) -> Result<&'s Route, GatewayError> {
+    snapshot
+        .routes
+        .find(request_host(head).as_deref(), &head.method, path)
+        .ok_or(GatewayError::NoRoute)
+}
+
+/// `extract`: the bearer token of the `Authorization` header.
+fn extract(head: &Parts) -> Result<bearer::Token<'_>, GatewayError> {
+    bearer::extract(&head.headers).map_err(|e| AuthError::from(e).into())
+}
+
+/// `verify`: the token's principal, from the cache or the route's issuer.
+async fn verify(
+    snapshot: &Snapshot,
+    token: bearer::Token<'_>,
+    requirement: &Requirement,
+) -> Result<Arc<Principal>, GatewayError> {
+    Ok(snapshot
+        .verifier
+        .verify(token, requirement.issuer.as_ref())
+        .await?)
+}
+
+/// `authorize`: the route's issuer, scopes and claims against the principal.
+fn authorize(
+    route: &Route,
+    requirement: &Requirement,
+    principal: Arc<Principal>,
+) -> Result<Permit, GatewayError> {
+    policy::authorize(route, requirement, principal).map_err(|reason| GatewayError::Denied {
+        reason,
+        challenge: requirement.insufficient_scope_challenge.clone(),
+        route: route.id.clone(),
+    })
+}
+
+/// `limit`: a declared length over the route's `max_body` is refused before anything is
+/// forwarded; a body of unknown length is cut off at the limit while it streams.
+fn limit<B>(head: &Parts, body: B, route: &Route, rec: &mut Record) -> Result<Body, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    limits::check_declared(&head.headers, route.max_body)?;
+    let (body, exceeded) = Capped::new(body, route.max_body);
+    rec.over_limit = Some(exceeded);
+    Ok(body.boxed())
+}
+
+/// `lease`: the session layer's first step, on session upstreams.
+async fn lease(
+    pool: Option<&Arc<session::Pool>>,
+    permit: Option<&Permit>,
+    head: &Parts,
+    path: &str,
+    body: &mut Body,
+) -> Result<Leased, GatewayError> {
+    match pool {
+        None => Ok(Leased::None),
+        Some(pool) => Ok(session::lease(pool, permit, head, path, body).await?),
+    }
+}
+
+/// `prepare`: the upstream request's head: the normalised path (what was authorised, or the
+/// lease's own), the header edits of [`headers`], and the upgrade headers put back.
+fn prepare(
+    head: Parts,
+    path: &str,
+    route: &Route,
+    upstream: &Upstream,
+    ctx: &proxy::Context<'_>,
+    lease: Option<&Lease>,
+    upgrade: Option<&Upgrade>,
+) -> Result<Parts, GatewayError> {
+    let path = lease.and_then(Lease::upstream_path).unwrap_or(path);
+    let mut head = proxy::prepare_parts(head, path, route, upstream, ctx)?;
+    if let Some(u) = upgrade {
+        u.restore(&mut head.headers);
+    }
+    Ok(head)
+}
+
+/// The requests of one exchange: the prepared head (copied when a replay may follow) with the
+/// lease's jar as its `Cookie`, and the body (the kept copy on a replay).
+struct Attempts {
+    head: Parts,
+    body: Option<Body>,
+    /// A session lease may replay the request after a re-login: the head is copied each time.
+    copies: bool,
+}
+
+impl Attempts {
+    fn new(head: Parts, body: Body, copies: bool) -> Self {
+        Attempts {
+            head,
+            body: Some(body),
+            copies,
+        }
+    }
+
+    fn next(&mut self, lease: Option<&Lease>, path: &str) -> Request<Body> {
+        let body = match (self.body.take(), lease) {
+            (Some(b), _) => b,
+            (None, Some(l)) => l.replay_body(),
+            (None, None) => proxy::full(Bytes::new()),
+        };
+        let mut head = if self.copies {
+            copy_head(&self.head)
+        } else {
+            std::mem::replace(&mut self.head, Request::new(()).into_parts().0)
+        };
+        if let Some(l) = lease {
+            headers::replace_cookie(&mut head.headers, l.cookie(path));
+        }
+        Request::from_parts(head, body)
+    }
+}
+
+fn copy_head(p: &Parts) -> Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = p.method.clone();
+    *r.uri_mut() = p.uri.clone();
+    *r.version_mut() = p.version;
+    *r.headers_mut() = p.headers.clone();
+    r.into_parts().0
+}
+
+/// `settle`: the session layer's second step (upstreams without sessions keep every answer).
+async fn settle(lease: Option<&mut Lease>, resp: Response<Incoming>) -> Settled {
+    match lease {
+        None => Settled::Keep(resp),
+        Some(lease) => session::settle(lease, resp).await,
+    }
+}
+
+/// `finish`: the answer for the client: hop-by-hop headers removed; through the session layer,
+/// no upstream cookie, `Location` on the gateway, the session headers, error details withheld,
+/// and the lease held until the body is sent; a `101` joins the two upgraded connections.
+async fn finish(
+    resp: Response<Incoming>,
+    lease: Option<Lease>,
+    upstream: &Upstream,
+    origin: Option<&str>,
+    upgrade: Option<Upgrade>,
+) -> Result<Response<Body>, GatewayError> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return switch(resp, upstream, upgrade);
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let body: Body = body.map_err(BoxError::from).boxed();
+    let Some(lease) = lease else {
+        return Ok(Response::from_parts(parts, body));
+    };
+    let edits = lease.edits(parts.status);
+    let h = &mut parts.headers;
+    headers::strip_set_cookies(h);
+    if let (true, Some(origin)) = (edits.rewrite_location, origin) {
+        headers::rewrite_location(h, upstream.origin(), origin);
+    }
+    if edits.new_session {
+        h.insert(
+            headers::TOLLGATE_SESSION.clone(),
+            HeaderValue::from_static("new"),
+        );
+    }
+    if let Some(line) = &edits.set_cookie {
+        headers::append_set_cookie(h, line);
+    }
+    let body = if edits.sanitize {
+        // Error answers are small: read here (the session is held meanwhile).
+        proxy::full(sanitize::error_body(parts.status, &mut parts.headers, body).await)
+    } else {
+        body
+    };
+    Ok(Response::from_parts(parts, lease.hold_until_sent(body)))
+}
+
+/// A `101 Switching Protocols`: relayed only for the upgrade the client asked for, by joining
+/// the two connections; one the gateway did not ask for cannot be relayed.
+fn switch(
+    mut resp: Response<Incoming>,
+    upstream: &Upstream,
+    upgrade: Option<Upgrade>,
+) -> Result<Response<Body>, GatewayError> {
+    let Some(client) = upgrade.and_then(Upgrade::into_client) else {
+        return Err(ProxyError::Unreachable {
+            upstream: upstream.id.to_string(),
+            reason: "answered 101 to a request that was not an upgrade".to_owned(),
+        }
+        .into());
+    };
+    let protocol = resp.headers().get(header::UPGRADE).cloned();
+    upgrade::join(client, hyper::upgrade::on(&mut resp));
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(p) = protocol {
+        upgrade::restore(&mut parts.headers, &p);
+    }
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(BoxError::from).boxed(),
+    ))
+}
+
+/// Client and auth faults are routine (DEBUG); IdP, upstream and internal ones need an operator.
+fn log_error(e: &GatewayError, fault: Fault, request_id: &HeaderValue) {
+    let id = request_id.to_str().unwrap_or("-");
+    match fault {
+        Fault::Client | Fault::Auth => {
+            tracing::debug!(request_id = id, error = %e, "request refused")
+        }
+        Fault::Idp | Fault::Upstream => {
+            tracing::warn!(request_id = id, error = %e, "request failed")
+        }
+        Fault::Internal => tracing::error!(request_id = id, error = %e, "request failed"),
+    }
+}
+
+/// The host the request is for: the URI authority (HTTP/2, absolute-form) or the Host header,
+/// lower-cased and without port.
+fn request_host(head: &Parts) -> Option<Cow<'_, str>> {
+    let raw = match head.uri.authority() {
+        Some(a) => a.as_str(),
+        None => head.headers.get(header::HOST)?.to_str().ok()?,
+    };
+    Some(matcher::host_of(raw))
+}
+
+/// The client's view of the gateway (`scheme://host`), for `Location` rewriting.
+fn external_origin(head: &Parts, conn: Conn) -> Option<String> {
+    let host = head.headers.get(header::HOST)?.to_str().ok()?;
+    let scheme = if conn.tls { "https" } else { "http" };
+    Some(format!("{scheme}://{host}"))
+}
+
+fn has_body(h: &HeaderMap) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}

@@ -1,0 +1,401 @@
+//! The session layer's two steps of the request pipeline (design §6.5–6.7): [`lease`] before
+//! the request is prepared, [`settle`] after each upstream answer.
+//!
+//! ```text
+//! lease   login path (active)  ─▶ Answered: 204 Tollgate-Login: managed, nothing forwarded
+//!                                 (every spelling the upstream routes there: see intercept)
+//!         public route         ─▶ a lease without a session (no cookie crosses either way);
+//!                                 its logout call is answered 204, a login call 401
+//!         identify             ─▶ grant key, mode, slot (handle checked)        400 / 401
+//!         logout path          ─▶ Answered: the slot (or grant) logged out, 204, handle cleared
+//!         login path (passive) ─▶ a capture lease (see capture)                 403 / 503
+//!         buffer the body      ─▶ replayable when it fits max_replay_body
+//!         hold                 ─▶ in-flight place (FIFO), login if needed       429 / 502 / 503
+//! settle  expired answer       ─▶ Replay once after a re-login, else Fail       503 / 502 / 401
+//!         Set-Cookie           ─▶ into the jar; a deleted marker cookie ends the session
+//!         capture              ─▶ the answer's cookies become the slot's session
+//! ```
+//!
+//! The pipeline's `prepare` takes the lease's jar ([`Lease::cookie`]) in place of the client's
+//! `Cookie`, its `finish` the lease's response edits ([`Lease::edits`]) and holds the lease until
+//! the answer's body has been sent ([`Lease::hold_until_sent`]): ASP.NET keeps a session locked
+//! until its answer is written, so the grant's next request must wait too.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+
+use super::capture;
+use super::pool::{Held, Identity, Pool};
+use super::{intercept, sanitize, SessionError};
+use crate::config::Creation;
+use crate::policy::Permit;
+use crate::proxy::{self, headers};
+use crate::{Body, BoxError};
+
+/// What the `lease` step decided.
+// Made once per request and unpacked at once: boxing the lease would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Leased {
+    /// The upstream has no sessions: the request goes as it came.
+    None,
+    /// The request goes with this lease.
+    Session(Lease),
+    /// The session layer answered the request itself (an intercepted login or logout call).
+    Answered(Response<Body>),
+}
+
+/// What the `settle` step made of an upstream answer.
+pub enum Settled {
+    /// The answer goes to the client.
+    Keep(Response<Incoming>),
+    /// The session was logged in again: send the request once more, with the new jar.
+    Replay,
+    /// The request fails; the lease has already been given back as the failure requires.
+    Fail(SessionError),
+}
+
+/// A request's hold on the session layer, from the `lease` step to the end of the answer's body.
+pub struct Lease {
+    pool: Arc<Pool>,
+    kind: Kind,
+    /// The request body, kept for one replay after a re-login.
+    replay: Option<Bytes>,
+    replayed: bool,
+    /// The answer was `202 Accepted`: a long operation runs on the session after the answer.
+    accepted: bool,
+}
+
+enum Kind {
+    /// A public route on a session upstream: no session, and still no cookie crosses.
+    Bare,
+    /// One of the grant's sessions, with its in-flight place.
+    Held { who: Identity, held: Held },
+    /// Passive mode: the client's own login call, whose answer becomes the slot's session.
+    /// `seat` is the seat taken for it, until the captured session (or a refusal) takes it.
+    Capture { who: Identity, seat: Option<u64> },
+}
+
+/// The edits the `finish` step makes to an answer that went through the session layer.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Edits {
+    /// Absolute `Location`s on the upstream's origin point at the gateway.
+    pub rewrite_location: bool,
+    /// `Tollgate-Session: new`: the session was logged in during this request.
+    pub new_session: bool,
+    /// A `Set-Cookie` line of the gateway's own (a concurrent-mode handle).
+    pub set_cookie: Option<String>,
+    /// Error answers lose the upstream's exception details (`error_bodies = "sanitize"`).
+    pub sanitize: bool,
+}
+
+/// The `lease` step: decides what the session layer does with a request on a session upstream,
+/// before anything is sent. `body` may be read here (a passive login is checked, a replayable
+/// body is kept) and is then replaced by an equal one.
+pub async fn lease(
+    pool: &Arc<Pool>,
+    permit: Option<&Permit>,
+    head: &Parts,
+    path: &str,
+    body: &mut Body,
+) -> Result<Leased, SessionError> {
+    let cfg = &pool.cfg;
+    let login = intercept::is_action(path, &cfg.login_path);
+    let logout = !login && intercept::is_action(path, &cfg.logout_path);
+
+    if login && cfg.creation == Creation::Active {
+        // SDKs that always call login get a success; the body (credentials) is never read.
+        let mut r = empty(StatusCode::NO_CONTENT);
+        r.headers_mut().insert(
+            headers::TOLLGATE_LOGIN.clone(),
+            HeaderValue::from_static("managed"),
+        );
+        return Ok(Leased::Answered(r));
+    }
+    let Some(permit) = permit else {
+        if logout {
+            // No grant, so no session to end; the call is never forwarded (it would sign out
+            // whatever its cookies named).
+            return Ok(Leased::Answered(empty(StatusCode::NO_CONTENT)));
+        }
+        if login {
+            // A passive login needs the grant its session will belong to: forwarded without one,
+            // it would open an upstream session that nobody counts or logs out.
+            return Err(SessionError::GrantRequired);
+        }
+        return Ok(Leased::Session(Lease::new(pool, Kind::Bare, None)));
+    };
+    let token = crate::auth::bearer::extract(&head.headers).map_or("", |t| t.as_str());
+    let who = pool.identify(&permit.principal, token, &head.headers)?;
+
+    if logout {
+        let slot = who.had_handle.then_some(&who.slot);
+        pool.logout(&who.grant, slot).await;
+        let mut r = empty(StatusCode::NO_CONTENT);
+        if who.concurrent && who.had_handle {
+            headers::append_set_cookie(r.headers_mut(), &pool.clear_handle_cookie());
+        }
+        return Ok(Leased::Answered(r));
+    }
+    if login {
+        let seat = capture::admit(pool, &who, &permit.principal, &head.headers, body).await?;
+        let kind = Kind::Capture {
+            who,
+            seat: Some(seat),
+        };
+        return Ok(Leased::Session(Lease::new(pool, kind, None)));
+    }
+    let replay = keep_for_replay(body, cfg.max_replay_body).await?;
+    let held = pool.hold(&who).await?;
+    Ok(Leased::Session(Lease::new(
+        pool,
+        Kind::Held { who, held },
+        replay,
+    )))
+}
+
+/// Keeps the body for a replay when it may be needed and fits `max`: decided from the body (its
+/// end and its size hint), never from framing headers, which HTTP/2 does not send.
+async fn keep_for_replay(body: &mut Body, max: u64) -> Result<Option<Bytes>, SessionError> {
+    if body.is_end_stream() {
+        return Ok(Some(Bytes::new()));
+    }
+    if body.size_hint().upper().is_none_or(|n| n > max) {
+        return Ok(None);
+    }
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    let bytes = read_bounded(std::mem::replace(body, proxy::full(Bytes::new())), max)
+        .await
+        .ok_or(SessionError::BodyRead)?;
+    *body = proxy::full(bytes.clone());
+    Ok(Some(bytes))
+}
+
+/// Reads a whole body of at most `max` bytes; `None` when it is larger or fails.
+pub(super) async fn read_bounded(mut body: Body, max: usize) -> Option<Bytes> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            if buf.len() + data.len() > max {
+                return None;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Some(buf.freeze())
+}
+
+/// The `settle` step: what the session layer makes of the upstream's answer to one attempt.
+pub async fn settle(lease: &mut Lease, resp: Response<Incoming>) -> Settled {
+    let pool = lease.pool.clone();
+    match &mut lease.kind {
+        Kind::Bare => Settled::Keep(resp),
+        Kind::Capture { who, seat } => match seat.take() {
+            Some(seat) => capture::settle(&pool, who, seat, resp).await,
+            None => Settled::Fail(SessionError::LoginError),
+        },
+        Kind::Held { held, .. } => {
+            let status = resp.status();
+            if !pool.is_expired(status, resp.headers()) || held.jar.is_empty() {
+                lease.accepted = status == StatusCode::ACCEPTED;
+                if pool.absorb(held, resp.headers()) {
+                    // The answer deleted a marker cookie: the upstream signed the session out.
+                    // The answer itself stands; the next request logs in again.
+                    if let Err(e) = pool.ended_upstream(held).await {
+                        return Settled::Fail(e);
+                    }
+                }
+                return Settled::Keep(resp);
+            }
+            // The upstream says the session has ended.
+            if pool.cfg.creation == Creation::Passive {
+                pool.forget(held).await;
+                return Settled::Fail(SessionError::SignedOut);
+            }
+            if lease.replayed {
+                pool.give_up(held).await;
+                return Settled::Fail(SessionError::AuthFailed);
+            }
+            if lease.replay.is_none() {
+                // The body was streamed and is gone: log in again for the next request only.
+                let relogged = pool.relogin(held).await;
+                pool.release(held, false).await;
+                return Settled::Fail(relogged.err().unwrap_or(SessionError::SessionExpired));
+            }
+            if let Err(e) = pool.relogin(held).await {
+                pool.release(held, false).await;
+                return Settled::Fail(e);
+            }
+            lease.replayed = true;
+            Settled::Replay
+        }
+    }
+}
+
+impl Lease {
+    fn new(pool: &Arc<Pool>, kind: Kind, replay: Option<Bytes>) -> Self {
+        Lease {
+            pool: pool.clone(),
+            kind,
+            replay,
+            replayed: false,
+            accepted: false,
+        }
+    }
+
+    /// The `Cookie` header the upstream gets: exactly the session's jar (none without a
+    /// session; the client's own cookies never cross).
+    pub fn cookie(&self, path: &str) -> Option<HeaderValue> {
+        match &self.kind {
+            Kind::Held { held, .. } => held
+                .jar
+                .cookie_header(path)
+                .and_then(|c| HeaderValue::from_str(&c).ok()),
+            Kind::Bare | Kind::Capture { .. } => None,
+        }
+    }
+
+    /// The upstream path when it is not the request's: a passive login goes to the configured
+    /// login path, whatever spelling the client used.
+    pub fn upstream_path(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Capture { .. } => Some(&self.pool.cfg.login_path),
+            Kind::Bare | Kind::Held { .. } => None,
+        }
+    }
+
+    /// The body of a replay (the one kept by the `lease` step).
+    pub fn replay_body(&self) -> Body {
+        proxy::full(self.replay.clone().unwrap_or_default())
+    }
+
+    /// Turns true if a shared store could not keep this lease (it expired during an outage
+    /// and another request took the session): the request must stop before its answer.
+    pub fn lost(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        match &self.kind {
+            Kind::Held { held, .. } => held.lost(),
+            Kind::Bare | Kind::Capture { .. } => None,
+        }
+    }
+
+    /// What the `finish` step changes in an answer with this status.
+    pub fn edits(&self, status: StatusCode) -> Edits {
+        let cfg = &self.pool.cfg;
+        let sanitize = cfg.sanitize_errors && sanitize::applies(status);
+        match &self.kind {
+            Kind::Bare => Edits {
+                sanitize,
+                ..Edits::default()
+            },
+            Kind::Held { who, held } => Edits {
+                rewrite_location: true,
+                new_session: held.new_session,
+                set_cookie: who.new_handle.as_ref().map(|h| self.pool.handle_cookie(h)),
+                sanitize,
+            },
+            Kind::Capture { who, .. } => Edits {
+                set_cookie: who.new_handle.as_ref().map(|h| self.pool.handle_cookie(h)),
+                ..Edits::default()
+            },
+        }
+    }
+
+    /// Gives the lease back now (the request failed): the in-flight place, and a capture's seat.
+    pub async fn release(mut self) {
+        match &mut self.kind {
+            Kind::Held { held, .. } => self.pool.release(held, false).await,
+            Kind::Capture { seat, .. } => {
+                if let Some(seat) = seat.take() {
+                    self.pool.abandon_capture(seat).await;
+                }
+            }
+            Kind::Bare => {}
+        }
+    }
+
+    /// The answer's body, holding the lease until it has been sent (or dropped).
+    pub fn hold_until_sent(self, body: Body) -> Body {
+        if matches!(self.kind, Kind::Held { .. }) {
+            LeasedBody {
+                inner: body,
+                lease: Some(self),
+            }
+            .boxed()
+        } else {
+            body
+        }
+    }
+}
+
+impl Drop for Lease {
+    /// A lease dropped without a release (its answer's body ended, or the client went away
+    /// mid-request) gives its place and seat back on a task of its own.
+    fn drop(&mut self) {
+        let pool = self.pool.clone();
+        let accepted = self.accepted;
+        let work: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+            match std::mem::replace(&mut self.kind, Kind::Bare) {
+                Kind::Held { mut held, .. } if held.in_flight.is_some() => {
+                    Some(Box::pin(async move {
+                        pool.release(&mut held, accepted).await;
+                    }))
+                }
+                Kind::Capture {
+                    seat: Some(seat), ..
+                } => Some(Box::pin(async move { pool.abandon_capture(seat).await })),
+                Kind::Held { .. } | Kind::Capture { .. } | Kind::Bare => None,
+            };
+        if let (Some(work), Ok(handle)) = (work, tokio::runtime::Handle::try_current()) {
+            handle.spawn(work);
+        }
+    }
+}
+
+/// An answer's body that holds its lease until the body ends.
+struct LeasedBody {
+    inner: Body,
+    lease: Option<Lease>,
+}
+
+impl HttpBody for LeasedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            || self.inner.is_end_stream()
+        {
+            self.lease.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A gateway-made answer without a body, not cacheable.
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(proxy::full(Bytes::new()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
