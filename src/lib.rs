@@ -33,7 +33,7 @@ pub mod upgrade;
 
 pub use config::Config;
 pub use gateway::Gateway;
-pub use server::{App, Listeners};
+pub use server::{serve, App, Listeners};
 
 /// The body type of every response tollgate produces: either a small buffer the gateway wrote
 /// itself or an upstream body streamed through unchanged.

@@ -501,10 +501,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 
 // === accept loops ===
 
-/// An accept loop with the admin listener's fixed limits and no TLS (the admin listener and the
-/// demo's servers): HTTP/1.1 with upgrades, or HTTP/2 by preface. Connections are shut down
-/// gracefully when `shutdown` turns true.
-pub(crate) async fn serve<F, Fut>(
+/// An accept loop with the admin listener's fixed limits and no TLS, for the servers beside the
+/// proxy listener: the admin listener, the demo's servers and the benchmark's fixtures, so that
+/// none of them needs an accept loop of its own. It speaks HTTP/1.1 with upgrades, or HTTP/2 by
+/// preface, and calls `handler` with each request and the client's address. When `shutdown`
+/// turns true (or its sender is dropped, so keep the sender while serving) it stops accepting,
+/// closes every connection gracefully, and returns once they have ended or `grace` has passed.
+pub async fn serve<F, Fut>(
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
     grace: Duration,
