@@ -31,6 +31,9 @@ pub mod server;
 pub mod session;
 pub mod upgrade;
 
+#[cfg(test)]
+mod testing;
+
 pub use config::Config;
 pub use gateway::Gateway;
 pub use server::{serve, App, Listeners};

@@ -35,6 +35,9 @@
 mod pipeline;
 pub mod wiring;
 
+#[cfg(test)]
+mod tests;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

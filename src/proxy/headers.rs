@@ -313,4 +313,51 @@ mod tests {
         set_identity(&mut h, &identity, claims.as_object());
         assert!(h.is_empty());
     }
+
+    #[test]
+    fn the_upstream_sees_only_the_sessions_cookie() {
+        let mut h = map(&[("cookie", "mine=1"), ("cookie", "other=2")]);
+        replace_cookie(
+            &mut h,
+            Some(HeaderValue::from_static("ASP.NET_SessionId=s")),
+        );
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "ASP.NET_SessionId=s");
+        assert!(h[header::COOKIE].is_sensitive(), "never printed by Debug");
+        replace_cookie(&mut h, None);
+        assert!(!h.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn set_cookies_are_stripped_and_the_gateways_own_appended() {
+        let mut h = map(&[("set-cookie", "a=1"), ("set-cookie2", "b=2"), ("x", "y")]);
+        strip_set_cookies(&mut h);
+        assert!(!h.contains_key(header::SET_COOKIE) && !h.contains_key("set-cookie2"));
+        append_set_cookie(&mut h, "h=1; Path=/");
+        append_set_cookie(&mut h, "bad\nline");
+        assert_eq!(h.get_all(header::SET_COOKIE).iter().count(), 1);
+        assert_eq!(h["x"], "y");
+    }
+
+    #[test]
+    fn locations_on_the_upstream_point_at_the_gateway() {
+        let scheme = http::uri::Scheme::HTTP;
+        let authority: http::uri::Authority = "erp.internal:8080".parse().unwrap();
+        let rewrite = |loc: &str| {
+            let mut h = map(&[("location", loc)]);
+            rewrite_location(&mut h, (&scheme, &authority), "https://gw.example");
+            h[header::LOCATION].to_str().unwrap().to_owned()
+        };
+        assert_eq!(
+            rewrite("http://erp.internal:8080/entity/x?a=1"),
+            "https://gw.example/entity/x?a=1"
+        );
+        assert_eq!(rewrite("http://erp.internal:8080"), "https://gw.example/");
+        assert_eq!(
+            rewrite("https://erp.internal:8080/x"),
+            "https://erp.internal:8080/x"
+        );
+        assert_eq!(rewrite("http://elsewhere/x"), "http://elsewhere/x");
+        assert_eq!(rewrite("/relative"), "/relative");
+    }
 }

@@ -399,3 +399,34 @@ fn empty(status: StatusCode) -> Response<Body> {
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Chunks;
+
+    #[tokio::test]
+    async fn a_body_is_kept_for_a_replay_only_when_its_size_is_known_and_fits() {
+        let mut empty = proxy::full(Bytes::new());
+        assert_eq!(keep_for_replay(&mut empty, 4).await, Ok(Some(Bytes::new())));
+
+        let mut small = proxy::full("abcd");
+        assert_eq!(
+            keep_for_replay(&mut small, 4).await,
+            Ok(Some(Bytes::from("abcd")))
+        );
+        let again = small.collect().await.unwrap().to_bytes();
+        assert_eq!(again, "abcd", "the body goes on, equal, after it was read");
+
+        let mut large = proxy::full("abcde");
+        assert_eq!(keep_for_replay(&mut large, 4).await, Ok(None));
+        assert_eq!(large.collect().await.unwrap().to_bytes(), "abcde");
+
+        // Unknown length (a chunked or HTTP/2 body without content-length): streamed as it is.
+        let mut unknown = Chunks(vec![Bytes::from("ab")])
+            .map_err(|never| match never {})
+            .boxed();
+        assert_eq!(keep_for_replay(&mut unknown, 4).await, Ok(None));
+        assert_eq!(unknown.collect().await.unwrap().to_bytes(), "ab");
+    }
+}
