@@ -1,6 +1,7 @@
 //! Operating a running gateway: reloads (file change, SIGHUP) under load, a bad file that changes
 //! nothing, body limits, and SIGTERM draining an in-flight request.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,10 +71,7 @@ async fn reloads_under_load_lose_no_request_and_a_bad_file_changes_nothing() {
     )
     .await;
     let m = scrape(&admin).await;
-    assert_eq!(
-        m.count(r#"tollgate_config_reloads_total{result="success"}"#),
-        1
-    );
+    assert_eq!(m.count(RELOADED), 1);
     assert!(
         m.value("tollgate_config_last_reload_success_timestamp_seconds")
             .is_some_and(|t| t > 1_700_000_000.0),
@@ -214,38 +212,111 @@ fn binary_config(issuer: &str, upstream: &str, server: &str) -> String {
     )
 }
 
+const RELOADED: &str = r#"tollgate_config_reloads_total{result="success"}"#;
+
+/// A route file: the route `/file/`, and `/added-1/` to `/added-{added}/`.
+fn write_routes(path: &Path, added: usize) {
+    let mut text =
+        "[[route]]\nid = \"file\"\nprefix = \"/file/\"\nupstream = \"erp\"\nauth = \"none\"\n"
+            .to_owned();
+    for n in 1..=added {
+        text.push_str(&format!(
+            "\n[[route]]\nid = \"added-{n}\"\nprefix = \"/added-{n}/\"\nupstream = \"erp\"\nauth = \"none\"\n"
+        ));
+    }
+    replace_file(path, &text);
+}
+
+/// Writes `text` aside and renames it over `path`: a watcher never sees half a file.
+fn replace_file(path: &Path, text: &str) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+async fn status(p: &Process, path: &str) -> u16 {
+    get(&p.url(path), &[]).await.status.as_u16()
+}
+
+/// Waits until `p` has reloaded `n` times (`what` it reloaded, for the message).
+async fn reloaded(p: &Process, n: u64, what: &str) {
+    eventually(
+        &format!("the watching process reloads {what} (its reload count is {n})"),
+        Duration::from_secs(10),
+        || async { p.metrics().await.count(RELOADED) },
+        |count| *count == n,
+    )
+    .await;
+}
+
 #[tokio::test]
-async fn sighup_reloads_the_configuration() {
+async fn with_watching_off_a_changed_route_file_waits_for_sighup() {
     let idp = FakeIdp::start().await;
     let upstream = RecordingUpstream::start().await;
-    let mut p = Process::start(&binary_config(
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write_routes(&routes, 0);
+    // Two processes on the same route file: one watches it (the default), one does not.
+    let file = format!("routes_file = \"{}\"", routes.display());
+    let watching = Process::start(&binary_config(
         &idp.issuer,
         &upstream.url(),
-        "watch_config = false",
+        &format!("{file}\nwatch_config = true"),
     ))
     .await;
-    assert_eq!(get(&p.url("/added/x"), &[]).await.status, 404);
-    // The file changes, but watching is off: nothing happens until SIGHUP.
-    std::fs::write(
-        p.config_file(),
-        format!(
-            "{}{EXTRA_ROUTE}",
-            std::fs::read_to_string(p.config_file()).unwrap()
-        ),
-    )
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(get(&p.url("/added/x"), &[]).await.status, 404);
-    p.signal("HUP");
+    let mut still = Process::start(&binary_config(
+        &idp.issuer,
+        &upstream.url(),
+        &format!("{file}\nwatch_config = false"),
+    ))
+    .await;
+    for p in [&watching, &still] {
+        p.ready().await;
+        assert_eq!(status(p, "/file/x").await, 200);
+        assert_eq!(status(p, "/added-1/x").await, 404);
+    }
+
+    // The route file changes: the watching process reloads it.
+    write_routes(&routes, 1);
+    reloaded(&watching, 1, "the changed route file").await;
+    assert_eq!(status(&watching, "/added-1/x").await, 200);
+    // Then only its own configuration file changes, twice. A change is applied once its file
+    // has been stable for one poll interval (1 s), so each reload comes at least one interval
+    // after the change that caused it: these two reloads are a clock. By the second, at least
+    // three intervals have passed since the route file changed, and it has not changed since;
+    // a process that watched despite `watch_config = false` would have applied that change
+    // after at most two (one to notice it, one to see it settle).
+    let own = watching.config_file();
+    let text = std::fs::read_to_string(&own).unwrap();
+    for n in 2..=3 {
+        replace_file(&own, &format!("{text}\n{}", "# changed\n".repeat(n)));
+        reloaded(&watching, n as u64, "its own changed configuration").await;
+    }
+    // The other one has not reloaded: its count is 0 and its old routes are the ones served.
+    assert_eq!(
+        still.metrics().await.count(RELOADED),
+        0,
+        "the process with watch_config = false reloaded"
+    );
+    assert_eq!(status(&still, "/file/x").await, 200);
+    assert_eq!(
+        status(&still, "/added-1/x").await,
+        404,
+        "the route file change was applied with watch_config = false"
+    );
+
+    // SIGHUP reloads it.
+    still.signal("HUP");
     eventually(
         "SIGHUP reloads the configuration (the new route answers)",
         Duration::from_secs(10),
-        || async { get(&p.url("/added/x"), &[]).await.status },
+        || status(&still, "/added-1/x"),
         |s| *s == 200,
     )
     .await;
-    p.signal("TERM");
-    assert!(p.wait(Duration::from_secs(20)).await.success());
+    assert_eq!(still.metrics().await.count(RELOADED), 1);
+    still.signal("TERM");
+    assert!(still.wait(Duration::from_secs(20)).await.success());
 }
 
 #[tokio::test]
