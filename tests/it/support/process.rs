@@ -40,7 +40,7 @@ pub struct Process {
     stdout: Lines,
     stderr: Lines,
     readers: Vec<std::thread::JoinHandle<()>>,
-    _dir: Option<tempfile::TempDir>,
+    dir: Option<tempfile::TempDir>,
 }
 
 /// Output lines captured so far; shown one a line in a panic message.
@@ -125,7 +125,7 @@ impl Process {
             stdout,
             stderr,
             readers,
-            _dir: None,
+            dir: None,
         }
     }
 
@@ -140,7 +140,7 @@ impl Process {
         let path = dir.path().join(CONFIG_FILE);
         std::fs::write(&path, config).unwrap();
         let mut p = Self::spawn(&["run", "--config", path.to_str().unwrap()], env);
-        p._dir = Some(dir);
+        p.dir = Some(dir);
         let (proxy, admin) = p.listening().await;
         p.proxy = format!("http://{proxy}");
         p.admin = format!("http://{admin}");
@@ -175,7 +175,7 @@ impl Process {
 
     /// The configuration file of a [`Process::start`]ed process.
     pub fn config_file(&self) -> std::path::PathBuf {
-        let dir = self._dir.as_ref().expect("started with a configuration");
+        let dir = self.dir.as_ref().expect("started with a configuration");
         dir.path().join(CONFIG_FILE)
     }
 
