@@ -3,16 +3,9 @@
 //! overrides, and `run` refusing a bad file.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn tollgate(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
+use crate::support::process::{run as tollgate, Process};
 
 fn text(o: &Output) -> String {
     format!(
@@ -235,45 +228,17 @@ fn environment_overrides_use_a_double_underscore_prefix() {
     );
 }
 
-/// Runs `tollgate run` on `config` with `env`, collecting stderr until `times` lines contain
-/// `until` (or 20 s pass), then stops it.
-fn run_until(config: &Path, env: &[(&str, &str)], until: &str, times: usize) -> Vec<String> {
-    use std::io::BufRead;
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    c.args(["run", "--config"])
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stderr(std::process::Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(l);
-        }
-    });
-    let mut lines: Vec<String> = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::time::Instant::now() < deadline
-        && lines.iter().filter(|l| l.contains(until)).count() < times
-    {
-        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
-            lines.push(l);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    lines
+/// Runs `tollgate run` on `config` with `env` until `times` log lines contain `until`, then
+/// stops it; returns its log.
+async fn run_until(config: &Path, env: &[(&str, &str)], until: &str, times: usize) -> Vec<String> {
+    let mut p = Process::spawn(&["run", "--config", config.to_str().unwrap()], env);
+    p.wait_for_log(until, times).await;
+    p.kill();
+    p.logs()
 }
 
-#[test]
-fn rust_log_overrides_the_configured_level() {
+#[tokio::test]
+async fn rust_log_overrides_the_configured_level() {
     let dir = tempfile::tempdir().unwrap();
     // The issuer's JWKS is on a closed port, so a WARN line ("JWKS refresh failed") follows start.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -295,7 +260,7 @@ fn rust_log_overrides_the_configured_level() {
 
     // Configured "error", RUST_LOG=info: the INFO start-up line appears.
     let quiet = write(dir.path(), "quiet.toml", &cfg("error"));
-    let lines = run_until(&quiet, &[("RUST_LOG", "info")], "tollgate listening", 1);
+    let lines = run_until(&quiet, &[("RUST_LOG", "info")], "tollgate listening", 1).await;
     assert!(
         lines.iter().any(|l| l.contains("tollgate listening")),
         "{lines:?}"
@@ -304,7 +269,7 @@ fn rust_log_overrides_the_configured_level() {
     // Configured "info", RUST_LOG=warn: the WARN line appears (twice: the retry comes a second
     // after start, well after the start-up line), the INFO line does not.
     let loud = write(dir.path(), "loud.toml", &cfg("info"));
-    let lines = run_until(&loud, &[("RUST_LOG", "warn")], "JWKS refresh failed", 2);
+    let lines = run_until(&loud, &[("RUST_LOG", "warn")], "JWKS refresh failed", 2).await;
     assert!(
         lines.iter().any(|l| l.contains("JWKS refresh failed")),
         "{lines:?}"
@@ -315,7 +280,7 @@ fn rust_log_overrides_the_configured_level() {
     );
 
     // And without RUST_LOG the configured level rules.
-    let lines = run_until(&loud, &[], "tollgate listening", 1);
+    let lines = run_until(&loud, &[], "tollgate listening", 1).await;
     assert!(
         lines.iter().any(|l| l.contains("tollgate listening")),
         "{lines:?}"

@@ -2,20 +2,20 @@
 //! a token from the demo issuer, a 200 through the gateway, a 401 without a token, a 403 for a
 //! write with a read-only token.
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
-use crate::support::{get, request};
+use crate::support::metrics::scrape;
+use crate::support::process::Process;
+use crate::support::{eventually, get, request};
 
 #[tokio::test]
 async fn the_demo_tells_its_story() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args([
+    let demo = Process::spawn(
+        &[
             "demo",
             "--listen",
             "127.0.0.1:0",
@@ -25,29 +25,16 @@ async fn the_demo_tells_its_story() {
             "127.0.0.1:0",
             "--legacy-listen",
             "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(l);
-        }
-    });
-    let mut text = String::new();
-    while !text.contains("Press Ctrl-C") {
-        let l = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("demo printed nothing");
-        text.push_str(&l);
-        text.push('\n');
-    }
+        ],
+        &[],
+    );
+    let text = eventually(
+        "the demo prints its story, down to \"Press Ctrl-C\"",
+        Duration::from_secs(30),
+        || std::future::ready(demo.stdout().join("\n")),
+        |text| text.contains("Press Ctrl-C"),
+    )
+    .await;
     let field = |name: &str| -> String {
         text.lines()
             .find(|l| l.trim_start().starts_with(name))
@@ -159,14 +146,12 @@ async fn the_demo_tells_its_story() {
     );
 
     // The metrics show it all.
-    let m = get(&format!("{admin}/metrics"), &[]).await.text();
-    assert!(
-        m.contains(
-            r#"tollgate_auth_decisions_total{decision="insufficient_scope",route="erp-write"} 1"#
+    let m = scrape(&admin).await;
+    assert_eq!(
+        m.value(
+            r#"tollgate_auth_decisions_total{decision="insufficient_scope",route="erp-write"}"#
         ),
-        "{m}"
+        Some(1.0),
+        "{m:?}"
     );
-
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -375,19 +375,14 @@ async fn issuer_down_since_start_is_503_with_retry_after() {
 
     // The IdP comes back: the background refresh picks it up and the same request succeeds.
     idp.set_down(false);
-    let mut ok = false;
-    for _ in 0..200 {
-        if crate::support::get(&format!("{}/readyz", gw.admin), &[])
-            .await
-            .status
-            == 200
-        {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert!(ok, "ready after the IdP came back");
+    let readyz = format!("{}/readyz", gw.admin);
+    crate::support::eventually(
+        "ready after the IdP came back (/readyz answers 200)",
+        std::time::Duration::from_secs(10),
+        || async { crate::support::get(&readyz, &[]).await.status },
+        |status| *status == 200,
+    )
+    .await;
     gw.shutdown().await;
 }
 

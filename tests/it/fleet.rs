@@ -6,13 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tollgate::demo::legacy::{FakeLegacy, LegacyOptions};
 
+use crate::support::legacy::requests_in_flight;
 use crate::support::process::{child_config, Process};
 use crate::support::redis::{RedisServer, Sentinel};
 use crate::support::{eventually, get, FakeIdp};
@@ -140,6 +141,7 @@ scopes = ["api"]
 /// rotation (what a load balancer does: a replica leaves the rotation before it is stopped).
 struct Load {
     stop: Arc<AtomicBool>,
+    progress: Arc<Mutex<Progress>>,
     tasks: Vec<tokio::task::JoinHandle<Outcome>>,
 }
 
@@ -150,14 +152,26 @@ struct Outcome {
     sessions: BTreeSet<String>,
 }
 
+/// What the load has done so far, for the test to wait on.
+#[derive(Default, Debug, Clone)]
+struct Progress {
+    /// Requests under way, by replica.
+    in_flight: BTreeMap<String, usize>,
+    /// Requests answered 200, by grant.
+    served: BTreeMap<usize, u64>,
+    /// The grants each replica has served.
+    served_on: BTreeMap<String, BTreeSet<usize>>,
+}
+
 type Rotation = Arc<RwLock<Vec<String>>>;
 
 impl Load {
     fn start(h: &Harness, grants: usize, rotation: &Rotation, pause: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Mutex::new(Progress::default()));
         let tasks = (0..grants)
             .map(|g| {
-                let (stop, rotation) = (stop.clone(), rotation.clone());
+                let (stop, rotation, progress) = (stop.clone(), rotation.clone(), progress.clone());
                 let auth = format!("Bearer {}", h.token(&format!("grant-{g}")));
                 tokio::spawn(async move {
                     let mut out = Outcome::default();
@@ -166,9 +180,26 @@ impl Load {
                         let base = {
                             let r = rotation.read().unwrap();
                             n += 1;
-                            r[n % r.len()].clone()
+                            let base = r[n % r.len()].clone();
+                            // Counted while the rotation is read: a replica taken out of it
+                            // has no request under way once its count is 0.
+                            *progress
+                                .lock()
+                                .unwrap()
+                                .in_flight
+                                .entry(base.clone())
+                                .or_default() += 1;
+                            base
                         };
                         let r = get(&format!("{base}{ECHO}"), &[("authorization", &auth)]).await;
+                        {
+                            let mut p = progress.lock().unwrap();
+                            *p.in_flight.get_mut(&base).unwrap() -= 1;
+                            if r.status == 200 {
+                                *p.served.entry(g).or_default() += 1;
+                                p.served_on.entry(base).or_default().insert(g);
+                            }
+                        }
                         if r.status == 200 {
                             out.ok += 1;
                             out.sessions.insert(r.json()["session"].to_string());
@@ -179,13 +210,34 @@ impl Load {
                                 r.header("retry-after").map(str::to_owned),
                             ));
                         }
+                        // The pace of a client, not a wait.
                         tokio::time::sleep(pause).await;
                     }
                     out
                 })
             })
             .collect();
-        Load { stop, tasks }
+        Load {
+            stop,
+            progress,
+            tasks,
+        }
+    }
+
+    fn progress(&self) -> Progress {
+        self.progress.lock().unwrap().clone()
+    }
+
+    /// Waits until every grant has been served (again) since `since`.
+    async fn every_grant_served(&self, since: &Progress, what: &str) {
+        let grants = self.tasks.len();
+        eventually(
+            &format!("every grant is served {what}"),
+            Duration::from_secs(20),
+            || std::future::ready(self.progress()),
+            |p| (0..grants).all(|g| p.served.get(&g) > since.served.get(&g)),
+        )
+        .await;
     }
 
     async fn finish(self) -> Vec<Outcome> {
@@ -243,7 +295,13 @@ async fn a_rolling_restart_keeps_every_session_and_stopping_the_fleet_frees_ever
         // Out of the rotation (as a Service drops a terminating pod), then SIGTERM.
         let leaving = replica.proxy.clone();
         rotation.write().unwrap().retain(|b| *b != leaving);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        eventually(
+            &format!("replica {i} has no request of the load under way"),
+            Duration::from_secs(10),
+            || std::future::ready(load.progress()),
+            |p| p.in_flight.get(&leaving).copied().unwrap_or(0) == 0,
+        )
+        .await;
         replica.signal("TERM");
         let status = replica.wait(Duration::from_secs(20)).await;
         assert!(status.success(), "replica {i} ended with {status}");
@@ -254,8 +312,15 @@ async fn a_rolling_restart_keeps_every_session_and_stopping_the_fleet_frees_ever
         );
         let fresh = h.replica(&cfg).await;
         rotation.write().unwrap().push(fresh.proxy.clone());
+        // The new replica takes its share before the next one leaves: every grant on it.
+        eventually(
+            &format!("the replica that replaced replica {i} has served every grant"),
+            Duration::from_secs(20),
+            || std::future::ready(load.progress()),
+            |p| p.served_on.get(&fresh.proxy).map_or(0, BTreeSet::len) == load.tasks.len(),
+        )
+        .await;
         *replica = fresh;
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let outcomes = load.finish().await;
     let failed: Vec<_> = outcomes.iter().flat_map(|o| o.failed.iter()).collect();
@@ -304,13 +369,13 @@ async fn a_replica_killed_mid_login_gives_its_seat_back_within_lease_ttl() {
     let login = tokio::spawn(async move {
         crate::support::try_request(&url, &[("authorization", &auth)]).await
     });
-    assert!(
-        eventually_async(Duration::from_secs(5), || async {
-            fleet_seats(&[&doomed, &survivor]).await == Some(1)
-        })
-        .await,
-        "the login never took its seat"
-    );
+    eventually(
+        "the login takes its seat (the fleet's seats in use)",
+        Duration::from_secs(5),
+        || async { fleet_seats(&[&doomed, &survivor]).await },
+        |seats| *seats == Some(1),
+    )
+    .await;
     // ... and the replica dies in the middle of it.
     doomed.signal("KILL");
     let killed = Instant::now();
@@ -332,39 +397,12 @@ async fn a_replica_killed_mid_login_gives_its_seat_back_within_lease_ttl() {
     drop(survivor);
 }
 
-/// Polls an async condition.
-async fn eventually_async<F, Fut>(within: Duration, mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if cond().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The fleet's seats as a replica's `/metrics` shows them (`None` when it does not report).
-async fn seats(metrics_url: &str) -> Option<u64> {
-    let m = get(metrics_url, &[]).await.text();
-    m.lines()
-        .find(|l| l.starts_with(r#"tollgate_upstream_seats_in_use{upstream="erp"}"#))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-}
-
-/// The fleet's seats, from whichever replica reports them.
+/// The fleet's seats, from whichever replica reports them (`None` when none does).
 async fn fleet_seats(replicas: &[&Process]) -> Option<u64> {
     for r in replicas {
-        if let Some(n) = seats(&format!("{}/metrics", r.admin)).await {
-            return Some(n);
+        let m = r.metrics().await;
+        if let Some(n) = m.value(r#"tollgate_upstream_seats_in_use{upstream="erp"}"#) {
+            return Some(n as u64);
         }
     }
     None
@@ -386,9 +424,12 @@ async fn redis_restarted_empty_under_load_leaves_no_orphan() {
     warm(&h, &a.proxy, 5).await;
     let rotation: Rotation = Arc::new(RwLock::new(vec![a.proxy.clone(), b.proxy.clone()]));
     let load = Load::start(&h, 5, &rotation, Duration::from_millis(30));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.every_grant_served(&Progress::default(), "under load")
+        .await;
     redis.restart_empty();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restarted = load.progress();
+    load.every_grant_served(&restarted, "again after the restart")
+        .await;
     let outcomes = load.finish().await;
     // What failed during the switch said when to retry.
     for (status, body, retry) in outcomes.iter().flat_map(|o| o.failed.iter()) {
@@ -396,33 +437,38 @@ async fn redis_restarted_empty_under_load_leaves_no_orphan() {
         assert!(retry.is_some(), "503 without Retry-After: {body}");
     }
     // Within lease_ttl and one upkeep the fleet counts exactly the live upstream sessions.
-    let fake = h.fake.clone();
     let replicas = [&a, &b];
-    assert!(
-        eventually_async(Duration::from_secs(8), || async {
-            let live = fake.counters().seats_in_use;
-            let records = active_records(&replicas).await;
-            let counted = fleet_seats(&replicas).await;
-            live == records && counted == Some(live)
-        })
-        .await,
-        "upstream sessions {} against the fleet's records {} and seats {:?}",
-        h.fake.counters().seats_in_use,
-        active_records(&replicas).await,
-        fleet_seats(&replicas).await
-    );
+    eventually(
+        "the fleet counts exactly the live upstream sessions: (upstream sessions, records \
+         holding a seat, seats counted) agree",
+        Duration::from_secs(8),
+        || async {
+            (
+                h.fake.counters().seats_in_use,
+                active_records(&replicas).await,
+                fleet_seats(&replicas).await,
+            )
+        },
+        |(live, records, counted)| live == records && *counted == Some(*live),
+    )
+    .await;
     // Counted by the next upkeep (within a second).
-    assert!(
-        eventually_async(Duration::from_secs(5), || async {
+    eventually(
+        "the reset is counted (tollgate_store_resets_total, both replicas)",
+        Duration::from_secs(5),
+        || async {
             let mut resets = 0;
             for r in [&a, &b] {
-                resets += metric(&r.admin, r#"tollgate_store_resets_total{upstream="erp"}"#).await;
+                resets += r
+                    .metrics()
+                    .await
+                    .count(r#"tollgate_store_resets_total{upstream="erp"}"#);
             }
-            resets >= 1
-        })
-        .await,
-        "the reset was not counted"
-    );
+            resets
+        },
+        |resets| *resets >= 1,
+    )
+    .await;
     let logs: Vec<String> = a.logs().into_iter().chain(b.logs()).collect();
     assert!(
         logs.iter()
@@ -430,12 +476,6 @@ async fn redis_restarted_empty_under_load_leaves_no_orphan() {
         "no log line names the reset"
     );
     h.assert_no_leaks_but_stale_jars();
-}
-
-/// One sample of a replica's `/metrics` (0 when absent).
-async fn metric(admin: &str, line: &str) -> u64 {
-    let m = get(&format!("{admin}/metrics"), &[]).await.text();
-    crate::support::legacy::metric(&m, line)
 }
 
 /// Records holding a seat, as the fleet lists them (any replica: the table is shared).
@@ -464,15 +504,7 @@ async fn a_paused_redis_is_503_with_retry_after_and_nothing_is_double_booked() {
     let slow = format!("{}/entity/Default/24.200.001/Slow?ms=1500", a.proxy);
     let auth0 = format!("Bearer {}", h.token("grant-0"));
     let in_flight = tokio::spawn(async move { get(&slow, &[("authorization", &auth0)]).await });
-    let fake = h.fake.clone();
-    assert!(
-        eventually(Duration::from_secs(5), || fake.state()["sessions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["in_flight"].as_u64() > Some(0)))
-        .await
-    );
+    requests_in_flight(&h.fake, 1).await;
     redis.pause();
     for (gw, g) in [(&a, 1), (&b, 2)] {
         let r = get(
@@ -487,6 +519,8 @@ async fn a_paused_redis_is_503_with_retry_after_and_nothing_is_double_booked() {
         assert_eq!(r.json()["error"], "session_store_unavailable");
         assert!(r.header("retry-after").is_some());
     }
+    // Redis stays paused a while longer, past the slow request's end upstream: how long the
+    // outage lasts around the request in flight is the test's subject, not a wait for an event.
     tokio::time::sleep(Duration::from_millis(600)).await;
     redis.resume();
     let r = in_flight.await.unwrap();
@@ -605,44 +639,49 @@ async fn the_fleet_follows_a_sentinel_failover() {
     let (a, b) = (h.replica(&cfg).await, h.replica(&cfg).await);
     let before = warm(&h, &a.proxy, 6).await;
     // Everything written so far has reached the replica.
-    assert!(
-        eventually(Duration::from_secs(10), || primary
-            .command("WAIT 1 500")
-            .contains(":1"))
-        .await,
-        "the replica never caught up"
-    );
+    eventually(
+        "the replica has caught up with everything written so far (WAIT 1 500)",
+        Duration::from_secs(10),
+        || std::future::ready(primary.command("WAIT 1 500")),
+        |reply| reply.contains(":1"),
+    )
+    .await;
     let rotation: Rotation = Arc::new(RwLock::new(vec![a.proxy.clone(), b.proxy.clone()]));
     let load = Load::start(&h, 6, &rotation, Duration::from_millis(30));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    primary.stop();
-    let switched = eventually(Duration::from_secs(20), || {
-        sentinels
-            .iter()
-            .filter_map(Sentinel::primary_port)
-            .any(|p| p == replica.port)
-    })
-    .await;
-    assert!(switched, "the sentinels never promoted the replica");
-    // Served again by the new primary.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = get(
-            &format!("{}{ECHO}", a.proxy),
-            &[("authorization", &format!("Bearer {}", h.token("grant-0")))],
-        )
+    load.every_grant_served(&Progress::default(), "under load")
         .await;
-        if r.status == 200 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never served after the failover: {}",
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    primary.stop();
+    eventually(
+        "the sentinels promote the replica (the primaries they name)",
+        Duration::from_secs(20),
+        || {
+            std::future::ready(
+                sentinels
+                    .iter()
+                    .map(Sentinel::primary_port)
+                    .collect::<Vec<_>>(),
+            )
+        },
+        |named| named.contains(&Some(replica.port)),
+    )
+    .await;
+    let switched = load.progress();
+    // Served again by the new primary.
+    eventually(
+        "the grant is served after the failover",
+        Duration::from_secs(20),
+        || async {
+            get(
+                &format!("{}{ECHO}", a.proxy),
+                &[("authorization", &format!("Bearer {}", h.token("grant-0")))],
+            )
+            .await
+        },
+        |r| r.status == 200,
+    )
+    .await;
+    load.every_grant_served(&switched, "by the new primary")
+        .await;
     let outcomes = load.finish().await;
     for (status, body, retry) in outcomes.iter().flat_map(|o| o.failed.iter()) {
         assert_eq!(*status, 503, "a failure other than 503: {body}");

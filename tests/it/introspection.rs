@@ -8,7 +8,7 @@ use serde_json::json;
 use tollgate::demo::keys::SigningKey;
 
 use crate::support::introspect::{ExpectAuth, FakeIntrospection, Mode};
-use crate::support::{get, FakeIdp, RecordingUpstream, TestGateway};
+use crate::support::{eventually, get, FakeIdp, RecordingUpstream, TestGateway};
 
 const PATH: &str = "/entity/Default/24.200.001/Customer";
 
@@ -79,14 +79,6 @@ async fn call(gw: &TestGateway, path: &str, token: &str) -> crate::support::http
         &[("authorization", &format!("Bearer {token}"))],
     )
     .await
-}
-
-fn metric(m: &str, prefix: &str) -> u64 {
-    m.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 #[tokio::test]
@@ -171,53 +163,40 @@ async fn an_inactive_answer_is_cached_and_a_positive_one_too() {
     assert_eq!(fake.calls(), 2, "one call per token");
     let m = gw.metrics().await;
     assert_eq!(
-        metric(
-            &m,
-            r#"tollgate_token_cache_requests_total{cache="introspection",result="hit"}"#
-        ),
+        m.count(r#"tollgate_token_cache_requests_total{cache="introspection",result="hit"}"#),
         2
     );
     assert_eq!(
-        metric(
-            &m,
+        m.count(
             r#"tollgate_token_cache_requests_total{cache="introspection",result="negative_hit"}"#
         ),
         2
     );
     assert_eq!(
-        metric(
-            &m,
-            r#"tollgate_token_cache_requests_total{cache="introspection",result="miss"}"#
-        ),
+        m.count(r#"tollgate_token_cache_requests_total{cache="introspection",result="miss"}"#),
         2
     );
     assert_eq!(
-        metric(
-            &m,
-            r#"tollgate_introspection_requests_total{issuer="erp",result="active"}"#
-        ),
+        m.count(r#"tollgate_introspection_requests_total{issuer="erp",result="active"}"#),
         1
     );
     assert_eq!(
-        metric(
-            &m,
-            r#"tollgate_introspection_requests_total{issuer="erp",result="inactive"}"#
-        ),
+        m.count(r#"tollgate_introspection_requests_total{issuer="erp",result="inactive"}"#),
         1
     );
     assert_eq!(
-        metric(&m, r#"tollgate_token_cache_entries{cache="introspection"}"#),
+        m.count(r#"tollgate_token_cache_entries{cache="introspection"}"#),
         2
     );
     assert_eq!(
-        metric(
-            &m,
-            r#"tollgate_introspection_duration_seconds_count{issuer="erp"}"#
-        ),
+        m.count(r#"tollgate_introspection_duration_seconds_count{issuer="erp"}"#),
         2
     );
-    assert!(m.contains(r#"tollgate_introspection_breaker_open{issuer="erp"} 0"#));
-    crate::metrics::promtool_check(&m);
+    assert_eq!(
+        m.value(r#"tollgate_introspection_breaker_open{issuer="erp"}"#),
+        Some(0.0)
+    );
+    crate::metrics::promtool_check(m.text());
     gw.shutdown().await;
 }
 
@@ -227,13 +206,14 @@ async fn the_cache_ttl_is_capped_by_the_tokens_exp() {
     let token = fake.active(json!({"exp": crate::support::now() + 2}));
     assert_eq!(call(&gw, PATH, &token).await.status, 200);
     assert_eq!(fake.calls(), 1);
-    // Poll until the token has expired: it is refused from the cache, no new call is needed.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    let mut status = 200;
-    while status == 200 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        status = call(&gw, PATH, &token).await.status.as_u16();
-    }
+    // Once the token has expired it is refused from the cache: no new call is needed.
+    let status = eventually(
+        "the expired token is refused",
+        Duration::from_secs(6),
+        || async { call(&gw, PATH, &token).await.status },
+        |status| *status != 200,
+    )
+    .await;
     assert_eq!(status, 401);
     assert_eq!(
         fake.calls(),
@@ -321,10 +301,7 @@ async fn outages_are_503_never_401_and_errors_are_not_cached() {
     }
     let m = gw.metrics().await;
     assert_eq!(
-        metric(
-            &m,
-            r#"tollgate_introspection_requests_total{issuer="erp",result="error"}"#
-        ),
+        m.count(r#"tollgate_introspection_requests_total{issuer="erp",result="error"}"#),
         4
     );
     assert_eq!(upstream.count(), 1 + 4 * 2);
@@ -356,24 +333,24 @@ async fn stale_answers_serve_while_the_endpoint_is_down_only_when_enabled() {
         assert_eq!(call(&gw, PATH, &token).await.status, 200);
         fake.set_mode(Mode::Status(500));
         // Once the 1 s freshness is over, each request tries the endpoint, fails, and falls back.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let mut status = 200;
-        while fake.calls() < 2 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            status = call(&gw, PATH, &token).await.status.as_u16();
-            if fake.calls() < 2 {
-                assert_eq!(status, 200, "fresh cache");
-            }
-        }
-        assert!(fake.calls() >= 2, "the endpoint was never asked again");
+        let (_, status) = eventually(
+            "the endpoint is asked again (calls, last status)",
+            Duration::from_secs(5),
+            || async {
+                let status = call(&gw, PATH, &token).await.status;
+                if fake.calls() < 2 {
+                    assert_eq!(status, 200, "fresh cache");
+                }
+                (fake.calls(), status)
+            },
+            |(calls, _)| *calls >= 2,
+        )
+        .await;
         assert_eq!(status, expected, "serve_stale = {serve_stale}");
         if expected == 200 {
             let m = gw.metrics().await;
             assert!(
-                metric(
-                    &m,
-                    r#"tollgate_token_cache_requests_total{cache="introspection",result="stale_hit"}"#
-                ) >= 1
+                m.count(r#"tollgate_token_cache_requests_total{cache="introspection",result="stale_hit"}"#) >= 1
             );
         }
         gw.shutdown().await;
@@ -395,7 +372,7 @@ async fn the_breaker_opens_fails_fast_and_one_probe_closes_it() {
     assert_eq!(fake.calls(), 3);
     let m = gw.metrics().await;
     assert_eq!(
-        metric(&m, r#"tollgate_introspection_breaker_open{issuer="erp"}"#),
+        m.count(r#"tollgate_introspection_breaker_open{issuer="erp"}"#),
         1
     );
     // Open: fail fast, no call reaches the endpoint.
@@ -409,17 +386,17 @@ async fn the_breaker_opens_fails_fast_and_one_probe_closes_it() {
     // After the cool-down, one probe: the endpoint is back, the breaker closes.
     fake.set_mode(Mode::Normal);
     let token = fake.active(json!({}));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut status = 503;
-    while status != 200 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        status = call(&gw, PATH, &token).await.status.as_u16();
-    }
-    assert_eq!(status, 200);
+    eventually(
+        "after the cool-down the probe is let through and answered",
+        Duration::from_secs(5),
+        || async { call(&gw, PATH, &token).await.status },
+        |status| *status == 200,
+    )
+    .await;
     assert_eq!(fake.calls(), 4, "exactly one probe");
     let m = gw.metrics().await;
     assert_eq!(
-        metric(&m, r#"tollgate_introspection_breaker_open{issuer="erp"}"#),
+        m.count(r#"tollgate_introspection_breaker_open{issuer="erp"}"#),
         0
     );
     assert_eq!(call(&gw, PATH, &fake.active(json!({}))).await.status, 200);

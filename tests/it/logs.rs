@@ -1,17 +1,17 @@
 //! The real binary, at trace level in JSON: every error case of the response table is sent, and
 //! the captured logs must hold an access-log line for each request and never the token.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use serde_json::json;
 
 use crate::support::gateway::config;
 use crate::support::introspect::{ExpectAuth, FakeIntrospection, Mode};
+use crate::support::process::{child_config, Process};
 use crate::support::{get, FakeIdp, RecordingUpstream};
 
 const CLIENT_SECRET: &str = "introspection-client-secret-value";
+
+/// What marks an access-log line.
+const ACCESS: &str = "\"target\":\"tollgate::access\"";
 
 #[tokio::test]
 async fn no_token_reaches_the_logs_at_any_level() {
@@ -22,61 +22,18 @@ async fn no_token_reaches_the_logs_at_any_level() {
         secret: CLIENT_SECRET.into(),
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tollgate.toml");
     // A second issuer validates opaque tokens by introspection (breaker off, so every outage
     // request reaches the failing endpoint).
     let opaque_issuer = format!(
         "\n[[issuer]]\nid = \"opaque\"\nissuer = \"{}\"\naudiences = [\"api\"]\nvalidation = \"introspection\"\n[issuer.introspection]\nendpoint = \"{}\"\nclient_id = \"tollgate\"\nclient_secret = \"{CLIENT_SECRET}\"\nbreaker_failures = 1000\n",
         introspection.issuer, introspection.endpoint
     );
-    let cfg = config(&idp.issuer, &upstream.url(), &opaque_issuer).replace(
-        "[server]\nrealm = \"tollgate\"",
-        "[server]\nrealm = \"tollgate\"\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[log]\nlevel = \"trace\"\nformat = \"json\"",
+    let cfg = child_config(
+        &config(&idp.issuer, &upstream.url(), &opaque_issuer),
+        "trace",
     );
-    assert!(cfg.contains("[log]"));
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(cfg.as_bytes())
-        .unwrap();
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        // Byte lines, decoded lossily: a single non-UTF-8 byte must not end the capture.
-        use std::io::BufRead;
-        let mut reader = std::io::BufReader::new(stderr);
-        let mut buf = Vec::new();
-        while reader
-            .read_until(b'\n', &mut buf)
-            .map(|n| n > 0)
-            .unwrap_or(false)
-        {
-            let _ = tx.send(String::from_utf8_lossy(&buf).trim_end().to_owned());
-            buf.clear();
-        }
-    });
-    // The listening line names the ephemeral ports.
-    let mut lines = Vec::new();
-    let proxy = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("no listening line");
-        lines.push(line.clone());
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or(json!({}));
-        if let Some(p) = v["proxy_addr"].as_str() {
-            break p.to_owned();
-        }
-    };
-    let base = format!("http://{proxy}");
+    let mut p = Process::start(&cfg).await;
+    let base = p.proxy.clone();
 
     let valid = idp.token(json!({"scope": "api"}));
     let expired = idp.token(json!({"exp": crate::support::now() - 3600}));
@@ -94,8 +51,8 @@ async fn no_token_reaches_the_logs_at_any_level() {
         get(&url, &[("authorization", &format!("Bearer {token}"))]).await;
         sent += 1;
     }
-    // Wait for the keys first so the table's verification paths actually run.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The keys are loaded (ready) before the table, so that its verification paths run.
+    p.ready().await;
     for token in &secrets {
         get(&url, &[("authorization", &format!("Bearer {token}"))]).await;
         get(
@@ -165,24 +122,12 @@ async fn no_token_reaches_the_logs_at_any_level() {
     .await;
     sent += 2;
 
-    // Collect until every request has its access-log line.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let is_access = |l: &String| l.contains("\"target\":\"tollgate::access\"");
-    while lines.iter().filter(|l| is_access(l)).count() < sent
-        && std::time::Instant::now() < deadline
-    {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            lines.push(l);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    // The reader thread ends at EOF; take everything it read.
-    while let Ok(l) = rx.recv_timeout(Duration::from_secs(5)) {
-        lines.push(l);
-    }
+    // Every request has its access-log line; then the process ends and its log is complete.
+    p.wait_for_log(ACCESS, sent).await;
+    p.kill();
+    let lines = p.logs();
     let all = lines.join("\n");
-    let access = lines.iter().filter(|l| is_access(l)).count();
+    let access = lines.iter().filter(|l| l.contains(ACCESS)).count();
     assert!(
         access >= sent,
         "expected {sent} access-log lines, got {access}:\n{all}"

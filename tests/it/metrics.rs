@@ -58,30 +58,72 @@ async fn the_exposition_parses_and_has_every_family() {
     get(&gw.url("/health"), &[]).await;
 
     let m = gw.metrics().await;
-    promtool_check(&m);
-    for line in [
-        r#"tollgate_requests_total{method="GET",route="erp-read",status="200"} 2"#,
-        r#"tollgate_requests_total{method="GET",route="erp-read",status="401"} 1"#,
-        r#"tollgate_requests_total{method="GET",route="none",status="404"} 1"#,
-        r#"tollgate_auth_decisions_total{decision="allowed",route="erp-read"} 2"#,
-        r#"tollgate_auth_decisions_total{decision="missing_token",route="erp-read"} 1"#,
-        r#"tollgate_auth_decisions_total{decision="public",route="health"} 1"#,
-        r#"tollgate_token_cache_requests_total{cache="jwt",result="hit"} 1"#,
-        r#"tollgate_token_cache_requests_total{cache="jwt",result="miss"} 1"#,
-        r#"tollgate_jwks_refresh_total{issuer="erp",result="success"} 1"#,
-        r#"tollgate_jwks_keys{issuer="erp"} 1"#,
-        r#"tollgate_build_info{version=""#,
-        r#"tollgate_request_duration_seconds_count{route="erp-read"} 3"#,
-        r#"tollgate_upstream_duration_seconds_count{upstream="erp"} 3"#,
-        r#"tollgate_jwks_last_success_timestamp_seconds{issuer="erp"} "#,
-        r#"tollgate_token_cache_entries{cache="jwt"} 1"#,
-        "process_resident_memory_bytes ",
+    promtool_check(m.text());
+    for (sample, value) in [
+        (
+            r#"tollgate_requests_total{method="GET",route="erp-read",status="200"}"#,
+            2.0,
+        ),
+        (
+            r#"tollgate_requests_total{method="GET",route="erp-read",status="401"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_requests_total{method="GET",route="none",status="404"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_auth_decisions_total{decision="allowed",route="erp-read"}"#,
+            2.0,
+        ),
+        (
+            r#"tollgate_auth_decisions_total{decision="missing_token",route="erp-read"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_auth_decisions_total{decision="public",route="health"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_token_cache_requests_total{cache="jwt",result="hit"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_token_cache_requests_total{cache="jwt",result="miss"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_jwks_refresh_total{issuer="erp",result="success"}"#,
+            1.0,
+        ),
+        (r#"tollgate_jwks_keys{issuer="erp"}"#, 1.0),
+        (
+            r#"tollgate_request_duration_seconds_count{route="erp-read"}"#,
+            3.0,
+        ),
+        (
+            r#"tollgate_upstream_duration_seconds_count{upstream="erp"}"#,
+            3.0,
+        ),
+        (r#"tollgate_token_cache_entries{cache="jwt"}"#, 1.0),
     ] {
-        assert!(m.contains(line), "missing `{line}` in:\n{m}");
+        assert_eq!(m.value(sample), Some(value), "`{sample}` in:\n{m:?}");
     }
+    // Present, whatever their values.
+    for sample in [
+        r#"tollgate_jwks_last_success_timestamp_seconds{issuer="erp"}"#,
+        "process_resident_memory_bytes",
+    ] {
+        assert!(m.value(sample).is_some(), "no `{sample}` in:\n{m:?}");
+    }
+    let build: Vec<_> = m.samples("tollgate_build_info").collect();
+    assert!(
+        build.len() == 1 && build[0].labels.contains_key("version"),
+        "tollgate_build_info: {build:?}"
+    );
     // No label value comes from request data.
-    assert!(!m.contains("nowhere"));
-    assert!(!m.contains(&token[..20]));
+    assert!(!m.text().contains("nowhere"));
+    assert!(!m.text().contains(&token[..20]));
 
     // The proxy port serves no admin endpoints.
     assert_eq!(get(&gw.url("/metrics"), &[]).await.status, 404);

@@ -5,12 +5,13 @@
 //! is repaired from what the replica remembers. A TCP relay can withhold Redis's replies, or
 //! cut the connection both ways, to put a cancel or an outage exactly where a test wants it.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tollgate::config::{RedisConfig, RedisTarget, Secret};
 use tollgate::fleet::{Fleet, RedisHandle};
 use tollgate::metrics::Metrics;
@@ -21,6 +22,7 @@ use tollgate::session::store::{
     LeaseRefused, Leased, Release, Restored, SessionRecord, SessionState, SessionStore, SlotKey,
 };
 
+use crate::support::eventually;
 use crate::support::redis::RedisServer;
 
 /// What the relay does with the traffic.
@@ -31,7 +33,7 @@ const WITHHOLD: u8 = 1;
 const CUT: u8 = 2;
 
 /// A TCP relay in front of Redis whose behaviour `mode` sets.
-async fn relay(redis_port: u16, mode: Arc<AtomicU8>) -> String {
+async fn relay(redis_port: u16, mode: watch::Receiver<u8>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("redis://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -39,41 +41,35 @@ async fn relay(redis_port: u16, mode: Arc<AtomicU8>) -> String {
             let Ok(server) = TcpStream::connect(("127.0.0.1", redis_port)).await else {
                 continue;
             };
-            let (mut cr, mut cw) = client.into_split();
-            let (mut sr, mut sw) = server.into_split();
-            let m = mode.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = cr.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    while m.load(Ordering::SeqCst) == CUT {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    if sw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let m = mode.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = sr.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    while m.load(Ordering::SeqCst) == CUT {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    if m.load(Ordering::SeqCst) == PASS && cw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            // Commands pass unless cut; replies pass only in PASS.
+            tokio::spawn(pipe(cr, sw, mode.clone(), CUT));
+            tokio::spawn(pipe(sr, cw, mode.clone(), WITHHOLD));
         }
     });
     url
+}
+
+/// Copies `from` to `to`: held while the mode is CUT, dropped from `drop_at` on.
+async fn pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mut mode: watch::Receiver<u8>,
+    drop_at: u8,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let Ok(now) = mode.wait_for(|m| *m != CUT).await.map(|m| *m) else {
+            break;
+        };
+        if now < drop_at && to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// One replica's view of the store: its fleet membership (for wake-ups) and the store of one
@@ -134,18 +130,13 @@ async fn lease(store: &RedisStore, queue: u32, wait: Duration) -> Result<Leased,
 
 /// Waits up to 5 s for the store to show `want` (in flight, queued).
 async fn settles_at(store: &RedisStore, want: (u32, u32), what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let got = counts(store).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: (in flight, queued) is {got:?}, expected {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("{what}: (in flight, queued) is {want:?}"),
+        Duration::from_secs(5),
+        || counts(store),
+        |got| *got == want,
+    )
+    .await;
 }
 
 async fn counts(store: &RedisStore) -> (u32, u32) {
@@ -160,8 +151,8 @@ async fn counts(store: &RedisStore) -> (u32, u32) {
 #[tokio::test]
 async fn a_request_cancelled_after_its_place_was_granted_gives_it_back() {
     let redis = RedisServer::start();
-    let mode = Arc::new(AtomicU8::new(PASS));
-    let through_relay = relay(redis.port, mode.clone()).await;
+    let (mode, modes) = watch::channel(PASS);
+    let through_relay = relay(redis.port, modes).await;
     // A long lease: without the clean-up the place would stay taken for the whole test.
     let ttl = Duration::from_secs(60);
     let (relayed, direct) = (replica(&through_relay, ttl), replica(&redis.url(), ttl));
@@ -175,14 +166,14 @@ async fn a_request_cancelled_after_its_place_was_granted_gives_it_back() {
 
     // Redis runs the lease script and grants the place; its reply never comes back, and the
     // request is dropped while it waits for it, as when a client hangs up.
-    mode.store(WITHHOLD, Ordering::SeqCst);
+    mode.send_replace(WITHHOLD);
     let waited = tokio::time::timeout(
         Duration::from_millis(300),
         lease(&relayed.store, 4, Duration::from_secs(5)),
     )
     .await;
     assert!(waited.is_err(), "the lease must still be waiting for Redis");
-    mode.store(PASS, Ordering::SeqCst);
+    mode.send_replace(PASS);
 
     settles_at(&direct.store, (0, 0), "the granted place is given back").await;
     // The place is free for the next request at once, not after `lease_ttl`.
@@ -207,7 +198,8 @@ async fn a_request_cancelled_while_queued_leaves_the_queue_for_good() {
     .await;
     assert!(waited.is_err(), "the second request must still be queued");
     settles_at(&r.store, (1, 0), "the cancelled request leaves the queue").await;
-    // Twice the lease later it has not come back (no renewal outlived the request).
+    // Twice the lease later it has not come back (no renewal outlived the request): letting
+    // leases run out is the test's subject, so this sleep stays.
     tokio::time::sleep(ttl * 2).await;
     assert_eq!(counts(&r.store).await, (1, 0));
     let third = lease(&r.store, 1, Duration::from_millis(100)).await;
@@ -240,16 +232,16 @@ async fn waiters_on_two_replicas_are_served_in_their_order_without_polling() {
             store.release(l.in_flight, Release::default()).await;
         }));
         // Queued before the next one arrives.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while counts(&a.store).await.1 <= n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "waiter {n} never queued"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually(
+            &format!("waiter {n} is queued (in flight, queued)"),
+            Duration::from_secs(5),
+            || counts(&a.store),
+            |(_, queued)| *queued > n,
+        )
+        .await;
     }
-    // Nobody asks Redis while they wait: the command count stays put.
+    // Nobody asks Redis while they wait: the command count stays put over a while (the span
+    // watched is the test's subject, so this sleep stays).
     let before = commands(&redis);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let polled = commands(&redis) - before;
@@ -278,16 +270,15 @@ fn commands(redis: &RedisServer) -> u64 {
 async fn a_lease_that_expired_in_an_outage_is_restored_or_its_request_told() {
     let redis = RedisServer::start();
     let ttl = Duration::from_secs(1);
-    let mode = Arc::new(AtomicU8::new(PASS));
-    let through_relay = relay(redis.port, mode.clone()).await;
+    let (mode, modes) = watch::channel(PASS);
+    let through_relay = relay(redis.port, modes).await;
     let (a, b) = (replica(&through_relay, ttl), replica(&redis.url(), ttl));
 
     // Cut off for longer than the lease, nobody else wants the session: restored.
     let held = lease(&a.store, 4, Duration::from_secs(1)).await.unwrap();
-    mode.store(CUT, Ordering::SeqCst);
-    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
-    assert_eq!(counts(&b.store).await, (0, 0), "expired in the store");
-    mode.store(PASS, Ordering::SeqCst);
+    mode.send_replace(CUT);
+    settles_at(&b.store, (0, 0), "the lease expires in the store").await;
+    mode.send_replace(PASS);
     settles_at(&b.store, (1, 0), "restored by the renewal").await;
     let lost = held.in_flight.lost().unwrap();
     assert!(!*lost.borrow(), "a restored lease is not lost");
@@ -297,10 +288,10 @@ async fn a_lease_that_expired_in_an_outage_is_restored_or_its_request_told() {
     // Cut off again, and another replica takes the place meanwhile: the request is told.
     let held = lease(&a.store, 4, Duration::from_secs(1)).await.unwrap();
     let mut lost = held.in_flight.lost().unwrap();
-    mode.store(CUT, Ordering::SeqCst);
-    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    mode.send_replace(CUT);
+    settles_at(&b.store, (0, 0), "the lease expires in the store").await;
     let other = lease(&b.store, 4, Duration::from_secs(2)).await.unwrap();
-    mode.store(PASS, Ordering::SeqCst);
+    mode.send_replace(PASS);
     tokio::time::timeout(Duration::from_secs(5), lost.wait_for(|l| *l))
         .await
         .expect("the lost lease is reported")

@@ -1,26 +1,19 @@
 //! Operating a running gateway: reloads (file change, SIGHUP) under load, a bad file that changes
 //! nothing, body limits, and SIGTERM draining an in-flight request.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use serde_json::json;
-use tollgate::{App, Listeners};
 
 use crate::support::gateway::config;
-use crate::support::{get, request, FakeIdp, RecordingUpstream};
-
-fn metric(m: &str, line: &str) -> u64 {
-    m.lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
+use crate::support::http::chunked;
+use crate::support::metrics::scrape;
+use crate::support::process::{child_config, Process};
+use crate::support::{eventually, get, request, FakeIdp, RecordingUpstream, TestGateway};
 
 const EXTRA_ROUTE: &str =
     "\n[[route]]\nid = \"added\"\nprefix = \"/added/\"\nupstream = \"erp\"\nauth = \"none\"\n";
@@ -34,9 +27,8 @@ async fn reloads_under_load_lose_no_request_and_a_bad_file_changes_nothing() {
     let base = config(&idp.issuer, &upstream.url(), "");
     std::fs::write(&path, &base).unwrap();
     let cfg = tollgate::config::load(&path).unwrap();
-    let app = App::start(&cfg, Listeners::ephemeral().await.unwrap()).unwrap();
-    let gw = app.gateway.clone();
-    assert!(crate::support::eventually(Duration::from_secs(10), || gw.is_ready()).await);
+    let gw = TestGateway::start_config(&cfg, true).await;
+    let app = gw.app.as_ref().unwrap();
     let watcher = tollgate::reload::spawn(
         path.clone(),
         app.gateway.clone(),
@@ -44,8 +36,7 @@ async fn reloads_under_load_lose_no_request_and_a_bad_file_changes_nothing() {
         None,
         Duration::from_millis(50),
     );
-    let base_url = format!("http://{}", app.proxy_addr);
-    let admin = format!("http://{}", app.admin_addr);
+    let (base_url, admin) = (gw.base.clone(), gw.admin.clone());
     let token = idp.token(json!({}));
 
     // Load: a steady stream of authenticated requests while the file changes twice.
@@ -72,34 +63,34 @@ async fn reloads_under_load_lose_no_request_and_a_bad_file_changes_nothing() {
 
     // A good file: a new route goes live.
     std::fs::write(&path, format!("{base}{EXTRA_ROUTE}")).unwrap();
-    let mut live = false;
-    for _ in 0..200 {
-        if get(&format!("{base_url}/added/x"), &[]).await.status == 200 {
-            live = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(live, "the reloaded route never went live");
-    let m = get(&format!("{admin}/metrics"), &[]).await.text();
-    assert_eq!(
-        metric(&m, r#"tollgate_config_reloads_total{result="success"}"#),
-        1
+    eventually(
+        "the reloaded route goes live",
+        Duration::from_secs(5),
+        || async { get(&format!("{base_url}/added/x"), &[]).await.status },
+        |status| *status == 200,
+    )
+    .await;
+    let m = scrape(&admin).await;
+    assert_eq!(m.count(RELOADED), 1);
+    assert!(
+        m.value("tollgate_config_last_reload_success_timestamp_seconds")
+            .is_some_and(|t| t > 1_700_000_000.0),
+        "{m:?}"
     );
-    assert!(metric(&m, "tollgate_config_last_reload_success_timestamp_seconds") > 1_700_000_000);
 
     // A bad file: the running configuration stays, the failure is counted.
     std::fs::write(&path, format!("{base}{EXTRA_ROUTE}\n[[route]]\nid = \"broken\"\nprefix = \"/b/\"\nupstream = \"nowhere\"\n")).unwrap();
-    let mut failed = false;
-    for _ in 0..200 {
-        let m = get(&format!("{admin}/metrics"), &[]).await.text();
-        if metric(&m, r#"tollgate_config_reloads_total{result="failure"}"#) == 1 {
-            failed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(failed, "the bad file was not reported");
+    eventually(
+        "the bad file is reported (reload failures counted)",
+        Duration::from_secs(5),
+        || async {
+            scrape(&admin)
+                .await
+                .count(r#"tollgate_config_reloads_total{result="failure"}"#)
+        },
+        |failures| *failures == 1,
+    )
+    .await;
     assert_eq!(
         get(&format!("{base_url}/added/x"), &[]).await.status,
         200,
@@ -116,7 +107,7 @@ async fn reloads_under_load_lose_no_request_and_a_bad_file_changes_nothing() {
     assert!(ok > 0);
     assert_eq!(bad, 0, "requests failed during the reloads");
     watcher.abort();
-    app.shutdown().await;
+    gw.shutdown().await;
 }
 
 #[tokio::test]
@@ -129,10 +120,9 @@ async fn a_reload_adds_an_issuer_whose_keys_load_before_its_routes_go_live() {
     let base = config(&idp.issuer, &upstream.url(), "");
     std::fs::write(&path, &base).unwrap();
     let cfg = tollgate::config::load(&path).unwrap();
-    let app = App::start(&cfg, Listeners::ephemeral().await.unwrap()).unwrap();
-    let gw = app.gateway.clone();
-    assert!(crate::support::eventually(Duration::from_secs(10), || gw.is_ready()).await);
-    let url = format!("http://{}/partner/x", app.proxy_addr);
+    let gw = TestGateway::start_config(&cfg, true).await;
+    let app = gw.app.as_ref().unwrap();
+    let url = gw.url("/partner/x");
     let token = second.token(json!({}));
     assert_eq!(
         get(&url, &[("authorization", &format!("Bearer {token}"))])
@@ -159,7 +149,7 @@ async fn a_reload_adds_an_issuer_whose_keys_load_before_its_routes_go_live() {
         200
     );
     assert_eq!(second.jwks_fetches(), 1);
-    app.shutdown().await;
+    gw.shutdown().await;
 }
 
 #[tokio::test]
@@ -167,8 +157,7 @@ async fn body_limits_answer_413_before_anything_is_forwarded() {
     let idp = FakeIdp::start().await;
     let upstream = RecordingUpstream::start().await;
     let extra = "\n[[route]]\nid = \"small\"\nprefix = \"/small/\"\nupstream = \"erp\"\nauth = \"none\"\nmax_body = \"1KiB\"\n";
-    let gw = crate::support::TestGateway::start(&config(&idp.issuer, &upstream.url(), extra), true)
-        .await;
+    let gw = TestGateway::start(&config(&idp.issuer, &upstream.url(), extra), true).await;
     let send = |body: Bytes| {
         Request::post(gw.url("/small/x"))
             .body(Full::new(body))
@@ -187,26 +176,15 @@ async fn body_limits_answer_413_before_anything_is_forwarded() {
         "the oversized body reached the upstream"
     );
     // Without a declared length the limit holds while the body streams.
-    struct Chunked(Option<Bytes>);
-    impl http_body::Body for Chunked {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-            std::task::Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
-        }
-    }
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
-    let req = Request::post(gw.url("/small/x"))
-        .body(Chunked(Some(Bytes::from(vec![b'b'; 4096]))))
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
-    assert_eq!(resp.status(), 413);
+    let r = request(
+        Request::post(gw.url("/small/x"))
+            .body(chunked(vec![b'b'; 4096]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 413);
     // The server-wide default applies to routes without their own limit.
-    let gw2 = crate::support::TestGateway::start(
+    let gw2 = TestGateway::start(
         &config(&idp.issuer, &upstream.url(), "")
             .replace("[server]\n", "[server]\nmax_body = \"2KiB\"\n"),
         true,
@@ -223,97 +201,167 @@ async fn body_limits_answer_413_before_anything_is_forwarded() {
     gw2.shutdown().await;
 }
 
-/// The real binary on a config file; returns it and its proxy and admin base URLs.
-fn spawn_binary(path: &std::path::Path) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["run", "--config"])
-        .arg(path)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (proxy, admin) = loop {
-        let line = lines.next().expect("tollgate ended").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or(json!({}));
-        if let (Some(p), Some(a)) = (v["proxy_addr"].as_str(), v["admin_addr"].as_str()) {
-            break (p.to_owned(), a.to_owned());
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{proxy}"), format!("http://{admin}"))
+/// The configuration of a child process: `extra` lines in `[server]`, a 10 s shutdown grace.
+fn binary_config(issuer: &str, upstream: &str, server: &str) -> String {
+    child_config(
+        &config(issuer, upstream, "").replace(
+            "[server]\n",
+            &format!("[server]\nshutdown_grace = \"10s\"\n{server}\n"),
+        ),
+        "info",
+    )
 }
 
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} failed");
+const RELOADED: &str = r#"tollgate_config_reloads_total{result="success"}"#;
+
+/// A route file: the route `/file/`, and `/added-1/` to `/added-{added}/`.
+fn write_routes(path: &Path, added: usize) {
+    let mut text =
+        "[[route]]\nid = \"file\"\nprefix = \"/file/\"\nupstream = \"erp\"\nauth = \"none\"\n"
+            .to_owned();
+    for n in 1..=added {
+        text.push_str(&format!(
+            "\n[[route]]\nid = \"added-{n}\"\nprefix = \"/added-{n}/\"\nupstream = \"erp\"\nauth = \"none\"\n"
+        ));
+    }
+    replace_file(path, &text);
 }
 
-fn binary_config(issuer: &str, upstream: &str, extra: &str) -> String {
-    config(issuer, upstream, extra).replace(
-        "[server]\n",
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nwatch_config = false\nshutdown_grace = \"10s\"\n",
-    ) + "\n[log]\nformat = \"json\"\n"
+/// Writes `text` aside and renames it over `path`: a watcher never sees half a file.
+fn replace_file(path: &Path, text: &str) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+async fn status(p: &Process, path: &str) -> u16 {
+    get(&p.url(path), &[]).await.status.as_u16()
+}
+
+/// Waits until `p` has reloaded `n` times (`what` it reloaded, for the message).
+async fn reloaded(p: &Process, n: u64, what: &str) {
+    eventually(
+        &format!("the watching process reloads {what} (its reload count is {n})"),
+        Duration::from_secs(10),
+        || async { p.metrics().await.count(RELOADED) },
+        |count| *count == n,
+    )
+    .await;
 }
 
 #[tokio::test]
-async fn sighup_reloads_the_configuration() {
+async fn with_watching_off_a_changed_route_file_waits_for_sighup() {
     let idp = FakeIdp::start().await;
     let upstream = RecordingUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tollgate.toml");
-    let base = binary_config(&idp.issuer, &upstream.url(), "");
-    std::fs::write(&path, &base).unwrap();
-    let (mut child, proxy, _) = spawn_binary(&path);
-    assert_eq!(get(&format!("{proxy}/added/x"), &[]).await.status, 404);
-    // The file changes, but watching is off: nothing happens until SIGHUP.
-    std::fs::write(&path, format!("{base}{EXTRA_ROUTE}")).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(get(&format!("{proxy}/added/x"), &[]).await.status, 404);
-    signal(&child, "-HUP");
-    let mut status = 404;
-    for _ in 0..200 {
-        status = get(&format!("{proxy}/added/x"), &[]).await.status.as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let routes = dir.path().join("routes.toml");
+    write_routes(&routes, 0);
+    // Two processes on the same route file: one watches it (the default), one does not.
+    let file = format!("routes_file = \"{}\"", routes.display());
+    let watching = Process::start(&binary_config(
+        &idp.issuer,
+        &upstream.url(),
+        &format!("{file}\nwatch_config = true"),
+    ))
+    .await;
+    let mut still = Process::start(&binary_config(
+        &idp.issuer,
+        &upstream.url(),
+        &format!("{file}\nwatch_config = false"),
+    ))
+    .await;
+    for p in [&watching, &still] {
+        p.ready().await;
+        assert_eq!(status(p, "/file/x").await, 200);
+        assert_eq!(status(p, "/added-1/x").await, 404);
     }
-    assert_eq!(status, 200, "SIGHUP did not reload");
-    signal(&child, "-TERM");
-    assert!(child.wait().unwrap().success());
+
+    // The route file changes: the watching process reloads it.
+    write_routes(&routes, 1);
+    reloaded(&watching, 1, "the changed route file").await;
+    assert_eq!(status(&watching, "/added-1/x").await, 200);
+    // Then only its own configuration file changes, twice. A change is applied once its file
+    // has been stable for one poll interval (1 s), so each reload comes at least one interval
+    // after the change that caused it: these two reloads are a clock. By the second, at least
+    // three intervals have passed since the route file changed, and it has not changed since;
+    // a process that watched despite `watch_config = false` would have applied that change
+    // after at most two (one to notice it, one to see it settle).
+    let own = watching.config_file();
+    let text = std::fs::read_to_string(&own).unwrap();
+    for n in 2..=3 {
+        replace_file(&own, &format!("{text}\n{}", "# changed\n".repeat(n)));
+        reloaded(&watching, n as u64, "its own changed configuration").await;
+    }
+    // The other one has not reloaded: its count is 0 and its old routes are the ones served.
+    assert_eq!(
+        still.metrics().await.count(RELOADED),
+        0,
+        "the process with watch_config = false reloaded"
+    );
+    assert_eq!(status(&still, "/file/x").await, 200);
+    assert_eq!(
+        status(&still, "/added-1/x").await,
+        404,
+        "the route file change was applied with watch_config = false"
+    );
+
+    // SIGHUP reloads it.
+    still.signal("HUP");
+    eventually(
+        "SIGHUP reloads the configuration (the new route answers)",
+        Duration::from_secs(10),
+        || status(&still, "/added-1/x"),
+        |s| *s == 200,
+    )
+    .await;
+    assert_eq!(still.metrics().await.count(RELOADED), 1);
+    still.signal("TERM");
+    assert!(still.wait(Duration::from_secs(20)).await.success());
 }
 
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() {
     let idp = FakeIdp::start().await;
     let upstream = RecordingUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tollgate.toml");
-    std::fs::write(&path, binary_config(&idp.issuer, &upstream.url(), "")).unwrap();
-    let (mut child, proxy, admin) = spawn_binary(&path);
-    let slow_url = format!("{proxy}/public/slow?ms=1500");
+    let mut p = Process::start(&binary_config(
+        &idp.issuer,
+        &upstream.url(),
+        "watch_config = false",
+    ))
+    .await;
+    let slow_url = p.url("/public/slow?ms=1500");
     let slow = tokio::spawn(async move { get(&slow_url, &[]).await });
-    // Let the slow request reach the gateway, then ask it to stop.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    signal(&child, "-TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // New connections are refused while the slow request drains.
-    let refused = tokio::net::TcpStream::connect(proxy.trim_start_matches("http://"))
-        .await
-        .is_err();
-    assert!(refused, "a new connection was accepted after SIGTERM");
+    // Once the slow request has reached the upstream, the gateway is asked to stop.
+    upstream.reaches_in_flight(1).await;
+    p.signal("TERM");
     // Readiness turns 503 as soon as draining starts (the admin listener still answers).
-    assert_eq!(get(&format!("{admin}/readyz"), &[]).await.status, 503);
+    let readyz = format!("{}/readyz", p.admin);
+    eventually(
+        "draining starts (/readyz answers 503)",
+        Duration::from_secs(5),
+        || async { get(&readyz, &[]).await.status },
+        |s| *s == 503,
+    )
+    .await;
+    // New connections are refused while the slow request drains.
+    let proxy = p.proxy.trim_start_matches("http://").to_owned();
+    eventually(
+        "a new connection is refused after SIGTERM",
+        Duration::from_secs(5),
+        || async { tokio::net::TcpStream::connect(&proxy).await.is_err() },
+        |refused| *refused,
+    )
+    .await;
+    assert_eq!(
+        upstream.in_flight(),
+        1,
+        "the slow request was no longer in flight when connections were refused"
+    );
+    assert_eq!(get(&readyz, &[]).await.status, 503);
     let r = slow.await.unwrap();
     assert_eq!(r.status, 200, "the in-flight request did not complete");
     assert!(
-        child.wait().unwrap().success(),
+        p.wait(Duration::from_secs(20)).await.success(),
         "tollgate did not exit cleanly"
     );
 }
@@ -327,13 +375,11 @@ async fn a_saturated_upstream_sheds_load_with_503() {
         "timeout = \"2s\"\nmax_concurrency = 1\n\n[[route]]",
     );
     assert!(cfg.contains("max_concurrency = 1"));
-    let gw = crate::support::TestGateway::start(&cfg, true).await;
+    let gw = TestGateway::start(&cfg, true).await;
     // One slow request holds the only place.
     let slow_url = gw.url("/public/slow?ms=800");
     let slow = tokio::spawn(async move { get(&slow_url, &[]).await.status });
-    // The upstream records a request only after answering it: give the slow one time to be
-    // in flight (it lasts 800 ms).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    upstream.reaches_in_flight(1).await;
     let r = get(&gw.url("/public/other"), &[]).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"], "upstream_overloaded");

@@ -3,7 +3,6 @@
 //! replica's leases coming back, a Redis outage answered with 503 and recovered from, and
 //! introspection answers shared.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
@@ -11,6 +10,8 @@ use tokio::net::TcpListener;
 use tollgate::demo::legacy::{FakeLegacy, LegacyOptions};
 
 use crate::support::introspect::{ExpectAuth, FakeIntrospection};
+use crate::support::legacy::requests_in_flight;
+use crate::support::process::{child_config, Process};
 use crate::support::redis::RedisServer;
 use crate::support::{eventually, get, FakeIdp, TestGateway};
 
@@ -48,13 +49,12 @@ impl Fleet {
         }
     }
 
-    /// The configuration every replica shares.
+    /// The configuration every replica shares (in-process replicas use ephemeral listeners;
+    /// a child process gets them from [`child_config`]).
     fn config(&self, session: &str) -> String {
         format!(
             r#"
 [server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
 
 [store]
 kind = "redis"
@@ -211,83 +211,26 @@ async fn a_burst_of_50_grants_over_two_replicas_never_exceeds_the_seat_cap() {
     );
 }
 
-/// A replica as its own process, so that it can be killed.
-fn spawn_replica(config: &str, dir: &std::path::Path) -> (Child, String) {
-    use std::io::BufRead;
-    let path = dir.join("replica.toml");
-    std::fs::write(
-        &path,
-        config.replace("[server]", "[log]\nformat = \"json\"\n\n[server]"),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the replica ended").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or(json!({}));
-        if let Some(a) = v["proxy_addr"].as_str() {
-            break a.to_owned();
-        }
-    };
-    // Keep draining its logs so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{addr}"))
-}
-
 #[tokio::test]
 async fn a_killed_replicas_leases_come_back_and_no_seat_leaks() {
     let fleet = Fleet::start(LegacyOptions::default()).await;
     let session = "max_upstream_sessions = 2\nidle_ttl = \"1s\"";
-    let (mut doomed, doomed_url) = spawn_replica(&fleet.config(session), fleet.dir.path());
+    // A replica as its own process, so that it can be killed.
+    let mut doomed = Process::start(&child_config(&fleet.config(session), "info")).await;
     let survivor = fleet.replica(session).await;
     let token = fleet.token("g");
-    // Wait until the killed replica is ready, then start a slow request on it.
+    // Once the doomed replica is ready, it serves the grant; then a slow request starts on it.
+    doomed.ready().await;
     let auth = format!("Bearer {token}");
-    let mut ready = false;
-    for _ in 0..200 {
-        if get(&format!("{doomed_url}{ECHO}"), &[("authorization", &auth)])
-            .await
-            .status
-            == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(ready, "the replica never served");
-    let slow_url = format!("{doomed_url}/entity/Default/24.200.001/Slow?ms=1500");
-    let auth2 = auth.clone();
+    let r = get(&doomed.url(ECHO), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 200, "the replica did not serve: {}", r.text());
+    let slow_url = doomed.url("/entity/Default/24.200.001/Slow?ms=1500");
     let slow = tokio::spawn(async move {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Full<bytes::Bytes>>();
-        let req = http::Request::get(slow_url)
-            .header("authorization", auth2)
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
-        client.request(req).await.map(|r| r.status())
+        crate::support::try_request(&slow_url, &[("authorization", &auth)]).await
     });
-    let fake = fleet.fake.clone();
-    assert!(
-        eventually(Duration::from_secs(5), || fake.state()["sessions"]
-            .as_array()
-            .is_some_and(|s| s
-                .iter()
-                .any(|x| x["in_flight"].as_u64() > Some(0))))
-        .await,
-        "the slow request never reached the upstream"
-    );
+    requests_in_flight(&fleet.fake, 1).await;
     // The replica dies mid-request, holding the session's in-flight lease.
-    doomed.kill().unwrap();
-    doomed.wait().unwrap();
+    doomed.kill();
     let _ = slow.await;
     // The survivor serves the grant once the dead replica's lease has run out (lease_ttl 2 s),
     // on the same upstream session: no second login.
@@ -300,13 +243,13 @@ async fn a_killed_replicas_leases_come_back_and_no_seat_leaks() {
         fleet.fake.counters()
     );
     // Idle logout by the survivor: no seat stays taken upstream.
-    assert!(
-        eventually(Duration::from_secs(10), || fake.counters().seats_in_use
-            == 0)
-        .await,
-        "{:?}",
-        fleet.fake.counters()
-    );
+    eventually(
+        "the survivor logs the idle session out: no seat in use upstream",
+        Duration::from_secs(10),
+        || std::future::ready(fleet.fake.counters()),
+        |c| c.seats_in_use == 0,
+    )
+    .await;
     fleet.assert_no_leaks();
     survivor.shutdown().await;
 }
@@ -331,19 +274,18 @@ async fn a_redis_outage_is_503_and_the_fleet_recovers_without_double_sessions() 
     fleet.redis.restart();
     // Both replicas converge on the same session, without a restart and without a new login.
     for gw in [&a, &b] {
-        let mut status = 0;
-        let mut body = json!(null);
-        for _ in 0..200 {
-            let r = echo(gw, &token).await;
-            status = r.status.as_u16();
-            if status == 200 {
-                body = r.json();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(status, 200);
-        assert_eq!(body["session"], session_id, "the grant kept its session");
+        let r = eventually(
+            "the replica serves the grant again after Redis came back",
+            Duration::from_secs(10),
+            || echo(gw, &token),
+            |r| r.status == 200,
+        )
+        .await;
+        assert_eq!(
+            r.json()["session"],
+            session_id,
+            "the grant kept its session"
+        );
     }
     assert_eq!(
         fleet.fake.counters().logins_ok,
@@ -353,9 +295,9 @@ async fn a_redis_outage_is_503_and_the_fleet_recovers_without_double_sessions() 
     );
     let m = a.metrics().await;
     assert!(
-        m.lines()
-            .any(|l| l.starts_with("tollgate_store_errors_total{") && !l.ends_with(" 0")),
-        "{m}"
+        m.samples("tollgate_store_errors_total")
+            .any(|s| s.value > 0.0),
+        "{m:?}"
     );
     fleet.assert_no_leaks();
     a.shutdown().await;

@@ -18,7 +18,9 @@ use tollgate::demo::legacy::{FakeLegacy, LegacyOptions, LimitShape};
 
 use crate::support::certs::{client_config, tls_connect, tls_table, Ca, Files};
 use crate::support::http::Reply;
-use crate::support::legacy::{assert_clean, env, metric, session_of, Env, Setup, Store, ECHO};
+use crate::support::legacy::{
+    assert_clean, env, requests_in_flight, session_of, Env, Setup, Store, ECHO,
+};
 use crate::support::{
     eventually, get, request, sha256_hex, FakeIdp, RecordingUpstream, TestGateway,
 };
@@ -54,22 +56,6 @@ async fn slow(e: &Env, token: &str, ms: u64) -> tokio::task::JoinHandle<Reply> {
         e.gw.url(&format!("/entity/Default/24.200.001/Slow?ms={ms}"));
     let auth = format!("Bearer {token}");
     tokio::spawn(async move { get(&url, &[("authorization", &auth)]).await })
-}
-
-/// Waits until the fake has a request in flight.
-async fn in_flight(fake: &FakeLegacy) {
-    let f = fake.clone();
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            f.state()["sessions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|s| s["in_flight"].as_u64() > Some(0))
-        })
-        .await,
-        "no request reached the fake"
-    );
 }
 
 // === 1. The login and logout calls, however they are spelled ===
@@ -147,7 +133,7 @@ async fn login_and_logout_spellings_are_captured_in_passive_mode(store: Store) {
             "{p} then {out}: {c:?}"
         );
     }
-    assert!(e.settles(SETTLE).await);
+    e.settles(SETTLE).await;
     e.assert_no_leaks();
     e.gw.shutdown().await;
 }
@@ -374,7 +360,7 @@ async fn eight_new_grants_with_a_wrong_password_make_one_attempt(store: Store) {
         e.records().await.is_empty(),
         "no record of a failed login stays"
     );
-    assert!(e.settles(SETTLE).await);
+    e.settles(SETTLE).await;
     e.assert_no_leaks();
     e.gw.shutdown().await;
 }
@@ -457,17 +443,11 @@ async fn a_locked_account_opens_the_cooldown_like_a_wrong_password(store: Store)
     );
     let m = e.metrics().await;
     assert_eq!(
-        metric(
-            &m,
-            r#"tollgate_upstream_logins_total{result="bad_credentials",upstream="erp"}"#
-        ),
+        m.count(r#"tollgate_upstream_logins_total{result="bad_credentials",upstream="erp"}"#),
         1
     );
     assert_eq!(
-        metric(
-            &m,
-            r#"tollgate_upstream_login_circuit_open{upstream="erp"}"#
-        ),
+        m.count(r#"tollgate_upstream_login_circuit_open{upstream="erp"}"#),
         1
     );
     e.gw.shutdown().await;
@@ -521,24 +501,26 @@ async fn a_hang_up_while_the_login_waits_for_a_seat_leaks_no_seat(store: Store) 
     let (a, b) = (e.token("a", false), e.token("b", false));
     session_of(&e.echo(&a).await);
     let busy = slow(&e, &a, 1200).await;
-    in_flight(&e.fake).await;
+    requests_in_flight(&e.fake, 1).await;
     // `b` needs the only seat; its client gives up while the login waits for it.
     assert!(tokio::time::timeout(Duration::from_millis(150), e.echo(&b))
         .await
         .is_err());
     assert_eq!(busy.await.unwrap().status, 200);
     // Everything goes idle and is logged out; the seat count comes back to what is real.
-    let fake = e.fake.clone();
-    assert!(eventually(SETTLE, || fake.counters().seats_in_use == 0).await);
-    assert!(
-        e.settles(SETTLE).await,
-        "seats counted that no session holds"
-    );
+    eventually(
+        "everything is logged out: no seat in use upstream",
+        SETTLE,
+        || std::future::ready(e.counters()),
+        |c| c.seats_in_use == 0,
+    )
+    .await;
+    // No seat counted that no session holds.
+    e.settles(SETTLE).await;
     assert_eq!(
-        metric(
-            &e.metrics().await,
-            r#"tollgate_upstream_seats_in_use{upstream="erp"}"#
-        ),
+        e.metrics()
+            .await
+            .count(r#"tollgate_upstream_seats_in_use{upstream="erp"}"#),
         0
     );
     // And the seat is usable.
@@ -573,9 +555,14 @@ async fn a_login_that_ends_after_its_session_was_removed_is_logged_out(store: St
     let grant = e.records().await[0]["grant"].as_str().unwrap().to_owned();
     assert_eq!(delete_grant(&e, &grant).await.status, 200);
     // The login still finishes upstream; its session belongs to nobody and is logged out.
-    let fake = e.fake.clone();
-    assert!(eventually(SETTLE, || fake.counters().logouts == 1).await);
-    assert!(e.settles(SETTLE).await);
+    eventually(
+        "the orphaned session is logged out",
+        SETTLE,
+        || std::future::ready(e.counters()),
+        |c| c.logouts == 1,
+    )
+    .await;
+    e.settles(SETTLE).await;
     let c = e.counters();
     assert_eq!((c.logins_ok, c.logouts, c.seats_in_use), (1, 1, 0), "{c:?}");
     assert!(e.records().await.is_empty());
@@ -590,9 +577,14 @@ async fn a_hang_up_during_a_slow_login_keeps_the_session(store: Store) {
         .await
         .is_err());
     // The login finishes in its own task and its session serves the grant's next request.
-    let fake = e.fake.clone();
-    assert!(eventually(SETTLE, || fake.counters().logins_ok == 1).await);
-    assert!(e.settles(SETTLE).await);
+    eventually(
+        "the login finishes upstream",
+        SETTLE,
+        || std::future::ready(e.counters()),
+        |c| c.logins_ok == 1,
+    )
+    .await;
+    e.settles(SETTLE).await;
     let next = e.echo(&t).await;
     assert_eq!(next.status, 200);
     assert_eq!(e.counters().logins_ok, 1);
@@ -608,15 +600,13 @@ async fn an_admin_logout_during_a_login_waits_for_it(store: Store) {
     let waiting = tokio::spawn(async move { get(&url, &[("authorization", &auth)]).await });
     let gw = e.gw.admin.clone();
     // A record exists once the request reached the session layer (its login now runs).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let records = loop {
-        let r = e.records().await;
-        if !r.is_empty() {
-            break r;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no record");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let records = eventually(
+        "the request has a session record",
+        Duration::from_secs(5),
+        || e.records(),
+        |r| !r.is_empty(),
+    )
+    .await;
     let grant = records[0]["grant"].as_str().unwrap().to_owned();
     let del = request(
         Request::delete(format!("{gw}/sessions/{grant}"))
@@ -630,7 +620,7 @@ async fn an_admin_logout_during_a_login_waits_for_it(store: Store) {
         200,
         "the request was served first"
     );
-    assert!(e.settles(SETTLE).await);
+    e.settles(SETTLE).await;
     let c = e.counters();
     assert_eq!((c.logins_ok, c.logouts, c.seats_in_use), (1, 1, 0), "{c:?}");
     e.assert_no_leaks();
@@ -650,16 +640,19 @@ async fn a_failed_first_login_leaves_no_record_to_count_against_the_grant(store:
     e.fake.configure_with(|o| o.unavailable = false);
     // Once the login back-off has passed, the grant gets a session: its failures did not use
     // up its cap of two.
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    loop {
-        let r = e.echo(&t).await;
-        if r.status == 200 {
-            break;
-        }
-        assert_eq!(r.json()["error"], "upstream_login_error", "{}", r.text());
-        assert!(tokio::time::Instant::now() < deadline, "never served");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the grant is served once the login back-off has passed",
+        SETTLE,
+        || async {
+            let r = e.echo(&t).await;
+            if r.status != 200 {
+                assert_eq!(r.json()["error"], "upstream_login_error", "{}", r.text());
+            }
+            r
+        },
+        |r| r.status == 200,
+    )
+    .await;
     e.assert_no_leaks();
     e.gw.shutdown().await;
 }
@@ -675,11 +668,13 @@ async fn the_eviction_an_api_login_limit_allows_frees_a_real_seat(store: Store) 
     assert_eq!(e.echo(&e.token("f", false)).await.status, 502);
     e.fake.configure_with(|o| o.unavailable = false);
     let a = e.token("a", false);
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    while e.echo(&a).await.status != 200 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "`a` is served once the login back-off has passed",
+        SETTLE,
+        || e.echo(&a),
+        |r| r.status == 200,
+    )
+    .await;
     // The upstream is full (another integration holds a seat): `b` meets "API Login Limit",
     // and its one eviction must log out `a`, the only session that holds a seat.
     e.fake.reserve_seats(1);
@@ -705,7 +700,7 @@ async fn passive_capture_takes_its_seat_before_the_login_is_forwarded(store: Sto
         204
     );
     let busy = slow(&e, &a, 1200).await;
-    in_flight(&e.fake).await;
+    requests_in_flight(&e.fake, 1).await;
     // No seat for `b`: its login is refused before it reaches the upstream.
     let r = e
         .send("POST", "/entity/auth/login", &b, None, GOOD_LOGIN)
@@ -715,7 +710,7 @@ async fn passive_capture_takes_its_seat_before_the_login_is_forwarded(store: Sto
     assert_eq!(busy.await.unwrap().status, 200);
     let c = e.counters();
     assert_eq!((c.logins_ok, c.peak_seats), (1, 1), "{c:?}");
-    assert!(e.settles(SETTLE).await);
+    e.settles(SETTLE).await;
     e.assert_no_leaks();
     e.gw.shutdown().await;
 }
@@ -740,7 +735,7 @@ async fn a_reload_that_keeps_the_profile_keeps_the_sessions(store: Store) {
     let (a, b) = (e.token("a", false), e.token("b", false));
     let (sa, sb) = (session_of(&e.echo(&a).await), session_of(&e.echo(&b).await));
     let busy = slow(&e, &a, 500).await;
-    in_flight(&e.fake).await;
+    requests_in_flight(&e.fake, 1).await;
     let app = e.gw.app.as_ref().unwrap();
     app.gateway.apply(&retuned(&e.config)).await.unwrap();
     assert_eq!(session_of(&busy.await.unwrap()), sa);
@@ -759,7 +754,7 @@ async fn a_reload_logs_a_retired_upstreams_session_out_only_after_its_request(st
     let a = e.token("a", false);
     let first = session_of(&e.echo(&a).await);
     let busy = slow(&e, &a, 1000).await;
-    in_flight(&e.fake).await;
+    requests_in_flight(&e.fake, 1).await;
     let app = e.gw.app.as_ref().unwrap();
     app.gateway.apply(&changed(&e.config)).await.unwrap();
     // The request in flight finishes on its session, undisturbed...
@@ -767,8 +762,13 @@ async fn a_reload_logs_a_retired_upstreams_session_out_only_after_its_request(st
     assert_eq!(session_of(&r), first);
     assert_eq!(r.header("tollgate-session"), None, "{r:?}");
     // ...and only then is the session logged out.
-    let fake = e.fake.clone();
-    assert!(eventually(SETTLE, || fake.counters().logouts >= 1).await);
+    eventually(
+        "the retired session is logged out",
+        SETTLE,
+        || std::future::ready(e.counters()),
+        |c| c.logouts >= 1,
+    )
+    .await;
     assert_eq!(e.counters().ended_mid_request, 0);
     e.assert_no_leaks();
     e.gw.shutdown().await;
@@ -780,7 +780,7 @@ async fn a_reload_never_doubles_the_seat_cap() {
     let a = e.token("a", false);
     session_of(&e.echo(&a).await);
     let busy = slow(&e, &a, 1000).await;
-    in_flight(&e.fake).await;
+    requests_in_flight(&e.fake, 1).await;
     let app = e.gw.app.as_ref().unwrap();
     app.gateway.apply(&changed(&e.config)).await.unwrap();
     // The new pool's first login waits for the old pool's seat.
@@ -847,7 +847,7 @@ async fn the_jar_follows_renewed_and_deleted_auth_cookies(store: Store) {
         after.requests_unauthenticated, before.requests_unauthenticated,
         "the deleted cookie was sent again"
     );
-    assert!(e.settles(SETTLE).await);
+    e.settles(SETTLE).await;
     e.assert_no_leaks();
     e.gw.shutdown().await;
 }
@@ -898,10 +898,9 @@ async fn a_request_rate_limit_passes_through_without_a_relogin(store: Store) {
         "{c:?}"
     );
     assert_eq!(
-        metric(
-            &e.metrics().await,
-            r#"tollgate_upstream_relogins_total{upstream="erp"}"#
-        ),
+        e.metrics()
+            .await
+            .count(r#"tollgate_upstream_relogins_total{upstream="erp"}"#),
         0
     );
     e.assert_no_leaks();
@@ -913,7 +912,7 @@ async fn a_session_ended_mid_request_is_logged_in_again_and_the_request_replayed
     let t = e.token("g", false);
     let first = session_of(&e.echo(&t).await);
     let busy = slow(&e, &t, 500).await;
-    in_flight(&e.fake).await;
+    requests_in_flight(&e.fake, 1).await;
     e.fake.expire(None);
     let r = busy.await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());

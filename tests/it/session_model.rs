@@ -24,7 +24,7 @@ use proptest::prelude::*;
 use tollgate::demo::legacy::LegacyOptions;
 
 use crate::support::http::Reply;
-use crate::support::legacy::{assert_clean, metric, Env, Setup, Store};
+use crate::support::legacy::{assert_clean, Env, Setup, Store};
 use crate::support::{eventually, get};
 
 const CAP: u64 = 2;
@@ -261,10 +261,16 @@ async fn apply(e: &Env, m: &mut Model, op: &Op) {
             }
         }
         Op::Idle => {
-            let fake = e.fake.clone();
-            // Upstream sessions no request uses are logged out by the sweep.
-            eventually(Duration::from_secs(5), || fake.counters().seats_in_use == 0).await;
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            // The sweep takes every session no request uses (idle_ttl) out of the store, then
+            // logs it out: once no record holds a seat, none is a ghost any more. The logouts
+            // themselves may still run (a failed one is retried): `check` waits for them.
+            eventually(
+                "the idle sweep takes every record holding a seat",
+                Duration::from_secs(10),
+                || e.seated(),
+                |seated| *seated == 0,
+            )
+            .await;
             m.ghosts = false;
         }
         Op::Reload { profile } => {
@@ -280,19 +286,37 @@ async fn apply(e: &Env, m: &mut Model, op: &Op) {
     }
 }
 
+/// The seat counts `check` compares.
+#[derive(Debug)]
+struct Seats {
+    /// Upstream sessions (the fake's).
+    live: u64,
+    /// The gateway's records holding a seat.
+    seated: u64,
+    /// The gateway's seat gauge.
+    counted: u64,
+    failed_logouts: u64,
+}
+
 /// The invariants that hold at every step's end.
 async fn check(e: &Env, m: &Model, step: usize, op: &Op) {
     // No login running, no request running (the step awaited its requests).
     let app = e.gw.app.as_ref().unwrap();
-    assert!(
-        eventually(Duration::from_secs(8), || app
-            .gateway
-            .pools()
-            .iter()
-            .all(|p| p.logins_running() == 0))
-        .await,
-        "step {step} ({op:?}): a login never finished"
-    );
+    eventually(
+        &format!("step {step} ({op:?}): every login finishes (logins running)"),
+        Duration::from_secs(8),
+        || {
+            std::future::ready(
+                app.gateway
+                    .pools()
+                    .iter()
+                    .map(|p| p.logins_running())
+                    .sum::<usize>(),
+            )
+        },
+        |running| *running == 0,
+    )
+    .await;
     let c = e.counters();
     assert!(
         c.peak_seats <= CAP,
@@ -317,38 +341,30 @@ async fn check(e: &Env, m: &Model, step: usize, op: &Op) {
     // allowed only as one whose logout failed (design §6.9.4: the seat count is released then,
     // and the upstream closes the session by itself); a record the upstream no longer has only
     // after the model ended sessions upstream.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let seated = e
-            .records()
-            .await
-            .iter()
-            .filter(|r| r["state"] == "active")
-            .count() as u64;
-        let metrics = e.metrics().await;
-        let gauge = metric(
-            &metrics,
-            r#"tollgate_upstream_seats_in_use{upstream="erp"}"#,
-        );
-        let failed = metric(
-            &metrics,
-            r#"tollgate_upstream_logouts_total{result="failed",upstream="erp"}"#,
-        );
-        let live = e.counters().seats_in_use;
-        let ok = gauge <= CAP
-            && gauge == seated
-            && live <= seated + failed
-            && (m.ghosts || seated <= live);
-        if ok {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "step {step} ({op:?}): upstream sessions {live}, records holding a seat {seated}, seats counted {gauge}, failed logouts {failed} (ghosts possible: {})",
+    eventually(
+        &format!(
+            "step {step} ({op:?}): the seat counts agree (ghosts possible: {})",
             m.ghosts
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        ),
+        Duration::from_secs(20),
+        || async {
+            let metrics = e.metrics().await;
+            Seats {
+                live: e.counters().seats_in_use,
+                seated: e.seated().await,
+                counted: metrics.count(r#"tollgate_upstream_seats_in_use{upstream="erp"}"#),
+                failed_logouts: metrics
+                    .count(r#"tollgate_upstream_logouts_total{result="failed",upstream="erp"}"#),
+            }
+        },
+        |s| {
+            s.counted <= CAP
+                && s.counted == s.seated
+                && s.live <= s.seated + s.failed_logouts
+                && (m.ghosts || s.seated <= s.live)
+        },
+    )
+    .await;
     // The credential cooldown: refused attempts are at least the cooldown apart, unless a
     // reload started a new credential gate in between.
     let refused: Vec<Instant> = e
@@ -386,10 +402,10 @@ async fn run(store: Store, ops: Vec<Op>) {
     // Shutdown frees every seat: restore a working upstream first (a stopped one cannot be
     // logged out of, and its seats are then its own to close).
     apply(&e, &mut m, &Op::Logins(Logins::Good)).await;
-    let failed = metric(
-        &e.metrics().await,
-        r#"tollgate_upstream_logouts_total{result="failed",upstream="erp"}"#,
-    );
+    let failed = e
+        .metrics()
+        .await
+        .count(r#"tollgate_upstream_logouts_total{result="failed",upstream="erp"}"#);
     let fake = e.fake.clone();
     e.gw.shutdown().await;
     let c = fake.counters();

@@ -9,7 +9,8 @@ use http::Request;
 use http_body_util::Full;
 use serde_json::json;
 
-use crate::support::legacy::{env, handle_of, metric, session_of, Setup, Store};
+use crate::support::http::chunked;
+use crate::support::legacy::{env, handle_of, requests_in_flight, session_of, Setup, Store};
 use crate::support::{eventually, request};
 
 async fn single_mode_serialises_a_grants_requests_on_one_session(store: Store) {
@@ -173,7 +174,7 @@ async fn the_seat_cap_evicts_the_lru_idle_session_or_answers_503(store: Store) {
         })
     };
     let busy = [slow(a.clone()), slow(c.clone())];
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    requests_in_flight(&e.fake, 2).await;
     let r = e.echo(&e.token("d", false)).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"], "upstream_capacity_exhausted");
@@ -183,10 +184,7 @@ async fn the_seat_cap_evicts_the_lru_idle_session_or_answers_503(store: Store) {
     }
     let m = e.metrics().await;
     assert_eq!(
-        metric(
-            &m,
-            r#"tollgate_upstream_evictions_total{reason="lru",upstream="erp"}"#
-        ),
+        m.count(r#"tollgate_upstream_evictions_total{reason="lru",upstream="erp"}"#),
         2
     );
     assert!(e.counters().peak_seats <= 2);
@@ -262,17 +260,11 @@ async fn a_wrong_password_is_tried_once_and_opens_the_cooldown(store: Store) {
     assert_eq!(c.logins_locked, 0);
     let m = e.metrics().await;
     assert_eq!(
-        metric(
-            &m,
-            r#"tollgate_upstream_logins_total{result="bad_credentials",upstream="erp"}"#
-        ),
+        m.count(r#"tollgate_upstream_logins_total{result="bad_credentials",upstream="erp"}"#),
         1
     );
     assert_eq!(
-        metric(
-            &m,
-            r#"tollgate_upstream_login_circuit_open{upstream="erp"}"#
-        ),
+        m.count(r#"tollgate_upstream_login_circuit_open{upstream="erp"}"#),
         1
     );
     e.assert_no_leaks();
@@ -306,41 +298,25 @@ async fn an_expired_session_is_logged_in_again_once_and_the_request_replayed_onc
     );
     let m = e.metrics().await;
     assert_eq!(
-        metric(&m, r#"tollgate_upstream_relogins_total{upstream="erp"}"#),
+        m.count(r#"tollgate_upstream_relogins_total{upstream="erp"}"#),
         1
     );
 
     // A streamed body cannot be replayed: 503 upstream_session_expired, Retry-After: 0.
     e.fake.expire(None);
-    let body = Chunked(Some(Bytes::from_static(b"{\"x\":1}")));
-    let req = Request::put(e.gw.url(counter))
-        .header("authorization", format!("Bearer {t}"))
-        .body(body)
-        .unwrap();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
-    let resp = client.request(req).await.unwrap();
-    assert_eq!(resp.status(), 503);
-    assert_eq!(resp.headers()["retry-after"], "0");
+    let resp = request(
+        Request::put(e.gw.url(counter))
+            .header("authorization", format!("Bearer {t}"))
+            .body(chunked(&b"{\"x\":1}"[..]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("retry-after"), Some("0"));
     // The next request finds a fresh session.
     assert_eq!(e.echo(&t).await.status, 200);
     e.assert_no_leaks();
     e.gw.shutdown().await;
-}
-
-/// A request body of unknown length: hyper sends it chunked, so it cannot be replayed.
-struct Chunked(Option<Bytes>);
-
-impl http_body::Body for Chunked {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
-    }
 }
 
 async fn a_replay_that_is_still_unauthenticated_is_502_and_never_loops(store: Store) {
@@ -369,25 +345,23 @@ async fn idle_sessions_are_logged_out_and_seats_return_to_zero(store: Store) {
     session_of(&e.echo(&e.token("a", false)).await);
     session_of(&e.echo(&e.token("b", false)).await);
     assert_eq!(e.counters().seats_in_use, 2);
-    let fake = e.fake.clone();
-    assert!(
-        eventually(Duration::from_secs(5), || fake.counters().seats_in_use == 0).await,
-        "{:?}",
-        e.counters()
-    );
+    eventually(
+        "the idle sessions are logged out: no seat in use upstream",
+        Duration::from_secs(5),
+        || std::future::ready(e.counters()),
+        |c| c.seats_in_use == 0,
+    )
+    .await;
     let c = e.counters();
     assert_eq!(c.logouts, 2);
     assert_eq!(c.logouts_411, 0, "logout carried Content-Length: 0");
     let m = e.metrics().await;
     assert_eq!(
-        metric(&m, r#"tollgate_upstream_seats_in_use{upstream="erp"}"#),
+        m.count(r#"tollgate_upstream_seats_in_use{upstream="erp"}"#),
         0
     );
     assert_eq!(
-        metric(
-            &m,
-            r#"tollgate_upstream_evictions_total{reason="idle",upstream="erp"}"#
-        ),
+        m.count(r#"tollgate_upstream_evictions_total{reason="idle",upstream="erp"}"#),
         2
     );
     e.assert_no_leaks();
@@ -536,19 +510,14 @@ async fn long_running_operations_stay_on_their_session(store: Store) {
         .await;
     assert_eq!(busy.status, 500, "{}", busy.text());
     assert_eq!(busy.json()["error"], "upstream_error");
-    let mut status = 202;
-    for _ in 0..100 {
-        status = e
-            .send("GET", &location, &t, Some(&a), b"")
-            .await
-            .status
-            .as_u16();
-        if status != 202 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, 204, "the handle's session finished its operation");
+    let done = eventually(
+        "the operation ends (its status is no longer 202)",
+        Duration::from_secs(5),
+        || async { e.send("GET", &location, &t, Some(&a), b"").await.status },
+        |status| *status != 202,
+    )
+    .await;
+    assert_eq!(done, 204, "the handle's session finished its operation");
     assert_eq!(e.counters().logins_ok, 2);
     e.assert_no_leaks();
     e.gw.shutdown().await;
@@ -626,9 +595,21 @@ async fn queue_bounds_answer_429_grant_busy(store: Store) {
         tokio::spawn(async move { crate::support::get(&url, &[("authorization", &auth)]).await })
     };
     let first = slow();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    requests_in_flight(&e.fake, 1).await;
     let second = slow();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    eventually(
+        "the second request is queued (the session records' queued counts)",
+        Duration::from_secs(5),
+        || async {
+            e.records()
+                .await
+                .iter()
+                .map(|r| r["queued"].as_u64().unwrap())
+                .sum::<u64>()
+        },
+        |queued| *queued == 1,
+    )
+    .await;
     // One in flight, one queued: the third is refused at once.
     let r = e.echo(&t).await;
     assert_eq!(r.status, 429);
@@ -645,17 +626,32 @@ async fn session_metrics_are_exposed_and_parse(store: Store) {
     let e = env(store, "").await;
     session_of(&e.echo(&e.token("g", false)).await);
     let m = e.metrics().await;
-    crate::metrics::promtool_check(&m);
-    for line in [
-        r#"tollgate_upstream_sessions{state="active",upstream="erp"} 1"#,
-        r#"tollgate_upstream_seats_in_use{upstream="erp"} 1"#,
-        r#"tollgate_upstream_logins_total{result="ok",upstream="erp"} 1"#,
-        r#"tollgate_upstream_logouts_total{result="ok",upstream="erp"} 0"#,
-        r#"tollgate_upstream_relogins_total{upstream="erp"} 0"#,
-        r#"tollgate_upstream_session_queue_depth{upstream="erp"} 0"#,
-        r#"tollgate_upstream_admission_wait_seconds_count{upstream="erp"} 1"#,
+    crate::metrics::promtool_check(m.text());
+    for (sample, value) in [
+        (
+            r#"tollgate_upstream_sessions{state="active",upstream="erp"}"#,
+            1.0,
+        ),
+        (r#"tollgate_upstream_seats_in_use{upstream="erp"}"#, 1.0),
+        (
+            r#"tollgate_upstream_logins_total{result="ok",upstream="erp"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_upstream_logouts_total{result="ok",upstream="erp"}"#,
+            0.0,
+        ),
+        (r#"tollgate_upstream_relogins_total{upstream="erp"}"#, 0.0),
+        (
+            r#"tollgate_upstream_session_queue_depth{upstream="erp"}"#,
+            0.0,
+        ),
+        (
+            r#"tollgate_upstream_admission_wait_seconds_count{upstream="erp"}"#,
+            1.0,
+        ),
     ] {
-        assert!(m.contains(line), "missing `{line}` in:\n{m}");
+        assert_eq!(m.value(sample), Some(value), "`{sample}` in:\n{m:?}");
     }
     e.assert_no_leaks();
     e.gw.shutdown().await;
@@ -670,19 +666,17 @@ async fn token_keyed_sessions_end_with_their_token(store: Store) {
     let s2 = session_of(&e.echo(&other).await);
     assert_ne!(s1, s2, "one session per access token");
     // The short token expires: its session is logged out without waiting for idle_ttl.
-    let fake = e.fake.clone();
-    assert!(
-        eventually(Duration::from_secs(6), || fake.counters().logouts == 1).await,
-        "{:?}",
-        e.counters()
-    );
+    eventually(
+        "the short token's session is logged out",
+        Duration::from_secs(6),
+        || std::future::ready(e.counters()),
+        |c| c.logouts == 1,
+    )
+    .await;
     assert_eq!(e.counters().seats_in_use, 1);
     let m = e.metrics().await;
     assert_eq!(
-        metric(
-            &m,
-            r#"tollgate_upstream_evictions_total{reason="token_expired",upstream="erp"}"#
-        ),
+        m.count(r#"tollgate_upstream_evictions_total{reason="token_expired",upstream="erp"}"#),
         1
     );
     e.assert_no_leaks();

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use tollgate::{App, Config, Listeners};
 
+use super::metrics::Metrics;
+
 pub struct TestGateway {
     pub app: Option<App>,
     pub base: String,
@@ -16,7 +18,12 @@ impl TestGateway {
     pub async fn start(toml: &str, wait_ready: bool) -> TestGateway {
         let config: Config =
             tollgate::config::from_toml_str(toml).unwrap_or_else(|e| panic!("config: {e}"));
-        let app = App::start(&config, Listeners::ephemeral().await.unwrap()).unwrap();
+        Self::start_config(&config, wait_ready).await
+    }
+
+    /// Starts from a configuration already loaded (from a file, say).
+    pub async fn start_config(config: &Config, wait_ready: bool) -> TestGateway {
+        let app = App::start(config, Listeners::ephemeral().await.unwrap()).unwrap();
         let gw = TestGateway {
             base: format!("http://{}", app.proxy_addr),
             admin: format!("http://{}", app.admin_addr),
@@ -24,10 +31,13 @@ impl TestGateway {
         };
         if wait_ready {
             let app = gw.app.as_ref().unwrap();
-            assert!(
-                super::eventually(Duration::from_secs(10), || app.gateway.is_ready()).await,
-                "gateway not ready"
-            );
+            super::eventually(
+                "the gateway is ready",
+                Duration::from_secs(10),
+                || std::future::ready(app.gateway.is_ready()),
+                |ready| *ready,
+            )
+            .await;
         }
         gw
     }
@@ -36,10 +46,9 @@ impl TestGateway {
         format!("{}{path}", self.base)
     }
 
-    pub async fn metrics(&self) -> String {
-        super::get(&format!("{}/metrics", self.admin), &[])
-            .await
-            .text()
+    /// One scrape of the admin listener's `/metrics`.
+    pub async fn metrics(&self) -> Metrics {
+        super::metrics::scrape(&self.admin).await
     }
 
     pub async fn shutdown(mut self) {

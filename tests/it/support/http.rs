@@ -3,9 +3,12 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -41,19 +44,43 @@ impl Reply {
     }
 }
 
-fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
-}
-
-/// Sends a request and reads the whole response.
-pub async fn request(req: Request<Full<Bytes>>) -> Reply {
-    let resp = client().request(req).await.expect("request failed");
+/// Sends a request and reads the whole response. The body is any body: a [`Full`] one (with
+/// its length), or a [`Chunked`] one.
+pub async fn request<B>(req: Request<B>) -> Reply
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client: Client<HttpConnector, B> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let resp = client.request(req).await.expect("request failed");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
     Reply {
         status: parts.status,
         headers: parts.headers,
         body,
+    }
+}
+
+/// A request body of unknown length: hyper sends it with `Transfer-Encoding: chunked` (so the
+/// gateway cannot know its size in advance, nor replay it).
+pub struct Chunked(Option<Bytes>);
+
+/// `bytes` as one chunk of a [`Chunked`] body.
+pub fn chunked(bytes: impl Into<Bytes>) -> Chunked {
+    Chunked(Some(bytes.into()))
+}
+
+impl Body for Chunked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
     }
 }
 

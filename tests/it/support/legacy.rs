@@ -11,8 +11,9 @@ use tokio::net::TcpListener;
 use tollgate::demo::legacy::{Counters, FakeLegacy, LegacyOptions};
 
 use super::http::Reply;
+use super::metrics::Metrics;
 use super::redis::RedisServer;
-use super::{request, FakeIdp, TestGateway};
+use super::{eventually, request, FakeIdp, TestGateway};
 
 /// Which session store the gateway uses: the session tests run against both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,7 +292,7 @@ impl Env {
         }
     }
 
-    pub async fn metrics(&self) -> String {
+    pub async fn metrics(&self) -> Metrics {
         self.gw.metrics().await
     }
 
@@ -301,33 +302,53 @@ impl Env {
         list.json()["sessions"].as_array().unwrap().clone()
     }
 
+    /// The gateway's records holding a seat.
+    pub async fn seated(&self) -> u64 {
+        let records = self.records().await;
+        records.iter().filter(|r| r["state"] == "active").count() as u64
+    }
+
     /// Waits until no login of the gateway is running, then until the fake's live sessions
     /// equal the gateway's records holding a seat (no orphan either way), within `within`.
-    pub async fn settles(&self, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let app = self.gw.app.as_ref().unwrap();
-            let idle = app.gateway.pools().iter().all(|p| p.logins_running() == 0);
-            let seated = self
-                .records()
-                .await
-                .iter()
-                .filter(|r| r["state"] == "active")
-                .count() as u64;
-            let seats = metric(
-                &self.metrics().await,
-                r#"tollgate_upstream_seats_in_use{upstream="erp"}"#,
-            );
-            let live = self.counters().seats_in_use;
-            if idle && seated == live && seats == live {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    pub async fn settles(&self, within: Duration) {
+        let app = self.gw.app.as_ref().unwrap();
+        eventually(
+            "the gateway and the fake settle: no login running, and the fake's live sessions \
+             (live) equal the records holding a seat (seated) and the seats counted (counted)",
+            within,
+            || async {
+                let logins: usize = app.gateway.pools().iter().map(|p| p.logins_running()).sum();
+                let seated = self.seated().await;
+                let counted = self
+                    .metrics()
+                    .await
+                    .count(r#"tollgate_upstream_seats_in_use{upstream="erp"}"#);
+                let live = self.counters().seats_in_use;
+                json!({"logins_running": logins, "seated": seated, "counted": counted, "live": live})
+            },
+            |s| s["logins_running"] == 0 && s["seated"] == s["live"] && s["counted"] == s["live"],
+        )
+        .await;
     }
+}
+
+/// Waits until `sessions` sessions of the fake each have a request in flight (the requests
+/// reached the upstream).
+pub async fn requests_in_flight(fake: &FakeLegacy, sessions: usize) {
+    eventually(
+        &format!("{sessions} upstream session(s) each have a request in flight"),
+        Duration::from_secs(5),
+        || std::future::ready(fake.state()["sessions"].clone()),
+        |list| {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["in_flight"].as_u64() > Some(0))
+                .count()
+                >= sessions
+        },
+    )
+    .await;
 }
 
 /// Invariant 6.11.1: no upstream `Set-Cookie` ever reaches a client, only the handle cookie;
@@ -364,13 +385,4 @@ pub fn handle_of(r: &Reply) -> String {
         "{v}"
     );
     v.split(';').next().unwrap().to_owned()
-}
-
-/// The value of the first sample line starting with `line` (0 when absent).
-pub fn metric(m: &str, line: &str) -> u64 {
-    m.lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }

@@ -7,6 +7,7 @@ pub mod http;
 pub mod idp;
 pub mod introspect;
 pub mod legacy;
+pub mod metrics;
 pub mod process;
 pub mod redis;
 pub mod upstream;
@@ -16,19 +17,40 @@ pub use http::{get, request};
 pub use idp::FakeIdp;
 pub use upstream::RecordingUpstream;
 
+use std::fmt::Debug;
+use std::future::Future;
 use std::time::Duration;
 
-/// Polls `cond` until it holds or `timeout` passes (no fixed sleeps in tests).
-pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut cond: F) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
+/// How often [`eventually`] looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Waits for something to have happened: runs `probe` every 20 ms until `done` holds for what
+/// it returned, and returns that value. After `within`, panics naming `what` did not happen and
+/// the last value seen. Tests wait this way, on a signal, never with a fixed sleep.
+///
+/// A synchronous probe is written `|| std::future::ready(fake.counters())`.
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    within: Duration,
+    mut probe: F,
+    mut done: impl FnMut(&T) -> bool,
+) -> T
+where
+    T: Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + within;
     loop {
-        if cond() {
-            return true;
+        let value = probe().await;
+        if done(&value) {
+            return value;
         }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not so after {within:?}; last seen: {value:#?}"
+        );
+        tokio::time::sleep(POLL).await;
     }
 }
 

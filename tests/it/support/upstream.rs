@@ -1,6 +1,7 @@
 //! A recording upstream: remembers every request it received and echoes it back as JSON.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub struct Recorded {
 pub struct RecordingUpstream {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Requests received, answered or not.
+    arrived: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -42,9 +45,11 @@ impl RecordingUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let r = requests.clone();
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let (r, a) = (requests.clone(), arrived.clone());
         let task = serve(listener, move |req, _| {
             let r = r.clone();
+            a.fetch_add(1, Ordering::SeqCst);
             async move {
                 let (parts, body) = req.into_parts();
                 let uri = parts.uri.to_string();
@@ -88,6 +93,7 @@ impl RecordingUpstream {
         RecordingUpstream {
             addr,
             requests,
+            arrived,
             task,
         }
     }
@@ -98,6 +104,22 @@ impl RecordingUpstream {
 
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
+    }
+
+    /// Requests received and not answered yet (a `/slow` one waiting, for instance).
+    pub fn in_flight(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst) - self.count()
+    }
+
+    /// Waits until `n` requests are in flight here (they reached the upstream).
+    pub async fn reaches_in_flight(&self, n: usize) {
+        super::eventually(
+            &format!("{n} request(s) reach the upstream and wait there (in flight)"),
+            Duration::from_secs(5),
+            || std::future::ready(self.in_flight()),
+            |in_flight| *in_flight == n,
+        )
+        .await;
     }
 
     pub fn last(&self) -> Recorded {
