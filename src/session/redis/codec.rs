@@ -179,4 +179,65 @@ mod tests {
             "a jar moved to another record does not open"
         );
     }
+
+    #[test]
+    fn malformed_slot_texts_are_refused() {
+        assert_eq!(slot_from_text("g|not base64!"), None);
+        assert_eq!(
+            slot_from_text(&format!("g|{}", URL_SAFE_NO_PAD.encode([1u8; 15]))),
+            None,
+            "a handle is 16 bytes"
+        );
+        // Grant keys carry no '|', but the handle is the text after the last one.
+        let odd = SlotKey {
+            grant: GrantKey("a|b".into()),
+            handle: None,
+        };
+        assert_eq!(slot_from_text(&slot_text(&odd)), Some(odd));
+    }
+
+    #[test]
+    fn a_hash_without_an_id_is_no_record_and_missing_fields_default() {
+        let map = |kv: &[(&str, &str)]| -> HashMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert!(plain_record(&map(&[("state", "a")])).is_none());
+        assert!(plain_record(&map(&[("id", "x")])).is_none());
+        let r = plain_record(&map(&[("id", "5"), ("state", "?"), ("op", "")])).unwrap();
+        assert_eq!(
+            (
+                r.id,
+                r.state,
+                r.concurrent,
+                r.seated,
+                r.last_op_ms,
+                r.retire_at_ms
+            ),
+            (5, SessionState::NeedsLogin, false, false, None, None)
+        );
+        assert_eq!((r.created_ms, r.last_used_ms, r.jar_version), (0, 0, 0));
+        for (text, state) in [
+            ("n", SessionState::NeedsLogin),
+            ("l", SessionState::LoggingIn),
+            ("a", SessionState::Active),
+        ] {
+            assert_eq!(state_text(state), text);
+            assert_eq!(
+                plain_record(&map(&[("id", "1"), ("state", text)]))
+                    .unwrap()
+                    .state,
+                state
+            );
+        }
+    }
+
+    #[test]
+    fn a_reply_list_pairs_up_and_drops_a_dangling_name() {
+        let m = pairs(vec!["a".into(), "1".into(), "b".into()]);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m["a"], "1");
+        assert!(pairs(Vec::new()).is_empty());
+    }
 }
