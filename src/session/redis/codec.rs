@@ -7,7 +7,7 @@ use base64::Engine as _;
 
 use super::super::grant::GrantKey;
 use super::super::jar::Jar;
-use super::super::store::{SessionRecord, SessionState, SlotKey};
+use super::super::store::{Expiry, SessionRecord, SessionState, SlotKey};
 use crate::fleet::seal::{Sealer, Unsealable};
 
 /// `grant|nonce-base64` (or `grant|-` in single mode).
@@ -115,6 +115,25 @@ pub(super) fn plain_record(map: &HashMap<String, String>) -> Option<SessionRecor
         retire_at_ms: num("retire"),
         jar_version: num("jv").unwrap_or(0),
     })
+}
+
+/// Record fields as a script's arguments (name, value, ...), without the fields named in
+/// `without` (times the script sets on its own clock).
+pub(super) fn args(fields: Vec<(&'static str, String)>, without: &[&str]) -> Vec<String> {
+    fields
+        .into_iter()
+        .filter(|(k, _)| !without.contains(k))
+        .flat_map(|(k, v)| [k.to_owned(), v])
+        .collect()
+}
+
+/// Why `take_expired`'s script took a session (`token`, `age`; anything else is idleness).
+pub(super) fn expiry_from(why: &str) -> Expiry {
+    match why {
+        "token" => Expiry::TokenExpired,
+        "age" => Expiry::Age,
+        _ => Expiry::Idle,
+    }
 }
 
 /// An `HGETALL` reply (flat name/value list) as a map.
@@ -239,5 +258,26 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m["a"], "1");
         assert!(pairs(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn script_arguments_leave_out_the_times_the_script_sets() {
+        let r = SessionRecord::new(1, false, 10);
+        let flat = args(plain_fields(&r), &["created", "used"]);
+        assert_eq!(flat.len(), 2 * (plain_fields(&r).len() - 2));
+        assert_eq!(&flat[..4], ["id", "1", "concurrent", "0"]);
+        assert!(!flat.iter().any(|v| v == "created" || v == "used"));
+        assert_eq!(
+            args(plain_fields(&r), &[]).len(),
+            2 * plain_fields(&r).len()
+        );
+    }
+
+    #[test]
+    fn expiry_reasons_from_the_script() {
+        assert_eq!(expiry_from("token"), Expiry::TokenExpired);
+        assert_eq!(expiry_from("age"), Expiry::Age);
+        assert_eq!(expiry_from("idle"), Expiry::Idle);
+        assert_eq!(expiry_from(""), Expiry::Idle);
     }
 }
