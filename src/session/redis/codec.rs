@@ -7,7 +7,7 @@ use base64::Engine as _;
 
 use super::super::grant::GrantKey;
 use super::super::jar::Jar;
-use super::super::store::{SessionRecord, SessionState, SlotKey};
+use super::super::store::{Expiry, SessionRecord, SessionState, SlotKey};
 use crate::fleet::seal::{Sealer, Unsealable};
 
 /// `grant|nonce-base64` (or `grant|-` in single mode).
@@ -117,6 +117,25 @@ pub(super) fn plain_record(map: &HashMap<String, String>) -> Option<SessionRecor
     })
 }
 
+/// Record fields as a script's arguments (name, value, ...), without the fields named in
+/// `without` (times the script sets on its own clock).
+pub(super) fn args(fields: Vec<(&'static str, String)>, without: &[&str]) -> Vec<String> {
+    fields
+        .into_iter()
+        .filter(|(k, _)| !without.contains(k))
+        .flat_map(|(k, v)| [k.to_owned(), v])
+        .collect()
+}
+
+/// Why `take_expired`'s script took a session (`token`, `age`; anything else is idleness).
+pub(super) fn expiry_from(why: &str) -> Expiry {
+    match why {
+        "token" => Expiry::TokenExpired,
+        "age" => Expiry::Age,
+        _ => Expiry::Idle,
+    }
+}
+
 /// An `HGETALL` reply (flat name/value list) as a map.
 pub(super) fn pairs(list: Vec<String>) -> HashMap<String, String> {
     let mut it = list.into_iter();
@@ -178,5 +197,87 @@ mod tests {
             record_from(&map, &sealer, "r:y").unwrap().is_err(),
             "a jar moved to another record does not open"
         );
+    }
+
+    #[test]
+    fn malformed_slot_texts_are_refused() {
+        assert_eq!(slot_from_text("g|not base64!"), None);
+        assert_eq!(
+            slot_from_text(&format!("g|{}", URL_SAFE_NO_PAD.encode([1u8; 15]))),
+            None,
+            "a handle is 16 bytes"
+        );
+        // Grant keys carry no '|', but the handle is the text after the last one.
+        let odd = SlotKey {
+            grant: GrantKey("a|b".into()),
+            handle: None,
+        };
+        assert_eq!(slot_from_text(&slot_text(&odd)), Some(odd));
+    }
+
+    #[test]
+    fn a_hash_without_an_id_is_no_record_and_missing_fields_default() {
+        let map = |kv: &[(&str, &str)]| -> HashMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert!(plain_record(&map(&[("state", "a")])).is_none());
+        assert!(plain_record(&map(&[("id", "x")])).is_none());
+        let r = plain_record(&map(&[("id", "5"), ("state", "?"), ("op", "")])).unwrap();
+        assert_eq!(
+            (
+                r.id,
+                r.state,
+                r.concurrent,
+                r.seated,
+                r.last_op_ms,
+                r.retire_at_ms
+            ),
+            (5, SessionState::NeedsLogin, false, false, None, None)
+        );
+        assert_eq!((r.created_ms, r.last_used_ms, r.jar_version), (0, 0, 0));
+        for (text, state) in [
+            ("n", SessionState::NeedsLogin),
+            ("l", SessionState::LoggingIn),
+            ("a", SessionState::Active),
+        ] {
+            assert_eq!(state_text(state), text);
+            assert_eq!(
+                plain_record(&map(&[("id", "1"), ("state", text)]))
+                    .unwrap()
+                    .state,
+                state
+            );
+        }
+    }
+
+    #[test]
+    fn a_reply_list_pairs_up_and_drops_a_dangling_name() {
+        let m = pairs(vec!["a".into(), "1".into(), "b".into()]);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m["a"], "1");
+        assert!(pairs(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn script_arguments_leave_out_the_times_the_script_sets() {
+        let r = SessionRecord::new(1, false, 10);
+        let flat = args(plain_fields(&r), &["created", "used"]);
+        assert_eq!(flat.len(), 2 * (plain_fields(&r).len() - 2));
+        assert_eq!(&flat[..4], ["id", "1", "concurrent", "0"]);
+        assert!(!flat.iter().any(|v| v == "created" || v == "used"));
+        assert_eq!(
+            args(plain_fields(&r), &[]).len(),
+            2 * plain_fields(&r).len()
+        );
+    }
+
+    #[test]
+    fn expiry_reasons_from_the_script() {
+        assert_eq!(expiry_from("token"), Expiry::TokenExpired);
+        assert_eq!(expiry_from("age"), Expiry::Age);
+        assert_eq!(expiry_from("idle"), Expiry::Idle);
+        assert_eq!(expiry_from(""), Expiry::Idle);
     }
 }

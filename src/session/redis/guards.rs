@@ -105,3 +105,57 @@ impl Holdings {
         Some(held.kind)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_codes_are_the_renewal_script_s() {
+        let codes = [Kind::InFlight, Kind::Queued, Kind::Login, Kind::Trial].map(Kind::code);
+        assert_eq!(codes, ["f", "q", "l", "t"]);
+    }
+
+    #[test]
+    fn holdings_are_renewed_until_dropped() {
+        let h = Holdings::default();
+        h.hold("t1", Kind::Queued, "", 7);
+        h.hold("t2", Kind::Login, "g|-", 8);
+        let mut held = h.snapshot();
+        held.sort_by(|a, b| a.3.cmp(&b.3));
+        assert_eq!(
+            held,
+            vec![
+                (Kind::Queued, String::new(), 7, "t1".to_owned()),
+                (Kind::Login, "g|-".to_owned(), 8, "t2".to_owned()),
+            ]
+        );
+        h.drop_ticket("t1");
+        h.drop_ticket("unknown");
+        assert_eq!(h.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn a_queued_ticket_granted_a_place_becomes_an_in_flight_holding() {
+        let h = Holdings::default();
+        h.hold("t", Kind::Queued, "", 7);
+        let lost = h.granted("t", "g|-", 7);
+        assert_eq!(
+            h.snapshot(),
+            vec![(Kind::InFlight, "g|-".to_owned(), 7, "t".to_owned())]
+        );
+        assert!(!*lost.borrow());
+    }
+
+    #[test]
+    fn a_lost_holding_tells_its_request_and_is_forgotten() {
+        let h = Holdings::default();
+        let lost = h.granted("t", "g|-", 7);
+        h.hold("q", Kind::Queued, "", 7);
+        assert_eq!(h.lose("t"), Some(Kind::InFlight));
+        assert!(*lost.borrow(), "the request is told");
+        assert_eq!(h.lose("t"), None, "once");
+        assert_eq!(h.lose("q"), Some(Kind::Queued), "nobody to tell");
+        assert!(h.snapshot().is_empty());
+    }
+}

@@ -1,0 +1,295 @@
+//! The lease path: one script finds or creates the slot's record and grants an in-flight place,
+//! or queues the request's ticket (FIFO in Redis, across replicas). A queued request waits for
+//! its wake from [`crate::fleet::Fleet`], or gives up at its deadline; a request that goes away
+//! at any point takes its ticket off the queue ([`Pending`]). A lease that met a store which
+//! lost its state repairs it first (`upkeep`); a jar this replica already has at the stored
+//! version is not sent again (`recent`).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::super::store::{InFlight, LeaseRefused, Leased, Release, SessionRecord, SlotKey};
+use super::codec::{args, fields, pairs, plain_record, slot_text};
+use super::guards::Kind;
+use super::release::cancel;
+#[cfg(doc)]
+use super::SessionStore;
+use super::{lock, RedisStore};
+use crate::fleet::membership::Wake;
+
+/// [`SessionStore::lease`].
+pub(super) async fn lease(
+    store: &RedisStore,
+    slot: &SlotKey,
+    template: SessionRecord,
+    grant_cap: u32,
+    max: u32,
+    max_queue: u32,
+    wait: Duration,
+) -> Result<Leased, LeaseRefused> {
+    let s = slot_text(slot);
+    let rec = store.keys.record(&s);
+    let (slots, grant) = (store.keys.slots(), store.keys.grant(&slot.grant));
+    let (prefix, global) = (store.keys.prefix.clone(), store.keys.global.clone());
+    let ticket = store.fleet.ticket();
+    let lease = store.lease_ms();
+    let flat = args(fields(&template, &store.sealer, &rec), &["created", "used"]);
+    // Registered before the ticket can be queued, so that no wake is missed; the guard
+    // takes the ticket off the queue if this request goes away while it waits.
+    let wake = store.fleet.expect(&ticket);
+    let mut pending = Pending {
+        store,
+        ticket: ticket.clone(),
+        rec: rec.clone(),
+        armed: true,
+        here: None,
+    };
+    let epoch_key = store.keys.epoch();
+    let mut reply: Vec<String> = Vec::new();
+    let fresh = format!("{:032x}", rand::random::<u128>());
+    let (cached_id, cached_jv) = store.recent.latest(&s);
+    let mut with_fields = false;
+    for _ in 0..3 {
+        let known = lock(&store.epoch).clone();
+        let script = &store.scripts.lease;
+        let (text, t2) = (s.clone(), ticket.clone());
+        let (rec, slots, grant, epoch_key) = (&rec, &slots, &grant, &epoch_key);
+        let (prefix, global, fresh) = (&prefix, &global, &fresh);
+        let (cached_id, cached_jv) = (&cached_id, &cached_jv);
+        let flat: &[String] = if with_fields { &flat } else { &[] };
+        reply = store
+            .redis
+            .run("lease", |mut c| async move {
+                let mut inv = script.key(rec);
+                inv.key(slots)
+                    .key(grant)
+                    .key(epoch_key)
+                    .arg(prefix)
+                    .arg(global)
+                    .arg(&text)
+                    .arg(grant_cap)
+                    .arg(max)
+                    .arg(max_queue)
+                    .arg(&t2)
+                    .arg(lease)
+                    .arg(&known)
+                    .arg(fresh)
+                    .arg(cached_id)
+                    .arg(cached_jv);
+                for f in flat {
+                    inv.arg(f);
+                }
+                inv.invoke_async(&mut c).await
+            })
+            .await
+            .map_err(|_| LeaseRefused::Unavailable)?;
+        match reply.first().map(String::as_str) {
+            Some("create") => with_fields = true,
+            // The store lost its state since this replica last looked: before anything is
+            // created in the empty store, what this replica knows is registered again.
+            Some("reset") => store
+                .repair_reset()
+                .await
+                .map_err(|_| LeaseRefused::Unavailable)?,
+            _ => break,
+        }
+    }
+    let mut it = reply.into_iter();
+    // From here the script's answer is known: only a queued ticket needs undoing.
+    let code = it.next().unwrap_or_default();
+    let created = it.next().as_deref() == Some("1");
+    if code == "1" || code == "0" {
+        if let Some(epoch) = it.next() {
+            let mut known = lock(&store.epoch);
+            if known.is_empty() {
+                *known = epoch;
+            }
+        }
+    }
+    match code.as_str() {
+        "1" => {
+            pending.disarm();
+            let how = it.next().unwrap_or_default();
+            let map = pairs(it.collect());
+            if how == "cached" {
+                // The jar did not change since this replica last had it.
+                let id = map
+                    .get("id")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let jv = map
+                    .get("jv")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let jar = store.recent.jar(&s, id, jv);
+                match jar {
+                    Some(jar) => {
+                        let mut record = plain_record(&map).ok_or(LeaseRefused::Gone)?;
+                        record.jar = jar;
+                        return Ok(store.granted(slot, &s, record, ticket, created));
+                    }
+                    // Forgotten meanwhile: read it whole.
+                    None => match store.read_stored(&s).await {
+                        Ok(Some(stored)) if stored.record.id == id => {
+                            return Ok(store.granted(slot, &s, stored.record, ticket, created));
+                        }
+                        _ => {
+                            drop(store.in_flight(slot, &s, id, ticket));
+                            return Err(LeaseRefused::Gone);
+                        }
+                    },
+                }
+            }
+            let Some(stored) = store.decode(&s, &map) else {
+                // Lost (its jar does not open): the place is given back and the record
+                // taken away, never forwarded.
+                if let Some(id) = map.get("id").and_then(|v| v.parse::<u64>().ok()) {
+                    drop(store.in_flight(slot, &s, id, ticket));
+                    let _ = store.remove_text(&s, id).await;
+                }
+                return Err(LeaseRefused::Gone);
+            };
+            Ok(store.granted(slot, &s, stored.record, ticket, created))
+        }
+        "0" => {
+            let id: u64 = it
+                .next()
+                .and_then(|v| v.parse().ok())
+                .ok_or(LeaseRefused::Unavailable)?;
+            pending.queued(id);
+            let deadline = tokio::time::Instant::now() + wait;
+            if let Err(e) = store.wait_turn(&pending.rec, &ticket, wake, deadline).await {
+                // Already off the queue (cancelled, or the session is gone).
+                pending.armed = false;
+                return Err(e);
+            }
+            pending.disarm();
+            let in_flight = store.in_flight(slot, &s, id, ticket);
+            match store.read(&s).await {
+                Ok(Some(record)) if record.id == id => {
+                    store.recent.remember(slot, &record);
+                    Ok(Leased {
+                        record,
+                        in_flight,
+                        created,
+                    })
+                }
+                Ok(_) => Err(LeaseRefused::Gone),
+                Err(_) => Err(LeaseRefused::Unavailable),
+            }
+        }
+        "-2" => {
+            pending.disarm();
+            Err(LeaseRefused::Busy)
+        }
+        "2" => {
+            pending.disarm();
+            Err(LeaseRefused::GrantFull {
+                earliest_idle_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+            })
+        }
+        _ => Err(LeaseRefused::Unavailable),
+    }
+}
+
+impl RedisStore {
+    /// The lease of a place granted on `record`, which this replica now remembers.
+    fn granted(
+        &self,
+        slot: &SlotKey,
+        s: &str,
+        record: SessionRecord,
+        ticket: String,
+        created: bool,
+    ) -> Leased {
+        self.recent.remember(slot, &record);
+        let in_flight = self.in_flight(slot, s, record.id, ticket);
+        Leased {
+            record,
+            in_flight,
+            created,
+        }
+    }
+
+    /// The lease of a granted ticket: released by [`SessionStore::release`] or its drop.
+    fn in_flight(&self, slot: &SlotKey, s: &str, id: u64, ticket: String) -> InFlight {
+        let lost = self.holdings.granted(&ticket, s, id);
+        let releaser = self.releaser();
+        let rec = self.keys.record(s);
+        InFlight::new(
+            slot.clone(),
+            id,
+            Box::new(move |how: Release| releaser.release(rec, id, ticket, how)),
+        )
+        .with_lost(lost)
+    }
+
+    /// Waits for the wake of a queued ticket (FIFO: the place is handed over in Redis), or
+    /// gives up at `deadline` (taking the ticket off the queue).
+    async fn wait_turn(
+        &self,
+        rec: &str,
+        ticket: &str,
+        wake: tokio::sync::oneshot::Receiver<Wake>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), LeaseRefused> {
+        match tokio::time::timeout_at(deadline, wake).await {
+            Ok(Ok(Wake::Granted)) => Ok(()),
+            Ok(Ok(Wake::Gone)) => Err(LeaseRefused::Gone),
+            // The fleet dropped the waiter (shutdown) or the wait ran out: off the queue.
+            Ok(Err(_)) | Err(_) => {
+                self.fleet.forget(ticket);
+                self.holdings.drop_ticket(ticket);
+                cancel(&self.releaser(), self.scripts.cancel.clone(), rec, ticket).await;
+                Err(LeaseRefused::Busy)
+            }
+        }
+    }
+}
+
+/// A lease request in progress. Dropped before it got its place (the client went away while it
+/// waited, or even before the lease script's answer arrived), it takes its ticket off the queue
+/// and gives back a place granted to it, on its own task; it keeps this replica's count of
+/// waiting requests.
+struct Pending<'a> {
+    store: &'a RedisStore,
+    ticket: String,
+    rec: String,
+    armed: bool,
+    here: Option<Arc<AtomicU32>>,
+}
+
+impl Pending<'_> {
+    fn queued(&mut self, id: u64) {
+        self.store.holdings.hold(&self.ticket, Kind::Queued, "", id);
+        let count = self.store.queued_here.clone();
+        count.fetch_add(1, Ordering::Relaxed);
+        self.here = Some(count);
+    }
+
+    /// The ticket became a lease (or never existed): nothing to undo.
+    fn disarm(&mut self) {
+        self.store.fleet.forget(&self.ticket);
+        self.armed = false;
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(count) = self.here.take() {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+        if !self.armed {
+            return;
+        }
+        self.store.fleet.forget(&self.ticket);
+        self.store.holdings.drop_ticket(&self.ticket);
+        let releaser = self.store.releaser();
+        let script = self.store.scripts.cancel.clone();
+        let (rec, ticket) = (self.rec.clone(), self.ticket.clone());
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { cancel(&releaser, script, &rec, &ticket).await });
+        }
+    }
+}

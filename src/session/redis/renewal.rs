@@ -1,0 +1,83 @@
+//! The store's own background task: it loads the scripts, then renews every holding of this
+//! replica ([`super::guards`]) in one round trip every third of `lease_ttl`. A holding that
+//! expired in the store (an outage longer than `lease_ttl`) is restored when nobody took its
+//! place; when somebody did, it is lost: its request stops, or its waiter learns the session is
+//! gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::super::store::StoreError;
+use super::guards::Kind;
+#[cfg(doc)]
+use super::SessionStore;
+use super::{lock, RedisStore};
+use crate::fleet::membership::Wake;
+
+/// [`SessionStore::start`]: starts the task once; it ends with the store.
+pub(super) fn start(store: Arc<RedisStore>) {
+    let mut task = lock(&store.task);
+    if task.is_some() {
+        return;
+    }
+    let weak = Arc::downgrade(&store);
+    let every = (store.lease_ttl / 3).max(Duration::from_millis(100));
+    *task = Some(tokio::spawn(async move {
+        if let Some(me) = weak.upgrade() {
+            let _ = me.load_scripts().await;
+        }
+        loop {
+            tokio::time::sleep(every).await;
+            match weak.upgrade() {
+                Some(me) => renew(&me).await,
+                None => break,
+            }
+        }
+    }));
+}
+
+/// One renewal of every holding, and the upkeep's seat renewal; never behind logouts.
+async fn renew(store: &RedisStore) {
+    let held = store.holdings.snapshot();
+    if held.is_empty() {
+        return;
+    }
+    let (prefix, global) = (store.keys.prefix.clone(), store.keys.global.clone());
+    let (max, lease) = (store.max_inflight, store.lease_ms());
+    let script = &store.scripts.renew;
+    let args = held.clone();
+    let statuses: Result<Vec<String>, StoreError> = store
+        .redis
+        .run("renew", |mut c| async move {
+            let mut inv = script.arg(&prefix);
+            inv.arg(&global).arg(max).arg(lease);
+            for (kind, slot, id, ticket) in &args {
+                inv.arg(kind.code()).arg(slot).arg(*id).arg(ticket);
+            }
+            inv.invoke_async(&mut c).await
+        })
+        .await;
+    let Ok(statuses) = statuses else {
+        return;
+    };
+    for ((kind, _, id, ticket), status) in held.iter().zip(statuses) {
+        match status.as_str() {
+            "restored" => {
+                tracing::warn!(prefix = %store.keys.prefix, session = id, kind = kind.code(), "a lease had expired in the store (an outage?); it was restored");
+            }
+            "lost" => {
+                store.holdings.lose(ticket);
+                match kind {
+                    Kind::InFlight => {
+                        tracing::error!(prefix = %store.keys.prefix, session = id, "an in-flight place expired in the store and was taken meanwhile: the request stops")
+                    }
+                    Kind::Queued => store.fleet.wake_local(ticket, Wake::Gone),
+                    Kind::Login | Kind::Trial => {
+                        tracing::warn!(prefix = %store.keys.prefix, session = id, kind = kind.code(), "a login lock expired in the store and was taken meanwhile")
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
