@@ -125,7 +125,11 @@ pub(super) async fn lease(
                 let jar = store.recent.jar(&s, id, jv);
                 match jar {
                     Some(jar) => {
-                        let mut record = plain_record(&map).ok_or(LeaseRefused::Gone)?;
+                        let Some(mut record) = plain_record(&map) else {
+                            // Unreadable: the place Redis granted goes back at once.
+                            drop(store.in_flight(slot, &s, id, ticket));
+                            return Err(LeaseRefused::Gone);
+                        };
                         record.jar = jar;
                         return Ok(store.granted(slot, &s, record, ticket, created));
                     }
