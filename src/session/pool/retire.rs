@@ -1,0 +1,343 @@
+//! The end of sessions (design §6.9): logout of a grant's sessions (admin, client, reload), the
+//! periodic sweep of idle, over-age and token-expired ones, the repair of sessions a shared
+//! store lost, graceful shutdown and leaving the fleet, and the sessions the upstream ended by
+//! itself (no logout call then: its seat is already free upstream).
+//!
+//! A logout never meets a request on its session: the store removes a record only once nothing
+//! holds or waits for it, and a seat goes back only once its session is logged out (or known to
+//! be gone upstream), so the seat count never drops below what the upstream counts.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{lock, now_ms, Held, Pool};
+use crate::session::grant::GrantKey;
+use crate::session::jar::Jar;
+use crate::session::login;
+use crate::session::store::{
+    millis, Expiry, Removal, Restored, SessionRecord, SessionState, SlotKey,
+};
+use crate::session::SessionError;
+
+/// Logouts running at once during shutdown.
+const SHUTDOWN_PARALLELISM: usize = 16;
+/// How long a logout waits for the requests on its session to finish.
+const DRAIN_BOUND: Duration = Duration::from_secs(30);
+
+/// Why a session is retired (the `reason` label of evictions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retire {
+    /// Evicted to make room under the seat cap.
+    Lru,
+    Idle,
+    MaxAge,
+    /// `token` grant keys: the session's access token expired.
+    TokenExpired,
+    /// The upstream said the session had ended (expiry, failed replay).
+    Expired,
+    /// An admin or client logout.
+    Logout,
+    Shutdown,
+}
+
+/// What [`Pool::drain_and_retire`] came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    Retired,
+    /// Still in use when the wait ran out: left alone.
+    Busy,
+    Gone,
+}
+
+// === impl Retire ===
+
+impl Retire {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retire::Lru => "lru",
+            Retire::Idle => "idle",
+            Retire::MaxAge => "max_age",
+            Retire::TokenExpired => "token_expired",
+            Retire::Expired => "expired",
+            Retire::Logout => "logout",
+            Retire::Shutdown => "shutdown",
+        }
+    }
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// Logs out the sessions of `grant` (the one of `slot`, or every slot of the grant), each
+    /// once nothing holds or waits for it. Idempotent. Returns how many were logged out, and
+    /// how many were still busy when the wait ran out (they stay).
+    pub async fn logout(&self, grant: &GrantKey, slot: Option<&SlotKey>) -> (usize, usize) {
+        let Ok(all) = self.store.list().await else {
+            return (0, 0);
+        };
+        let deadline = Instant::now() + DRAIN_BOUND;
+        let (mut done, mut busy) = (0, 0);
+        for (key, record) in all {
+            if key.grant != *grant || slot.is_some_and(|s| *s != key) {
+                continue;
+            }
+            match self
+                .drain_and_retire(&key, record.id, Retire::Logout, deadline)
+                .await
+            {
+                Drained::Retired => done += 1,
+                Drained::Busy => busy += 1,
+                Drained::Gone => {}
+            }
+        }
+        (done, busy)
+    }
+
+    /// Waits (until `deadline`) for nothing to hold or wait for the session, then removes it
+    /// and logs it out. The check and the removal are one atomic step of the store, so a
+    /// logout never meets a request on its session.
+    async fn drain_and_retire(
+        &self,
+        slot: &SlotKey,
+        id: u64,
+        reason: Retire,
+        deadline: Instant,
+    ) -> Drained {
+        loop {
+            match self.store.remove_unused(slot, id).await {
+                Ok(Removal::Removed(record)) => {
+                    self.retire_removed(record, reason, true).await;
+                    return Drained::Retired;
+                }
+                Ok(Removal::Gone) => return Drained::Gone,
+                Ok(Removal::Busy) | Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Ok(Removal::Busy) | Err(_) => {
+                    tracing::warn!(upstream = %self.upstream_id, session = id, reason = reason.as_str(), "session still in use: not logged out (the idle sweep ends it later)");
+                    return Drained::Busy;
+                }
+            }
+        }
+    }
+
+    /// Finishes a session already removed from the store: logs it out (with two retries, after
+    /// 1 s and 4 s) when it holds a seat and `call_logout`, then gives the seat back. A record
+    /// removed while its login runs is left to that login, which owns the seat until then and
+    /// logs the new session out when it finds the record gone.
+    pub(super) async fn retire_removed(
+        &self,
+        record: SessionRecord,
+        reason: Retire,
+        call_logout: bool,
+    ) {
+        self.metrics
+            .upstream_eviction(&self.upstream_id, reason.as_str());
+        if record.state == SessionState::LoggingIn {
+            self.sample_sessions().await;
+            return;
+        }
+        if record.seated {
+            if call_logout && record.state == SessionState::Active && !record.jar.is_empty() {
+                let ok = self.logout_jar(&record.jar, reason).await;
+                tracing::info!(upstream = %self.upstream_id, session = record.id, reason = reason.as_str(), ok, correlation = record.jar.correlation("ASP.NET_SessionId").as_deref().unwrap_or("-"), "upstream logout");
+            }
+            self.give_back_seat(record.id).await;
+        }
+        self.sample_sessions().await;
+    }
+
+    /// The logout call for a jar, with two retries (after 1 s and 4 s; none at shutdown).
+    pub(super) async fn logout_jar(&self, jar: &Jar, reason: Retire) -> bool {
+        let mut ok = login::logout(&self.upstream, &self.cfg, jar).await;
+        for pause in [Duration::from_secs(1), Duration::from_secs(4)] {
+            if ok || reason == Retire::Shutdown {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            ok = login::logout(&self.upstream, &self.cfg, jar).await;
+        }
+        self.metrics
+            .upstream_logout(&self.upstream_id, if ok { "ok" } else { "failed" });
+        ok
+    }
+
+    /// Retires idle and over-age sessions (and token-expired ones); run periodically.
+    pub async fn sweep(&self) {
+        let due = self
+            .store
+            .take_expired(
+                now_ms(),
+                millis(self.cfg.idle_ttl),
+                millis(self.cfg.max_session_age),
+            )
+            .await;
+        match due {
+            Ok(list) => {
+                for (_, record, why) in list {
+                    let reason = match why {
+                        Expiry::Idle => Retire::Idle,
+                        Expiry::Age => Retire::MaxAge,
+                        Expiry::TokenExpired => Retire::TokenExpired,
+                    };
+                    self.retire_removed(record, reason, true).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %self.upstream_id, error = %e, "session sweep failed")
+            }
+        }
+    }
+
+    /// The store's upkeep: a crashed replica's unfinished logins give their seats back, and
+    /// sessions the store lost (it came back empty, or failed over to a replica that missed
+    /// them) are repaired: registered again within the cap, or logged out when there is no
+    /// room, so that no upstream session holds a seat the fleet does not count.
+    pub async fn upkeep(&self) {
+        let m = match self.store.maintain().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(upstream = %self.upstream_id, error = %e, "session store upkeep failed");
+                return;
+            }
+        };
+        for record in m.abandoned {
+            self.metrics
+                .upstream_eviction(&self.upstream_id, Retire::Expired.as_str());
+            if record.seated {
+                self.give_back_seat(record.id).await;
+            }
+        }
+        if !m.reset && m.lost.is_empty() {
+            return;
+        }
+        self.metrics.store_reset(&self.upstream_id);
+        let (mut registered, mut logged_out) = (0, 0);
+        for (slot, record) in m.lost {
+            if !record.seated || record.state != SessionState::Active || record.jar.is_empty() {
+                continue;
+            }
+            let cap = self.grant_cap(record.concurrent);
+            let restored = self
+                .store
+                .restore(&slot, record.clone(), cap, self.cfg.max_upstream_sessions)
+                .await;
+            if matches!(restored, Ok(Restored::Registered)) {
+                registered += 1;
+            } else {
+                self.logout_jar(&record.jar, Retire::Expired).await;
+                logged_out += 1;
+            }
+        }
+        tracing::warn!(upstream = %self.upstream_id, reset = m.reset, registered, logged_out, "the session store lost sessions this replica knew (tollgate_store_resets_total): registered them again within the cap, logged out those without room");
+        self.sample_sessions().await;
+    }
+
+    /// Logs out every session, in parallel, within `bound`: first the logins in progress finish
+    /// (their new sessions are logged out too), then each session once nothing uses it.
+    pub async fn shutdown(self: &Arc<Self>, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        self.wait_for_logins(deadline).await;
+        let Ok(all) = self.store.list().await else {
+            return;
+        };
+        // Bounded parallelism: a large table must not open hundreds of connections at once.
+        let parallel = Arc::new(tokio::sync::Semaphore::new(SHUTDOWN_PARALLELISM));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (slot, record) in all {
+            let me = self.clone();
+            let parallel = parallel.clone();
+            tasks.spawn(async move {
+                let _permit = parallel.acquire_owned().await;
+                me.drain_and_retire(&slot, record.id, Retire::Shutdown, deadline)
+                    .await;
+            });
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ =
+            tokio::time::timeout(left, async { while tasks.join_next().await.is_some() {} }).await;
+    }
+
+    /// Leaves the sessions to the fleet (this replica stops, others go on): waits for this
+    /// replica's logins in progress to finish, so that they record their sessions (bounded by
+    /// `bound`), then stops the background work. Nothing is logged out.
+    pub async fn leave(&self, bound: Duration) {
+        self.wait_for_logins(Instant::now() + bound).await;
+        self.stop();
+    }
+
+    /// Waits until no login of this pool is running (or `deadline`).
+    async fn wait_for_logins(&self, deadline: Instant) {
+        loop {
+            let done = self.login_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if lock(&self.flights).is_empty() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), done).await;
+        }
+    }
+
+    /// True while a login of this pool is running (tests and shutdown wait on it).
+    pub fn logins_running(&self) -> usize {
+        lock(&self.flights).len()
+    }
+
+    /// The upstream ended the session (it said so, or deleted a marker cookie): the record
+    /// needs a login again, and its seat is given back without a logout call (the upstream
+    /// already freed it). Only the caller whose edit turned the record from active gives the
+    /// seat back.
+    pub async fn ended_upstream(&self, lease: &mut Held) -> Result<(), SessionError> {
+        lease.jar = Jar::default();
+        lease.jar_changed = false;
+        let flipped = Arc::new(AtomicBool::new(false));
+        let seen = flipped.clone();
+        self.store
+            .update(
+                &lease.slot,
+                lease.id,
+                Box::new(move |r| {
+                    let active = r.state == SessionState::Active;
+                    seen.store(active && r.seated, Ordering::SeqCst);
+                    if active {
+                        r.state = SessionState::NeedsLogin;
+                        r.jar = Jar::default();
+                        r.seated = false;
+                    }
+                }),
+            )
+            .await?;
+        if flipped.load(Ordering::SeqCst) {
+            self.give_back_seat(lease.id).await;
+        }
+        Ok(())
+    }
+
+    /// After a replay that was still unauthenticated: no re-login for this grant for a while,
+    /// and the session is dropped (no logout: the upstream says it is not signed in).
+    pub async fn give_up(&self, lease: &mut Held) {
+        self.relogin_blocked.block(
+            &lease.slot.grant,
+            Instant::now() + self.cfg.relogin_min_interval,
+        );
+        self.note_failure(&lease.slot, &SessionError::AuthFailed);
+        self.release(lease, false).await;
+        if let Ok(Some(record)) = self.store.remove(&lease.slot, lease.id).await {
+            self.retire_removed(record, Retire::Expired, false).await;
+        }
+    }
+
+    /// Passive mode: the upstream ended the session; forget it (no re-login is possible).
+    pub async fn forget(&self, lease: &mut Held) {
+        self.release(lease, false).await;
+        if let Ok(Some(record)) = self.store.remove(&lease.slot, lease.id).await {
+            self.retire_removed(record, Retire::Expired, false).await;
+        }
+    }
+}
