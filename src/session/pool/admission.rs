@@ -208,3 +208,162 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SessionMode;
+    use crate::demo::legacy::LegacyOptions;
+    use crate::session::pool::testing::{eventually, evicting, rig, rig_with};
+    use http::HeaderMap;
+
+    /// No eviction (sessions are never idle long enough) and no wait for a seat.
+    fn no_eviction_no_wait(c: &mut crate::config::SessionConfig) {
+        c.admission_wait = Duration::ZERO;
+        c.min_idle_before_evict = Duration::from_secs(3600);
+    }
+
+    #[tokio::test]
+    async fn seats_never_exceed_the_cap_under_concurrent_demand() {
+        let opts = LegacyOptions {
+            max_api_users: 10,
+            ..LegacyOptions::default()
+        };
+        let r = rig_with(opts, no_eviction_no_wait).await;
+        let whos = (0..6).map(|i| r.who(&format!("g{i}"))).collect();
+        let answers = r.hold_all(whos).await;
+        let held: Vec<&Held> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+        assert_eq!(held.len(), 2, "the cap is 2");
+        for a in &answers {
+            if let Err(e) = a {
+                assert_eq!(*e, SessionError::CapacityExhausted);
+            }
+        }
+        let c = r.fake.counters();
+        assert_eq!((c.logins_ok, c.peak_seats), (2, 2), "{c:?}");
+        assert_eq!(r.seats().await, 2);
+        assert_eq!(
+            r.records().await.len(),
+            2,
+            "refused sessions leave no record"
+        );
+    }
+
+    #[tokio::test]
+    async fn eviction_takes_the_idle_session_and_never_a_busy_one() {
+        let r = rig(evicting(1)).await;
+        let a = r.idle_session("a").await;
+        let b = r.pool.hold(&r.who("b")).await.unwrap();
+        assert!(r.record(&a.slot).await.is_none(), "the idle session went");
+        assert_eq!(r.fake.counters().logouts, 1, "and was logged out");
+        assert_eq!(
+            r.metric(r#"tollgate_upstream_evictions_total{reason="lru",upstream="erp"}"#),
+            1.0
+        );
+        // b is in use: c finds nothing to evict.
+        assert_eq!(
+            r.pool.hold(&r.who("c")).await.unwrap_err(),
+            SessionError::CapacityExhausted
+        );
+        let c = r.fake.counters();
+        assert_eq!((c.logouts, c.logins_ok, c.peak_seats), (1, 2, 1), "{c:?}");
+        assert!(r.record(&b.slot).await.is_some());
+        assert_eq!(r.seats().await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_admission_takes_the_seat_given_back() {
+        let r = rig(|c| {
+            c.max_upstream_sessions = 1;
+            c.admission_wait = Duration::from_secs(60);
+            c.min_idle_before_evict = Duration::from_secs(3600);
+        })
+        .await;
+        let mut a = r.pool.hold(&r.who("a")).await.unwrap();
+        let pool = r.pool.clone();
+        let who = r.who("b");
+        let b = tokio::spawn(async move { pool.hold(&who).await });
+        eventually("b's session waits for a seat", || async {
+            r.records().await.len() == 2
+        })
+        .await;
+        r.pool.release(&mut a, false).await;
+        assert_eq!(r.pool.logout(&a.slot.grant, None).await, (1, 0));
+        let b = b.await.unwrap().unwrap();
+        assert!(b.new_session);
+        let c = r.fake.counters();
+        assert_eq!((c.logins_ok, c.logouts, c.peak_seats), (2, 1, 1), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn a_session_removed_while_a_request_waited_is_looked_up_again() {
+        let r = rig(|_| {}).await;
+        let first = r.pool.hold(&r.who("a")).await.unwrap();
+        let second = r.queued("a").await;
+        // The session goes while the second request waits for it (as an admin logout of a
+        // session whose holder went astray would).
+        let gone = r.pool.store.remove(&first.slot, first.id).await.unwrap();
+        r.pool
+            .retire_removed(gone.unwrap(), Retire::Logout, true)
+            .await;
+        let second = second.await.unwrap().unwrap();
+        assert_ne!(second.id, first.id, "a new session in the same slot");
+        assert!(second.new_session);
+        let c = r.fake.counters();
+        assert_eq!((c.logins_ok, c.logouts), (2, 1), "{c:?}");
+        assert_eq!(r.seats().await, 1);
+    }
+
+    #[tokio::test]
+    async fn release_gives_the_place_back_with_a_changed_jar_only() {
+        let r = rig(|_| {}).await;
+        let mut held = r.pool.hold(&r.who("a")).await.unwrap();
+        assert_eq!(r.record(&held.slot).await.unwrap().in_flight, 1);
+        let cookie = |name: &str| format!("{name}=1; path=/");
+        let add = |held: &mut Held, name: &str| {
+            held.jar.apply_all(
+                std::iter::once(cookie(name).as_str()),
+                std::time::SystemTime::now(),
+                50,
+                8192,
+            );
+        };
+        add(&mut held, "kept");
+        held.jar_changed = true;
+        r.pool.release(&mut held, true).await;
+        assert!(held.in_flight.is_none());
+        r.pool.release(&mut held, false).await; // a second release changes nothing
+        let rec = r.record(&held.slot).await.unwrap();
+        assert_eq!(rec.in_flight, 0);
+        assert!(rec.jar.has("kept"), "the changed jar went back");
+        assert!(rec.last_op_ms.is_some(), "a 202 was recorded");
+
+        let mut again = r.pool.hold(&r.who("a")).await.unwrap();
+        assert!(again.jar.has("kept") && !again.new_session);
+        add(&mut again, "dropped");
+        r.pool.release(&mut again, false).await;
+        assert!(!r.record(&again.slot).await.unwrap().jar.has("dropped"));
+    }
+
+    #[tokio::test]
+    async fn the_queue_and_the_grants_session_cap_refuse_at_once() {
+        let r = rig(|c| {
+            c.max_queue_per_session = 0;
+            c.mode = SessionMode::Concurrent;
+            c.max_sessions_per_grant = 1;
+        })
+        .await;
+        let first = r.who_with("a", "api", &HeaderMap::new());
+        let _held = r.pool.hold(&first).await.unwrap();
+        assert_eq!(
+            r.pool.hold(&first).await.unwrap_err(),
+            SessionError::GrantBusy
+        );
+        let another_handle = r.who_with("a", "api", &HeaderMap::new());
+        assert!(matches!(
+            r.pool.hold(&another_handle).await.unwrap_err(),
+            SessionError::GrantSessionLimit { retry_after } if retry_after >= 1
+        ));
+        assert_eq!(r.fake.counters().logins_ok, 1);
+    }
+}

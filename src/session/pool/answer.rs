@@ -68,3 +68,72 @@ pub(super) fn set_cookies(headers: &HeaderMap) -> Vec<String> {
         .filter_map(|v| v.to_str().ok().map(str::to_owned))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::pool::testing::rig;
+    use http::{HeaderValue, StatusCode};
+
+    fn headers(name: header::HeaderName, values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(name.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[tokio::test]
+    async fn an_expired_session_answers_401_or_redirects_to_the_login_page() {
+        let r = rig(|_| {}).await;
+        let to = |loc: &str| headers(header::LOCATION, &[loc]);
+        let none = HeaderMap::new();
+        let cases = [
+            (401, &none, true),
+            (302, &to("/Frames/Login.aspx?ReturnUrl=%2f"), true),
+            (303, &to("https://erp.example/frames/login.aspx"), true),
+            (302, &to("/Frames/Error.aspx"), false),
+            (301, &to("/Frames/Login.aspx"), false),
+            (302, &none, false),
+            (403, &none, false),
+            (200, &none, false),
+        ];
+        for (status, h, expired) in cases {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(r.pool.is_expired(status, h), expired, "{status} {h:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn absorbed_cookies_change_the_jar_and_a_deleted_marker_ends_the_session() {
+        let r = rig(|_| {}).await;
+        let mut held = r.pool.hold(&r.who("a")).await.unwrap();
+        assert!(r.pool.has_markers(&held.jar));
+        assert!(!r.pool.absorb(&mut held, &HeaderMap::new()));
+        assert!(!held.jar_changed, "no Set-Cookie, nothing to write back");
+
+        let renewed = headers(header::SET_COOKIE, &["requestid=fresh; path=/"]);
+        assert!(!r.pool.absorb(&mut held, &renewed));
+        assert!(held.jar_changed);
+        assert!(held.jar.to_text().contains("requestid\t/\tfresh"));
+
+        let signed_out = headers(
+            header::SET_COOKIE,
+            &[".ASPXAUTH=; expires=Thu, 01-Jan-1970 00:00:00 GMT; path=/"],
+        );
+        assert!(
+            r.pool.absorb(&mut held, &signed_out),
+            "a marker was deleted"
+        );
+        assert!(!r.pool.has_markers(&held.jar));
+        // Without markers to begin with, nothing can be signed out.
+        assert!(!r.pool.absorb(&mut held, &signed_out));
+    }
+
+    #[test]
+    fn set_cookie_lines_are_read_in_order() {
+        let h = headers(header::SET_COOKIE, &["a=1", "b=2"]);
+        assert_eq!(set_cookies(&h), vec!["a=1".to_owned(), "b=2".to_owned()]);
+        assert!(set_cookies(&HeaderMap::new()).is_empty());
+    }
+}

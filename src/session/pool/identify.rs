@@ -127,3 +127,160 @@ pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .find(|(k, _)| k.trim() == name)
         .map(|(_, v)| v.trim().to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::pool::testing::{principal, rig, CONCURRENT};
+    use http::HeaderValue;
+    use serde_json::json;
+
+    fn cookies(line: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_str(line).unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn single_mode_gives_each_grant_one_slot_without_a_handle() {
+        let r = rig(|_| {}).await;
+        let a = r.who("a");
+        assert!(!a.concurrent && a.slot.handle.is_none());
+        assert!(a.new_handle.is_none() && !a.had_handle);
+        assert_eq!(a.slot.grant, a.grant);
+        assert_eq!(
+            r.who("a").slot,
+            a.slot,
+            "every token of a grant names one slot"
+        );
+        assert_ne!(r.who("b").grant, a.grant, "grants never share a key");
+        // A handle cookie means nothing to a single-mode request.
+        let with_cookie = r.who_with("a", "api", &cookies("tollgate_session=garbage"));
+        assert_eq!(with_cookie.slot, a.slot);
+    }
+
+    #[tokio::test]
+    async fn by_scope_serves_the_concurrent_scope_with_handles() {
+        let r = rig(|_| {}).await;
+        let first = r.who_with("a", CONCURRENT, &HeaderMap::new());
+        assert!(first.concurrent && !first.had_handle);
+        let handle = first.new_handle.clone().expect("a new handle to set");
+        assert!(first.slot.handle.is_some());
+        // The issued handle names that slot again, and no new one is issued.
+        let again = r.who_with(
+            "a",
+            CONCURRENT,
+            &cookies(&format!("x=1; tollgate_session={handle}")),
+        );
+        assert_eq!(again.slot, first.slot);
+        assert!(again.had_handle && again.new_handle.is_none());
+        // Without a handle, each request opens a slot of its own.
+        let other = r.who_with("a", CONCURRENT, &HeaderMap::new());
+        assert_ne!(other.slot, first.slot);
+        assert_eq!(other.grant, first.grant);
+    }
+
+    #[tokio::test]
+    async fn a_handle_of_another_grant_or_a_garbled_one_is_refused() {
+        let r = rig(|_| {}).await;
+        let handle = r
+            .who_with("a", CONCURRENT, &HeaderMap::new())
+            .new_handle
+            .unwrap();
+        let p = principal(json!({"grant_id": "b", "scope": CONCURRENT}));
+        let theirs = cookies(&format!("tollgate_session={handle}"));
+        assert_eq!(
+            r.pool.identify(&p, "t", &theirs).unwrap_err(),
+            SessionError::InvalidHandle
+        );
+        for garbled in [
+            "tollgate_session=",
+            "tollgate_session=not-base64!",
+            &format!("tollgate_session={handle}x"),
+        ] {
+            assert_eq!(
+                r.pool.identify(&p, "t", &cookies(garbled)).unwrap_err(),
+                SessionError::InvalidHandle,
+                "{garbled}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_reject_policy_requires_a_handle() {
+        let r = rig(|c| c.without_handle = WithoutHandle::Reject).await;
+        let p = principal(json!({"grant_id": "a", "scope": CONCURRENT}));
+        assert_eq!(
+            r.pool.identify(&p, "t", &HeaderMap::new()).unwrap_err(),
+            SessionError::HandleRequired
+        );
+        let grant = r.who("a").grant;
+        let (nonce, value) = handle::issue(&r.pool.handle_key, &grant);
+        let who = r
+            .pool
+            .identify(&p, "t", &cookies(&format!("tollgate_session={value}")))
+            .unwrap();
+        assert_eq!(who.slot.handle, Some(nonce));
+    }
+
+    #[tokio::test]
+    async fn a_fixed_mode_ignores_the_scope() {
+        let single = rig(|c| c.mode = SessionMode::Single).await;
+        assert!(
+            !single
+                .who_with("a", CONCURRENT, &HeaderMap::new())
+                .concurrent
+        );
+        let concurrent = rig(|c| c.mode = SessionMode::Concurrent).await;
+        assert!(concurrent.who("a").concurrent);
+    }
+
+    #[tokio::test]
+    async fn token_grant_keys_name_the_session_after_the_token_and_end_with_it() {
+        let r = rig(|c| c.grant_key = vec![GrantSource::Token]).await;
+        let p = principal(json!({"scope": "api", "exp": 2_000_000_000u64}));
+        let one = r.pool.identify(&p, "token-1", &HeaderMap::new()).unwrap();
+        let two = r.pool.identify(&p, "token-2", &HeaderMap::new()).unwrap();
+        assert_ne!(one.grant, two.grant, "a session per token");
+        assert_eq!(one.retire_at_ms, Some(2_000_000_000_000));
+        // Other sources do not tie the session to the token.
+        let claim = rig(|_| {}).await;
+        assert_eq!(claim.who("a").retire_at_ms, None);
+        let p = principal(json!({"scope": "api"}));
+        assert_eq!(
+            claim.pool.identify(&p, "t", &HeaderMap::new()).unwrap_err(),
+            SessionError::NoGrant,
+            "no grant_id, no sid, no client: the default fallback has nothing to key on"
+        );
+    }
+
+    #[tokio::test]
+    async fn handle_cookies_are_secure_and_clearing_expires_them() {
+        let r = rig(|_| {}).await;
+        assert_eq!(
+            r.pool.handle_cookie("v"),
+            "tollgate_session=v; Path=/; Secure; HttpOnly; SameSite=Strict"
+        );
+        assert_eq!(
+            r.pool.clear_handle_cookie(),
+            "tollgate_session=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict"
+        );
+    }
+
+    #[test]
+    fn cookie_value_finds_the_exact_name_in_any_cookie_header() {
+        let mut h = cookies("a=1; xtollgate_session=no");
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static(" tollgate_session = yes ; b=2"),
+        );
+        assert_eq!(cookie_value(&h, "tollgate_session").as_deref(), Some("yes"));
+        assert_eq!(cookie_value(&h, "b").as_deref(), Some("2"));
+        assert_eq!(cookie_value(&h, "gw"), None, "no prefix match");
+        assert_eq!(cookie_value(&HeaderMap::new(), "tollgate_session"), None);
+        assert_eq!(
+            cookie_value(&cookies("tollgate_session=a=b"), "tollgate_session").as_deref(),
+            Some("a=b")
+        );
+    }
+}

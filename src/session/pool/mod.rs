@@ -41,6 +41,8 @@ mod gauges;
 mod identify;
 mod login;
 mod retire;
+#[cfg(test)]
+mod testing;
 
 pub use admission::Held;
 pub use identify::{cookie_value, Identity};
@@ -217,5 +219,54 @@ impl Pool {
     /// A session id unique across replicas: a random per-process prefix and a counter.
     fn next_id(&self) -> u64 {
         self.id_base | (self.next_id.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{eventually, rig};
+    use super::*;
+
+    #[tokio::test]
+    async fn start_is_idempotent_and_its_sweep_retires_idle_sessions() {
+        let r = rig(|c| c.idle_ttl = Duration::ZERO).await;
+        r.pool.start();
+        r.pool.start();
+        assert_eq!(lock(&r.pool.tasks).len(), 2, "one sweep, one upkeep");
+        r.idle_session("a").await;
+        eventually(
+            "the background sweep signs the idle session out",
+            || async { r.fake.counters().logouts == 1 },
+        )
+        .await;
+        assert!(r.records().await.is_empty());
+        r.pool.stop();
+        assert!(lock(&r.pool.tasks).is_empty());
+    }
+
+    #[tokio::test]
+    async fn session_ids_carry_the_process_prefix_and_never_repeat() {
+        let r = rig(|_| {}).await;
+        let ids: HashSet<u64> = (0..1000).map(|_| r.pool.next_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|id| id >> 32 == r.pool.id_base >> 32));
+        assert_ne!(r.pool.id_base, 0);
+    }
+
+    #[tokio::test]
+    async fn pools_with_one_master_key_agree_on_grants_and_handles() {
+        // A restart (or a reload) with the configured key keeps every grant key and handle.
+        let (one, two) = (rig(|_| {}).await, rig(|_| {}).await);
+        assert_eq!(one.pool.master(), &[7; 32]);
+        let grant = one.who("a").grant;
+        assert_eq!(two.who("a").grant, grant);
+        let (nonce, value) = crate::session::handle::issue(&one.pool.handle_key, &grant);
+        assert_eq!(
+            crate::session::handle::verify(&two.pool.handle_key, &grant, &value),
+            Some(nonce)
+        );
+        // The two derived keys are distinct: a grant key is never a valid handle tag.
+        let tag = |k: &hmac::Key| hmac::sign(k, b"x").as_ref().to_vec();
+        assert_ne!(tag(&one.pool.grant_key), tag(&one.pool.handle_key));
     }
 }
