@@ -210,3 +210,103 @@ pub(super) fn credential_fingerprint(key: &hmac::Key, cfg: &SessionConfig) -> St
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use crate::session::pool::testing::{rig, Rig};
+
+    const BAD: &str = r#"tollgate_upstream_logins_total{result="bad_credentials",upstream="erp"}"#;
+    const CIRCUIT: &str = r#"tollgate_upstream_login_circuit_open{upstream="erp"}"#;
+    const ERRORS: &str = r#"tollgate_upstream_logins_total{result="error",upstream="erp"}"#;
+
+    async fn room_for_all() -> Rig {
+        rig(|c| c.max_upstream_sessions = 10).await
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_is_tried_once_and_opens_the_cooldown() {
+        let r = room_for_all().await;
+        r.fake.set_password("admin", "changed");
+        // Five grants at once, three requests on one of them.
+        let mut whos: Vec<_> = (0..5).map(|i| r.who(&format!("g{i}"))).collect();
+        whos.extend([r.who("g0"), r.who("g0")]);
+        for a in r.hold_all(whos).await {
+            assert!(matches!(a.unwrap_err(), SessionError::LoginFailed { .. }));
+        }
+        let c = r.fake.counters();
+        assert_eq!((c.logins_bad_credentials, c.logins_locked), (1, 0), "{c:?}");
+        assert_eq!((r.metric(BAD), r.metric(CIRCUIT)), (1.0, 1.0));
+        // Later requests are refused without an attempt while the cooldown lasts.
+        assert!(matches!(
+            r.pool.hold(&r.who("g9")).await.unwrap_err(),
+            SessionError::LoginFailed { retry_after } if retry_after > 1
+        ));
+        assert_eq!(r.fake.counters().logins_bad_credentials, 1);
+        assert_eq!(r.seats().await, 0);
+        assert!(r.records().await.is_empty());
+
+        // The password is fixed upstream and the cooldown ends: the next login is tried.
+        r.fake.set_password("admin", "123");
+        lock(&r.pool.circuit).open_until = Some(Instant::now());
+        assert!(r.pool.hold(&r.who("g9")).await.is_ok());
+        assert_eq!(r.metric(CIRCUIT), 0.0, "the circuit closed");
+        assert!(r.pool.proven.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn other_failures_back_off_and_a_success_ends_the_back_off() {
+        let r = room_for_all().await;
+        r.fake.configure_with(|o| o.unavailable = true);
+        assert_eq!(
+            r.pool.hold(&r.who("a")).await.unwrap_err(),
+            SessionError::LoginError
+        );
+        assert_eq!(r.metric(ERRORS), 1.0);
+        assert_eq!(lock(&r.pool.circuit).backoff, Duration::from_secs(1));
+        // While backing off, no login is tried at all.
+        lock(&r.pool.circuit).backoff_until = Some(Instant::now() + Duration::from_secs(3600));
+        assert_eq!(
+            r.pool.hold(&r.who("b")).await.unwrap_err(),
+            SessionError::LoginError
+        );
+        assert_eq!(r.metric(ERRORS), 1.0, "no second attempt");
+        // The back-off doubles, up to a minute.
+        for _ in 0..8 {
+            r.pool
+                .after_login(&LoginOutcome::Error("x".to_owned()))
+                .await;
+        }
+        assert_eq!(lock(&r.pool.circuit).backoff, Duration::from_secs(60));
+        // A success resets it.
+        r.fake.configure_with(|o| o.unavailable = false);
+        lock(&r.pool.circuit).backoff_until = None;
+        assert!(r.pool.hold(&r.who("c")).await.is_ok());
+        let c = lock(&r.pool.circuit);
+        assert_eq!((c.backoff, c.backoff_until), (Duration::ZERO, None));
+    }
+
+    #[tokio::test]
+    async fn the_credential_fingerprint_names_the_set_without_revealing_it() {
+        let r = rig(|_| {}).await;
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &[1; 32]);
+        let mut cfg = r.pool.cfg.clone();
+        let fp = credential_fingerprint(&key, &cfg);
+        assert_eq!(fp.len(), 24);
+        assert_eq!(fp, credential_fingerprint(&key, &cfg), "stable");
+        assert!(!fp.contains("123"));
+        let other_key = hmac::Key::new(hmac::HMAC_SHA256, &[2; 32]);
+        assert_ne!(fp, credential_fingerprint(&other_key, &cfg));
+        if let Some(c) = cfg.credentials.as_mut() {
+            c.password = Secret::new("124".to_owned());
+        }
+        assert_ne!(
+            fp,
+            credential_fingerprint(&key, &cfg),
+            "another password, another set"
+        );
+        cfg.credentials = None;
+        assert_eq!(credential_fingerprint(&key, &cfg), "passive");
+    }
+}

@@ -338,6 +338,150 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::demo::legacy::LegacyOptions;
+    use crate::session::pool::testing::{eventually, evicting, rig, rig_with};
+
+    fn slow_logins() -> LegacyOptions {
+        LegacyOptions {
+            login_delay: Duration::from_millis(200),
+            ..LegacyOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn one_login_serves_every_request_that_needs_the_session() {
+        let r = rig_with(slow_logins(), |c| c.max_inflight_per_session = 8).await;
+        let answers = r.hold_all((0..8).map(|_| r.who("a")).collect()).await;
+        let held: Vec<Held> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(r.fake.counters().logins_ok, 1, "single-flight");
+        assert!(held.iter().all(|h| h.id == held[0].id));
+        assert!(held
+            .iter()
+            .all(|h| h.jar.to_text() == held[0].jar.to_text()));
+        assert_eq!(r.pool.logins_running(), 0);
+        assert_eq!(r.seats().await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_login_is_shared_with_the_requests_queued_behind_it() {
+        // Every seat upstream is taken by others and nothing of ours is idle: each login
+        // attempt is refused with "API Login Limit", and nothing opens a circuit.
+        let r = rig(|c| c.admission_wait = Duration::ZERO).await;
+        r.fake.reserve_seats(2);
+        let answers = r.hold_all((0..4).map(|_| r.who("a")).collect()).await;
+        for a in answers {
+            assert_eq!(a.unwrap_err(), SessionError::SeatsExhausted);
+        }
+        assert_eq!(
+            r.fake.counters().logins_rejected_limit,
+            1,
+            "one attempt for the four requests of the slot"
+        );
+        assert!(
+            r.records().await.is_empty(),
+            "a failed login leaves no record"
+        );
+        assert_eq!(r.seats().await, 0);
+    }
+
+    #[tokio::test]
+    async fn an_api_login_limit_evicts_one_idle_session_and_retries_once() {
+        let r = rig(evicting(3)).await;
+        let a = r.idle_session("a").await;
+        r.fake.reserve_seats(1); // the upstream's two seats are now full
+        let b = r.pool.hold(&r.who("b")).await.unwrap();
+        let c = r.fake.counters();
+        assert_eq!(
+            (c.logins_rejected_limit, c.logouts, c.logins_ok),
+            (1, 1, 2),
+            "{c:?}"
+        );
+        assert!(r.record(&a.slot).await.is_none(), "a was evicted for b");
+        // Nothing idle is left: one refused attempt, then the error.
+        assert_eq!(
+            r.pool.hold(&r.who("c")).await.unwrap_err(),
+            SessionError::SeatsExhausted
+        );
+        assert_eq!(r.fake.counters().logins_rejected_limit, 2);
+        assert!(r.record(&b.slot).await.is_some());
+        assert_eq!(r.seats().await, 1);
+    }
+
+    #[tokio::test]
+    async fn relogin_signs_in_again_into_the_same_slot_without_a_logout() {
+        let r = rig(|_| {}).await;
+        let mut held = r.pool.hold(&r.who("a")).await.unwrap();
+        let (id, before) = (held.id, held.jar.to_text());
+        r.fake.expire(None);
+        r.pool.relogin(&mut held).await.unwrap();
+        assert_eq!(held.id, id, "the same session record");
+        assert!(held.new_session);
+        assert_ne!(held.jar.to_text(), before, "a fresh jar");
+        let c = r.fake.counters();
+        assert_eq!((c.logins_ok, c.logouts), (2, 0), "{c:?}");
+        assert_eq!(r.seats().await, 1);
+        assert_eq!(
+            r.metric(r#"tollgate_upstream_relogins_total{upstream="erp"}"#),
+            1.0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_grant_that_gave_up_gets_no_login_until_its_block_ends() {
+        let r = rig(|c| c.relogin_min_interval = Duration::from_secs(3600)).await;
+        let mut held = r.pool.hold(&r.who("a")).await.unwrap();
+        // The upstream refused the session even after a fresh login.
+        r.fake.expire(None);
+        r.pool.give_up(&mut held).await;
+        assert_eq!(
+            r.pool.hold(&r.who("a")).await.unwrap_err(),
+            SessionError::AuthFailed
+        );
+        let mut other = r.pool.hold(&r.who("b")).await.unwrap();
+        assert_eq!(
+            r.pool.relogin(&mut held).await.unwrap_err(),
+            SessionError::AuthFailed
+        );
+        assert_eq!(
+            r.fake.counters().logins_ok,
+            2,
+            "a's blocked attempts never reached it"
+        );
+        r.pool.release(&mut other, false).await;
+        // Once the block ends, the grant logs in again.
+        r.pool
+            .relogin_blocked
+            .block(&held.slot.grant, Instant::now());
+        r.pool.hold(&r.who("a")).await.unwrap();
+        assert_eq!(r.fake.counters().logins_ok, 3);
+    }
+
+    #[tokio::test]
+    async fn a_session_removed_while_it_logs_in_is_logged_out_when_the_login_ends() {
+        let r = rig_with(slow_logins(), |_| {}).await;
+        let who = r.who("a");
+        let pool = r.pool.clone();
+        let request = tokio::spawn({
+            let who = who.clone();
+            async move { pool.hold(&who).await }
+        });
+        eventually("the login runs", || async {
+            r.record(&who.slot)
+                .await
+                .is_some_and(|s| s.state == SessionState::LoggingIn)
+        })
+        .await;
+        // The client goes away, then the grant is logged out while its login still runs.
+        request.abort();
+        let _ = request.await;
+        assert_eq!(r.pool.logout(&who.grant, None).await, (1, 0));
+        eventually("the login ends", || async { r.pool.logins_running() == 0 }).await;
+        let c = r.fake.counters();
+        assert_eq!((c.logins_ok, c.logouts), (1, 1), "{c:?}");
+        assert!(r.fake.live_sessions().is_empty(), "no orphan upstream");
+        assert_eq!(r.seats().await, 0);
+        assert!(r.records().await.is_empty());
+    }
 
     #[test]
     fn blocked_grants_are_pruned_once_their_time_is_up() {
