@@ -83,3 +83,112 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Creation, Credentials, Secret};
+    use crate::session::login::{self, LoginOutcome};
+    use crate::session::pool::testing::{rig, Rig};
+    use http::{header, HeaderValue};
+
+    async fn passive() -> Rig {
+        rig(|c| {
+            c.creation = Creation::Passive;
+            c.credentials = None;
+        })
+        .await
+    }
+
+    /// The `Set-Cookie`s of a client's own login at the upstream.
+    async fn client_login(r: &Rig) -> HeaderMap {
+        let creds = Credentials {
+            name: "admin".to_owned(),
+            password: Secret::new("123".to_owned()),
+            tenant: None,
+            branch: None,
+            locale: None,
+        };
+        let LoginOutcome::Ok(jar) = login::login(&r.pool.upstream, &r.pool.cfg, &creds).await
+        else {
+            panic!("the client's login failed")
+        };
+        let mut h = HeaderMap::new();
+        for line in jar.to_text().lines() {
+            let [name, path, value] = line.splitn(3, '\t').collect::<Vec<_>>()[..] else {
+                panic!("a jar line: {line}")
+            };
+            let v = format!("{name}={value}; path={path}");
+            h.append(header::SET_COOKIE, HeaderValue::from_str(&v).unwrap());
+        }
+        h
+    }
+
+    #[tokio::test]
+    async fn a_captured_login_becomes_the_slots_session_on_its_seat() {
+        let r = passive().await;
+        let who = r.who("a");
+        let id = r.pool.admit_capture().await.unwrap();
+        assert_eq!(r.seats().await, 1, "counted before the login is forwarded");
+        assert!(r
+            .pool
+            .capture(&who, id, &client_login(&r).await)
+            .await
+            .unwrap());
+        let rec = r.record(&who.slot).await.unwrap();
+        assert_eq!(
+            (rec.id, rec.state, rec.seated),
+            (id, SessionState::Active, true)
+        );
+        assert_eq!(
+            r.metric(r#"tollgate_upstream_logins_total{result="captured",upstream="erp"}"#),
+            1.0
+        );
+        // The next request of the grant is served by it, without a login of the gateway.
+        let held = r.pool.hold(&who).await.unwrap();
+        assert_eq!(held.id, id);
+        assert!(!held.new_session);
+        assert_eq!(held.jar.to_text(), rec.jar.to_text());
+        assert_eq!(r.fake.counters().logins_ok, 1);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_cannot_be_kept_gives_its_seat_back() {
+        let r = passive().await;
+        let who = r.who("a");
+        // The forwarded login went wrong: nothing to keep.
+        let id = r.pool.admit_capture().await.unwrap();
+        r.pool.abandon_capture(id).await;
+        assert_eq!(r.seats().await, 0);
+        // An answer without the marker cookies holds no session.
+        let id = r.pool.admit_capture().await.unwrap();
+        let no_markers = {
+            let mut h = HeaderMap::new();
+            h.append(
+                header::SET_COOKIE,
+                HeaderValue::from_static("Locale=x; path=/"),
+            );
+            h
+        };
+        assert!(!r.pool.capture(&who, id, &no_markers).await.unwrap());
+        assert_eq!(r.seats().await, 0);
+        assert!(r.records().await.is_empty());
+        // A slot taken meanwhile: the second upstream session is signed out at once.
+        let first = r.pool.admit_capture().await.unwrap();
+        assert!(r
+            .pool
+            .capture(&who, first, &client_login(&r).await)
+            .await
+            .unwrap());
+        let second = r.pool.admit_capture().await.unwrap();
+        assert!(!r
+            .pool
+            .capture(&who, second, &client_login(&r).await)
+            .await
+            .unwrap());
+        let c = r.fake.counters();
+        assert_eq!((c.logins_ok, c.logouts, c.seats_in_use), (2, 1, 1), "{c:?}");
+        assert_eq!(r.seats().await, 1);
+        assert_eq!(r.record(&who.slot).await.unwrap().id, first);
+    }
+}

@@ -341,3 +341,193 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SessionMode;
+    use crate::demo::legacy::LegacyOptions;
+    use crate::session::pool::testing::{rig, rig_with};
+
+    fn three_seats() -> LegacyOptions {
+        LegacyOptions {
+            max_api_users: 3,
+            ..LegacyOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn logout_signs_out_once_and_gives_the_seat_back() {
+        let r = rig(|_| {}).await;
+        let a = r.idle_session("a").await;
+        assert_eq!(r.pool.logout(&a.slot.grant, None).await, (1, 0));
+        assert_eq!(
+            r.pool.logout(&a.slot.grant, None).await,
+            (0, 0),
+            "idempotent"
+        );
+        let c = r.fake.counters();
+        assert_eq!((c.logouts, c.logouts_411), (1, 0), "{c:?}");
+        assert!(r.fake.live_sessions().is_empty());
+        assert_eq!(r.seats().await, 0);
+        assert!(r.records().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_logout_waits_for_the_request_on_its_session() {
+        let r = rig(|_| {}).await;
+        let mut held = r.pool.hold(&r.who("a")).await.unwrap();
+        // With no time left to wait, a busy session is left alone.
+        let now = Instant::now();
+        let drained = r
+            .pool
+            .drain_and_retire(&held.slot, held.id, Retire::Logout, now)
+            .await;
+        assert_eq!(drained, Drained::Busy);
+        assert!(r.record(&held.slot).await.is_some());
+        // With time, the logout waits until the request ends.
+        let pool = r.pool.clone();
+        let grant = held.slot.grant.clone();
+        let logout = tokio::spawn(async move { pool.logout(&grant, None).await });
+        tokio::task::yield_now().await;
+        assert_eq!(r.fake.counters().logouts, 0, "never under a request");
+        r.pool.release(&mut held, false).await;
+        assert_eq!(logout.await.unwrap(), (1, 0));
+        assert_eq!(r.fake.counters().logouts, 1);
+        assert_eq!(r.seats().await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_logout_touches_only_its_slot_or_its_grant() {
+        let r = rig_with(three_seats(), |c| {
+            c.mode = SessionMode::Concurrent;
+            c.max_upstream_sessions = 3;
+        })
+        .await;
+        let a1 = r.idle_session("a").await;
+        let a2 = r.idle_session("a").await;
+        let b = r.idle_session("b").await;
+        assert_ne!(a1.slot, a2.slot);
+        assert_eq!(r.pool.logout(&a1.slot.grant, Some(&a1.slot)).await, (1, 0));
+        assert!(r.record(&a2.slot).await.is_some());
+        assert_eq!(r.pool.logout(&a1.slot.grant, None).await, (1, 0));
+        let left: Vec<SlotKey> = r.records().await.into_iter().map(|(k, _)| k).collect();
+        assert_eq!(left, vec![b.slot]);
+        let c = r.fake.counters();
+        assert_eq!((c.logouts, c.seats_in_use), (2, 1), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_retires_idle_over_age_and_token_expired_sessions_only() {
+        type Tweak = fn(&mut crate::config::SessionConfig);
+        let idle: Tweak = |c| c.idle_ttl = Duration::ZERO;
+        let age: Tweak = |c| c.max_session_age = Duration::ZERO;
+        let token: Tweak = |_| {};
+        for (tweak, retire_at_ms, reason) in [
+            (idle, None, "idle"),
+            (age, None, "max_age"),
+            (token, Some(1), "token_expired"),
+        ] {
+            let r = rig(tweak).await;
+            let mut who = r.who("a");
+            who.retire_at_ms = retire_at_ms;
+            let mut due = r.pool.hold(&who).await.unwrap();
+            r.pool.release(&mut due, false).await;
+            let mut busy_who = r.who("b");
+            busy_who.retire_at_ms = retire_at_ms;
+            let busy = r.pool.hold(&busy_who).await.unwrap();
+            r.pool.sweep().await;
+            assert!(r.record(&due.slot).await.is_none(), "{reason}");
+            assert!(r.record(&busy.slot).await.is_some(), "{reason}: in use");
+            assert_eq!(r.fake.counters().logouts, 1, "{reason}");
+            assert_eq!(r.seats().await, 1, "{reason}");
+            let series =
+                format!(r#"tollgate_upstream_evictions_total{{reason="{reason}",upstream="erp"}}"#);
+            assert_eq!(r.metric(&series), 1.0, "{reason}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_the_upstream_ended_gives_its_seat_back_without_a_logout() {
+        let r = rig(|_| {}).await;
+        let mut held = r.pool.hold(&r.who("a")).await.unwrap();
+        r.pool.ended_upstream(&mut held).await.unwrap();
+        assert!(held.jar.is_empty() && !held.jar_changed);
+        let rec = r.record(&held.slot).await.unwrap();
+        assert_eq!(rec.state, SessionState::NeedsLogin);
+        assert!(!rec.seated && rec.jar.is_empty());
+        assert_eq!(r.seats().await, 0);
+        // Told twice (two requests saw the end), nothing more happens.
+        r.pool.ended_upstream(&mut held).await.unwrap();
+        assert_eq!(r.seats().await, 0);
+        assert_eq!(r.fake.counters().logouts, 0);
+    }
+
+    #[tokio::test]
+    async fn giving_up_or_forgetting_drops_the_session_without_a_logout() {
+        let r = rig(|_| {}).await;
+        let mut a = r.pool.hold(&r.who("a")).await.unwrap();
+        let mut b = r.pool.hold(&r.who("b")).await.unwrap();
+        r.pool.give_up(&mut a).await;
+        r.pool.forget(&mut b).await;
+        assert!(a.in_flight.is_none() && b.in_flight.is_none());
+        assert!(r.records().await.is_empty());
+        assert_eq!(r.seats().await, 0);
+        assert_eq!(r.fake.counters().logouts, 0);
+        assert_eq!(
+            r.metric(r#"tollgate_upstream_evictions_total{reason="expired",upstream="erp"}"#),
+            2.0
+        );
+        // Forgetting blocks nothing: b signs in again at its next request.
+        r.fake.expire(None);
+        assert!(r.pool.hold(&r.who("b")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn shutdown_signs_out_every_session_once_its_request_ends() {
+        let r = rig_with(three_seats(), |c| c.max_upstream_sessions = 3).await;
+        r.idle_session("a").await;
+        r.idle_session("b").await;
+        let mut busy = r.pool.hold(&r.who("c")).await.unwrap();
+        let pool = r.pool.clone();
+        let shutdown = tokio::spawn(async move { pool.shutdown(Duration::from_secs(60)).await });
+        tokio::task::yield_now().await;
+        r.pool.release(&mut busy, false).await;
+        shutdown.await.unwrap();
+        let c = r.fake.counters();
+        assert_eq!((c.logouts, c.seats_in_use), (3, 0), "{c:?}");
+        assert!(r.records().await.is_empty());
+        assert_eq!(r.seats().await, 0);
+    }
+
+    #[tokio::test]
+    async fn leaving_signs_nothing_out_and_stops_the_background_work() {
+        let r = rig(|_| {}).await;
+        r.pool.start();
+        r.idle_session("a").await;
+        r.pool.leave(Duration::from_secs(60)).await;
+        assert!(lock(&r.pool.tasks).is_empty());
+        assert_eq!(r.fake.counters().logouts, 0);
+        assert_eq!(
+            r.records().await.len(),
+            1,
+            "the session stays for the fleet"
+        );
+    }
+
+    #[test]
+    fn retire_reasons_are_the_metric_labels() {
+        let all = [
+            (Retire::Lru, "lru"),
+            (Retire::Idle, "idle"),
+            (Retire::MaxAge, "max_age"),
+            (Retire::TokenExpired, "token_expired"),
+            (Retire::Expired, "expired"),
+            (Retire::Logout, "logout"),
+            (Retire::Shutdown, "shutdown"),
+        ];
+        for (r, label) in all {
+            assert_eq!(r.as_str(), label);
+        }
+    }
+}
