@@ -291,9 +291,7 @@ impl Gateway {
     /// every session pool's sweeper and upkeep, and (with a shared store) this replica's
     /// heartbeat in the fleet, announcing the profiles it serves.
     pub fn start(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let now = crate::clock::unix_secs_f64();
         self.inner.metrics.config_loaded("startup", now);
         let snapshot = self.inner.snapshot.load_full();
         snapshot.verifier.spawn_background();

@@ -27,8 +27,8 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use super::fetch::{FetchError, IdpClient};
-use super::jwt::now_unix;
 use super::{discovery, AuthError, InvalidToken, Principal};
+use crate::clock::unix_secs;
 use crate::config::{ClientAuth, IntrospectionConfig, IssuerConfig};
 use crate::metrics::{CacheResult, IntrospectionResult, Metrics};
 
@@ -156,7 +156,7 @@ impl Introspector {
             &self.issuer,
             &self.audiences,
             self.leeway,
-            now_unix(),
+            unix_secs(),
         )
     }
 
@@ -226,7 +226,7 @@ impl Introspector {
         if let Some(e) = &cached {
             let now = Instant::now();
             match &e.outcome {
-                Outcome::Active(p) if p.expires_at <= now_unix() => {
+                Outcome::Active(p) if p.expires_at <= unix_secs() => {
                     self.metrics.token_cache("introspection", CacheResult::Hit);
                     return Err(InvalidToken::Expired.into());
                 }
@@ -272,7 +272,7 @@ impl Introspector {
     /// A positive answer that may still be served while calls fail.
     fn stale(&self, e: &Entry) -> Option<Arc<Principal>> {
         match &e.outcome {
-            Outcome::Active(p) if Instant::now() < e.stale_until && p.expires_at > now_unix() => {
+            Outcome::Active(p) if Instant::now() < e.stale_until && p.expires_at > unix_secs() => {
                 Some(p.clone())
             }
             Outcome::Active(_) | Outcome::Inactive(_) => None,
@@ -366,7 +366,7 @@ impl Introspector {
         let now = Instant::now();
         match &outcome {
             Outcome::Active(p) => {
-                let left = Duration::from_secs(p.expires_at.saturating_sub(now_unix()));
+                let left = Duration::from_secs(p.expires_at.saturating_sub(unix_secs()));
                 let fresh = left.min(self.cfg.cache_max_ttl);
                 let stale = (fresh + self.cfg.serve_stale).min(left);
                 Entry {
@@ -475,7 +475,7 @@ pub fn client_assertion(
     alg: jsonwebtoken::Algorithm,
     kid: Option<&str>,
 ) -> Result<String, CallError> {
-    let now = now_unix();
+    let now = unix_secs();
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_owned);
     let claims = json!({

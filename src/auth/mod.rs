@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 pub use bearer::{BearerError, Token};
 pub use scope::Scopes;
 
+use crate::clock::unix_secs;
 use crate::config::{IssuerConfig, ValidationMode};
 use crate::metrics::{CacheResult, Metrics};
 use fetch::IdpClient;
@@ -170,7 +171,7 @@ impl moka::Expiry<[u8; 32], Arc<Principal>> for UntilExp {
         _: Instant,
     ) -> Option<Duration> {
         Some(Duration::from_secs(
-            p.expires_at.saturating_sub(jwt::now_unix()),
+            p.expires_at.saturating_sub(unix_secs()),
         ))
     }
 }
@@ -318,7 +319,7 @@ impl Verifier {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // The verified-JWT cache first: a repeated JWT costs a hash and a lookup.
         if let Some(p) = self.cache.get(&digest) {
-            if p.expires_at > jwt::now_unix() {
+            if p.expires_at > unix_secs() {
                 self.metrics.token_cache("jwt", CacheResult::Hit);
                 return Ok(p);
             }
@@ -375,7 +376,7 @@ impl Verifier {
     ) -> Result<Arc<Principal>, AuthError> {
         self.metrics.token_cache("jwt", CacheResult::Miss);
         let principal = Arc::new(v.verify(token, header).await?);
-        if principal.expires_at > jwt::now_unix() {
+        if principal.expires_at > unix_secs() {
             self.cache.insert(digest, principal.clone());
         }
         Ok(principal)

@@ -19,8 +19,6 @@ mod validate;
 
 pub use session::{Creation, Credentials, GrantSource, SessionConfig, SessionMode, WithoutHandle};
 
-pub use validate::is_loopback;
-
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -95,7 +93,7 @@ impl RedisTarget {
     /// The address for logs and errors, any password replaced by `***`.
     pub fn redacted(&self) -> String {
         match self {
-            RedisTarget::Url(u) => crate::fleet::connection::redact_urls(u.expose()),
+            RedisTarget::Url(u) => crate::net::redact_urls(u.expose()),
             RedisTarget::Sentinel {
                 sentinels,
                 master,

@@ -369,7 +369,7 @@ fn identity_headers(c: &mut Checker<'_>, s: &Section<'_>) -> Box<[(HeaderName, B
                 }
             };
             if RESERVED_IDENTITY_HEADERS.contains(&header)
-                || crate::proxy::headers::is_hop_by_hop(&header)
+                || crate::hop_by_hop::is_hop_by_hop(&header)
             {
                 c.error(&key, format!("`{name}` cannot be set from a claim"));
                 return None;

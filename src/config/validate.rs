@@ -1,12 +1,12 @@
 //! Turns the raw structs into the frozen [`Config`], collecting every problem with its key path.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use url::{Host, Url};
+use url::Url;
 
 use super::file::{self, FileConfig};
 use super::{
@@ -90,7 +90,7 @@ impl<'a> Checker<'a> {
         };
         match url.scheme() {
             "https" => Some(url),
-            "http" if allow_http || is_loopback(&url) => Some(url),
+            "http" if allow_http || crate::net::is_loopback(&url) => Some(url),
             "http" => {
                 self.error(
                     key,
@@ -112,16 +112,6 @@ impl<'a> Checker<'a> {
 /// `route[2].upstream` → `route.2.upstream`, the form figment looks values up by.
 fn dotted(key: &str) -> String {
     key.replace('[', ".").replace(']', "")
-}
-
-/// True for `localhost`, `127.0.0.0/8` and `::1`.
-pub fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
 }
 
 pub(super) fn build(
@@ -309,7 +299,7 @@ fn redis_target(c: &mut Checker<'_>, raw: &file::StoreSection) -> RedisTarget {
             none()
         }
         (Some(u), None, None) => {
-            let shown = crate::fleet::connection::redact_urls(u);
+            let shown = crate::net::redact_urls(u);
             if let Some(rest) = u
                 .strip_prefix("redis+sentinel://")
                 .map(|r| (r, false))

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_lc_rs::hmac;
 use http::header::{self, HeaderMap};
@@ -18,11 +18,12 @@ use super::handle;
 use super::jar::Jar;
 use super::login::{self, LoginOutcome};
 use super::store::{
-    millis, Created, Expiry, InFlight, LeaseRefused, Leased, Release, Removal, Restored,
-    SessionRecord, SessionState, SessionStore, SlotKey,
+    Created, Expiry, InFlight, LeaseRefused, Leased, Release, Removal, Restored, SessionRecord,
+    SessionState, SessionStore, SlotKey,
 };
 use super::SessionError;
 use crate::auth::Principal;
+use crate::clock::{millis, unix_ms as now_ms};
 use crate::config::{Creation, Credentials, SessionConfig, SessionMode, WithoutHandle};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
@@ -44,13 +45,6 @@ enum Drained {
     /// Still in use when the wait ran out: left alone.
     Busy,
     Gone,
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Why a session is retired (the `reason` label of evictions).

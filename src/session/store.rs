@@ -483,7 +483,7 @@ impl MemoryStore {
                     slot.clone(),
                     id,
                     Box::new(move |how: Release| {
-                        let now = super::pool::now_ms();
+                        let now = crate::clock::unix_ms();
                         let mut g = lock_inner(&inner);
                         if let Some(r) = g.records.get_mut(&key).filter(|r| r.id == id) {
                             r.in_flight = r.in_flight.saturating_sub(1);
@@ -533,10 +533,6 @@ impl Drop for Queued {
             g.queued_total = g.queued_total.saturating_sub(1);
         }
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[async_trait]
@@ -765,11 +761,6 @@ impl SessionStore for MemoryStore {
     }
 }
 
-/// Milliseconds of a duration, saturating (for the store's Unix-millisecond arithmetic).
-pub fn millis(d: Duration) -> u64 {
-    ms(d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -983,7 +974,7 @@ mod tests {
             },
         )
         .await;
-        let now = super::super::pool::now_ms();
+        let now = crate::clock::unix_ms();
         assert!(
             s.take_evictable(now + 3_000, 2_000, 600_000)
                 .await

@@ -51,9 +51,10 @@ use async_trait::async_trait;
 
 use super::jar::Jar;
 use super::store::{
-    millis, Created, Expiry, InFlight, LeaseRefused, Leased, Maintenance, Release, Removal,
-    Restored, SessionRecord, SessionState, SessionStore, SlotKey, Stats, StoreError,
+    Created, Expiry, InFlight, LeaseRefused, Leased, Maintenance, Release, Removal, Restored,
+    SessionRecord, SessionState, SessionStore, SlotKey, Stats, StoreError,
 };
+use crate::clock::millis;
 use crate::fleet::membership::Wake;
 use crate::fleet::seal::Sealer;
 use crate::fleet::{Fleet, RedisHandle};
@@ -1206,13 +1207,13 @@ impl SessionStore for RedisStore {
             })
             .await?;
         // The cooldown's end, on this replica's clock: the key's remaining time is Redis's.
-        Ok((left > 0).then(|| super::pool::now_ms() + u64::try_from(left).unwrap_or(0)))
+        Ok((left > 0).then(|| crate::clock::unix_ms() + u64::try_from(left).unwrap_or(0)))
     }
 
     async fn open_credential_cooldown(&self, fp: &str, until_ms: u64) -> Result<(), StoreError> {
         let cool = format!("{}c:{fp}:cooldown", self.upstream_prefix);
         let proven = format!("{}c:{fp}:proven", self.upstream_prefix);
-        let ttl = until_ms.saturating_sub(super::pool::now_ms()).max(1);
+        let ttl = until_ms.saturating_sub(crate::clock::unix_ms()).max(1);
         self.redis
             .run("credentials", |mut c| async move {
                 redis::pipe()
