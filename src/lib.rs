@@ -15,10 +15,13 @@
 //! | [`server`] | listeners, connection handling, the admin endpoints                     |
 //! | [`demo`]   | the self-contained `tollgate demo` (issuer, legacy API, gateway)         |
 //!
+//! The arrows run one way: [`config`] builds the runtime values that [`auth`] and [`policy`]
+//! consume (issuer settings, the route table), and neither of them imports [`config`].
+//!
 //! Below them sit leaf modules that import nothing of the crate, so that no two layers need each
 //! other for a helper: [`clock`] (Unix time as numbers), [`net`] (loopback hosts, credential
 //! redaction), [`hop_by_hop`] (the connection-scoped header list) and `pem` (certificate and key
-//! files).
+//! files), next to the [`secret`] type that keeps credentials out of logs.
 
 pub mod auth;
 pub mod clock;
@@ -36,6 +39,7 @@ mod pem;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod upgrade;

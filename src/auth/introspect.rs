@@ -27,9 +27,9 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use super::fetch::{FetchError, IdpClient};
+use super::settings::{ClientAuth, IntrospectionConfig, IssuerConfig};
 use super::{discovery, AuthError, InvalidToken, Principal};
 use crate::clock::unix_secs;
-use crate::config::{ClientAuth, IntrospectionConfig, IssuerConfig};
 use crate::metrics::{CacheResult, IntrospectionResult, Metrics};
 
 /// What the introspection endpoint said about a token (after tollgate's own checks).

@@ -21,7 +21,7 @@ use url::Url;
 
 use super::discovery::{self, DiscoveryError};
 use super::fetch::{FetchError, IdpClient};
-use crate::config::{IssuerConfig, KeySource};
+use super::settings::{IssuerConfig, KeySource};
 use crate::metrics::Metrics;
 
 /// One usable verification key.

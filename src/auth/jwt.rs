@@ -16,9 +16,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::jwks::{Jwks, Lookup};
+use super::settings::IssuerConfig;
 use super::{AuthError, InvalidToken, Principal};
 use crate::clock::unix_secs;
-use crate::config::IssuerConfig;
 
 /// Everything needed to verify one issuer's tokens, prebuilt at load time.
 #[derive(Debug)]

@@ -15,6 +15,7 @@ pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod scope;
+pub mod settings;
 pub mod shared;
 
 use std::collections::HashMap;
@@ -29,12 +30,12 @@ pub use bearer::{BearerError, Token};
 pub use scope::Scopes;
 
 use crate::clock::unix_secs;
-use crate::config::{IssuerConfig, ValidationMode};
 use crate::metrics::{CacheResult, Metrics};
 use fetch::IdpClient;
 use introspect::Introspector;
 use jwks::Jwks;
 use jwt::IssuerVerifier;
+use settings::{IssuerConfig, ValidationMode};
 
 /// A verified caller: the issuer that vouched for it, its scopes and its claims.
 pub struct Principal {

@@ -1,4 +1,4 @@
-//! `[[issuer]]` tables → [`IssuerConfig`]: how tokens of each issuer are validated (local JWT,
+//! `[[issuer]]` tables → auth's [`IssuerConfig`]: how tokens of each issuer are validated (local JWT,
 //! RFC 7662 introspection, or `auto`), where keys and the introspection endpoint come from, and the
 //! introspection client's credentials (read from files or the environment here, once).
 
@@ -12,7 +12,10 @@ use url::Url;
 
 use super::file::{self, IntrospectionSection};
 use super::validate::{check_id, Checker};
-use super::{ClientAuth, IntrospectionConfig, IssuerConfig, KeySource, Secret, ValidationMode};
+use crate::auth::settings::{
+    ClientAuth, IntrospectionConfig, IssuerConfig, KeySource, ValidationMode,
+};
+use crate::secret::Secret;
 
 /// The algorithms allowed when an issuer lists none.
 pub(crate) const DEFAULT_ALGORITHMS: &[Algorithm] = &[
