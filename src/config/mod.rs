@@ -3,18 +3,37 @@
 //! 1. **Parse**: figment layers the TOML file and `TOLLGATE__`-prefixed environment variables
 //!    (`TOLLGATE__SERVER__LISTEN=0.0.0.0:8080`; the double underscore keeps Kubernetes
 //!    service-link variables such as `TOLLGATE_PORT` out) into the raw structs of [`file`], which
-//!    deny unknown keys.
-//! 2. **Validate** ([`validate`], [`routes`]): every string becomes a typed value (durations,
-//!    URLs, socket addresses, algorithms, header names, compiled route matchers). Each problem
-//!    becomes a [`ConfigError`] that names the file, the key path and what is wrong; all of them
-//!    are reported at once.
+//!    deny unknown keys and declare every default.
+//! 2. **Validate** ([`validate`]): every string becomes a typed value (durations, URLs, socket
+//!    addresses, algorithms, header names, compiled route matchers), one module per section:
+//!
+//!    | module       | section                                  | builds                          |
+//!    |--------------|------------------------------------------|---------------------------------|
+//!    | `server`     | `[server]`, `[server.tls]`               | [`ServerConfig`], [`TlsConfig`] |
+//!    | `log`        | `[log]`                                  | [`LogConfig`]                   |
+//!    | `issuer`     | `[[issuer]]`, `[issuer.introspection]`   | auth's [`IssuerConfig`]         |
+//!    | `upstream`   | `[[upstream]]`                           | [`UpstreamConfig`]              |
+//!    | [`session`]  | `[upstream.session]` and its credentials | [`SessionConfig`]               |
+//!    | [`routes`]   | `[[route]]`, the route file              | policy's [`RouteTable`]         |
+//!    | `store`      | `[store]`                                | [`StoreConfig`]                 |
+//!
+//!    Each problem becomes a [`ConfigError`] that names the file, the key path and what is wrong;
+//!    the shared `check` machinery collects them, and all of them are reported at once.
 //! 3. **Freeze**: the result is a [`Config`] of runtime types that the gateway never mutates.
 //!    Routes are one immutable [`RouteTable`] value behind an `Arc`, so a reload swaps it whole.
+//!
+//! Configuration builds the runtime values of auth (issuer settings) and policy (the route
+//! table); neither of those imports configuration.
 
+mod check;
 pub mod file;
 mod issuer;
+mod log;
 pub mod routes;
+mod server;
 pub mod session;
+mod store;
+mod upstream;
 mod validate;
 
 pub use crate::auth::settings::{
