@@ -14,19 +14,32 @@
 //! | [`metrics`]| metric names and the Prometheus registry                                 |
 //! | [`server`] | listeners, connection handling, the admin endpoints                     |
 //! | [`demo`]   | the self-contained `tollgate demo` (issuer, legacy API, gateway)         |
+//!
+//! The arrows run one way: [`config`] builds the runtime values that [`auth`] and [`policy`]
+//! consume (issuer settings, the route table), and neither of them imports [`config`].
+//!
+//! Below them sit leaf modules that import nothing of the crate, so that no two layers need each
+//! other for a helper: [`clock`] (Unix time as numbers), [`net`] (loopback hosts, credential
+//! redaction), [`hop_by_hop`] (the connection-scoped header list) and `pem` (certificate and key
+//! files), next to the [`secret`] type that keeps credentials out of logs.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fleet;
 pub mod gateway;
+pub mod hop_by_hop;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod net;
+mod pem;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod upgrade;

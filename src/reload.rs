@@ -10,17 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::clock;
 use crate::config::{self, Config};
 use crate::gateway::Gateway;
 
 /// Extra work of a reload that belongs to the server (the TLS certificates).
 pub type Hook = std::sync::Arc<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// Reloads `path` into `gateway`. Returns the new configuration's summary, or every problem.
 pub async fn reload(
@@ -31,7 +26,7 @@ pub async fn reload(
 ) -> Result<Config, String> {
     let metrics = gateway.metrics();
     let fail = |message: String| {
-        metrics.config_loaded("failure", unix_now());
+        metrics.config_loaded("failure", clock::unix_secs_f64());
         tracing::error!(config = %path.display(), errors = %message, "configuration reload failed; the running configuration stays");
         Err(message)
     };
@@ -66,7 +61,7 @@ pub async fn reload(
             );
         }
     }
-    metrics.config_loaded("success", unix_now());
+    metrics.config_loaded("success", clock::unix_secs_f64());
     tracing::info!(config = %path.display(), summary = %cfg.summary(), "configuration reloaded");
     Ok(cfg)
 }

@@ -65,7 +65,7 @@ pub fn parse(
         let Some(v) = v else { return Ok(None) };
         let u = Url::parse(&v).map_err(|e| err(format!("{name} is not a URL: {e}")))?;
         let secure = u.scheme() == "https"
-            || (u.scheme() == "http" && (allow_http || crate::config::is_loopback(&u)));
+            || (u.scheme() == "http" && (allow_http || crate::net::is_loopback(&u)));
         if !secure {
             return Err(err(format!(
                 "{name} {u} must be https:// (or loopback, or allow_http = true)"

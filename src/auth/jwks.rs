@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use jsonwebtoken::jwk::Jwk;
@@ -21,7 +21,7 @@ use url::Url;
 
 use super::discovery::{self, DiscoveryError};
 use super::fetch::{FetchError, IdpClient};
-use crate::config::{IssuerConfig, KeySource};
+use super::settings::{IssuerConfig, KeySource};
 use crate::metrics::Metrics;
 
 /// One usable verification key.
@@ -295,10 +295,8 @@ impl Jwks {
         let count = set.keys.len();
         self.current.store(Some(Arc::new(set)));
         self.generation.store(generation, Ordering::Release);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        self.metrics.jwks_refreshed(&self.issuer_id, count, now);
+        self.metrics
+            .jwks_refreshed(&self.issuer_id, count, crate::clock::unix_secs_f64());
         tracing::info!(issuer = %self.issuer_id, keys = count, skipped, "JWKS loaded");
         Ok(fetched.max_age)
     }

@@ -6,7 +6,7 @@
 //! configured key set. Tokens with a `crit` header are refused (no extension is understood).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -16,8 +16,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::jwks::{Jwks, Lookup};
+use super::settings::IssuerConfig;
 use super::{AuthError, InvalidToken, Principal};
-use crate::config::IssuerConfig;
+use crate::clock::unix_secs;
 
 /// Everything needed to verify one issuer's tokens, prebuilt at load time.
 #[derive(Debug)]
@@ -115,7 +116,7 @@ impl IssuerVerifier {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, validation)
             .map_err(|e| AuthError::from(invalid_from(e.kind())))?;
         let claims = data.claims;
-        let now = now_unix();
+        let now = unix_secs();
         if let Some(iat) = claims.get("iat") {
             let iat = iat.as_f64().ok_or(InvalidToken::Malformed)?;
             if iat > (now + self.leeway.as_secs()) as f64 {
@@ -153,11 +154,8 @@ fn invalid_from(kind: &ErrorKind) -> InvalidToken {
     }
 }
 
-pub(crate) fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+/// Unix seconds now, under the name the demo issuer mints tokens with.
+pub(crate) use crate::clock::unix_secs as now_unix;
 
 /// The parts of a compact JWS that select the issuer, read before any signature check.
 pub(crate) struct Unverified {

@@ -15,7 +15,7 @@ pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod scope;
-pub mod shared;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,12 +28,13 @@ use sha2::{Digest, Sha256};
 pub use bearer::{BearerError, Token};
 pub use scope::Scopes;
 
-use crate::config::{IssuerConfig, ValidationMode};
+use crate::clock::unix_secs;
 use crate::metrics::{CacheResult, Metrics};
 use fetch::IdpClient;
 use introspect::Introspector;
 use jwks::Jwks;
 use jwt::IssuerVerifier;
+use settings::{IssuerConfig, ValidationMode};
 
 /// A verified caller: the issuer that vouched for it, its scopes and its claims.
 pub struct Principal {
@@ -188,7 +189,7 @@ impl moka::Expiry<[u8; 32], Arc<Principal>> for UntilExp {
         _: Instant,
     ) -> Option<Duration> {
         Some(Duration::from_secs(
-            p.expires_at.saturating_sub(jwt::now_unix()),
+            p.expires_at.saturating_sub(unix_secs()),
         ))
     }
 }
@@ -336,7 +337,7 @@ impl Verifier {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // The verified-JWT cache first: a repeated JWT costs a hash and a lookup.
         if let Some(p) = self.cache.get(&digest) {
-            if p.expires_at > jwt::now_unix() {
+            if p.expires_at > unix_secs() {
                 self.metrics.token_cache("jwt", CacheResult::Hit);
                 return Ok(p);
             }
@@ -393,7 +394,7 @@ impl Verifier {
     ) -> Result<Arc<Principal>, AuthError> {
         self.metrics.token_cache("jwt", CacheResult::Miss);
         let principal = Arc::new(v.verify(token, header).await?);
-        if principal.expires_at > jwt::now_unix() {
+        if principal.expires_at > unix_secs() {
             self.cache.insert(digest, principal.clone());
         }
         Ok(principal)

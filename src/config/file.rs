@@ -2,7 +2,18 @@
 //!
 //! Every struct denies unknown keys, so a typo is an error that names the key instead of a silently
 //! ignored setting. Values that need checking (durations, URLs, addresses, algorithms) stay strings
-//! here; `config::validate` turns them into typed values and names the key path when one is wrong.
+//! here; the section modules of `config` turn them into typed values and name the key path when one
+//! is wrong.
+//!
+//! Every default is declared here, once: the `default_*` function after each struct, named after
+//! its key, and the key's doc says so. The keys themselves stay `Option`s, so that what was
+//! written is kept apart from what was left out: several keys are errors in some modes even when
+//! set to their default value (`[store] timeout` with `kind = "memory"`), and a section written as
+//! something other than a table fails exactly as it always did. Validation applies the default
+//! where the key was left out.
+//!
+//! Durations are humantime strings (`"30s"`, `"10m"`, `"1h 30m"`); byte sizes are a number with an
+//! optional unit (`"4096"`, `"64KiB"`, `"10MiB"`).
 
 use std::collections::BTreeMap;
 
@@ -26,28 +37,6 @@ pub struct FileConfig {
     pub store: StoreSection,
 }
 
-/// `[store]`: where the session table (and shared introspection results) live.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreSection {
-    /// `memory` (default, one replica) or `redis`.
-    pub kind: Option<String>,
-    /// `redis://host:port/db`, `rediss://…` (TLS), or through Sentinel
-    /// `redis+sentinel://[[user]:password@]host:port[,host:port…]/master_name[/db]`.
-    pub url: Option<String>,
-    /// Instead of a Sentinel URL: the sentinels (`host:port`) and the primary's name.
-    pub sentinels: Option<Vec<String>>,
-    pub master_name: Option<String>,
-    /// By default `tollgate:`.
-    pub key_prefix: Option<String>,
-    /// Timeout of one store operation. By default `500ms`.
-    pub timeout: Option<String>,
-    /// How long a crashed replica's leases and login locks live. By default `30s`.
-    pub lease_ttl: Option<String>,
-    /// Share positive introspection results between replicas. By default true.
-    pub share_introspection: Option<bool>,
-}
-
 /// The separate route file named by `server.routes_file`: only `[[route]]` tables.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,40 +45,157 @@ pub struct RoutesFile {
     pub route: Vec<RouteSection>,
 }
 
+// === [store] ===
+
+/// `[store]`: where the session table (and shared introspection results) live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `memory` (one replica) or `redis`. By default [`default_store_kind`].
+    pub kind: Option<String>,
+    /// `redis://host:port/db`, `rediss://…` (TLS), or through Sentinel
+    /// `redis+sentinel://[[user]:password@]host:port[,host:port…]/master_name[/db]`.
+    pub url: Option<String>,
+    /// Instead of a Sentinel URL: the sentinels (`host:port`) and the primary's name.
+    pub sentinels: Option<Vec<String>>,
+    pub master_name: Option<String>,
+    /// The prefix of every Redis key. By default [`default_key_prefix`].
+    pub key_prefix: Option<String>,
+    /// Timeout of one store operation (humantime). By default [`default_store_timeout`].
+    pub timeout: Option<String>,
+    /// How long a crashed replica's leases and login locks live (humantime). By default
+    /// [`default_lease_ttl`].
+    pub lease_ttl: Option<String>,
+    /// Share positive introspection results between replicas. By default
+    /// [`default_share_introspection`].
+    pub share_introspection: Option<bool>,
+}
+
+/// `memory`.
+pub fn default_store_kind() -> &'static str {
+    "memory"
+}
+
+/// `tollgate:`.
+pub fn default_key_prefix() -> &'static str {
+    "tollgate:"
+}
+
+/// `500ms`.
+pub fn default_store_timeout() -> &'static str {
+    "500ms"
+}
+
+/// `30s`.
+pub fn default_lease_ttl() -> &'static str {
+    "30s"
+}
+
+/// True.
+pub fn default_share_introspection() -> bool {
+    true
+}
+
+// === [server] ===
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
-    /// Proxy listener, `IP:port`. By default `127.0.0.1:8080`.
+    /// Proxy listener, `IP:port`. By default [`default_listen`].
     pub listen: Option<String>,
-    /// Admin listener (`/metrics`, `/healthz`, `/readyz`), `IP:port`. By default `127.0.0.1:9090`.
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`), `IP:port`. By default
+    /// [`default_admin_listen`].
     pub admin_listen: Option<String>,
-    /// The `realm` of every `WWW-Authenticate` challenge. By default `tollgate`.
+    /// The `realm` of every `WWW-Authenticate` challenge. By default [`default_realm`].
     pub realm: Option<String>,
     /// A file of `[[route]]` tables, relative to the configuration file.
     pub routes_file: Option<String>,
-    /// Capacity (entries) of the verified-token cache. By default 100000.
+    /// Capacity (entries) of the verified-token cache. By default
+    /// [`default_token_cache_capacity`].
     pub token_cache_capacity: Option<u64>,
     /// Keep client-sent `X-Forwarded-*` headers and append to them (only behind a trusted proxy).
     /// By default false: the gateway replaces them.
     pub trust_forwarded_headers: Option<bool>,
-    /// How long in-flight requests may take to finish on shutdown (humantime). By default `30s`.
+    /// How long in-flight requests may take to finish on shutdown (humantime). By default
+    /// [`default_shutdown_grace`].
     pub shutdown_grace: Option<String>,
     /// Serve TLS on the proxy listener.
     pub tls: Option<TlsSection>,
     /// Accept HTTP/2 without TLS (h2c, prior knowledge). By default false.
     pub http2_cleartext: Option<bool>,
-    /// Largest request head (request line and headers); larger heads get 431. By default `64KiB`.
+    /// Largest request head (request line and headers; a byte size); larger heads get 431. By
+    /// default [`default_max_header_bytes`].
     pub max_header_bytes: Option<String>,
-    /// Time a client has to send its request head (humantime). By default `30s`.
+    /// Time a client has to send its request head (humantime). By default
+    /// [`default_header_read_timeout`].
     pub header_read_timeout: Option<String>,
-    /// Keep-alive connections idle this long are closed (humantime). By default `60s`.
+    /// Keep-alive connections idle this long are closed (humantime). By default
+    /// [`default_idle_timeout`].
     pub idle_timeout: Option<String>,
-    /// Most client connections open at once on the proxy listener. By default 10000.
+    /// Most client connections open at once on the proxy listener (a count). By default
+    /// [`default_max_connections`].
     pub max_connections: Option<u32>,
-    /// Largest request body (a byte size) on routes that set none. By default `10MiB`.
+    /// Largest request body (a byte size) on routes that set none. By default
+    /// [`default_max_body`].
     pub max_body: Option<String>,
-    /// Watch the configuration (and route) file and reload when it changes. By default true.
+    /// Watch the configuration (and route) file and reload when it changes. By default
+    /// [`default_watch_config`].
     pub watch_config: Option<bool>,
+}
+
+/// `127.0.0.1:8080`.
+pub fn default_listen() -> &'static str {
+    "127.0.0.1:8080"
+}
+
+/// `127.0.0.1:9090`.
+pub fn default_admin_listen() -> &'static str {
+    "127.0.0.1:9090"
+}
+
+/// `tollgate`.
+pub fn default_realm() -> &'static str {
+    "tollgate"
+}
+
+/// 100000 entries.
+pub fn default_token_cache_capacity() -> u64 {
+    100_000
+}
+
+/// `30s`.
+pub fn default_shutdown_grace() -> &'static str {
+    "30s"
+}
+
+/// `64KiB`.
+pub fn default_max_header_bytes() -> &'static str {
+    "64KiB"
+}
+
+/// `30s`.
+pub fn default_header_read_timeout() -> &'static str {
+    "30s"
+}
+
+/// `60s`.
+pub fn default_idle_timeout() -> &'static str {
+    "60s"
+}
+
+/// 10000 connections.
+pub fn default_max_connections() -> u32 {
+    10_000
+}
+
+/// `10MiB`.
+pub fn default_max_body() -> &'static str {
+    "10MiB"
+}
+
+/// True.
+pub fn default_watch_config() -> bool {
+    true
 }
 
 /// `[server.tls]`
@@ -104,14 +210,29 @@ pub struct TlsSection {
     pub client_ca_file: Option<String>,
 }
 
+// === [log] ===
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
-    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it. By default `info`.
+    /// `error`, `warn`, `info`, `debug` or `trace` (or a filter directive); `RUST_LOG` overrides
+    /// it. By default [`default_log_level`].
     pub level: Option<String>,
-    /// `text` or `json`. By default `text`.
+    /// `text` or `json`. By default [`default_log_format`].
     pub format: Option<String>,
 }
+
+/// `info`.
+pub fn default_log_level() -> &'static str {
+    "info"
+}
+
+/// `text`.
+pub fn default_log_format() -> &'static str {
+    "text"
+}
+
+// === [[issuer]] ===
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,29 +240,56 @@ pub struct IssuerSection {
     pub id: Option<String>,
     /// Exact value of the tokens' `iss` claim.
     pub issuer: Option<String>,
-    /// Find `jwks_uri` through `{issuer}/.well-known/openid-configuration`.
+    /// Find `jwks_uri` through `{issuer}/.well-known/openid-configuration`. By default false.
     pub discovery: Option<bool>,
     pub jwks_uri: Option<String>,
     /// A token's `aud` must contain one of these.
     pub audiences: Option<Vec<String>>,
-    /// Allowed signature algorithms. By default RS256, PS256, ES256, EdDSA.
+    /// Allowed signature algorithms. By default [`default_algorithms`].
     pub algorithms: Option<Vec<String>>,
-    /// Clock skew allowed on `exp`, `nbf` and `iat` (humantime). By default `30s`.
+    /// Clock skew allowed on `exp`, `nbf` and `iat` (humantime). By default [`default_leeway`].
     pub leeway: Option<String>,
-    /// Background JWKS refresh interval (humantime). By default `10m`.
+    /// Background JWKS refresh interval (humantime). By default [`default_jwks_refresh`].
     pub jwks_refresh: Option<String>,
-    /// Minimum time between two fetches caused by unknown `kid`s (humantime). By default `30s`.
+    /// Minimum time between two fetches caused by unknown `kid`s (humantime). By default
+    /// [`default_jwks_min_refresh`].
     pub jwks_min_refresh: Option<String>,
     /// Only accept JWT access tokens with `typ` `at+jwt` (RFC 9068). By default false.
     pub require_typ: Option<bool>,
-    /// Allow plain `http://` issuer, discovery and JWKS URLs on non-loopback hosts.
+    /// Allow plain `http://` issuer, discovery and JWKS URLs on non-loopback hosts. By default
+    /// false.
     pub allow_http: Option<bool>,
-    /// Timeout of one discovery or JWKS fetch (humantime). By default `5s`.
+    /// Timeout of one discovery or JWKS fetch (humantime). By default [`default_fetch_timeout`].
     pub fetch_timeout: Option<String>,
     /// `jwt`, `introspection` or `auto`. By default `jwt`, or `auto` when `[issuer.introspection]`
     /// is present.
     pub validation: Option<String>,
     pub introspection: Option<IntrospectionSection>,
+}
+
+/// RS256, PS256, ES256 and EdDSA.
+pub fn default_algorithms() -> &'static [&'static str] {
+    &["RS256", "PS256", "ES256", "EdDSA"]
+}
+
+/// `30s`.
+pub fn default_leeway() -> &'static str {
+    "30s"
+}
+
+/// `10m`.
+pub fn default_jwks_refresh() -> &'static str {
+    "10m"
+}
+
+/// `30s`.
+pub fn default_jwks_min_refresh() -> &'static str {
+    "30s"
+}
+
+/// `5s`.
+pub fn default_fetch_timeout() -> &'static str {
+    "5s"
 }
 
 /// `[issuer.introspection]`: RFC 7662 token introspection.
@@ -156,40 +304,92 @@ pub struct IntrospectionSection {
     pub client_secret_file: Option<String>,
     /// An environment variable holding the client secret.
     pub client_secret_env: Option<String>,
-    /// `client_secret_basic` (default), `client_secret_post` or `private_key_jwt`.
+    /// `client_secret_basic`, `client_secret_post` or `private_key_jwt`. By default
+    /// [`default_auth_method`].
     pub auth_method: Option<String>,
     /// PEM private key (RSA or EC P-256) for `private_key_jwt`.
     pub private_key_file: Option<String>,
     /// `kid` header of the client assertion.
     pub private_key_kid: Option<String>,
-    /// By default `2s`.
+    /// Timeout of one introspection call (humantime). By default
+    /// [`default_introspection_timeout`].
     pub timeout: Option<String>,
-    /// By default `5m`.
+    /// Longest time a positive answer is cached (humantime; never past the token's `exp`). By
+    /// default [`default_cache_max_ttl`].
     pub cache_max_ttl: Option<String>,
-    /// By default `30s`.
+    /// How long an `active: false` answer is cached (humantime). By default
+    /// [`default_negative_ttl`].
     pub negative_ttl: Option<String>,
-    /// By default `0s` (off).
+    /// How long past its freshness a positive answer may serve while calls fail (humantime). By
+    /// default [`default_serve_stale`] (off).
     pub serve_stale: Option<String>,
-    /// Entries kept in the introspection cache. By default 100000.
+    /// Entries kept in the introspection cache. By default
+    /// [`default_introspection_cache_capacity`].
     pub cache_capacity: Option<u64>,
-    /// Consecutive failures that open the breaker. By default 5.
+    /// Consecutive failures (a count) that open the breaker. By default
+    /// [`default_breaker_failures`].
     pub breaker_failures: Option<u32>,
-    /// How long an open breaker fails requests fast. By default `30s`.
+    /// How long an open breaker fails requests fast (humantime). By default
+    /// [`default_breaker_cooldown`].
     pub breaker_cooldown: Option<String>,
 }
+
+/// `client_secret_basic`.
+pub fn default_auth_method() -> &'static str {
+    "client_secret_basic"
+}
+
+/// `2s`.
+pub fn default_introspection_timeout() -> &'static str {
+    "2s"
+}
+
+/// `5m`.
+pub fn default_cache_max_ttl() -> &'static str {
+    "5m"
+}
+
+/// `30s`.
+pub fn default_negative_ttl() -> &'static str {
+    "30s"
+}
+
+/// `0s`.
+pub fn default_serve_stale() -> &'static str {
+    "0s"
+}
+
+/// 100000 entries.
+pub fn default_introspection_cache_capacity() -> u64 {
+    100_000
+}
+
+/// 5 failures.
+pub fn default_breaker_failures() -> u32 {
+    5
+}
+
+/// `30s`.
+pub fn default_breaker_cooldown() -> &'static str {
+    "30s"
+}
+
+// === [[upstream]] ===
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     pub id: Option<String>,
     pub url: Option<String>,
-    /// By default `2s`.
+    /// Time allowed to open a connection (humantime). By default [`default_connect_timeout`].
     pub connect_timeout: Option<String>,
-    /// Time allowed until the upstream's response headers (humantime). By default `60s`.
+    /// Time allowed until the upstream's response headers (humantime). By default
+    /// [`default_upstream_timeout`].
     pub timeout: Option<String>,
     /// Send the client's `Authorization` header upstream. By default false.
     pub forward_authorization: Option<bool>,
-    /// Send the client's `Host` header upstream instead of the upstream URL's authority.
+    /// Send the client's `Host` header upstream instead of the upstream URL's authority. By
+    /// default false.
     pub preserve_host: Option<bool>,
     /// PEM CA certificates trusted for an `https://` upstream instead of the system roots.
     pub ca_file: Option<String>,
@@ -198,55 +398,245 @@ pub struct UpstreamSection {
     pub client_key_file: Option<String>,
     /// Speak HTTP/2 to the upstream (ALPN for https, prior knowledge for http). By default false.
     pub http2: Option<bool>,
-    /// Most requests in flight to this upstream; beyond it requests get 503 at once.
+    /// Most requests in flight to this upstream; beyond it requests get 503 at once. By default
+    /// no limit.
     pub max_concurrency: Option<u32>,
     /// Upstream sessions: map each grant to the legacy API's session cookies.
     pub session: Option<SessionSection>,
+}
+
+/// `2s`.
+pub fn default_connect_timeout() -> &'static str {
+    "2s"
+}
+
+/// `60s`.
+pub fn default_upstream_timeout() -> &'static str {
+    "60s"
 }
 
 /// `[upstream.session]`: see the README's "Upstream sessions".
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSection {
-    /// `by_scope` (default), `single` or `concurrent`.
+    /// `by_scope`, `single` or `concurrent`. By default [`default_session_mode`].
     pub mode: Option<String>,
-    /// By default `api:concurrent_access`.
+    /// The scope that selects concurrent sessions in `by_scope` mode. By default
+    /// [`default_concurrent_scope`].
     pub concurrent_scope: Option<String>,
-    /// `active` (default) or `passive`.
+    /// `active` or `passive`. By default [`default_creation`].
     pub creation: Option<String>,
+    /// The upstream's login path (normalised, absolute). By default [`default_login_path`].
     pub login_path: Option<String>,
+    /// The upstream's logout path (normalised, absolute). By default [`default_logout_path`].
     pub logout_path: Option<String>,
+    /// The cookies that prove a login succeeded. By default [`default_marker_cookies`].
     pub marker_cookies: Option<Vec<String>>,
+    /// A regular expression over a redirect's `Location` that means the session expired. By
+    /// default [`default_expired_redirect`].
     pub expired_redirect: Option<String>,
-    /// The licence's seat cap; required.
+    /// The licence's seat cap (a count); required.
     pub max_upstream_sessions: Option<u32>,
+    /// Sessions one grant may hold in concurrent mode (a count). By default
+    /// [`default_max_sessions_per_grant`].
     pub max_sessions_per_grant: Option<u32>,
+    /// Requests in flight on one session (a count). By default
+    /// [`default_max_inflight_per_session`].
     pub max_inflight_per_session: Option<u32>,
+    /// Requests waiting (FIFO) for their session (a count). By default
+    /// [`default_max_queue_per_session`].
     pub max_queue_per_session: Option<u32>,
+    /// How long a request may wait for its session (humantime). By default
+    /// [`default_max_queue_wait`].
     pub max_queue_wait: Option<String>,
+    /// An unused session is logged out after this (humantime). By default [`default_idle_ttl`].
     pub idle_ttl: Option<String>,
+    /// An older session is retired at its next idle moment (humantime). By default
+    /// [`default_max_session_age`].
     pub max_session_age: Option<String>,
+    /// How long a new session may wait for a seat (humantime). By default
+    /// [`default_admission_wait`].
     pub admission_wait: Option<String>,
+    /// Time allowed for one login call (humantime). By default [`default_login_timeout`].
     pub login_timeout: Option<String>,
+    /// Time allowed for one logout call (humantime). By default [`default_logout_timeout`].
     pub logout_timeout: Option<String>,
+    /// After the upstream refuses the credentials, no login is tried for this long (humantime).
+    /// By default [`default_login_failure_cooldown`].
     pub login_failure_cooldown: Option<String>,
+    /// After a replay that is still unauthenticated, no re-login for that grant for this long
+    /// (humantime). By default [`default_relogin_min_interval`].
     pub relogin_min_interval: Option<String>,
+    /// A session must have been idle this long to be evicted for another (humantime). By default
+    /// [`default_min_idle_before_evict`].
     pub min_idle_before_evict: Option<String>,
+    /// A session that answered `202 Accepted` within this time is not evicted (humantime). By
+    /// default [`default_op_ttl`].
     pub op_ttl: Option<String>,
-    /// A byte size such as "10MiB".
+    /// Request bodies known to fit this size are buffered for a replay after a re-login (a byte
+    /// size such as "10MiB"). By default [`default_max_replay_body`].
     pub max_replay_body: Option<String>,
+    /// Cookies kept in one session's jar (a count). By default [`default_max_jar_cookies`].
     pub max_jar_cookies: Option<u32>,
+    /// Size of one session's cookie jar (a byte size). By default [`default_max_jar_bytes`].
     pub max_jar_bytes: Option<String>,
+    /// The cookie that carries a concurrent session's handle. By default
+    /// [`default_handle_cookie`].
     pub handle_cookie: Option<String>,
+    /// A file with at least 32 bytes of key as hex (64 hex characters). By default a random key
+    /// per process.
     pub handle_key_file: Option<String>,
-    /// `new` (default) or `reject`.
+    /// `new` or `reject`. By default [`default_concurrent_without_handle`].
     pub concurrent_without_handle: Option<String>,
+    /// Passive mode: the login body's `name` must equal this token claim.
     pub passive_login_name_claim: Option<String>,
+    /// Where the grant key comes from, tried in order. By default [`default_grant_key`].
     pub grant_key: Option<Vec<String>>,
-    /// `sanitize` (default): upstream error answers never reach the client with the
-    /// upstream's exception details; `pass`: they pass unchanged.
+    /// `sanitize`: upstream error answers never reach the client with the upstream's exception
+    /// details; `pass`: they pass unchanged. By default [`default_error_bodies`].
     pub error_bodies: Option<String>,
     pub credentials: Option<CredentialsSection>,
+}
+
+/// `by_scope`.
+pub fn default_session_mode() -> &'static str {
+    "by_scope"
+}
+
+/// `api:concurrent_access`.
+pub fn default_concurrent_scope() -> &'static str {
+    "api:concurrent_access"
+}
+
+/// `active`.
+pub fn default_creation() -> &'static str {
+    "active"
+}
+
+/// `/entity/auth/login`.
+pub fn default_login_path() -> &'static str {
+    "/entity/auth/login"
+}
+
+/// `/entity/auth/logout`.
+pub fn default_logout_path() -> &'static str {
+    "/entity/auth/logout"
+}
+
+/// `ASP.NET_SessionId` and `.ASPXAUTH`.
+pub fn default_marker_cookies() -> &'static [&'static str] {
+    &["ASP.NET_SessionId", ".ASPXAUTH"]
+}
+
+/// `(?i)/frames/login\.aspx`.
+pub fn default_expired_redirect() -> &'static str {
+    r"(?i)/frames/login\.aspx"
+}
+
+/// 3 sessions.
+pub fn default_max_sessions_per_grant() -> u32 {
+    3
+}
+
+/// 1 request.
+pub fn default_max_inflight_per_session() -> u32 {
+    1
+}
+
+/// 20 requests.
+pub fn default_max_queue_per_session() -> u32 {
+    20
+}
+
+/// `30s`.
+pub fn default_max_queue_wait() -> &'static str {
+    "30s"
+}
+
+/// `300s`.
+pub fn default_idle_ttl() -> &'static str {
+    "300s"
+}
+
+/// `8h`.
+pub fn default_max_session_age() -> &'static str {
+    "8h"
+}
+
+/// `5s`.
+pub fn default_admission_wait() -> &'static str {
+    "5s"
+}
+
+/// `30s`.
+pub fn default_login_timeout() -> &'static str {
+    "30s"
+}
+
+/// `5s`.
+pub fn default_logout_timeout() -> &'static str {
+    "5s"
+}
+
+/// `15m`.
+pub fn default_login_failure_cooldown() -> &'static str {
+    "15m"
+}
+
+/// `10s`.
+pub fn default_relogin_min_interval() -> &'static str {
+    "10s"
+}
+
+/// `2s`.
+pub fn default_min_idle_before_evict() -> &'static str {
+    "2s"
+}
+
+/// `10m`.
+pub fn default_op_ttl() -> &'static str {
+    "10m"
+}
+
+/// `10MiB`.
+pub fn default_max_replay_body() -> &'static str {
+    "10MiB"
+}
+
+/// 50 cookies.
+pub fn default_max_jar_cookies() -> u32 {
+    50
+}
+
+/// `8KiB`.
+pub fn default_max_jar_bytes() -> &'static str {
+    "8KiB"
+}
+
+/// `tollgate_session`.
+pub fn default_handle_cookie() -> &'static str {
+    "tollgate_session"
+}
+
+/// `new`.
+pub fn default_concurrent_without_handle() -> &'static str {
+    "new"
+}
+
+/// `claim:grant_id`, `claim:origin_jti`, `sid+client_id`, `client_credentials`, `subject`.
+pub fn default_grant_key() -> &'static [&'static str] {
+    &[
+        "claim:grant_id",
+        "claim:origin_jti",
+        "sid+client_id",
+        "client_credentials",
+        "subject",
+    ]
+}
+
+/// `sanitize`.
+pub fn default_error_bodies() -> &'static str {
+    "sanitize"
 }
 
 /// `[upstream.session.credentials]`: the active login body.
@@ -265,6 +655,8 @@ pub struct CredentialsSection {
     pub locale_file: Option<String>,
 }
 
+// === [[route]] ===
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
@@ -276,7 +668,7 @@ pub struct RouteSection {
     /// Allowed methods; by default any.
     pub methods: Option<Vec<String>>,
     pub upstream: Option<String>,
-    /// `bearer` (default) or `none` (public route).
+    /// `bearer` or `none` (public route). By default [`default_route_auth`].
     pub auth: Option<String>,
     /// Only tokens of this issuer id are accepted on the route.
     pub issuer: Option<String>,
@@ -288,8 +680,14 @@ pub struct RouteSection {
     pub claims: Option<BTreeMap<String, Vec<String>>>,
     /// Upstream request headers set from token claims: header name = claim name.
     pub headers: Option<BTreeMap<String, String>>,
-    /// Largest request body on this route (a byte size such as "10MiB"); larger get 413.
+    /// Largest request body on this route (a byte size such as "10MiB"); larger get 413. By
+    /// default `server.max_body`.
     pub max_body: Option<String>,
     /// Pass WebSocket (and other `Upgrade`) requests through. By default false.
     pub websocket: Option<bool>,
+}
+
+/// `bearer`.
+pub fn default_route_auth() -> &'static str {
+    "bearer"
 }

@@ -1,30 +1,24 @@
-//! `[[issuer]]` tables → [`IssuerConfig`]: how tokens of each issuer are validated (local JWT,
+//! `[[issuer]]` tables → auth's [`IssuerConfig`]: how tokens of each issuer are validated (local JWT,
 //! RFC 7662 introspection, or `auto`), where keys and the introspection endpoint come from, and the
 //! introspection client's credentials (read from files or the environment here, once).
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey};
 use url::Url;
 
-use super::file::{self, IntrospectionSection};
-use super::validate::{check_id, Checker};
-use super::{ClientAuth, IntrospectionConfig, IssuerConfig, KeySource, Secret, ValidationMode};
-
-/// The algorithms allowed when an issuer lists none.
-pub(crate) const DEFAULT_ALGORITHMS: &[Algorithm] = &[
-    Algorithm::RS256,
-    Algorithm::PS256,
-    Algorithm::ES256,
-    Algorithm::EdDSA,
-];
+use super::check::{written_or, Checker};
+use super::file::{self, IntrospectionSection, IssuerSection};
+use crate::auth::settings::{
+    ClientAuth, IntrospectionConfig, IssuerConfig, KeySource, ValidationMode,
+};
+use crate::secret::Secret;
 
 pub(crate) fn issuers(
     c: &mut Checker<'_>,
-    raw: &[file::IssuerSection],
+    raw: &[IssuerSection],
     base: &Path,
 ) -> Vec<IssuerConfig> {
     let mut seen_ids = HashSet::new();
@@ -38,14 +32,14 @@ pub(crate) fn issuers(
 fn issuer(
     c: &mut Checker<'_>,
     i: usize,
-    r: &file::IssuerSection,
+    r: &IssuerSection,
     base: &Path,
     seen_ids: &mut HashSet<String>,
     seen_iss: &mut HashSet<String>,
 ) -> IssuerConfig {
     let k = |field: &str| format!("issuer[{i}].{field}");
-    let id = check_id(c, &k("id"), r.id.as_ref(), seen_ids);
-    let allow_http = r.allow_http.unwrap_or(false);
+    let id = c.id(&k("id"), r.id.as_ref(), seen_ids);
+    let allow_http = r.allow_http.unwrap_or_default();
     let issuer = c
         .required(&k("issuer"), &r.issuer)
         .cloned()
@@ -71,7 +65,7 @@ fn issuer(
     };
     let uses_jwt = validation != ValidationMode::Introspection;
 
-    let discovery = match (r.discovery.unwrap_or(false), issuer_url) {
+    let discovery = match (r.discovery.unwrap_or_default(), issuer_url) {
         (true, Some(u)) => {
             let base = u.as_str().trim_end_matches('/').to_owned();
             // The issuer URL was valid, so appending a path keeps it valid.
@@ -80,7 +74,7 @@ fn issuer(
         _ => None,
     };
     let keys = match (
-        r.discovery.unwrap_or(false),
+        r.discovery.unwrap_or_default(),
         r.jwks_uri.as_deref(),
         uses_jwt,
     ) {
@@ -126,39 +120,27 @@ fn issuer(
             Vec::new()
         }
     };
-    let algorithms = match &r.algorithms {
-        None => DEFAULT_ALGORITHMS.to_vec(),
-        Some(list) if list.is_empty() => {
-            c.error(&k("algorithms"), "must list at least one algorithm");
-            Vec::new()
-        }
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .filter_map(|(j, name)| algorithm(c, &format!("issuer[{i}].algorithms[{j}]"), name))
-            .collect(),
-    };
-    let jwks_min_refresh = c.duration(
-        &k("jwks_min_refresh"),
-        r.jwks_min_refresh.as_deref(),
-        Duration::from_secs(30),
+    let algorithms = c.list(
+        &k("algorithms"),
+        &r.algorithms,
+        file::default_algorithms,
+        "must list at least one algorithm",
+        algorithm,
     );
-    let jwks_refresh = c.duration(
+    let jwks_min_refresh = c
+        .duration(
+            &k("jwks_min_refresh"),
+            written_or(&r.jwks_min_refresh, file::default_jwks_min_refresh),
+        )
+        .unwrap_or_default();
+    let jwks_refresh = c.positive_duration(
         &k("jwks_refresh"),
-        r.jwks_refresh.as_deref(),
-        Duration::from_secs(600),
+        written_or(&r.jwks_refresh, file::default_jwks_refresh),
     );
-    if jwks_refresh.is_zero() {
-        c.error(&k("jwks_refresh"), "must be greater than zero");
-    }
-    let fetch_timeout = c.duration(
+    let fetch_timeout = c.positive_duration(
         &k("fetch_timeout"),
-        r.fetch_timeout.as_deref(),
-        Duration::from_secs(5),
+        written_or(&r.fetch_timeout, file::default_fetch_timeout),
     );
-    if fetch_timeout.is_zero() {
-        c.error(&k("fetch_timeout"), "must be greater than zero");
-    }
 
     let introspection = match (&r.introspection, validation) {
         (None, ValidationMode::Jwt) => None,
@@ -192,10 +174,12 @@ fn issuer(
         introspection,
         audiences,
         algorithms,
-        leeway: c.duration(&k("leeway"), r.leeway.as_deref(), Duration::from_secs(30)),
+        leeway: c
+            .duration(&k("leeway"), written_or(&r.leeway, file::default_leeway))
+            .unwrap_or_default(),
         jwks_refresh,
         jwks_min_refresh,
-        require_typ: r.require_typ.unwrap_or(false),
+        require_typ: r.require_typ.unwrap_or_default(),
         allow_http,
         fetch_timeout,
     }
@@ -226,7 +210,7 @@ fn introspection(
         .required(&k("client_id"), &s.client_id)
         .cloned()
         .unwrap_or_default();
-    let method = s.auth_method.as_deref().unwrap_or("client_secret_basic");
+    let method = written_or(&s.auth_method, file::default_auth_method);
     let auth = match method {
         "client_secret_basic" | "client_secret_post" => {
             if s.private_key_file.is_some() {
@@ -270,34 +254,32 @@ fn introspection(
             None
         }
     };
-    let timeout = c.duration(&k("timeout"), s.timeout.as_deref(), Duration::from_secs(2));
-    let cache_max_ttl = c.duration(
-        &k("cache_max_ttl"),
-        s.cache_max_ttl.as_deref(),
-        Duration::from_secs(300),
+    let mut d =
+        |field: &str, v: &Option<String>, default| c.duration(&k(field), written_or(v, default));
+    let timeout = d("timeout", &s.timeout, file::default_introspection_timeout);
+    let cache_max_ttl = d(
+        "cache_max_ttl",
+        &s.cache_max_ttl,
+        file::default_cache_max_ttl,
     );
-    let negative_ttl = c.duration(
-        &k("negative_ttl"),
-        s.negative_ttl.as_deref(),
-        Duration::from_secs(30),
+    let negative_ttl = d("negative_ttl", &s.negative_ttl, file::default_negative_ttl);
+    let serve_stale = d("serve_stale", &s.serve_stale, file::default_serve_stale);
+    let breaker_cooldown = d(
+        "breaker_cooldown",
+        &s.breaker_cooldown,
+        file::default_breaker_cooldown,
     );
-    let serve_stale = c.duration(&k("serve_stale"), s.serve_stale.as_deref(), Duration::ZERO);
-    let breaker_cooldown = c.duration(
-        &k("breaker_cooldown"),
-        s.breaker_cooldown.as_deref(),
-        Duration::from_secs(30),
+    c.nonzero(&k("timeout"), timeout);
+    let breaker_failures = c.positive(
+        &k("breaker_failures"),
+        s.breaker_failures
+            .unwrap_or_else(file::default_breaker_failures),
     );
-    if timeout.is_zero() {
-        c.error(&k("timeout"), "must be greater than zero");
-    }
-    let breaker_failures = s.breaker_failures.unwrap_or(5);
-    if breaker_failures == 0 {
-        c.error(&k("breaker_failures"), "must be at least 1");
-    }
-    let cache_capacity = s.cache_capacity.unwrap_or(100_000);
-    if cache_capacity == 0 {
-        c.error(&k("cache_capacity"), "must be at least 1");
-    }
+    let cache_capacity = c.positive(
+        &k("cache_capacity"),
+        s.cache_capacity
+            .unwrap_or_else(file::default_introspection_cache_capacity),
+    );
     if c.errors.len() > errors_before {
         return None;
     }
@@ -305,13 +287,13 @@ fn introspection(
         endpoint,
         client_id,
         auth: auth?,
-        timeout,
-        cache_max_ttl,
-        negative_ttl,
-        serve_stale,
+        timeout: timeout?,
+        cache_max_ttl: cache_max_ttl?,
+        negative_ttl: negative_ttl?,
+        serve_stale: serve_stale?,
         cache_capacity,
         breaker_failures,
-        breaker_cooldown,
+        breaker_cooldown: breaker_cooldown?,
     })
 }
 
@@ -349,17 +331,7 @@ fn secret(
     let value = if let Some(v) = &s.client_secret {
         v.clone()
     } else if let Some(f) = &s.client_secret_file {
-        let path = base.join(f);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => trim_newline(text),
-            Err(e) => {
-                c.error(
-                    &k("client_secret_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                );
-                return None;
-            }
-        }
+        c.file_text(&k("client_secret_file"), &base.join(f))?
     } else {
         let name = s.client_secret_env.as_deref().unwrap_or_default();
         match std::env::var(name) {
@@ -378,17 +350,6 @@ fn secret(
         return None;
     }
     Some(Secret::new(value))
-}
-
-/// Removes one trailing `\n` (or `\r\n`): what editors and `echo` add to secret files.
-pub(crate) fn trim_newline(mut s: String) -> String {
-    if s.ends_with('\n') {
-        s.pop();
-        if s.ends_with('\r') {
-            s.pop();
-        }
-    }
-    s
 }
 
 /// A PEM private key for client assertions: RSA (RS256) or EC P-256 (ES256).

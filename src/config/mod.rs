@@ -3,23 +3,44 @@
 //! 1. **Parse**: figment layers the TOML file and `TOLLGATE__`-prefixed environment variables
 //!    (`TOLLGATE__SERVER__LISTEN=0.0.0.0:8080`; the double underscore keeps Kubernetes
 //!    service-link variables such as `TOLLGATE_PORT` out) into the raw structs of [`file`], which
-//!    deny unknown keys.
-//! 2. **Validate** ([`validate`], [`routes`]): every string becomes a typed value (durations,
-//!    URLs, socket addresses, algorithms, header names, compiled route matchers). Each problem
-//!    becomes a [`ConfigError`] that names the file, the key path and what is wrong; all of them
-//!    are reported at once.
+//!    deny unknown keys and declare every default.
+//! 2. **Validate** ([`validate`]): every string becomes a typed value (durations, URLs, socket
+//!    addresses, algorithms, header names, compiled route matchers), one module per section:
+//!
+//!    | module       | section                                  | builds                          |
+//!    |--------------|------------------------------------------|---------------------------------|
+//!    | `server`     | `[server]`, `[server.tls]`               | [`ServerConfig`], [`TlsConfig`] |
+//!    | `log`        | `[log]`                                  | [`LogConfig`]                   |
+//!    | `issuer`     | `[[issuer]]`, `[issuer.introspection]`   | auth's [`IssuerConfig`]         |
+//!    | `upstream`   | `[[upstream]]`                           | [`UpstreamConfig`]              |
+//!    | [`session`]  | `[upstream.session]` and its credentials | [`SessionConfig`]               |
+//!    | [`routes`]   | `[[route]]`, the route file              | policy's [`RouteTable`]         |
+//!    | `store`      | `[store]`                                | [`StoreConfig`]                 |
+//!
+//!    Each problem becomes a [`ConfigError`] that names the file, the key path and what is wrong;
+//!    the shared `check` machinery collects them, and all of them are reported at once.
 //! 3. **Freeze**: the result is a [`Config`] of runtime types that the gateway never mutates.
 //!    Routes are one immutable [`RouteTable`] value behind an `Arc`, so a reload swaps it whole.
+//!
+//! Configuration builds the runtime values of auth (issuer settings) and policy (the route
+//! table); neither of those imports configuration.
 
+mod check;
 pub mod file;
 mod issuer;
+mod log;
 pub mod routes;
+mod server;
 pub mod session;
+mod store;
+mod upstream;
 mod validate;
 
+pub use crate::auth::settings::{
+    ClientAuth, IntrospectionConfig, IssuerConfig, KeySource, ValidationMode,
+};
+pub use crate::secret::Secret;
 pub use session::{Creation, Credentials, GrantSource, SessionConfig, SessionMode, WithoutHandle};
-
-pub use validate::is_loopback;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,7 +50,6 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-use jsonwebtoken::Algorithm;
 use url::Url;
 
 use crate::policy::RouteTable;
@@ -95,7 +115,7 @@ impl RedisTarget {
     /// The address for logs and errors, any password replaced by `***`.
     pub fn redacted(&self) -> String {
         match self {
-            RedisTarget::Url(u) => crate::fleet::connection::redact_urls(u.expose()),
+            RedisTarget::Url(u) => crate::net::redact_urls(u.expose()),
             RedisTarget::Sentinel {
                 sentinels,
                 master,
@@ -153,107 +173,6 @@ pub struct LogConfig {
     /// A `tracing` filter directive (a level such as `info`, or `tollgate=debug,info`).
     pub level: String,
     pub format: LogFormat,
-}
-
-/// Where an issuer's key set comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// `GET {issuer}/.well-known/openid-configuration`, then its `jwks_uri`.
-    Discovery(Url),
-    Jwks(Url),
-}
-
-/// How an issuer's tokens are validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValidationMode {
-    /// Locally, as JWTs against the issuer's key set.
-    Jwt,
-    /// By RFC 7662 introspection, JWTs included (for revocation).
-    Introspection,
-    /// A JWS with this issuer's `iss` and a known key locally; anything else by introspection.
-    Auto,
-}
-
-/// A secret read from the configuration, a file or the environment. `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: String) -> Self {
-        Secret(s)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// How tollgate authenticates to the introspection endpoint.
-#[derive(Clone)]
-pub enum ClientAuth {
-    /// HTTP Basic with the form-urlencoded client id and secret (RFC 6749 §2.3.1).
-    Basic(Secret),
-    /// `client_id` and `client_secret` in the form body.
-    Post(Secret),
-    /// A fresh RFC 7523 client assertion per request, signed with this key.
-    PrivateKeyJwt {
-        key: Arc<jsonwebtoken::EncodingKey>,
-        alg: Algorithm,
-        kid: Option<String>,
-    },
-}
-
-impl fmt::Debug for ClientAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientAuth::Basic(_) => f.write_str("client_secret_basic"),
-            ClientAuth::Post(_) => f.write_str("client_secret_post"),
-            ClientAuth::PrivateKeyJwt { alg, .. } => write!(f, "private_key_jwt({alg:?})"),
-        }
-    }
-}
-
-/// `[issuer.introspection]`, validated.
-#[derive(Debug, Clone)]
-pub struct IntrospectionConfig {
-    /// `None`: the discovery document's `introspection_endpoint`.
-    pub endpoint: Option<Url>,
-    pub client_id: String,
-    pub auth: ClientAuth,
-    pub timeout: Duration,
-    pub cache_max_ttl: Duration,
-    pub negative_ttl: Duration,
-    pub serve_stale: Duration,
-    pub cache_capacity: u64,
-    pub breaker_failures: u32,
-    pub breaker_cooldown: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct IssuerConfig {
-    pub id: Arc<str>,
-    /// The exact `iss` value.
-    pub issuer: String,
-    /// The discovery document, when `discovery = true`.
-    pub discovery: Option<Url>,
-    /// Where JWT keys come from; `None` when the issuer validates by introspection only.
-    pub keys: Option<KeySource>,
-    pub validation: ValidationMode,
-    pub introspection: Option<IntrospectionConfig>,
-    pub audiences: Vec<String>,
-    pub algorithms: Vec<Algorithm>,
-    pub leeway: Duration,
-    pub jwks_refresh: Duration,
-    pub jwks_min_refresh: Duration,
-    pub require_typ: bool,
-    pub allow_http: bool,
-    pub fetch_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use http::header::{self, HeaderName};
 use http::{HeaderValue, Method};
 
-use super::file::RouteSection;
-use super::validate::{check_id, Checker};
+use super::check::{written_or, Checker};
+use super::file::{self, RouteSection};
 use crate::policy::{HostMatch, Matcher, PathMatch, Requirement, Route, RouteAuth, RouteTable};
 
 /// One raw route with where it came from.
@@ -104,7 +104,7 @@ fn compile_one(
     let r = s.raw;
     let k = |field: &str| format!("{}.{field}", s.key);
     let errors_before = c.errors.len();
-    let id = check_id(c, &k("id"), r.id.as_ref(), seen);
+    let id = c.id(&k("id"), r.id.as_ref(), seen);
 
     let path = match (&r.exact, &r.prefix) {
         (Some(_), Some(_)) => {
@@ -181,9 +181,9 @@ fn compile_one(
     };
 
     let identity_headers = identity_headers(c, s);
-    let auth = match r.auth.as_deref() {
-        None | Some("bearer") => RouteAuth::Bearer(requirement(c, s, issuers, realm)),
-        Some("none") => {
+    let auth = match written_or(&r.auth, file::default_route_auth) {
+        "bearer" => RouteAuth::Bearer(requirement(c, s, issuers, realm)),
+        "none" => {
             for (field, set) in [
                 ("scopes", r.scopes.is_some()),
                 ("any_scopes", r.any_scopes.is_some()),
@@ -200,7 +200,7 @@ fn compile_one(
             }
             RouteAuth::Public
         }
-        Some(other) => {
+        other => {
             c.error(
                 &k("auth"),
                 format!("`{other}` is not an auth mode; use \"bearer\" (default) or \"none\""),
@@ -224,15 +224,9 @@ fn compile_one(
         identity_headers,
         max_body: match r.max_body.as_deref() {
             None => default_max_body,
-            Some(v) => crate::config::session::parse_bytes(v).unwrap_or_else(|| {
-                c.error(
-                    &k("max_body"),
-                    format!("`{v}` is not a byte size (for example \"10MiB\")"),
-                );
-                default_max_body
-            }),
+            Some(v) => c.byte_size(&k("max_body"), v, r#""10MiB""#),
         },
-        websocket: r.websocket.unwrap_or(false),
+        websocket: r.websocket.unwrap_or_default(),
     })
 }
 
@@ -369,7 +363,7 @@ fn identity_headers(c: &mut Checker<'_>, s: &Section<'_>) -> Box<[(HeaderName, B
                 }
             };
             if RESERVED_IDENTITY_HEADERS.contains(&header)
-                || crate::proxy::headers::is_hop_by_hop(&header)
+                || crate::hop_by_hop::is_hop_by_hop(&header)
             {
                 c.error(&key, format!("`{name}` cannot be set from a claim"));
                 return None;

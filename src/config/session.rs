@@ -6,9 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::file::{CredentialsSection, SessionSection};
-use super::issuer::trim_newline;
-use super::validate::Checker;
+use super::check::{written_or, Checker};
+use super::file::{self, CredentialsSection, SessionSection};
 use super::Secret;
 
 /// How a grant's token selects single or concurrent sessions.
@@ -112,25 +111,6 @@ pub struct SessionConfig {
     pub credentials: Option<Credentials>,
 }
 
-/// Parses a byte size: a number with an optional unit `B`, `KiB`, `MiB`, `GiB`, `KB`, `MB`, `GB`.
-pub fn parse_bytes(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
-
 pub(crate) fn session(
     c: &mut Checker<'_>,
     prefix: &str,
@@ -140,19 +120,19 @@ pub(crate) fn session(
     let k = |field: &str| format!("{prefix}.{field}");
     let errors_before = c.errors.len();
 
-    let mode = match s.mode.as_deref() {
-        None | Some("by_scope") => SessionMode::ByScope,
-        Some("single") => SessionMode::Single,
-        Some("concurrent") => SessionMode::Concurrent,
-        Some(other) => {
+    let mode = match written_or(&s.mode, file::default_session_mode) {
+        "by_scope" => SessionMode::ByScope,
+        "single" => SessionMode::Single,
+        "concurrent" => SessionMode::Concurrent,
+        other => {
             c.error(&k("mode"), format!("`{other}` is not a session mode; use \"by_scope\", \"single\" or \"concurrent\""));
             SessionMode::ByScope
         }
     };
-    let creation = match s.creation.as_deref() {
-        None | Some("active") => Creation::Active,
-        Some("passive") => Creation::Passive,
-        Some(other) => {
+    let creation = match written_or(&s.creation, file::default_creation) {
+        "active" => Creation::Active,
+        "passive" => Creation::Passive,
+        other => {
             c.error(
                 &k("creation"),
                 format!("`{other}` is not a creation mode; use \"active\" or \"passive\""),
@@ -160,57 +140,44 @@ pub(crate) fn session(
             Creation::Active
         }
     };
-    let path = |c: &mut Checker<'_>, field: &str, v: &Option<String>, default: &str| -> String {
-        let p = v.clone().unwrap_or_else(|| default.to_owned());
-        match crate::policy::normalize(&p) {
-            Ok(n) if n == p => p,
-            _ => {
-                c.error(
-                    &k(field),
-                    format!("`{p}` must be a normalised absolute path"),
-                );
-                p
-            }
+    let path = |c: &mut Checker<'_>, field: &str, v: &Option<String>, default| -> String {
+        let p = written_or(v, default);
+        if !crate::policy::normalize(p).is_ok_and(|n| n == p) {
+            c.error(
+                &k(field),
+                format!("`{p}` must be a normalised absolute path"),
+            );
         }
+        p.to_owned()
     };
-    let login_path = path(c, "login_path", &s.login_path, "/entity/auth/login");
-    let logout_path = path(c, "logout_path", &s.logout_path, "/entity/auth/logout");
+    let login_path = path(c, "login_path", &s.login_path, file::default_login_path);
+    let logout_path = path(c, "logout_path", &s.logout_path, file::default_logout_path);
     if login_path == logout_path {
         c.error(&k("logout_path"), "must differ from login_path");
     }
-    let marker_cookies = s
-        .marker_cookies
-        .clone()
-        .unwrap_or_else(|| vec!["ASP.NET_SessionId".to_owned(), ".ASPXAUTH".to_owned()]);
-    if marker_cookies.is_empty() {
-        c.error(
-            &k("marker_cookies"),
-            "must name at least one cookie that proves a login succeeded",
-        );
-    }
-    let expired_redirect = {
-        let p = s
-            .expired_redirect
-            .as_deref()
-            .unwrap_or(r"(?i)/frames/login\.aspx");
-        match regex::Regex::new(p) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                c.error(
-                    &k("expired_redirect"),
-                    format!("not a regular expression: {e}"),
-                );
-                None
-            }
+    let marker_cookies = c.list(
+        &k("marker_cookies"),
+        &s.marker_cookies,
+        file::default_marker_cookies,
+        "must name at least one cookie that proves a login succeeded",
+        |_, _, name| Some(name.to_owned()),
+    );
+    let expired_redirect = match regex::Regex::new(written_or(
+        &s.expired_redirect,
+        file::default_expired_redirect,
+    )) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            c.error(
+                &k("expired_redirect"),
+                format!("not a regular expression: {e}"),
+            );
+            None
         }
     };
 
     let max_upstream_sessions = match s.max_upstream_sessions {
-        Some(0) => {
-            c.error(&k("max_upstream_sessions"), "must be at least 1");
-            1
-        }
-        Some(n) => n,
+        Some(n) => c.positive(&k("max_upstream_sessions"), n),
         None => {
             c.error(
                 &k("max_upstream_sessions"),
@@ -219,73 +186,95 @@ pub(crate) fn session(
             1
         }
     };
-    let positive = |c: &mut Checker<'_>, field: &str, v: Option<u32>, default: u32| -> u32 {
-        let n = v.unwrap_or(default);
-        if n == 0 {
-            c.error(&k(field), "must be at least 1");
-        }
-        n
+    let mut count = |field: &str, v: Option<u32>, default: fn() -> u32| {
+        c.positive(&k(field), v.unwrap_or_else(default))
     };
-    let max_sessions_per_grant = positive(c, "max_sessions_per_grant", s.max_sessions_per_grant, 3);
-    let max_inflight_per_session =
-        positive(c, "max_inflight_per_session", s.max_inflight_per_session, 1);
-    let max_queue_per_session = s.max_queue_per_session.unwrap_or(20);
-    let max_jar_cookies = positive(c, "max_jar_cookies", s.max_jar_cookies, 50) as usize;
+    let max_sessions_per_grant = count(
+        "max_sessions_per_grant",
+        s.max_sessions_per_grant,
+        file::default_max_sessions_per_grant,
+    );
+    let max_inflight_per_session = count(
+        "max_inflight_per_session",
+        s.max_inflight_per_session,
+        file::default_max_inflight_per_session,
+    );
+    let max_jar_cookies = count(
+        "max_jar_cookies",
+        s.max_jar_cookies,
+        file::default_max_jar_cookies,
+    ) as usize;
 
-    let d = |c: &mut Checker<'_>, field: &str, v: &Option<String>, secs: u64| {
-        c.duration(&k(field), v.as_deref(), Duration::from_secs(secs))
-    };
-    let max_queue_wait = d(c, "max_queue_wait", &s.max_queue_wait, 30);
-    let idle_ttl = d(c, "idle_ttl", &s.idle_ttl, 300);
-    let max_session_age = d(c, "max_session_age", &s.max_session_age, 8 * 3600);
-    let admission_wait = d(c, "admission_wait", &s.admission_wait, 5);
-    let login_timeout = d(c, "login_timeout", &s.login_timeout, 30);
-    let logout_timeout = d(c, "logout_timeout", &s.logout_timeout, 5);
+    let mut d =
+        |field: &str, v: &Option<String>, default| c.duration(&k(field), written_or(v, default));
+    let max_queue_wait = d(
+        "max_queue_wait",
+        &s.max_queue_wait,
+        file::default_max_queue_wait,
+    );
+    let idle_ttl = d("idle_ttl", &s.idle_ttl, file::default_idle_ttl);
+    let max_session_age = d(
+        "max_session_age",
+        &s.max_session_age,
+        file::default_max_session_age,
+    );
+    let admission_wait = d(
+        "admission_wait",
+        &s.admission_wait,
+        file::default_admission_wait,
+    );
+    let login_timeout = d(
+        "login_timeout",
+        &s.login_timeout,
+        file::default_login_timeout,
+    );
+    let logout_timeout = d(
+        "logout_timeout",
+        &s.logout_timeout,
+        file::default_logout_timeout,
+    );
     let login_failure_cooldown = d(
-        c,
         "login_failure_cooldown",
         &s.login_failure_cooldown,
-        15 * 60,
+        file::default_login_failure_cooldown,
     );
-    let relogin_min_interval = d(c, "relogin_min_interval", &s.relogin_min_interval, 10);
-    let min_idle_before_evict = d(c, "min_idle_before_evict", &s.min_idle_before_evict, 2);
-    let op_ttl = d(c, "op_ttl", &s.op_ttl, 600);
+    let relogin_min_interval = d(
+        "relogin_min_interval",
+        &s.relogin_min_interval,
+        file::default_relogin_min_interval,
+    );
+    let min_idle_before_evict = d(
+        "min_idle_before_evict",
+        &s.min_idle_before_evict,
+        file::default_min_idle_before_evict,
+    );
+    let op_ttl = d("op_ttl", &s.op_ttl, file::default_op_ttl);
     for (field, v) in [
         ("idle_ttl", idle_ttl),
         ("login_timeout", login_timeout),
         ("logout_timeout", logout_timeout),
         ("max_session_age", max_session_age),
     ] {
-        if v.is_zero() {
-            c.error(&k(field), "must be greater than zero");
-        }
+        c.nonzero(&k(field), v);
     }
-    if idle_ttl >= Duration::from_secs(600) {
+    if idle_ttl.is_some_and(|d| d >= Duration::from_secs(600)) {
         // The upstream closes idle sessions after 10 minutes by itself; a longer idle_ttl would
         // keep mapping grants to sessions that are already gone.
         tracing::warn!(key = %k("idle_ttl"), "idle_ttl should stay below the upstream's own 10-minute idle close");
     }
-    let bytes = |c: &mut Checker<'_>, field: &str, v: &Option<String>, default: u64| -> u64 {
-        match v {
-            None => default,
-            Some(text) => parse_bytes(text).unwrap_or_else(|| {
-                c.error(
-                    &k(field),
-                    format!(
-                        "`{text}` is not a byte size (for example \"10MiB\", \"8KiB\", \"4096\")"
-                    ),
-                );
-                default
-            }),
-        }
-    };
-    let max_replay_body = bytes(c, "max_replay_body", &s.max_replay_body, 10 << 20);
-    let max_jar_bytes = bytes(c, "max_jar_bytes", &s.max_jar_bytes, 8 << 10) as usize;
+    let sizes = r#""10MiB", "8KiB", "4096""#;
+    let max_replay_body = c.byte_size(
+        &k("max_replay_body"),
+        written_or(&s.max_replay_body, file::default_max_replay_body),
+        sizes,
+    );
+    let max_jar_bytes = c.byte_size(
+        &k("max_jar_bytes"),
+        written_or(&s.max_jar_bytes, file::default_max_jar_bytes),
+        sizes,
+    ) as usize;
 
-    let handle_cookie = s
-        .handle_cookie
-        .clone()
-        .unwrap_or_else(|| "tollgate_session".to_owned());
+    let handle_cookie = written_or(&s.handle_cookie, file::default_handle_cookie).to_owned();
     if handle_cookie.is_empty()
         || !handle_cookie
             .bytes()
@@ -310,10 +299,13 @@ pub(crate) fn session(
         .as_deref()
         .and_then(|f| handle_key(c, &k("handle_key_file"), &base.join(f)));
 
-    let without_handle = match s.concurrent_without_handle.as_deref() {
-        None | Some("new") => WithoutHandle::New,
-        Some("reject") => WithoutHandle::Reject,
-        Some(other) => {
+    let without_handle = match written_or(
+        &s.concurrent_without_handle,
+        file::default_concurrent_without_handle,
+    ) {
+        "new" => WithoutHandle::New,
+        "reject" => WithoutHandle::Reject,
+        other => {
             c.error(
                 &k("concurrent_without_handle"),
                 format!("`{other}`: use \"new\" or \"reject\""),
@@ -321,29 +313,18 @@ pub(crate) fn session(
             WithoutHandle::New
         }
     };
-    let grant_key = match &s.grant_key {
-        None => vec![
-            GrantSource::Claim("grant_id".to_owned()),
-            GrantSource::Claim("origin_jti".to_owned()),
-            GrantSource::SidClientId,
-            GrantSource::ClientCredentials,
-            GrantSource::Subject,
-        ],
-        Some(list) if list.is_empty() => {
-            c.error(&k("grant_key"), "must list at least one source");
-            Vec::new()
-        }
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, src)| grant_source(c, &format!("{prefix}.grant_key[{i}]"), src))
-            .collect(),
-    };
+    let grant_key = c.list(
+        &k("grant_key"),
+        &s.grant_key,
+        file::default_grant_key,
+        "must list at least one source",
+        grant_source,
+    );
 
-    let sanitize_errors = match s.error_bodies.as_deref() {
-        None | Some("sanitize") => true,
-        Some("pass") => false,
-        Some(other) => {
+    let sanitize_errors = match written_or(&s.error_bodies, file::default_error_bodies) {
+        "sanitize" => true,
+        "pass" => false,
+        other => {
             c.error(
                 &k("error_bodies"),
                 format!("`{other}`: use \"sanitize\" or \"pass\""),
@@ -375,10 +356,8 @@ pub(crate) fn session(
     }
     Some(SessionConfig {
         mode,
-        concurrent_scope: s
-            .concurrent_scope
-            .clone()
-            .unwrap_or_else(|| "api:concurrent_access".to_owned()),
+        concurrent_scope: written_or(&s.concurrent_scope, file::default_concurrent_scope)
+            .to_owned(),
         creation,
         login_path,
         logout_path,
@@ -387,17 +366,19 @@ pub(crate) fn session(
         max_upstream_sessions,
         max_sessions_per_grant,
         max_inflight_per_session,
-        max_queue_per_session,
-        max_queue_wait,
-        idle_ttl,
-        max_session_age,
-        admission_wait,
-        login_timeout,
-        logout_timeout,
-        login_failure_cooldown,
-        relogin_min_interval,
-        min_idle_before_evict,
-        op_ttl,
+        max_queue_per_session: s
+            .max_queue_per_session
+            .unwrap_or_else(file::default_max_queue_per_session),
+        max_queue_wait: max_queue_wait?,
+        idle_ttl: idle_ttl?,
+        max_session_age: max_session_age?,
+        admission_wait: admission_wait?,
+        login_timeout: login_timeout?,
+        logout_timeout: logout_timeout?,
+        login_failure_cooldown: login_failure_cooldown?,
+        relogin_min_interval: relogin_min_interval?,
+        min_idle_before_evict: min_idle_before_evict?,
+        op_ttl: op_ttl?,
         max_replay_body,
         max_jar_cookies,
         max_jar_bytes,
@@ -430,13 +411,7 @@ fn grant_source(c: &mut Checker<'_>, key: &str, s: &str) -> Option<GrantSource> 
 
 /// `handle_key_file`: at least 32 bytes of key as hex (64 hex characters), newline trimmed.
 fn handle_key(c: &mut Checker<'_>, key: &str, path: &Path) -> Option<HandleKey> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => trim_newline(t),
-        Err(e) => {
-            c.error(key, format!("cannot read {}: {e}", path.display()));
-            return None;
-        }
-    };
+    let text = c.file_text(key, path)?;
     let bytes: Option<Vec<u8>> = (0..text.len())
         .step_by(2)
         .map(|i| {
@@ -489,19 +464,7 @@ fn credentials(
                 None
             }
             (Some(v), None) => Some(v.clone()),
-            (None, Some(f)) => {
-                let path = base.join(f);
-                match std::fs::read_to_string(&path) {
-                    Ok(t) => Some(trim_newline(t)),
-                    Err(e) => {
-                        c.error(
-                            &format!("{key}_file"),
-                            format!("cannot read {}: {e}", path.display()),
-                        );
-                        None
-                    }
-                }
-            }
+            (None, Some(f)) => c.file_text(&format!("{key}_file"), &base.join(f)),
             (None, None) => {
                 if required {
                     c.error(&key, format!("missing key: set {name} or {name}_file"));
@@ -525,19 +488,4 @@ fn credentials(
         branch,
         locale,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn byte_sizes() {
-        assert_eq!(parse_bytes("10MiB"), Some(10 << 20));
-        assert_eq!(parse_bytes("8KiB"), Some(8192));
-        assert_eq!(parse_bytes("4096"), Some(4096));
-        assert_eq!(parse_bytes("1 GB"), Some(1_000_000_000));
-        assert_eq!(parse_bytes("lots"), None);
-        assert_eq!(parse_bytes("5 parsecs"), None);
-    }
 }

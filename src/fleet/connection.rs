@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::config::{RedisConfig, RedisTarget};
 use crate::metrics::Metrics;
+use crate::net::redact_error;
 
 /// Why the store could not be used. Its text never holds a password.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -200,52 +201,4 @@ fn is_broken(e: &RedisError) -> bool {
         || e.is_timeout()
         || matches!(e.kind(), ErrorKind::ReadOnly | ErrorKind::MasterDown)
         || e.code() == Some("READONLY")
-}
-
-/// A Redis error's text without anything that could be a credential: the redis crate's
-/// messages may repeat a URL.
-pub fn redact_error(e: &RedisError) -> String {
-    redact_urls(&e.to_string())
-}
-
-/// Replaces the user-info of every `scheme://user:password@` in `text` with `***`.
-pub fn redact_urls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c.is_whitespace() || c == '/' || c == '"' || c == '\'')
-            .unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
-            Some(at) => {
-                out.push_str("***");
-                out.push_str(&tail[at..end]);
-            }
-            None => out.push_str(&tail[..end]),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_in_urls_are_redacted() {
-        assert_eq!(
-            redact_urls("cannot reach redis://:s3cret@10.0.0.1:6379/0 now"),
-            "cannot reach redis://***@10.0.0.1:6379/0 now"
-        );
-        assert_eq!(
-            redact_urls("rediss://user:p@ss@host:6380"),
-            "rediss://***@host:6380"
-        );
-        assert_eq!(redact_urls("redis://host:6379"), "redis://host:6379");
-        assert_eq!(redact_urls("no url here"), "no url here");
-    }
 }

@@ -32,6 +32,7 @@ use redis::Script;
 use tokio::sync::oneshot;
 
 use super::connection::{RedisHandle, StoreError};
+use crate::clock::millis;
 use crate::metrics::Metrics;
 
 /// How a waiting request learns its fate.
@@ -340,7 +341,7 @@ impl Fleet {
                     Ok(Some((_, msg))) => self.deliver(&msg),
                     Ok(None) => {}
                     Err(e) => {
-                        tracing::debug!(error = %crate::fleet::connection::redact_error(&e), "wake-up reader lost its connection");
+                        tracing::debug!(error = %crate::net::redact_error(&e), "wake-up reader lost its connection");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         break;
                     }
@@ -374,8 +375,4 @@ impl Drop for Fleet {
             t.abort();
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

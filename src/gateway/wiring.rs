@@ -12,11 +12,10 @@ use arc_swap::ArcSwap;
 
 use crate::auth::fetch::IdpClient;
 use crate::auth::introspect::SharedAnswers;
-use crate::auth::shared::SharedIntrospection;
 use crate::auth::Verifier;
 use crate::config::{Config, RedisConfig, SessionConfig, StoreConfig, UpstreamConfig};
 use crate::error::Challenges;
-use crate::fleet::{Fleet, RedisHandle};
+use crate::fleet::{Fleet, RedisHandle, SharedIntrospection};
 use crate::metrics::Metrics;
 use crate::policy::RouteTable;
 use crate::proxy::{self, Upstream};
@@ -136,10 +135,9 @@ impl Wiring {
     /// every session pool's sweeper and upkeep, and (with a shared store) this replica's
     /// heartbeat in the fleet, announcing the profiles it serves.
     pub fn start(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        self.parts.metrics.config_loaded("startup", now);
+        self.parts
+            .metrics
+            .config_loaded("startup", crate::clock::unix_secs_f64());
         let snapshot = self.current();
         snapshot.verifier.spawn_background();
         for pool in snapshot.pools.iter().flatten() {

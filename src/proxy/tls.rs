@@ -7,7 +7,7 @@ use hyper_rustls::ConfigBuilderExt as _;
 use rustls::{ClientConfig, RootCertStore};
 
 use crate::config::UpstreamConfig;
-use crate::server::tls::{load_certs, load_key, load_roots, provider};
+use crate::pem::{load_certs, load_key, load_roots, provider};
 
 /// The rustls client configuration of the upstream `cfg`. The error names the upstream and the
 /// file (or the pair of keys) at fault.

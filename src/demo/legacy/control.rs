@@ -3,6 +3,7 @@
 //! Control requests are routed before the leak detectors see them, so driving the fake never
 //! shows up as a gateway's leak.
 
+use crate::clock::millis;
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode};
@@ -318,10 +319,6 @@ impl FakeLegacy {
             }),
         )
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

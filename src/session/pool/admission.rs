@@ -3,14 +3,13 @@
 //! taken at once when one is free, else by evicting the least-recently-used idle session, else
 //! after a bounded wait; a session with a request in flight or queued is never evicted.
 
+use crate::clock::millis;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{now_ms, Identity, Pool, Retire};
 use crate::session::jar::Jar;
-use crate::session::store::{
-    millis, InFlight, LeaseRefused, Leased, Release, SessionRecord, SlotKey,
-};
+use crate::session::store::{InFlight, LeaseRefused, Leased, Release, SessionRecord, SlotKey};
 use crate::session::SessionError;
 
 /// A request's hold on an upstream session: the in-flight place and the jar to send.

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::hmac;
 
 use super::{lock, now_ms, Pool};
+use crate::clock::millis;
 use crate::config::{Credentials, SessionConfig};
 use crate::session::login::{self, LoginOutcome};
-use crate::session::store::millis;
 use crate::session::SessionError;
 
 /// The local state of the gate.

@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use tokio::sync::Notify;
@@ -48,12 +48,8 @@ pub use admission::Held;
 pub use identify::{cookie_value, Identity};
 pub use retire::Retire;
 
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+/// Unix milliseconds now (the crate's one clock, under the name the pool's files use).
+pub(crate) use crate::clock::unix_ms as now_ms;
 
 /// The session pool of one upstream.
 pub struct Pool {

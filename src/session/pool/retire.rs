@@ -7,6 +7,7 @@
 //! holds or waits for it, and a seat goes back only once its session is logged out (or known to
 //! be gone upstream), so the seat count never drops below what the upstream counts.
 
+use crate::clock::millis;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,9 +16,7 @@ use super::{lock, now_ms, Held, Pool};
 use crate::session::grant::GrantKey;
 use crate::session::jar::Jar;
 use crate::session::login;
-use crate::session::store::{
-    millis, Expiry, Removal, Restored, SessionRecord, SessionState, SlotKey,
-};
+use crate::session::store::{Expiry, Removal, Restored, SessionRecord, SessionState, SlotKey};
 use crate::session::SessionError;
 
 /// Logouts running at once during shutdown.

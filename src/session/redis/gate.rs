@@ -19,7 +19,7 @@ pub(super) async fn cooldown(store: &RedisStore, fp: &str) -> Result<Option<u64>
         })
         .await?;
     // The cooldown's end, on this replica's clock: the key's remaining time is Redis's.
-    Ok((left > 0).then(|| super::super::pool::now_ms() + u64::try_from(left).unwrap_or(0)))
+    Ok((left > 0).then(|| crate::clock::unix_ms() + u64::try_from(left).unwrap_or(0)))
 }
 
 /// [`SessionStore::open_credential_cooldown`].
@@ -30,7 +30,7 @@ pub(super) async fn open_cooldown(
 ) -> Result<(), StoreError> {
     let cool = store.keys.cooldown(fp);
     let proven = store.keys.proven(fp);
-    let ttl = until_ms.saturating_sub(super::super::pool::now_ms()).max(1);
+    let ttl = until_ms.saturating_sub(crate::clock::unix_ms()).max(1);
     store
         .redis
         .run("credentials", |mut c| async move {

@@ -68,6 +68,7 @@ mod scripts;
 mod seats;
 mod upkeep;
 
+use crate::clock::millis;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,8 +77,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::store::{
-    millis, Created, Edit, Expiry, InFlight, LeaseRefused, Leased, Maintenance, Release, Removal,
-    Restored, SessionRecord, SessionStore, SlotKey, Stats, StoreError,
+    Created, Edit, Expiry, InFlight, LeaseRefused, Leased, Maintenance, Release, Removal, Restored,
+    SessionRecord, SessionStore, SlotKey, Stats, StoreError,
 };
 use crate::fleet::seal::Sealer;
 use crate::fleet::{Fleet, RedisHandle};

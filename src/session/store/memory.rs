@@ -112,7 +112,7 @@ impl MemoryStore {
                     slot.clone(),
                     id,
                     Box::new(move |how: Release| {
-                        let now = super::super::pool::now_ms();
+                        let now = crate::clock::unix_ms();
                         let mut g = lock_inner(&inner);
                         if let Some(r) = g.records.get_mut(&key).filter(|r| r.id == id) {
                             r.in_flight = r.in_flight.saturating_sub(1);

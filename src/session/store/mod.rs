@@ -162,12 +162,3 @@ pub trait SessionStore: Send + Sync + 'static {
         Ok(())
     }
 }
-
-/// Milliseconds of a duration, saturating (for the store's Unix-millisecond arithmetic).
-pub fn millis(d: Duration) -> u64 {
-    ms(d)
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}

@@ -1,12 +1,14 @@
 //! Positive introspection answers shared by every replica of a fleet
 //! (`[store] share_introspection = true`): one replica's RFC 7662 call serves the others until
-//! the answer's own expiry.
+//! the answer's own expiry. The fleet implements auth's [`SharedAnswers`]: auth knows nothing of
+//! Redis.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::fleet::RedisHandle;
+use super::RedisHandle;
+use crate::auth::introspect::SharedAnswers;
 
 /// The shared answers in the fleet's Redis, under `{key_prefix}`.
 pub struct SharedIntrospection {
@@ -24,7 +26,7 @@ impl SharedIntrospection {
 }
 
 #[async_trait]
-impl super::introspect::SharedAnswers for SharedIntrospection {
+impl SharedAnswers for SharedIntrospection {
     async fn get(&self, key: &str) -> Option<String> {
         let key = format!("{}{key}", self.prefix);
         self.redis

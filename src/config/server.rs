@@ -1,0 +1,94 @@
+//! `[server]` and `[server.tls]` → [`ServerConfig`]: the listeners, the challenge realm, the
+//! connection limits and timeouts, and the TLS files (which must exist; the server reads them).
+
+use std::path::Path;
+
+use super::check::{written_or, Checker};
+use super::file::{self, ServerSection, TlsSection};
+use super::{ServerConfig, TlsConfig};
+
+pub(crate) fn server(c: &mut Checker<'_>, raw: &ServerSection, base: &Path) -> ServerConfig {
+    let listen = c.socket_addr(
+        "server.listen",
+        written_or(&raw.listen, file::default_listen),
+    );
+    let admin_listen = c.socket_addr(
+        "server.admin_listen",
+        written_or(&raw.admin_listen, file::default_admin_listen),
+    );
+    if listen == admin_listen && listen.port() != 0 {
+        c.error("server.admin_listen", "must differ from server.listen");
+    }
+    let realm = written_or(&raw.realm, file::default_realm);
+    if realm.is_empty()
+        || !realm
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        c.error(
+            "server.realm",
+            "must be non-empty printable ASCII without quotes or backslashes",
+        );
+    }
+    let token_cache_capacity = c.positive(
+        "server.token_cache_capacity",
+        raw.token_cache_capacity
+            .unwrap_or_else(file::default_token_cache_capacity),
+    );
+    let sizes = r#""10MiB", "64KiB", "4096""#;
+    ServerConfig {
+        listen,
+        admin_listen,
+        realm: realm.into(),
+        token_cache_capacity,
+        trust_forwarded_headers: raw.trust_forwarded_headers.unwrap_or_default(),
+        shutdown_grace: c
+            .duration(
+                "server.shutdown_grace",
+                written_or(&raw.shutdown_grace, file::default_shutdown_grace),
+            )
+            .unwrap_or_default(),
+        tls: raw.tls.as_ref().and_then(|t| tls(c, t, base)),
+        http2_cleartext: raw.http2_cleartext.unwrap_or_default(),
+        max_header_bytes: c.byte_size(
+            "server.max_header_bytes",
+            written_or(&raw.max_header_bytes, file::default_max_header_bytes),
+            sizes,
+        ) as usize,
+        header_read_timeout: c.positive_duration(
+            "server.header_read_timeout",
+            written_or(&raw.header_read_timeout, file::default_header_read_timeout),
+        ),
+        idle_timeout: c.positive_duration(
+            "server.idle_timeout",
+            written_or(&raw.idle_timeout, file::default_idle_timeout),
+        ),
+        max_connections: c.positive(
+            "server.max_connections",
+            raw.max_connections
+                .unwrap_or_else(file::default_max_connections),
+        ),
+        max_body: c.byte_size(
+            "server.max_body",
+            written_or(&raw.max_body, file::default_max_body),
+            sizes,
+        ),
+        watch_config: raw.watch_config.unwrap_or_else(file::default_watch_config),
+    }
+}
+
+fn tls(c: &mut Checker<'_>, t: &TlsSection, base: &Path) -> Option<TlsConfig> {
+    let cert = c.required("server.tls.cert_file", &t.cert_file).cloned();
+    let key = c.required("server.tls.key_file", &t.key_file).cloned();
+    let cert = cert.and_then(|f| c.existing_file("server.tls.cert_file", &f, base));
+    let key = key.and_then(|f| c.existing_file("server.tls.key_file", &f, base));
+    let ca = match &t.client_ca_file {
+        Some(f) => Some(c.existing_file("server.tls.client_ca_file", f, base)?),
+        None => None,
+    };
+    Some(TlsConfig {
+        cert_file: cert?,
+        key_file: key?,
+        client_ca_file: ca,
+    })
+}

@@ -1,0 +1,81 @@
+//! Small facts about network addresses that several layers need: whether a URL points at this
+//! machine (plain `http://` is tolerated there), and how to show a URL or an error text without
+//! the credentials it may carry.
+
+use std::fmt::Display;
+use std::net::IpAddr;
+
+use url::{Host, Url};
+
+/// True for `localhost`, `127.0.0.0/8` and `::1`.
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// An error's text without anything that could be a credential: client libraries (the redis
+/// crate among them) may repeat a URL in their messages.
+pub fn redact_error(e: &dyn Display) -> String {
+    redact_urls(&e.to_string())
+}
+
+/// Replaces the user-info of every `scheme://user:password@` in `text` with `***`.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '/' || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&tail[at..end]);
+            }
+            None => out.push_str(&tail[..end]),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            redact_urls("cannot reach redis://:s3cret@10.0.0.1:6379/0 now"),
+            "cannot reach redis://***@10.0.0.1:6379/0 now"
+        );
+        assert_eq!(
+            redact_urls("rediss://user:p@ss@host:6380"),
+            "rediss://***@host:6380"
+        );
+        assert_eq!(redact_urls("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redact_urls("no url here"), "no url here");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for (url, loopback) in [
+            ("http://localhost:8080/x", true),
+            ("http://LOCALHOST/", true),
+            ("http://127.0.0.1/", true),
+            ("http://127.9.9.9/", true),
+            ("http://[::1]:1/", true),
+            ("http://10.0.0.1/", false),
+            ("http://localhost.example.com/", false),
+        ] {
+            assert_eq!(is_loopback(&Url::parse(url).unwrap()), loopback, "{url}");
+        }
+    }
+}

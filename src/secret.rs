@@ -1,0 +1,24 @@
+//! [`Secret`]: a configured credential (a client secret, a Redis password, an upstream login
+//! password) that every layer may hold but no log line may show.
+
+use std::fmt;
+
+/// A secret read from the configuration, a file or the environment. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
