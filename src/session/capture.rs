@@ -14,9 +14,9 @@ use http::header::{self, HeaderMap};
 use http::Response;
 use hyper::body::Incoming;
 
+use super::body::read_bounded;
 use super::login::{self, LoginOutcome};
 use super::pool::{Identity, Pool};
-use super::step::{read_bounded, Settled};
 use super::{RefusedLogin, SessionError};
 use crate::auth::Principal;
 use crate::proxy;
@@ -53,19 +53,20 @@ pub(super) async fn admit(
     Ok(seat)
 }
 
-/// The upstream's answer to the client's login: the slot's session on `seat`, or a refusal.
+/// The upstream's answer to the client's login: the slot's session on `seat` (the answer goes
+/// on to the client), or a refusal.
 pub(super) async fn settle(
     pool: &Pool,
     who: &Identity,
     seat: u64,
     resp: Response<Incoming>,
-) -> Settled {
+) -> Result<Response<Incoming>, SessionError> {
     let status = resp.status();
     if status.is_success() {
         return match pool.capture(who, seat, resp.headers()).await {
-            Ok(true) => Settled::Keep(resp),
-            Ok(false) => Settled::Fail(SessionError::LoginError),
-            Err(e) => Settled::Fail(e),
+            Ok(true) => Ok(resp),
+            Ok(false) => Err(SessionError::LoginError),
+            Err(e) => Err(e),
         };
     }
     pool.abandon_capture(seat).await;
@@ -77,7 +78,7 @@ pub(super) async fn settle(
         LoginOutcome::Throttled { .. } => RefusedLogin::Throttled,
         LoginOutcome::Error(_) | LoginOutcome::Ok(_) => RefusedLogin::Error,
     };
-    Settled::Fail(SessionError::LoginRefused {
+    Err(SessionError::LoginRefused {
         status,
         refused,
         retry_after,

@@ -16,7 +16,12 @@
 //! | [`pool`] | per-upstream coordination: leases, logins, seats, eviction, expiry, logout |
 //! | [`capture`] | passive mode: the client's own login call becomes the slot's session |
 //! | [`step`] | the layer's two steps of the request pipeline: `lease` and `settle` |
+//! | `body` | request bodies the layer must read whole (a replay, a passive login) |
+//!
+//! The layer answers to the pipeline only through [`step`]'s two functions and its own error
+//! type, [`SessionError`], which `crate::error` maps to HTTP.
 
+mod body;
 pub mod capture;
 pub mod grant;
 pub mod handle;

@@ -33,8 +33,8 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use super::capture;
 use super::pool::{Held, Identity, Pool};
+use super::{body, capture};
 use super::{intercept, sanitize, SessionError};
 use crate::config::Creation;
 use crate::policy::Permit;
@@ -172,25 +172,11 @@ async fn keep_for_replay(body: &mut Body, max: u64) -> Result<Option<Bytes>, Ses
         return Ok(None);
     }
     let max = usize::try_from(max).unwrap_or(usize::MAX);
-    let bytes = read_bounded(std::mem::replace(body, proxy::full(Bytes::new())), max)
+    let bytes = body::read_bounded(std::mem::replace(body, proxy::full(Bytes::new())), max)
         .await
         .ok_or(SessionError::BodyRead)?;
     *body = proxy::full(bytes.clone());
     Ok(Some(bytes))
-}
-
-/// Reads a whole body of at most `max` bytes; `None` when it is larger or fails.
-pub(super) async fn read_bounded(mut body: Body, max: usize) -> Option<Bytes> {
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.ok()?.into_data() {
-            if buf.len() + data.len() > max {
-                return None;
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Some(buf.freeze())
 }
 
 /// The `settle` step: what the session layer makes of the upstream's answer to one attempt.
@@ -199,7 +185,10 @@ pub async fn settle(lease: &mut Lease, resp: Response<Incoming>) -> Settled {
     match &mut lease.kind {
         Kind::Bare => Settled::Keep(resp),
         Kind::Capture { who, seat } => match seat.take() {
-            Some(seat) => capture::settle(&pool, who, seat, resp).await,
+            Some(seat) => match capture::settle(&pool, who, seat, resp).await {
+                Ok(resp) => Settled::Keep(resp),
+                Err(e) => Settled::Fail(e),
+            },
             None => Settled::Fail(SessionError::LoginError),
         },
         Kind::Held { held, .. } => {
