@@ -446,6 +446,9 @@ pub struct SessionSection {
     /// Requests waiting (FIFO) for their session (a count). By default
     /// [`default_max_queue_per_session`].
     pub max_queue_per_session: Option<u32>,
+    /// Login calls with the service credentials running at once, fleet-wide (a count). By
+    /// default [`default_max_parallel_logins`].
+    pub max_parallel_logins: Option<u32>,
     /// How long a request may wait for its session (humantime). By default
     /// [`default_max_queue_wait`].
     pub max_queue_wait: Option<String>,
@@ -546,6 +549,12 @@ pub fn default_max_inflight_per_session() -> u32 {
 /// 20 requests.
 pub fn default_max_queue_per_session() -> u32 {
     20
+}
+
+/// 2 logins: below the reference upstream's lockout threshold (three refused logins), so that a
+/// password changed upstream costs at most two refused logins before the cooldown stops the rest.
+pub fn default_max_parallel_logins() -> u32 {
+    2
 }
 
 /// `30s`.

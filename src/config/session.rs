@@ -85,6 +85,8 @@ pub struct SessionConfig {
     pub max_upstream_sessions: u32,
     pub max_sessions_per_grant: u32,
     pub max_inflight_per_session: u32,
+    /// Login calls with the service credentials at once, fleet-wide.
+    pub max_parallel_logins: u32,
     pub max_queue_per_session: u32,
     pub max_queue_wait: Duration,
     pub idle_ttl: Duration,
@@ -198,6 +200,11 @@ pub(crate) fn session(
         "max_inflight_per_session",
         s.max_inflight_per_session,
         file::default_max_inflight_per_session,
+    );
+    let max_parallel_logins = count(
+        "max_parallel_logins",
+        s.max_parallel_logins,
+        file::default_max_parallel_logins,
     );
     let max_jar_cookies = count(
         "max_jar_cookies",
@@ -366,6 +373,7 @@ pub(crate) fn session(
         max_upstream_sessions,
         max_sessions_per_grant,
         max_inflight_per_session,
+        max_parallel_logins,
         max_queue_per_session: s
             .max_queue_per_session
             .unwrap_or_else(file::default_max_queue_per_session),

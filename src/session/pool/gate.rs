@@ -33,52 +33,84 @@ pub(super) struct Circuit {
 
 impl Pool {
     /// The login call behind the credential gate (design §6.5.3): never while the credential
-    /// set's cooldown is open, and, until the credentials are proven by one success, one
-    /// attempt at a time across every grant (and, with a shared store, every replica). A wrong
-    /// password is then tried once, not once per waiting grant, and the account never locks.
+    /// set's cooldown is open, and only on one of the set's login lanes: one lane until the
+    /// credentials are proven by a success, then `max_parallel_logins`, in this process and,
+    /// with a shared store, across the fleet. A wrong password is tried once, not once per
+    /// waiting grant; a password changed upstream after it was proven is refused at most
+    /// `max_parallel_logins` times before the cooldown stops the rest. Either way the account
+    /// never reaches its lockout threshold.
     pub(super) async fn gated_login(
         &self,
         creds: &Credentials,
     ) -> Result<LoginOutcome, SessionError> {
         self.check_circuit().await?;
-        if self.is_proven().await {
-            let outcome = login::login(&self.upstream, &self.cfg, creds).await;
-            self.after_login(&outcome).await;
-            return Ok(outcome);
-        }
-        let _local = self.trial.lock().await;
-        let deadline = Instant::now() + self.cfg.login_timeout + Duration::from_secs(5);
-        let ttl = self.cfg.login_timeout + Duration::from_secs(5);
-        let fleet_proven = loop {
-            // The trial before this one may have opened the cooldown or proven the set.
-            self.check_circuit().await?;
-            if self.is_proven().await {
-                break true;
-            }
-            if self
-                .store
-                .lock_credential_trial(&self.credential_fp, ttl)
-                .await?
-            {
-                break false;
-            }
-            if Instant::now() > deadline {
-                return Err(SessionError::LoginError);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let lane = self.take_lane().await?;
         let outcome = login::login(&self.upstream, &self.cfg, creds).await;
         self.after_login(&outcome).await;
-        if !fleet_proven {
-            if let Err(e) = self
-                .store
-                .unlock_credential_trial(&self.credential_fp)
-                .await
-            {
-                tracing::warn!(upstream = %self.upstream_id, error = %e, "credential trial lock release failed; it expires by itself");
-            }
-        }
+        self.give_back_lane(lane).await;
         Ok(outcome)
+    }
+
+    /// Waits for a free login lane (bounded by the login timeout). Lane 0 is the store's trial
+    /// lock of the credential set, so a replica of an earlier version and this one share it.
+    async fn take_lane(&self) -> Result<u32, SessionError> {
+        let ttl = self.cfg.login_timeout + Duration::from_secs(5);
+        let deadline = Instant::now() + ttl;
+        loop {
+            let freed = self.lane_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            // The login before this one may have opened the cooldown or proven the set.
+            self.check_circuit().await?;
+            let open = if self.is_proven().await {
+                self.cfg.max_parallel_logins.max(1)
+            } else {
+                1
+            };
+            for lane in 0..open {
+                if !lock(&self.lanes).insert(lane) {
+                    continue;
+                }
+                match self.store.lock_credential_trial(&self.lane_key(lane), ttl).await {
+                    Ok(true) => return Ok(lane),
+                    Ok(false) => {
+                        lock(&self.lanes).remove(&lane);
+                    }
+                    Err(e) => {
+                        lock(&self.lanes).remove(&lane);
+                        return Err(e.into());
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now > deadline {
+                return Err(SessionError::LoginError);
+            }
+            // Woken by a lane given back here; another replica's is seen at the next look.
+            let nap = (deadline - now).min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(nap, freed).await;
+        }
+    }
+
+    async fn give_back_lane(&self, lane: u32) {
+        if let Err(e) = self
+            .store
+            .unlock_credential_trial(&self.lane_key(lane))
+            .await
+        {
+            tracing::warn!(upstream = %self.upstream_id, error = %e, "login lane release failed; it expires by itself");
+        }
+        lock(&self.lanes).remove(&lane);
+        self.lane_freed.notify_waiters();
+    }
+
+    /// The store's name of a login lane of the credential set.
+    fn lane_key(&self, lane: u32) -> String {
+        if lane == 0 {
+            self.credential_fp.clone()
+        } else {
+            format!("{}:{lane}", self.credential_fp)
+        }
     }
 
     /// The credential gate's bookkeeping after a login call.
@@ -144,7 +176,7 @@ impl Pool {
     /// Refuses a login while the credential cooldown is open (here or, with a shared store,
     /// anywhere in the fleet) or while failed logins back off.
     pub(super) async fn check_circuit(&self) -> Result<(), SessionError> {
-        self.check_local_circuit()?;
+        let closed = self.check_local_circuit()?;
         if let Some(until) = self.store.credential_cooldown(&self.credential_fp).await? {
             let left = Duration::from_millis(until.saturating_sub(now_ms()));
             let mut c = lock(&self.circuit);
@@ -157,12 +189,19 @@ impl Pool {
                 retry_after: left.as_secs().max(1),
             });
         }
+        if closed {
+            // Only now: while the fleet's cooldown is still open, the gauge stays at 1.
+            self.metrics
+                .upstream_login_circuit(&self.upstream_id, false);
+        }
         Ok(())
     }
 
-    fn check_local_circuit(&self) -> Result<(), SessionError> {
+    /// The local circuit; true when its cooldown has just ended.
+    fn check_local_circuit(&self) -> Result<bool, SessionError> {
         let mut c = lock(&self.circuit);
         let now = Instant::now();
+        let mut closed = false;
         if let Some(until) = c.open_until {
             if now < until {
                 return Err(SessionError::LoginFailed {
@@ -170,13 +209,12 @@ impl Pool {
                 });
             }
             c.open_until = None;
-            self.metrics
-                .upstream_login_circuit(&self.upstream_id, false);
+            closed = true;
         }
         if c.backoff_until.is_some_and(|u| now < u) {
             return Err(SessionError::LoginError);
         }
-        Ok(())
+        Ok(closed)
     }
 
     fn circuit_success(&self) {
@@ -253,6 +291,64 @@ mod tests {
         assert!(r.pool.hold(&r.who("g9")).await.is_ok());
         assert_eq!(r.metric(CIRCUIT), 0.0, "the circuit closed");
         assert!(r.pool.proven.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_password_changed_after_it_was_proven_never_reaches_the_lockout() {
+        let r = room_for_all().await;
+        let mut first = r.pool.hold(&r.who("p")).await.unwrap();
+        r.pool.release(&mut first, false).await;
+        assert!(r.pool.proven.load(Ordering::SeqCst));
+        // The password changes upstream; slow logins make every grant's login overlap.
+        r.fake.set_password("admin", "rotated");
+        r.fake
+            .configure_with(|o| o.login_delay = Duration::from_millis(300));
+        let whos: Vec<_> = (0..6).map(|i| r.who(&format!("g{i}"))).collect();
+        for a in r.hold_all(whos).await {
+            assert!(matches!(a.unwrap_err(), SessionError::LoginFailed { .. }));
+        }
+        let c = r.fake.counters();
+        assert_eq!(
+            (c.logins_bad_credentials, c.logins_locked),
+            (u64::from(r.pool.cfg.max_parallel_logins), 0),
+            "at most max_parallel_logins refused logins, below the lockout threshold: {c:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn proven_credentials_log_in_on_several_lanes_and_unproven_on_one() {
+        let r = rig(|c| {
+            c.max_upstream_sessions = 10;
+            c.max_parallel_logins = 3;
+        })
+        .await;
+        // Unproven: the first logins go one at a time, on lane 0.
+        assert_eq!(r.pool.take_lane().await.unwrap(), 0);
+        let waiting = {
+            let pool = r.pool.clone();
+            tokio::spawn(async move { pool.take_lane().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a second unproven login waits");
+        r.pool.give_back_lane(0).await;
+        assert_eq!(waiting.await.unwrap().unwrap(), 0);
+        r.pool.give_back_lane(0).await;
+        // Proven: up to three at once, then a fourth waits.
+        r.pool.proven.store(true, Ordering::SeqCst);
+        let mut lanes = Vec::new();
+        for _ in 0..3 {
+            lanes.push(r.pool.take_lane().await.unwrap());
+        }
+        lanes.sort_unstable();
+        assert_eq!(lanes, [0, 1, 2]);
+        let fourth = {
+            let pool = r.pool.clone();
+            tokio::spawn(async move { pool.take_lane().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!fourth.is_finished());
+        r.pool.give_back_lane(1).await;
+        assert_eq!(fourth.await.unwrap().unwrap(), 1);
     }
 
     #[tokio::test]

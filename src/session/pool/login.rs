@@ -261,6 +261,9 @@ impl Pool {
 
     /// Deletes the record of a login that failed, and returns the error.
     async fn fail<T>(&self, slot: &SlotKey, id: u64, e: SessionError) -> Result<T, SessionError> {
+        // Noted before the removal wakes the requests queued on the record: each of them then
+        // shares this answer instead of starting a login of its own.
+        self.note_failure(slot, &e);
         if let Err(err) = self.store.remove(slot, id).await {
             tracing::warn!(upstream = %self.upstream_id, error = %err, "could not delete the record of a failed login; the sweep will");
         }

@@ -71,8 +71,9 @@ pub struct Pool {
     circuit: Mutex<gate::Circuit>,
     /// A keyed digest naming the credential set (the fleet-wide gate's key; never the secret).
     credential_fp: String,
-    /// One unproven login at a time in this process (the store's trial lock spans the fleet).
-    trial: tokio::sync::Mutex<()>,
+    /// The login lanes taken in this process (the store's lane locks span the fleet).
+    lanes: Mutex<HashSet<u32>>,
+    lane_freed: Notify,
     /// A login with these credentials succeeded since their last refusal.
     proven: AtomicBool,
     /// Grants that gave up on their session (design §6.7.3): no login for them until then.
@@ -145,7 +146,8 @@ impl Pool {
             failures: Mutex::new(HashMap::new()),
             circuit: Mutex::new(gate::Circuit::default()),
             credential_fp,
-            trial: tokio::sync::Mutex::new(()),
+            lanes: Mutex::new(HashSet::new()),
+            lane_freed: Notify::new(),
             proven: AtomicBool::new(false),
             relogin_blocked: login::Blocked::default(),
             seat_freed: Notify::new(),

@@ -326,16 +326,21 @@ impl Pool {
             Instant::now() + self.cfg.relogin_min_interval,
         );
         self.note_failure(&lease.slot, &SessionError::AuthFailed);
-        self.release(lease, false).await;
-        if let Ok(Some(record)) = self.store.remove(&lease.slot, lease.id).await {
-            self.retire_removed(record, Retire::Expired, false).await;
-        }
+        self.drop_session(lease).await;
     }
 
     /// Passive mode: the upstream ended the session; forget it (no re-login is possible).
     pub async fn forget(&self, lease: &mut Held) {
+        self.drop_session(lease).await;
+    }
+
+    /// Removes the lease's session (no logout: the upstream says it is not signed in), then
+    /// gives the place back. In this order, a request queued behind the lease learns that the
+    /// session is gone instead of taking the place on a session the upstream already refused.
+    async fn drop_session(&self, lease: &mut Held) {
+        let removed = self.store.remove(&lease.slot, lease.id).await;
         self.release(lease, false).await;
-        if let Ok(Some(record)) = self.store.remove(&lease.slot, lease.id).await {
+        if let Ok(Some(record)) = removed {
             self.retire_removed(record, Retire::Expired, false).await;
         }
     }
