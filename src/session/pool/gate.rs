@@ -71,7 +71,11 @@ impl Pool {
                 if !lock(&self.lanes).insert(lane) {
                     continue;
                 }
-                match self.store.lock_credential_trial(&self.lane_key(lane), ttl).await {
+                match self
+                    .store
+                    .lock_credential_trial(&self.lane_key(lane), ttl)
+                    .await
+                {
                     Ok(true) => return Ok(lane),
                     Ok(false) => {
                         lock(&self.lanes).remove(&lane);
