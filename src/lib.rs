@@ -1,19 +1,24 @@
 //! tollgate: an OAuth 2.0 bearer-token gateway for legacy HTTP APIs.
 //!
 //! The crate is one binary with a library face so that the integration tests (and the benchmark)
-//! can start the real gateway in-process on sockets they bound themselves. The request lifecycle
-//! lives in [`gateway`]; everything else is one concern per module:
+//! can start the real gateway in-process on sockets they bound themselves. `ARCHITECTURE.md`
+//! draws the floors; from the top down:
 //!
-//! | module     | concern                                                                 |
-//! |------------|-------------------------------------------------------------------------|
-//! | [`config`] | parse → validate → freeze the TOML configuration (and the route file)   |
-//! | [`auth`]   | bearer extraction, JWT validation against JWKS, the verified-token cache |
-//! | [`policy`] | path normalisation, route choice, scope and claim checks                |
-//! | [`proxy`]  | header surgery and forwarding to the upstream                           |
-//! | [`error`]  | every error the gateway answers itself, mapped to HTTP in one place     |
-//! | [`metrics`]| metric names and the Prometheus registry                                 |
-//! | [`server`] | listeners, connection handling, the admin endpoints                     |
-//! | [`demo`]   | the self-contained `tollgate demo` (issuer, legacy API, gateway)         |
+//! | module      | concern                                                                  |
+//! |-------------|--------------------------------------------------------------------------|
+//! | [`demo`]    | the self-contained `tollgate demo` (issuer, fake legacy API, gateway)     |
+//! | [`server`]  | listeners, connection handling, graceful shutdown, the admin endpoints    |
+//! | [`reload`]  | configuration reloads (SIGHUP, file watch)                                |
+//! | [`gateway`] | the request pipeline of named steps, and the wiring a reload swaps        |
+//! | [`error`]   | every error the gateway answers itself, classified and mapped in one table |
+//! | [`session`] | upstream sessions: the `lease` and `settle` steps, pools, stores          |
+//! | [`fleet`]   | replicas sharing one Redis: connection, membership, sealing, shared answers |
+//! | [`proxy`]   | upstream clients and the header edits of both directions                  |
+//! | [`config`]  | parse → validate → freeze the TOML configuration (and the route file)    |
+//! | [`policy`]  | path normalisation, route choice, scope and claim checks                 |
+//! | [`auth`]    | bearer extraction, JWT validation against JWKS, introspection, the cache  |
+//! | [`metrics`] | metric names (one constant each) and the Prometheus registry              |
+//! | [`limits`], [`upgrade`], [`logging`] | body limits, WebSocket pass-through, log set-up |
 //!
 //! The arrows run one way: [`config`] builds the runtime values that [`auth`] and [`policy`]
 //! consume (issuer settings, the route table), and neither of them imports [`config`].

@@ -2,9 +2,9 @@
 //!
 //! 1. **Parse**: figment layers the TOML file and `TOLLGATE__`-prefixed environment variables
 //!    (`TOLLGATE__SERVER__LISTEN=0.0.0.0:8080`; the double underscore keeps Kubernetes
-//!    service-link variables such as `TOLLGATE_PORT` out) into the raw structs of [`file`], which
+//!    service-link variables such as `TOLLGATE_PORT` out) into the raw structs of [`file`](mod@file), which
 //!    deny unknown keys and declare every default.
-//! 2. **Validate** ([`validate`]): every string becomes a typed value (durations, URLs, socket
+//! 2. **Validate** (`validate`): every string becomes a typed value (durations, URLs, socket
 //!    addresses, algorithms, header names, compiled route matchers), one module per section:
 //!
 //!    | module       | section                                  | builds                          |

@@ -29,7 +29,7 @@
 //! | module | concern |
 //! |---|---|
 //! | `mod.rs` | the [`Gateway`] handle and its public face |
-//! | [`pipeline`] | [`Gateway::handle`] and the steps above |
+//! | `pipeline` | [`Gateway::handle`] and the steps above |
 //! | [`wiring`] | the snapshot of a configuration: build, start, apply (reload), shutdown |
 
 mod pipeline;

@@ -55,7 +55,7 @@ pub struct Answer {
     pub retry_after: Option<HeaderValue>,
     pub location: Option<HeaderValue>,
     pub jar: Jar,
-    /// At most [`MAX_LOGIN_ANSWER`] bytes of the body: a longer body is still classified by its
+    /// At most `MAX_LOGIN_ANSWER` bytes of the body: a longer body is still classified by its
     /// beginning (error texts come first), never taken for an empty one.
     pub body: Bytes,
 }

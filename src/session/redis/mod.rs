@@ -1,12 +1,12 @@
 //! The session table in Redis, shared by every replica (the `[store] kind = "redis"` setting).
 //!
-//! Every decision is one Lua script ([`scripts`]), atomic on the Redis server and timed by its
+//! Every decision is one Lua script (`scripts`), atomic on the Redis server and timed by its
 //! clock: taking a seat under the cap, finding or creating a record and granting an in-flight
 //! place (one round trip for the common request), queueing, handing a freed place to the next
 //! waiter, taking an evictable or expired session. A request that has to wait is woken through
 //! [`crate::fleet::Fleet`]; the queue's order lives in Redis, so it is FIFO across replicas.
 //! Leases (in-flight places, queue tickets, login locks) expire after `lease_ttl` unless this
-//! replica renews them ([`guards`]); a crashed replica's leases come back by themselves and its
+//! replica renews them (`guards`); a crashed replica's leases come back by themselves and its
 //! unfinished logins are cleaned up by the others' upkeep.
 //!
 //! Sessions live in a namespace per upstream *profile* (URL, credentials, paths): a reload that
