@@ -3,13 +3,14 @@
 //! Each step's error type converts into [`GatewayError`]. [`GatewayError::class`] is the one
 //! table: for every error it gives the status, the `error` code, the [`Fault`] (which drives the
 //! log level), the auth [`Decision`] the metrics record, the `WWW-Authenticate` challenge (RFC
-//! 6750 §3) and the `Retry-After`. The response, the log line and the metric decision are all
-//! derived from that one classification, and its match is exhaustive, so a new error cannot ship
-//! without its answer.
+//! 6750 §3), the `Retry-After` and the description. The response, the log line and the metric
+//! decision are all derived from that one [`Class`], and its match is exhaustive, so a new error
+//! cannot ship without its answer.
 //!
 //! Bodies are `{"error": "...", "error_description": "..."}` with `Cache-Control: no-store`.
 //! Descriptions are the errors' fixed texts: never a token, a secret or an upstream body.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use http::header::{self, HeaderValue};
@@ -94,6 +95,8 @@ pub struct Class {
     pub decision: Option<Decision>,
     pub challenge: Challenge,
     pub retry_after: Option<RetryAfter>,
+    /// The `error_description`: fixed text, never anything the client or the upstream sent.
+    pub description: Cow<'static, str>,
 }
 
 impl Class {
@@ -105,7 +108,14 @@ impl Class {
             decision: None,
             challenge: Challenge::None,
             retry_after: None,
+            description: Cow::Borrowed(""),
         }
+    }
+
+    /// The description, where it is not the error's own text.
+    fn says(mut self, text: impl Into<Cow<'static, str>>) -> Self {
+        self.description = text.into();
+        self
     }
 
     fn decision(mut self, d: Decision) -> Self {
@@ -125,12 +135,23 @@ impl Class {
 }
 
 impl GatewayError {
-    /// The one table: every error's status, code, fault, decision, challenge and retry-after.
+    /// The one table: every error's status, code, fault, decision, challenge, retry-after and
+    /// description.
     pub fn class(&self) -> Class {
+        let mut class = self.row();
+        if class.description.is_empty() {
+            class.description = Cow::Owned(self.to_string());
+        }
+        class
+    }
+
+    fn row(&self) -> Class {
         use Fault::{Auth, Client, Idp, Internal, Upstream};
         use StatusCode as S;
         match self {
-            GatewayError::Path(_) => Class::new(S::BAD_REQUEST, "invalid_request", Client),
+            GatewayError::Path(e) => {
+                Class::new(S::BAD_REQUEST, "invalid_request", Client).says(e.to_string())
+            }
             GatewayError::NoRoute => Class::new(S::NOT_FOUND, "not_found", Client),
             GatewayError::TooLarge(_) => {
                 Class::new(S::PAYLOAD_TOO_LARGE, "payload_too_large", Client)
@@ -139,6 +160,7 @@ impl GatewayError {
                 Class::new(S::UNAUTHORIZED, "invalid_token", Auth)
                     .decision(Decision::MissingToken)
                     .challenge(Challenge::Bare)
+                    .says("a bearer token is required")
             }
             GatewayError::Auth(AuthError::Bearer(
                 BearerError::Duplicate
@@ -148,36 +170,50 @@ impl GatewayError {
             )) => Class::new(S::BAD_REQUEST, "invalid_request", Auth)
                 .decision(Decision::InvalidRequest)
                 .challenge(Challenge::InvalidRequest),
-            GatewayError::Auth(AuthError::InvalidToken(_))
-            | GatewayError::Denied {
-                reason: Denied::WrongIssuer,
+            GatewayError::Auth(AuthError::InvalidToken(_)) => {
+                Class::new(S::UNAUTHORIZED, "invalid_token", Auth)
+                    .decision(Decision::InvalidToken)
+                    .challenge(Challenge::InvalidToken)
+            }
+            GatewayError::Denied {
+                reason: reason @ Denied::WrongIssuer,
                 ..
             } => Class::new(S::UNAUTHORIZED, "invalid_token", Auth)
                 .decision(Decision::InvalidToken)
-                .challenge(Challenge::InvalidToken),
+                .challenge(Challenge::InvalidToken)
+                .says(reason.to_string()),
             GatewayError::Auth(AuthError::IdpUnavailable { retry_after, .. }) => {
                 Class::new(S::SERVICE_UNAVAILABLE, "temporarily_unavailable", Idp)
                     .decision(Decision::IdpUnavailable)
                     .retry_after(*retry_after)
+                    .says("the identity provider cannot validate the token right now; retry later")
             }
             GatewayError::Denied {
-                reason: Denied::InsufficientScope | Denied::ClaimMismatch,
+                reason: reason @ (Denied::InsufficientScope | Denied::ClaimMismatch),
                 challenge,
                 ..
             } => Class::new(S::FORBIDDEN, "insufficient_scope", Auth)
                 .decision(Decision::InsufficientScope)
-                .challenge(Challenge::Prebuilt(challenge.clone())),
+                .challenge(Challenge::Prebuilt(challenge.clone()))
+                .says(reason.to_string()),
             GatewayError::Proxy(ProxyError::Unreachable { .. }) => {
                 Class::new(S::BAD_GATEWAY, "upstream_unreachable", Upstream)
+                    .says("the upstream could not be reached")
             }
             GatewayError::Proxy(ProxyError::Timeout { .. }) => {
                 Class::new(S::GATEWAY_TIMEOUT, "upstream_timeout", Upstream)
+                    .says("the upstream did not answer in time")
             }
             GatewayError::Proxy(ProxyError::Overloaded { .. }) => {
-                Class::new(S::SERVICE_UNAVAILABLE, "upstream_overloaded", Upstream).retry_after(1)
+                Class::new(S::SERVICE_UNAVAILABLE, "upstream_overloaded", Upstream)
+                    .retry_after(1)
+                    .says(
+                        "the upstream has its maximum number of requests in flight; retry shortly",
+                    )
             }
             GatewayError::Proxy(ProxyError::UpstreamRequest(_)) => {
                 Class::new(S::INTERNAL_SERVER_ERROR, "internal_error", Internal)
+                    .says("the gateway could not build the upstream request")
             }
             GatewayError::Session(e) => session_class(e),
         }
@@ -193,59 +229,29 @@ impl GatewayError {
         self.class().decision
     }
 
-    /// The text of `error_description`: fixed, never anything the client or upstream sent.
-    fn description(&self) -> String {
-        match self {
-            GatewayError::Path(e) => e.to_string(),
-            GatewayError::NoRoute => "no route matches the request".to_owned(),
-            GatewayError::Auth(AuthError::Bearer(BearerError::Missing)) => {
-                "a bearer token is required".to_owned()
-            }
-            GatewayError::Auth(AuthError::IdpUnavailable { .. }) => {
-                "the identity provider cannot validate the token right now; retry later".to_owned()
-            }
-            GatewayError::Auth(e) => e.to_string(),
-            GatewayError::Denied { reason, .. } => reason.to_string(),
-            GatewayError::Proxy(ProxyError::Unreachable { .. }) => {
-                "the upstream could not be reached".to_owned()
-            }
-            GatewayError::Proxy(ProxyError::Timeout { .. }) => {
-                "the upstream did not answer in time".to_owned()
-            }
-            GatewayError::Proxy(ProxyError::Overloaded { .. }) => {
-                "the upstream has its maximum number of requests in flight; retry shortly"
-                    .to_owned()
-            }
-            GatewayError::Proxy(ProxyError::UpstreamRequest(_)) => {
-                "the gateway could not build the upstream request".to_owned()
-            }
-            GatewayError::Session(e) => e.to_string(),
-            GatewayError::TooLarge(e) => e.to_string(),
-        }
-    }
-
     /// The response for this error.
     pub fn into_response(self, challenges: &Challenges) -> Response<Body> {
-        let class = self.class();
-        self.respond(class, challenges)
+        self.class().into_response(challenges)
     }
+}
 
-    /// The response for this error, given its [`GatewayError::class`].
-    pub fn respond(&self, class: Class, challenges: &Challenges) -> Response<Body> {
-        let description = self.description();
-        let challenge = match &class.challenge {
+impl Class {
+    /// The answer of this class: status, JSON body, challenge and `Retry-After`.
+    pub fn into_response(self, challenges: &Challenges) -> Response<Body> {
+        let description = &self.description;
+        let challenge = match &self.challenge {
             Challenge::None => None,
             Challenge::Bare => Some(challenges.bare.clone()),
-            Challenge::InvalidRequest => Some(challenges.get("invalid_request", &description)),
-            Challenge::InvalidToken => Some(challenges.get("invalid_token", &description)),
+            Challenge::InvalidRequest => Some(challenges.get("invalid_request", description)),
+            Challenge::InvalidToken => Some(challenges.get("invalid_token", description)),
             Challenge::Prebuilt(v) => Some(v.clone()),
         };
-        let mut resp = reply(class.status, class.code, &description);
+        let mut resp = reply(self.status, self.code, description);
         let h = resp.headers_mut();
         if let Some(c) = challenge {
             h.insert(header::WWW_AUTHENTICATE, c);
         }
-        match class.retry_after {
+        match self.retry_after {
             Some(RetryAfter::Seconds(secs)) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }

@@ -226,7 +226,7 @@ impl Gateway {
             rec.decision = class.decision;
         }
         log_error(&e, class.fault, request_id);
-        e.respond(class, &self.wiring.current().challenges)
+        class.into_response(&self.wiring.current().challenges)
     }
 
     /// `record`, the epilogue: metrics and the access-log line, for every outcome.
