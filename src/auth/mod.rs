@@ -9,72 +9,33 @@
 //! opaque.
 
 pub mod bearer;
+mod cache;
 pub mod discovery;
 pub mod fetch;
 pub mod introspect;
 pub mod jwks;
 pub mod jwt;
+mod principal;
 pub mod scope;
 pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 pub use bearer::{BearerError, Token};
+pub use principal::{Claims, Kept, Principal};
 pub use scope::Scopes;
 
 use crate::clock::unix_secs;
 use crate::metrics::{CacheResult, Metrics};
+use cache::TokenCache;
 use fetch::IdpClient;
 use introspect::Introspector;
 use jwks::Jwks;
 use jwt::IssuerVerifier;
 use settings::{IssuerConfig, ValidationMode};
-
-/// A verified caller: the issuer that vouched for it, its scopes and its claims.
-pub struct Principal {
-    /// The configured issuer id (not the `iss` URL).
-    pub issuer: Arc<str>,
-    pub subject: Option<Box<str>>,
-    pub client_id: Option<Box<str>>,
-    pub scopes: Scopes,
-    /// Every claim of the token, for route claim checks and identity headers.
-    pub claims: Map<String, Value>,
-    /// The token's `exp`, Unix seconds.
-    pub expires_at: u64,
-}
-
-impl Principal {
-    pub fn new(issuer: Arc<str>, claims: Map<String, Value>, expires_at: u64) -> Self {
-        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(Box::from);
-        Principal {
-            issuer,
-            subject: text("sub"),
-            client_id: text("client_id").or_else(|| text("azp")),
-            scopes: Scopes::from_claims(&claims),
-            expires_at,
-            claims,
-        }
-    }
-}
-
-impl std::fmt::Debug for Principal {
-    // Claims may hold personal data; Debug shows only what identifies the grant.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Principal")
-            .field("issuer", &self.issuer)
-            .field("subject", &self.subject)
-            .field("client_id", &self.client_id)
-            .field("scopes", &self.scopes)
-            .field("claims", &format_args!("<{} claims>", self.claims.len()))
-            .finish()
-    }
-}
 
 /// Why a token was not accepted. The description is what the client reads in
 /// `error_description`: fixed text, never the token or anything taken from it.
@@ -154,7 +115,7 @@ pub struct Verifier {
     /// The introspector used for opaque tokens on routes that name no issuer: set when exactly
     /// one issuer introspects.
     sole_introspector: Option<Arc<Introspector>>,
-    cache: Cache<[u8; 32], Arc<Principal>>,
+    cache: TokenCache,
     metrics: Metrics,
     /// The background tasks of this verifier's issuers; they end with it (a reload replaces it).
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -178,38 +139,22 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-/// Each entry expires at its token's `exp`.
-struct UntilExp;
-
-impl moka::Expiry<[u8; 32], Arc<Principal>> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _: &[u8; 32],
-        p: &Arc<Principal>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            p.expires_at.saturating_sub(unix_secs()),
-        ))
-    }
-}
-
 impl Verifier {
     pub fn new(
         issuers: &[IssuerConfig],
-        cache_capacity: u64,
+        cache: (u64, Kept),
         client: &IdpClient,
         metrics: &Metrics,
         shared: Option<Arc<dyn introspect::SharedAnswers>>,
     ) -> Self {
-        Self::with_previous(issuers, cache_capacity, client, metrics, shared, None)
+        Self::with_previous(issuers, cache, client, metrics, shared, None)
     }
 
     /// A verifier for `issuers` that keeps the key sets of `previous` whose issuer did not
     /// change (a reload): they stay loaded, so their tokens never wait for a fetch.
     pub fn with_previous(
         issuers: &[IssuerConfig],
-        cache_capacity: u64,
+        (cache_capacity, keep): (u64, Kept),
         client: &IdpClient,
         metrics: &Metrics,
         shared: Option<Arc<dyn introspect::SharedAnswers>>,
@@ -268,10 +213,7 @@ impl Verifier {
                 .collect(),
             issuers: issuers.into_iter().map(|(_, _, i)| i).collect(),
             sole_introspector,
-            cache: Cache::builder()
-                .max_capacity(cache_capacity)
-                .expire_after(UntilExp)
-                .build(),
+            cache: TokenCache::new(cache_capacity, keep),
             metrics: metrics.clone(),
             tasks: std::sync::Mutex::new(Vec::new()),
         }
@@ -332,15 +274,13 @@ impl Verifier {
         &self,
         token: Token<'_>,
         route_issuer: Option<&Arc<str>>,
-    ) -> Result<Arc<Principal>, AuthError> {
+    ) -> Result<Principal, AuthError> {
         let token = token.as_str();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // The verified-JWT cache first: a repeated JWT costs a hash and a lookup.
-        if let Some(p) = self.cache.get(&digest) {
-            if p.expires_at > unix_secs() {
-                self.metrics.token_cache("jwt", CacheResult::Hit);
-                return Ok(p);
-            }
+        if let Some(p) = self.cache.get(&digest, unix_secs()) {
+            self.metrics.token_cache("jwt", CacheResult::Hit);
+            return Ok(p);
         }
         let unverified = jwt::peek(token);
         let issuer = match &unverified {
@@ -356,10 +296,10 @@ impl Verifier {
                     if v.has_key(&u.header) {
                         self.verify_locally(v, token, &u.header, digest).await
                     } else {
-                        x.verify(token, digest).await
+                        self.introspect(x, token, digest).await
                     }
                 }
-                (_, _, Some(x)) => x.verify(token, digest).await,
+                (_, _, Some(x)) => self.introspect(x, token, digest).await,
                 (_, Some(v), None) => self.verify_locally(v, token, &u.header, digest).await,
                 (_, None, None) => Err(InvalidToken::UnknownIssuer.into()),
             },
@@ -371,7 +311,7 @@ impl Verifier {
                     None => self.sole_introspector.clone(),
                 };
                 match (chosen, unverified) {
-                    (Some(x), _) => x.verify(token, digest).await,
+                    (Some(x), _) => self.introspect(&x, token, digest).await,
                     // Several issuers introspect and the route names none: asking each would
                     // hand the token to issuers that never issued it.
                     (None, Err(_)) if self.by_id.values().any(|i| i.introspector.is_some()) => {
@@ -391,20 +331,26 @@ impl Verifier {
         token: &str,
         header: &jsonwebtoken::Header,
         digest: [u8; 32],
-    ) -> Result<Arc<Principal>, AuthError> {
+    ) -> Result<Principal, AuthError> {
         self.metrics.token_cache("jwt", CacheResult::Miss);
-        let principal = Arc::new(v.verify(token, header).await?);
-        if principal.expires_at > unix_secs() {
-            self.cache.insert(digest, principal.clone());
-        }
-        Ok(principal)
+        let principal = v.verify(token, header).await?;
+        Ok(self.cache.insert(digest, principal, unix_secs()))
+    }
+
+    /// An introspected principal (the introspector keeps its own cache of answers).
+    async fn introspect(
+        &self,
+        x: &Introspector,
+        token: &str,
+        digest: [u8; 32],
+    ) -> Result<Principal, AuthError> {
+        Ok(Principal::clone(&*x.verify(token, digest).await?))
     }
 
     /// Publishes the cache sizes (called at each scrape).
     pub fn sample_gauges(&self) {
-        self.cache.run_pending_tasks();
-        self.metrics
-            .token_cache_entries("jwt", self.cache.entry_count());
+        let entries = self.cache.sweep(unix_secs());
+        self.metrics.token_cache_entries("jwt", entries);
         let introspected: u64 = self
             .issuers
             .iter()

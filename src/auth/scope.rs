@@ -1,25 +1,28 @@
 //! Scopes granted by a token: from `scope` (RFC 8693 / RFC 9068, space-delimited) or `scp` (a
 //! string or an array of strings, as Entra ID and Okta issue it).
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
-/// A sorted, deduplicated set of scope values; lookups are binary searches.
+/// A sorted, deduplicated set of scope values; lookups are binary searches. The list is shared:
+/// cloning a set, or a cached principal, allocates nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Scopes(Box<[Box<str>]>);
+pub struct Scopes(Arc<[Arc<str>]>);
 
 impl Scopes {
     /// Reads the scopes of a claims object: `scope` wins when present, else `scp`. A claim of the
     /// wrong type grants nothing.
     pub fn from_claims(claims: &serde_json::Map<String, Value>) -> Self {
-        let mut out: Vec<Box<str>> = Vec::new();
+        let mut out: Vec<Arc<str>> = Vec::new();
         match claims.get("scope").or_else(|| claims.get("scp")) {
-            Some(Value::String(s)) => out.extend(s.split_ascii_whitespace().map(Box::from)),
+            Some(Value::String(s)) => out.extend(s.split_ascii_whitespace().map(Arc::from)),
             Some(Value::Array(items)) => out.extend(
                 items
                     .iter()
                     .filter_map(Value::as_str)
                     .flat_map(str::split_ascii_whitespace)
-                    .map(Box::from),
+                    .map(Arc::from),
             ),
             _ => {}
         }
@@ -28,13 +31,24 @@ impl Scopes {
 
     /// Builds a set from a space-delimited string (RFC 7662's `scope` member).
     pub fn from_space_delimited(s: &str) -> Self {
-        Self::from_vec(s.split_ascii_whitespace().map(Box::from).collect())
+        Self::from_vec(s.split_ascii_whitespace().map(Arc::from).collect())
     }
 
-    fn from_vec(mut v: Vec<Box<str>>) -> Self {
+    fn from_vec(mut v: Vec<Arc<str>>) -> Self {
         v.sort_unstable();
         v.dedup();
         Scopes(v.into())
+    }
+
+    /// A set of already sorted, distinct names, shared with the caller's list of them.
+    pub(super) fn from_interned<'a>(sorted: impl Iterator<Item = &'a Arc<str>>) -> Self {
+        Scopes(sorted.cloned().collect())
+    }
+
+    /// Whether two sets are one shared list (interning), not merely equal.
+    #[cfg(test)]
+    pub(super) fn shares_list_with(&self, other: &Scopes) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     pub fn contains(&self, scope: &str) -> bool {

@@ -287,7 +287,7 @@ async fn verify(
     snapshot: &Snapshot,
     token: bearer::Token<'_>,
     requirement: &Requirement,
-) -> Result<Arc<Principal>, GatewayError> {
+) -> Result<Principal, GatewayError> {
     Ok(snapshot
         .verifier
         .verify(token, requirement.issuer.as_ref())
@@ -298,7 +298,7 @@ async fn verify(
 fn authorize(
     route: &Route,
     requirement: &Requirement,
-    principal: Arc<Principal>,
+    principal: Principal,
 ) -> Result<Permit, GatewayError> {
     policy::authorize(route, requirement, principal).map_err(|reason| GatewayError::Denied {
         reason,

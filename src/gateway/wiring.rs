@@ -12,12 +12,14 @@ use arc_swap::ArcSwap;
 
 use crate::auth::fetch::IdpClient;
 use crate::auth::introspect::SharedAnswers;
-use crate::auth::Verifier;
-use crate::config::{Config, RedisConfig, SessionConfig, StoreConfig, UpstreamConfig};
+use crate::auth::{Kept, Verifier};
+use crate::config::{
+    Config, GrantSource, RedisConfig, SessionConfig, SessionMode, StoreConfig, UpstreamConfig,
+};
 use crate::error::Challenges;
 use crate::fleet::{Fleet, RedisHandle, SharedIntrospection};
 use crate::metrics::Metrics;
-use crate::policy::RouteTable;
+use crate::policy::{RouteAuth, RouteTable};
 use crate::proxy::{self, Upstream};
 use crate::session::redis::{Namespace, RedisStore};
 use crate::session::store::{MemoryStore, SeatTable, SessionStore};
@@ -249,6 +251,51 @@ impl Wiring {
     }
 }
 
+/// What of a principal this configuration reads: the scopes and claims its routes test or
+/// forward, and what its session upstreams derive grants from. The verified-token cache keeps
+/// no more (see [`Kept`]).
+fn kept(config: &Config) -> Kept {
+    let requirements = || {
+        config.routes.iter().filter_map(|r| match &r.auth {
+            RouteAuth::Bearer(req) => Some(req),
+            RouteAuth::Public => None,
+        })
+    };
+    let sessions: Vec<&SessionConfig> = config
+        .upstreams
+        .iter()
+        .filter_map(|u| u.session.as_ref())
+        .collect();
+    let scopes = requirements()
+        .flat_map(|req| req.all_scopes.iter().chain(req.any_scopes.iter()))
+        .map(|s| &**s)
+        .chain(
+            sessions
+                .iter()
+                .filter(|s| s.mode == SessionMode::ByScope)
+                .map(|s| s.concurrent_scope.as_str()),
+        );
+    let claims = requirements()
+        .flat_map(|req| req.claims.iter().map(|(name, _)| &**name))
+        .chain(
+            config
+                .routes
+                .iter()
+                .flat_map(|r| r.identity_headers.iter().map(|(_, claim)| &**claim)),
+        )
+        .chain(sessions.iter().flat_map(|s| {
+            let named = s.grant_key.iter().filter_map(|g| match g {
+                GrantSource::Claim(name) => Some(name.as_str()),
+                _ => None,
+            });
+            // `sid+client_id` reads `sid`; `token` reads `jti`.
+            named
+                .chain(["sid", "jti"])
+                .chain(s.passive_login_name_claim.as_deref())
+        }));
+    Kept::new(scopes, claims, !sessions.is_empty())
+}
+
 impl Parts {
     fn fleet(&self) -> Option<&Arc<Fleet>> {
         self.fleet.as_ref().map(|(f, _)| f)
@@ -266,7 +313,7 @@ impl Parts {
         };
         let verifier = Arc::new(Verifier::with_previous(
             &config.issuers,
-            config.server.token_cache_capacity,
+            (config.server.token_cache_capacity, kept(config)),
             &self.client,
             &self.metrics,
             shared,

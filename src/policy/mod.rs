@@ -110,15 +110,11 @@ pub enum Denied {
 #[derive(Debug, Clone)]
 pub struct Permit {
     pub route: Arc<str>,
-    pub principal: Arc<Principal>,
+    pub principal: Principal,
 }
 
 /// Checks the route's requirement against a verified principal.
-pub fn authorize(
-    route: &Route,
-    req: &Requirement,
-    principal: Arc<Principal>,
-) -> Result<Permit, Denied> {
+pub fn authorize(route: &Route, req: &Requirement, principal: Principal) -> Result<Permit, Denied> {
     if let Some(issuer) = &req.issuer {
         if *issuer != principal.issuer {
             return Err(Denied::WrongIssuer);
@@ -133,7 +129,7 @@ pub fn authorize(
     for (claim, accepted) in req.claims.iter() {
         let ok = principal
             .claims
-            .get(&**claim)
+            .get(claim)
             .is_some_and(|v| claim_matches(v, accepted));
         if !ok {
             return Err(Denied::ClaimMismatch);

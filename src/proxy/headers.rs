@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
+use crate::auth::Claims;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use serde_json::{Map, Value};
 
 use crate::hop_by_hop::HOP_BY_HOP;
 
@@ -98,7 +98,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
 pub fn set_identity(
     headers: &mut HeaderMap,
     identity: &[(HeaderName, Box<str>)],
-    claims: Option<&Map<String, Value>>,
+    claims: Option<&Claims>,
 ) {
     for (name, _) in identity {
         headers.remove(name);
@@ -106,7 +106,7 @@ pub fn set_identity(
     let Some(claims) = claims else { return };
     for (name, claim) in identity {
         if let Some(value) = claims
-            .get(&**claim)
+            .get(claim)
             .and_then(crate::policy::claim_header_value)
         {
             headers.insert(name.clone(), value);
@@ -268,7 +268,8 @@ mod tests {
             ("x-auth-client", "spoof2"),
         ]);
         let claims = json!({"sub": "alice", "groups": ["a", "b"]});
-        set_identity(&mut h, &identity, claims.as_object());
+        let claims = claims.as_object().cloned().map(Claims::from);
+        set_identity(&mut h, &identity, claims.as_ref());
         assert_eq!(h["x-auth-subject"], "alice");
         assert!(
             !h.contains_key("x-auth-client"),
@@ -292,7 +293,8 @@ mod tests {
             vec![(HeaderName::from_static("x-auth-subject"), "sub".into())];
         let mut h = HeaderMap::new();
         let claims = json!({"sub": "alice\r\nX-Injected: 1"});
-        set_identity(&mut h, &identity, claims.as_object());
+        let claims = claims.as_object().cloned().map(Claims::from);
+        set_identity(&mut h, &identity, claims.as_ref());
         assert!(h.is_empty());
     }
 

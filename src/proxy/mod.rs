@@ -7,6 +7,7 @@ mod tls;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::auth::Claims;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -17,7 +18,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::{Map, Value};
 
 use crate::config::UpstreamConfig;
 use crate::policy::Route;
@@ -203,7 +203,7 @@ pub struct Context<'a> {
     pub trust_forwarded: bool,
     pub request_id: &'a HeaderValue,
     /// The claims of the verified token; `None` on public routes.
-    pub claims: Option<&'a Map<String, Value>>,
+    pub claims: Option<&'a Claims>,
 }
 
 /// The head of the upstream request: the normalised path (what was authorised) with the

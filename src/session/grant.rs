@@ -64,40 +64,32 @@ pub fn derive(
         let found: Option<(&'static str, Vec<u8>)> = match source {
             GrantSource::Claim(name) => text(principal, name)
                 .map(|v| ("claim", [name.as_bytes(), b"=", v.as_bytes()].concat())),
-            GrantSource::SidClientId => {
-                match (text(principal, "sid"), principal.client_id.as_deref()) {
-                    (Some(sid), Some(client)) => {
-                        let mut v = Vec::new();
-                        lp(&mut v, sid.as_bytes());
-                        lp(&mut v, client.as_bytes());
-                        Some(("sid+client_id", v))
-                    }
-                    _ => None,
+            GrantSource::SidClientId => match (text(principal, "sid"), principal.client_id()) {
+                (Some(sid), Some(client)) => {
+                    let mut v = Vec::new();
+                    lp(&mut v, sid.as_bytes());
+                    lp(&mut v, client.as_bytes());
+                    Some(("sid+client_id", v))
                 }
-            }
-            GrantSource::ClientCredentials => {
-                match (principal.client_id.as_deref(), principal.subject.as_deref()) {
-                    (Some(client), None) => {
-                        Some(("client_credentials", client.as_bytes().to_vec()))
-                    }
-                    (Some(client), Some(sub)) if sub == client => {
-                        Some(("client_credentials", client.as_bytes().to_vec()))
-                    }
-                    _ => None,
+                _ => None,
+            },
+            GrantSource::ClientCredentials => match (principal.client_id(), principal.subject()) {
+                (Some(client), None) => Some(("client_credentials", client.as_bytes().to_vec())),
+                (Some(client), Some(sub)) if sub == client => {
+                    Some(("client_credentials", client.as_bytes().to_vec()))
                 }
-            }
-            GrantSource::Subject => {
-                match (principal.client_id.as_deref(), principal.subject.as_deref()) {
-                    (Some(client), Some(sub)) => {
-                        let mut v = Vec::new();
-                        lp(&mut v, client.as_bytes());
-                        lp(&mut v, sub.as_bytes());
-                        Some(("subject", v))
-                    }
-                    (None, Some(sub)) => Some(("subject", sub.as_bytes().to_vec())),
-                    _ => None,
+                _ => None,
+            },
+            GrantSource::Subject => match (principal.client_id(), principal.subject()) {
+                (Some(client), Some(sub)) => {
+                    let mut v = Vec::new();
+                    lp(&mut v, client.as_bytes());
+                    lp(&mut v, sub.as_bytes());
+                    Some(("subject", v))
                 }
-            }
+                (None, Some(sub)) => Some(("subject", sub.as_bytes().to_vec())),
+                _ => None,
+            },
             GrantSource::Token => Some(match text(principal, "jti") {
                 Some(jti) => ("token", jti.as_bytes().to_vec()),
                 None => ("token", token_digest.to_vec()),

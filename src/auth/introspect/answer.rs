@@ -95,8 +95,8 @@ mod tests {
             panic!("active expected")
         };
         assert!(p.scopes.contains("erp:write"));
-        assert_eq!(p.subject.as_deref(), Some("u1"));
-        assert_eq!(p.client_id.as_deref(), Some("c"));
+        assert_eq!(p.subject(), Some("u1"));
+        assert_eq!(p.client_id(), Some("c"));
         assert_eq!(p.expires_at, 2_000);
         assert_eq!(p.claims["tenant"], "MyStore");
         assert!(!p.claims.contains_key("active"));

@@ -56,7 +56,7 @@ impl Pool {
         )
         .map_err(|_| SessionError::NoGrant)?;
         if derived.source == "subject" {
-            let client = principal.client_id.as_deref().unwrap_or("-").to_owned();
+            let client = principal.client_id().unwrap_or("-").to_owned();
             if lock(&self.warned_subject).insert(client.clone()) {
                 tracing::warn!(upstream = %self.upstream_id, client_id = %client, "grant key falls back to client_id+sub: all of this user's grants in this client share one upstream session");
             }
