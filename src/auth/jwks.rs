@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -22,6 +22,7 @@ use url::Url;
 use super::discovery::{self, DiscoveryError};
 use super::fetch::{FetchError, IdpClient};
 use super::settings::{IssuerConfig, KeySource};
+use super::signature::PublicKey;
 use crate::metrics::Metrics;
 
 /// One usable verification key.
@@ -30,7 +31,8 @@ pub struct Key {
     pub family: AlgorithmFamily,
     /// The JWK's own `alg`, when it declares one: the token's `alg` must then equal it.
     pub alg: Option<Algorithm>,
-    pub decoding: DecodingKey,
+    /// The key, parsed once for every algorithm it serves.
+    pub public: PublicKey,
 }
 
 impl std::fmt::Debug for Key {
@@ -123,16 +125,21 @@ fn parse_key(v: Value) -> Option<Key> {
     };
     let kid = obj.get("kid").and_then(Value::as_str).map(str::to_owned);
     let jwk: Jwk = serde_json::from_value(v).ok()?;
-    let decoding = DecodingKey::from_jwk(&jwk).ok()?;
-    let family = decoding.family();
-    if family == AlgorithmFamily::Hmac || alg.is_some_and(|a| family_of(a) != family) {
+    let family = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa,
+        AlgorithmParameters::EllipticCurve(_) => AlgorithmFamily::Ec,
+        AlgorithmParameters::OctetKeyPair(_) => AlgorithmFamily::Ed,
+        _ => return None,
+    };
+    if alg.is_some_and(|a| family_of(a) != family) {
         return None;
     }
+    let public = PublicKey::from_jwk(&jwk)?;
     Some(Key {
         kid,
         family,
         alg,
-        decoding,
+        public,
     })
 }
 

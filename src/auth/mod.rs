@@ -18,6 +18,7 @@ pub mod jwt;
 mod principal;
 pub mod scope;
 pub mod settings;
+mod signature;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -289,18 +290,16 @@ impl Verifier {
         };
         match (issuer, unverified) {
             (Some(issuer), Ok(u)) => match (issuer.mode, &issuer.jwt, &issuer.introspector) {
-                (ValidationMode::Jwt, Some(v), _) => {
-                    self.verify_locally(v, token, &u.header, digest).await
-                }
+                (ValidationMode::Jwt, Some(v), _) => self.verify_locally(v, token, u, digest).await,
                 (ValidationMode::Auto, Some(v), Some(x)) => {
                     if v.has_key(&u.header) {
-                        self.verify_locally(v, token, &u.header, digest).await
+                        self.verify_locally(v, token, u, digest).await
                     } else {
                         self.introspect(x, token, digest).await
                     }
                 }
                 (_, _, Some(x)) => self.introspect(x, token, digest).await,
-                (_, Some(v), None) => self.verify_locally(v, token, &u.header, digest).await,
+                (_, Some(v), None) => self.verify_locally(v, token, u, digest).await,
                 (_, None, None) => Err(InvalidToken::UnknownIssuer.into()),
             },
             // Not a JWS, or a JWS of an issuer that is not configured: an opaque token for the
@@ -329,11 +328,11 @@ impl Verifier {
         &self,
         v: &IssuerVerifier,
         token: &str,
-        header: &jsonwebtoken::Header,
+        unverified: jwt::Unverified,
         digest: [u8; 32],
     ) -> Result<Principal, AuthError> {
         self.metrics.token_cache("jwt", CacheResult::Miss);
-        let principal = v.verify(token, header).await?;
+        let principal = v.verify(token, unverified).await?;
         Ok(self.cache.insert(digest, principal, unix_secs()))
     }
 

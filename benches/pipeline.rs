@@ -1,0 +1,259 @@
+//! The request path in process: [`tollgate::Gateway::handle`] called directly, no client socket,
+//! with divan counting time and allocations per request.
+//!
+//! ```text
+//! cargo bench --bench pipeline
+//! # instructions per request, repeatable on a noisy machine:
+//! valgrind --tool=callgrind target/release/deps/pipeline-<hash> --bench refused_403 --sample-count 1000
+//! ```
+//!
+//! | bench | what one iteration is |
+//! |---|---|
+//! | `refused_403` | a cached token refused by a route's scopes: normalize, find, extract, verify (cache hit), authorize, the error table, record; nothing forwarded, no socket at all |
+//! | `verify_cached` | the verified-token cache alone: digest and lookup |
+//! | `verify_each/<alg>` | one signature check and claims validation (RS256, ES256, EdDSA), no cache |
+//! | `forward/public` | a public route, forwarded to an upstream on loopback in this process |
+//! | `forward/jwt_cached` | a JWT route with the token cached, forwarded the same way |
+//!
+//! The `forward` rows include the upstream's own cost (it runs on the same thread), so compare
+//! them with each other; `refused_403` and `verify_*` have no socket in them.
+
+// A bench that cannot set up has nothing to measure: it stops with the reason.
+#![allow(clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Empty, Full};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tollgate::auth::{Kept, Token, Verifier};
+use tollgate::demo::keys::{self, SigningKey};
+use tollgate::gateway::Conn;
+use tollgate::metrics::Metrics;
+use tollgate::Gateway;
+
+#[global_allocator]
+static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
+
+fn main() {
+    divan::main();
+}
+
+/// The signing keys of the bench's issuer, one per algorithm.
+struct Keys {
+    rs256: SigningKey,
+    es256: SigningKey,
+    eddsa: SigningKey,
+}
+
+/// An issuer, an upstream, a started gateway in front of them, and tokens for it.
+struct Fixture {
+    rt: Runtime,
+    gateway: Gateway,
+    verifier: Verifier,
+    keys: Keys,
+    issuer: String,
+}
+
+async fn serve(body: Bytes) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(stop);
+    tokio::spawn(tollgate::serve(
+        listener,
+        rx,
+        Duration::from_secs(1),
+        move |_, _| {
+            let body = body.clone();
+            async move { Response::new(Full::new(body).map_err(|never| match never {}).boxed()) }
+        },
+    ));
+    addr
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let keys = Keys {
+            rs256: SigningKey::rsa("rs", jsonwebtoken::Algorithm::RS256).expect("rsa key"),
+            es256: SigningKey::ec_p256("es").expect("ec key"),
+            eddsa: SigningKey::ed25519("ed").expect("ed25519 key"),
+        };
+        let jwks = keys::jwks(&[&keys.rs256, &keys.es256, &keys.eddsa]);
+        let (gateway, verifier, issuer) = rt.block_on(async {
+            let idp = serve(Bytes::from(serde_json::to_vec(&jwks).expect("jwks"))).await;
+            let upstream = serve(Bytes::from_static(br#"{"ok":true}"#)).await;
+            let issuer = format!("http://{idp}");
+            let config = tollgate::config::from_toml_str(&format!(
+                r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[issuer]]
+id = "bench"
+issuer = "{issuer}"
+jwks_uri = "{issuer}/jwks"
+audiences = ["api"]
+algorithms = ["RS256", "ES256", "EdDSA"]
+
+[[upstream]]
+id = "api"
+url = "http://{upstream}"
+
+[[route]]
+id = "public"
+prefix = "/public"
+upstream = "api"
+auth = "none"
+
+[[route]]
+id = "api"
+prefix = "/api"
+upstream = "api"
+scopes = ["api"]
+
+[[route]]
+id = "admin"
+prefix = "/admin"
+upstream = "api"
+scopes = ["admin"]
+"#
+            ))
+            .expect("config");
+            let gateway = Gateway::new(&config, Metrics::new().expect("metrics")).expect("gateway");
+            gateway.start();
+            while !gateway.is_ready() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // A verifier of its own, with a cache of one entry: `verify_each` cycles tokens.
+            let client = tollgate::auth::fetch::IdpClient::new();
+            let verifier = Verifier::new(
+                &config.issuers,
+                (1, Kept::new(["api"], [], false)),
+                &client,
+                &Metrics::new().expect("metrics"),
+                None,
+            );
+            verifier.prefetch().await;
+            (gateway, verifier, issuer)
+        });
+        Fixture {
+            rt,
+            gateway,
+            verifier,
+            keys,
+            issuer,
+        }
+    }
+
+    fn token(&self, key: &SigningKey, n: usize) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        key.sign(&json!({
+            "iss": self.issuer, "aud": "api", "sub": format!("user-{n}"), "client_id": "bench",
+            "scope": "api", "iat": now, "exp": now + 3600, "jti": format!("bench-{n}"),
+        }))
+        .expect("sign")
+    }
+
+    fn handle(&self, path: &str, token: Option<&str>) -> StatusCode {
+        let mut req = Request::get(path).header("host", "bench");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Empty::<Bytes>::new()).expect("request");
+        let conn = Conn {
+            remote: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            tls: false,
+        };
+        self.rt.block_on(async {
+            let resp = self.gateway.handle(req, conn).await;
+            let status = resp.status();
+            // The whole answer is read, as a client would.
+            let _ = resp.into_body().collect().await;
+            status
+        })
+    }
+}
+
+fn bearer_headers(token: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    h
+}
+
+fn extract(headers: &HeaderMap) -> Token<'_> {
+    tollgate::auth::bearer::extract(headers).expect("a bearer token")
+}
+
+fn fixture() -> &'static Fixture {
+    static F: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+    F.get_or_init(Fixture::new)
+}
+
+#[divan::bench]
+fn refused_403(b: divan::Bencher) {
+    let f = fixture();
+    let token = f.token(&f.keys.rs256, 0);
+    assert_eq!(f.handle("/admin/x", Some(&token)), StatusCode::FORBIDDEN);
+    b.bench(|| f.handle("/admin/x", Some(&token)));
+}
+
+#[divan::bench]
+fn verify_cached(b: divan::Bencher) {
+    let f = fixture();
+    let token = f.token(&f.keys.rs256, 0);
+    let headers = bearer_headers(&token);
+    let v = &f.verifier;
+    let verify = || {
+        f.rt.block_on(async { v.verify(extract(&headers), None).await.is_ok() })
+    };
+    assert!(verify());
+    b.bench(verify);
+}
+
+#[divan::bench(args = ["RS256", "ES256", "EdDSA"])]
+fn verify_each(b: divan::Bencher, alg: &str) {
+    let f = fixture();
+    let key = match alg {
+        "RS256" => &f.keys.rs256,
+        "ES256" => &f.keys.es256,
+        _ => &f.keys.eddsa,
+    };
+    // More distinct tokens than the cache (one entry) holds: every call verifies.
+    let bearers: Vec<HeaderMap> = (0..64).map(|n| bearer_headers(&f.token(key, n))).collect();
+    let next = AtomicUsize::new(0);
+    let verify = || {
+        let headers = &bearers[next.fetch_add(1, Ordering::Relaxed) % bearers.len()];
+        f.rt.block_on(async { f.verifier.verify(extract(headers), None).await.is_ok() })
+    };
+    assert!(verify());
+    b.bench(verify);
+}
+
+#[divan::bench(args = ["public", "jwt_cached"])]
+fn forward(b: divan::Bencher, route: &str) {
+    let f = fixture();
+    let token = f.token(&f.keys.rs256, 0);
+    let (path, token) = match route {
+        "public" => ("/public/orders/1", None),
+        _ => ("/api/orders/1", Some(token.as_str())),
+    };
+    assert_eq!(f.handle(path, token), StatusCode::OK);
+    b.bench(|| f.handle(path, token));
+}
