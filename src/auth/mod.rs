@@ -276,13 +276,29 @@ impl Verifier {
         token: Token<'_>,
         route_issuer: Option<&Arc<str>>,
     ) -> Result<Principal, AuthError> {
-        let token = token.as_str();
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let digest: [u8; 32] = Sha256::digest(token.as_str().as_bytes()).into();
         // The verified-JWT cache first: a repeated JWT costs a hash and a lookup.
-        if let Some(p) = self.cache.get(&digest, unix_secs()) {
-            self.metrics.token_cache("jwt", CacheResult::Hit);
+        if let Some(p) = self.cached(&digest) {
             return Ok(p);
         }
+        // The slow path's future (key fetches, introspection calls) is large; boxed, it does not
+        // weigh on every request's future, most of which end at the cache.
+        Box::pin(self.verify_uncached(token.as_str(), digest, route_issuer)).await
+    }
+
+    /// The cached principal of the token with this digest, counted as a hit.
+    fn cached(&self, digest: &[u8; 32]) -> Option<Principal> {
+        let p = self.cache.get(digest, unix_secs())?;
+        self.metrics.token_cache("jwt", CacheResult::Hit);
+        Some(p)
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        digest: [u8; 32],
+        route_issuer: Option<&Arc<str>>,
+    ) -> Result<Principal, AuthError> {
         let unverified = jwt::peek(token);
         let issuer = match &unverified {
             Ok(u) => self.by_iss.get(&u.iss),

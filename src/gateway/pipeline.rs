@@ -330,7 +330,8 @@ async fn lease(
 ) -> Result<Leased, GatewayError> {
     match pool {
         None => Ok(Leased::None),
-        Some(pool) => Ok(session::lease(pool, permit, head, path, body).await?),
+        // Boxed: the session layer's futures are large, and only session routes pay for them.
+        Some(pool) => Ok(Box::pin(session::lease(pool, permit, head, path, body)).await?),
     }
 }
 
@@ -402,7 +403,7 @@ fn copy_head(p: &Parts) -> Parts {
 async fn settle(lease: Option<&mut Lease>, resp: Response<Incoming>) -> Settled {
     match lease {
         None => Settled::Keep(resp),
-        Some(lease) => session::settle(lease, resp).await,
+        Some(lease) => Box::pin(session::settle(lease, resp)).await,
     }
 }
 
@@ -442,7 +443,7 @@ async fn finish(
     }
     let body = if edits.sanitize {
         // Error answers are small: read here (the session is held meanwhile).
-        proxy::full(sanitize::error_body(parts.status, &mut parts.headers, body).await)
+        proxy::full(Box::pin(sanitize::error_body(parts.status, &mut parts.headers, body)).await)
     } else {
         body
     };

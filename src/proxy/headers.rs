@@ -6,8 +6,6 @@ use std::net::IpAddr;
 use crate::auth::Claims;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::hop_by_hop::HOP_BY_HOP;
-
 pub use crate::hop_by_hop::is_hop_by_hop;
 
 /// `X-Request-Id`: kept when the client's is sane, generated otherwise, echoed on the response.
@@ -18,17 +16,28 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 
 /// Removes the hop-by-hop headers and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over their few names costs far less than nine
+    // hashed removals. `Connection` is itself hop-by-hop, so a message that names other
+    // headers in it is never skipped.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    // Only the names present are removed: a removal hashes its name, present or not.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !crate::hop_by_hop::is_connection_option(t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for name in named {
-        headers.remove(&name);
-    }
-    for name in &HOP_BY_HOP {
+    for name in named.iter().chain(&present) {
         headers.remove(name);
     }
 }
@@ -46,9 +55,14 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("{:032x}", rand::random::<u128>());
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = rand::random::<u128>();
+    let mut id = [0u8; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
     // 32 hex digits are always a valid header value.
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// What the gateway tells the upstream about the original request.
@@ -66,12 +80,15 @@ pub struct Forwarded<'a> {
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host`. Untrusted client values are replaced, not
 /// appended to, so a client cannot forge its address.
 pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
-    let ip = fwd.client_ip.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if fwd.trust_client && !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let mut xff = String::with_capacity(64);
+    if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        if fwd.trust_client && !prev.trim().is_empty() {
+            xff.push_str(prev);
+            xff.push_str(", ");
+        }
+    }
+    push_ip(&mut xff, fwd.client_ip);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !(fwd.trust_client && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -88,6 +105,31 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
+        }
+    }
+}
+
+/// Appends `ip` as text; IPv4 by hand, since the formatting machinery costs more than the
+/// rest of the header edits of a request.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
         }
     }
 }
@@ -198,6 +240,14 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("accept"));
+        // `Connection` alone still takes the headers it names.
+        let mut h = map(&[
+            ("connection", "x-named"),
+            ("x-named", "1"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
     }
 
     #[test]
@@ -211,6 +261,10 @@ mod tests {
         assert_ne!(request_id(&map(&[("x-request-id", &long)])), long.as_str());
         let fresh = request_id(&HeaderMap::new());
         assert_eq!(fresh.len(), 32);
+        assert!(fresh
+            .as_bytes()
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)));
         assert_ne!(fresh, request_id(&HeaderMap::new()));
     }
 
@@ -234,6 +288,24 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "127.0.0.1",
+            "192.168.100.255",
+            "8.8.8.8",
+            "::1",
+            "fe80::1:2",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
     }
 
     #[test]

@@ -130,12 +130,27 @@ impl Upstream {
 
     /// The absolute URI of `path_and_query` (already normalised) on this upstream.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{path_and_query}", self.base_path))
-            .build()
-            .map_err(|e| ProxyError::UpstreamRequest(e.to_string()))
+        self.uri_with_query(path_and_query, None)
+    }
+
+    /// The upstream URI of `path` with `query`: one string built once, its path parsed once.
+    pub fn uri_with_query(&self, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+        let q = query.map_or(0, |q| q.len() + 1);
+        let mut pq = String::with_capacity(self.base_path.len() + path.len() + q);
+        pq.push_str(&self.base_path);
+        pq.push_str(path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(
+            http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq))
+                .map_err(|e| ProxyError::UpstreamRequest(e.to_string()))?,
+        );
+        Uri::from_parts(parts).map_err(|e| ProxyError::UpstreamRequest(e.to_string()))
     }
 
     /// The scheme and authority of this upstream, to recognise absolute `Location`s on it.
@@ -215,13 +230,7 @@ pub fn prepare_parts(
     upstream: &Upstream,
     ctx: &Context<'_>,
 ) -> Result<Parts, ProxyError> {
-    let mut path_and_query = String::with_capacity(path.len() + 64);
-    path_and_query.push_str(path);
-    if let Some(q) = parts.uri.query() {
-        path_and_query.push('?');
-        path_and_query.push_str(q);
-    }
-    let uri = upstream.uri_for(&path_and_query)?;
+    let uri = upstream.uri_with_query(path, parts.uri.query())?;
 
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts

@@ -222,7 +222,9 @@ impl App {
             grace,
             move |req, conn| {
                 let gw = gw.clone();
-                async move { gw.handle(req, conn).await }
+                // The pipeline's future is several kilobytes: boxed, hyper's dispatcher and the
+                // connection's wrappers move a pointer instead of copying it at every step.
+                Box::pin(async move { gw.handle(req, conn).await })
             },
         ));
         let admin_state = admin::Admin::new(gateway.clone(), draining.clone());
