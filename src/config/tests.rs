@@ -39,6 +39,15 @@ fn errors(toml: &str) -> Vec<(String, String)> {
     }
 }
 
+/// Every error of a failing load, as `tollgate check` prints them (for the section modules'
+/// tests).
+pub(super) fn error_text(toml: &str) -> String {
+    match from_toml_str(toml) {
+        Ok(_) => panic!("expected errors for:\n{toml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn assert_error(toml: &str, key: &str, fragment: &str) {
     let errs = errors(toml);
     assert!(

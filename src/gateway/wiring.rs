@@ -16,6 +16,7 @@ use crate::auth::Verifier;
 use crate::config::{Config, RedisConfig, SessionConfig, StoreConfig, UpstreamConfig};
 use crate::error::Challenges;
 use crate::fleet::{Fleet, RedisHandle, SharedIntrospection};
+use crate::metadata::ResourceMetadata;
 use crate::metrics::Metrics;
 use crate::policy::RouteTable;
 use crate::proxy::{self, Upstream};
@@ -47,6 +48,8 @@ pub struct Snapshot {
     /// The `WWW-Authenticate` values of the realm, built once.
     pub challenges: Challenges,
     pub trust_forwarded: bool,
+    /// The RFC 9728 document, served before route choice.
+    pub metadata: Option<Arc<ResourceMetadata>>,
 }
 
 impl Snapshot {
@@ -302,8 +305,9 @@ impl Parts {
             pools: pools.into(),
             verifier,
             upstream_configs: config.upstreams.clone().into(),
-            challenges: Challenges::new(&config.server.realm),
+            challenges: Challenges::with_head(&config.challenge_head()),
             trust_forwarded: config.server.trust_forwarded_headers,
+            metadata: config.metadata.clone(),
         })
     }
 
