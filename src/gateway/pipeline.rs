@@ -300,14 +300,14 @@ fn metadata(
 }
 
 /// `find`: the route for the request's host, method and path; none is a 404 (deny by default).
-/// A CORS preflight belongs to the route of the request it announces, when that route speaks
-/// CORS; otherwise it is an `OPTIONS` request like any other.
+/// A CORS preflight belongs to the route with a CORS policy that the request it announces would
+/// use ([`policy::RouteTable::find_preflight`]); otherwise it is an `OPTIONS` request like any
+/// other.
 fn find<'s>(snapshot: &'s Snapshot, head: &Parts, path: &str) -> Result<&'s Route, GatewayError> {
     let host = request_host(head);
     let routes = &snapshot.routes;
     let announced = policy::cors::Preflight::of(head)
-        .and_then(|p| routes.find(host.as_deref(), p.method(), path))
-        .filter(|r| r.cors.is_some());
+        .and_then(|p| routes.find_preflight(host.as_deref(), p.method(), path));
     announced
         .or_else(|| routes.find(host.as_deref(), &head.method, path))
         .ok_or(GatewayError::NoRoute)

@@ -103,6 +103,26 @@ impl RouteTable {
             .find(|r| r.matcher.matches(host, method, path))
     }
 
+    /// The route a CORS preflight for `announced` belongs to: the route of the request it
+    /// announces, when that route has a CORS policy; when no route takes that method here, the
+    /// best route with a CORS policy for the host and path (it refuses the method). `None`: the
+    /// preflight is an ordinary `OPTIONS` request.
+    pub fn find_preflight(
+        &self,
+        host: Option<&str>,
+        announced: &Method,
+        path: &str,
+    ) -> Option<&Route> {
+        match self.find(host, announced, path) {
+            Some(r) => r.cors.as_ref().map(|_| r),
+            None => self
+                .routes
+                .iter()
+                .filter(|r| r.cors.is_some())
+                .find(|r| r.matcher.matches_place(host, path)),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.routes.len()
     }

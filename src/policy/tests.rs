@@ -242,3 +242,38 @@ fn scopes_and_claims_are_checked_before_step_up_and_each_refusal_has_its_challen
     assert_eq!(req.challenge(Denied::InsufficientScope), "Bearer");
     assert_eq!(req.challenge(Denied::ClaimMismatch), "Bearer");
 }
+
+#[test]
+fn a_preflight_belongs_to_the_cors_route_of_its_announced_method() {
+    let cors = Arc::new(Cors {
+        origins: cors::Origins::Any,
+        methods: Some(Box::new([Method::GET])),
+        allow_methods: None,
+        headers: Box::new([]),
+        allow_headers: None,
+        expose_headers: HeaderValue::from_static("WWW-Authenticate"),
+        max_age: None,
+        credentials: false,
+    });
+    let mut read = route(
+        "read",
+        PathMatch::prefix("/app/"),
+        Some(&[Method::GET]),
+        None,
+    );
+    read.cors = Some(cors);
+    let write = route(
+        "write",
+        PathMatch::prefix("/app/"),
+        Some(&[Method::PUT]),
+        None,
+    );
+    let t = RouteTable::new(vec![read, write]);
+    let id = |m: Method, p: &str| t.find_preflight(None, &m, p).map(|r| &*r.id);
+    assert_eq!(id(Method::GET, "/app/x"), Some("read"));
+    // PUT is the write route's, which does not speak CORS: an ordinary OPTIONS request.
+    assert_eq!(id(Method::PUT, "/app/x"), None);
+    // No route takes DELETE here: the CORS route refuses it.
+    assert_eq!(id(Method::DELETE, "/app/x"), Some("read"));
+    assert_eq!(id(Method::DELETE, "/other"), None);
+}
