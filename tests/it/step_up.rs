@@ -10,7 +10,8 @@ use crate::support::http::Reply;
 use crate::support::introspect::{ExpectAuth, FakeIntrospection};
 use crate::support::{get, now, FakeIdp, RecordingUpstream, TestGateway};
 
-const PAYMENTS: &str = r#"
+/// A route with the step-up requirement of the issue's example.
+pub const PAYMENTS: &str = r#"
 [[route]]
 id = "payments"
 prefix = "/entity/Default/24.200.001/Payment"
