@@ -17,7 +17,9 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::auth::{AuthError, BearerError, InvalidToken};
+use crate::metadata::MethodNotAllowed;
 use crate::metrics::Decision;
+use crate::policy::cors::CorsRefused;
 use crate::policy::{Denied, PathError};
 use crate::proxy::{self, ProxyError};
 use crate::session::{RefusedLogin, SessionError};
@@ -60,6 +62,10 @@ pub enum GatewayError {
     Session(#[from] SessionError),
     #[error(transparent)]
     TooLarge(#[from] crate::limits::TooLarge),
+    #[error("CORS preflight refused: {0}")]
+    Cors(#[from] CorsRefused),
+    #[error(transparent)]
+    Metadata(#[from] MethodNotAllowed),
 }
 
 /// Which `WWW-Authenticate` challenge an error answer carries.
@@ -72,7 +78,8 @@ pub enum Challenge {
     InvalidRequest,
     /// `error="invalid_token"` with the error's description.
     InvalidToken,
-    /// A challenge prebuilt with the route (`insufficient_scope` and the route's scopes).
+    /// A challenge prebuilt with the route (`insufficient_scope` and the route's scopes, or
+    /// `insufficient_user_authentication` and its step-up requirement).
     Prebuilt(HeaderValue),
 }
 
@@ -95,6 +102,8 @@ pub struct Class {
     pub decision: Option<Decision>,
     pub challenge: Challenge,
     pub retry_after: Option<RetryAfter>,
+    /// The `Allow` of a 405.
+    pub allow: Option<&'static str>,
     /// The `error_description`: fixed text, never anything the client or the upstream sent.
     pub description: Cow<'static, str>,
 }
@@ -108,6 +117,7 @@ impl Class {
             decision: None,
             challenge: Challenge::None,
             retry_after: None,
+            allow: None,
             description: Cow::Borrowed(""),
         }
     }
@@ -130,6 +140,11 @@ impl Class {
 
     fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(RetryAfter::Seconds(secs));
+        self
+    }
+
+    fn allow(mut self, methods: &'static str) -> Self {
+        self.allow = Some(methods);
         self
     }
 }
@@ -196,6 +211,23 @@ impl GatewayError {
                 .decision(Decision::InsufficientScope)
                 .challenge(Challenge::Prebuilt(challenge.clone()))
                 .says(reason.to_string()),
+            // RFC 9470 §3: a 401, so that the client authenticates the user again.
+            GatewayError::Denied {
+                reason: reason @ (Denied::AcrNotAccepted | Denied::AuthenticationTooOld),
+                challenge,
+                ..
+            } => Class::new(S::UNAUTHORIZED, "insufficient_user_authentication", Auth)
+                .decision(Decision::InsufficientUserAuthentication)
+                .challenge(Challenge::Prebuilt(challenge.clone()))
+                .says(reason.to_string()),
+            GatewayError::Cors(e) => {
+                Class::new(S::FORBIDDEN, "cors_preflight_refused", Client).says(e.to_string())
+            }
+            GatewayError::Metadata(e) => {
+                Class::new(S::METHOD_NOT_ALLOWED, "method_not_allowed", Client)
+                    .allow(MethodNotAllowed::ALLOW)
+                    .says(e.to_string())
+            }
             GatewayError::Proxy(ProxyError::Unreachable { .. }) => {
                 Class::new(S::BAD_GATEWAY, "upstream_unreachable", Upstream)
                     .says("the upstream could not be reached")
@@ -259,6 +291,9 @@ impl Class {
                 h.insert(header::RETRY_AFTER, v);
             }
             None => {}
+        }
+        if let Some(methods) = self.allow {
+            h.insert(header::ALLOW, HeaderValue::from_static(methods));
         }
         resp
     }
@@ -336,22 +371,29 @@ fn session_class(e: &SessionError) -> Class {
     }
 }
 
-/// The `WWW-Authenticate` values of one realm, built once per configuration: the bare challenge
-/// and an `invalid_token` or `invalid_request` challenge for every fixed description, so that a
-/// refusal costs a lookup, not a formatting.
+/// The `WWW-Authenticate` values of one configuration, built once: the bare challenge and an
+/// `invalid_token` or `invalid_request` challenge for every fixed description, so that a refusal
+/// costs a lookup, not a formatting. Each starts with the configuration's challenge head: the
+/// realm, and the RFC 9728 `resource_metadata` when the resource publishes metadata.
 #[derive(Debug, Clone)]
 pub struct Challenges {
-    realm: std::sync::Arc<str>,
+    head: std::sync::Arc<str>,
     bare: HeaderValue,
     invalid_token: HashMap<String, HeaderValue>,
     invalid_request: HashMap<String, HeaderValue>,
 }
 
 impl Challenges {
+    /// The challenges of `realm`, without metadata.
     pub fn new(realm: &str) -> Self {
+        Self::with_head(&crate::metadata::challenge_head(realm, None))
+    }
+
+    /// The challenges starting with `head` ([`crate::config::Config::challenge_head`]).
+    pub fn with_head(head: &str) -> Self {
         let mut c = Challenges {
-            realm: realm.into(),
-            bare: HeaderValue::from_str(&format!("Bearer realm=\"{realm}\""))
+            head: head.into(),
+            bare: HeaderValue::from_str(head)
                 .unwrap_or_else(|_| HeaderValue::from_static("Bearer")),
             invalid_token: HashMap::new(),
             invalid_request: HashMap::new(),
@@ -387,9 +429,9 @@ impl Challenges {
     }
 
     fn format(&self, code: &str, description: &str) -> HeaderValue {
-        let realm = &self.realm;
+        let head = &self.head;
         HeaderValue::from_str(&format!(
-            "Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{description}\""
+            "{head}, error=\"{code}\", error_description=\"{description}\""
         ))
         .unwrap_or_else(|_| self.bare.clone())
     }

@@ -18,6 +18,7 @@
 //! | [`policy`]  | path normalisation, route choice, scope and claim checks                 |
 //! | [`auth`]    | bearer extraction, JWT validation against JWKS, introspection, the cache  |
 //! | [`metrics`] | metric names (one constant each) and the Prometheus registry              |
+//! | [`metadata`] | the RFC 9728 protected resource metadata document and its challenge parameter |
 //! | [`limits`], [`upgrade`], [`logging`] | body limits, WebSocket pass-through, log set-up |
 //!
 //! The arrows run one way: [`config`] builds the runtime values that [`auth`] and [`policy`]
@@ -38,6 +39,7 @@ pub mod gateway;
 pub mod hop_by_hop;
 pub mod limits;
 pub mod logging;
+pub mod metadata;
 pub mod metrics;
 pub mod net;
 mod pem;

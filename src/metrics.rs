@@ -58,6 +58,8 @@ pub enum Decision {
     InvalidRequest,
     InvalidToken,
     InsufficientScope,
+    /// RFC 9470: the token's authentication falls short of the route's step-up requirement.
+    InsufficientUserAuthentication,
     IdpUnavailable,
 }
 
@@ -70,6 +72,7 @@ impl Decision {
             Decision::InvalidRequest => "invalid_request",
             Decision::InvalidToken => "invalid_token",
             Decision::InsufficientScope => "insufficient_scope",
+            Decision::InsufficientUserAuthentication => "insufficient_user_authentication",
             Decision::IdpUnavailable => "idp_unavailable",
         }
     }

@@ -5,8 +5,8 @@
 #   bash tests/run.sh
 #
 # Installs (only when missing): promtool (Debian package prometheus), redis-server and
-# redis-sentinel, Node.js and npm, and the interop issuer's npm packages (tests/interop, from its
-# lock file).
+# redis-sentinel, Node.js and npm, and the interop harness's npm packages (tests/interop, from its
+# lock file: the issuer oauth2-mock-server and the client library oauth4webapi).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +28,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-echo "== npm ci (tests/interop: oauth2-mock-server)"
+echo "== npm ci (tests/interop: oauth2-mock-server, oauth4webapi)"
 npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 
 echo "== cargo fmt --check"

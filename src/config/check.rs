@@ -127,6 +127,18 @@ impl<'a> Checker<'a> {
 
     /// An `http(s)` URL; plain http only for loopback hosts or when `allow_http` is set.
     pub(crate) fn idp_url(&mut self, key: &str, value: &str, allow_http: bool) -> Option<Url> {
+        self.https_url(key, value, allow_http, " or with allow_http = true")
+    }
+
+    /// An absolute `https` URL; plain http only for loopback hosts or when `allow_http` is set
+    /// (`how_else` tells how, in the error, when there is a way).
+    pub(crate) fn https_url(
+        &mut self,
+        key: &str,
+        value: &str,
+        allow_http: bool,
+        how_else: &str,
+    ) -> Option<Url> {
         let url = match Url::parse(value) {
             Ok(u) => u,
             Err(e) => {
@@ -140,7 +152,7 @@ impl<'a> Checker<'a> {
             "http" => {
                 self.error(
                     key,
-                    format!("`{value}` must use https:// (plain http is allowed only for loopback hosts or with allow_http = true)"),
+                    format!("`{value}` must use https:// (plain http is allowed only for loopback hosts{how_else})"),
                 );
                 None
             }
@@ -152,6 +164,19 @@ impl<'a> Checker<'a> {
                 None
             }
         }
+    }
+
+    /// A duration (humantime) in whole seconds, as HTTP and the challenges carry it.
+    pub(crate) fn whole_seconds(&mut self, key: &str, value: &str) -> Option<u64> {
+        let d = self.duration(key, value)?;
+        if d.subsec_nanos() != 0 {
+            self.error(
+                key,
+                format!("`{value}` must be whole seconds (it is sent as a number of seconds)"),
+            );
+            return None;
+        }
+        Some(d.as_secs())
     }
 
     /// A file named by the configuration, relative to its folder; it must exist.

@@ -35,6 +35,9 @@ pub struct FileConfig {
     pub route: Vec<RouteSection>,
     #[serde(default)]
     pub store: StoreSection,
+    /// RFC 9728 protected resource metadata; absent: no document, challenges without
+    /// `resource_metadata`.
+    pub metadata: Option<MetadataSection>,
 }
 
 /// The separate route file named by `server.routes_file`: only `[[route]]` tables.
@@ -94,6 +97,20 @@ pub fn default_lease_ttl() -> &'static str {
 /// True.
 pub fn default_share_introspection() -> bool {
     true
+}
+
+// === [metadata] ===
+
+/// `[metadata]`: the protected resource metadata document (RFC 9728).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataSection {
+    /// The resource identifier: an absolute https URL (plain http for loopback hosts); required.
+    pub resource: Option<String>,
+    /// A page for people about the resource: `resource_documentation`.
+    pub documentation: Option<String>,
+    /// The resource's name for people: `resource_name`.
+    pub resource_name: Option<String>,
 }
 
 // === [server] ===
@@ -694,9 +711,42 @@ pub struct RouteSection {
     pub max_body: Option<String>,
     /// Pass WebSocket (and other `Upgrade`) requests through. By default false.
     pub websocket: Option<bool>,
+    /// RFC 9470: the token's `acr` must be one of these.
+    pub acr_values: Option<Vec<String>>,
+    /// RFC 9470: the user must have authenticated at most this long ago (humantime, whole
+    /// seconds), by the token's `auth_time`.
+    pub max_age: Option<String>,
+    /// CORS for browser clients.
+    pub cors: Option<CorsSection>,
 }
 
 /// `bearer`.
 pub fn default_route_auth() -> &'static str {
     "bearer"
+}
+
+/// `[route.cors]`: the route answers browsers' preflights and sets CORS headers on its answers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSection {
+    /// Serialised origins (`https://app.example.com`), or `"*"` alone (not with credentials);
+    /// required.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Methods a browser may use. By default the route's `methods` (any, when it has none).
+    pub allowed_methods: Option<Vec<String>>,
+    /// Request headers a browser may send. By default [`default_cors_allowed_headers`].
+    pub allowed_headers: Option<Vec<String>>,
+    /// Response headers a browser application may read, beside `WWW-Authenticate` and
+    /// `Retry-After` (always exposed). By default none.
+    pub expose_headers: Option<Vec<String>>,
+    /// How long a browser may cache a preflight answer (humantime, whole seconds). By default
+    /// not said (the browser's own default).
+    pub max_age: Option<String>,
+    /// Allow credentialed requests (cookies, client certificates). By default false.
+    pub allow_credentials: Option<bool>,
+}
+
+/// `Authorization` and `Content-Type`: what a browser client of a bearer JSON API sends.
+pub fn default_cors_allowed_headers() -> &'static [&'static str] {
+    &["Authorization", "Content-Type"]
 }

@@ -16,6 +16,7 @@
 //!    | [`session`]  | `[upstream.session]` and its credentials | [`SessionConfig`]               |
 //!    | [`routes`]   | `[[route]]`, the route file              | policy's [`RouteTable`]         |
 //!    | `store`      | `[store]`                                | [`StoreConfig`]                 |
+//!    | `metadata`   | `[metadata]`                             | the RFC 9728 [`ResourceMetadata`] |
 //!
 //!    Each problem becomes a [`ConfigError`] that names the file, the key path and what is wrong;
 //!    the shared `check` machinery collects them, and all of them are reported at once.
@@ -26,12 +27,15 @@
 //! table); neither of those imports configuration.
 
 mod check;
+mod cors;
 pub mod file;
 mod issuer;
 mod log;
+mod metadata;
 pub mod routes;
 mod server;
 pub mod session;
+mod step_up;
 mod store;
 mod upstream;
 mod validate;
@@ -52,6 +56,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use url::Url;
 
+use crate::metadata::ResourceMetadata;
 use crate::policy::RouteTable;
 
 /// The environment prefix of overrides: `TOLLGATE__SECTION__KEY`.
@@ -68,6 +73,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Arc<RouteTable>,
     pub store: StoreConfig,
+    /// `[metadata]`: the RFC 9728 document, when the resource publishes one.
+    pub metadata: Option<Arc<ResourceMetadata>>,
 }
 
 /// Where the session table lives.
@@ -193,6 +200,15 @@ pub struct UpstreamConfig {
 }
 
 impl Config {
+    /// The start of every `WWW-Authenticate` challenge: the realm, and the metadata document's
+    /// URL when there is one.
+    pub fn challenge_head(&self) -> String {
+        crate::metadata::challenge_head(
+            &self.server.realm,
+            self.metadata.as_ref().map(|m| m.resource()),
+        )
+    }
+
     /// A one-line summary for `tollgate check` and the start-up log.
     pub fn summary(&self) -> String {
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });

@@ -1,14 +1,18 @@
 //! `[[route]]` tables → the frozen [`RouteTable`]: matchers compiled, references to upstreams and
-//! issuers resolved, the 403 challenge of each route prebuilt, shadowed routes refused.
+//! issuers resolved, the 403 challenge of each route prebuilt, shadowed routes refused. A route's
+//! step-up requirement and CORS policy are compiled by [`step_up`](super::step_up) and
+//! [`cors`](super::cors).
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderName};
 use http::{HeaderValue, Method};
 
 use super::check::{written_or, Checker};
 use super::file::{self, RouteSection};
+use super::{cors, step_up};
 use crate::policy::{HostMatch, Matcher, PathMatch, Requirement, Route, RouteAuth, RouteTable};
 
 /// One raw route with where it came from.
@@ -49,22 +53,31 @@ const RESERVED_IDENTITY_HEADERS: &[HeaderName] = &[
     header::TRAILER,
 ];
 
+/// What every route of one configuration is compiled against.
+pub(crate) struct Context<'a> {
+    /// The upstream ids routes may name.
+    pub(crate) upstreams: &'a [Arc<str>],
+    /// The issuer ids routes may name, with each issuer's leeway (step-up's `max_age` allows it,
+    /// as the token's `exp` does).
+    pub(crate) issuers: &'a [(Arc<str>, Duration)],
+    /// The start of every challenge: `Bearer realm="…"`, and the metadata's URL when there is
+    /// one ([`crate::metadata::challenge_head`]).
+    pub(crate) challenge_head: &'a str,
+    /// The body limit of routes that set none.
+    pub(crate) default_max_body: u64,
+}
+
 pub(crate) fn compile(
     c: &mut Checker<'_>,
     sections: &[Section<'_>],
-    upstreams: &[Arc<str>],
-    issuers: &[Arc<str>],
-    realm: &str,
-    default_max_body: u64,
+    ctx: &Context<'_>,
 ) -> RouteTable {
     let mut seen = HashSet::new();
     let mut routes: Vec<Route> = Vec::with_capacity(sections.len());
     let mut keys: Vec<(String, Option<String>)> = Vec::with_capacity(sections.len());
     for s in sections {
         c.file_override = s.file.clone();
-        if let Some(route) =
-            compile_one(c, s, &mut seen, upstreams, issuers, realm, default_max_body)
-        {
+        if let Some(route) = compile_one(c, s, &mut seen, ctx) {
             let key = &s.key;
             if let Some((j, _)) = routes
                 .iter()
@@ -96,10 +109,7 @@ fn compile_one(
     c: &mut Checker<'_>,
     s: &Section<'_>,
     seen: &mut HashSet<String>,
-    upstreams: &[Arc<str>],
-    issuers: &[Arc<str>],
-    realm: &str,
-    default_max_body: u64,
+    ctx: &Context<'_>,
 ) -> Option<Route> {
     let r = s.raw;
     let k = |field: &str| format!("{}.{field}", s.key);
@@ -165,14 +175,14 @@ fn compile_one(
 
     let upstream = match c.required(&k("upstream"), &r.upstream) {
         None => None,
-        Some(u) => match upstreams.iter().position(|x| **x == **u) {
+        Some(u) => match ctx.upstreams.iter().position(|x| **x == **u) {
             Some(i) => Some(i),
             None => {
                 c.error(
                     &k("upstream"),
                     format!(
                         "upstream `{u}` is not defined (defined: {})",
-                        list(upstreams)
+                        list(ctx.upstreams.iter())
                     ),
                 );
                 None
@@ -182,7 +192,7 @@ fn compile_one(
 
     let identity_headers = identity_headers(c, s);
     let auth = match written_or(&r.auth, file::default_route_auth) {
-        "bearer" => RouteAuth::Bearer(requirement(c, s, issuers, realm)),
+        "bearer" => RouteAuth::Bearer(requirement(c, s, ctx)),
         "none" => {
             for (field, set) in [
                 ("scopes", r.scopes.is_some()),
@@ -190,6 +200,8 @@ fn compile_one(
                 ("claims", r.claims.is_some()),
                 ("headers", r.headers.is_some()),
                 ("issuer", r.issuer.is_some()),
+                ("acr_values", r.acr_values.is_some()),
+                ("max_age", r.max_age.is_some()),
             ] {
                 if set {
                     c.error(
@@ -209,6 +221,11 @@ fn compile_one(
         }
     };
 
+    let cors = r
+        .cors
+        .as_ref()
+        .map(|raw| cors::cors(c, &k("cors"), raw, methods.as_deref()));
+
     if c.errors.len() > errors_before {
         return None;
     }
@@ -223,21 +240,19 @@ fn compile_one(
         auth,
         identity_headers,
         max_body: match r.max_body.as_deref() {
-            None => default_max_body,
+            None => ctx.default_max_body,
             Some(v) => c.byte_size(&k("max_body"), v, r#""10MiB""#),
         },
         websocket: r.websocket.unwrap_or_default(),
+        cors: cors.map(Arc::new),
     })
 }
 
-fn list(ids: &[Arc<str>]) -> String {
-    if ids.is_empty() {
+fn list<'a>(ids: impl ExactSizeIterator<Item = &'a Arc<str>>) -> String {
+    if ids.len() == 0 {
         "none".to_owned()
     } else {
-        ids.iter()
-            .map(|i| format!("`{i}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        ids.map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -257,12 +272,7 @@ fn path_value(c: &mut Checker<'_>, key: &str, p: &str) -> Option<String> {
     }
 }
 
-fn requirement(
-    c: &mut Checker<'_>,
-    s: &Section<'_>,
-    issuers: &[Arc<str>],
-    realm: &str,
-) -> Requirement {
+fn requirement(c: &mut Checker<'_>, s: &Section<'_>, ctx: &Context<'_>) -> Requirement {
     let r = s.raw;
     let k = |field: &str| format!("{}.{field}", s.key);
     let scope_list =
@@ -310,19 +320,22 @@ fn requirement(
         })
         .unwrap_or_default();
 
-    let issuer = r
-        .issuer
-        .as_ref()
-        .and_then(|i| match issuers.iter().find(|x| ***x == **i) {
-            Some(id) => Some(id.clone()),
-            None => {
-                c.error(
-                    &k("issuer"),
-                    format!("issuer `{i}` is not defined (defined: {})", list(issuers)),
-                );
-                None
-            }
-        });
+    let issuer =
+        r.issuer
+            .as_ref()
+            .and_then(|i| match ctx.issuers.iter().find(|(x, _)| **x == **i) {
+                Some((id, _)) => Some(id.clone()),
+                None => {
+                    c.error(
+                        &k("issuer"),
+                        format!(
+                            "issuer `{i}` is not defined (defined: {})",
+                            list(ctx.issuers.iter().map(|(id, _)| id))
+                        ),
+                    );
+                    None
+                }
+            });
 
     // RFC 6750 §3: the scope attribute lists the scopes the resource needs, in config order.
     let required: Vec<&str> = all_scopes
@@ -330,7 +343,8 @@ fn requirement(
         .chain(any_scopes.iter())
         .map(|s| &**s)
         .collect();
-    let mut challenge = format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\"");
+    let head = ctx.challenge_head;
+    let mut challenge = format!("{head}, error=\"insufficient_scope\"");
     if !required.is_empty() {
         challenge.push_str(&format!(", scope=\"{}\"", required.join(" ")));
     }
@@ -339,12 +353,14 @@ fn requirement(
         HeaderValue::from_static("Bearer error=\"insufficient_scope\"")
     });
 
+    let step_up = step_up::step_up(c, s, ctx, issuer.as_ref());
     Requirement {
         issuer,
         all_scopes,
         any_scopes,
         claims,
         insufficient_scope_challenge,
+        step_up,
     }
 }
 

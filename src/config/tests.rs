@@ -39,6 +39,15 @@ fn errors(toml: &str) -> Vec<(String, String)> {
     }
 }
 
+/// Every error of a failing load, as `tollgate check` prints them (for the section modules'
+/// tests).
+pub(super) fn error_text(toml: &str) -> String {
+    match from_toml_str(toml) {
+        Ok(_) => panic!("expected errors for:\n{toml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn assert_error(toml: &str, key: &str, fragment: &str) {
     let errs = errors(toml);
     assert!(
@@ -747,4 +756,21 @@ fn store_errors_name_the_key_and_never_the_password() {
             assert!(!m.contains("hunter2"), "{m}");
         }
     }
+}
+
+#[test]
+fn the_examples_show_metadata_step_up_and_cors() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/gateway-with-routes-file.toml");
+    let c = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let m = c.metadata.as_ref().expect("the example has [metadata]");
+    assert_eq!(m.resource().identifier(), "https://erp.example.com");
+    assert!(c.challenge_head().contains("resource_metadata="));
+    let route = |id: &str| c.routes.iter().find(|r| &*r.id == id).unwrap();
+    let RouteAuth::Bearer(payments) = &route("payments").auth else {
+        panic!("payments is a bearer route")
+    };
+    let step_up = payments.step_up.as_ref().expect("payments steps up");
+    assert_eq!(step_up.max_age, Some(900));
+    assert!(route("spa-orders").cors.is_some());
 }

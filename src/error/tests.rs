@@ -191,3 +191,52 @@ fn session_rows() {
         "the description never carries the store's error"
     );
 }
+
+#[test]
+fn step_up_is_a_401_with_the_routes_challenge_and_its_own_decision() {
+    let challenge = HeaderValue::from_static(
+        "Bearer realm=\"tollgate\", error=\"insufficient_user_authentication\", error_description=\"x\", max_age=\"900\"",
+    );
+    for reason in [Denied::AcrNotAccepted, Denied::AuthenticationTooOld] {
+        let e = GatewayError::Denied {
+            reason,
+            challenge: challenge.clone(),
+            route: "payments".into(),
+        };
+        assert_eq!(e.decision(), Some(Decision::InsufficientUserAuthentication));
+        assert_eq!(e.fault(), Fault::Auth);
+        let r = respond(e);
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], challenge);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+    }
+}
+
+#[test]
+fn every_challenge_names_the_metadata_after_the_realm() {
+    let head = "Bearer realm=\"tollgate\", resource_metadata=\"https://erp.example.com/.well-known/oauth-protected-resource\"";
+    let c = Challenges::with_head(head);
+    let bare = GatewayError::from(AuthError::Bearer(BearerError::Missing)).into_response(&c);
+    assert_eq!(bare.headers()[header::WWW_AUTHENTICATE], head);
+    let expired =
+        GatewayError::from(AuthError::InvalidToken(InvalidToken::Expired)).into_response(&c);
+    assert_eq!(
+        expired.headers()[header::WWW_AUTHENTICATE],
+        format!("{head}, error=\"invalid_token\", error_description=\"the token has expired\"")
+            .as_str()
+    );
+}
+
+#[test]
+fn a_refused_preflight_and_a_wrong_method_on_the_metadata() {
+    let r = respond(crate::policy::cors::CorsRefused::Origin.into());
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
+    assert!(!r
+        .headers()
+        .keys()
+        .any(|n| n.as_str().starts_with("access-control-")));
+    let r = respond(MethodNotAllowed.into());
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()[header::ALLOW], "GET, HEAD, OPTIONS");
+}

@@ -37,6 +37,8 @@ struct Record {
     answered: bool,
     /// Set when the streamed request body went over `max_body`.
     over_limit: Option<Arc<AtomicBool>>,
+    /// The CORS headers every answer of a route with `[route.cors]` gets, refusals included.
+    cors: Option<policy::cors::Reply>,
 }
 
 impl Gateway {
@@ -61,6 +63,9 @@ impl Gateway {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if let Some(cors) = &rec.cors {
+            cors.finish(resp.headers_mut());
+        }
         resp.headers_mut()
             .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
         self.record(&rec, &method, &resp, start, &request_id);
@@ -82,8 +87,15 @@ impl Gateway {
         let snapshot = self.wiring.current();
         let (head, body) = req.into_parts();
         let path = normalize(&head)?;
+        if let Some(answer) = metadata(&snapshot, &head, &path) {
+            rec.answered = true;
+            return answer;
+        }
         let route = find(&snapshot, &head, &path)?;
         rec.route = Some(route.id.clone());
+        if let Some(preflight) = cors(route, &head, rec)? {
+            return Ok(preflight);
+        }
         let permit = match &route.auth {
             RouteAuth::Public => None,
             RouteAuth::Bearer(requirement) => {
@@ -269,12 +281,59 @@ fn normalize(head: &Parts) -> Result<String, GatewayError> {
     Ok(policy::normalize(head.uri.path())?.into_owned())
 }
 
+/// `metadata`: the RFC 9728 document, when the resource publishes one and this is its path;
+/// never forwarded, whatever route the path would match.
+fn metadata(
+    snapshot: &Snapshot,
+    head: &Parts,
+    path: &str,
+) -> Option<Result<Response<Body>, GatewayError>> {
+    let answer = snapshot
+        .metadata
+        .as_ref()?
+        .serve(&head.method, path, &head.headers)?;
+    Some(
+        answer
+            .map(|r| r.map(proxy::full))
+            .map_err(GatewayError::from),
+    )
+}
+
 /// `find`: the route for the request's host, method and path; none is a 404 (deny by default).
+/// A CORS preflight belongs to the route with a CORS policy that the request it announces would
+/// use ([`policy::RouteTable::find_preflight`]); otherwise it is an `OPTIONS` request like any
+/// other.
 fn find<'s>(snapshot: &'s Snapshot, head: &Parts, path: &str) -> Result<&'s Route, GatewayError> {
-    snapshot
-        .routes
-        .find(request_host(head).as_deref(), &head.method, path)
+    let host = request_host(head);
+    let routes = &snapshot.routes;
+    let announced = policy::cors::Preflight::of(head)
+        .and_then(|p| routes.find_preflight(host.as_deref(), p.method(), path));
+    announced
+        .or_else(|| routes.find(host.as_deref(), &head.method, path))
         .ok_or(GatewayError::NoRoute)
+}
+
+/// `cors`: on a route with `[route.cors]`, a preflight is answered here, without a token and
+/// without reaching the upstream (204, or 403); any other request's answer, whatever it turns out
+/// to be, will carry the route's CORS headers.
+fn cors(
+    route: &Route,
+    head: &Parts,
+    rec: &mut Record,
+) -> Result<Option<Response<Body>>, GatewayError> {
+    let Some(policy) = &route.cors else {
+        return Ok(None);
+    };
+    let Some(preflight) = policy::cors::Preflight::of(head) else {
+        rec.cors = Some(policy.reply(&head.headers));
+        return Ok(None);
+    };
+    let allowed = policy.preflight(&preflight)?;
+    rec.answered = true;
+    let mut resp = Response::new(proxy::full(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    *resp.headers_mut() = allowed;
+    Ok(Some(resp))
 }
 
 /// `extract`: the bearer token of the `Authorization` header.
@@ -294,7 +353,7 @@ async fn verify(
         .await?)
 }
 
-/// `authorize`: the route's issuer, scopes and claims against the principal.
+/// `authorize`: the route's issuer, scopes, claims and step-up requirement against the principal.
 fn authorize(
     route: &Route,
     requirement: &Requirement,
@@ -302,7 +361,7 @@ fn authorize(
 ) -> Result<Permit, GatewayError> {
     policy::authorize(route, requirement, principal).map_err(|reason| GatewayError::Denied {
         reason,
-        challenge: requirement.insufficient_scope_challenge.clone(),
+        challenge: requirement.challenge(reason),
         route: route.id.clone(),
     })
 }

@@ -18,6 +18,7 @@ use crate::config::{
 };
 use crate::error::Challenges;
 use crate::fleet::{Fleet, RedisHandle, SharedIntrospection};
+use crate::metadata::ResourceMetadata;
 use crate::metrics::Metrics;
 use crate::policy::{RouteAuth, RouteTable};
 use crate::proxy::{self, Upstream};
@@ -49,6 +50,8 @@ pub struct Snapshot {
     /// The `WWW-Authenticate` values of the realm, built once.
     pub challenges: Challenges,
     pub trust_forwarded: bool,
+    /// The RFC 9728 document, served before route choice.
+    pub metadata: Option<Arc<ResourceMetadata>>,
 }
 
 impl Snapshot {
@@ -277,6 +280,12 @@ fn kept(config: &Config) -> Kept {
         );
     let claims = requirements()
         .flat_map(|req| req.claims.iter().map(|(name, _)| &**name))
+        // Step-up reads the user's authentication (policy::step_up).
+        .chain(
+            requirements()
+                .filter(|req| req.step_up.is_some())
+                .flat_map(|_| ["acr", "auth_time"]),
+        )
         .chain(
             config
                 .routes
@@ -349,8 +358,9 @@ impl Parts {
             pools: pools.into(),
             verifier,
             upstream_configs: config.upstreams.clone().into(),
-            challenges: Challenges::new(&config.server.realm),
+            challenges: Challenges::with_head(&config.challenge_head()),
             trust_forwarded: config.server.trust_forwarded_headers,
+            metadata: config.metadata.clone(),
         })
     }
 

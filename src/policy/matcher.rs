@@ -215,15 +215,20 @@ pub struct Matcher {
 
 impl Matcher {
     pub fn matches(&self, host: Option<&str>, method: &Method, path: &str) -> bool {
+        if let Some(ms) = &self.methods {
+            if !ms.contains(method) {
+                return false;
+            }
+        }
+        self.matches_place(host, path)
+    }
+
+    /// Host and path alone, whatever the method.
+    pub fn matches_place(&self, host: Option<&str>, path: &str) -> bool {
         if let Some(h) = &self.host {
             match host {
                 Some(host) if h.matches(host) => {}
                 _ => return false,
-            }
-        }
-        if let Some(ms) = &self.methods {
-            if !ms.contains(method) {
-                return false;
             }
         }
         self.path.matches(path)

@@ -2,9 +2,13 @@
 //!
 //! [`RouteTable::find`] is a pure function over the frozen table (sorted by specificity at load, so
 //! the first match is the best one); [`authorize`] turns a verified principal into a [`Permit`] or a
-//! [`Denied`] that the error module maps to a 403 (or 401 for a token of the wrong issuer).
+//! [`Denied`] that the error module maps to a 403 (or 401 for a token of the wrong issuer, or one
+//! whose authentication falls short of the route's [`step_up`] requirement). A route's browser
+//! policy is its [`cors`].
 
+pub mod cors;
 pub mod matcher;
+pub mod step_up;
 
 use std::sync::Arc;
 
@@ -12,7 +16,9 @@ use http::{HeaderName, HeaderValue, Method};
 use serde_json::Value;
 
 use crate::auth::Principal;
+pub use cors::Cors;
 pub use matcher::{normalize, HostMatch, Matcher, PathError, PathMatch};
+pub use step_up::StepUp;
 
 /// One configured route, compiled.
 #[derive(Debug, Clone)]
@@ -30,6 +36,8 @@ pub struct Route {
     pub max_body: u64,
     /// WebSocket (and other `Upgrade`) requests pass through.
     pub websocket: bool,
+    /// `[route.cors]`: preflights answered by the gateway, and CORS headers on every answer.
+    pub cors: Option<Arc<Cors>>,
 }
 
 /// Whether and how a route is protected. Public routes are a variant, not a flag checked in
@@ -54,6 +62,19 @@ pub struct Requirement {
     pub claims: Box<[ClaimRule]>,
     /// The prebuilt `WWW-Authenticate` value of this route's 403.
     pub insufficient_scope_challenge: HeaderValue,
+    /// RFC 9470: how, and how recently, the user must have authenticated.
+    pub step_up: Option<Box<StepUp>>,
+}
+
+impl Requirement {
+    /// The prebuilt challenge of a refusal for `reason`.
+    pub fn challenge(&self, reason: Denied) -> HeaderValue {
+        match (reason, &self.step_up) {
+            (Denied::AcrNotAccepted, Some(s)) => s.acr_challenge.clone(),
+            (Denied::AuthenticationTooOld, Some(s)) => s.max_age_challenge.clone(),
+            _ => self.insufficient_scope_challenge.clone(),
+        }
+    }
 }
 
 /// A claim name and the values it may have.
@@ -82,6 +103,26 @@ impl RouteTable {
             .find(|r| r.matcher.matches(host, method, path))
     }
 
+    /// The route a CORS preflight for `announced` belongs to: the route of the request it
+    /// announces, when that route has a CORS policy; when no route takes that method here, the
+    /// best route with a CORS policy for the host and path (it refuses the method). `None`: the
+    /// preflight is an ordinary `OPTIONS` request.
+    pub fn find_preflight(
+        &self,
+        host: Option<&str>,
+        announced: &Method,
+        path: &str,
+    ) -> Option<&Route> {
+        match self.find(host, announced, path) {
+            Some(r) => r.cors.as_ref().map(|_| r),
+            None => self
+                .routes
+                .iter()
+                .filter(|r| r.cors.is_some())
+                .find(|r| r.matcher.matches_place(host, path)),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.routes.len()
     }
@@ -104,6 +145,12 @@ pub enum Denied {
     ClaimMismatch,
     #[error("the token was not issued by the issuer this route accepts")]
     WrongIssuer,
+    #[error("the token's authentication context (acr) is missing or not one this route accepts")]
+    AcrNotAccepted,
+    #[error(
+        "the token's authentication time (auth_time) is missing or older than this route allows"
+    )]
+    AuthenticationTooOld,
 }
 
 /// The decision that a principal may use a route: later steps take it as their argument.
@@ -113,7 +160,8 @@ pub struct Permit {
     pub principal: Principal,
 }
 
-/// Checks the route's requirement against a verified principal.
+/// Checks the route's requirement against a verified principal: issuer, scopes, claims, then
+/// the user's authentication (step-up, against the clock).
 pub fn authorize(route: &Route, req: &Requirement, principal: Principal) -> Result<Permit, Denied> {
     if let Some(issuer) = &req.issuer {
         if *issuer != principal.issuer {
@@ -134,6 +182,9 @@ pub fn authorize(route: &Route, req: &Requirement, principal: Principal) -> Resu
         if !ok {
             return Err(Denied::ClaimMismatch);
         }
+    }
+    if let Some(s) = &req.step_up {
+        step_up::check(s, &principal, crate::clock::unix_secs())?;
     }
     Ok(Permit {
         route: route.id.clone(),

@@ -21,6 +21,7 @@ fn route(id: &str, path: PathMatch, methods: Option<&[Method]>, host: Option<&st
         identity_headers: Box::new([]),
         max_body: 1 << 20,
         websocket: false,
+        cors: None,
     }
 }
 
@@ -119,6 +120,7 @@ fn requirement(
             .map(|(c, v)| (Box::from(*c), v.iter().map(|s| Box::from(*s)).collect()))
             .collect(),
         insufficient_scope_challenge: HeaderValue::from_static("Bearer"),
+        step_up: None,
     }
 }
 
@@ -204,4 +206,70 @@ fn claim_header_values() {
     assert_eq!(claim_header_value(&json!(["a", 1])).unwrap(), "a,1");
     assert!(claim_header_value(&json!({"a": 1})).is_none());
     assert!(claim_header_value(&json!("line\nbreak")).is_none());
+}
+
+#[test]
+fn scopes_and_claims_are_checked_before_step_up_and_each_refusal_has_its_challenge() {
+    let r = route("r", PathMatch::prefix("/"), None, None);
+    let mut req = requirement(&["api"], &[], &[("tenant", &["MyStore"])], None);
+    req.step_up = Some(Box::new(StepUp {
+        acr_values: Box::new(["phr".into()]),
+        max_age: Some(900),
+        leeway: Box::new([("erp".into(), 0)]),
+        acr_challenge: HeaderValue::from_static("acr"),
+        max_age_challenge: HeaderValue::from_static("max_age"),
+    }));
+    let now = crate::clock::unix_secs();
+    let deny = |claims| authorize(&r, &req, principal(claims)).unwrap_err();
+    // Fails scope and step-up alike: the scope refusal wins.
+    assert_eq!(deny(json!({"scope": "other"})), Denied::InsufficientScope);
+    assert_eq!(deny(json!({"scope": "api"})), Denied::ClaimMismatch);
+    let stepped = json!({"scope": "api", "tenant": "MyStore"});
+    assert_eq!(deny(stepped.clone()), Denied::AcrNotAccepted);
+    let mut old = stepped;
+    old["acr"] = json!("phr");
+    old["auth_time"] = json!(now - 3600);
+    assert_eq!(deny(old.clone()), Denied::AuthenticationTooOld);
+    old["auth_time"] = json!(now - 60);
+    assert!(authorize(&r, &req, principal(old)).is_ok());
+
+    assert_eq!(req.challenge(Denied::AcrNotAccepted), "acr");
+    assert_eq!(req.challenge(Denied::AuthenticationTooOld), "max_age");
+    assert_eq!(req.challenge(Denied::InsufficientScope), "Bearer");
+    assert_eq!(req.challenge(Denied::ClaimMismatch), "Bearer");
+}
+
+#[test]
+fn a_preflight_belongs_to_the_cors_route_of_its_announced_method() {
+    let cors = Arc::new(Cors {
+        origins: cors::Origins::Any,
+        methods: Some(Box::new([Method::GET])),
+        allow_methods: None,
+        headers: Box::new([]),
+        allow_headers: None,
+        expose_headers: HeaderValue::from_static("WWW-Authenticate"),
+        max_age: None,
+        credentials: false,
+    });
+    let mut read = route(
+        "read",
+        PathMatch::prefix("/app/"),
+        Some(&[Method::GET]),
+        None,
+    );
+    read.cors = Some(cors);
+    let write = route(
+        "write",
+        PathMatch::prefix("/app/"),
+        Some(&[Method::PUT]),
+        None,
+    );
+    let t = RouteTable::new(vec![read, write]);
+    let id = |m: Method, p: &str| t.find_preflight(None, &m, p).map(|r| &*r.id);
+    assert_eq!(id(Method::GET, "/app/x"), Some("read"));
+    // PUT is the write route's, which does not speak CORS: an ordinary OPTIONS request.
+    assert_eq!(id(Method::PUT, "/app/x"), None);
+    // No route takes DELETE here: the CORS route refuses it.
+    assert_eq!(id(Method::DELETE, "/app/x"), Some("read"));
+    assert_eq!(id(Method::DELETE, "/other"), None);
 }

@@ -12,6 +12,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("hop_by_hop", 0),
     ("secret", 0),
     ("metrics", 0),
+    ("metadata", 0),
     ("limits", 0),
     ("upgrade", 0),
     ("auth", 1),

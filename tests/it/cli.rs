@@ -107,6 +107,14 @@ fn check_names_file_key_and_problem() {
         ("bad listen", format!("[server]\nlisten = \"localhost\"\n{BASE}"), "server.listen", "is not an IP:port address"),
         ("wrong type", format!("[server]\ntoken_cache_capacity = \"many\"\n{BASE}"), "server.token_cache_capacity", "invalid type"),
         ("missing audiences", BASE.replace("audiences = [\"api\"]\n", ""), "issuer[0].audiences", "missing key"),
+        ("plain http resource", format!("{BASE}\n[metadata]\nresource = \"http://erp.example.com\"\n"), "metadata.resource", "must use https://"),
+        ("relative resource", format!("{BASE}\n[metadata]\nresource = \"/entity\"\n"), "metadata.resource", "is not a URL"),
+        ("resource missing", format!("{BASE}\n[metadata]\nresource_name = \"ERP\"\n"), "metadata.resource", "missing key"),
+        ("acr value with a space", BASE.replace("scopes = [\"api\"]", "scopes = [\"api\"]\nacr_values = [\"mfa phr\"]"), "route[0].acr_values[0]", "is not an acr value"),
+        ("max_age not whole seconds", BASE.replace("scopes = [\"api\"]", "scopes = [\"api\"]\nmax_age = \"90.5s\""), "route[0].max_age", "must be whole seconds"),
+        ("any origin with credentials", format!("{BASE}[route.cors]\nallowed_origins = [\"*\"]\nallow_credentials = true\n"), "route[0].cors.allowed_origins", "`*` cannot be used with allow_credentials = true"),
+        ("origin with a path", format!("{BASE}[route.cors]\nallowed_origins = [\"https://app.example.com/spa\"]\n"), "route[0].cors.allowed_origins[0]", "is not an origin"),
+        ("origin without scheme", format!("{BASE}[route.cors]\nallowed_origins = [\"app.example.com\"]\n"), "route[0].cors.allowed_origins[0]", "is not an origin"),
     ];
     for (name, body, key, message) in cases {
         let path = write(

@@ -23,7 +23,13 @@ impl TestGateway {
 
     /// Starts from a configuration already loaded (from a file, say).
     pub async fn start_config(config: &Config, wait_ready: bool) -> TestGateway {
-        let app = App::start(config, Listeners::ephemeral().await.unwrap()).unwrap();
+        Self::start_on(config, Listeners::ephemeral().await.unwrap(), wait_ready).await
+    }
+
+    /// Starts on listeners the test bound first (a configuration that names the gateway's own
+    /// address, such as a metadata resource, needs the port before it exists).
+    pub async fn start_on(config: &Config, listeners: Listeners, wait_ready: bool) -> TestGateway {
+        let app = App::start(config, listeners).unwrap();
         let gw = TestGateway {
             base: format!("http://{}", app.proxy_addr),
             admin: format!("http://{}", app.admin_addr),

@@ -93,6 +93,15 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     request(b.body(Full::new(Bytes::new())).unwrap()).await
 }
 
+/// `method` on `url` with headers and no body.
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    request(b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
 /// Serves `handler` on `listener` (HTTP/1.1 and HTTP/2) until the task is aborted.
 pub fn serve<F, Fut>(listener: TcpListener, handler: F) -> tokio::task::JoinHandle<()>
 where

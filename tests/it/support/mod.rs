@@ -13,7 +13,7 @@ pub mod redis;
 pub mod upstream;
 
 pub use gateway::TestGateway;
-pub use http::{get, request};
+pub use http::{get, request, send};
 pub use idp::FakeIdp;
 pub use upstream::RecordingUpstream;
 

@@ -40,7 +40,8 @@ impl Drop for RecordingUpstream {
 impl RecordingUpstream {
     /// Answers 200 with the request echoed as JSON; `/slow?ms=N` waits N ms first;
     /// responses carry `Connection: x-upstream-hop` + `X-Upstream-Hop` and `Keep-Alive` headers
-    /// (hop-by-hop headers the gateway must strip).
+    /// (hop-by-hop headers the gateway must strip); a query with `upstream_cors` adds the
+    /// upstream's own CORS headers (any origin, credentials) and `Vary: Accept-Encoding`.
     pub async fn start() -> RecordingUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -79,7 +80,15 @@ impl RecordingUpstream {
                     .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("<bin>"))))
                     .collect();
                 let echo = json!({"method": parts.method.as_str(), "uri": uri, "headers": headers, "body_len": body.len(), "body_sha256": body_sha256});
-                Response::builder()
+                let mut answer = Response::builder();
+                if uri.contains("upstream_cors") {
+                    answer = answer
+                        .header("access-control-allow-origin", "*")
+                        .header("access-control-allow-credentials", "true")
+                        .header("access-control-expose-headers", "X-Upstream-Secret")
+                        .header("vary", "Accept-Encoding");
+                }
+                answer
                     .status(StatusCode::OK)
                     .header("content-type", "application/json")
                     .header("connection", "x-upstream-hop")
