@@ -5,10 +5,12 @@
 //! configuration, decisions and results from small enums, methods from a fixed list. Nothing taken
 //! from request data (a path, a subject, a token) ever becomes a label value.
 
+use std::sync::{OnceLock, RwLock};
+
 use http::Method;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
@@ -75,6 +77,76 @@ impl Decision {
             Decision::InsufficientUserAuthentication => "insufficient_user_authentication",
             Decision::IdpUnavailable => "idp_unavailable",
         }
+    }
+}
+
+impl Decision {
+    const COUNT: usize = Decision::IdpUnavailable as usize + 1;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One route's per-request series, for [`RouteSeries::record`]: each label lookup is made once
+/// and its handle kept, instead of hashing the route, method and status labels on every
+/// request. One per route per configuration (a reload builds new ones).
+pub struct RouteSeries {
+    route: Box<str>,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    auth_decisions: IntCounterVec,
+    duration: OnceLock<Histogram>,
+    decisions: [OnceLock<IntCounter>; Decision::COUNT],
+    /// (method label, status) pairs seen on this route: few, so a short list.
+    by_method_status: RwLock<Vec<(&'static str, u16, IntCounter)>>,
+}
+
+impl std::fmt::Debug for RouteSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteSeries")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteSeries {
+    /// One answered request on this route: the same series as [`Metrics::record_request`].
+    pub fn record(&self, method: &Method, status: u16, decision: Option<Decision>, secs: f64) {
+        let method = method_label(method);
+        self.requests_of(method, status).inc();
+        self.duration
+            .get_or_init(|| self.request_duration.with_label_values(&[&*self.route]))
+            .observe(secs);
+        if let Some(d) = decision {
+            self.decisions[d.index()]
+                .get_or_init(|| {
+                    self.auth_decisions
+                        .with_label_values(&[&*self.route, d.as_str()])
+                })
+                .inc();
+        }
+    }
+
+    fn requests_of(&self, method: &'static str, status: u16) -> IntCounter {
+        let find = |list: &Vec<(&'static str, u16, IntCounter)>| {
+            list.iter()
+                .find(|(m, s, _)| *m == method && *s == status)
+                .map(|(_, _, c)| c.clone())
+        };
+        if let Some(c) = self.by_method_status.read().ok().and_then(|l| find(&l)) {
+            return c;
+        }
+        let mut buf = itoa_buf();
+        let counter =
+            self.requests
+                .with_label_values(&[&*self.route, method, fmt_status(&mut buf, status)]);
+        if let Ok(mut list) = self.by_method_status.write() {
+            if find(&list).is_none() {
+                list.push((method, status, counter.clone()));
+            }
+        }
+        counter
     }
 }
 
@@ -381,6 +453,20 @@ impl Metrics {
         }
     }
 
+    /// The per-request series of `route`, resolved as they are first used (so a route that
+    /// never saw a request still exposes nothing, as with [`Metrics::record_request`]).
+    pub fn route_series(&self, route: &str) -> RouteSeries {
+        RouteSeries {
+            route: route.into(),
+            requests: self.requests.clone(),
+            request_duration: self.request_duration.clone(),
+            auth_decisions: self.auth_decisions.clone(),
+            duration: OnceLock::new(),
+            decisions: Default::default(),
+            by_method_status: RwLock::new(Vec::new()),
+        }
+    }
+
     pub fn observe_upstream(&self, upstream: &str, elapsed_secs: f64) {
         self.upstream_duration
             .with_label_values(&[upstream])
@@ -618,6 +704,54 @@ fn fmt_status(buf: &mut [u8; 3], status: u16) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The exposition's lines of the per-request families.
+    fn request_lines(m: &Metrics) -> Vec<String> {
+        String::from_utf8(m.render())
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                [
+                    REQUESTS_TOTAL,
+                    REQUEST_DURATION_SECONDS,
+                    AUTH_DECISIONS_TOTAL,
+                ]
+                .iter()
+                .any(|f| l.starts_with(f))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn route_series_expose_what_record_request_does() {
+        let (by_labels, by_series) = (Metrics::new().unwrap(), Metrics::new().unwrap());
+        let series = by_series.route_series("r1");
+        assert!(
+            request_lines(&by_series).is_empty(),
+            "nothing before a request"
+        );
+        let calls = [
+            (Method::GET, 200, Some(Decision::Allowed)),
+            (Method::GET, 200, Some(Decision::Allowed)),
+            (Method::POST, 403, Some(Decision::InsufficientScope)),
+            (Method::from_bytes(b"PROPFIND").unwrap(), 404, None),
+            (
+                Method::GET,
+                401,
+                Some(Decision::InsufficientUserAuthentication),
+            ),
+        ];
+        for (method, status, decision) in &calls {
+            by_labels.record_request("r1", method, *status, *decision, 0.002);
+            series.record(method, *status, *decision, 0.002);
+        }
+        let lines = request_lines(&by_series);
+        assert_eq!(lines, request_lines(&by_labels));
+        assert!(lines
+            .iter()
+            .any(|l| l == r#"tollgate_requests_total{method="GET",route="r1",status="200"} 2"#));
+    }
 
     #[test]
     fn families_register_and_render_with_their_names() {

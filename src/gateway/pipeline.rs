@@ -19,7 +19,7 @@ use super::{Conn, Gateway};
 use crate::auth::{bearer, AuthError, Principal};
 use crate::error::{Fault, GatewayError};
 use crate::limits::{self, Capped, TooLarge};
-use crate::metrics::Decision;
+use crate::metrics::{Decision, RouteSeries};
 use crate::policy::{self, matcher, Permit, Requirement, Route, RouteAuth};
 use crate::proxy::{self, headers, ProxyError, Upstream};
 use crate::session::{self, sanitize, Lease, Leased, Settled};
@@ -30,6 +30,8 @@ use crate::{Body, BoxError};
 #[derive(Debug, Default)]
 struct Record {
     route: Option<Arc<str>>,
+    /// The route's metric series (none before a route is found).
+    series: Option<Arc<RouteSeries>>,
     decision: Option<Decision>,
     upstream_status: Option<u16>,
     /// The gateway answered itself (an error, or the session layer's own answer): a request
@@ -93,6 +95,7 @@ impl Gateway {
         }
         let route = find(&snapshot, &head, &path)?;
         rec.route = Some(route.id.clone());
+        rec.series = snapshot.series_of(route);
         if let Some(preflight) = cors(route, &head, rec)? {
             return Ok(preflight);
         }
@@ -253,13 +256,16 @@ impl Gateway {
         let elapsed = start.elapsed();
         let route = rec.route.as_deref().unwrap_or("none");
         let status = resp.status().as_u16();
-        self.wiring.metrics().record_request(
-            route,
-            method,
-            status,
-            rec.decision,
-            elapsed.as_secs_f64(),
-        );
+        match &rec.series {
+            Some(series) => series.record(method, status, rec.decision, elapsed.as_secs_f64()),
+            None => self.wiring.metrics().record_request(
+                route,
+                method,
+                status,
+                rec.decision,
+                elapsed.as_secs_f64(),
+            ),
+        }
         if tracing::enabled!(target: "tollgate::access", tracing::Level::INFO) {
             tracing::info!(
                 target: "tollgate::access",

@@ -19,8 +19,8 @@ use crate::config::{
 use crate::error::Challenges;
 use crate::fleet::{Fleet, RedisHandle, SharedIntrospection};
 use crate::metadata::ResourceMetadata;
-use crate::metrics::Metrics;
-use crate::policy::{RouteAuth, RouteTable};
+use crate::metrics::{Metrics, RouteSeries};
+use crate::policy::{Route, RouteAuth, RouteTable};
 use crate::proxy::{self, Upstream};
 use crate::session::redis::{Namespace, RedisStore};
 use crate::session::store::{MemoryStore, SeatTable, SessionStore};
@@ -52,9 +52,17 @@ pub struct Snapshot {
     pub trust_forwarded: bool,
     /// The RFC 9728 document, served before route choice.
     pub metadata: Option<Arc<ResourceMetadata>>,
+    /// Each route's metric series, in the route table's order.
+    series: Arc<[Arc<RouteSeries>]>,
 }
 
 impl Snapshot {
+    /// The metric series of `route`, one of this snapshot's routes.
+    pub fn series_of(&self, route: &Route) -> Option<Arc<RouteSeries>> {
+        let i = self.routes.iter().position(|r| std::ptr::eq(r, route))?;
+        self.series.get(i).cloned()
+    }
+
     /// The session pool of the upstream with id `id`, if it has one.
     fn pool_of(&self, id: &str) -> Option<Arc<Pool>> {
         self.upstream_configs
@@ -361,6 +369,11 @@ impl Parts {
             challenges: Challenges::with_head(&config.challenge_head()),
             trust_forwarded: config.server.trust_forwarded_headers,
             metadata: config.metadata.clone(),
+            series: config
+                .routes
+                .iter()
+                .map(|r| Arc::new(self.metrics.route_series(&r.id)))
+                .collect(),
         })
     }
 
