@@ -99,12 +99,13 @@ impl Gateway {
         if let Some(preflight) = cors(route, &head, rec)? {
             return Ok(preflight);
         }
-        let permit = match &route.auth {
-            RouteAuth::Public => None,
+        let (permit, token) = match &route.auth {
+            RouteAuth::Public => (None, ""),
             RouteAuth::Bearer(requirement) => {
                 let token = extract(&head)?;
+                let raw = token.as_str();
                 let principal = verify(&snapshot, token, requirement).await?;
-                Some(authorize(route, requirement, principal)?)
+                (Some(authorize(route, requirement, principal)?), raw)
             }
         };
         rec.decision = Some(match permit {
@@ -113,7 +114,7 @@ impl Gateway {
         });
         let mut body = limit(&head, body, route, rec)?;
         let pool = snapshot.pools[route.upstream].as_ref();
-        let mut lease = match lease(pool, permit.as_ref(), &head, &path, &mut body).await? {
+        let mut lease = match lease(pool, permit.as_ref(), token, &head, &path, &mut body).await? {
             Leased::Answered(resp) => {
                 rec.answered = true;
                 return Ok(resp);
@@ -385,10 +386,12 @@ where
     Ok(body.boxed())
 }
 
-/// `lease`: the session layer's first step, on session upstreams.
+/// `lease`: the session layer's first step, on session upstreams. `token` is the request's
+/// bearer token ("" on public routes), for grant keys named after it.
 async fn lease(
     pool: Option<&Arc<session::Pool>>,
     permit: Option<&Permit>,
+    token: &str,
     head: &Parts,
     path: &str,
     body: &mut Body,
@@ -396,7 +399,7 @@ async fn lease(
     match pool {
         None => Ok(Leased::None),
         // Boxed: the session layer's futures are large, and only session routes pay for them.
-        Some(pool) => Ok(Box::pin(session::lease(pool, permit, head, path, body)).await?),
+        Some(pool) => Ok(Box::pin(session::lease(pool, permit, token, head, path, body)).await?),
     }
 }
 

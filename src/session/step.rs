@@ -103,6 +103,7 @@ pub struct Edits {
 pub async fn lease(
     pool: &Arc<Pool>,
     permit: Option<&Permit>,
+    token: &str,
     head: &Parts,
     path: &str,
     body: &mut Body,
@@ -133,7 +134,6 @@ pub async fn lease(
         }
         return Ok(Leased::Session(Lease::new(pool, Kind::Bare, None)));
     };
-    let token = crate::auth::bearer::extract(&head.headers).map_or("", |t| t.as_str());
     let who = pool.identify(&permit.principal, token, &head.headers)?;
 
     if logout {
@@ -247,7 +247,7 @@ impl Lease {
             Kind::Held { held, .. } => held
                 .jar
                 .cookie_header(path)
-                .and_then(|c| HeaderValue::from_str(&c).ok()),
+                .and_then(|c| HeaderValue::from_maybe_shared(bytes::Bytes::from(c)).ok()),
             Kind::Bare | Kind::Capture { .. } => None,
         }
     }
