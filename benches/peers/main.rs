@@ -526,7 +526,7 @@ fn rounds<'a>(
                 Ok(sample) => {
                     println!(
                         "benches/peers: round {round}/{}: {}: {} req/s, {:.1} CPU µs/req, p99 {:.2} ms, \
-                         {:.0} % of CPU {GATEWAY_CPU} used by others",
+                         {:.0} % of CPU {GATEWAY_CPU} used by other processes",
                         settings.rounds,
                         row.name,
                         report::thousands(sample.rps),

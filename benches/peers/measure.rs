@@ -9,7 +9,7 @@ use anyhow::bail;
 
 use crate::gateways::{self, Lab, Probe};
 use crate::settings::{Settings, GATEWAY_CPU};
-use crate::usage;
+use crate::usage::{self, CoreTime};
 use crate::wrk::{self, Headers, Wrk};
 use crate::Row;
 
@@ -27,16 +27,21 @@ pub(crate) struct Sample {
     pub(crate) wall_s: f64,
     /// The gateway's resident memory right after the measured run.
     pub(crate) rss_kib: u64,
-    /// The gateway core's busy time while measured, the gateway's own included.
-    pub(crate) core_busy_s: f64,
+    /// How the gateway's core was used while measured, the gateway's own time included.
+    pub(crate) core: CoreTime,
 }
 
 impl Sample {
-    /// The share of the gateway's core that something else used while measured (another
-    /// process; interrupt time, part of it the gateway's own loopback traffic; steal): on a
-    /// shared machine, mostly what the gateway could not have.
+    /// The share of the gateway's core that other processes (and the hypervisor's steal) took
+    /// while it was measured: on a shared machine, time the gateway could not have.
     pub(crate) fn others(&self) -> f64 {
-        ((self.core_busy_s - self.cpu_s) / self.wall_s.max(1e-9)).max(0.0)
+        ((self.core.tasks - self.cpu_s) / self.wall_s.max(1e-9)).max(0.0)
+    }
+
+    /// The share of the gateway's core spent in interrupts and softirqs (mostly the loopback
+    /// network work for the gateway's own packets, charged to no process).
+    pub(crate) fn interrupts(&self) -> f64 {
+        self.core.interrupts / self.wall_s.max(1e-9)
     }
 }
 
@@ -70,11 +75,11 @@ pub(crate) fn once(
     let load = settings.load();
     wrk.run(&url, &headers, settings.warmup, &load)?;
     let pid = running.process.pid();
-    let core_before = usage::core_busy(GATEWAY_CPU);
+    let core_before = usage::core(GATEWAY_CPU);
     let (cpu_before, started) = (usage::cpu(pid), Instant::now());
     let output = wrk.run(&url, &headers, settings.seconds, &load)?;
     let (cpu_after, wall_s) = (usage::cpu(pid), started.elapsed().as_secs_f64());
-    let core_busy_s = usage::core_busy(GATEWAY_CPU) - core_before;
+    let core = usage::core(GATEWAY_CPU) - core_before;
     let rss_kib = usage::rss_kib(pid);
     if !running.process.alive() {
         bail!(
@@ -95,7 +100,7 @@ pub(crate) fn once(
         cpu_s: cpu_after.seconds - cpu_before.seconds,
         wall_s,
         rss_kib,
-        core_busy_s,
+        core,
     })
 }
 
@@ -106,8 +111,10 @@ pub(crate) struct Medians {
     pub(crate) rps: f64,
     /// Gateway CPU µs per request.
     pub(crate) cpu_us: f64,
-    /// The share of its core the gateway used while measured, and the share others used.
+    /// The shares of its core that the gateway, interrupts and other processes used while
+    /// measured.
     pub(crate) busy: f64,
+    pub(crate) interrupts: f64,
     pub(crate) others: f64,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
@@ -128,6 +135,7 @@ impl Medians {
             rps: of(|s| s.rps),
             cpu_us: of(|s| 1e6 * s.cpu_s / s.requests.max(1) as f64),
             busy: of(|s| s.cpu_s / s.wall_s.max(1e-9)),
+            interrupts: of(Sample::interrupts),
             others: of(Sample::others),
             p50_ms: of(|s| s.p50_ms),
             p99_ms: of(|s| s.p99_ms),

@@ -153,7 +153,7 @@ pub(crate) fn table(results: &[RowResult], ctx: &Context) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| gateway, route | req/s | × nginx | CPU µs/req | CPU × nginx | CPU {GATEWAY_CPU}: gateway + others | p50 ms | p99 ms | RSS MiB | non-2xx | bad tokens accepted |"
+        "| gateway, route | req/s | × nginx | CPU µs/req | CPU × nginx | CPU {GATEWAY_CPU}: gateway + irq + others | p50 ms | p99 ms | RSS MiB | non-2xx | bad tokens accepted |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     let base = nginx(results);
@@ -174,12 +174,17 @@ pub(crate) fn table(results: &[RowResult], ctx: &Context) -> String {
         let times = |x: f64, b: Option<f64>| {
             b.map_or("n/a".to_owned(), |b| format!("{:.2}", x / b.max(1e-9)))
         };
-        let spare = if m.busy + m.others < SATURATED {
+        let spare = if m.busy + m.interrupts + m.others < SATURATED {
             " ¹"
         } else {
             ""
         };
-        let busy = format!("{:.0} % + {:.0} %{spare}", 100.0 * m.busy, 100.0 * m.others);
+        let busy = format!(
+            "{:.0} + {:.0} + {:.0} %{spare}",
+            100.0 * m.busy,
+            100.0 * m.interrupts,
+            100.0 * m.others
+        );
         let errors = if m.non_2xx > 0 || !m.socket_errors.is_empty() {
             format!("**{}** ²", m.non_2xx)
         } else {
@@ -205,11 +210,12 @@ pub(crate) fn table(results: &[RowResult], ctx: &Context) -> String {
     }
     let _ = writeln!(
         md,
-        "\nCPU {GATEWAY_CPU}: the share of the gateway's core it used while measured, and the \
-         share something else used (other processes; interrupt time, part of it the gateway's own \
-         loopback traffic; the hypervisor's steal); on a shared machine the second is mostly time \
-         the gateway could not have, and its req/s is lower for it: CPU µs per request is the \
-         steadier figure.  \n\
+        "\nCPU {GATEWAY_CPU}: the shares of the gateway's core, while it was measured, used by \
+         the gateway's process (its CPU µs per request), by interrupts and softirqs (mostly the \
+         kernel's loopback network work for the gateway's own packets, which is charged to no \
+         process) and by other processes and the hypervisor's steal: on a shared machine, time \
+         the gateway could not have, which lowers its req/s but hardly its CPU µs per request, \
+         the steadier figure.  \n\
          ¹ the core was less than {:.0} % busy: the gateway had time to spare and wrk, on the \
          other core, was the bottleneck.  \n\
          ² non-2xx responses or socket errors under load (summed over the rounds); see the notes.  \n\
@@ -301,9 +307,9 @@ pub(crate) fn markdown(results: &[RowResult], ctx: &Context, chart_file: &str) -
     let _ = writeln!(md, "## req/s per round\n");
     let _ = writeln!(
         md,
-        "In parentheses, the share of CPU {GATEWAY_CPU} that something other than the gateway \
-         used while it was measured (other processes, interrupts, the hypervisor's steal): \
-         on a shared machine, time the gateway could not have.\n"
+        "In parentheses, the share of CPU {GATEWAY_CPU} that other processes (and the \
+         hypervisor's steal) used while the gateway was measured: on a shared machine, time the \
+         gateway could not have.\n"
     );
     let header: Vec<String> = (1..=s.rounds).map(|i| format!("round {i}")).collect();
     let _ = writeln!(md, "| row | {} |", header.join(" | "));

@@ -1,6 +1,6 @@
 //! A gateway's use of the machine, read from `/proc`: its CPU time (user + system) and its
 //! resident memory, over its whole process tree (nginx's master and worker; the others are
-//! one process with threads); and how busy its core was in all.
+//! one process with threads); and what else its core did meanwhile.
 //!
 //! `/proc/<pid>/stat`'s `utime` and `stime` are the process's, summed by the kernel over all
 //! its threads (including threads that have exited), in clock ticks.
@@ -79,28 +79,50 @@ pub(crate) fn rss_kib(root: u32) -> u64 {
         .sum()
 }
 
-/// The busy time of core `cpu` so far, in seconds, whoever used it: everything in its
-/// `/proc/stat` line but `idle` and `iowait`. Less the gateway's own time, it is what others
-/// (other processes, interrupts, the hypervisor's steal) took from the gateway's core.
-pub(crate) fn core_busy(cpu: u32) -> f64 {
+/// How core `cpu` has been used so far, in seconds (`/proc/stat`).
+#[derive(Clone, Copy)]
+pub(crate) struct CoreTime {
+    /// Time in processes (user, nice, system) and the hypervisor's steal: less the gateway's own
+    /// time, what other processes took from it.
+    pub(crate) tasks: f64,
+    /// Interrupt and softirq time: mostly the kernel's loopback network work for the packets
+    /// the gateway sends, which is charged to no process.
+    pub(crate) interrupts: f64,
+}
+
+impl std::ops::Sub for CoreTime {
+    type Output = CoreTime;
+    fn sub(self, before: CoreTime) -> CoreTime {
+        CoreTime {
+            tasks: self.tasks - before.tasks,
+            interrupts: self.interrupts - before.interrupts,
+        }
+    }
+}
+
+/// Core `cpu`'s time so far.
+pub(crate) fn core(cpu: u32) -> CoreTime {
     let name = format!("cpu{cpu}");
-    let ticks: u64 = std::fs::read_to_string("/proc/stat")
+    let fields: Vec<u64> = std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|stat| {
             let line = stat
                 .lines()
                 .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
-            let fields: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|f| f.parse().ok())
-                .collect();
-            // user nice system idle iowait irq softirq steal (guest time is inside user).
-            let total: u64 = fields.iter().take(8).sum();
-            Some(total - fields.get(3)? - fields.get(4)?)
+            Some(
+                line.split_whitespace()
+                    .skip(1)
+                    .filter_map(|f| f.parse().ok())
+                    .collect(),
+            )
         })
-        .unwrap_or(0);
-    ticks as f64 / clock_ticks() as f64
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0) as f64 / clock_ticks() as f64;
+    CoreTime {
+        tasks: field(0) + field(1) + field(2) + field(7),
+        interrupts: field(5) + field(6),
+    }
 }
 
 /// The fields of `/proc/<pid>/stat` the bench reads.
