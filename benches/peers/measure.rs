@@ -32,16 +32,16 @@ pub(crate) struct Sample {
 }
 
 impl Sample {
-    /// The share of the gateway's core that other processes (and the hypervisor's steal) took
-    /// while it was measured: on a shared machine, time the gateway could not have.
-    pub(crate) fn others(&self) -> f64 {
-        ((self.core.tasks - self.cpu_s) / self.wall_s.max(1e-9)).max(0.0)
+    /// The share of the gateway's core left idle while it was measured: above a few percent,
+    /// the gateway had time to spare and the load generator was the bottleneck.
+    pub(crate) fn idle(&self) -> f64 {
+        self.core.idle / self.wall_s.max(1e-9)
     }
 
-    /// The share of the gateway's core spent in interrupts and softirqs (mostly the loopback
-    /// network work for the gateway's own packets, charged to no process).
-    pub(crate) fn interrupts(&self) -> f64 {
-        self.core.interrupts / self.wall_s.max(1e-9)
+    /// Roughly the share of the gateway's core that other processes (and the hypervisor's
+    /// steal) took while it was measured: on a shared machine, time the gateway could not have.
+    pub(crate) fn others(&self) -> f64 {
+        ((self.core.tasks - self.cpu_s) / self.wall_s.max(1e-9)).max(0.0)
     }
 }
 
@@ -111,11 +111,9 @@ pub(crate) struct Medians {
     pub(crate) rps: f64,
     /// Gateway CPU µs per request.
     pub(crate) cpu_us: f64,
-    /// The shares of its core that the gateway, interrupts and other processes used while
-    /// measured.
+    /// The share of its core the gateway used while measured, and the share left idle.
     pub(crate) busy: f64,
-    pub(crate) interrupts: f64,
-    pub(crate) others: f64,
+    pub(crate) idle: f64,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
     pub(crate) rss_mib: f64,
@@ -135,8 +133,7 @@ impl Medians {
             rps: of(|s| s.rps),
             cpu_us: of(|s| 1e6 * s.cpu_s / s.requests.max(1) as f64),
             busy: of(|s| s.cpu_s / s.wall_s.max(1e-9)),
-            interrupts: of(Sample::interrupts),
-            others: of(Sample::others),
+            idle: of(Sample::idle),
             p50_ms: of(|s| s.p50_ms),
             p99_ms: of(|s| s.p99_ms),
             rss_mib: of(|s| s.rss_kib as f64 / 1024.0),

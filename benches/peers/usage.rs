@@ -79,23 +79,23 @@ pub(crate) fn rss_kib(root: u32) -> u64 {
         .sum()
 }
 
-/// How core `cpu` has been used so far, in seconds (`/proc/stat`).
+/// How core `cpu` has spent its time so far, in seconds (`/proc/stat`).
 #[derive(Clone, Copy)]
 pub(crate) struct CoreTime {
-    /// Time in processes (user, nice, system) and the hypervisor's steal: less the gateway's own
-    /// time, what other processes took from it.
+    /// Idle (and waiting for I/O): time the gateway could have had and did not need.
+    pub(crate) idle: f64,
+    /// In processes (user, nice, system) and the hypervisor's steal. Less the gateway's own time
+    /// it is roughly what other processes took: roughly, because the kernel counts softirq time
+    /// apart here but may count part of it in the gateway's own time too.
     pub(crate) tasks: f64,
-    /// Interrupt and softirq time: mostly the kernel's loopback network work for the packets
-    /// the gateway sends, which is charged to no process.
-    pub(crate) interrupts: f64,
 }
 
 impl std::ops::Sub for CoreTime {
     type Output = CoreTime;
     fn sub(self, before: CoreTime) -> CoreTime {
         CoreTime {
+            idle: self.idle - before.idle,
             tasks: self.tasks - before.tasks,
-            interrupts: self.interrupts - before.interrupts,
         }
     }
 }
@@ -120,8 +120,8 @@ pub(crate) fn core(cpu: u32) -> CoreTime {
     // user nice system idle iowait irq softirq steal (guest time is inside user).
     let field = |i: usize| fields.get(i).copied().unwrap_or(0) as f64 / clock_ticks() as f64;
     CoreTime {
+        idle: field(3) + field(4),
         tasks: field(0) + field(1) + field(2) + field(7),
-        interrupts: field(5) + field(6),
     }
 }
 
