@@ -208,8 +208,8 @@ pub(crate) fn table(results: &[RowResult], ctx: &Context) -> String {
         "\nCPU {GATEWAY_CPU} used by the gateway: its process's CPU time over the measured wall \
          time. The rest of the core went to the kernel's network work for the gateway's packets \
          (softirqs, charged to no process: about 20 % of the core at 60,000 req/s here), to \
-         other processes on a shared machine (req/s per round below gives their rough share), \
-         or was idle. Other processes lower a gateway's req/s but hardly its CPU µs per \
+         other processes on a shared machine (req/s per round in `benches/results/peers.md` \
+         gives their rough share), or was idle. Other processes lower a gateway's req/s but hardly its CPU µs per \
          request, the steadier figure.  \n\
          ¹ CPU {GATEWAY_CPU} was more than {:.0} % idle: the gateway had time to spare and wrk, \
          on the other core, was the bottleneck.  \n\
