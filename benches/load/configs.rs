@@ -15,9 +15,15 @@ pub(crate) struct RedisStore {
     pub(crate) handle_key_file: PathBuf,
 }
 
-/// The JWT gateway's configuration: one issuer (the in-process JWKS server), one upstream, a
-/// public route and a protected one; `token_cache_capacity` when given (`None`: the default).
-pub(crate) fn jwt(issuer: &str, upstream: &str, cache_capacity: Option<u64>) -> String {
+/// The JWT gateway's configuration: one issuer (the in-process JWKS server) accepting
+/// `algorithm` (a JOSE name such as `RS256`) only, one upstream, a public route and a protected
+/// one; `token_cache_capacity` when given (`None`: the default).
+pub(crate) fn jwt(
+    issuer: &str,
+    upstream: &str,
+    algorithm: &str,
+    cache_capacity: Option<u64>,
+) -> String {
     let cache = cache_capacity
         .map(|n| format!("token_cache_capacity = {n}"))
         .unwrap_or_default();
@@ -35,7 +41,7 @@ id = "bench"
 issuer = "{issuer}"
 jwks_uri = "{issuer}/jwks"
 audiences = ["api"]
-algorithms = ["RS256"]
+algorithms = ["{algorithm}"]
 
 [[upstream]]
 id = "backend"

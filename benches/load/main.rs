@@ -68,11 +68,19 @@
 //! | `configs.rs`  | the gateways' TOML configurations                                          |
 //! | `wrk.rs`      | running wrk with `benches/tokens.lua`, parsing its output                  |
 //! | `report.rs`   | the table and notes, `target/bench-results.md`, the checks that fail       |
+//!
+//! `../common/harness.rs` (started only by `cargo bench`, the knobs) and `../common/machine.rs`
+//! (the CPU model, the commands that name the machine) are shared with `benches/peers`, which
+//! also mounts this bench's `fixtures.rs`, `configs.rs` and `wrk.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod configs;
 mod fixtures;
+#[path = "../common/harness.rs"]
+mod harness;
+#[path = "../common/machine.rs"]
+mod machine;
 mod report;
 mod settings;
 mod wrk;
@@ -112,14 +120,7 @@ const STORE_REDIS_1: &str = "sessions-redis-1";
 const STORE_REDIS_2: &str = "sessions-redis-2";
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/load is a wrk load benchmark; run it with `cargo bench --bench load`");
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("benches/load: {e:#}");
-        std::process::exit(1);
-    }
+    harness::main("load", "benches/load is a wrk load benchmark", run);
 }
 
 /// One of the scenarios before the session-store ones: where wrk sends what, and which counters
@@ -390,8 +391,9 @@ impl Servers {
         let upstream = fixtures::upstream().await?;
         let upstream_url = format!("http://{upstream}");
         let opaque_issuer = fixtures::introspection_server(calls.clone()).await?;
-        let cached = start_gateway(&configs::jwt(issuer, &upstream_url, None)).await?;
-        let uncached = start_gateway(&configs::jwt(issuer, &upstream_url, Some(1))).await?;
+        let cached = start_gateway(&configs::jwt(issuer, &upstream_url, "RS256", None)).await?;
+        let uncached =
+            start_gateway(&configs::jwt(issuer, &upstream_url, "RS256", Some(1))).await?;
         let opaque =
             start_gateway(&configs::introspection(&opaque_issuer, &upstream_url, None)).await?;
         let opaque_nc = start_gateway(&configs::introspection(

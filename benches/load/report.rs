@@ -3,11 +3,11 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _};
 
 use crate::fixtures::{Legacy, LegacyStats, LEGACY_SEATS, REDIS_PERSISTENCE, UPSTREAM_BODY};
+use crate::machine::{command_output, cpu_model};
 use crate::settings::{Settings, LEGACY_SESSIONS, WARMUP_SECONDS};
 use crate::wrk::{Summary, WrkLoad};
 use crate::{
@@ -100,30 +100,6 @@ pub(crate) fn write(report: &str) -> anyhow::Result<PathBuf> {
     let results = target.join("bench-results.md");
     std::fs::write(&results, report).with_context(|| results.display().to_string())?;
     Ok(results)
-}
-
-/// `program`'s standard output, trimmed; `None` when it cannot run, fails or prints nothing.
-fn command_output(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.success() && !text.is_empty()).then_some(text)
-}
-
-/// The CPU's model name from `/proc/cpuinfo`.
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// The report in markdown: the table, then the notes on each group of scenarios, then how and

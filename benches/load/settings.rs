@@ -4,6 +4,7 @@
 
 use anyhow::bail;
 
+use crate::harness::{positive, Selection};
 use crate::wrk::WrkLoad;
 
 /// The wrk warm-up before each measurement. Fixed: it only has to fill the caches and the
@@ -23,30 +24,16 @@ pub(crate) struct Settings {
     /// `LOAD_THREADS`: wrk's `-t`.
     pub(crate) threads: u64,
     /// `LOAD_SCENARIOS`: the scenarios to measure (comma-separated names); all when unset.
-    only: Option<Vec<String>>,
+    only: Selection,
 }
 
 impl Settings {
     pub(crate) fn from_env() -> anyhow::Result<Settings> {
-        let num = |name: &str, default: u64| -> anyhow::Result<u64> {
-            match std::env::var(name) {
-                Ok(v) => match v.trim().parse::<u64>() {
-                    Ok(n) if n > 0 => Ok(n),
-                    _ => bail!("{name}={v}: expected a positive integer"),
-                },
-                Err(_) => Ok(default),
-            }
-        };
         let s = Settings {
-            seconds: num("LOAD_SECONDS", 10)?,
-            connections: num("LOAD_CONNECTIONS", 64)?,
-            threads: num("LOAD_THREADS", 2)?,
-            only: std::env::var("LOAD_SCENARIOS").ok().map(|v| {
-                v.split(',')
-                    .map(|n| n.trim().to_owned())
-                    .filter(|n| !n.is_empty())
-                    .collect()
-            }),
+            seconds: positive("LOAD_SECONDS", 10)?,
+            connections: positive("LOAD_CONNECTIONS", 64)?,
+            threads: positive("LOAD_THREADS", 2)?,
+            only: Selection::from_env("LOAD_SCENARIOS"),
         };
         if s.connections < s.threads {
             bail!(
@@ -59,9 +46,7 @@ impl Settings {
 
     /// True when scenario `name` is to be measured.
     pub(crate) fn selected(&self, name: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|only| only.iter().any(|n| n == name))
+        self.only.contains(name)
     }
 
     /// wrk's load for one scenario spread over `replicas` wrk processes: each gets its share of
