@@ -358,7 +358,7 @@ fn run() -> anyhow::Result<()> {
             dir.path().display()
         );
     }
-    let bench = Bench::set_up(peers, &rows, dir.path())?;
+    let bench = Bench::set_up(peers, &rows, dir.path(), settings.tollgate.clone())?;
 
     // Correctness first, then the crypto floor on the gateway core, then the rounds.
     let matrices = correctness_matrices(&bench.lab, &rows, &bench.keys);
@@ -391,7 +391,12 @@ impl Bench {
     /// The servers on the load core (one tokio worker: the JWKS and introspection servers, the
     /// upstream nginx), the tokens they accept (signed on every core, before this process pins
     /// itself to the load core), and the peers' key files.
-    fn set_up(peers: Peers, rows: &[&Row], dir: &Path) -> anyhow::Result<Bench> {
+    fn set_up(
+        peers: Peers,
+        rows: &[&Row],
+        dir: &Path,
+        tollgate: Option<PathBuf>,
+    ) -> anyhow::Result<Bench> {
         let nginx = peers
             .nginx
             .clone()
@@ -422,7 +427,7 @@ impl Bench {
         let lab = Lab {
             peers,
             tollgate: Tool {
-                path: PathBuf::from(env!("CARGO_BIN_EXE_tollgate")),
+                path: tollgate.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tollgate"))),
                 version: tollgate::VERSION.to_owned(),
             },
             dir: dir.to_owned(),

@@ -38,6 +38,8 @@ pub(crate) struct Settings {
     /// `PEERS_KEEP=1`: keep the run's directory (every configuration, token file and gateway
     /// log) instead of deleting it, to look into a failure.
     pub(crate) keep: bool,
+    /// `PEERS_TOLLGATE`: another tollgate binary to measure (an older build, for before/after).
+    pub(crate) tollgate: Option<PathBuf>,
 }
 
 impl Settings {
@@ -50,6 +52,7 @@ impl Settings {
             only: Selection::from_env("PEERS_ROWS"),
             update_readme: out.is_none(),
             keep: std::env::var("PEERS_KEEP").is_ok_and(|v| v == "1"),
+            tollgate: std::env::var_os("PEERS_TOLLGATE").map(PathBuf::from),
             out: out.unwrap_or_else(|| repo().join("benches/results")),
         })
     }

@@ -281,9 +281,28 @@ impl Verifier {
         if let Some(p) = self.cached(&digest) {
             return Ok(p);
         }
+        // An opaque token (not three dot-separated parts) goes to the route's introspector, or
+        // the only one: its cached answer, when it has one, needs no future either.
+        if token.as_str().bytes().filter(|b| *b == b'.').count() != 2 {
+            if let Some(answer) = self
+                .introspector_for(route_issuer)
+                .and_then(|x| x.cached(&digest))
+            {
+                return answer.map(|p| Principal::clone(&p));
+            }
+        }
         // The slow path's future (key fetches, introspection calls) is large; boxed, it does not
         // weigh on every request's future, most of which end at the cache.
         Box::pin(self.verify_uncached(token.as_str(), digest, route_issuer)).await
+    }
+
+    /// Where an opaque token is introspected: the route's issuer's introspector, or the only
+    /// issuer that introspects when the route names none.
+    fn introspector_for(&self, route_issuer: Option<&Arc<str>>) -> Option<&Arc<Introspector>> {
+        match route_issuer {
+            Some(id) => self.by_id.get(id)?.introspector.as_ref(),
+            None => self.sole_introspector.as_ref(),
+        }
     }
 
     /// The cached principal of the token with this digest, counted as a hit.
@@ -321,10 +340,7 @@ impl Verifier {
             // Not a JWS, or a JWS of an issuer that is not configured: an opaque token for the
             // route's issuer, or for the only issuer that introspects.
             (None, unverified) => {
-                let chosen = match route_issuer {
-                    Some(id) => self.by_id.get(id).and_then(|i| i.introspector.clone()),
-                    None => self.sole_introspector.clone(),
-                };
+                let chosen = self.introspector_for(route_issuer).cloned();
                 match (chosen, unverified) {
                     (Some(x), _) => self.introspect(&x, token, digest).await,
                     // Several issuers introspect and the route names none: asking each would

@@ -136,26 +136,10 @@ impl Introspector {
 
     /// Validates a token by introspection (from the cache when possible).
     pub async fn verify(&self, token: &str, digest: [u8; 32]) -> Result<Arc<Principal>, AuthError> {
-        let cached = self.cache.get(&digest);
-        match cached
-            .as_ref()
-            .and_then(|e| e.answer(Instant::now(), unix_secs()))
-        {
-            Some(Hit::Expired) => {
-                self.metrics.token_cache("introspection", CacheResult::Hit);
-                return Err(InvalidToken::Expired.into());
-            }
-            Some(Hit::Active(p)) => {
-                self.metrics.token_cache("introspection", CacheResult::Hit);
-                return Ok(p);
-            }
-            Some(Hit::Inactive(reason)) => {
-                self.metrics
-                    .token_cache("introspection", CacheResult::NegativeHit);
-                return Err(reason.into());
-            }
-            None => {}
+        if let Some(answer) = self.cached(&digest) {
+            return answer;
         }
+        let cached = self.cache.get(&digest);
         match self.introspect_once(token, digest).await {
             Ok(outcome) => {
                 self.metrics.token_cache("introspection", CacheResult::Miss);
@@ -182,6 +166,28 @@ impl Introspector {
                     issuer: self.issuer_id.clone(),
                     retry_after,
                 })
+            }
+        }
+    }
+
+    /// The cached answer for the token with this digest, if the cache can answer now (counted
+    /// as a hit); `None` when the endpoint must be asked. Synchronous, so that a cached token
+    /// costs no future.
+    pub fn cached(&self, digest: &[u8; 32]) -> Option<Result<Arc<Principal>, AuthError>> {
+        let entry = self.cache.get(digest)?;
+        match entry.answer(Instant::now(), unix_secs())? {
+            Hit::Expired => {
+                self.metrics.token_cache("introspection", CacheResult::Hit);
+                Some(Err(InvalidToken::Expired.into()))
+            }
+            Hit::Active(p) => {
+                self.metrics.token_cache("introspection", CacheResult::Hit);
+                Some(Ok(p))
+            }
+            Hit::Inactive(reason) => {
+                self.metrics
+                    .token_cache("introspection", CacheResult::NegativeHit);
+                Some(Err(reason.into()))
             }
         }
     }
