@@ -314,7 +314,14 @@ async fn with_watching_off_a_changed_route_file_waits_for_sighup() {
         |s| *s == 200,
     )
     .await;
-    assert_eq!(still.metrics().await.count(RELOADED), 1);
+    // The new routes go live before the reload is counted: wait for the count too.
+    eventually(
+        "the SIGHUP reload is counted once",
+        Duration::from_secs(10),
+        || async { still.metrics().await.count(RELOADED) },
+        |n| *n == 1,
+    )
+    .await;
     still.signal("TERM");
     assert!(still.wait(Duration::from_secs(20)).await.success());
 }
