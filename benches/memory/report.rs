@@ -34,17 +34,27 @@ impl Report {
             println!("| {what} | {:.1} | {per} |", *rss as f64 / 1024.0);
         }
         if let Some(c) = &self.churn {
-            let warm = c.samples.first().copied().unwrap_or(0);
+            let at = |f: f64| {
+                let i = ((c.samples.len() as f64 - 1.0) * f).round() as usize;
+                c.samples.get(i).copied().unwrap_or(0)
+            };
+            let warm = at(0.0);
             let peak = c.samples.iter().copied().max().unwrap_or(0);
             let growth = (peak as f64 / warm.max(1) as f64 - 1.0) * 100.0;
+            let mib = |k: u64| k as f64 / 1024.0;
             println!(
                 "\n- churn: {} s, {} new tokens (60 s lifetime), {} samples; RSS after the first \
-                 round {:.1} MiB, highest after it {:.1} MiB ({growth:+.1} %)",
+                 round {:.1} MiB, at a quarter {:.1}, half {:.1}, three quarters {:.1}, the end \
+                 {:.1}; highest {:.1} MiB ({growth:+.1} % over the first round)",
                 c.seconds,
                 c.tokens,
                 c.samples.len(),
-                warm as f64 / 1024.0,
-                peak as f64 / 1024.0,
+                mib(warm),
+                mib(at(0.25)),
+                mib(at(0.5)),
+                mib(at(0.75)),
+                mib(at(1.0)),
+                mib(peak),
             );
         }
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
