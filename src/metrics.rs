@@ -114,7 +114,7 @@ impl RouteSeries {
     /// One answered request on this route: the same series as [`Metrics::record_request`].
     pub fn record(&self, method: &Method, status: u16, decision: Option<Decision>, secs: f64) {
         let method = method_label(method);
-        self.requests_of(method, status).inc();
+        self.count_request(method, status);
         self.duration
             .get_or_init(|| self.request_duration.with_label_values(&[&*self.route]))
             .observe(secs);
@@ -128,25 +128,28 @@ impl RouteSeries {
         }
     }
 
-    fn requests_of(&self, method: &'static str, status: u16) -> IntCounter {
-        let find = |list: &Vec<(&'static str, u16, IntCounter)>| {
+    /// Counts one request: under the read lock when the pair was seen before (no clone of
+    /// the counter), else after resolving it once.
+    fn count_request(&self, method: &'static str, status: u16) {
+        let seen = |list: &[(&'static str, u16, IntCounter)]| {
             list.iter()
                 .find(|(m, s, _)| *m == method && *s == status)
-                .map(|(_, _, c)| c.clone())
+                .map(|(_, _, c)| c.inc())
+                .is_some()
         };
-        if let Some(c) = self.by_method_status.read().ok().and_then(|l| find(&l)) {
-            return c;
+        if self.by_method_status.read().is_ok_and(|l| seen(&l)) {
+            return;
         }
         let mut buf = itoa_buf();
         let counter =
             self.requests
                 .with_label_values(&[&*self.route, method, fmt_status(&mut buf, status)]);
+        counter.inc();
         if let Ok(mut list) = self.by_method_status.write() {
-            if find(&list).is_none() {
-                list.push((method, status, counter.clone()));
+            if !list.iter().any(|(m, s, _)| *m == method && *s == status) {
+                list.push((method, status, counter));
             }
         }
-        counter
     }
 }
 

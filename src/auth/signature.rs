@@ -82,7 +82,8 @@ impl PublicKey {
     }
 
     /// Whether this key can verify `alg` at all.
-    pub fn serves(&self, alg: Algorithm) -> bool {
+    #[cfg(test)]
+    fn serves(&self, alg: Algorithm) -> bool {
         self.parsed.iter().any(|(a, _)| *a == alg)
     }
 

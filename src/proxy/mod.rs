@@ -21,7 +21,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::UpstreamConfig;
 use crate::policy::Route;
-use crate::{Body, BoxError};
+use crate::Body;
 use headers::Forwarded;
 
 /// Why forwarding failed. Details are logged; the client sees only the status.
@@ -267,13 +267,6 @@ pub fn prepare_parts(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     Ok(parts)
-}
-
-/// Cleans the upstream response for the client: hop-by-hop headers removed, body streamed.
-pub fn finish(resp: Response<Incoming>) -> Response<Body> {
-    let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
 }
 
 /// A JSON response the gateway (or its admin and demo servers) writes itself, not cacheable.
