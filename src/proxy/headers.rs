@@ -77,9 +77,50 @@ pub struct Forwarded<'a> {
     pub trust_client: bool,
 }
 
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. Untrusted client values are replaced, not
-/// appended to, so a client cannot forge its address.
+/// `Forwarded` (RFC 7239): replaced (untrusted) or appended to (trusted), like `X-Forwarded-For`.
+pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Client-sent headers through which an upstream learns "facts" about the original request that
+/// the gateway does not vouch for: the client's address (`X-Real-IP` and kin, read by nginx
+/// modules and ASP.NET's forwarded-headers middleware), the port or path prefix it was reached
+/// on, or the URL it was asked for (`X-Original-URL` and `X-Rewrite-URL`, which IIS and ASP.NET
+/// honour as the request's URL, around any route check made here). Untrusted, they are removed;
+/// the `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded` the gateway sets replace them.
+fn is_unvouched_forwarding(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    match n {
+        "forwarded"
+        | "x-real-ip"
+        | "x-client-ip"
+        | "true-client-ip"
+        | "x-cluster-client-ip"
+        | "x-rewrite-url"
+        | "front-end-https" => true,
+        _ => {
+            n.starts_with("x-original-")
+                || (n.starts_with("x-forwarded-")
+                    && !matches!(
+                        n,
+                        "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"
+                    ))
+        }
+    }
+}
+
+/// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded`. Untrusted client values are
+/// replaced, not appended to, so a client cannot forge its address, and the other forwarding
+/// headers it sent are removed ([`is_unvouched_forwarding`]).
 pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
+    if !fwd.trust_client && headers.keys().any(is_unvouched_forwarding) {
+        let present: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| is_unvouched_forwarding(n))
+            .cloned()
+            .collect();
+        for name in &present {
+            headers.remove(name);
+        }
+    }
     let mut xff = String::with_capacity(64);
     if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         if fwd.trust_client && !prev.trim().is_empty() {
@@ -106,6 +147,51 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
                 headers.remove(&X_FORWARDED_HOST);
             }
         }
+    }
+    set_forwarded_element(headers, fwd);
+}
+
+/// Appends this hop's element (`for=…;proto=…;host=…`) to `Forwarded`. Several client
+/// `Forwarded` lines (trusted) are joined first, so the upstream sees one list in order.
+fn set_forwarded_element(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
+    let mut out = String::with_capacity(64);
+    for prev in headers.get_all(&FORWARDED) {
+        if let Ok(prev) = prev.to_str() {
+            let prev = prev.trim();
+            if !prev.is_empty() {
+                out.push_str(prev);
+                out.push_str(", ");
+            }
+        }
+    }
+    // RFC 7239 §6: an IPv6 address is quoted and bracketed; IPv4 is a plain token.
+    out.push_str("for=");
+    match fwd.client_ip {
+        IpAddr::V4(_) => push_ip(&mut out, fwd.client_ip),
+        IpAddr::V6(_) => {
+            out.push_str("\"[");
+            push_ip(&mut out, fwd.client_ip);
+            out.push_str("]\"");
+        }
+    }
+    out.push_str(";proto=");
+    out.push_str(fwd.proto);
+    // A host is quoted (a port's `:` is not a token character); one with characters a host
+    // cannot hold is left out rather than escaped.
+    if let Some(host) = fwd.host {
+        let b = host.as_bytes();
+        if !b.is_empty()
+            && b.iter().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+            })
+        {
+            out.push_str(";host=\"");
+            out.push_str(host.to_str().unwrap_or_default());
+            out.push('"');
+        }
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(out)) {
+        headers.insert(FORWARDED.clone(), v);
     }
 }
 
@@ -288,6 +374,77 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_removed_and_forwarded_replaced() {
+        let mut h = map(&[
+            ("forwarded", "for=6.6.6.6;host=evil"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-client-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-server", "evil"),
+            ("x-original-url", "/admin/delete"),
+            ("x-original-host", "evil"),
+            ("x-rewrite-url", "/admin/delete"),
+            ("accept", "*/*"),
+        ]);
+        let host = HeaderValue::from_static("api.example.com:8443");
+        set_forwarded(
+            &mut h,
+            &Forwarded {
+                client_ip: "10.0.0.1".parse().unwrap(),
+                proto: "https",
+                host: Some(&host),
+                trust_client: false,
+            },
+        );
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "forwarded",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
+        );
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.1;proto=https;host=\"api.example.com:8443\""
+        );
+    }
+
+    #[test]
+    fn trusted_forwarding_headers_are_kept_and_forwarded_appended() {
+        let mut h = map(&[
+            ("forwarded", "for=192.0.2.1;proto=https"),
+            ("forwarded", "for=192.0.2.2"),
+            ("x-real-ip", "192.0.2.1"),
+            ("x-forwarded-prefix", "/api"),
+            ("x-original-url", "/x"),
+        ]);
+        set_forwarded(
+            &mut h,
+            &Forwarded {
+                client_ip: "::1".parse().unwrap(),
+                proto: "http",
+                host: Some(&HeaderValue::from_static("bad\"host")),
+                trust_client: true,
+            },
+        );
+        assert_eq!(h.get_all("forwarded").iter().count(), 1);
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.1;proto=https, for=192.0.2.2, for=\"[::1]\";proto=http"
+        );
+        assert_eq!(h["x-real-ip"], "192.0.2.1");
+        assert_eq!(h["x-forwarded-prefix"], "/api");
+        assert_eq!(h["x-original-url"], "/x");
     }
 
     #[test]

@@ -195,6 +195,75 @@ async fn headers_are_cleaned_and_identity_cannot_be_spoofed() {
     gw.shutdown().await;
 }
 
+/// The forwarding headers a client can send to mislead the upstream about its address, or (IIS,
+/// ASP.NET) about the URL it asked for, without `trust_forwarded_headers`.
+const MISLEADING: [(&str, &str); 8] = [
+    ("forwarded", "for=6.6.6.6;host=evil"),
+    ("x-real-ip", "6.6.6.6"),
+    ("true-client-ip", "6.6.6.6"),
+    ("x-forwarded-port", "8443"),
+    ("x-forwarded-prefix", "/admin"),
+    ("x-original-url", "/admin/users/delete"),
+    ("x-original-host", "evil"),
+    ("x-rewrite-url", "/admin/users/delete"),
+];
+
+#[tokio::test]
+async fn untrusted_forwarding_headers_never_reach_the_upstream() {
+    let (_idp, upstream, gw) = setup("").await;
+    let mut headers = MISLEADING.to_vec();
+    headers.push(("host", "api.example.com"));
+    let r = get(&gw.url("/public/x"), &headers).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = &upstream.last().headers;
+    for (name, _) in MISLEADING {
+        if name != "forwarded" {
+            assert!(h.get(name).is_none(), "{name} reached the upstream");
+        }
+    }
+    assert_eq!(h.get_all("forwarded").iter().count(), 1);
+    assert_eq!(
+        h["forwarded"],
+        "for=127.0.0.1;proto=http;host=\"api.example.com\""
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn trusted_forwarding_headers_are_kept_and_appended_to() {
+    let idp = FakeIdp::start().await;
+    let upstream = RecordingUpstream::start().await;
+    let toml = config(&idp.issuer, &upstream.url(), "").replacen(
+        "realm = \"tollgate\"",
+        "realm = \"tollgate\"\ntrust_forwarded_headers = true",
+        1,
+    );
+    let gw = TestGateway::start(&toml, true).await;
+    let r = get(
+        &gw.url("/public/x"),
+        &[
+            ("forwarded", "for=192.0.2.7;proto=https"),
+            ("x-forwarded-for", "192.0.2.7"),
+            ("x-real-ip", "192.0.2.7"),
+            ("x-original-url", "/public/x"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = &upstream.last().headers;
+    assert_eq!(
+        h["forwarded"].to_str().unwrap(),
+        format!(
+            "for=192.0.2.7;proto=https, for=127.0.0.1;proto=http;host=\"{}\"",
+            gw.base.trim_start_matches("http://")
+        )
+    );
+    assert_eq!(h["x-forwarded-for"], "192.0.2.7, 127.0.0.1");
+    assert_eq!(h["x-real-ip"], "192.0.2.7");
+    assert_eq!(h["x-original-url"], "/public/x");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn request_ids_are_generated_when_absent_or_insane() {
     let (_idp, upstream, gw) = setup("").await;
