@@ -111,10 +111,14 @@ fn main() -> ExitCode {
                 tracing::info!(config = %config.display(), summary = %cfg.summary(), version = tollgate::VERSION, "started");
                 // SIGHUP and file changes reload the configuration.
                 // A reload also re-reads the TLS certificate and key.
+                // A reload also re-reads the admin token file.
                 let tls = app.tls_reloader();
+                let admin = app.admin_access();
                 let hook: tollgate::reload::Hook =
                     std::sync::Arc::new(move |c: &tollgate::Config| {
-                        tls.reload_tls(c.server.tls.as_ref())
+                        tls.reload_tls(c.server.tls.as_ref())?;
+                        admin.apply(&c.server);
+                        Ok(())
                     });
                 let reloader = tollgate::reload::spawn(
                     config.clone(),

@@ -24,6 +24,10 @@ pub fn redact_error(e: &dyn Display) -> String {
 }
 
 /// Replaces the user-info of every `scheme://user:password@` in `text` with `***`.
+///
+/// The user-info runs to the last `@` before the URL ends (whitespace, a quote or an angle
+/// bracket), not to the first `/`: a password written with an unescaped `/`, `?` or `#` is
+/// still hidden, at the price of hiding a path that holds an `@` too.
 pub fn redact_urls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -31,7 +35,7 @@ pub fn redact_urls(text: &str) -> String {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
         let end = tail
-            .find(|c: char| c.is_whitespace() || c == '/' || c == '"' || c == '\'')
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
             .unwrap_or(tail.len());
         match tail[..end].rfind('@') {
             Some(at) => {
@@ -44,6 +48,18 @@ pub fn redact_urls(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// A configured URL as it may be shown in an error: [`redact_urls`], and for a value that is not
+/// even shaped like a URL (`redis//:pw@host`), everything up to its last `@` hidden too.
+pub fn redact_url_value(value: &str) -> String {
+    if value.contains("://") {
+        return redact_urls(value);
+    }
+    match value.rfind('@') {
+        Some(at) => format!("***{}", &value[at..]),
+        None => value.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -62,6 +78,22 @@ mod tests {
         );
         assert_eq!(redact_urls("redis://host:6379"), "redis://host:6379");
         assert_eq!(redact_urls("no url here"), "no url here");
+        // A password with characters a URL should have escaped.
+        assert_eq!(
+            redact_urls("`redis://:pa/ss?w#d@host:6379/0` is not a Redis URL"),
+            "`redis://***@host:6379/0` is not a Redis URL"
+        );
+        assert_eq!(
+            redact_urls("url = \"redis://u:p/w@h\""),
+            "url = \"redis://***@h\""
+        );
+    }
+
+    #[test]
+    fn values_not_shaped_like_urls_are_redacted_too() {
+        assert_eq!(redact_url_value("redis//:pw@host:1"), "***@host:1");
+        assert_eq!(redact_url_value("redis://:pw@host:1"), "redis://***@host:1");
+        assert_eq!(redact_url_value("localhost:6379"), "localhost:6379");
     }
 
     #[test]

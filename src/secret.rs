@@ -17,6 +17,14 @@ impl Secret {
     }
 }
 
+/// Read from the configuration file as a plain string, so the raw (parsed, not yet validated)
+/// sections that hold a secret never show it in their `Debug` either.
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")

@@ -238,6 +238,21 @@ eps = sm.get("spec", {}).get("endpoints", [])
 if not eps or any(e.get("port") not in svc_ports or e.get("path") != "/metrics" for e in eps): p.append("ServiceMonitor: endpoints must use a Service port name (admin) and /metrics")
 if eps and eps[0].get("port") != "admin": p.append("ServiceMonitor: must scrape the admin port")
 
+# The admin port: its token comes from the Secret, and only the scraper may reach it.
+cm_toml = one("ConfigMap", cm_name or "tollgate-config").get("data", {}).get("tollgate.toml", "")
+if 'admin_token_file = "secrets/admin-token"' not in cm_toml: p.append("ConfigMap: [server] admin_token_file must be secrets/admin-token (from the Secret)")
+ex = yaml.safe_load(open("deploy/kubernetes/secret.example.yaml"))
+if "admin-token" not in ex.get("stringData", {}): p.append("secret.example.yaml: no admin-token key")
+np = one("NetworkPolicy", "tollgate").get("spec", {})
+if not matches(np.get("podSelector", {}).get("matchLabels", {}), pod_labels): p.append("NetworkPolicy: podSelector does not match the tollgate pods")
+if "Ingress" not in np.get("policyTypes", []): p.append("NetworkPolicy: must govern Ingress")
+for rule in np.get("ingress", []):
+    rule_ports = {pt.get("port") for pt in rule.get("ports", [])}
+    if rule_ports & {"admin", 9090} and not rule.get("from"): p.append("NetworkPolicy: the admin port is open to every source")
+    if rule_ports & {"admin", 9090} and rule_ports & {"http", 8080}: p.append("NetworkPolicy: the admin port shares a rule with the proxy port")
+if not any({pt.get("port") for pt in r.get("ports", [])} & {"admin", 9090} for r in np.get("ingress", [])): p.append("NetworkPolicy: no rule admits the scraper to the admin port")
+if not any({pt.get("port") for pt in r.get("ports", [])} & {"http", 8080} for r in np.get("ingress", [])): p.append("NetworkPolicy: no rule admits clients to the proxy port")
+
 pdb = one("PodDisruptionBudget", "tollgate")
 if pdb.get("spec", {}).get("minAvailable") != 2: p.append("PodDisruptionBudget: minAvailable 2")
 if not matches(pdb.get("spec", {}).get("selector", {}).get("matchLabels", {}), pod_labels): p.append("PodDisruptionBudget: selector does not match the tollgate pods")
@@ -275,6 +290,7 @@ PY
 printf 'stand-in-client-secret\n' > "$WORK/etc/secrets/introspection-client-secret"
 printf 'stand-in-password\n' > "$WORK/etc/secrets/erp-password"
 printf '%064d\n' 0 > "$WORK/etc/secrets/handle.key"
+printf 'stand-in-admin-token-0123456789\n' > "$WORK/etc/secrets/admin-token"
 if [ -x "$TOLLGATE_BIN" ]; then
   check "tollgate check: the ConfigMap's tollgate.toml (secrets/… resolve next to it)" \
     "$TOLLGATE_BIN" check --config "$WORK/etc/tollgate.toml"

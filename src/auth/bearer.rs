@@ -114,7 +114,7 @@ fn trim_spaces(mut b: &[u8]) -> &[u8] {
 }
 
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
-fn is_b64token(t: &[u8]) -> bool {
+pub(crate) fn is_b64token(t: &[u8]) -> bool {
     let body_end = t.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
     // A table lookup per byte: tokens run to a kilobyte and every request checks one, where a
     // chain of range tests per byte cost more than the rest of a cached token's path.

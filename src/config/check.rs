@@ -50,11 +50,8 @@ impl<'a> Checker<'a> {
             Some(f) => f.clone(),
             None => self.origin.of(&dotted(key)),
         };
-        self.errors.push(ConfigError {
-            origin,
-            key: key.to_owned(),
-            message: message.into(),
-        });
+        self.errors
+            .push(ConfigError::new(origin, key.to_owned(), &message.into()));
     }
 
     pub(crate) fn required<'v, T>(&mut self, key: &str, value: &'v Option<T>) -> Option<&'v T> {

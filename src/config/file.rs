@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::secret::Secret;
 use serde::Deserialize;
 
 /// The main configuration file.
@@ -58,7 +59,7 @@ pub struct StoreSection {
     pub kind: Option<String>,
     /// `redis://host:port/db`, `rediss://…` (TLS), or through Sentinel
     /// `redis+sentinel://[[user]:password@]host:port[,host:port…]/master_name[/db]`.
-    pub url: Option<String>,
+    pub url: Option<Secret>,
     /// Instead of a Sentinel URL: the sentinels (`host:port`) and the primary's name.
     pub sentinels: Option<Vec<String>>,
     pub master_name: Option<String>,
@@ -158,6 +159,19 @@ pub struct ServerSection {
     /// Watch the configuration (and route) file and reload when it changes. By default
     /// [`default_watch_config`].
     pub watch_config: Option<bool>,
+    /// The longest gap between two reads of a request body (humantime). By default
+    /// [`default_body_read_timeout`].
+    pub body_read_timeout: Option<String>,
+    /// A file holding the admin port's bearer token (a trailing newline is trimmed). Unset, the
+    /// admin port asks for no token.
+    pub admin_token_file: Option<String>,
+    /// `/metrics` asks for the admin token too. By default `false`.
+    pub admin_metrics_auth: Option<bool>,
+}
+
+/// `30s`.
+pub fn default_body_read_timeout() -> &'static str {
+    "30s"
 }
 
 /// `127.0.0.1:8080`.
@@ -316,7 +330,7 @@ pub struct IntrospectionSection {
     /// By default the discovery document's `introspection_endpoint`.
     pub endpoint: Option<String>,
     pub client_id: Option<String>,
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
     /// A file holding the client secret (a trailing newline is trimmed).
     pub client_secret_file: Option<String>,
     /// An environment variable holding the client secret.
@@ -671,7 +685,7 @@ pub fn default_error_bodies() -> &'static str {
 pub struct CredentialsSection {
     pub name: Option<String>,
     pub name_file: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub password_file: Option<String>,
     pub tenant: Option<String>,
     pub tenant_file: Option<String>,

@@ -329,7 +329,7 @@ fn secret(
         }
     }
     let value = if let Some(v) = &s.client_secret {
-        v.clone()
+        v.expose().to_owned()
     } else if let Some(f) = &s.client_secret_file {
         c.file_text(&k("client_secret_file"), &base.join(f))?
     } else {

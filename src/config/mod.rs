@@ -158,6 +158,12 @@ pub struct ServerConfig {
     /// The body limit of routes that set none.
     pub max_body: u64,
     pub watch_config: bool,
+    /// The longest gap between two reads of a request body.
+    pub body_read_timeout: Duration,
+    /// The admin port's bearer token (`admin_token_file`'s content).
+    pub admin_token: Option<Secret>,
+    /// `/metrics` asks for the admin token too.
+    pub admin_metrics_auth: bool,
 }
 
 /// `[server.tls]`, with paths resolved against the configuration file's folder. The files are
@@ -235,6 +241,32 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// The message is stored redacted, so neither `Display` nor `Debug` can show a secret: URL
+    /// user-info is replaced by `***`, and the source excerpt of a TOML syntax error (the
+    /// offending line, which may hold a password) is dropped, keeping its line and column.
+    pub(crate) fn new(origin: String, key: String, message: &str) -> ConfigError {
+        let message = message
+            .lines()
+            .filter(|l| !is_source_excerpt(l))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(": ");
+        ConfigError {
+            origin,
+            key,
+            message: crate::net::redact_urls(&message),
+        }
+    }
+}
+
+/// A line of a TOML parser's source excerpt: `  |`, `3 | password = "…`, `  |     ^`.
+fn is_source_excerpt(line: &str) -> bool {
+    let t = line.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ');
+    t.starts_with('|')
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.key.is_empty() {
@@ -265,11 +297,11 @@ impl std::error::Error for ConfigErrors {}
 
 impl ConfigErrors {
     fn one(origin: impl Into<String>, key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigErrors(vec![ConfigError {
-            origin: origin.into(),
-            key: key.into(),
-            message: message.into(),
-        }])
+        ConfigErrors(vec![ConfigError::new(
+            origin.into(),
+            key.into(),
+            &message.into(),
+        )])
     }
 }
 
@@ -392,11 +424,7 @@ impl<'a> Origin<'a> {
                         .as_ref()
                         .and_then(describe_metadata)
                         .unwrap_or_else(|| self.default.clone());
-                    ConfigError {
-                        origin,
-                        key: key_path(&path),
-                        message,
-                    }
+                    ConfigError::new(origin, key_path(&path), &message)
                 })
                 .collect(),
         )

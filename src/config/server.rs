@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::check::{written_or, Checker};
 use super::file::{self, ServerSection, TlsSection};
-use super::{ServerConfig, TlsConfig};
+use super::{Secret, ServerConfig, TlsConfig};
 
 pub(crate) fn server(c: &mut Checker<'_>, raw: &ServerSection, base: &Path) -> ServerConfig {
     let listen = c.socket_addr(
@@ -36,6 +36,7 @@ pub(crate) fn server(c: &mut Checker<'_>, raw: &ServerSection, base: &Path) -> S
             .unwrap_or_else(file::default_token_cache_capacity),
     );
     let sizes = r#""10MiB", "64KiB", "4096""#;
+    let (admin_token, admin_metrics_auth) = admin_access(c, raw, base);
     ServerConfig {
         listen,
         admin_listen,
@@ -74,7 +75,42 @@ pub(crate) fn server(c: &mut Checker<'_>, raw: &ServerSection, base: &Path) -> S
             sizes,
         ),
         watch_config: raw.watch_config.unwrap_or_else(file::default_watch_config),
+        body_read_timeout: c.positive_duration(
+            "server.body_read_timeout",
+            written_or(&raw.body_read_timeout, file::default_body_read_timeout),
+        ),
+        admin_token,
+        admin_metrics_auth,
     }
+}
+
+/// The shortest admin token accepted: a token a person could type is one an attacker can guess.
+const MIN_ADMIN_TOKEN: usize = 16;
+
+/// `server.admin_token_file` (its content, newline trimmed, at least [`MIN_ADMIN_TOKEN`]
+/// characters, never shown) and `server.admin_metrics_auth`, which needs it.
+fn admin_access(c: &mut Checker<'_>, raw: &ServerSection, base: &Path) -> (Option<Secret>, bool) {
+    let token = raw.admin_token_file.as_ref().and_then(|f| {
+        let key = "server.admin_token_file";
+        let text = c.file_text(key, &base.join(f))?;
+        // A bearer token (RFC 6750 b64token), or no client could send it.
+        if text.len() < MIN_ADMIN_TOKEN || !crate::auth::bearer::is_b64token(text.as_bytes()) {
+            c.error(
+                key,
+                format!("the token must be at least {MIN_ADMIN_TOKEN} characters of A-Z a-z 0-9 - . _ ~ + / (then any = padding), such as the output of `openssl rand -hex 32`"),
+            );
+            return None;
+        }
+        Some(Secret::new(text))
+    });
+    let metrics_auth = raw.admin_metrics_auth.unwrap_or_default();
+    if metrics_auth && raw.admin_token_file.is_none() {
+        c.error(
+            "server.admin_metrics_auth",
+            "needs server.admin_token_file: there is no token to ask for",
+        );
+    }
+    (token, metrics_auth)
 }
 
 fn tls(c: &mut Checker<'_>, t: &TlsSection, base: &Path) -> Option<TlsConfig> {

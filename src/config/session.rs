@@ -482,7 +482,8 @@ fn credentials(
         }
     };
     let name = field("name", &s.name, &s.name_file, true);
-    let password = field("password", &s.password, &s.password_file, true);
+    let inline_password = s.password.as_ref().map(|p| p.expose().to_owned());
+    let password = field("password", &inline_password, &s.password_file, true);
     let tenant = field("tenant", &s.tenant, &s.tenant_file, false);
     let branch = field("branch", &s.branch, &s.branch_file, false);
     let locale = field("locale", &s.locale, &s.locale_file, false);

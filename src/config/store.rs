@@ -89,7 +89,8 @@ fn redis_target(c: &mut Checker<'_>, raw: &StoreSection) -> RedisTarget {
             none()
         }
         (Some(u), None, None) => {
-            let shown = crate::net::redact_urls(u);
+            let u = u.expose();
+            let shown = crate::net::redact_url_value(u);
             if let Some(rest) = u
                 .strip_prefix("redis+sentinel://")
                 .map(|r| (r, false))
@@ -111,10 +112,10 @@ fn redis_target(c: &mut Checker<'_>, raw: &StoreSection) -> RedisTarget {
                 );
                 return none();
             }
-            if redis::Client::open(u.as_str()).is_err() {
+            if redis::Client::open(u).is_err() {
                 c.error("store.url", format!("`{shown}` is not a Redis URL"));
             }
-            RedisTarget::Url(Secret::new(u.clone()))
+            RedisTarget::Url(Secret::new(u.to_owned()))
         }
         (None, Some(list), Some(master)) => {
             if list.is_empty() {

@@ -745,6 +745,22 @@ fn store_errors_name_the_key_and_never_the_password() {
             "store.url",
             "not both",
         ),
+        // Not shaped like a URL at all, and a password with unescaped `/` and `#`.
+        (
+            "url = \"redis//:hunter2@h:1\"",
+            "store.url",
+            "must start with redis://",
+        ),
+        (
+            "url = \"redis://:hun/ter#2hunter2@h:1/0\"\nsentinels = [\"h:1\"]",
+            "store.url",
+            "not both",
+        ),
+        (
+            "url = \"rediss://:a/hunter2@[::1\"",
+            "store.url",
+            "is not a Redis URL",
+        ),
     ] {
         let errs = errors(&format!("[store]\nkind = \"redis\"\n{store}\n{base}"));
         let found = errs
@@ -756,6 +772,55 @@ fn store_errors_name_the_key_and_never_the_password() {
             assert!(!m.contains("hunter2"), "{m}");
         }
     }
+}
+
+#[test]
+fn a_syntax_error_on_a_secrets_line_shows_its_place_not_the_line() {
+    for line in [
+        "url = \"redis://:hunter2@h:1/0",
+        "url = redis://:hunter2@h:1/0",
+        "password = \"hunter2",
+    ] {
+        let text = error_text(&format!("{}\n[store]\n{line}\n", base()));
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("line "), "the place is kept: {text}");
+    }
+}
+
+#[test]
+fn the_raw_sections_never_show_a_secret_in_debug() {
+    let raw: file::FileConfig = toml::from_str(&format!(
+        "[store]\nkind = \"redis\"\nurl = \"redis://:hunter2-url@h:1\"\n{}",
+        with_introspection_and_credentials()
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let shown = format!("{raw:?}");
+    assert!(shown.contains("url: Some(Secret(<redacted>))"), "{shown}");
+    for secret in ["hunter2-url", "hunter2-client", "hunter2-login"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+}
+
+fn with_introspection_and_credentials() -> String {
+    r#"
+[[issuer]]
+id = "erp"
+issuer = "https://erp.example.com/identity"
+validation = "introspection"
+[issuer.introspection]
+client_id = "gw"
+client_secret = "hunter2-client"
+
+[[upstream]]
+id = "erp"
+url = "http://127.0.0.1:8081"
+[upstream.session]
+max_upstream_sessions = 2
+[upstream.session.credentials]
+name = "api-user"
+password = "hunter2-login"
+"#
+    .to_owned()
 }
 
 #[test]
@@ -773,4 +838,75 @@ fn the_examples_show_metadata_step_up_and_cors() {
     let step_up = payments.step_up.as_ref().expect("payments steps up");
     assert_eq!(step_up.max_age, Some(900));
     assert!(route("spa-orders").cors.is_some());
+}
+
+#[test]
+fn the_admin_token_file_is_read_checked_and_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("good", "hunter2-0123456789abcdef\n");
+    write("short", "hunter2\n");
+    write("spaces", "hunter2 0123456789 abcdef\n");
+    let main = dir.path().join("tollgate.toml");
+    let load_with = |server: &str| {
+        std::fs::write(&main, format!("[server]\n{server}\n{}", base())).unwrap();
+        load(&main)
+    };
+    let c = load_with("admin_token_file = \"good\"").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.server.admin_token.as_ref().map(Secret::expose),
+        Some("hunter2-0123456789abcdef")
+    );
+    assert!(!c.server.admin_metrics_auth);
+    assert!(!format!("{:?}", c.server).contains("hunter2"));
+    let off = load_with("").unwrap_or_else(|e| panic!("{e}"));
+    assert!(off.server.admin_token.is_none());
+
+    for (server, key, fragment) in [
+        (
+            "admin_token_file = \"short\"",
+            "server.admin_token_file",
+            "at least 16 characters",
+        ),
+        (
+            "admin_token_file = \"spaces\"",
+            "server.admin_token_file",
+            "at least 16 characters",
+        ),
+        (
+            "admin_token_file = \"missing\"",
+            "server.admin_token_file",
+            "cannot read",
+        ),
+        (
+            "admin_metrics_auth = true",
+            "server.admin_metrics_auth",
+            "needs server.admin_token_file",
+        ),
+    ] {
+        let e = load_with(server).expect_err(server);
+        let found = e.0.iter().find(|e| e.key == key);
+        assert!(
+            found.is_some_and(
+                |e| e.message.contains(fragment) && e.origin.ends_with("tollgate.toml")
+            ),
+            "{server}: {e}"
+        );
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+}
+
+#[test]
+fn body_read_timeout_defaults_to_thirty_seconds() {
+    assert_eq!(
+        ok(&base()).server.body_read_timeout,
+        Duration::from_secs(30)
+    );
+    let c = ok(&format!("[server]\nbody_read_timeout = \"5s\"\n{}", base()));
+    assert_eq!(c.server.body_read_timeout, Duration::from_secs(5));
+    assert_error(
+        &format!("[server]\nbody_read_timeout = \"0s\"\n{}", base()),
+        "server.body_read_timeout",
+        "",
+    );
 }

@@ -1,14 +1,21 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz` (the process is alive) and
 //! `/readyz` (configuration loaded and every issuer has a usable key set; 503 while draining).
 //! Never served on the proxy port.
+//!
+//! With `server.admin_token_file`, everything but `/healthz` and `/readyz` (and `/metrics`
+//! unless `server.admin_metrics_auth`) asks for `Authorization: Bearer <token>`: the session
+//! table names grants, and `DELETE /sessions/{grant}` logs users out.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use sha2::{Digest as _, Sha256};
 
+use crate::config::ServerConfig;
 use crate::gateway::Gateway;
 use crate::{proxy, Body};
 
@@ -16,15 +23,83 @@ use crate::{proxy, Body};
 pub struct Admin {
     gateway: Gateway,
     draining: Arc<AtomicBool>,
+    access: AdminAccess,
+}
+
+/// Who may call the admin port's protected endpoints. Cheap to clone; a reload swaps the rule
+/// ([`AdminAccess::apply`]), so a rotated token file takes effect without a restart.
+#[derive(Clone)]
+pub struct AdminAccess(Arc<ArcSwap<Rule>>);
+
+struct Rule {
+    /// SHA-256 of the token: compared digest to digest, so neither the token's bytes nor its
+    /// length can be learnt from the comparison's timing.
+    token: Option<[u8; 32]>,
+    metrics: bool,
+}
+
+impl AdminAccess {
+    pub fn new(server: &ServerConfig) -> Self {
+        AdminAccess(Arc::new(ArcSwap::from_pointee(Rule::of(server))))
+    }
+
+    /// Takes the token and `admin_metrics_auth` of a reloaded configuration.
+    pub fn apply(&self, server: &ServerConfig) {
+        self.0.store(Arc::new(Rule::of(server)));
+    }
+
+    /// `path` may be served to a request with these headers.
+    fn permits(&self, path: &str, headers: &HeaderMap) -> bool {
+        let rule = self.0.load();
+        let Some(expected) = &rule.token else {
+            return true;
+        };
+        let open = matches!(path, "/healthz" | "/readyz") || (path == "/metrics" && !rule.metrics);
+        if open {
+            return true;
+        }
+        let Ok(token) = crate::auth::bearer::extract(headers) else {
+            return false;
+        };
+        let given: [u8; 32] = Sha256::digest(token.as_str().as_bytes()).into();
+        aws_lc_rs::constant_time::verify_slices_are_equal(&given, expected).is_ok()
+    }
+}
+
+impl Rule {
+    fn of(server: &ServerConfig) -> Rule {
+        Rule {
+            token: server
+                .admin_token
+                .as_ref()
+                .map(|t| Sha256::digest(t.expose().as_bytes()).into()),
+            metrics: server.admin_metrics_auth,
+        }
+    }
 }
 
 impl Admin {
-    pub fn new(gateway: Gateway, draining: Arc<AtomicBool>) -> Self {
-        Admin { gateway, draining }
+    pub fn new(gateway: Gateway, draining: Arc<AtomicBool>, access: AdminAccess) -> Self {
+        Admin {
+            gateway,
+            draining,
+            access,
+        }
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path();
+        if !self.access.permits(path, req.headers()) {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "the admin token is missing or wrong\n",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+            );
+            return r;
+        }
         if let Some(grant) = path.strip_prefix("/sessions/") {
             if req.method() != Method::DELETE {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

@@ -73,6 +73,7 @@ pub struct App {
     pub admin_addr: SocketAddr,
     pub gateway: Gateway,
     tls: TlsReloader,
+    admin_access: admin::AdminAccess,
     shutdown: watch::Sender<bool>,
     /// The admin listener stops last, so that `/readyz` answers 503 while the proxy drains.
     admin_shutdown: watch::Sender<bool>,
@@ -227,7 +228,12 @@ impl App {
                 Box::pin(async move { gw.handle(req, conn).await })
             },
         ));
-        let admin_state = admin::Admin::new(gateway.clone(), draining.clone());
+        let admin_access = admin::AdminAccess::new(&config.server);
+        if config.server.admin_token.is_none() && !admin_addr.ip().is_loopback() {
+            tracing::warn!(%admin_addr, "the admin port listens beyond this host without server.admin_token_file: anyone who reaches it can list sessions and log grants out");
+        }
+        let admin_state =
+            admin::Admin::new(gateway.clone(), draining.clone(), admin_access.clone());
         let (admin_shutdown, admin_rx) = watch::channel(false);
         let admin = tokio::spawn(serve(listeners.admin, admin_rx, grace, move |req, _| {
             let a = admin_state.clone();
@@ -239,6 +245,7 @@ impl App {
             admin_addr,
             gateway,
             tls: TlsReloader::new(acceptor),
+            admin_access,
             shutdown,
             admin_shutdown,
             draining,
@@ -257,6 +264,11 @@ impl App {
     /// A handle for [`App::reload_tls`] that a reload task can keep.
     pub fn tls_reloader(&self) -> TlsReloader {
         self.tls.clone()
+    }
+
+    /// The admin port's token rule, for a reload task to apply a new configuration's to.
+    pub fn admin_access(&self) -> admin::AdminAccess {
+        self.admin_access.clone()
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_grace`), then ends.
