@@ -62,6 +62,8 @@ pub enum GatewayError {
     Session(#[from] SessionError),
     #[error(transparent)]
     TooLarge(#[from] crate::limits::TooLarge),
+    #[error(transparent)]
+    BodyTimeout(#[from] crate::limits::BodyTimeout),
     #[error("CORS preflight refused: {0}")]
     Cors(#[from] CorsRefused),
     #[error(transparent)]
@@ -170,6 +172,10 @@ impl GatewayError {
             GatewayError::NoRoute => Class::new(S::NOT_FOUND, "not_found", Client),
             GatewayError::TooLarge(_) => {
                 Class::new(S::PAYLOAD_TOO_LARGE, "payload_too_large", Client)
+            }
+            GatewayError::BodyTimeout(_) => {
+                Class::new(S::REQUEST_TIMEOUT, "request_timeout", Client)
+                    .says("the request body stalled for longer than the server allows")
             }
             GatewayError::Auth(AuthError::Bearer(BearerError::Missing)) => {
                 Class::new(S::UNAUTHORIZED, "invalid_token", Auth)

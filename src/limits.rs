@@ -1,16 +1,24 @@
-//! Request body limits (`max_body`, per route with a server-wide default): a declared
-//! `Content-Length` over the limit is refused before anything is forwarded (413); a body of
-//! unknown length (chunked) is counted while it streams and cut off at the limit, and the
-//! request then ends in 413 too.
+//! Request body limits: its size and its pace.
+//!
+//! - `max_body` (per route, with a server-wide default): a declared `Content-Length` over the
+//!   limit is refused before anything is forwarded (413); a body of unknown length (chunked) is
+//!   counted while it streams and cut off at the limit, and the request then ends in 413 too.
+//! - `server.body_read_timeout`: the longest gap between two reads of the body. A client that
+//!   stalls longer gets 408 and its connection closed, and whatever the request held (an
+//!   upstream connection, a session lease) is given back, instead of waiting for the client
+//!   for ever.
 
+use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use crate::BoxError;
 
@@ -18,6 +26,41 @@ use crate::BoxError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the request body is larger than the route's max_body")]
 pub struct TooLarge;
+
+/// The client sent no body bytes for longer than `server.body_read_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client sent no request body for longer than server.body_read_timeout")]
+pub struct BodyTimeout;
+
+/// Which limit a body broke, if any: read by the pipeline after a failed upstream call, so that
+/// the answer is 413 or 408 rather than the 502 the cut-off body caused upstream.
+#[derive(Debug, Default)]
+pub struct Broken(AtomicU8);
+
+/// What [`Broken`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    TooLarge,
+    Timeout,
+}
+
+impl Broken {
+    pub fn fault(&self) -> Option<Fault> {
+        match self.0.load(Ordering::SeqCst) {
+            1 => Some(Fault::TooLarge),
+            2 => Some(Fault::Timeout),
+            _ => None,
+        }
+    }
+
+    fn set(&self, fault: Fault) {
+        let v = match fault {
+            Fault::TooLarge => 1,
+            Fault::Timeout => 2,
+        };
+        self.0.store(v, Ordering::SeqCst);
+    }
+}
 
 /// Checks a declared `Content-Length` against `max`.
 pub fn check_declared(headers: &HeaderMap, max: u64) -> Result<(), TooLarge> {
@@ -31,25 +74,53 @@ pub fn check_declared(headers: &HeaderMap, max: u64) -> Result<(), TooLarge> {
     }
 }
 
-/// A streamed request body that fails once more than `max` bytes went through, and says so
-/// through its flag (so that the failed upstream call can be answered 413, not 502).
+/// A streamed request body that fails once more than `max` bytes went through, or once the
+/// client has sent nothing for `gap`, and says which through its [`Broken`] flag.
 pub struct Capped<B> {
     inner: B,
     left: u64,
-    exceeded: Arc<AtomicBool>,
+    broken: Arc<Broken>,
+    gap: Duration,
+    /// Since when the body has been waiting for the client without a frame. Only waits count:
+    /// while an upstream is slow to take the body, the body is not polled, and that time is not
+    /// the client's.
+    waiting_since: Option<Instant>,
+    /// Allocated on the first wait, then moved to each new wait's deadline.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> Capped<B> {
-    pub fn new(inner: B, max: u64) -> (Self, Arc<AtomicBool>) {
-        let exceeded = Arc::new(AtomicBool::new(false));
+    pub fn new(inner: B, max: u64, gap: Duration) -> (Self, Arc<Broken>) {
+        let broken = Arc::new(Broken::default());
         (
             Capped {
                 inner,
                 left: max,
-                exceeded: exceeded.clone(),
+                broken: broken.clone(),
+                gap,
+                waiting_since: None,
+                timer: None,
             },
-            exceeded,
+            broken,
         )
+    }
+
+    /// The body is pending: has the client been silent for `gap` while we waited? Arms the timer
+    /// so that this task is woken at the deadline.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = Instant::now();
+        let deadline = *self.waiting_since.get_or_insert(now) + self.gap;
+        if now >= deadline {
+            return true;
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        // Registers the waker; ready only if the deadline passed meanwhile.
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -70,16 +141,23 @@ where
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > self.left {
-                        self.exceeded.store(true, Ordering::SeqCst);
+                        self.broken.set(Fault::TooLarge);
                         return Poll::Ready(Some(Err(Box::new(TooLarge))));
                     }
                     self.left -= n;
                 }
+                self.waiting_since = None;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if self.stalled(cx) {
+                    self.broken.set(Fault::Timeout);
+                    return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -105,5 +183,69 @@ mod tests {
         assert!(check_declared(&h, 10).is_ok());
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
         assert_eq!(check_declared(&h, 10), Err(TooLarge));
+    }
+
+    /// A body whose frames come from a channel, so a test decides when the client "sends".
+    struct Client(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl HttpBody for Client {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    async fn next(body: &mut Capped<Client>) -> Option<Result<Frame<Bytes>, BoxError>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+    }
+
+    const GAP: Duration = Duration::from_secs(30);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_silent_for_the_gap_breaks_the_body() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (mut body, broken) = Capped::new(Client(rx), 1 << 20, GAP);
+        tx.send(Bytes::from_static(b"part")).await.unwrap();
+        assert!(next(&mut body).await.unwrap().is_ok());
+        // Paused time: the wait auto-advances to the timer, which fires at the gap exactly.
+        let started = Instant::now();
+        let e = next(&mut body).await.unwrap().unwrap_err();
+        assert!(e.is::<BodyTimeout>(), "{e}");
+        assert_eq!(Instant::now() - started, GAP);
+        assert_eq!(broken.fault(), Some(Fault::Timeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_client_is_never_cut_off() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (mut body, broken) = Capped::new(Client(rx), 1 << 20, GAP);
+        let sender = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(GAP - Duration::from_secs(1)).await;
+                tx.send(Bytes::from_static(b"x")).await.unwrap();
+            }
+        });
+        let mut got = 0;
+        while let Some(frame) = next(&mut body).await {
+            assert!(frame.is_ok(), "cut off after {got} frames");
+            got += 1;
+        }
+        sender.await.unwrap();
+        assert_eq!(got, 10);
+        assert_eq!(broken.fault(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn too_much_is_told_apart_from_too_slow() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (mut body, broken) = Capped::new(Client(rx), 3, GAP);
+        tx.send(Bytes::from_static(b"four")).await.unwrap();
+        let e = next(&mut body).await.unwrap().unwrap_err();
+        assert!(e.is::<TooLarge>(), "{e}");
+        assert_eq!(broken.fault(), Some(Fault::TooLarge));
     }
 }

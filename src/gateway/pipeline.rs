@@ -3,9 +3,9 @@
 //! request body, so that it runs without sockets in the unit tests.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -18,7 +18,7 @@ use super::wiring::Snapshot;
 use super::{Conn, Gateway};
 use crate::auth::{bearer, AuthError, Principal};
 use crate::error::{Fault, GatewayError};
-use crate::limits::{self, Capped, TooLarge};
+use crate::limits::{self, BodyTimeout, Broken, Capped, Fault as BodyFault, TooLarge};
 use crate::metrics::{Decision, RouteSeries};
 use crate::policy::{self, matcher, Permit, Requirement, Route, RouteAuth};
 use crate::proxy::{self, headers, ProxyError, Upstream};
@@ -38,7 +38,7 @@ struct Record {
     /// body it did not read makes the connection unusable for another request.
     answered: bool,
     /// Set when the streamed request body went over `max_body`.
-    over_limit: Option<Arc<AtomicBool>>,
+    body: Option<Arc<Broken>>,
     /// The CORS headers every answer of a route with `[route.cors]` gets, refusals included.
     cors: Option<policy::cors::Reply>,
 }
@@ -112,7 +112,7 @@ impl Gateway {
             None => Decision::Public,
             Some(_) => Decision::Allowed,
         });
-        let mut body = limit(&head, body, route, rec)?;
+        let mut body = limit(&head, body, route, snapshot.body_read_timeout, rec)?;
         let pool = snapshot.pools[route.upstream].as_ref();
         let mut lease = match lease(pool, permit.as_ref(), token, &head, &path, &mut body).await? {
             Leased::Answered(resp) => {
@@ -226,16 +226,12 @@ impl Gateway {
         request_id: &HeaderValue,
     ) -> Response<Body> {
         rec.answered = true;
-        // A streamed body cut off at its limit ends in 413, whatever the upstream call made of
-        // the cut-off body.
-        let over = rec
-            .over_limit
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::SeqCst));
-        let e = if over {
-            GatewayError::TooLarge(TooLarge)
-        } else {
-            e
+        // A streamed body cut off at its limit ends in 413, and one the client stalled in 408,
+        // whatever the upstream call made of the cut-off body.
+        let e = match rec.body.as_ref().and_then(|b| b.fault()) {
+            Some(BodyFault::TooLarge) => GatewayError::TooLarge(TooLarge),
+            Some(BodyFault::Timeout) => GatewayError::BodyTimeout(BodyTimeout),
+            None => e,
         };
         let class = e.class();
         if rec.decision.is_none() {
@@ -375,14 +371,20 @@ fn authorize(
 
 /// `limit`: a declared length over the route's `max_body` is refused before anything is
 /// forwarded; a body of unknown length is cut off at the limit while it streams.
-fn limit<B>(head: &Parts, body: B, route: &Route, rec: &mut Record) -> Result<Body, GatewayError>
+fn limit<B>(
+    head: &Parts,
+    body: B,
+    route: &Route,
+    read_gap: Duration,
+    rec: &mut Record,
+) -> Result<Body, GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     limits::check_declared(&head.headers, route.max_body)?;
-    let (body, exceeded) = Capped::new(body, route.max_body);
-    rec.over_limit = Some(exceeded);
+    let (body, broken) = Capped::new(body, route.max_body, read_gap);
+    rec.body = Some(broken);
     Ok(body.boxed())
 }
 

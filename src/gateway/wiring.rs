@@ -50,6 +50,8 @@ pub struct Snapshot {
     /// The `WWW-Authenticate` values of the realm, built once.
     pub challenges: Challenges,
     pub trust_forwarded: bool,
+    /// `server.body_read_timeout`: the longest wait for the next piece of a request body.
+    pub body_read_timeout: std::time::Duration,
     /// The RFC 9728 document, served before route choice.
     pub metadata: Option<Arc<ResourceMetadata>>,
     /// Each route's metric series, in the route table's order.
@@ -368,6 +370,7 @@ impl Parts {
             upstream_configs: config.upstreams.clone().into(),
             challenges: Challenges::with_head(&config.challenge_head()),
             trust_forwarded: config.server.trust_forwarded_headers,
+            body_read_timeout: config.server.body_read_timeout,
             metadata: config.metadata.clone(),
             series: config
                 .routes
