@@ -47,6 +47,8 @@ pub enum GatewayError {
     Path(#[from] PathError),
     #[error("no route matches the request")]
     NoRoute,
+    #[error("ambiguous request framing: {0}")]
+    Framing(#[from] crate::framing::FramingError),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("route {route} denied the token: {reason}")]
@@ -170,6 +172,9 @@ impl GatewayError {
                 Class::new(S::BAD_REQUEST, "invalid_request", Client).says(e.to_string())
             }
             GatewayError::NoRoute => Class::new(S::NOT_FOUND, "not_found", Client),
+            GatewayError::Framing(e) => {
+                Class::new(S::BAD_REQUEST, "invalid_request", Client).says(e.to_string())
+            }
             GatewayError::TooLarge(_) => {
                 Class::new(S::PAYLOAD_TOO_LARGE, "payload_too_large", Client)
             }

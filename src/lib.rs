@@ -26,8 +26,8 @@
 //!
 //! Below them sit leaf modules that import nothing of the crate, so that no two layers need each
 //! other for a helper: [`clock`] (Unix time as numbers), [`net`] (loopback hosts, credential
-//! redaction), [`hop_by_hop`] (the connection-scoped header list) and `pem` (certificate and key
-//! files), next to the [`secret`] type that keeps credentials out of logs.
+//! redaction), [`hop_by_hop`] (the connection-scoped header list), [`framing`] (the request
+//! framing and target checks) and `pem` (certificate and key files), next to the [`secret`] type that keeps credentials out of logs.
 
 pub mod auth;
 pub mod clock;
@@ -35,6 +35,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fleet;
+pub mod framing;
 pub mod gateway;
 pub mod hop_by_hop;
 pub mod limits;

@@ -167,6 +167,22 @@ pub struct ServerSection {
     pub admin_token_file: Option<String>,
     /// `/metrics` asks for the admin token too. By default `false`.
     pub admin_metrics_auth: Option<bool>,
+    /// HTTP/2: streams one connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`);
+    /// more are refused. By default [`default_http2_max_concurrent_streams`].
+    pub http2_max_concurrent_streams: Option<u32>,
+    /// HTTP/2: streams the client may reset before the gateway has taken them up, before the
+    /// connection is closed (rapid reset). By default
+    /// [`default_http2_max_pending_accept_reset_streams`].
+    pub http2_max_pending_accept_reset_streams: Option<u32>,
+    /// HTTP/2: streams the gateway may reset for the client's protocol errors, before the
+    /// connection is closed. By default [`default_http2_max_local_error_reset_streams`].
+    pub http2_max_local_error_reset_streams: Option<u32>,
+    /// HTTP/2: how often the gateway pings a connection (humantime). By default
+    /// [`default_http2_keep_alive_interval`].
+    pub http2_keep_alive_interval: Option<String>,
+    /// HTTP/2: how long a ping may go unanswered before the connection is closed (humantime).
+    /// By default [`default_http2_keep_alive_timeout`].
+    pub http2_keep_alive_timeout: Option<String>,
 }
 
 /// `30s`.
@@ -227,6 +243,31 @@ pub fn default_max_body() -> &'static str {
 /// True.
 pub fn default_watch_config() -> bool {
     true
+}
+
+/// 100 streams.
+pub fn default_http2_max_concurrent_streams() -> u32 {
+    100
+}
+
+/// 20 streams (h2's own default, stated here so that it cannot change under us).
+pub fn default_http2_max_pending_accept_reset_streams() -> u32 {
+    20
+}
+
+/// 256 streams.
+pub fn default_http2_max_local_error_reset_streams() -> u32 {
+    256
+}
+
+/// `30s`.
+pub fn default_http2_keep_alive_interval() -> &'static str {
+    "30s"
+}
+
+/// `20s`.
+pub fn default_http2_keep_alive_timeout() -> &'static str {
+    "20s"
 }
 
 /// `[server.tls]`

@@ -164,6 +164,18 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     /// `/metrics` asks for the admin token too.
     pub admin_metrics_auth: bool,
+    pub http2: Http2Limits,
+}
+
+/// The HTTP/2 limits of the proxy listener (`[server] http2_*`); the header list size is
+/// `max_header_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    pub max_concurrent_streams: u32,
+    pub max_pending_accept_reset_streams: u32,
+    pub max_local_error_reset_streams: u32,
+    pub keep_alive_interval: Duration,
+    pub keep_alive_timeout: Duration,
 }
 
 /// `[server.tls]`, with paths resolved against the configuration file's folder. The files are

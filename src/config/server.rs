@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::check::{written_or, Checker};
 use super::file::{self, ServerSection, TlsSection};
-use super::{Secret, ServerConfig, TlsConfig};
+use super::{Http2Limits, Secret, ServerConfig, TlsConfig};
 
 pub(crate) fn server(c: &mut Checker<'_>, raw: &ServerSection, base: &Path) -> ServerConfig {
     let listen = c.socket_addr(
@@ -81,6 +81,43 @@ pub(crate) fn server(c: &mut Checker<'_>, raw: &ServerSection, base: &Path) -> S
         ),
         admin_token,
         admin_metrics_auth,
+        http2: http2(c, raw),
+    }
+}
+
+/// The `http2_*` keys: every count at least 1 (none of them may be turned off: each bounds
+/// what one client can make the gateway do), every duration positive.
+fn http2(c: &mut Checker<'_>, raw: &ServerSection) -> Http2Limits {
+    Http2Limits {
+        max_concurrent_streams: c.positive(
+            "server.http2_max_concurrent_streams",
+            raw.http2_max_concurrent_streams
+                .unwrap_or_else(file::default_http2_max_concurrent_streams),
+        ),
+        max_pending_accept_reset_streams: c.positive(
+            "server.http2_max_pending_accept_reset_streams",
+            raw.http2_max_pending_accept_reset_streams
+                .unwrap_or_else(file::default_http2_max_pending_accept_reset_streams),
+        ),
+        max_local_error_reset_streams: c.positive(
+            "server.http2_max_local_error_reset_streams",
+            raw.http2_max_local_error_reset_streams
+                .unwrap_or_else(file::default_http2_max_local_error_reset_streams),
+        ),
+        keep_alive_interval: c.positive_duration(
+            "server.http2_keep_alive_interval",
+            written_or(
+                &raw.http2_keep_alive_interval,
+                file::default_http2_keep_alive_interval,
+            ),
+        ),
+        keep_alive_timeout: c.positive_duration(
+            "server.http2_keep_alive_timeout",
+            written_or(
+                &raw.http2_keep_alive_timeout,
+                file::default_http2_keep_alive_timeout,
+            ),
+        ),
     }
 }
 

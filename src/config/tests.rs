@@ -910,3 +910,50 @@ fn body_read_timeout_defaults_to_thirty_seconds() {
         "",
     );
 }
+
+#[test]
+fn http2_limits_have_defaults_and_refuse_zero() {
+    let c = ok(&base());
+    let h2 = c.server.http2;
+    assert_eq!(h2.max_concurrent_streams, 100);
+    assert_eq!(h2.max_pending_accept_reset_streams, 20);
+    assert_eq!(h2.max_local_error_reset_streams, 256);
+    assert_eq!(h2.keep_alive_interval, Duration::from_secs(30));
+    assert_eq!(h2.keep_alive_timeout, Duration::from_secs(20));
+    let set = ok(&format!(
+        "[server]\nhttp2_max_concurrent_streams = 8\nhttp2_max_pending_accept_reset_streams = 4\n\
+         http2_max_local_error_reset_streams = 16\nhttp2_keep_alive_interval = \"5s\"\n\
+         http2_keep_alive_timeout = \"2s\"\n{}",
+        base()
+    ));
+    assert_eq!(set.server.http2.max_concurrent_streams, 8);
+    assert_eq!(set.server.http2.max_pending_accept_reset_streams, 4);
+    assert_eq!(set.server.http2.max_local_error_reset_streams, 16);
+    assert_eq!(set.server.http2.keep_alive_interval, Duration::from_secs(5));
+    assert_eq!(set.server.http2.keep_alive_timeout, Duration::from_secs(2));
+    for key in [
+        "http2_max_concurrent_streams",
+        "http2_max_pending_accept_reset_streams",
+        "http2_max_local_error_reset_streams",
+    ] {
+        assert_error(
+            &format!("[server]\n{key} = 0\n{}", base()),
+            &format!("server.{key}"),
+            "at least 1",
+        );
+    }
+    assert_error(
+        &format!("[server]\nhttp2_keep_alive_interval = \"soon\"\n{}", base()),
+        "server.http2_keep_alive_interval",
+        "not a duration",
+    );
+    let errs = errors(&format!(
+        "[server]\nhttp2_keep_alive_timeout = \"0s\"\n{}",
+        base()
+    ));
+    assert!(
+        errs.iter()
+            .any(|(k, _)| k == "server.http2_keep_alive_timeout"),
+        "{errs:?}"
+    );
+}

@@ -41,6 +41,9 @@ struct Record {
     body: Option<Arc<Broken>>,
     /// The CORS headers every answer of a route with `[route.cors]` gets, refusals included.
     cors: Option<policy::cors::Reply>,
+    /// The request's framing was ambiguous: whoever sent it (or a proxy in front) may disagree
+    /// with the gateway on where the next request starts, so the connection is not reused.
+    ambiguous: bool,
 }
 
 impl Gateway {
@@ -54,14 +57,15 @@ impl Gateway {
         let start = Instant::now();
         let method = req.method().clone();
         let request_id = headers::request_id(req.headers());
-        let unread_body = req.version() < Version::HTTP_2 && has_body(req.headers());
+        let http1 = req.version() < Version::HTTP_2;
+        let unread_body = http1 && has_body(req.headers());
         let mut rec = Record::default();
 
         let mut resp = match self.process(req, conn, &request_id, &mut rec).await {
             Ok(resp) => resp,
             Err(e) => self.refuse(e, &mut rec, &request_id),
         };
-        if unread_body && rec.answered {
+        if (unread_body && rec.answered) || (http1 && rec.ambiguous) {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -88,6 +92,10 @@ impl Gateway {
     {
         let snapshot = self.wiring.current();
         let (head, body) = req.into_parts();
+        if let Err(e) = crate::framing::check(&head) {
+            rec.ambiguous = true;
+            return Err(e.into());
+        }
         let path = normalize(&head)?;
         if let Some(answer) = metadata(&snapshot, &head, &path) {
             rec.answered = true;

@@ -206,6 +206,12 @@ fn claim_header_values() {
     assert_eq!(claim_header_value(&json!(["a", 1])).unwrap(), "a,1");
     assert!(claim_header_value(&json!({"a": 1})).is_none());
     assert!(claim_header_value(&json!("line\nbreak")).is_none());
+    // Nothing that could end the header line or start another is ever a value.
+    for bad in ["a\r\nX-Evil: 1", "a\rb", "a\0", "a\u{7f}", "a\u{1b}[31m"] {
+        assert!(claim_header_value(&json!(bad)).is_none(), "{bad:?}");
+        assert!(claim_header_value(&json!(["ok", bad])).is_none(), "{bad:?}");
+    }
+    assert_eq!(claim_header_value(&json!("a\tb")).unwrap(), "a\tb");
 }
 
 #[test]

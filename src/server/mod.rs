@@ -48,7 +48,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
-use crate::config::{Config, ServerConfig, TlsConfig};
+use crate::config::{Config, Http2Limits, ServerConfig, TlsConfig};
 use crate::gateway::{Conn, Gateway};
 use crate::metrics::Metrics;
 use crate::{Body, BoxError};
@@ -96,6 +96,8 @@ pub(crate) struct Limits {
     pub(crate) max_connections: usize,
     /// Cleartext connections may speak HTTP/2 with prior knowledge.
     pub(crate) http2_cleartext: bool,
+    /// What one HTTP/2 connection may make the gateway do (streams, resets, pings).
+    pub(crate) http2: Http2Limits,
 }
 
 /// The protocol of a connection, decided before HTTP starts: by ALPN with TLS, by the first
@@ -299,6 +301,13 @@ impl Limits {
         idle_timeout: Duration::from_secs(60),
         max_connections: 1024,
         http2_cleartext: true,
+        http2: Http2Limits {
+            max_concurrent_streams: 100,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 256,
+            keep_alive_interval: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(20),
+        },
     };
 
     /// The proxy listener's limits, from `[server]`.
@@ -309,6 +318,7 @@ impl Limits {
             idle_timeout: server.idle_timeout,
             max_connections: usize::try_from(server.max_connections).unwrap_or(usize::MAX),
             http2_cleartext: server.http2_cleartext,
+            http2: server.http2,
         }
     }
 }
@@ -325,10 +335,23 @@ impl<F> Shared<F> {
             // `Watched` times heads instead: hyper's timer also runs while a keep-alive
             // connection waits for its next request, which is `idle_timeout`'s business.
             .header_read_timeout(None);
+        let h2 = limits.http2;
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            // Also bounds a CONTINUATION flood: h2 allows about this size's worth of frames
+            // for one header block, then answers GOAWAY (ENHANCE_YOUR_CALM).
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            // Set rather than left to hyper's and h2's defaults, which are not part of their
+            // stability promises: each bounds what one client can make the gateway do.
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            // Rapid reset (CVE-2023-44487): streams reset before they were taken up.
+            .max_pending_accept_reset_streams(to_usize(h2.max_pending_accept_reset_streams))
+            // Streams the gateway itself reset for the client's errors (refused streams, bad
+            // headers): past this, GOAWAY.
+            .max_local_error_reset_streams(to_usize(h2.max_local_error_reset_streams))
+            .keep_alive_interval(h2.keep_alive_interval)
+            .keep_alive_timeout(h2.keep_alive_timeout);
         Shared {
             limits,
             http1,
@@ -337,6 +360,10 @@ impl<F> Shared<F> {
             handler,
         }
     }
+}
+
+fn to_usize(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 // === impl Activity ===
@@ -767,14 +794,18 @@ struct Watch<'a> {
 
 impl Watch<'_> {
     /// Drives `served` to its end, calling `graceful` (once) when the connection has had
-    /// nothing in flight for `idle`, or when shutdown starts.
+    /// nothing in flight for `idle`, or when shutdown starts. A graceful close that has not
+    /// ended after another `idle` with nothing in flight is cut: HTTP/2's close waits for the
+    /// client to answer a PING, and a client that floods frames without answering (or just
+    /// never answers) would otherwise keep the connection forever.
     async fn run<C>(mut self, served: C, graceful: impl Fn(Pin<&mut C>))
     where
         C: Future<Output = Result<(), hyper::Error>>,
     {
         tokio::pin!(served);
         let mut check = Instant::now() + self.idle;
-        let mut closing = false;
+        // When the graceful close began.
+        let mut closing: Option<Instant> = None;
         loop {
             tokio::select! {
                 r = served.as_mut() => {
@@ -783,20 +814,29 @@ impl Watch<'_> {
                     }
                     return;
                 }
-                _ = self.shutdown.wait_for(|&v| v), if !closing => {
+                _ = self.shutdown.wait_for(|&v| v), if closing.is_none() => {
                     graceful(served.as_mut());
-                    closing = true;
+                    closing = Some(Instant::now());
                 }
-                () = tokio::time::sleep_until(check), if !closing => {
+                () = tokio::time::sleep_until(check) => {
                     // Deadlines only move later, so waking at the earliest possible one and
                     // looking again is exact without waking the task on every request.
+                    let now = Instant::now();
                     match self.activity.idle_deadline(self.idle) {
-                        Some(deadline) if deadline <= Instant::now() => {
-                            graceful(served.as_mut());
-                            closing = true;
-                        }
+                        Some(deadline) if deadline <= now => match closing {
+                            None => {
+                                graceful(served.as_mut());
+                                closing = Some(now);
+                                check = now + self.idle;
+                            }
+                            Some(began) if began + self.idle <= now => {
+                                tracing::debug!(remote = %self.remote, "graceful close unfinished; connection dropped");
+                                return;
+                            }
+                            Some(began) => check = began + self.idle,
+                        },
                         Some(deadline) => check = deadline,
-                        None => check = Instant::now() + self.idle,
+                        None => check = now + self.idle,
                     }
                 }
             }

@@ -9,6 +9,7 @@ pub mod introspect;
 pub mod legacy;
 pub mod metrics;
 pub mod process;
+pub mod raw;
 pub mod redis;
 pub mod upstream;
 

@@ -21,6 +21,9 @@ pub struct Recorded {
     pub body_len: usize,
     /// SHA-256 of the body, hex.
     pub body_sha256: String,
+    /// The body arrived whole, properly ended (false: the gateway cut the request off).
+    pub body_complete: bool,
+    pub body: Bytes,
 }
 
 pub struct RecordingUpstream {
@@ -62,17 +65,17 @@ impl RecordingUpstream {
                 {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                 }
-                let body = body
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
+                let collected = body.collect().await.map(|b| b.to_bytes());
+                let body_complete = collected.is_ok();
+                let body = collected.unwrap_or_default();
                 let body_sha256 = super::sha256_hex(&body);
                 r.lock().unwrap().push(Recorded {
                     uri: uri.clone(),
                     headers: parts.headers.clone(),
                     body_len: body.len(),
                     body_sha256: body_sha256.clone(),
+                    body_complete,
+                    body: body.clone(),
                 });
                 let headers: serde_json::Map<String, serde_json::Value> = parts
                     .headers
