@@ -27,6 +27,7 @@ mod replicas;
 mod session_edges;
 mod session_model;
 mod sessions;
+mod slow_bodies;
 mod smuggling;
 mod step_up;
 mod tls;
