@@ -155,3 +155,172 @@ async fn no_token_reaches_the_logs_at_any_level() {
         "the outage was not logged at all:\n{all}"
     );
 }
+
+/// Every secret the configuration can hold, through files and a Redis URL: the real binary at
+/// trace level, a working store, then a store that goes away and one that refuses the password,
+/// and `tollgate check` on a broken file. None of them may show up in a log line or an error.
+#[tokio::test]
+async fn no_configured_secret_reaches_the_logs_or_the_errors() {
+    use tollgate::demo::legacy::{FakeLegacy, LegacyOptions, LegacyUser};
+
+    const STORE_PW: &str = "store-password-8f3c1a";
+    const LOGIN_PW: &str = "login-password-2b9d7e";
+    const ADMIN_TOKEN: &str = "admin-token-5e0f4c9a1d";
+    let handle_key = "7c".repeat(32);
+    let idp = FakeIdp::start().await;
+    let mut redis = crate::support::redis::RedisServer::start_with(&[
+        "--user",
+        "tollgate",
+        "on",
+        &format!(">{STORE_PW}"),
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let fake = FakeLegacy::new(LegacyOptions {
+        users: vec![LegacyUser::new("admin", LOGIN_PW, &["MyStore"], &["HQ"])],
+        ..LegacyOptions::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let legacy = format!("http://{}", listener.local_addr().unwrap());
+    let _fake_task = fake.spawn(listener);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{text}\n")).unwrap();
+        path.display().to_string()
+    };
+    let (password_file, key_file, admin_file, secret_file) = (
+        file("erp-password", LOGIN_PW),
+        file("handle.key", &handle_key),
+        file("admin-token", ADMIN_TOKEN),
+        file("client-secret", CLIENT_SECRET),
+    );
+    let config_with = |store_url: &str| {
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token_file = "{admin_file}"
+
+[log]
+level = "trace"
+format = "json"
+
+[store]
+kind = "redis"
+url = "{store_url}"
+timeout = "500ms"
+
+[[issuer]]
+id = "erp"
+issuer = "{issuer}"
+jwks_uri = "{issuer}/jwks"
+audiences = ["api"]
+algorithms = ["RS256"]
+
+[[issuer]]
+id = "opaque"
+issuer = "https://opaque.example"
+audiences = ["api"]
+validation = "introspection"
+[issuer.introspection]
+endpoint = "http://127.0.0.1:9/introspect"
+client_id = "tollgate"
+client_secret_file = "{secret_file}"
+
+[[upstream]]
+id = "erp"
+url = "{legacy}"
+timeout = "5s"
+[upstream.session]
+max_upstream_sessions = 2
+handle_key_file = "{key_file}"
+[upstream.session.credentials]
+name = "admin"
+password_file = "{password_file}"
+tenant = "MyStore"
+
+[[route]]
+id = "erp"
+prefix = "/entity/"
+upstream = "erp"
+scopes = ["api"]
+"#,
+            issuer = idp.issuer
+        )
+    };
+    let port = redis
+        .url()
+        .trim_start_matches("redis://127.0.0.1:")
+        .trim_end_matches("/0")
+        .to_owned();
+    let good_url = format!("redis://tollgate:{STORE_PW}@127.0.0.1:{port}/0");
+    let mut p = Process::start(&config_with(&good_url)).await;
+    p.ready().await;
+    let echo = p.url("/entity/Default/24.200.001/Echo");
+    for grant in ["g1", "g2"] {
+        let token = idp.token(json!({"grant_id": grant, "scope": "api"}));
+        let r = get(&echo, &[("authorization", &format!("Bearer {token}"))]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let sessions = get(
+        &format!("{}/sessions", p.admin),
+        &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+    )
+    .await;
+    assert_eq!(sessions.status, 200);
+    // The store goes away: requests fail (503), and the store errors are logged.
+    redis.stop();
+    let token = idp.token(json!({"grant_id": "g3", "scope": "api"}));
+    let r = get(&echo, &[("authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    p.wait_for_log("store", 1).await;
+    p.kill();
+    let mut logs = p.logs();
+
+    // A store that refuses the password.
+    redis.restart();
+    let wrong_url = format!("redis://tollgate:wrong-{STORE_PW}@127.0.0.1:{port}/0");
+    let mut p = Process::start(&config_with(&wrong_url)).await;
+    let token = idp.token(json!({"grant_id": "g4", "scope": "api"}));
+    let r = get(
+        &p.url("/entity/Default/24.200.001/Echo"),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    p.kill();
+    logs.extend(p.logs());
+
+    // `tollgate check` on a file with a syntax error on the URL's line, and with a bad URL.
+    let broken = dir.path().join("broken.toml");
+    for store_url in [
+        format!("redis//tollgate:{STORE_PW}@127.0.0.1:{port}/0\""),
+        format!("{good_url}\"\nurl = \"{good_url}"),
+    ] {
+        std::fs::write(&broken, config_with(&store_url)).unwrap();
+        let out =
+            crate::support::process::run(&["check", "--config", broken.to_str().unwrap()], &[]);
+        assert!(!out.status.success());
+        logs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        logs.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+
+    let all = logs.join("\n");
+    assert!(all.contains("\"level\":\"TRACE\"") || all.contains("\"level\":\"DEBUG\""));
+    for (what, secret) in [
+        ("the store password", STORE_PW),
+        ("the upstream login password", LOGIN_PW),
+        ("the handle key", handle_key.as_str()),
+        ("the admin token", ADMIN_TOKEN),
+        ("the introspection client secret", CLIENT_SECRET),
+    ] {
+        assert!(
+            !all.contains(secret),
+            "{what} appears in the logs or errors:\n{all}"
+        );
+    }
+}
