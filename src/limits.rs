@@ -7,6 +7,10 @@
 //!   stalls longer gets 408 and its connection closed, and whatever the request held (an
 //!   upstream connection, a session lease) is given back, instead of waiting for the client
 //!   for ever.
+//! - `[[upstream]] body_read_timeout`: the same bound on the upstream's response body
+//!   ([`Paced`]). Its head has gone to the client already, so the answer is cut off (the
+//!   client sees the body end early), and the upstream connection and the session are given
+//!   back.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -26,6 +30,11 @@ use crate::BoxError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the request body is larger than the route's max_body")]
 pub struct TooLarge;
+
+/// The upstream sent no body bytes for longer than its `body_read_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the upstream sent no response body for longer than its body_read_timeout")]
+pub struct UpstreamStalled;
 
 /// The client sent no body bytes for longer than `server.body_read_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -80,33 +89,56 @@ pub struct Capped<B> {
     inner: B,
     left: u64,
     broken: Arc<Broken>,
+    gap: Gap,
+}
+
+/// The read-gap bound of a body: how long it may be waited for without a frame. Only waits
+/// count: while the other side is slow to take the body, the body is not polled, and that time
+/// is not the sender's.
+struct Gap {
     gap: Duration,
-    /// Since when the body has been waiting for the client without a frame. Only waits count:
-    /// while an upstream is slow to take the body, the body is not polled, and that time is not
-    /// the client's.
+    /// Since when the body has been waited for without a frame.
     waiting_since: Option<Instant>,
     /// Allocated on the first wait, then moved to each new wait's deadline.
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl<B> Capped<B> {
-    pub fn new(inner: B, max: u64, gap: Duration) -> (Self, Arc<Broken>) {
-        let broken = Arc::new(Broken::default());
-        (
-            Capped {
-                inner,
-                left: max,
-                broken: broken.clone(),
-                gap,
-                waiting_since: None,
-                timer: None,
-            },
-            broken,
-        )
+impl Gap {
+    fn new(gap: Duration) -> Gap {
+        Gap {
+            gap,
+            waiting_since: None,
+            timer: None,
+        }
     }
 
-    /// The body is pending: has the client been silent for `gap` while we waited? Arms the timer
-    /// so that this task is woken at the deadline.
+    /// Polls `inner` for its next frame; once it has been waited for `gap`, the answer is
+    /// `stalled()`'s error instead.
+    fn poll<B>(
+        &mut self,
+        inner: Pin<&mut B>,
+        cx: &mut Context<'_>,
+        stalled: impl FnOnce() -> BoxError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+    where
+        B: HttpBody<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        match inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                // A frame arrived: the next wait starts afresh.
+                self.waiting_since = None;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if self.stalled(cx) => Poll::Ready(Some(Err(stalled()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The body is pending: has it been waited for `gap` already? Arms the timer so that this
+    /// task is woken at the deadline.
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
         let now = Instant::now();
         let deadline = *self.waiting_since.get_or_insert(now) + self.gap;
@@ -124,6 +156,21 @@ impl<B> Capped<B> {
     }
 }
 
+impl<B> Capped<B> {
+    pub fn new(inner: B, max: u64, gap: Duration) -> (Self, Arc<Broken>) {
+        let broken = Arc::new(Broken::default());
+        (
+            Capped {
+                inner,
+                left: max,
+                broken: broken.clone(),
+                gap: Gap::new(gap),
+            },
+            broken,
+        )
+    }
+}
+
 impl<B> HttpBody for Capped<B>
 where
     B: HttpBody<Data = Bytes> + Unpin,
@@ -136,29 +183,67 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    if n > self.left {
-                        self.broken.set(Fault::TooLarge);
-                        return Poll::Ready(Some(Err(Box::new(TooLarge))));
-                    }
-                    self.left -= n;
+        let this = &mut *self;
+        let broken = &this.broken;
+        let polled = this.gap.poll(Pin::new(&mut this.inner), cx, || {
+            broken.set(Fault::Timeout);
+            Box::new(BodyTimeout)
+        });
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let n = data.len() as u64;
+                if n > this.left {
+                    this.broken.set(Fault::TooLarge);
+                    return Poll::Ready(Some(Err(Box::new(TooLarge))));
                 }
-                self.waiting_since = None;
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                if self.stalled(cx) {
-                    self.broken.set(Fault::Timeout);
-                    return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
-                }
-                Poll::Pending
+                this.left -= n;
             }
         }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An upstream's response body that fails once the upstream has sent nothing for its
+/// `body_read_timeout` while the gateway waited.
+pub struct Paced<B> {
+    inner: B,
+    gap: Gap,
+}
+
+impl<B> Paced<B> {
+    pub fn new(inner: B, gap: Duration) -> Self {
+        Paced {
+            inner,
+            gap: Gap::new(gap),
+        }
+    }
+}
+
+impl<B> HttpBody for Paced<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        this.gap.poll(Pin::new(&mut this.inner), cx, || {
+            tracing::warn!("{UpstreamStalled}; the answer is cut off");
+            Box::new(UpstreamStalled)
+        })
     }
 
     fn is_end_stream(&self) -> bool {
@@ -237,6 +322,24 @@ mod tests {
         sender.await.unwrap();
         assert_eq!(got, 10);
         assert_eq!(broken.fault(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_silent_for_the_gap_breaks_its_answer() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut body = Paced::new(Client(rx), GAP);
+        tx.send(Bytes::from_static(b"head of the body"))
+            .await
+            .unwrap();
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert!(frame.unwrap().is_ok());
+        let started = Instant::now();
+        let e = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(e.is::<UpstreamStalled>(), "{e}");
+        assert_eq!(Instant::now() - started, GAP);
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,7 +7,7 @@
 //! when the last attempt is older than `jwks_min_refresh`, so a flood of tokens with invented
 //! `kid`s costs the IdP at most one request per window.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -179,6 +179,8 @@ pub struct Jwks {
     metrics: Metrics,
     current: ArcSwapOption<KeySet>,
     generation: AtomicU64,
+    /// The last fetch attempt failed: the IdP is down or answering garbage.
+    failing: AtomicBool,
     state: Mutex<RefreshState>,
 }
 
@@ -209,6 +211,7 @@ impl Jwks {
             metrics,
             current: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
             state: Mutex::new(RefreshState {
                 last_attempt: None,
                 jwks_uri,
@@ -234,6 +237,17 @@ impl Jwks {
 
     pub fn is_ready(&self) -> bool {
         self.current.load().is_some()
+    }
+
+    /// The last attempt to fetch the key set failed. A `kid` still unknown then may belong to a
+    /// key the IdP published while it could not be reached: the token may well be valid.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    /// Seconds until a kid-miss may fetch again, for a `Retry-After` (at least 1).
+    pub fn retry_after(&self) -> u64 {
+        self.min_refresh.as_secs().clamp(1, 30)
     }
 
     /// Called after a lookup found no key. Fetches again unless another fetch completed since
@@ -262,6 +276,7 @@ impl Jwks {
     async fn fetch_locked(&self, state: &mut RefreshState) -> Result<Option<Duration>, JwksError> {
         state.last_attempt = Some(Instant::now());
         let result = self.fetch(state).await;
+        self.failing.store(result.is_err(), Ordering::Release);
         match &result {
             Ok(_) => {}
             Err(e) => {

@@ -89,6 +89,14 @@ impl IssuerVerifier {
             }
         };
         let Lookup::Found(key) = keys.find(header.kid.as_deref(), header.alg) else {
+            // While the IdP cannot be reached, an unknown key may be one it published meanwhile
+            // (a rotation): 503, so that the client retries the token instead of dropping it.
+            if self.jwks.is_failing() {
+                return Err(AuthError::IdpUnavailable {
+                    issuer: self.id.clone(),
+                    retry_after: self.jwks.retry_after(),
+                });
+            }
             return Err(InvalidToken::UnknownKey.into());
         };
 

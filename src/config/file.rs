@@ -458,6 +458,9 @@ pub struct UpstreamSection {
     /// Time allowed until the upstream's response headers (humantime). By default
     /// [`default_upstream_timeout`].
     pub timeout: Option<String>,
+    /// The longest gap between two reads of the upstream's response body (humantime). By
+    /// default [`default_upstream_body_read_timeout`].
+    pub body_read_timeout: Option<String>,
     /// Send the client's `Authorization` header upstream. By default false.
     pub forward_authorization: Option<bool>,
     /// Send the client's `Host` header upstream instead of the upstream URL's authority. By
@@ -484,6 +487,11 @@ pub fn default_connect_timeout() -> &'static str {
 
 /// `60s`.
 pub fn default_upstream_timeout() -> &'static str {
+    "60s"
+}
+
+/// `60s`.
+pub fn default_upstream_body_read_timeout() -> &'static str {
     "60s"
 }
 

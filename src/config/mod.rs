@@ -206,6 +206,8 @@ pub struct UpstreamConfig {
     pub url: Url,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// The longest gap between two reads of the response body.
+    pub body_read_timeout: Duration,
     pub forward_authorization: bool,
     pub preserve_host: bool,
     pub ca_file: Option<PathBuf>,

@@ -62,6 +62,13 @@ fn upstream(
     );
     c.nonzero(&k("connect_timeout"), connect_timeout);
     c.nonzero(&k("timeout"), timeout);
+    let body_read_timeout = c.positive_duration(
+        &k("body_read_timeout"),
+        written_or(
+            &r.body_read_timeout,
+            file::default_upstream_body_read_timeout,
+        ),
+    );
     let file = |c: &mut Checker<'_>, field: &str, value: &Option<String>| {
         value
             .as_deref()
@@ -72,6 +79,7 @@ fn upstream(
         url: url.unwrap_or_else(placeholder_url),
         connect_timeout: connect_timeout.unwrap_or_default(),
         timeout: timeout.unwrap_or_default(),
+        body_read_timeout,
         forward_authorization: r.forward_authorization.unwrap_or_default(),
         preserve_host: r.preserve_host.unwrap_or_default(),
         ca_file: file(c, "ca_file", &r.ca_file),

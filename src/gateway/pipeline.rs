@@ -500,7 +500,7 @@ async fn finish(
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    let body: Body = body.map_err(BoxError::from).boxed();
+    let body: Body = limits::Paced::new(body, upstream.body_read_timeout).boxed();
     let Some(lease) = lease else {
         return Ok(Response::from_parts(parts, body));
     };

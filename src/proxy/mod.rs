@@ -55,6 +55,8 @@ pub struct Upstream {
     /// Path of the upstream URL without trailing slash ("" for the root), prepended to every path.
     base_path: String,
     timeout: Duration,
+    /// `body_read_timeout`: the longest wait for the next piece of a response body.
+    pub body_read_timeout: Duration,
     forward_authorization: bool,
     preserve_host: bool,
     /// `max_concurrency`: places for requests in flight; none left means 503 at once.
@@ -119,6 +121,7 @@ impl Upstream {
             authority,
             base_path,
             timeout: cfg.timeout,
+            body_read_timeout: cfg.body_read_timeout,
             forward_authorization: cfg.forward_authorization,
             preserve_host: cfg.preserve_host,
             limit: cfg

@@ -403,6 +403,74 @@ async fn the_breaker_opens_fails_fast_and_one_probe_closes_it() {
     gw.shutdown().await;
 }
 
+/// An endpoint answering 5xx to a storm of concurrent new tokens: every request is 503
+/// `temporarily_unavailable` with `Retry-After` (never 401, never a 5xx of another kind), the
+/// breaker keeps the storm off the endpoint, and the gateway recovers once it is back.
+#[tokio::test]
+async fn a_storm_of_5xx_is_503_and_the_breaker_keeps_it_off_the_endpoint() {
+    let (fake, _u, gw) = start(
+        basic(),
+        BASIC,
+        "breaker_failures = 5\nbreaker_cooldown = \"5s\"",
+    )
+    .await;
+    let cached = fake.active(json!({}));
+    assert_eq!(call(&gw, PATH, &cached).await.status, 200);
+    fake.set_mode(Mode::Status(502));
+    for _ in 0..5 {
+        assert_eq!(call(&gw, PATH, &fake.active(json!({}))).await.status, 503);
+    }
+    assert_eq!(fake.calls(), 6);
+    fake.set_mode(Mode::Status(500));
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for _wave in 0..4 {
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let url = gw.url(PATH);
+                let auth = format!("Bearer {}", fake.active(json!({})));
+                tokio::spawn(async move {
+                    let r = get(&url, &[("authorization", &auth)]).await;
+                    (
+                        r.status.as_u16(),
+                        r.header("retry-after").is_some(),
+                        r.json(),
+                    )
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (status, retry_after, body) = t.await.unwrap();
+            *statuses.entry(status).or_default() += 1;
+            assert!(retry_after, "a 503 without Retry-After");
+            assert_eq!(body["error"], "temporarily_unavailable");
+        }
+        // Tokens verified before the storm keep working from the cache.
+        assert_eq!(call(&gw, PATH, &cached).await.status, 200);
+    }
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        [503],
+        "{statuses:?}"
+    );
+    // At most a probe per cool-down reached the endpoint during the 200 requests.
+    assert!(
+        fake.calls() <= 8,
+        "{} calls reached the endpoint",
+        fake.calls()
+    );
+
+    fake.set_mode(Mode::Normal);
+    let token = fake.active(json!({}));
+    eventually(
+        "after the storm the endpoint is used again",
+        Duration::from_secs(15),
+        || async { call(&gw, PATH, &token).await.status },
+        |status| *status == 200,
+    )
+    .await;
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn concurrent_requests_for_one_new_token_share_one_call() {
     let (fake, upstream, gw) = start(basic(), BASIC, "").await;

@@ -253,6 +253,68 @@ async fn key_rotation_is_picked_up_without_a_restart() {
     gw.shutdown().await;
 }
 
+/// The IdP rotates its key while it flaps (down, up, down…). A token signed with the new key is
+/// never refused as invalid while the key set cannot be fetched: 503 with `Retry-After`, so
+/// the client keeps it and retries; once a fetch succeeds it is served. Tokens of the old key
+/// keep working throughout, and a truly unknown `kid` is still 401 once the IdP answers.
+#[tokio::test]
+async fn an_idp_that_flaps_during_a_key_rotation_never_turns_new_tokens_into_401() {
+    let (idp, _upstream, gw) = setup(|c| {
+        c.replace("jwks_min_refresh = \"30s\"", "jwks_min_refresh = \"100ms\"")
+            .replace("jwks_refresh = \"10m\"", "jwks_refresh = \"1h\"")
+    })
+    .await;
+    let old = idp.token(json!({}));
+    assert_eq!(call(&gw, &old).await, 200);
+    idp.set_down(true);
+    idp.rotate(SigningKey::rsa("k2", Algorithm::RS256).unwrap(), true);
+    let fresh = idp.sign("k2", &idp.claims());
+    let r = get(
+        &gw.url(PATH),
+        &[("authorization", &format!("Bearer {fresh}"))],
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "temporarily_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("www-authenticate"), None, "not a token problem");
+    // A token of the old key never seen before verifies against the kept key set.
+    let mut bob = idp.claims();
+    bob["sub"] = json!("bob");
+    assert_eq!(call(&gw, &idp.sign("k1", &bob)).await, 200);
+
+    // The IdP flaps while clients keep sending both tokens: never a 401, and never an error
+    // for the old key's tokens.
+    let mut statuses = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        idp.set_down(i % 2 == 0);
+        tokio::time::sleep(Duration::from_millis(120)).await; // past jwks_min_refresh
+        statuses.insert(call(&gw, &fresh).await);
+        assert_eq!(call(&gw, &old).await, 200);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    idp.set_down(false);
+    eventually(
+        "with the IdP back, the new key is fetched and its token served",
+        Duration::from_secs(5),
+        || call(&gw, &fresh),
+        |status| *status == 200,
+    )
+    .await;
+    let attacker = SigningKey::rsa("nobody", Algorithm::RS256).unwrap();
+    let stranger = attacker.sign(&idp.claims()).unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await; // past jwks_min_refresh
+    assert_eq!(
+        call(&gw, &stranger).await,
+        401,
+        "unknown kid with the IdP up"
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_flood_of_unknown_kids_costs_at_most_one_fetch_per_window() {
     let (idp, upstream, gw) =

@@ -3,6 +3,7 @@
 //! One integration-test binary: every module below tells one story over real sockets on
 //! 127.0.0.1 (issuer → upstream → gateway → client → assertions).
 
+#[macro_use]
 mod support;
 
 mod admin;
@@ -12,6 +13,7 @@ mod connections;
 mod cors;
 mod demo;
 mod errors_rfc6750;
+mod faults;
 mod fleet;
 mod forwarding;
 mod h2_abuse;

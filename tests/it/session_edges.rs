@@ -1060,17 +1060,6 @@ scopes = ["api"]
     assert_eq!(fake.counters().logins_locked, 0);
 }
 
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[tokio::test] async fn $name() { super::$name(super::Store::Memory).await } )*
-        }
-        mod redis {
-            $( #[tokio::test] async fn $name() { super::$name(super::Store::Redis).await } )*
-        }
-    };
-}
-
 both_stores!(
     login_spellings_are_answered_by_the_gateway_in_active_mode,
     logout_spellings_end_the_session_through_the_gateway,

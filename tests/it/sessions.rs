@@ -683,17 +683,6 @@ async fn token_keyed_sessions_end_with_their_token(store: Store) {
     e.gw.shutdown().await;
 }
 
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[tokio::test] async fn $name() { super::$name(super::Store::Memory).await } )*
-        }
-        mod redis {
-            $( #[tokio::test] async fn $name() { super::$name(super::Store::Redis).await } )*
-        }
-    };
-}
-
 both_stores!(
     single_mode_serialises_a_grants_requests_on_one_session,
     a_refreshed_token_keeps_the_session_and_grants_never_share,

@@ -1,6 +1,7 @@
 //! The data endpoints under `/entity/{endpoint}/{version}/`, once the request holds its
 //! session: Echo (who the session is), Counter (per-session state), Slow (holds the session),
-//! LongOp (a long operation that pins the session) and any other entity call (echoes what
+//! LongOp (a long operation that pins the session), Stream (a large answer that may break
+//! off: the fault injection of the gateway's tests) and any other entity call (echoes what
 //! arrived).
 
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub(super) enum DataOp {
     CounterIncrement,
     CounterRead,
     Slow,
+    Stream,
     LongOpStart,
     LongOpStatus(Option<u64>),
     LongOpOther,
@@ -40,6 +42,7 @@ impl DataOp {
             1 if r(0, "Counter") && method == Method::PUT => DataOp::CounterIncrement,
             1 if r(0, "Counter") && method == Method::GET => DataOp::CounterRead,
             1 if r(0, "Slow") && method == Method::GET => DataOp::Slow,
+            1 if r(0, "Stream") && method == Method::GET => DataOp::Stream,
             2 if r(0, "LongOp") && r(1, "Start") && method == Method::POST => DataOp::LongOpStart,
             3 if r(0, "LongOp") && r(1, "Status") && method == Method::GET => {
                 DataOp::LongOpStatus(rest.get(2).and_then(|id| id.parse().ok()))
@@ -81,6 +84,7 @@ impl FakeLegacy {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 json_response(StatusCode::OK, &json!({"session": ordinal}))
             }
+            DataOp::Stream => stream(parts),
             op => self.data_op_now(ordinal, prefix, op, parts, body_bytes, body_sha256),
         }
     }
@@ -147,10 +151,121 @@ impl FakeLegacy {
                 Some(_) => empty(StatusCode::NO_CONTENT),
                 None => not_found(),
             },
-            DataOp::LongOpOther | DataOp::Generic | DataOp::Slow => json_response(
+            DataOp::LongOpOther | DataOp::Generic | DataOp::Slow | DataOp::Stream => json_response(
                 StatusCode::OK,
                 &json!({"session": ordinal, "path": parts.uri.path(), "method": parts.method.as_str(), "body_bytes": body_bytes, "body_sha256": body_sha256}),
             ),
+        }
+    }
+}
+
+/// Upper bound of `Stream?bytes=`.
+const MAX_STREAM_BYTES: usize = 16 << 20;
+
+/// `GET Stream?bytes=N&fault=reset|stall`: a 200 with `Content-Length: N` (default 64 KiB), sent
+/// in two halves. With `fault=reset` the second half never comes and the connection is broken
+/// off (a server that crashed mid-answer); with `fault=stall` it never comes and the connection
+/// stays open (a server stuck mid-answer). The session counts as in use until the answer ends.
+fn stream(parts: &http::request::Parts) -> Response<Body> {
+    let query: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let get = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let bytes = match get("bytes").map(str::parse::<usize>) {
+        None => 64 << 10,
+        Some(Ok(n)) => n.min(MAX_STREAM_BYTES),
+        Some(Err(_)) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"message": "bytes must be a number."}),
+            )
+        }
+    };
+    let fault = match get("fault") {
+        None => None,
+        Some("reset") => Some(Fault::Reset),
+        Some("stall") => Some(Fault::Stall),
+        Some(_) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"message": "fault must be reset or stall."}),
+            )
+        }
+    };
+    let half = bytes / 2;
+    let body = Halves {
+        first: Some(bytes::Bytes::from(vec![b'a'; half])),
+        second: Some(bytes::Bytes::from(vec![b'b'; bytes - half])),
+        fault,
+        pause: Box::pin(tokio::time::sleep(Duration::from_millis(50))),
+    };
+    let mut r = Response::new(http_body_util::BodyExt::boxed(body));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Reset,
+    Stall,
+}
+
+/// The body of [`stream`].
+struct Halves {
+    first: Option<bytes::Bytes>,
+    second: Option<bytes::Bytes>,
+    fault: Option<Fault>,
+    /// Before breaking off: the head and the first half leave first, as from a server that
+    /// crashed mid-answer rather than before it.
+    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// What a `fault=reset` answer breaks off with.
+#[derive(Debug, thiserror::Error)]
+#[error("the fake broke its answer off (fault=reset)")]
+struct BrokenOff;
+
+impl http_body::Body for Halves {
+    type Data = bytes::Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(first))));
+        }
+        match self.fault {
+            // Never woken: the answer waits until the client goes away.
+            Some(Fault::Stall) => Poll::Pending,
+            Some(Fault::Reset) => {
+                if self.pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.fault = None;
+                self.second = None;
+                Poll::Ready(Some(Err(Box::new(BrokenOff))))
+            }
+            None => Poll::Ready(self.second.take().map(|b| Ok(http_body::Frame::data(b)))),
         }
     }
 }

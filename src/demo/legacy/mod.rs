@@ -16,7 +16,9 @@
 //! - `POST /entity/auth/login` (JSON or form: `name`, `password`, `tenant` or `company`,
 //!   `branch`) and `POST /entity/auth/logout`;
 //! - under `/entity/{endpoint}/{version}/`: `GET Echo` (who the session is), `PUT`/`GET Counter`
-//!   (a per-session counter), `GET Slow?ms=` (holds the session), `POST LongOp/Start` and
+//!   (a per-session counter), `GET Slow?ms=` (holds the session), `GET Stream?bytes=&fault=`
+//!   (a large answer, broken off with `fault=reset` or stuck halfway with `fault=stall`),
+//!   `POST LongOp/Start` and
 //!   `GET LongOp/Status/{id}` (a long operation that pins the session); any other path answers
 //!   `200` with the session, the method and the body's length and SHA-256;
 //! - `GET /health` without a session; any other path is a UI page (login redirect without a

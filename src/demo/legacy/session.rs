@@ -91,6 +91,8 @@ impl FakeLegacy {
         }
         let (body_bytes, body_sha256) = drain(body).await;
         let is_data = data.is_some();
+        // A streamed answer keeps its session in use (and its turn) until it has been sent.
+        let streams = matches!(&data, Some((_, DataOp::Stream)));
         let mut resp = match data {
             None => json_response(
                 StatusCode::OK,
@@ -147,7 +149,42 @@ impl FakeLegacy {
         if let Some(seq) = seq {
             add_request_cookies(resp.headers_mut(), seq, &path);
         }
+        if streams {
+            return resp.map(|body| {
+                http_body_util::BodyExt::boxed(Holding {
+                    body,
+                    _held: (_in_flight, _turn),
+                })
+            });
+        }
         resp
+    }
+}
+
+/// A body that holds `G` (the request's in-flight mark and its turn on the session) until it
+/// has been sent or dropped.
+struct Holding<G> {
+    body: Body,
+    _held: G,
+}
+
+impl<G: Unpin> http_body::Body for Holding<G> {
+    type Data = bytes::Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -57,6 +57,9 @@ impl Pool {
     /// Publishes the session-count gauges by state and the seats, in one store round trip
     /// whatever the number of sessions (also called at each scrape).
     pub async fn sample_sessions(&self) {
+        // This replica's own waiters, published by every replica: sampled here too, since the
+        // samples taken as leases are granted and released miss a request while it waits.
+        self.sample_queue().await;
         if !self.publishes() {
             self.metrics.withdraw_fleet_gauges(&self.upstream_id);
             return;
@@ -130,8 +133,8 @@ mod tests {
         let r = rig(|_| {}).await;
         let mut first = r.pool.hold(&r.who("a")).await.unwrap();
         let second = r.queued("a").await;
-        r.pool.sample_queue().await;
-        assert_eq!(r.metric(QUEUE), 1.0);
+        r.pool.sample_sessions().await;
+        assert_eq!(r.metric(QUEUE), 1.0, "a scrape shows the waiting request");
         r.pool.release(&mut first, false).await;
         second.await.unwrap().unwrap();
         assert_eq!(r.metric(QUEUE), 0.0, "sampled again as the place was taken");

@@ -30,6 +30,7 @@ pub struct Setup {
     password: String,
     passive: bool,
     server: String,
+    upstream: String,
     extra: String,
 }
 
@@ -57,8 +58,15 @@ impl Setup {
             password: "123".to_owned(),
             passive: false,
             server: String::new(),
+            upstream: String::new(),
             extra: String::new(),
         }
+    }
+
+    /// Lines added to `[[upstream]]`.
+    pub fn upstream(mut self, lines: &str) -> Self {
+        self.upstream = lines.to_owned();
+        self
     }
 
     pub fn opts(mut self, opts: LegacyOptions) -> Self {
@@ -189,6 +197,7 @@ algorithms = ["RS256"]
 id = "erp"
 url = "{legacy}"
 timeout = "10s"
+{upstream}
 
 [upstream.session]
 {cap}
@@ -209,6 +218,7 @@ auth = "none"
 {extra}
 "#,
             server = self.server,
+            upstream = self.upstream,
             session = self.session,
             extra = self.extra,
         )

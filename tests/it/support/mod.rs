@@ -1,6 +1,19 @@
 //! Test support: real sockets on 127.0.0.1 port 0, an in-process issuer and a recording
 //! upstream, and the gateway started in-process on listeners the test bound itself.
 
+/// `both_stores!(test_a, test_b)`: each `async fn test_a(store: Store)` of the calling module
+/// becomes two tests, `memory::test_a` and `redis::test_a` (the module must import `Store`).
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test] async fn $name() { super::$name(super::Store::Memory).await } )*
+        }
+        mod redis {
+            $( #[tokio::test] async fn $name() { super::$name(super::Store::Redis).await } )*
+        }
+    };
+}
+
 pub mod certs;
 pub mod gateway;
 pub mod http;
