@@ -281,11 +281,23 @@ pub(crate) fn mint(
     tag: &str,
     grants: bool,
 ) -> anyhow::Result<Vec<String>> {
+    mint_lasting(key, issuer, count, tag, grants, 3600)
+}
+
+/// [`mint`] with tokens valid for `ttl` seconds.
+pub(crate) fn mint_lasting(
+    key: &SigningKey,
+    issuer: &str,
+    count: usize,
+    tag: &str,
+    grants: bool,
+    ttl: u64,
+) -> anyhow::Result<Vec<String>> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let sign = |i: usize| {
         let mut claims = json!({
             "iss": issuer, "aud": "api", "sub": format!("user-{i}"), "client_id": "bench",
-            "scope": "api", "iat": now, "exp": now + 3600, "jti": format!("{tag}-{i}"),
+            "scope": "api", "iat": now, "exp": now + ttl, "jti": format!("{tag}-{i}"),
         });
         if grants {
             claims["grant_id"] = json!(format!("{tag}-grant-{i}"));
