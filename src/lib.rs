@@ -35,6 +35,8 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod hop_by_hop;
 pub mod limits;
