@@ -299,9 +299,16 @@ fn httpdate(s: &str) -> Option<SystemTime> {
         hms.next()?.parse().ok()?,
         hms.next()?.parse().ok()?,
     );
+    // RFC 6265 §5.1.1: a time of day out of range is no date; so is one past what the clock
+    // holds (the attribute is then ignored, as a date that will never come).
+    if h > 23 || m > 59 || sec > 59 {
+        return None;
+    }
     let days = days_from_civil(year, month, day)?;
-    let secs = days * 86_400 + h * 3600 + m * 60 + sec;
-    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    let secs = days
+        .checked_mul(86_400)?
+        .checked_add(h * 3600 + m * 60 + sec)?;
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -314,7 +321,9 @@ fn days_from_civil(y: u64, m: u64, d: u64) -> Option<u64> {
     let yoe = y - era * 400;
     let doy = (153 * m + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    (era * 146_097 + doe).checked_sub(719_468)
+    era.checked_mul(146_097)?
+        .checked_add(doe)?
+        .checked_sub(719_468)
 }
 
 #[cfg(test)]
@@ -342,6 +351,22 @@ mod tests {
         ]);
         assert_eq!(j.names(), ["c"]);
         assert_eq!(Jar::from_text(&j.to_text()), j);
+    }
+
+    #[test]
+    fn far_future_and_oversized_dates_do_not_overflow() {
+        // Times past what `SystemTime` holds, and fields whose seconds overflow a u64.
+        for date in [
+            "Thu, 01 Jan 99999999999 00:00:00 GMT",
+            "Thu, 01 Jan 18446744073709551615 00:00:00 GMT",
+            "Thu, 01 Jan 2030 18446744073709551615:00:00 GMT",
+            "Thu, 01 Jan 2030 00:18446744073709551615:00 GMT",
+            "Thu, 01 Jan 2030 00:00:18446744073709551615 GMT",
+        ] {
+            assert!(parse_http_date(date).is_none_or(|t| t > now()), "{date}");
+            let j = jar(&[&format!("a=1; expires={date}")]);
+            assert!(j.has("a"), "{date}");
+        }
     }
 
     #[test]
