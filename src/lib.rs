@@ -36,6 +36,8 @@ pub mod demo;
 pub mod error;
 pub mod fleet;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod hop_by_hop;
 pub mod limits;

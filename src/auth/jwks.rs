@@ -302,9 +302,26 @@ impl Jwks {
             (None, KeySource::Jwks(u)) => u.clone(),
         };
         let fetched = self.client.get(&jwks_uri, self.fetch_timeout).await?;
+        self.install(&jwks_uri, &fetched.body)?;
+        Ok(fetched.max_age)
+    }
+
+    /// Loads a key set that came by other means than a fetch (the fuzz targets' fixed keys),
+    /// counted as a fetch attempt: a kid miss then waits `jwks_min_refresh` before it fetches.
+    pub(crate) async fn preload(&self, body: &[u8]) -> Result<(), JwksError> {
+        let mut state = self.state.lock().await;
+        state.last_attempt = Some(Instant::now());
+        let url = match (&state.jwks_uri, &self.source) {
+            (Some(u), _) | (None, KeySource::Jwks(u) | KeySource::Discovery(u)) => u.clone(),
+        };
+        self.install(&url, body)
+    }
+
+    /// Parses a fetched JWKS document and makes it the current key set.
+    fn install(&self, jwks_uri: &Url, body: &[u8]) -> Result<(), JwksError> {
         let generation = self.generation.load(Ordering::Acquire) + 1;
         let (set, skipped) =
-            KeySet::parse(&fetched.body, generation).map_err(|reason| JwksError::KeySet {
+            KeySet::parse(body, generation).map_err(|reason| JwksError::KeySet {
                 url: jwks_uri.to_string(),
                 reason,
             })?;
@@ -320,7 +337,7 @@ impl Jwks {
         self.metrics
             .jwks_refreshed(&self.issuer_id, count, crate::clock::unix_secs_f64());
         tracing::info!(issuer = %self.issuer_id, keys = count, skipped, "JWKS loaded");
-        Ok(fetched.max_age)
+        Ok(())
     }
 
     async fn discover(&self, url: &Url) -> Result<Url, JwksError> {

@@ -128,7 +128,7 @@ impl IssuerVerifier {
 /// `iss` and `aud` are required; `exp`, `nbf` and `iat` are held against `now` with the issuer's
 /// leeway; `iss` is the issuer's; `aud` (a string or an array) names one of the configured
 /// audiences. Returns `exp`.
-fn check_claims(
+pub(crate) fn check_claims(
     claims: &Map<String, Value>,
     (issuer, accepted, leeway): (&str, &[String], u64),
     now: u64,

@@ -269,6 +269,11 @@ impl Verifier {
         }
     }
 
+    /// The key set of the issuer with this id, when it validates JWTs locally.
+    pub(crate) fn jwks(&self, issuer_id: &str) -> Option<&Arc<Jwks>> {
+        Some(&self.by_id.get(issuer_id)?.jwt.as_ref()?.jwks)
+    }
+
     /// Validates a bearer token. `route_issuer` is the issuer id the route names, if any: it
     /// chooses where an opaque token is introspected.
     pub async fn verify(

@@ -380,8 +380,16 @@ pub fn is_routes_file(path: &Path) -> bool {
 /// which only the configuration naming it in `server.routes_file` can resolve. Returns the number
 /// of routes.
 pub fn check_routes_file(path: &Path) -> Result<usize, ConfigErrors> {
-    let figment = Figment::new().merge(Toml::file_exact(path));
-    let origin = Origin::new(&figment, Some(path));
+    check_routes(&Figment::new().merge(Toml::file_exact(path)), Some(path))
+}
+
+/// [`check_routes_file`] of route-file text (the fuzz targets).
+pub fn check_routes_str(toml: &str) -> Result<usize, ConfigErrors> {
+    check_routes(&Figment::new().merge(Toml::string(toml)), None)
+}
+
+fn check_routes(figment: &Figment, source: Option<&Path>) -> Result<usize, ConfigErrors> {
+    let origin = Origin::new(figment, source);
     let parsed: file::RoutesFile = figment.extract().map_err(|e| origin.figment_errors(e))?;
     validate::build_routes_only(&parsed, &origin)
 }

@@ -32,7 +32,7 @@
 //! | `pipeline` | [`Gateway::handle`] and the steps above |
 //! | [`wiring`] | the snapshot of a configuration: build, start, apply (reload), shutdown |
 
-mod pipeline;
+pub(crate) mod pipeline;
 pub mod wiring;
 
 #[cfg(test)]

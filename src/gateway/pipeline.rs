@@ -20,7 +20,7 @@ use crate::auth::{bearer, AuthError, Principal};
 use crate::error::{Fault, GatewayError};
 use crate::limits::{self, BodyTimeout, Broken, Capped, Fault as BodyFault, TooLarge};
 use crate::metrics::{Decision, RouteSeries};
-use crate::policy::{self, matcher, Permit, Requirement, Route, RouteAuth};
+use crate::policy::{self, matcher, Permit, Requirement, Route, RouteAuth, RouteTable};
 use crate::proxy::{self, headers, ProxyError, Upstream};
 use crate::session::{self, sanitize, Lease, Leased, Settled};
 use crate::upgrade::{self, Upgrade};
@@ -315,13 +315,15 @@ fn metadata(
 /// use ([`policy::RouteTable::find_preflight`]); otherwise it is an `OPTIONS` request like any
 /// other.
 fn find<'s>(snapshot: &'s Snapshot, head: &Parts, path: &str) -> Result<&'s Route, GatewayError> {
+    choose(&snapshot.routes, head, path).ok_or(GatewayError::NoRoute)
+}
+
+/// The route of `find` in `routes` for a request whose normalised path is `path`.
+pub(crate) fn choose<'r>(routes: &'r RouteTable, head: &Parts, path: &str) -> Option<&'r Route> {
     let host = request_host(head);
-    let routes = &snapshot.routes;
     let announced = policy::cors::Preflight::of(head)
         .and_then(|p| routes.find_preflight(host.as_deref(), p.method(), path));
-    announced
-        .or_else(|| routes.find(host.as_deref(), &head.method, path))
-        .ok_or(GatewayError::NoRoute)
+    announced.or_else(|| routes.find(host.as_deref(), &head.method, path))
 }
 
 /// `cors`: on a route with `[route.cors]`, a preflight is answered here, without a token and

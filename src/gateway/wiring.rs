@@ -267,7 +267,7 @@ impl Wiring {
 /// What of a principal this configuration reads: the scopes and claims its routes test or
 /// forward, and what its session upstreams derive grants from. The verified-token cache keeps
 /// no more (see [`Kept`]).
-fn kept(config: &Config) -> Kept {
+pub(crate) fn kept(config: &Config) -> Kept {
     let requirements = || {
         config.routes.iter().filter_map(|r| match &r.auth {
             RouteAuth::Bearer(req) => Some(req),

@@ -221,12 +221,14 @@ struct Parsed {
     delete: bool,
 }
 
-/// Parses a `Set-Cookie` value leniently (RFC 6265 §5.2). `None` for a line without `name=`.
+/// Parses a `Set-Cookie` value leniently (RFC 6265 §5.2). `None` for a line without `name=`,
+/// and for a name or path with a control character (a tab among them): the jar's store text
+/// separates name, path and value with tabs, so such a cookie would read back as another.
 fn parse_set_cookie(line: &str, now: SystemTime) -> Option<Parsed> {
     let mut parts = line.split(';');
     let (name, value) = parts.next()?.split_once('=')?;
     let name = name.trim();
-    if name.is_empty() {
+    if name.is_empty() || name.contains(|c: char| c.is_ascii_control()) {
         return None;
     }
     let value = value.trim().trim_matches('"');
@@ -248,6 +250,9 @@ fn parse_set_cookie(line: &str, now: SystemTime) -> Option<Parsed> {
                 }
             }
         }
+    }
+    if path.contains(|c: char| c.is_ascii_control()) {
+        return None;
     }
     Some(Parsed {
         name: name.to_owned(),
@@ -294,9 +299,16 @@ fn httpdate(s: &str) -> Option<SystemTime> {
         hms.next()?.parse().ok()?,
         hms.next()?.parse().ok()?,
     );
+    // RFC 6265 §5.1.1: a time of day out of range is no date; so is one past what the clock
+    // holds (the attribute is then ignored, as a date that will never come).
+    if h > 23 || m > 59 || sec > 59 {
+        return None;
+    }
     let days = days_from_civil(year, month, day)?;
-    let secs = days * 86_400 + h * 3600 + m * 60 + sec;
-    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    let secs = days
+        .checked_mul(86_400)?
+        .checked_add(h * 3600 + m * 60 + sec)?;
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -309,7 +321,9 @@ fn days_from_civil(y: u64, m: u64, d: u64) -> Option<u64> {
     let yoe = y - era * 400;
     let doy = (153 * m + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    (era * 146_097 + doe).checked_sub(719_468)
+    era.checked_mul(146_097)?
+        .checked_add(doe)?
+        .checked_sub(719_468)
 }
 
 #[cfg(test)]
@@ -325,6 +339,34 @@ mod tests {
         let mut j = Jar::default();
         j.apply_all(lines.iter().copied(), now(), 50, 8192);
         j
+    }
+
+    #[test]
+    fn a_tab_in_a_name_or_path_is_refused_so_the_store_text_reads_back() {
+        // Found by the `set_cookie` fuzz target: the tab split the store text's fields.
+        let j = jar(&[
+            "a\tASP.NET_SessionId=a%c124def; path=/; HttpOnly",
+            "b=1; path=/x\ty",
+            "c=tab\tinside",
+        ]);
+        assert_eq!(j.names(), ["c"]);
+        assert_eq!(Jar::from_text(&j.to_text()), j);
+    }
+
+    #[test]
+    fn far_future_and_oversized_dates_do_not_overflow() {
+        // Times past what `SystemTime` holds, and fields whose seconds overflow a u64.
+        for date in [
+            "Thu, 01 Jan 99999999999 00:00:00 GMT",
+            "Thu, 01 Jan 18446744073709551615 00:00:00 GMT",
+            "Thu, 01 Jan 2030 18446744073709551615:00:00 GMT",
+            "Thu, 01 Jan 2030 00:18446744073709551615:00 GMT",
+            "Thu, 01 Jan 2030 00:00:18446744073709551615 GMT",
+        ] {
+            assert!(parse_http_date(date).is_none_or(|t| t > now()), "{date}");
+            let j = jar(&[&format!("a=1; expires={date}")]);
+            assert!(j.has("a"), "{date}");
+        }
     }
 
     #[test]

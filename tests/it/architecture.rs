@@ -27,6 +27,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("server", 8),
     ("reload", 8),
     ("demo", 9),
+    ("fuzzing", 9),
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

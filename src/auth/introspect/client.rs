@@ -118,14 +118,7 @@ impl IntrospectionClient {
                 }
                 other => CallError::Fetch(other.to_string()),
             })?;
-        let value: Value = serde_json::from_slice(&fetched.body)
-            .map_err(|e| CallError::Malformed(e.to_string()))?;
-        match value {
-            Value::Object(m) if m.get("active").is_some_and(Value::is_boolean) => Ok(m),
-            _ => Err(CallError::Malformed(
-                "no boolean `active` member".to_owned(),
-            )),
-        }
+        read_answer(&fetched.body)
     }
 
     /// The form body and `Authorization` header of one call, with the configured client
@@ -177,6 +170,18 @@ fn basic(id: &str, secret: &str) -> HeaderValue {
     let mut v = HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Basic"));
     v.set_sensitive(true);
     v
+}
+
+/// The members of an introspection answer: a JSON object with a boolean `active`.
+pub(crate) fn read_answer(body: &[u8]) -> Result<Map<String, Value>, CallError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| CallError::Malformed(e.to_string()))?;
+    match value {
+        Value::Object(m) if m.get("active").is_some_and(Value::is_boolean) => Ok(m),
+        _ => Err(CallError::Malformed(
+            "no boolean `active` member".to_owned(),
+        )),
+    }
 }
 
 /// An RFC 7523 client assertion: iss = sub = client_id, aud = the endpoint, 60 s lifetime,

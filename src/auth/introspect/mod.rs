@@ -23,6 +23,7 @@ mod client;
 
 pub use answer::{interpret, Outcome};
 pub use cache::SharedAnswers;
+pub(crate) use client::read_answer;
 pub use client::{client_assertion, CallError};
 
 use std::collections::HashMap;

@@ -61,7 +61,7 @@ impl Pool {
 }
 
 /// The `Set-Cookie` lines of an answer (those that are text).
-pub(super) fn set_cookies(headers: &HeaderMap) -> Vec<String> {
+pub(crate) fn set_cookies(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::SET_COOKIE)
         .iter()

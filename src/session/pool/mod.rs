@@ -45,6 +45,7 @@ mod retire;
 mod testing;
 
 pub use admission::Held;
+pub(crate) use answer::set_cookies;
 pub use identify::{cookie_value, Identity};
 pub use retire::Retire;
 
