@@ -3,6 +3,7 @@
 //! ```text
 //!  client request
 //!       │
+//!  framing    two Hosts, an authority that is not the Host, … ───────▶ 400 invalid_request
 //!  normalize  the path as the routes see it ─────────────────────────▶ 400 invalid_request
 //!  find       the route (host, method, path) ────────────────────────▶ 404
 //!       │ Public ─────────────────────────────────────────────┐
@@ -12,6 +13,7 @@
 //!  authorize  issuer, scopes, claims → Permit ────────────────────────▶ 403 insufficient_scope
 //!       │ ◀───────────────────────────────────────────────────┘
 //!  limit      max_body: declared length refused, streamed body capped ▶ 413
+//!             body_read_timeout: a client silent mid-body ───────────▶ 408
 //!  lease      session upstreams: the session layer's first step ─────▶ its own answer (login,
 //!       │                                                               logout) / 429 / 502 / 503
 //!  prepare    path, hop-by-hop, identity and forwarded headers; the lease's jar as Cookie

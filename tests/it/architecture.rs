@@ -10,6 +10,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("net", 0),
     ("pem", 0),
     ("hop_by_hop", 0),
+    ("framing", 0),
     ("secret", 0),
     ("metrics", 0),
     ("metadata", 0),
