@@ -6,7 +6,11 @@
 #
 # Installs (only when missing): promtool (Debian package prometheus), redis-server and
 # redis-sentinel, Node.js and npm, and the interop harness's npm packages (tests/interop, from its
-# lock file: the issuer oauth2-mock-server and the client library oauth4webapi).
+# lock file: the issuer oauth2-mock-server and the client library oauth4webapi); fuzz/run.sh
+# installs a nightly toolchain and cargo-fuzz.
+#
+# After the tests: every fuzz target for FUZZ_SECONDS (default 20) and the soak for
+# SOAK_SECONDS (default 60) in release mode; the README gives the longer runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +24,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-sentinel >/dev/null 2>&1 || need_apt+=(redis-sentinel)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# libFuzzer (fuzz/) is C++.
+command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 if ! command -v python3 >/dev/null 2>&1; then need_apt+=(python3 python3-venv)
 elif ! python3 -c 'import ensurepip, venv' 2>/dev/null; then need_apt+=(python3-venv); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -42,3 +48,9 @@ cargo test
 
 echo "== deploy/ (promtool, kubernetes-validate, compose, dashboard, metric names)"
 bash tests/deploy-check.sh
+
+echo "== fuzz/run.sh (every target, ${FUZZ_SECONDS:-20} s each)"
+bash fuzz/run.sh "${FUZZ_SECONDS:-20}"
+
+echo "== soak (${SOAK_SECONDS:-60} s, release build)"
+bash tests/soak.sh "${SOAK_SECONDS:-60}"
