@@ -19,6 +19,10 @@ pub enum FramingError {
     /// RFC 9112 §3.2: more than one `Host` line is a 400.
     #[error("the request has more than one Host header")]
     DuplicateHost,
+    /// RFC 9112 §3.2: an HTTP/1.1 request without `Host` (and without an absolute-form target)
+    /// is a 400. Routes by host could not be chosen for it.
+    #[error("the HTTP/1.1 request has no Host header")]
+    MissingHost,
     /// The target's authority (absolute form, or HTTP/2's `:authority`) names another host than
     /// `Host`: routes would be chosen for one and the upstream told the other.
     #[error("the request target's authority and the Host header disagree")]
@@ -42,6 +46,9 @@ fn check_host(head: &Parts) -> Result<(), FramingError> {
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(FramingError::DuplicateHost);
+    }
+    if host.is_none() && head.uri.authority().is_none() && head.version == http::Version::HTTP_11 {
+        return Err(FramingError::MissingHost);
     }
     match (head.uri.authority(), host) {
         (Some(authority), Some(host))
@@ -79,6 +86,7 @@ mod tests {
     use super::*;
     use http::Request;
 
+    /// A request head; the tests of other checks give their requests a Host.
     fn head(target: &str, headers: &[(&str, &[u8])]) -> Parts {
         let mut b = Request::post(target);
         for (k, v) in headers {
@@ -90,13 +98,23 @@ mod tests {
     #[test]
     fn plain_requests_pass() {
         assert_eq!(check(&head("/x", &[("host", b"gw")])), Ok(()));
-        assert_eq!(check(&head("/x", &[])), Ok(()));
+        // HTTP/1.0 needs no Host.
+        let mut old = head("/x", &[]);
+        old.version = http::Version::HTTP_10;
+        assert_eq!(check(&old), Ok(()));
         // HTTP/2: `:authority` only, or both the same (case aside).
         assert_eq!(check(&head("http://gw:8080/x", &[])), Ok(()));
         assert_eq!(
             check(&head("http://GW:8080/x", &[("host", b"gw:8080")])),
             Ok(())
         );
+    }
+
+    #[test]
+    fn an_http11_request_needs_a_host() {
+        assert_eq!(check(&head("/x", &[])), Err(FramingError::MissingHost));
+        // The absolute form carries its own authority.
+        assert_eq!(check(&head("http://gw/x", &[])), Ok(()));
     }
 
     #[test]
@@ -123,7 +141,7 @@ mod tests {
     #[test]
     fn only_one_chunked_transfer_encoding_passes() {
         for ok in [&b"chunked"[..], b"CHUNKED", b"Chunked ", b"\tchunked"] {
-            let h = head("/x", &[("transfer-encoding", ok)]);
+            let h = head("/x", &[("host", b"gw"), ("transfer-encoding", ok)]);
             assert_eq!(check(&h), Ok(()), "{:?}", String::from_utf8_lossy(ok));
         }
         for bad in [
@@ -135,7 +153,7 @@ mod tests {
             b"",
             b"identity",
         ] {
-            let h = head("/x", &[("transfer-encoding", bad)]);
+            let h = head("/x", &[("host", b"gw"), ("transfer-encoding", bad)]);
             assert_eq!(
                 check(&h),
                 Err(FramingError::TransferEncoding),
@@ -146,6 +164,7 @@ mod tests {
         let twice = head(
             "/x",
             &[
+                ("host", b"gw"),
                 ("transfer-encoding", b"chunked"),
                 ("transfer-encoding", b"chunked"),
             ],

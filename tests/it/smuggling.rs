@@ -117,6 +117,10 @@ async fn ambiguous_http1_requests_get_400_close_and_reach_nothing() {
             "two Host headers, same value",
             "GET /public/s HTTP/1.1\r\nHost: gw.test\r\nHost: gw.test\r\n\r\n".to_owned(),
         ),
+        (
+            "an HTTP/1.1 request without Host",
+            "GET /public/s HTTP/1.1\r\nAccept: */*\r\n\r\n".to_owned(),
+        ),
     ];
     for (what, bytes) in &cases {
         let (answer, mut conn) = raw::once(rig.addr(), bytes.as_bytes()).await;
