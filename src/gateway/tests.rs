@@ -121,11 +121,18 @@ timeout = "2s"
             .unwrap()
     }
 
-    async fn call<B>(&self, req: Request<B>) -> Response<Body>
+    /// Hands `req` to the pipeline as a client would send it: an HTTP/1.1 request with its
+    /// `Host` (one is added when the test gave none).
+    async fn call<B>(&self, mut req: Request<B>) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<crate::BoxError>,
     {
+        if req.version() == http::Version::HTTP_11 && req.uri().authority().is_none() {
+            req.headers_mut()
+                .entry(header::HOST)
+                .or_insert(http::HeaderValue::from_static("gateway.test"));
+        }
         let conn = Conn {
             remote: "127.0.0.1:4000".parse().unwrap(),
             tls: false,
