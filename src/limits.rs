@@ -94,8 +94,8 @@ pub struct Capped<B> {
 
 /// The read-gap bound of a body: how long it may be waited for without a frame. Only waits
 /// count: while the other side is slow to take the body, the body is not polled, and that time
-/// is not the sender's.
-struct Gap {
+/// is not the sender's. The server's connections use it for writes too (`send_timeout`).
+pub(crate) struct Gap {
     gap: Duration,
     /// Since when the body has been waited for without a frame.
     waiting_since: Option<Instant>,
@@ -104,7 +104,7 @@ struct Gap {
 }
 
 impl Gap {
-    fn new(gap: Duration) -> Gap {
+    pub(crate) fn new(gap: Duration) -> Gap {
         Gap {
             gap,
             waiting_since: None,
@@ -126,8 +126,7 @@ impl Gap {
     {
         match inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                // A frame arrived: the next wait starts afresh.
-                self.waiting_since = None;
+                self.progressed();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
@@ -137,9 +136,14 @@ impl Gap {
         }
     }
 
+    /// Progress was made: the next wait starts afresh.
+    pub(crate) fn progressed(&mut self) {
+        self.waiting_since = None;
+    }
+
     /// The body is pending: has it been waited for `gap` already? Arms the timer so that this
     /// task is woken at the deadline.
-    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+    pub(crate) fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
         let now = Instant::now();
         let deadline = *self.waiting_since.get_or_insert(now) + self.gap;
         if now >= deadline {

@@ -162,6 +162,9 @@ pub struct ServerSection {
     /// The longest gap between two reads of a request body (humantime). By default
     /// [`default_body_read_timeout`].
     pub body_read_timeout: Option<String>,
+    /// The longest a client may leave the gateway unable to write to it (humantime). By default
+    /// [`default_send_timeout`].
+    pub send_timeout: Option<String>,
     /// A file holding the admin port's bearer token (a trailing newline is trimmed). Unset, the
     /// admin port asks for no token.
     pub admin_token_file: Option<String>,
@@ -188,6 +191,11 @@ pub struct ServerSection {
 /// `30s`.
 pub fn default_body_read_timeout() -> &'static str {
     "30s"
+}
+
+/// `60s`.
+pub fn default_send_timeout() -> &'static str {
+    "60s"
 }
 
 /// `127.0.0.1:8080`.

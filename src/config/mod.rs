@@ -160,6 +160,8 @@ pub struct ServerConfig {
     pub watch_config: bool,
     /// The longest gap between two reads of a request body.
     pub body_read_timeout: Duration,
+    /// The longest a connection may stay unwritable (a client that reads nothing).
+    pub send_timeout: Duration,
     /// The admin port's bearer token (`admin_token_file`'s content).
     pub admin_token: Option<Secret>,
     /// `/metrics` asks for the admin token too.

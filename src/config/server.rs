@@ -79,6 +79,10 @@ pub(crate) fn server(c: &mut Checker<'_>, raw: &ServerSection, base: &Path) -> S
             "server.body_read_timeout",
             written_or(&raw.body_read_timeout, file::default_body_read_timeout),
         ),
+        send_timeout: c.positive_duration(
+            "server.send_timeout",
+            written_or(&raw.send_timeout, file::default_send_timeout),
+        ),
         admin_token,
         admin_metrics_auth,
         http2: http2(c, raw),

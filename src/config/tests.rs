@@ -897,6 +897,18 @@ fn the_admin_token_file_is_read_checked_and_never_shown() {
 }
 
 #[test]
+fn send_timeout_defaults_to_a_minute() {
+    assert_eq!(ok(&base()).server.send_timeout, Duration::from_secs(60));
+    let c = ok(&format!("[server]\nsend_timeout = \"5s\"\n{}", base()));
+    assert_eq!(c.server.send_timeout, Duration::from_secs(5));
+    assert_error(
+        &format!("[server]\nsend_timeout = \"0s\"\n{}", base()),
+        "server.send_timeout",
+        "",
+    );
+}
+
+#[test]
 fn body_read_timeout_defaults_to_thirty_seconds() {
     assert_eq!(
         ok(&base()).server.body_read_timeout,

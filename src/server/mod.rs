@@ -92,6 +92,8 @@ pub(crate) struct Limits {
     pub(crate) header_read_timeout: Duration,
     /// A connection with nothing in flight this long is closed gracefully.
     pub(crate) idle_timeout: Duration,
+    /// A connection that could not be written to for this long is dropped.
+    pub(crate) send_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub(crate) max_connections: usize,
     /// Cleartext connections may speak HTTP/2 with prior knowledge.
@@ -142,7 +144,9 @@ struct Tracked {
 
 /// The IO of a connection: it holds the connection's place (so an upgraded connection still
 /// counts towards `max_connections` until its tunnel ends), replays the bytes read to choose
-/// the protocol, and times HTTP/1 request heads.
+/// the protocol, times HTTP/1 request heads, and drops a connection its client stopped reading
+/// (`send_timeout`): otherwise a client that reads nothing would hold its answer, and with it
+/// the upstream connection and any session lease, for ever.
 struct Watched<I> {
     io: I,
     activity: Arc<Activity>,
@@ -153,6 +157,8 @@ struct Watched<I> {
     replay: Bytes,
     /// The head being read: the `begun` count when its first byte came, and its deadline.
     head: Option<(u64, Pin<Box<Sleep>>)>,
+    /// How long writes have been waiting for the client to take bytes.
+    send: crate::limits::Gap,
     _place: OwnedSemaphorePermit,
 }
 
@@ -299,6 +305,7 @@ impl Limits {
         max_header_bytes: 64 << 10,
         header_read_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(60),
+        send_timeout: Duration::from_secs(60),
         max_connections: 1024,
         http2_cleartext: true,
         http2: Http2Limits {
@@ -316,6 +323,7 @@ impl Limits {
             max_header_bytes: server.max_header_bytes,
             header_read_timeout: server.header_read_timeout,
             idle_timeout: server.idle_timeout,
+            send_timeout: server.send_timeout,
             max_connections: usize::try_from(server.max_connections).unwrap_or(usize::MAX),
             http2_cleartext: server.http2_cleartext,
             http2: server.http2,
@@ -434,7 +442,7 @@ impl<I> Watched<I> {
         io: I,
         activity: Arc<Activity>,
         proto: Proto,
-        head_timeout: Duration,
+        (head_timeout, send_timeout): (Duration, Duration),
         place: OwnedSemaphorePermit,
     ) -> Self {
         Watched {
@@ -444,7 +452,31 @@ impl<I> Watched<I> {
             proto,
             replay: Bytes::new(),
             head: None,
+            send: crate::limits::Gap::new(send_timeout),
             _place: place,
+        }
+    }
+
+    /// A write (or flush) that `poll` attempted: progress resets the clock; a wait longer than
+    /// `send_timeout` becomes an error, which ends the connection.
+    fn sending<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(Pin<&mut I>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>>
+    where
+        I: Unpin,
+    {
+        match poll(Pin::new(&mut self.io), cx) {
+            Poll::Pending if self.send.stalled(cx) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing for longer than server.send_timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+            ready => {
+                self.send.progressed();
+                ready
+            }
         }
     }
 
@@ -516,7 +548,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        self.get_mut().sending(cx, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -524,7 +556,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        self.get_mut()
+            .sending(cx, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -532,7 +565,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        self.get_mut().sending(cx, |io, cx| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -745,7 +778,7 @@ async fn http<I, F, Fut>(
         io,
         activity.clone(),
         proto,
-        limits.header_read_timeout,
+        (limits.header_read_timeout, limits.send_timeout),
         place,
     )
     .replaying(sniffed);

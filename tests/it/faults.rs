@@ -111,6 +111,47 @@ async fn a_client_that_hangs_up_mid_answer_frees_the_session(store: Store) {
     e.gw.shutdown().await;
 }
 
+async fn a_client_that_stops_reading_is_dropped_at_send_timeout_and_frees_the_session(
+    store: Store,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let e = Setup::new(store)
+        .server("send_timeout = \"1s\"")
+        .upstream("body_read_timeout = \"1h\"")
+        .start()
+        .await;
+    let token = e.token("g1", false);
+    let session = session_of(&e.echo(&token).await);
+    // 16 MiB: more than the socket buffers on both sides hold, so the gateway's writes stall.
+    let bytes = 16 << 20;
+    let addr: std::net::SocketAddr = e.gw.base.trim_start_matches("http://").parse().unwrap();
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "GET {STREAM}?bytes={bytes} HTTP/1.1\r\nHost: gw.test\r\n\
+                 Authorization: Bearer {token}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The client reads nothing; the grant's next request is served once the gateway gave up on
+    // it (on the same session: the stalled answer's lease was given back).
+    the_session_is_free_again(&e, &token, &session).await;
+    // What the client could still read ends before the whole answer: the connection was dropped.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(SETTLE, client.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the connection is still open");
+    assert!(
+        got.len() < bytes,
+        "the whole answer arrived ({} bytes)",
+        got.len()
+    );
+    e.gw.shutdown().await;
+}
+
 async fn a_client_that_hangs_up_while_queued_leaves_the_queue_and_is_never_forwarded(store: Store) {
     let e = Setup::new(store)
         .session("admission_wait = \"20s\"")
@@ -169,5 +210,6 @@ both_stores!(
     an_upstream_that_breaks_off_mid_answer_cuts_the_answer_and_frees_the_session,
     an_upstream_that_stalls_after_its_head_is_cut_off_at_body_read_timeout,
     a_client_that_hangs_up_mid_answer_frees_the_session,
+    a_client_that_stops_reading_is_dropped_at_send_timeout_and_frees_the_session,
     a_client_that_hangs_up_while_queued_leaves_the_queue_and_is_never_forwarded,
 );
