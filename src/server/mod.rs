@@ -473,7 +473,7 @@ impl<I> Watched<I> {
                 "the client took nothing for longer than server.send_timeout",
             ))),
             Poll::Pending => Poll::Pending,
-            ready => {
+            ready @ Poll::Ready(_) => {
                 self.send.progressed();
                 ready
             }
