@@ -273,6 +273,11 @@ async fn rust_log_overrides_the_configured_level() {
         lines.iter().any(|l| l.contains("tollgate listening")),
         "{lines:?}"
     );
+    // Standard error is a pipe here: plain text, no colour codes.
+    assert!(
+        lines.iter().all(|l| !l.contains('\u{1b}')),
+        "ANSI colour codes in a log written to a pipe: {lines:?}"
+    );
 
     // Configured "info", RUST_LOG=warn: the WARN line appears (twice: the retry comes a second
     // after start, well after the start-up line), the INFO line does not.
