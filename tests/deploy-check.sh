@@ -368,6 +368,20 @@ PY
   check "every dashboard query parses as PromQL (promtool check rules)" promtool check rules "$WORK/dashboard-rules.yml"
 fi
 
+# ------------------------------------------------------------------------------ licence
+echo "== LICENSE"
+check "LICENSE is the Apache License 2.0 that Cargo.toml names" "$PY" - <<'PY'
+import re, sys
+text = open("LICENSE").read()
+cargo = open("Cargo.toml").read()
+p = []
+if not re.search(r'^license = "Apache-2.0"$', cargo, re.M): p.append("Cargo.toml: license is not Apache-2.0")
+if "Apache License" not in text or "Version 2.0, January 2004" not in text: p.append("LICENSE is not the Apache License 2.0")
+if "END OF TERMS AND CONDITIONS" not in text: p.append("LICENSE is cut short")
+print("\n".join(p) or "ok")
+sys.exit(1 if p else 0)
+PY
+
 # ------------------------------------------------------------------------------ systemd
 echo "== systemd (deploy/systemd)"
 check "tollgate.service has the required hardening and stop timeout" "$PY" - <<'PY'
@@ -381,7 +395,8 @@ for line in unit.splitlines():
 p = []
 need = {"ProtectSystem": "strict", "NoNewPrivileges": "yes", "CapabilityBoundingSet": "",
         "Restart": "on-failure",
-        "ExecStart": "/usr/local/bin/tollgate run --config /etc/tollgate/tollgate.toml"}
+        "ExecStart": "/usr/local/bin/tollgate run --config /etc/tollgate/tollgate.toml",
+        "ExecReload": "/bin/kill -HUP $MAINPID"}
 for k, v in need.items():
     if v not in keys.get(k, []): p.append(f"{k}={v} missing")
 if not (keys.get("User") or keys.get("DynamicUser") == ["yes"]): p.append("no User= or DynamicUser=yes")
