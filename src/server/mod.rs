@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod tls;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -131,15 +132,24 @@ struct Activity {
     last_end_ms: AtomicU64,
     /// The connection switched protocols (101): its bytes are no longer HTTP heads.
     upgraded: AtomicBool,
+    /// HTTP/2 answers owed a poll of their body, by request number, and since when: from the
+    /// moment the head is handed over and after each frame the body gives. hyper polls again
+    /// once the client's flow-control window lets it send, so an entry older than
+    /// `send_timeout` is a client that keeps its window shut (HTTP/1.1 needs none of this: a
+    /// client that reads nothing stalls the socket, which [`Watched`] times).
+    owed: std::sync::Mutex<HashMap<u64, Instant>>,
 }
 
-/// One request in flight; it ends when this is dropped (with the response body).
-struct InFlight(Arc<Activity>);
+/// One request in flight, and its number on the connection; it ends when this is dropped (with
+/// the response body).
+struct InFlight(Arc<Activity>, u64);
 
 /// A response body that keeps its request in flight until the body has been sent.
 struct Tracked {
     body: Body,
-    _in_flight: InFlight,
+    /// HTTP/2: this answer's number in [`Activity::owed`].
+    owed: Option<u64>,
+    in_flight: InFlight,
 }
 
 /// The IO of a connection: it holds the connection's place (so an upgraded connection still
@@ -384,13 +394,25 @@ impl Activity {
             begun: AtomicU64::new(0),
             last_end_ms: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
+            owed: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn owed(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+        self.owed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Since when the longest-owed HTTP/2 answer has waited for its body to be polled.
+    fn oldest_owed(&self) -> Option<Instant> {
+        self.owed().values().min().copied()
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.begun.fetch_add(1, Ordering::SeqCst);
-        InFlight(self.clone())
+        let n = self.begun.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone(), n)
     }
 
     /// When the connection becomes idle for `idle`: `None` while a request is in flight.
@@ -423,7 +445,15 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let Some(id) = self.owed else {
+            return Pin::new(&mut self.body).poll_frame(cx);
+        };
+        self.in_flight.0.owed().remove(&id);
+        let poll = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &poll {
+            self.in_flight.0.owed().insert(id, Instant::now());
+        }
+        poll
     }
 
     fn is_end_stream(&self) -> bool {
@@ -432,6 +462,14 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(id) = self.owed {
+            self.in_flight.0.owed().remove(&id);
+        }
     }
 }
 
@@ -793,15 +831,21 @@ async fn http<I, F, Fut>(
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 in_flight.0.upgraded.store(true, Ordering::SeqCst);
             }
+            let owed = (proto == Proto::Http2).then(|| {
+                in_flight.0.owed().insert(in_flight.1, Instant::now());
+                in_flight.1
+            });
             Ok::<_, Infallible>(response.map(|body| Tracked {
                 body,
-                _in_flight: in_flight,
+                owed,
+                in_flight,
             }))
         }
     });
     let watch = Watch {
         activity: &activity,
         idle: limits.idle_timeout,
+        send: (proto == Proto::Http2).then_some(limits.send_timeout),
         shutdown,
         remote: conn.remote,
     };
@@ -821,6 +865,8 @@ async fn http<I, F, Fut>(
 struct Watch<'a> {
     activity: &'a Activity,
     idle: Duration,
+    /// HTTP/2: how long an answer may wait for the client to open its window.
+    send: Option<Duration>,
     shutdown: watch::Receiver<bool>,
     remote: SocketAddr,
 }
@@ -836,10 +882,17 @@ impl Watch<'_> {
         C: Future<Output = Result<(), hyper::Error>>,
     {
         tokio::pin!(served);
-        let mut check = Instant::now() + self.idle;
+        let mut check = Instant::now() + self.send.map_or(self.idle, |send| send.min(self.idle));
         // When the graceful close began.
         let mut closing: Option<Instant> = None;
+        // An HTTP/2 answer outwaited send_timeout: the GOAWAY is queued, the streams are cut.
+        let mut stalled = false;
         loop {
+            if stalled {
+                // Long enough to write the GOAWAY; the streams are not waited for.
+                let _ = tokio::time::timeout(Duration::from_millis(200), served.as_mut()).await;
+                return;
+            }
             tokio::select! {
                 r = served.as_mut() => {
                     if let Err(e) = r {
@@ -855,6 +908,13 @@ impl Watch<'_> {
                     // Deadlines only move later, so waking at the earliest possible one and
                     // looking again is exact without waking the task on every request.
                     let now = Instant::now();
+                    if let Some(send) = self.send {
+                        if self.activity.oldest_owed().is_some_and(|since| since + send <= now) {
+                            tracing::debug!(remote = %self.remote, "an answer waited longer than server.send_timeout for the client's flow-control window; connection closed");
+                            graceful(served.as_mut());
+                            stalled = true;
+                        }
+                    }
                     match self.activity.idle_deadline(self.idle) {
                         Some(deadline) if deadline <= now => match closing {
                             None => {
@@ -870,6 +930,11 @@ impl Watch<'_> {
                         },
                         Some(deadline) => check = deadline,
                         None => check = now + self.idle,
+                    }
+                    if let Some(send) = self.send {
+                        // An answer owed now is overdue at the earliest a `send` from now.
+                        let owed = self.activity.oldest_owed().map_or(now + send, |o| o + send);
+                        check = check.min(owed);
                     }
                 }
             }

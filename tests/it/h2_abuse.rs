@@ -235,3 +235,19 @@ async fn a_stalled_window_holds_only_its_own_stream() {
     let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(echo["uri"], "/public/stalled");
 }
+
+/// A client that keeps its window shut for longer than `send_timeout` gets GOAWAY and its
+/// connection closed, however well it answers pings; other clients are served throughout.
+#[tokio::test]
+async fn a_window_kept_shut_past_send_timeout_gets_goaway() {
+    let rig = Rig::start("send_timeout = \"1s\"").await;
+    let mut c = Http2::handshake(rig.addr(), &[(INITIAL_WINDOW_SIZE, 0)]).await;
+    assert!(c.send(&raw::get(1, "/public/stalled")).await);
+    let head = c.read.until(|f| f.stream == 1).await.expect("stream 1");
+    assert_eq!(head.kind, raw::HEADERS, "{head:?}");
+    rig.serves_others().await;
+    let goaway = c.read.goaway().await.expect("a GOAWAY");
+    assert_eq!(goaway.error_code(), raw::NO_ERROR, "{goaway:?}");
+    c.read.closed().await;
+    rig.serves_others().await;
+}
