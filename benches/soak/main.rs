@@ -487,9 +487,12 @@ impl Report<'_> {
             "reloads: {} ({} failed); upstream logins {}, logouts {}; leaks counted by the fake: {}; sessions live after the stop: {}",
             self.reloads, self.reload_failures, self.logins, self.logouts, self.leaks, self.live_after_stop
         );
+        // About twenty samples, evenly spread, whatever the length.
+        let every = self.samples.len().div_ceil(20).max(1);
         let samples: Vec<String> = self
             .samples
             .iter()
+            .step_by(every)
             .map(|(t, rss, fds)| format!("{t}s {:.1}MiB {fds}fd", *rss as f64 / 1024.0))
             .collect();
         println!("samples: {}", samples.join(", "));
