@@ -70,3 +70,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The version string reported by `--version` and `tollgate_build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The compiler that built this binary (`rustc --version`), from `build.rs`.
+pub const RUSTC: &str = env!("TOLLGATE_RUSTC");
+/// The source's commit (`git rev-parse --short=12 HEAD`, or `TOLLGATE_COMMIT`, or `unknown`),
+/// from `build.rs`.
+pub const COMMIT: &str = env!("TOLLGATE_COMMIT");

@@ -421,9 +421,11 @@ impl Metrics {
 
         let build = IntGaugeVec::new(
             Opts::new(BUILD_INFO, "Build information; the value is always 1."),
-            &["version"],
+            &["version", "rustc", "commit"],
         )?;
-        build.with_label_values(&[crate::VERSION]).set(1);
+        build
+            .with_label_values(&[crate::VERSION, crate::RUSTC, crate::COMMIT])
+            .set(1);
         metrics.registry.register(Box::new(build))?;
         #[cfg(target_os = "linux")]
         metrics.registry.register(Box::new(

@@ -118,9 +118,13 @@ async fn the_exposition_parses_and_has_every_family() {
     }
     let build: Vec<_> = m.samples("tollgate_build_info").collect();
     assert!(
-        build.len() == 1 && build[0].labels.contains_key("version"),
+        build.len() == 1
+            && ["version", "rustc", "commit"]
+                .iter()
+                .all(|l| build[0].labels.get(*l).is_some_and(|v| !v.is_empty())),
         "tollgate_build_info: {build:?}"
     );
+    assert!(build[0].labels["rustc"].starts_with("rustc "), "{build:?}");
     // No label value comes from request data.
     assert!(!m.text().contains("nowhere"));
     assert!(!m.text().contains(&token[..20]));
