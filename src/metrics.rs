@@ -44,6 +44,18 @@ pub const CONFIG_RELOADS_TOTAL: &str = "tollgate_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
     "tollgate_config_last_reload_success_timestamp_seconds";
 pub const BUILD_INFO: &str = "tollgate_build_info";
+pub const REQUESTS_IN_FLIGHT: &str = "tollgate_requests_in_flight";
+pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
+pub const CONNECTIONS_WAITING_TOTAL: &str = "tollgate_connections_waiting_total";
+pub const UPSTREAM_RESPONSES_TOTAL: &str = "tollgate_upstream_responses_total";
+pub const GATEWAY_OVERHEAD_SECONDS: &str = "tollgate_gateway_overhead_seconds";
+pub const JWKS_FETCH_DURATION_SECONDS: &str = "tollgate_jwks_fetch_duration_seconds";
+
+/// The gateway's own time: from 50 µs (a cached token and a header edit) to a second (a JWKS
+/// fetch, a login or a queue in the path).
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 /// Latency buckets in seconds: fine below 10 ms where the gateway's own cost lives, coarse above.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -193,6 +205,43 @@ impl IntrospectionResult {
     }
 }
 
+/// Counts a request out of `tollgate_requests_in_flight` when dropped.
+pub struct InFlightGuard(prometheus::IntGauge);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One listener's connection series, resolved once.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    open: prometheus::IntGauge,
+    waiting: prometheus::IntCounter,
+}
+
+impl ListenerMetrics {
+    /// A connection was accepted (after a wait for a place when `waited`); the guard counts it
+    /// out of `tollgate_connections_open` when the connection ends.
+    pub fn accepted(&self, waited: bool) -> OpenGuard {
+        if waited {
+            self.waiting.inc();
+        }
+        self.open.inc();
+        OpenGuard(self.open.clone())
+    }
+}
+
+/// Counts a connection out of `tollgate_connections_open` when dropped.
+pub struct OpenGuard(prometheus::IntGauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The metric families, registered once in their own registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -225,6 +274,12 @@ pub struct Metrics {
     fleet_reporter: prometheus::IntGauge,
     config_reloads: IntCounterVec,
     config_last_success: prometheus::Gauge,
+    requests_in_flight: prometheus::IntGauge,
+    connections_open: IntGaugeVec,
+    connections_waiting: IntCounterVec,
+    upstream_responses: IntCounterVec,
+    overhead: prometheus::Histogram,
+    jwks_fetch_duration: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -416,6 +471,45 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            requests_in_flight: {
+                let g = prometheus::IntGauge::with_opts(Opts::new(
+                    REQUESTS_IN_FLIGHT,
+                    "Requests the proxy listener is handling now (until their response headers).",
+                ))?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            connections_open: int_gauge(
+                CONNECTIONS_OPEN,
+                "Client connections open, by listener (proxy, admin); the proxy's is bounded by server.max_connections.",
+                &["listener"],
+            )?,
+            connections_waiting: counter(
+                CONNECTIONS_WAITING_TOTAL,
+                "Connections accepted after the listener had to wait for a place (max_connections reached), by listener.",
+                &["listener"],
+            )?,
+            upstream_responses: counter(
+                UPSTREAM_RESPONSES_TOTAL,
+                "Upstream answers, by upstream and class (1xx to 5xx; error: no answer, a failed connection or a timeout).",
+                &["upstream", "class"],
+            )?,
+            overhead: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        GATEWAY_OVERHEAD_SECONDS,
+                        "Time a request spent in the gateway itself: until its response headers, minus the upstream's time.",
+                    )
+                    .buckets(OVERHEAD_BUCKETS.to_vec()),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            jwks_fetch_duration: histogram(
+                JWKS_FETCH_DURATION_SECONDS,
+                "Duration of JWKS (and discovery) fetches, by issuer, whatever their result.",
+                &["issuer"],
+            )?,
             registry,
         };
 
@@ -472,10 +566,48 @@ impl Metrics {
         }
     }
 
-    pub fn observe_upstream(&self, upstream: &str, elapsed_secs: f64) {
+    /// One upstream attempt: its time, and its answer's class (`None`: no answer at all).
+    pub fn observe_upstream(&self, upstream: &str, elapsed_secs: f64, status: Option<u16>) {
         self.upstream_duration
             .with_label_values(&[upstream])
             .observe(elapsed_secs);
+        let class = match status {
+            Some(100..=199) => "1xx",
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(_) => "5xx",
+            None => "error",
+        };
+        self.upstream_responses
+            .with_label_values(&[upstream, class])
+            .inc();
+    }
+
+    /// A request entered the pipeline; the guard counts it out when dropped.
+    pub fn request_begun(&self) -> InFlightGuard {
+        self.requests_in_flight.inc();
+        InFlightGuard(self.requests_in_flight.clone())
+    }
+
+    /// The gateway's own share of a request's time.
+    pub fn observe_overhead(&self, secs: f64) {
+        self.overhead.observe(secs.max(0.0));
+    }
+
+    /// The connection gauges of one listener (`proxy` or `admin`).
+    pub fn listener(&self, listener: &'static str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.connections_open.with_label_values(&[listener]),
+            waiting: self.connections_waiting.with_label_values(&[listener]),
+        }
+    }
+
+    /// One JWKS or discovery fetch of `issuer`, whatever its outcome.
+    pub fn observe_jwks_fetch(&self, issuer: &str, secs: f64) {
+        self.jwks_fetch_duration
+            .with_label_values(&[issuer])
+            .observe(secs);
     }
 
     pub fn token_cache(&self, cache: &str, result: CacheResult) {
@@ -764,7 +896,27 @@ mod tests {
         m.record_request("r1", &Method::GET, 200, Some(Decision::Allowed), 0.01);
         m.token_cache("jwt", CacheResult::Hit);
         m.declare_issuer("erp");
+        m.observe_upstream("erp", 0.01, Some(204));
+        m.observe_upstream("erp", 0.01, None);
+        m.observe_overhead(0.0002);
+        m.observe_jwks_fetch("erp", 0.05);
+        let proxy = m.listener("proxy");
+        let open = proxy.accepted(true);
+        {
+            let _begun = m.request_begun();
+            let text = String::from_utf8(m.render()).unwrap();
+            assert!(text.contains("tollgate_requests_in_flight 1"), "{text}");
+            assert!(text.contains(r#"tollgate_connections_open{listener="proxy"} 1"#));
+        }
+        drop(open);
         let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("tollgate_requests_in_flight 0"));
+        assert!(text.contains(r#"tollgate_connections_open{listener="proxy"} 0"#));
+        assert!(text.contains(r#"tollgate_connections_waiting_total{listener="proxy"} 1"#));
+        assert!(text.contains(r#"tollgate_upstream_responses_total{class="2xx",upstream="erp"} 1"#));
+        assert!(
+            text.contains(r#"tollgate_upstream_responses_total{class="error",upstream="erp"} 1"#)
+        );
         for name in [
             REQUESTS_TOTAL,
             REQUEST_DURATION_SECONDS,
@@ -772,6 +924,8 @@ mod tests {
             TOKEN_CACHE_REQUESTS_TOTAL,
             JWKS_REFRESH_TOTAL,
             JWKS_KEYS,
+            GATEWAY_OVERHEAD_SECONDS,
+            JWKS_FETCH_DURATION_SECONDS,
             BUILD_INFO,
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");

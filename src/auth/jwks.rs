@@ -274,8 +274,11 @@ impl Jwks {
     }
 
     async fn fetch_locked(&self, state: &mut RefreshState) -> Result<Option<Duration>, JwksError> {
-        state.last_attempt = Some(Instant::now());
+        let started = Instant::now();
+        state.last_attempt = Some(started);
         let result = self.fetch(state).await;
+        self.metrics
+            .observe_jwks_fetch(&self.issuer_id, started.elapsed().as_secs_f64());
         self.failing.store(result.is_err(), Ordering::Release);
         match &result {
             Ok(_) => {}

@@ -34,6 +34,8 @@ struct Record {
     series: Option<Arc<RouteSeries>>,
     decision: Option<Decision>,
     upstream_status: Option<u16>,
+    /// The upstream's time over every attempt, for the gateway's own share.
+    upstream_secs: f64,
     /// The gateway answered itself (an error, or the session layer's own answer): a request
     /// body it did not read makes the connection unusable for another request.
     answered: bool,
@@ -55,6 +57,7 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let start = Instant::now();
+        let _in_flight = self.wiring.metrics().request_begun();
         let method = req.method().clone();
         let request_id = headers::request_id(req.headers());
         let http1 = req.version() < Version::HTTP_2;
@@ -189,7 +192,7 @@ impl Gateway {
         let mut attempts = Attempts::new(head, body, lease.is_some());
         let resp = loop {
             let req = attempts.next(lease.as_ref(), path);
-            let resp = self.send(upstream, req, lease.as_ref()).await?;
+            let resp = self.send(upstream, req, lease.as_ref(), rec).await?;
             rec.upstream_status = Some(resp.status().as_u16());
             match settle(lease.as_mut(), resp).await {
                 Settled::Keep(resp) => break resp,
@@ -208,6 +211,7 @@ impl Gateway {
         upstream: &Upstream,
         req: Request<Body>,
         lease: Option<&Lease>,
+        rec: &mut Record,
     ) -> Result<Response<Incoming>, GatewayError> {
         let sent = Instant::now();
         let resp = match lease.and_then(Lease::lost) {
@@ -220,9 +224,12 @@ impl Gateway {
                 .into()),
             },
         };
+        let secs = sent.elapsed().as_secs_f64();
+        rec.upstream_secs += secs;
+        let status = resp.as_ref().ok().map(|r| r.status().as_u16());
         self.wiring
             .metrics()
-            .observe_upstream(&upstream.id, sent.elapsed().as_secs_f64());
+            .observe_upstream(&upstream.id, secs, status);
         resp
     }
 
@@ -261,6 +268,9 @@ impl Gateway {
         let elapsed = start.elapsed();
         let route = rec.route.as_deref().unwrap_or("none");
         let status = resp.status().as_u16();
+        self.wiring
+            .metrics()
+            .observe_overhead(elapsed.as_secs_f64() - rec.upstream_secs);
         match &rec.series {
             Some(series) => series.record(method, status, rec.decision, elapsed.as_secs_f64()),
             None => self.wiring.metrics().record_request(

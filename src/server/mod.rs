@@ -46,6 +46,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::{ListenerMetrics, OpenGuard};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
@@ -81,6 +83,10 @@ pub struct App {
     draining: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// A connection's place under `max_connections`, and its count in `tollgate_connections_open`:
+/// both held by its IO, so an upgraded connection keeps them until its tunnel ends.
+type Place = (OwnedSemaphorePermit, Option<OpenGuard>);
 
 /// The connection limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -169,7 +175,7 @@ struct Watched<I> {
     head: Option<(u64, Pin<Box<Sleep>>)>,
     /// How long writes have been waiting for the client to take bytes.
     send: crate::limits::Gap,
-    _place: OwnedSemaphorePermit,
+    _place: Place,
 }
 
 /// The first bytes of a cleartext connection and what they show.
@@ -236,7 +242,7 @@ impl App {
         let proxy = tokio::spawn(serve_listener(
             listeners.proxy,
             Limits::proxy(&config.server),
-            acceptor.clone(),
+            (acceptor.clone(), Some(gateway.metrics().listener("proxy"))),
             rx,
             grace,
             move |req, conn| {
@@ -253,10 +259,17 @@ impl App {
         let admin_state =
             admin::Admin::new(gateway.clone(), draining.clone(), admin_access.clone());
         let (admin_shutdown, admin_rx) = watch::channel(false);
-        let admin = tokio::spawn(serve(listeners.admin, admin_rx, grace, move |req, _| {
-            let a = admin_state.clone();
-            async move { a.handle(req).await }
-        }));
+        let admin = tokio::spawn(serve_listener(
+            listeners.admin,
+            Limits::ADMIN,
+            (None, Some(gateway.metrics().listener("admin"))),
+            admin_rx,
+            grace,
+            move |req, _| {
+                let a = admin_state.clone();
+                async move { a.handle(req).await }
+            },
+        ));
         tracing::info!(%proxy_addr, %admin_addr, tls, "tollgate listening");
         Ok(App {
             proxy_addr,
@@ -481,7 +494,7 @@ impl<I> Watched<I> {
         activity: Arc<Activity>,
         proto: Proto,
         (head_timeout, send_timeout): (Duration, Duration),
-        place: OwnedSemaphorePermit,
+        place: Place,
     ) -> Self {
         Watched {
             io,
@@ -631,7 +644,7 @@ pub async fn serve<F, Fut>(
     serve_listener(
         listener,
         Limits::ADMIN,
-        None,
+        (None, None),
         shutdown,
         grace,
         move |req, conn: Conn| handler(req, conn.remote),
@@ -639,13 +652,13 @@ pub async fn serve<F, Fut>(
     .await;
 }
 
-/// An accept loop with `limits`, speaking TLS when `tls` is set. When `shutdown` turns true (or
-/// its sender goes away) it stops accepting, closes every connection gracefully, and returns
-/// once they have ended or `grace` has passed.
+/// An accept loop with `limits`, speaking TLS when `tls` is set, counting its connections in
+/// `metrics` when set. When `shutdown` turns true (or its sender goes away) it stops accepting,
+/// closes every connection gracefully, and returns once they have ended or `grace` has passed.
 pub(crate) async fn serve_listener<F, Fut>(
     listener: TcpListener,
     limits: Limits,
-    tls: Option<TlsAcceptor>,
+    (tls, metrics): (Option<TlsAcceptor>, Option<ListenerMetrics>),
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
     handler: F,
@@ -660,12 +673,15 @@ pub(crate) async fn serve_listener<F, Fut>(
     loop {
         // A place first, then accept: over `max_connections`, clients wait in the listen
         // backlog instead of being accepted and dropped.
-        let place = tokio::select! {
-            place = places.clone().acquire_owned() => match place {
-                Ok(p) => p,
-                Err(_) => break,
+        let (place, waited) = match places.clone().try_acquire_owned() {
+            Ok(p) => (p, false),
+            Err(_) => tokio::select! {
+                place = places.clone().acquire_owned() => match place {
+                    Ok(p) => (p, true),
+                    Err(_) => break,
+                },
+                _ = shutdown.changed() => break,
             },
-            _ = shutdown.changed() => break,
         };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -680,11 +696,12 @@ pub(crate) async fn serve_listener<F, Fut>(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let open = metrics.as_ref().map(|m| m.accepted(waited));
         tokio::spawn(connection(
             shared.clone(),
             stream,
             remote,
-            place,
+            (place, open),
             shutdown.clone(),
             live.subscribe(),
         ));
@@ -704,7 +721,7 @@ async fn connection<F, Fut>(
     shared: Arc<Shared<F>>,
     stream: TcpStream,
     remote: SocketAddr,
-    place: OwnedSemaphorePermit,
+    place: Place,
     mut shutdown: watch::Receiver<bool>,
     _live: watch::Receiver<()>,
 ) where
@@ -802,7 +819,7 @@ async fn http<I, F, Fut>(
     io: I,
     sniffed: Sniffed,
     conn: Conn,
-    place: OwnedSemaphorePermit,
+    place: Place,
     shutdown: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,

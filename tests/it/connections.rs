@@ -313,7 +313,8 @@ async fn beyond_max_connections_a_client_waits_until_a_place_frees() {
     // A third client connects (the listen backlog takes it) but is not served while two
     // connections are open...
     let (mut c, _c_conn) = h1(connect(app.proxy_addr).await).await;
-    let third = tokio::spawn(async move { get1(&mut c, "/public/c").await });
+    // (The task hands the client back, so the connection stays open for the count below.)
+    let third = tokio::spawn(async move { (get1(&mut c, "/public/c").await, c) });
     tokio::time::sleep(Duration::from_millis(500)).await; // the wait under test
     assert!(!third.is_finished(), "a third connection was served");
     assert_eq!(upstream.count(), 2);
@@ -321,13 +322,24 @@ async fn beyond_max_connections_a_client_waits_until_a_place_frees() {
     // ...and is served, not dropped, as soon as one of them closes.
     drop(a);
     a_conn.abort();
-    let answer = tokio::time::timeout(BOUND, third)
+    let (answer, _c) = tokio::time::timeout(BOUND, third)
         .await
         .expect("the waiting client was not served after a place freed")
-        .unwrap()
         .unwrap();
-    assert_eq!(answer.status, 200);
+    assert_eq!(answer.unwrap().status, 200);
     assert_eq!(upstream.count(), 3);
+    // The third connection waited for a place; two are open now (b and c).
+    let m = crate::support::metrics::scrape(&format!("http://{}", app.admin_addr)).await;
+    assert_eq!(
+        m.value(r#"tollgate_connections_waiting_total{listener="proxy"}"#),
+        Some(1.0),
+        "{m:?}"
+    );
+    assert_eq!(
+        m.value(r#"tollgate_connections_open{listener="proxy"}"#),
+        Some(2.0),
+        "{m:?}"
+    );
     app.shutdown().await;
 }
 

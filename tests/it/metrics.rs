@@ -106,6 +106,16 @@ async fn the_exposition_parses_and_has_every_family() {
             3.0,
         ),
         (r#"tollgate_token_cache_entries{cache="jwt"}"#, 1.0),
+        (
+            r#"tollgate_upstream_responses_total{class="2xx",upstream="erp"}"#,
+            3.0,
+        ),
+        ("tollgate_gateway_overhead_seconds_count", 5.0),
+        ("tollgate_requests_in_flight", 0.0),
+        (
+            r#"tollgate_jwks_fetch_duration_seconds_count{issuer="erp"}"#,
+            1.0,
+        ),
     ] {
         assert_eq!(m.value(sample), Some(value), "`{sample}` in:\n{m:?}");
     }
@@ -116,6 +126,10 @@ async fn the_exposition_parses_and_has_every_family() {
     ] {
         assert!(m.value(sample).is_some(), "no `{sample}` in:\n{m:?}");
     }
+    assert!(
+        m.value(r#"tollgate_connections_open{listener="admin"}"#) >= Some(1.0),
+        "the scrape's own connection is open: {m:?}"
+    );
     let build: Vec<_> = m.samples("tollgate_build_info").collect();
     assert!(
         build.len() == 1
