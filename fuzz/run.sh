@@ -55,6 +55,11 @@ echo "fuzz: building the targets" >&2
 build_start=$SECONDS
 cargo +nightly fuzz build --release >&2
 echo "fuzz: built in $((SECONDS - build_start)) s" >&2
+# The targets run from the binaries built above, not through `cargo fuzz run`, which would build
+# again before each target: sources edited during a long run would change (or break) what the
+# later targets fuzz.
+host=$(rustc +nightly -vV | sed -n 's/^host: //p')
+bin_dir="target/$host/release"
 
 mkdir -p logs
 failed=()
@@ -65,7 +70,7 @@ for t in "${targets[@]}"; do
     log="logs/$t.log"
     before=$(find "artifacts/$t" -type f | wc -l)
     set +e
-    "${pin[@]}" cargo +nightly fuzz run --release "$t" "$corpus" -- \
+    "${pin[@]}" "$bin_dir/$t" "$corpus" -artifact_prefix="artifacts/$t/" \
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=5 \
         -dict="dict/$(dict_of "$t").dict" -print_final_stats=1 >"$log" 2>&1
     status=$?
