@@ -45,6 +45,23 @@ pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
     "tollgate_config_last_reload_success_timestamp_seconds";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 pub const REQUESTS_IN_FLIGHT: &str = "tollgate_requests_in_flight";
+pub const AUTH_FAILURES_TOTAL: &str = "tollgate_auth_failures_total";
+
+/// The `reason` values of `tollgate_auth_failures_total`: a fixed set, so the label stays bounded.
+pub const AUTH_FAILURE_REASONS: [&str; 12] = [
+    "malformed",
+    "signature",
+    "expired",
+    "not_yet_valid",
+    "issuer",
+    "audience",
+    "algorithm",
+    "key_unknown",
+    "typ",
+    "revoked",
+    "inactive",
+    "introspection_error",
+];
 pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
 pub const CONNECTIONS_WAITING_TOTAL: &str = "tollgate_connections_waiting_total";
 pub const UPSTREAM_RESPONSES_TOTAL: &str = "tollgate_upstream_responses_total";
@@ -275,6 +292,7 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     config_last_success: prometheus::Gauge,
     requests_in_flight: prometheus::IntGauge,
+    auth_failures: IntCounterVec,
     connections_open: IntGaugeVec,
     connections_waiting: IntCounterVec,
     upstream_responses: IntCounterVec,
@@ -479,6 +497,11 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            auth_failures: counter(
+                AUTH_FAILURES_TOTAL,
+                "Tokens refused, by issuer id (unknown: no configured issuer) and reason (malformed, signature, expired, not_yet_valid, issuer, audience, algorithm, key_unknown, typ, revoked, inactive, introspection_error).",
+                &["issuer", "reason"],
+            )?,
             connections_open: int_gauge(
                 CONNECTIONS_OPEN,
                 "Client connections open, by listener (proxy, admin); the proxy's is bounded by server.max_connections.",
@@ -584,6 +607,15 @@ impl Metrics {
             .inc();
     }
 
+    /// A token refused: `reason` is one of [`AuthError::failure_reason`]'s.
+    ///
+    /// [`AuthError::failure_reason`]: crate::auth::AuthError::failure_reason
+    pub fn auth_failure(&self, issuer: &str, reason: &'static str) {
+        self.auth_failures
+            .with_label_values(&[issuer, reason])
+            .inc();
+    }
+
     /// A request entered the pipeline; the guard counts it out when dropped.
     pub fn request_begun(&self) -> InFlightGuard {
         self.requests_in_flight.inc();
@@ -647,10 +679,19 @@ impl Metrics {
             self.jwks_refresh.with_label_values(&[issuer, result]);
         }
         self.jwks_keys.with_label_values(&[issuer]);
+        self.declare_auth_failures(issuer);
+    }
+
+    /// Makes the issuer's refused-token series exist (at zero), one per reason.
+    fn declare_auth_failures(&self, issuer: &str) {
+        for reason in AUTH_FAILURE_REASONS {
+            self.auth_failures.with_label_values(&[issuer, reason]);
+        }
     }
 
     /// Makes an introspection issuer's series exist (at zero) from the start.
     pub fn declare_introspection(&self, issuer: &str) {
+        self.declare_auth_failures(issuer);
         for result in ["active", "inactive", "error"] {
             self.introspection_requests
                 .with_label_values(&[issuer, result]);

@@ -99,6 +99,32 @@ pub enum AuthError {
     IdpUnavailable { issuer: Arc<str>, retry_after: u64 },
 }
 
+impl AuthError {
+    /// The reason `tollgate_auth_failures_total` counts this failure under, from a fixed set;
+    /// `None` for what is not a failure of the token (no token, an IdP with no keys yet).
+    pub fn failure_reason(&self) -> Option<&'static str> {
+        let reason = match self {
+            AuthError::Bearer(_) => return None,
+            AuthError::IdpUnavailable { .. } => "introspection_error",
+            AuthError::InvalidToken(e) => match e {
+                InvalidToken::Malformed
+                | InvalidToken::MissingClaim
+                | InvalidToken::UnsupportedCritical => "malformed",
+                InvalidToken::UnknownIssuer => "issuer",
+                InvalidToken::AlgorithmNotAllowed => "algorithm",
+                InvalidToken::UnknownKey => "key_unknown",
+                InvalidToken::BadSignature => "signature",
+                InvalidToken::Expired => "expired",
+                InvalidToken::NotYetValid => "not_yet_valid",
+                InvalidToken::WrongAudience => "audience",
+                InvalidToken::NotAnAccessToken => "typ",
+                InvalidToken::Inactive => "inactive",
+            },
+        };
+        Some(reason)
+    }
+}
+
 /// One configured issuer and the ways its tokens are validated.
 struct Issuer {
     mode: ValidationMode,
@@ -289,11 +315,12 @@ impl Verifier {
         // An opaque token (not three dot-separated parts) goes to the route's introspector, or
         // the only one: its cached answer, when it has one, needs no future either.
         if token.as_str().bytes().filter(|b| *b == b'.').count() != 2 {
-            if let Some(answer) = self
-                .introspector_for(route_issuer)
-                .and_then(|x| x.cached(&digest))
-            {
-                return answer.map(|p| Principal::clone(&p));
+            if let Some(x) = self.introspector_for(route_issuer) {
+                if let Some(answer) = x.cached(&digest) {
+                    return answer
+                        .map(|p| Principal::clone(&p))
+                        .inspect_err(|e| self.failed(x.issuer_id(), e));
+                }
             }
         }
         // The slow path's future (key fetches, introspection calls) is large; boxed, it does not
@@ -328,6 +355,33 @@ impl Verifier {
             Ok(u) => self.by_iss.get(&u.iss),
             Err(_) => None,
         };
+        let result = self
+            .verify_by_issuer(token, digest, route_issuer, issuer, unverified)
+            .await;
+        if let Err(e) = &result {
+            // Errors of a known issuer's checks were counted under its id where they arose.
+            if issuer.is_none() && !matches!(e, AuthError::IdpUnavailable { .. }) {
+                self.failed("unknown", e);
+            }
+        }
+        result
+    }
+
+    /// Counts a failed token under `issuer` (its id, or `unknown`).
+    fn failed(&self, issuer: &str, e: &AuthError) {
+        if let Some(reason) = e.failure_reason() {
+            self.metrics.auth_failure(issuer, reason);
+        }
+    }
+
+    async fn verify_by_issuer(
+        &self,
+        token: &str,
+        digest: [u8; 32],
+        route_issuer: Option<&Arc<str>>,
+        issuer: Option<&Arc<Issuer>>,
+        unverified: Result<jwt::Unverified, InvalidToken>,
+    ) -> Result<Principal, AuthError> {
         match (issuer, unverified) {
             (Some(issuer), Ok(u)) => match (issuer.mode, &issuer.jwt, &issuer.introspector) {
                 (ValidationMode::Jwt, Some(v), _) => self.verify_locally(v, token, u, digest).await,
@@ -369,7 +423,10 @@ impl Verifier {
         digest: [u8; 32],
     ) -> Result<Principal, AuthError> {
         self.metrics.token_cache("jwt", CacheResult::Miss);
-        let principal = v.verify(token, unverified).await?;
+        let principal = v
+            .verify(token, unverified)
+            .await
+            .inspect_err(|e| self.failed(&v.id, e))?;
         Ok(self.cache.insert(digest, principal, unix_secs()))
     }
 
@@ -380,7 +437,11 @@ impl Verifier {
         token: &str,
         digest: [u8; 32],
     ) -> Result<Principal, AuthError> {
-        Ok(Principal::clone(&*x.verify(token, digest).await?))
+        let principal = x
+            .verify(token, digest)
+            .await
+            .inspect_err(|e| self.failed(x.issuer_id(), e))?;
+        Ok(Principal::clone(&principal))
     }
 
     /// Publishes the cache sizes (called at each scrape).
@@ -397,5 +458,32 @@ impl Verifier {
             self.metrics
                 .token_cache_entries("introspection", introspected);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AuthError, InvalidToken};
+    use crate::metrics::AUTH_FAILURE_REASONS;
+
+    #[test]
+    fn every_failure_reason_is_one_the_metric_declares() {
+        let errors =
+            InvalidToken::ALL
+                .into_iter()
+                .map(AuthError::from)
+                .chain([AuthError::IdpUnavailable {
+                    issuer: "erp".into(),
+                    retry_after: 5,
+                }]);
+        for e in errors {
+            let reason = e.failure_reason().expect("a token failure");
+            assert!(AUTH_FAILURE_REASONS.contains(&reason), "{reason}");
+        }
+        assert_eq!(
+            AuthError::from(crate::auth::BearerError::Missing).failure_reason(),
+            None,
+            "no token is no failure of a token"
+        );
     }
 }

@@ -116,7 +116,11 @@ impl Gateway {
                 let token = extract(&head)?;
                 let raw = token.as_str();
                 let principal = verify(&snapshot, token, requirement).await?;
-                (Some(authorize(route, requirement, principal)?), raw)
+                let metrics = self.wiring.metrics();
+                (
+                    Some(authorize(route, requirement, principal, metrics)?),
+                    raw,
+                )
             }
         };
         rec.decision = Some(match permit {
@@ -381,11 +385,20 @@ fn authorize(
     route: &Route,
     requirement: &Requirement,
     principal: Principal,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<Permit, GatewayError> {
-    policy::authorize(route, requirement, principal).map_err(|reason| GatewayError::Denied {
-        reason,
-        challenge: requirement.challenge(reason),
-        route: route.id.clone(),
+    let issuer = principal.issuer.clone();
+    policy::authorize(route, requirement, principal).map_err(|reason| {
+        // A token of another issuer than the route's is refused as invalid (401): counted with
+        // the tokens the verifier refused.
+        if reason == crate::policy::Denied::WrongIssuer {
+            metrics.auth_failure(&issuer, "issuer");
+        }
+        GatewayError::Denied {
+            reason,
+            challenge: requirement.challenge(reason),
+            route: route.id.clone(),
+        }
     })
 }
 

@@ -458,6 +458,13 @@ async fn a_storm_of_5xx_is_503_and_the_breaker_keeps_it_off_the_endpoint() {
         "{} calls reached the endpoint",
         fake.calls()
     );
+    // Each refusal is counted under the issuer, as an introspection error (not a bad token).
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.value(r#"tollgate_auth_failures_total{issuer="erp",reason="introspection_error"}"#),
+        Some(205.0),
+        "{m:?}"
+    );
 
     fake.set_mode(Mode::Normal);
     let token = fake.active(json!({}));

@@ -149,3 +149,90 @@ async fn the_exposition_parses_and_has_every_family() {
     assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).await.status, 200);
     gw.shutdown().await;
 }
+
+/// Every refused token is counted by issuer and a reason from a fixed set, so that a key
+/// rotation, a skewed clock and a wrong audience do not look alike.
+#[tokio::test]
+async fn refused_tokens_are_counted_by_issuer_and_reason() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use tollgate::demo::keys::SigningKey;
+
+    let idp = FakeIdp::start().await;
+    let upstream = RecordingUpstream::start().await;
+    let gw = TestGateway::start(&config(&idp.issuer, &upstream.url(), ""), true).await;
+    let now = crate::support::now();
+    let stranger = SigningKey::rsa("k1", Algorithm::RS256).unwrap();
+    let mut unknown_kid = Header::new(Algorithm::RS256);
+    unknown_kid.kid = Some("nobody".into());
+    let hs256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &idp.claims(),
+        &EncodingKey::from_secret(b"secret"),
+    )
+    .unwrap();
+    let cases = [
+        ("expired", idp.token(json!({"exp": now - 3600}))),
+        ("not_yet_valid", idp.token(json!({"nbf": now + 3600}))),
+        ("audience", idp.token(json!({"aud": "someone-else"}))),
+        ("signature", stranger.sign(&idp.claims()).unwrap()),
+        (
+            "key_unknown",
+            stranger
+                .sign_with_header(&unknown_kid, &idp.claims())
+                .unwrap(),
+        ),
+        ("algorithm", hs256),
+    ];
+    for (reason, token) in &cases {
+        let r = get(
+            &gw.url("/entity/Default/x"),
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+        assert_eq!(r.status, 401, "{reason}: {}", r.text());
+    }
+    // Not a JWT of any configured issuer.
+    for token in [
+        "not-a-jwt-at-all",
+        &idp.token(json!({"iss": "https://elsewhere"})),
+    ] {
+        let r = get(
+            &gw.url("/entity/Default/x"),
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+        assert_eq!(r.status, 401);
+    }
+    let m = gw.metrics().await;
+    promtool_check(m.text());
+    for (reason, _) in &cases {
+        assert_eq!(
+            m.value(&format!(
+                r#"tollgate_auth_failures_total{{issuer="erp",reason="{reason}"}}"#
+            )),
+            Some(1.0),
+            "{reason}: {m:?}"
+        );
+    }
+    let unknown: f64 = m
+        .samples("tollgate_auth_failures_total")
+        .filter(|s| s.labels["issuer"] == "unknown")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(unknown, 2.0, "{m:?}");
+    // A good token is no failure.
+    let good = idp.token(json!({"scope": "api"}));
+    get(
+        &gw.url("/entity/Default/x"),
+        &[("authorization", &format!("Bearer {good}"))],
+    )
+    .await;
+    let total: f64 = gw
+        .metrics()
+        .await
+        .samples("tollgate_auth_failures_total")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(total, 8.0);
+    gw.shutdown().await;
+}
