@@ -46,6 +46,8 @@ pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
 pub const BUILD_INFO: &str = "tollgate_build_info";
 pub const REQUESTS_IN_FLIGHT: &str = "tollgate_requests_in_flight";
 pub const AUTH_FAILURES_TOTAL: &str = "tollgate_auth_failures_total";
+pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
+    "tollgate_tls_certificate_expiry_timestamp_seconds";
 
 /// The `reason` values of `tollgate_auth_failures_total`: a fixed set, so the label stays bounded.
 pub const AUTH_FAILURE_REASONS: [&str; 12] = [
@@ -293,6 +295,7 @@ pub struct Metrics {
     config_last_success: prometheus::Gauge,
     requests_in_flight: prometheus::IntGauge,
     auth_failures: IntCounterVec,
+    tls_expiry: IntGaugeVec,
     connections_open: IntGaugeVec,
     connections_waiting: IntCounterVec,
     upstream_responses: IntCounterVec,
@@ -497,6 +500,11 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            tls_expiry: int_gauge(
+                TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS,
+                "Unix time the certificate in use expires (its notAfter), by certificate (server: [server.tls]).",
+                &["certificate"],
+            )?,
             auth_failures: counter(
                 AUTH_FAILURES_TOTAL,
                 "Tokens refused, by issuer id (unknown: no configured issuer) and reason (malformed, signature, expired, not_yet_valid, issuer, audience, algorithm, key_unknown, typ, revoked, inactive, introspection_error).",
@@ -614,6 +622,13 @@ impl Metrics {
         self.auth_failures
             .with_label_values(&[issuer, reason])
             .inc();
+    }
+
+    /// The notAfter (Unix seconds) of the certificate in use as `certificate`.
+    pub fn tls_certificate_expiry(&self, certificate: &str, not_after: i64) {
+        self.tls_expiry
+            .with_label_values(&[certificate])
+            .set(not_after);
     }
 
     /// A request entered the pipeline; the guard counts it out when dropped.

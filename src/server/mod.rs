@@ -236,6 +236,10 @@ impl App {
         let (shutdown, rx) = watch::channel(false);
         let draining = Arc::new(AtomicBool::new(false));
         let grace = config.server.shutdown_grace;
+        let tls_reloader = TlsReloader::new(acceptor.clone(), gateway.metrics().clone());
+        if let Some(cfg) = &config.server.tls {
+            tls_reloader.publish_expiry(cfg);
+        }
         let tls = acceptor.is_some();
 
         let gw = gateway.clone();
@@ -271,11 +275,12 @@ impl App {
             },
         ));
         tracing::info!(%proxy_addr, %admin_addr, tls, "tollgate listening");
+        let tls = tls_reloader;
         Ok(App {
             proxy_addr,
             admin_addr,
             gateway,
-            tls: TlsReloader::new(acceptor),
+            tls,
             admin_access,
             shutdown,
             admin_shutdown,

@@ -65,13 +65,22 @@ impl TlsAcceptor {
 #[derive(Clone, Debug)]
 pub struct TlsReloader {
     acceptor: Option<TlsAcceptor>,
+    metrics: crate::metrics::Metrics,
 }
 
 // === impl TlsReloader ===
 
 impl TlsReloader {
-    pub(crate) fn new(acceptor: Option<TlsAcceptor>) -> Self {
-        TlsReloader { acceptor }
+    pub(crate) fn new(acceptor: Option<TlsAcceptor>, metrics: crate::metrics::Metrics) -> Self {
+        TlsReloader { acceptor, metrics }
+    }
+
+    /// Publishes the notAfter of the certificate now in use.
+    pub(crate) fn publish_expiry(&self, cfg: &TlsConfig) {
+        match leaf_expiry(cfg) {
+            Ok(not_after) => self.metrics.tls_certificate_expiry("server", not_after),
+            Err(e) => tracing::warn!(error = %e, "cannot read the certificate's expiry"),
+        }
     }
 
     /// Applies the `[server.tls]` of a reloaded configuration: the files are read again (also
@@ -80,7 +89,11 @@ impl TlsReloader {
     /// off is refused: it needs a restart.
     pub fn reload_tls(&self, cfg: Option<&TlsConfig>) -> Result<(), String> {
         match (&self.acceptor, cfg) {
-            (Some(acceptor), Some(cfg)) => acceptor.reload(cfg),
+            (Some(acceptor), Some(cfg)) => {
+                acceptor.reload(cfg)?;
+                self.publish_expiry(cfg);
+                Ok(())
+            }
             (None, None) => Ok(()),
             (None, Some(_)) => Err(
                 "server.tls: the proxy listener started without TLS; turning it on needs a restart"
@@ -92,6 +105,24 @@ impl TlsReloader {
             ),
         }
     }
+}
+
+/// When the leaf certificate of `cert_file` (its first PEM block) expires, in Unix seconds.
+pub fn leaf_expiry(cfg: &TlsConfig) -> Result<i64, String> {
+    let certs = load_certs(&cfg.cert_file, "server.tls.cert_file")?;
+    let leaf = certs.first().ok_or_else(|| {
+        format!(
+            "server.tls.cert_file {}: no certificate",
+            cfg.cert_file.display()
+        )
+    })?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| {
+        format!(
+            "server.tls.cert_file {}: not an X.509 certificate ({e})",
+            cfg.cert_file.display()
+        )
+    })?;
+    Ok(cert.validity().not_after.timestamp())
 }
 
 /// The rustls server configuration of `[server.tls]`: the certificate chain and key, a client

@@ -261,9 +261,19 @@ async fn reload_tls_serves_a_new_certificate_to_new_connections() {
     let old_ca = Ca::new("old CA");
     let new_ca = Ca::new("new CA");
     let files = Files::new();
-    let (cert, key) = files.leaf("server", &old_ca.server());
+    let (cert, key) = files.leaf("server", &old_ca.server_until((2031, 5, 17)));
     let upstream = RecordingUpstream::start().await;
     let app = start("", &upstream.url(), "", &tls_table(&cert, &key, None)).await;
+    let expiry = || async {
+        crate::support::metrics::scrape(&format!("http://{}", app.admin_addr))
+            .await
+            .value(r#"tollgate_tls_certificate_expiry_timestamp_seconds{certificate="server"}"#)
+    };
+    assert_eq!(
+        expiry().await,
+        Some(1_936_742_400.0),
+        "2031-05-17T00:00:00Z"
+    );
     let trusts_old = client_config(&old_ca.pem(), None, &[]);
     let trusts_new = client_config(&new_ca.pem(), None, &[]);
 
@@ -299,8 +309,13 @@ async fn reload_tls_serves_a_new_certificate_to_new_connections() {
     // TLS cannot be switched off by a reload.
     assert!(app.reload_tls(None).is_err());
 
+    assert_eq!(
+        expiry().await,
+        Some(1_936_742_400.0),
+        "a failed reload keeps the old figure"
+    );
     // The renewed certificate, written over the same files (as a renewal would).
-    let renewed = new_ca.server();
+    let renewed = new_ca.server_until((2032, 1, 2));
     std::fs::write(&cert, &renewed.cert).unwrap();
     std::fs::write(&key, &renewed.key).unwrap();
     app.tls_reloader()
@@ -313,6 +328,11 @@ async fn reload_tls_serves_a_new_certificate_to_new_connections() {
     assert!(https_get(app.proxy_addr, trusts_new, "/public/d")
         .await
         .is_ok());
+    assert_eq!(
+        expiry().await,
+        Some(1_956_614_400.0),
+        "2032-01-02T00:00:00Z"
+    );
     assert!(https_get(app.proxy_addr, trusts_old, "/public/d")
         .await
         .is_err());

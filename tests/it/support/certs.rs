@@ -56,6 +56,15 @@ impl Ca {
         )
     }
 
+    /// A server certificate that expires at midnight (UTC) on `(year, month, day)`.
+    pub fn server_until(&self, (year, month, day): (i32, u8, u8)) -> Leaf {
+        self.leaf_for(
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            |p| p.not_after = rcgen::date_time_ymd(year, month, day),
+        )
+    }
+
     /// A client certificate (ECDSA P-256).
     pub fn client(&self) -> Leaf {
         self.leaf_with(
@@ -69,6 +78,15 @@ impl Ca {
         alg: &'static SignatureAlgorithm,
         usage: ExtendedKeyUsagePurpose,
     ) -> Leaf {
+        self.leaf_for(alg, usage, |_| {})
+    }
+
+    fn leaf_for(
+        &self,
+        alg: &'static SignatureAlgorithm,
+        usage: ExtendedKeyUsagePurpose,
+        customize: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let key = KeyPair::generate_for(alg).unwrap();
         let mut params =
             CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
@@ -76,6 +94,7 @@ impl Ca {
             .distinguished_name
             .push(DnType::CommonName, "tollgate test");
         params.extended_key_usages = vec![usage];
+        customize(&mut params);
         let cert = params.signed_by(&key, &*self.issuer).unwrap();
         Leaf {
             cert: cert.pem(),
