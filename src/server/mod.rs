@@ -246,7 +246,7 @@ impl App {
         let proxy = tokio::spawn(serve_listener(
             listeners.proxy,
             Limits::proxy(&config.server),
-            (acceptor.clone(), Some(gateway.metrics().listener("proxy"))),
+            (acceptor, Some(gateway.metrics().listener("proxy"))),
             rx,
             grace,
             move |req, conn| {
