@@ -9,7 +9,9 @@
 # - Kubernetes: every manifest against the Kubernetes OpenAPI schemas with kubernetes-validate
 #   (PyPI) in --strict mode (unknown fields are errors), for two Kubernetes versions. Kinds it has
 #   no schema for are reported as WARN and skipped (its behaviour for unknown kinds; it has no
-#   flag for that): the only one allowed is the ServiceMonitor CRD. Then cross-references
+#   flag for that): the only ones allowed are the ServiceMonitor and PrometheusRule CRDs. That
+#   prometheusrule.yaml and grafana-dashboard-configmap.yaml are what deploy/kubernetes/generate.py
+#   makes of alerts.yml and the dashboard. Then cross-references
 #   (selectors, port names, ConfigMap and Secret names, probes, security settings), the
 #   kustomization's resource list, `kubectl kustomize` when kubectl is installed, and
 #   `tollgate check` on the ConfigMap's tollgate.toml with stand-in secret files.
@@ -147,7 +149,7 @@ done
 for v in "${K8S_VERSIONS[@]}"; do
   out=$("$VENV/bin/kubernetes-validate" --strict -k "$v" "${manifests[@]}" 2>&1) && rc=0 || rc=$?
   # Unknown kinds come out as WARN (no schema) and are skipped: only the ServiceMonitor CRD may.
-  unexpected_warn=$(printf '%s\n' "$out" | grep '^WARN' | grep -v 'kind ServiceMonitor with api version monitoring.coreos.com/v1' || true)
+  unexpected_warn=$(printf '%s\n' "$out" | grep '^WARN' | grep -v -E 'kind (ServiceMonitor|PrometheusRule) with api version monitoring.coreos.com/v1' || true)
   if [ "$rc" -eq 0 ] && [ -z "$unexpected_warn" ] && ! printf '%s\n' "$out" | grep -q '^ERROR'; then
     pass "kubernetes-validate --strict -k $v: ${#manifests[@]} files ($(printf '%s\n' "$out" | grep -c '^INFO') resources valid)"
     note "skipped, no schema (a CRD): $(printf '%s\n' "$out" | grep '^WARN' | sed -E 's/^WARN ([^ ]+) .*kind ([A-Za-z]+).*/\2 in \1/' | paste -sd, -)"
@@ -156,6 +158,9 @@ for v in "${K8S_VERSIONS[@]}"; do
     printf '%s\n' "$out" | grep -v '^INFO' | sed 's/^/       /'
   fi
 done
+
+check "prometheusrule.yaml and grafana-dashboard-configmap.yaml are generated from alerts.yml and the dashboard" \
+  "$PY" deploy/kubernetes/generate.py --check
 
 check "manifests agree with each other (selectors, ports, names, probes, security)" "$PY" - <<'PY'
 import glob, os, sys, yaml
@@ -264,7 +269,15 @@ if (hpa.get("minReplicas"), hpa.get("maxReplicas")) != (3, 10): p.append("HPA: m
 cpu = [m for m in hpa.get("metrics", []) if m.get("resource", {}).get("name") == "cpu"]
 if not cpu or cpu[0]["resource"]["target"].get("averageUtilization") != 70: p.append("HPA: CPU at 70 %")
 
+pre_stop = c.get("lifecycle", {}).get("preStop", {})
+if pre_stop.get("sleep", {}).get("seconds", 0) < 1 or "exec" in pre_stop: p.append("Deployment: preStop must be Kubernetes' sleep action (no shell in the image)")
+
 rdep = one("Deployment", "tollgate-redis").get("spec", {})
+rvols = rdep.get("template", {}).get("spec", {}).get("volumes", [])
+claim = next((v.get("persistentVolumeClaim", {}).get("claimName") for v in rvols if v.get("name") == "data"), None)
+if claim != "tollgate-redis-data": p.append("Redis Deployment: its data volume must be the PersistentVolumeClaim tollgate-redis-data")
+elif not one("PersistentVolumeClaim", claim): p.append(f"PersistentVolumeClaim {claim} is missing")
+if rdep.get("strategy", {}).get("type") != "Recreate": p.append("Redis Deployment: strategy Recreate (a ReadWriteOnce volume)")
 rsvc = one("Service", "tollgate-redis").get("spec", {})
 if not matches(rsvc.get("selector", {}), rdep.get("template", {}).get("metadata", {}).get("labels", {})): p.append("Service tollgate-redis: selector does not match the Redis pods")
 if rdep.get("template", {}).get("spec", {}).get("enableServiceLinks") is not False: p.append("Redis Deployment: enableServiceLinks must be false")
