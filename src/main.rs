@@ -31,6 +31,15 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print the effective configuration: the file with the TOLLGATE__ overrides applied and the
+    /// route file's routes, secrets shown as ***.
+    Config {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Print it (the only action for now; required, so that later actions stay explicit).
+        #[arg(long, required = true)]
+        print: bool,
+    },
     /// Validate a configuration file (and its route file) and print a one-line summary.
     Check {
         #[arg(long, short, value_name = "FILE")]
@@ -83,6 +92,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Config { config, print: _ } => match config::effective_toml(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
                 println!("{}: OK: {}", config.display(), cfg.summary());

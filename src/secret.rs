@@ -25,6 +25,13 @@ impl<'de> serde::Deserialize<'de> for Secret {
     }
 }
 
+/// Written out (`tollgate config --print`) as `***`, never as the secret.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")

@@ -18,10 +18,10 @@
 use std::collections::BTreeMap;
 
 use crate::secret::Secret;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The main configuration file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
@@ -42,7 +42,7 @@ pub struct FileConfig {
 }
 
 /// The separate route file named by `server.routes_file`: only `[[route]]` tables.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutesFile {
     #[serde(default)]
@@ -52,7 +52,7 @@ pub struct RoutesFile {
 // === [store] ===
 
 /// `[store]`: where the session table (and shared introspection results) live.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     /// `memory` (one replica) or `redis`. By default [`default_store_kind`].
@@ -103,7 +103,7 @@ pub fn default_share_introspection() -> bool {
 // === [metadata] ===
 
 /// `[metadata]`: the protected resource metadata document (RFC 9728).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataSection {
     /// The resource identifier: an absolute https URL (plain http for loopback hosts); required.
@@ -116,7 +116,7 @@ pub struct MetadataSection {
 
 // === [server] ===
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     /// Proxy listener, `IP:port`. By default [`default_listen`].
@@ -279,7 +279,7 @@ pub fn default_http2_keep_alive_timeout() -> &'static str {
 }
 
 /// `[server.tls]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     /// PEM certificate chain.
@@ -292,7 +292,7 @@ pub struct TlsSection {
 
 // === [log] ===
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
     /// `error`, `warn`, `info`, `debug` or `trace` (or a filter directive); `RUST_LOG` overrides
@@ -314,7 +314,7 @@ pub fn default_log_format() -> &'static str {
 
 // === [[issuer]] ===
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerSection {
     pub id: Option<String>,
@@ -373,7 +373,7 @@ pub fn default_fetch_timeout() -> &'static str {
 }
 
 /// `[issuer.introspection]`: RFC 7662 token introspection.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionSection {
     /// By default the discovery document's `introspection_endpoint`.
@@ -456,7 +456,7 @@ pub fn default_breaker_cooldown() -> &'static str {
 
 // === [[upstream]] ===
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     pub id: Option<String>,
@@ -504,7 +504,7 @@ pub fn default_upstream_body_read_timeout() -> &'static str {
 }
 
 /// `[upstream.session]`: see the README's "Upstream sessions".
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSection {
     /// `by_scope`, `single` or `concurrent`. By default [`default_session_mode`].
@@ -737,7 +737,7 @@ pub fn default_error_bodies() -> &'static str {
 }
 
 /// `[upstream.session.credentials]`: the active login body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialsSection {
     pub name: Option<String>,
@@ -754,7 +754,7 @@ pub struct CredentialsSection {
 
 // === [[route]] ===
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
     pub id: Option<String>,
@@ -797,7 +797,7 @@ pub fn default_route_auth() -> &'static str {
 }
 
 /// `[route.cors]`: the route answers browsers' preflights and sets CORS headers on its answers.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorsSection {
     /// Serialised origins (`https://app.example.com`), or `"*"` alone (not with credentials);

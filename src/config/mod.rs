@@ -370,6 +370,37 @@ pub fn from_figment(figment: &Figment, source: Option<&Path>) -> Result<Config, 
     validate::build(raw, routes_file, &origin, source)
 }
 
+/// The configuration `load` would read, as TOML: the file with the `TOLLGATE__` environment
+/// overrides applied, and the route file's routes when `server.routes_file` names one. Secrets
+/// (`password`, `client_secret`, `store.url`) are `***`, and so is the user-info of any URL.
+/// Keys left out are left out here too: their defaults are in the README's reference.
+pub fn effective_toml(path: &Path) -> Result<String, ConfigErrors> {
+    if !path.is_file() {
+        return Err(ConfigErrors::one(
+            path.display().to_string(),
+            "",
+            "no such configuration file",
+        ));
+    }
+    let figment = Figment::new()
+        .merge(Toml::file_exact(path))
+        .merge(Env::prefixed(ENV_PREFIX).split("__"));
+    let origin = Origin::new(&figment, Some(path));
+    let mut raw: file::FileConfig = figment.extract().map_err(|e| origin.figment_errors(e))?;
+    if let Some(rel) = raw.server.routes_file.clone() {
+        let routes = path.parent().unwrap_or(Path::new(".")).join(rel);
+        let fig = Figment::new().merge(Toml::file_exact(&routes));
+        let routes_origin = Origin::new(&fig, Some(&routes));
+        let parsed: file::RoutesFile =
+            fig.extract().map_err(|e| routes_origin.figment_errors(e))?;
+        raw.route.extend(parsed.route);
+    }
+    let text = toml::to_string(&raw).map_err(|e| {
+        ConfigErrors::one(path.display().to_string(), "", format!("cannot print: {e}"))
+    })?;
+    Ok(crate::net::redact_urls(&text))
+}
+
 /// True when `path` holds only `[[route]]` tables: a route file meant for `server.routes_file`.
 pub fn is_routes_file(path: &Path) -> bool {
     std::fs::read_to_string(path)

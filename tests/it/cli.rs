@@ -299,3 +299,82 @@ async fn rust_log_overrides_the_configured_level() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn config_print_shows_the_effective_configuration_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = write(
+        dir.path(),
+        "routes.toml",
+        "[[route]]\nid = \"from-the-route-file\"\nprefix = \"/extra/\"\nupstream = \"erp\"\nauth = \"none\"\n",
+    );
+    let main = write(
+        dir.path(),
+        "tollgate.toml",
+        &format!(
+            r#"[server]
+realm = "from-the-file"
+routes_file = "{}"
+
+[store]
+kind = "redis"
+url = "redis://app:store-secret-1@127.0.0.1:6379/0"
+
+[[issuer]]
+id = "erp"
+issuer = "https://erp.example.com/identity"
+jwks_uri = "https://erp.example.com/identity/jwks"
+audiences = ["api"]
+validation = "auto"
+[issuer.introspection]
+endpoint = "https://user:url-secret-2@erp.example.com/introspect"
+client_id = "tollgate"
+client_secret = "client-secret-3"
+
+[[upstream]]
+id = "erp"
+url = "http://127.0.0.1:8081"
+[upstream.session]
+max_upstream_sessions = 2
+[upstream.session.credentials]
+name = "admin"
+password = "login-secret-4"
+"#,
+            routes.display()
+        ),
+    );
+    let out = tollgate(
+        &["config", "--print", "--config", main.to_str().unwrap()],
+        &[("TOLLGATE__SERVER__REALM", "from-the-environment")],
+    );
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    for secret in [
+        "store-secret-1",
+        "url-secret-2",
+        "client-secret-3",
+        "login-secret-4",
+    ] {
+        assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+    }
+    let parsed: toml::Table = String::from_utf8_lossy(&out.stdout).parse().unwrap();
+    assert_eq!(
+        parsed["server"]["realm"].as_str(),
+        Some("from-the-environment")
+    );
+    assert_eq!(parsed["store"]["url"].as_str(), Some("***"));
+    assert_eq!(
+        parsed["upstream"][0]["session"]["credentials"]["password"].as_str(),
+        Some("***")
+    );
+    let routes = parsed["route"].as_array().unwrap();
+    assert!(routes
+        .iter()
+        .any(|r| r["id"].as_str() == Some("from-the-route-file")));
+    // No --print: refused, not silently nothing.
+    assert!(
+        !tollgate(&["config", "--config", main.to_str().unwrap()], &[])
+            .status
+            .success()
+    );
+}
