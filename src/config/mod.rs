@@ -325,6 +325,11 @@ impl ConfigErrors {
 
 /// Reads `path` with environment overrides, then validates and freezes it.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    from_figment(&layered(path)?, Some(path))
+}
+
+/// The file at `path` with the `TOLLGATE__` environment overrides on top.
+fn layered(path: &Path) -> Result<Figment, ConfigErrors> {
     if !path.is_file() {
         return Err(ConfigErrors::one(
             path.display().to_string(),
@@ -332,10 +337,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             "no such configuration file",
         ));
     }
-    let figment = Figment::new()
+    Ok(Figment::new()
         .merge(Toml::file_exact(path))
-        .merge(Env::prefixed(ENV_PREFIX).split("__"));
-    from_figment(&figment, Some(path))
+        .merge(Env::prefixed(ENV_PREFIX).split("__")))
 }
 
 /// Validates an already layered figment. `source` is the main file, used to name the origin of
@@ -375,16 +379,7 @@ pub fn from_figment(figment: &Figment, source: Option<&Path>) -> Result<Config, 
 /// (`password`, `client_secret`, `store.url`) are `***`, and so is the user-info of any URL.
 /// Keys left out are left out here too: their defaults are in the README's reference.
 pub fn effective_toml(path: &Path) -> Result<String, ConfigErrors> {
-    if !path.is_file() {
-        return Err(ConfigErrors::one(
-            path.display().to_string(),
-            "",
-            "no such configuration file",
-        ));
-    }
-    let figment = Figment::new()
-        .merge(Toml::file_exact(path))
-        .merge(Env::prefixed(ENV_PREFIX).split("__"));
+    let figment = layered(path)?;
     let origin = Origin::new(&figment, Some(path));
     let mut raw: file::FileConfig = figment.extract().map_err(|e| origin.figment_errors(e))?;
     if let Some(rel) = raw.server.routes_file.clone() {
