@@ -28,6 +28,7 @@
 
 mod check;
 mod cors;
+mod entries;
 pub mod file;
 mod issuer;
 mod log;
@@ -325,11 +326,13 @@ impl ConfigErrors {
 
 /// Reads `path` with environment overrides, then validates and freezes it.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    from_figment(&layered(path)?, Some(path))
+    let (figment, route_overrides) = layered(path)?;
+    from_figment_with(&figment, Some(path), &route_overrides)
 }
 
-/// The file at `path` with the `TOLLGATE__` environment overrides on top.
-fn layered(path: &Path) -> Result<Figment, ConfigErrors> {
+/// The file at `path` with the `TOLLGATE__` environment overrides on top, and the route
+/// overrides left for its route file (their ids are not in the file itself).
+fn layered(path: &Path) -> Result<(Figment, Vec<entries::Override>), ConfigErrors> {
     if !path.is_file() {
         return Err(ConfigErrors::one(
             path.display().to_string(),
@@ -337,14 +340,33 @@ fn layered(path: &Path) -> Result<Figment, ConfigErrors> {
             "no such configuration file",
         ));
     }
-    Ok(Figment::new()
-        .merge(Toml::file_exact(path))
-        .merge(Env::prefixed(ENV_PREFIX).split("__")))
+    let figment = Figment::new().merge(Toml::file_exact(path)).merge(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|k| !entries::is_entry_override(k.as_str()))
+            .split("__"),
+    );
+    let routes_elsewhere = figment
+        .extract_inner::<String>("server.routes_file")
+        .is_ok();
+    entries::apply(
+        figment,
+        &entries::overrides(std::env::vars()),
+        routes_elsewhere,
+    )
 }
 
 /// Validates an already layered figment. `source` is the main file, used to name the origin of
 /// errors and to resolve `server.routes_file`; tests pass `None` and inline TOML.
 pub fn from_figment(figment: &Figment, source: Option<&Path>) -> Result<Config, ConfigErrors> {
+    from_figment_with(figment, source, &[])
+}
+
+/// [`from_figment`], with environment overrides of routes that live in the route file.
+fn from_figment_with(
+    figment: &Figment,
+    source: Option<&Path>,
+    route_overrides: &[entries::Override],
+) -> Result<Config, ConfigErrors> {
     let origin = Origin::new(figment, source);
     let raw: file::FileConfig = figment.extract().map_err(|e| origin.figment_errors(e))?;
 
@@ -363,7 +385,11 @@ pub fn from_figment(figment: &Figment, source: Option<&Path>) -> Result<Config, 
                     format!("no such file: {}", path.display()),
                 ));
             }
-            let fig = Figment::new().merge(Toml::file_exact(&path));
+            let (fig, _) = entries::apply(
+                Figment::new().merge(Toml::file_exact(&path)),
+                route_overrides,
+                false,
+            )?;
             let routes_origin = Origin::new(&fig, Some(&path));
             let parsed: file::RoutesFile =
                 fig.extract().map_err(|e| routes_origin.figment_errors(e))?;
@@ -379,12 +405,16 @@ pub fn from_figment(figment: &Figment, source: Option<&Path>) -> Result<Config, 
 /// (`password`, `client_secret`, `store.url`) are `***`, and so is the user-info of any URL.
 /// Keys left out are left out here too: their defaults are in the README's reference.
 pub fn effective_toml(path: &Path) -> Result<String, ConfigErrors> {
-    let figment = layered(path)?;
+    let (figment, route_overrides) = layered(path)?;
     let origin = Origin::new(&figment, Some(path));
     let mut raw: file::FileConfig = figment.extract().map_err(|e| origin.figment_errors(e))?;
     if let Some(rel) = raw.server.routes_file.clone() {
         let routes = path.parent().unwrap_or(Path::new(".")).join(rel);
-        let fig = Figment::new().merge(Toml::file_exact(&routes));
+        let (fig, _) = entries::apply(
+            Figment::new().merge(Toml::file_exact(&routes)),
+            &route_overrides,
+            false,
+        )?;
         let routes_origin = Origin::new(&fig, Some(&routes));
         let parsed: file::RoutesFile =
             fig.extract().map_err(|e| routes_origin.figment_errors(e))?;

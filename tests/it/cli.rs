@@ -308,6 +308,7 @@ fn config_print_shows_the_effective_configuration_without_secrets() {
         "routes.toml",
         "[[route]]\nid = \"from-the-route-file\"\nprefix = \"/extra/\"\nupstream = \"erp\"\nauth = \"none\"\n",
     );
+    let key = write(dir.path(), "handle.key", &"ab".repeat(32));
     let main = write(
         dir.path(),
         "tollgate.toml",
@@ -336,11 +337,13 @@ id = "erp"
 url = "http://127.0.0.1:8081"
 [upstream.session]
 max_upstream_sessions = 2
+handle_key_file = "{}"
 [upstream.session.credentials]
 name = "admin"
 password = "login-secret-4"
 "#,
-            routes.display()
+            routes.display(),
+            key.display()
         ),
     );
     let out = tollgate(
@@ -371,6 +374,45 @@ password = "login-secret-4"
     assert!(routes
         .iter()
         .any(|r| r["id"].as_str() == Some("from-the-route-file")));
+    // Entries of [[issuer]], [[upstream]] and [[route]] (in the route file too) by their id.
+    let overrides = [
+        ("TOLLGATE__ROUTE__FROM_THE_ROUTE_FILE__PREFIX", "/moved/"),
+        ("TOLLGATE__UPSTREAM__ERP__TIMEOUT", "7s"),
+        ("TOLLGATE__ISSUER__erp__AUDIENCES", "[\"api\", \"reports\"]"),
+    ];
+    let out = tollgate(
+        &["config", "--print", "--config", main.to_str().unwrap()],
+        &overrides,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let parsed: toml::Table = String::from_utf8_lossy(&out.stdout).parse().unwrap();
+    let route = parsed["route"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"].as_str() == Some("from-the-route-file"))
+        .unwrap();
+    assert_eq!(route["prefix"].as_str(), Some("/moved/"));
+    assert_eq!(parsed["upstream"][0]["timeout"].as_str(), Some("7s"));
+    assert_eq!(
+        parsed["issuer"][0]["audiences"].as_array().unwrap().len(),
+        2
+    );
+    let checked = tollgate(&["check", "--config", main.to_str().unwrap()], &overrides);
+    assert!(checked.status.success(), "{}", text(&checked));
+    // An id no entry has is an error naming the variable.
+    let o = tollgate(
+        &["check", "--config", main.to_str().unwrap()],
+        &[("TOLLGATE__ROUTE__NO_SUCH_ROUTE__PREFIX", "/x/")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains(
+            "TOLLGATE__ROUTE__NO_SUCH_ROUTE__PREFIX: no [[route]] has the id `NO_SUCH_ROUTE`"
+        ),
+        "{}",
+        text(&o)
+    );
     // No --print: refused, not silently nothing.
     assert!(
         !tollgate(&["config", "--config", main.to_str().unwrap()], &[])
