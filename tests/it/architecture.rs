@@ -120,3 +120,24 @@ fn the_check_sees_imports() {
     ));
     assert_eq!(found, ["auth", "proxy", "gateway", "session"]);
 }
+
+/// The README's table of contents lists every section, in order, and nothing else.
+#[test]
+fn the_readme_contents_list_every_section() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let (_, rest) = readme
+        .split_once("## Contents\n")
+        .expect("a Contents section");
+    let listed: Vec<&str> = rest
+        .lines()
+        .take_while(|l| !l.starts_with("## "))
+        .filter_map(|l| l.strip_prefix("- ["))
+        .filter_map(|l| l.split_once("](").map(|(title, _)| title))
+        .collect();
+    let sections: Vec<&str> = rest.lines().filter_map(|l| l.strip_prefix("## ")).collect();
+    assert_eq!(
+        listed, sections,
+        "README.md: the Contents and the ## sections differ"
+    );
+}
