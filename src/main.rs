@@ -44,6 +44,10 @@ enum Command {
     Check {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Also reach out: fetch every issuer's discovery document and key set, and make one
+        /// introspection call (for a made-up token) with the configured client authentication.
+        #[arg(long)]
+        online: bool,
     },
     /// Start a demo issuer, a demo legacy API and the gateway in front of it, and print curl
     /// commands to try.
@@ -76,7 +80,7 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Check { config } if config::is_routes_file(&config) => {
+        Command::Check { config, .. } if config::is_routes_file(&config) => {
             match config::check_routes_file(&config) {
                 Ok(n) => {
                     println!(
@@ -102,7 +106,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { config } => match config::load(&config) {
+        Command::Check { config, online } => match config::load(&config) {
+            Ok(cfg) if online => runtime(check_online(cfg)),
             Ok(cfg) => {
                 println!("{}: OK: {}", config.display(), cfg.summary());
                 ExitCode::SUCCESS
@@ -182,6 +187,26 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// `check --online`: each step on its own line, `ok` or `FAIL` with the reason; an error (exit
+/// 1) when any failed.
+async fn check_online(cfg: tollgate::Config) -> anyhow::Result<()> {
+    let gateway = tollgate::Gateway::new(&cfg, tollgate::metrics::Metrics::new()?)?;
+    let mut failed = 0;
+    for (what, outcome) in gateway.probe_issuers().await {
+        match outcome {
+            Ok(detail) => println!("ok   {what}: {detail}"),
+            Err(why) => {
+                failed += 1;
+                println!("FAIL {what}: {why}");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} online check(s) failed");
+    }
+    Ok(())
 }
 
 fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {

@@ -267,6 +267,14 @@ impl Jwks {
         let _ = self.fetch_locked(&mut state).await;
     }
 
+    /// `tollgate check --online`: fetches the key set (and the discovery document first, when
+    /// configured so) once.
+    pub async fn probe(&self) -> Result<String, String> {
+        self.refresh().await.map_err(|e| e.to_string())?;
+        let keys = self.snapshot().map_or(0, |s| s.keys.len());
+        Ok(format!("{keys} usable key(s)"))
+    }
+
     /// Fetches now (start-up and background refresh). Returns the server's max-age on success.
     pub async fn refresh(&self) -> Result<Option<Duration>, JwksError> {
         let mut state = self.state.lock().await;

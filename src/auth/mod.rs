@@ -444,6 +444,24 @@ impl Verifier {
         Ok(Principal::clone(&principal))
     }
 
+    /// `tollgate check --online`: one key-set fetch per JWT issuer and one introspection call per
+    /// introspecting issuer, each reported as (what, outcome).
+    pub async fn probe(&self) -> Vec<(String, Result<String, String>)> {
+        let mut out = Vec::new();
+        for issuer in &self.issuers {
+            if let Some(v) = &issuer.jwt {
+                out.push((format!("issuer {}: JWKS", v.id), v.jwks.probe().await));
+            }
+            if let Some(x) = &issuer.introspector {
+                out.push((
+                    format!("issuer {}: introspection", x.issuer_id()),
+                    x.probe().await,
+                ));
+            }
+        }
+        out
+    }
+
     /// Publishes the cache sizes (called at each scrape).
     pub fn sample_gauges(&self) {
         let entries = self.cache.sweep(unix_secs());

@@ -94,6 +94,12 @@ impl Gateway {
         self.wiring.shutdown_sessions(bound).await;
     }
 
+    /// `tollgate check --online`: each issuer's key set fetched, or introspection endpoint
+    /// called, once; see [`crate::auth::Verifier::probe`].
+    pub async fn probe_issuers(&self) -> Vec<(String, Result<String, String>)> {
+        self.wiring.current().verifier.probe().await
+    }
+
     /// Ready when every issuer can validate tokens (key set loaded, introspection endpoint known).
     pub fn is_ready(&self) -> bool {
         self.wiring.is_ready()

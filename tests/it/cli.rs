@@ -420,3 +420,77 @@ password = "login-secret-4"
             .success()
     );
 }
+
+#[tokio::test]
+async fn check_online_reaches_the_issuers_and_says_what_failed() {
+    use crate::support::introspect::{ExpectAuth, FakeIntrospection};
+    use crate::support::FakeIdp;
+
+    let idp = FakeIdp::start().await;
+    let introspection = FakeIntrospection::start(ExpectAuth::Basic {
+        id: "tollgate".into(),
+        secret: "right-secret".into(),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = |secret: &str| {
+        format!(
+            r#"[[issuer]]
+id = "erp"
+issuer = "{iss}"
+jwks_uri = "{iss}/jwks"
+audiences = ["api"]
+algorithms = ["RS256"]
+
+[[issuer]]
+id = "opaque"
+issuer = "{opaque}"
+audiences = ["api"]
+validation = "introspection"
+[issuer.introspection]
+endpoint = "{endpoint}"
+client_id = "tollgate"
+client_secret = "{secret}"
+
+[[upstream]]
+id = "erp"
+url = "http://127.0.0.1:8081"
+
+[[route]]
+id = "r"
+prefix = "/entity/"
+upstream = "erp"
+scopes = ["api"]
+"#,
+            iss = idp.issuer,
+            opaque = introspection.issuer,
+            endpoint = introspection.endpoint,
+        )
+    };
+    let check = |name: &str, text: String| {
+        let path = write(dir.path(), name, &text);
+        tokio::task::spawn_blocking(move || {
+            tollgate(
+                &["check", "--online", "--config", path.to_str().unwrap()],
+                &[],
+            )
+        })
+    };
+    let good = check("good.toml", body("right-secret")).await.unwrap();
+    let out = String::from_utf8_lossy(&good.stdout).into_owned();
+    assert!(good.status.success(), "{}", text(&good));
+    assert!(
+        out.contains("ok   issuer erp: JWKS: 1 usable key(s)"),
+        "{out}"
+    );
+    assert!(out.contains("ok   issuer opaque: introspection"), "{out}");
+
+    // A wrong client secret and a key set that cannot be fetched: both named, exit 1.
+    idp.set_down(true);
+    let bad = check("bad.toml", body("wrong-secret")).await.unwrap();
+    let out = String::from_utf8_lossy(&bad.stdout).into_owned();
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(out.contains("FAIL issuer erp: JWKS"), "{out}");
+    assert!(out.contains("FAIL issuer opaque: introspection"), "{out}");
+    assert!(!text(&bad).contains("wrong-secret"), "{}", text(&bad));
+}

@@ -135,6 +135,28 @@ impl Introspector {
         }))
     }
 
+    /// `tollgate check --online`: finds the endpoint (discovery, when configured so) and makes
+    /// one call with the configured client authentication for a token no server issued. A
+    /// well-formed answer (it says inactive) passes; anything else fails, with the reason.
+    pub async fn probe(&self) -> Result<String, String> {
+        self.client
+            .resolve()
+            .await
+            .map_err(|e| format!("introspection endpoint: {e}"))?;
+        let token = format!("tollgate-check-{:032x}", rand::random::<u128>());
+        let digest: [u8; 32] = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(token.as_bytes()).into()
+        };
+        match self.introspect_once(&token, digest).await {
+            Ok(Outcome::Inactive(_)) => {
+                Ok("the endpoint answered (an invalid token is inactive)".to_owned())
+            }
+            Ok(Outcome::Active(_)) => Err("the endpoint says a made-up token is active".to_owned()),
+            Err(e) => Err(format!("introspection call failed: {e}")),
+        }
+    }
+
     /// Validates a token by introspection (from the cache when possible).
     pub async fn verify(&self, token: &str, digest: [u8; 32]) -> Result<Arc<Principal>, AuthError> {
         if let Some(answer) = self.cached(&digest) {
