@@ -48,6 +48,10 @@ enum Command {
         /// introspection call (for a made-up token) with the configured client authentication.
         #[arg(long)]
         online: bool,
+        /// With --online: also log in to every session upstream once and log out again. This
+        /// takes a licence seat for a moment.
+        #[arg(long, requires = "online")]
+        login_upstream: bool,
     },
     /// Start a demo issuer, a demo legacy API and the gateway in front of it, and print curl
     /// commands to try.
@@ -106,8 +110,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { config, online } => match config::load(&config) {
-            Ok(cfg) if online => runtime(check_online(cfg)),
+        Command::Check {
+            config,
+            online,
+            login_upstream,
+        } => match config::load(&config) {
+            Ok(cfg) if online => runtime(check_online(cfg, login_upstream)),
             Ok(cfg) => {
                 println!("{}: OK: {}", config.display(), cfg.summary());
                 ExitCode::SUCCESS
@@ -191,10 +199,15 @@ fn main() -> ExitCode {
 
 /// `check --online`: each step on its own line, `ok` or `FAIL` with the reason; an error (exit
 /// 1) when any failed.
-async fn check_online(cfg: tollgate::Config) -> anyhow::Result<()> {
+async fn check_online(cfg: tollgate::Config, login_upstream: bool) -> anyhow::Result<()> {
     let gateway = tollgate::Gateway::new(&cfg, tollgate::metrics::Metrics::new()?)?;
+    let mut steps = gateway.probe_issuers().await;
+    if login_upstream {
+        eprintln!("tollgate: --login-upstream logs in to each session upstream once: it takes a licence seat for a moment");
+        steps.extend(gateway.probe_upstream_logins(&cfg).await);
+    }
     let mut failed = 0;
-    for (what, outcome) in gateway.probe_issuers().await {
+    for (what, outcome) in steps {
         match outcome {
             Ok(detail) => println!("ok   {what}: {detail}"),
             Err(why) => {

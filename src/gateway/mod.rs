@@ -100,6 +100,46 @@ impl Gateway {
         self.wiring.current().verifier.probe().await
     }
 
+    /// `tollgate check --online --login-upstream`: one login and its logout per session upstream
+    /// with credentials (`config` is the configuration this gateway was built from). Uses a
+    /// licence seat for a moment.
+    pub async fn probe_upstream_logins(
+        &self,
+        config: &Config,
+    ) -> Vec<(String, Result<String, String>)> {
+        use crate::session::login::{self, LoginOutcome};
+        let snapshot = self.wiring.current();
+        let mut out = Vec::new();
+        for (upstream, cfg) in snapshot.upstreams.iter().zip(config.upstreams.iter()) {
+            let Some(session) = &cfg.session else {
+                continue;
+            };
+            let what = format!("upstream {}: login and logout", cfg.id);
+            let Some(creds) = &session.credentials else {
+                out.push((
+                    what,
+                    Ok("skipped: passive mode has no credentials".to_owned()),
+                ));
+                continue;
+            };
+            let outcome = match login::login(upstream, session, creds).await {
+                LoginOutcome::Ok(jar) => {
+                    if login::logout(upstream, session, &jar).await {
+                        Ok("logged in and out".to_owned())
+                    } else {
+                        Err("logged in, but the logout failed: the seat stays taken until the upstream's idle timeout".to_owned())
+                    }
+                }
+                LoginOutcome::Error(e) => {
+                    Err(format!("login failed: {}", crate::net::redact_urls(&e)))
+                }
+                other => Err(format!("login refused: {}", other.label())),
+            };
+            out.push((what, outcome));
+        }
+        out
+    }
+
     /// Ready when every issuer can validate tokens (key set loaded, introspection endpoint known).
     pub fn is_ready(&self) -> bool {
         self.wiring.is_ready()

@@ -494,3 +494,83 @@ scopes = ["api"]
     assert!(out.contains("FAIL issuer opaque: introspection"), "{out}");
     assert!(!text(&bad).contains("wrong-secret"), "{}", text(&bad));
 }
+
+#[tokio::test]
+async fn check_online_login_upstream_logs_in_and_out_once() {
+    use crate::support::FakeIdp;
+    use tollgate::demo::legacy::{FakeLegacy, LegacyOptions};
+
+    let idp = FakeIdp::start().await;
+    let fake = FakeLegacy::new(LegacyOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let legacy = format!("http://{}", listener.local_addr().unwrap());
+    let _task = fake.spawn(listener);
+    let dir = tempfile::tempdir().unwrap();
+    let body = |password: &str| {
+        format!(
+            r#"[[issuer]]
+id = "erp"
+issuer = "{iss}"
+jwks_uri = "{iss}/jwks"
+audiences = ["api"]
+
+[[upstream]]
+id = "erp"
+url = "{legacy}"
+[upstream.session]
+max_upstream_sessions = 2
+[upstream.session.credentials]
+name = "admin"
+password = "{password}"
+tenant = "MyStore"
+branch = "HQ"
+
+[[route]]
+id = "r"
+prefix = "/entity/"
+upstream = "erp"
+scopes = ["api"]
+"#,
+            iss = idp.issuer,
+        )
+    };
+    let check = |name: &str, text: String| {
+        let path = write(dir.path(), name, &text);
+        tokio::task::spawn_blocking(move || {
+            tollgate(
+                &[
+                    "check",
+                    "--online",
+                    "--login-upstream",
+                    "--config",
+                    path.to_str().unwrap(),
+                ],
+                &[],
+            )
+        })
+    };
+    let good = check("good.toml", body("123")).await.unwrap();
+    let out = String::from_utf8_lossy(&good.stdout).into_owned();
+    assert!(good.status.success(), "{}", text(&good));
+    assert!(
+        out.contains("ok   upstream erp: login and logout: logged in and out"),
+        "{out}"
+    );
+    assert!(
+        text(&good).contains("takes a licence seat"),
+        "{}",
+        text(&good)
+    );
+    let c = fake.counters();
+    assert_eq!((c.logins_ok, c.logouts, c.seats_in_use), (1, 1, 0), "{c:?}");
+
+    let bad = check("bad.toml", body("not-the-password")).await.unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stdout)
+            .contains("FAIL upstream erp: login and logout: login refused: bad_credentials"),
+        "{}",
+        text(&bad)
+    );
+    assert!(!text(&bad).contains("not-the-password"));
+}
