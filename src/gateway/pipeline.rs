@@ -26,6 +26,38 @@ use crate::session::{self, sanitize, Lease, Leased, Settled};
 use crate::upgrade::{self, Upgrade};
 use crate::{Body, BoxError};
 
+/// The request as the access log shows it: the client's address, host, path without the
+/// query, protocol and user agent.
+struct Seen {
+    client: std::net::SocketAddr,
+    host: Option<HeaderValue>,
+    path: String,
+    version: Version,
+    user_agent: Option<HeaderValue>,
+}
+
+impl Seen {
+    fn of<B>(req: &Request<B>, conn: Conn) -> Seen {
+        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        Seen {
+            client: conn.remote,
+            host,
+            path: req.uri().path().to_owned(),
+            version: req.version(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+        }
+    }
+}
+
+/// A header value as log text: `-` when absent or not visible ASCII.
+fn shown(v: Option<&HeaderValue>) -> &str {
+    v.and_then(|v| v.to_str().ok()).unwrap_or("-")
+}
+
 /// What the epilogue needs to know about one request, filled in as the steps run.
 #[derive(Debug, Default)]
 struct Record {
@@ -36,6 +68,10 @@ struct Record {
     upstream_status: Option<u16>,
     /// The upstream's time over every attempt, for the gateway's own share.
     upstream_secs: f64,
+    /// The upstream the route sends to.
+    upstream: Option<Arc<str>>,
+    /// The issuer that vouched for the token.
+    issuer: Option<Arc<str>>,
     /// The gateway answered itself (an error, or the session layer's own answer): a request
     /// body it did not read makes the connection unusable for another request.
     answered: bool,
@@ -60,6 +96,10 @@ impl Gateway {
         let _in_flight = self.wiring.metrics().request_begun();
         let method = req.method().clone();
         let request_id = headers::request_id(req.headers());
+        // What the access-log line says of the request, taken before the pipeline owns it
+        // (header values are shared, not copied).
+        let seen = tracing::enabled!(target: "tollgate::access", tracing::Level::INFO)
+            .then(|| Seen::of(&req, conn));
         let http1 = req.version() < Version::HTTP_2;
         let unread_body = http1 && has_body(req.headers());
         let mut rec = Record::default();
@@ -77,7 +117,7 @@ impl Gateway {
         }
         resp.headers_mut()
             .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
-        self.record(&rec, &method, &resp, start, &request_id);
+        self.record(&rec, &method, &resp, start, &request_id, seen.as_ref());
         resp
     }
 
@@ -127,6 +167,8 @@ impl Gateway {
             None => Decision::Public,
             Some(_) => Decision::Allowed,
         });
+        rec.issuer = permit.as_ref().map(|p| p.principal.issuer.clone());
+        rec.upstream = Some(snapshot.upstreams[route.upstream].id.clone());
         let mut body = limit(&head, body, route, snapshot.body_read_timeout, rec)?;
         let pool = snapshot.pools[route.upstream].as_ref();
         let mut lease = match lease(pool, permit.as_ref(), token, &head, &path, &mut body).await? {
@@ -268,6 +310,7 @@ impl Gateway {
         resp: &Response<Body>,
         start: Instant,
         request_id: &HeaderValue,
+        seen: Option<&Seen>,
     ) {
         let elapsed = start.elapsed();
         let route = rec.route.as_deref().unwrap_or("none");
@@ -285,7 +328,7 @@ impl Gateway {
                 elapsed.as_secs_f64(),
             ),
         }
-        if tracing::enabled!(target: "tollgate::access", tracing::Level::INFO) {
+        if let Some(seen) = seen {
             tracing::info!(
                 target: "tollgate::access",
                 route,
@@ -295,6 +338,14 @@ impl Gateway {
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 upstream_status = rec.upstream_status,
                 request_id = request_id.to_str().unwrap_or("-"),
+                client = %seen.client.ip(),
+                host = shown(seen.host.as_ref()),
+                path = seen.path.as_str(),
+                protocol = ?seen.version,
+                user_agent = shown(seen.user_agent.as_ref()),
+                upstream = rec.upstream.as_deref().unwrap_or("-"),
+                upstream_ms = rec.upstream_status.map(|_| rec.upstream_secs * 1000.0),
+                issuer = rec.issuer.as_deref().unwrap_or("-"),
                 "request"
             );
         }

@@ -136,6 +136,24 @@ async fn no_token_reaches_the_logs_at_any_level() {
         all.contains("\"level\":\"TRACE\"") || all.contains("\"level\":\"DEBUG\""),
         "not logging at trace/debug"
     );
+    // An allowed request's line says who asked for what, and who answered.
+    let allowed: serde_json::Value = lines
+        .iter()
+        .filter(|l| l.contains(ACCESS) && l.contains("\"decision\":\"allowed\""))
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("an access line of an allowed request");
+    for (field, want) in [
+        ("client", json!("127.0.0.1")),
+        ("path", json!("/entity/Default/x")),
+        ("protocol", json!("HTTP/1.1")),
+        ("upstream", json!("erp")),
+        ("issuer", json!("erp")),
+    ] {
+        assert_eq!(allowed[field], want, "{field} in {allowed}");
+    }
+    for field in ["host", "user_agent", "upstream_ms"] {
+        assert!(!allowed[field].is_null(), "{field} missing from {allowed}");
+    }
     for token in &secrets {
         // Any 24-character piece of the signature (or of an opaque token) would identify it.
         let sig = token.rsplit('.').next().unwrap();
