@@ -53,6 +53,27 @@ impl Seen {
     }
 }
 
+/// What a request's upstream session came to, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionOutcome {
+    /// An existing session served it.
+    Reused,
+    /// A session logged in for it.
+    New,
+    /// The upstream had ended the session: logged in again and the request replayed.
+    Relogin,
+}
+
+impl SessionOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            SessionOutcome::Reused => "reused",
+            SessionOutcome::New => "new",
+            SessionOutcome::Relogin => "relogin",
+        }
+    }
+}
+
 /// A header value as log text: `-` when absent or not visible ASCII.
 fn shown(v: Option<&HeaderValue>) -> &str {
     v.and_then(|v| v.to_str().ok()).unwrap_or("-")
@@ -72,6 +93,10 @@ struct Record {
     upstream: Option<Arc<str>>,
     /// The issuer that vouched for the token.
     issuer: Option<Arc<str>>,
+    /// Session upstreams: what became of the request's session, and how long the lease took
+    /// (the queue, and a login when one was needed).
+    session: Option<SessionOutcome>,
+    lease_ms: Option<f64>,
     /// The gateway answered itself (an error, or the session layer's own answer): a request
     /// body it did not read makes the connection unusable for another request.
     answered: bool,
@@ -117,6 +142,11 @@ impl Gateway {
         }
         resp.headers_mut()
             .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+        if rec.session == Some(SessionOutcome::Reused)
+            && resp.headers().contains_key(&headers::TOLLGATE_SESSION)
+        {
+            rec.session = Some(SessionOutcome::New);
+        }
         self.record(&rec, &method, &resp, start, &request_id, seen.as_ref());
         resp
     }
@@ -171,13 +201,18 @@ impl Gateway {
         rec.upstream = Some(snapshot.upstreams[route.upstream].id.clone());
         let mut body = limit(&head, body, route, snapshot.body_read_timeout, rec)?;
         let pool = snapshot.pools[route.upstream].as_ref();
+        let asked = Instant::now();
         let mut lease = match lease(pool, permit.as_ref(), token, &head, &path, &mut body).await? {
             Leased::Answered(resp) => {
                 rec.answered = true;
                 return Ok(resp);
             }
             Leased::None => None,
-            Leased::Session(lease) => Some(lease),
+            Leased::Session(lease) => {
+                rec.session = Some(SessionOutcome::Reused);
+                rec.lease_ms = Some(asked.elapsed().as_secs_f64() * 1000.0);
+                Some(lease)
+            }
         };
         let forwarded = self
             .forward(
@@ -242,7 +277,10 @@ impl Gateway {
             rec.upstream_status = Some(resp.status().as_u16());
             match settle(lease.as_mut(), resp).await {
                 Settled::Keep(resp) => break resp,
-                Settled::Replay => continue,
+                Settled::Replay => {
+                    rec.session = Some(SessionOutcome::Relogin);
+                    continue;
+                }
                 Settled::Fail(e) => return Err(e.into()),
             }
         };
@@ -346,6 +384,8 @@ impl Gateway {
                 upstream = rec.upstream.as_deref().unwrap_or("-"),
                 upstream_ms = rec.upstream_status.map(|_| rec.upstream_secs * 1000.0),
                 issuer = rec.issuer.as_deref().unwrap_or("-"),
+                session = rec.session.map_or("-", SessionOutcome::as_str),
+                lease_ms = rec.lease_ms,
                 "request"
             );
         }

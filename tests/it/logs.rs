@@ -279,11 +279,22 @@ scopes = ["api"]
     let mut p = Process::start(&config_with(&good_url)).await;
     p.ready().await;
     let echo = p.url("/entity/Default/24.200.001/Echo");
-    for grant in ["g1", "g2"] {
+    for grant in ["g1", "g2", "g1"] {
         let token = idp.token(json!({"grant_id": grant, "scope": "api"}));
         let r = get(&echo, &[("authorization", &format!("Bearer {token}"))]).await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    // The access log says what became of each request's session.
+    let outcomes: Vec<String> = p
+        .wait_for_log(ACCESS, 3)
+        .await
+        .iter()
+        .filter(|l| l.contains(ACCESS))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| !v["lease_ms"].is_null())
+        .map(|v| v["session"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    assert_eq!(outcomes, ["new", "new", "reused"], "{outcomes:?}");
     let sessions = get(
         &format!("{}/sessions", p.admin),
         &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
