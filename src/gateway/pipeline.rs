@@ -97,6 +97,8 @@ struct Record {
     /// (the queue, and a login when one was needed).
     session: Option<SessionOutcome>,
     lease_ms: Option<f64>,
+    /// Why the token was refused (the `reason` of `tollgate_auth_failures_total`).
+    refused_because: Option<&'static str>,
     /// The gateway answered itself (an error, or the session layer's own answer): a request
     /// body it did not read makes the connection unusable for another request.
     answered: bool,
@@ -332,6 +334,14 @@ impl Gateway {
             Some(BodyFault::Timeout) => GatewayError::BodyTimeout(BodyTimeout),
             None => e,
         };
+        rec.refused_because = match &e {
+            GatewayError::Auth(a) => a.failure_reason(),
+            GatewayError::Denied {
+                reason: crate::policy::Denied::WrongIssuer,
+                ..
+            } => Some("issuer"),
+            _ => None,
+        };
         let class = e.class();
         if rec.decision.is_none() {
             rec.decision = class.decision;
@@ -385,6 +395,7 @@ impl Gateway {
                 upstream_ms = rec.upstream_status.map(|_| rec.upstream_secs * 1000.0),
                 issuer = rec.issuer.as_deref().unwrap_or("-"),
                 session = rec.session.map_or("-", SessionOutcome::as_str),
+                token_refused = rec.refused_because.unwrap_or("-"),
                 lease_ms = rec.lease_ms,
                 "request"
             );

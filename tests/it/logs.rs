@@ -136,6 +136,25 @@ async fn no_token_reaches_the_logs_at_any_level() {
         all.contains("\"level\":\"TRACE\"") || all.contains("\"level\":\"DEBUG\""),
         "not logging at trace/debug"
     );
+    // A refused token's line says why.
+    let reasons: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains(ACCESS))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["token_refused"].as_str().map(str::to_owned))
+        .collect();
+    for want in [
+        "expired",
+        "audience",
+        "malformed",
+        "inactive",
+        "introspection_error",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r == want),
+            "{want} not in {reasons:?}"
+        );
+    }
     // An allowed request's line says who asked for what, and who answered.
     let allowed: serde_json::Value = lines
         .iter()
