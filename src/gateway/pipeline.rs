@@ -30,6 +30,8 @@ use crate::{Body, BoxError};
 /// query, protocol and user agent.
 struct Seen {
     client: std::net::SocketAddr,
+    /// With `trust_forwarded_headers`: the first address of the client's `X-Forwarded-For`.
+    forwarded_for: Option<HeaderValue>,
     host: Option<HeaderValue>,
     path: String,
     version: Version,
@@ -37,7 +39,13 @@ struct Seen {
 }
 
 impl Seen {
-    fn of<B>(req: &Request<B>, conn: Conn) -> Seen {
+    fn of<B>(req: &Request<B>, conn: Conn, trust_forwarded: bool) -> Seen {
+        let forwarded_for = trust_forwarded
+            .then(|| req.headers().get(&headers::X_FORWARDED_FOR))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|first| HeaderValue::from_str(first.trim()).ok());
         let host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
@@ -45,6 +53,7 @@ impl Seen {
         });
         Seen {
             client: conn.remote,
+            forwarded_for,
             host,
             path: req.uri().path().to_owned(),
             version: req.version(),
@@ -126,7 +135,7 @@ impl Gateway {
         // What the access-log line says of the request, taken before the pipeline owns it
         // (header values are shared, not copied).
         let seen = tracing::enabled!(target: "tollgate::access", tracing::Level::INFO)
-            .then(|| Seen::of(&req, conn));
+            .then(|| Seen::of(&req, conn, self.wiring.current().trust_forwarded));
         let http1 = req.version() < Version::HTTP_2;
         let unread_body = http1 && has_body(req.headers());
         let mut rec = Record::default();
@@ -387,6 +396,7 @@ impl Gateway {
                 upstream_status = rec.upstream_status,
                 request_id = request_id.to_str().unwrap_or("-"),
                 client = %seen.client.ip(),
+                forwarded_for = shown(seen.forwarded_for.as_ref()),
                 host = shown(seen.host.as_ref()),
                 path = seen.path.as_str(),
                 protocol = ?seen.version,

@@ -372,3 +372,35 @@ scopes = ["api"]
         );
     }
 }
+
+/// Behind a trusted proxy the access log names the original client too; otherwise it does not
+/// repeat what a client claims.
+#[tokio::test]
+async fn the_access_log_names_the_forwarded_client_only_when_trusted() {
+    let idp = FakeIdp::start().await;
+    let upstream = RecordingUpstream::start().await;
+    for (trust, want) in [(true, "203.0.113.9"), (false, "-")] {
+        let cfg = child_config(&config(&idp.issuer, &upstream.url(), ""), "info").replacen(
+            "[server]\n",
+            &format!("[server]\ntrust_forwarded_headers = {trust}\n"),
+            1,
+        );
+        let mut p = Process::start(&cfg).await;
+        let r = get(
+            &p.url("/public/x"),
+            &[("x-forwarded-for", "203.0.113.9, 10.0.0.1")],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let line = p
+            .wait_for_log(ACCESS, 1)
+            .await
+            .into_iter()
+            .find(|l| l.contains(ACCESS))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["forwarded_for"], want, "trust {trust}: {line}");
+        assert_eq!(v["client"], "127.0.0.1");
+        p.kill();
+    }
+}
