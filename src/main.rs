@@ -159,8 +159,10 @@ fn main() -> ExitCode {
                     Some(hook),
                     std::time::Duration::from_secs(1),
                 );
+                let reopener = tokio::spawn(reopen_access_file_on_sigusr1());
                 wait_for_signal().await;
                 reloader.abort();
+                reopener.abort();
                 tracing::info!("shutting down");
                 app.shutdown().await;
                 Ok(())
@@ -175,6 +177,7 @@ fn main() -> ExitCode {
             let log = LogConfig {
                 level: "info".to_owned(),
                 format: LogFormat::Text,
+                access_file: None,
             };
             if let Err(e) = logging::init(&log) {
                 eprintln!("tollgate: logging: {e}");
@@ -243,6 +246,25 @@ fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCo
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.
+/// SIGUSR1 reopens `log.access_file` (after logrotate renamed it).
+async fn reopen_access_file_on_sigusr1() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+            return;
+        };
+        while usr1.recv().await.is_some() {
+            match logging::reopen_access_file() {
+                Ok(()) => tracing::info!("access log file reopened"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reopen log.access_file; the old file stays in use")
+                }
+            }
+        }
+    }
+}
+
 async fn wait_for_signal() {
     #[cfg(unix)]
     {

@@ -300,6 +300,9 @@ pub struct LogSection {
     pub level: Option<String>,
     /// `text` or `json`. By default [`default_log_format`].
     pub format: Option<String>,
+    /// A file for the access log (one line per request, in `format`), reopened on SIGUSR1 for
+    /// log rotation. Unset, access lines go to standard error with the rest.
+    pub access_file: Option<String>,
 }
 
 /// `info`.

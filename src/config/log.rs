@@ -1,11 +1,13 @@
 //! `[log]` → [`LogConfig`]: the `tracing` filter (checked here, so a typo is a configuration
 //! error rather than a silent default) and the output format.
 
+use std::path::Path;
+
 use super::check::{written_or, Checker};
 use super::file::{self, LogSection};
 use super::{LogConfig, LogFormat};
 
-pub(crate) fn log(c: &mut Checker<'_>, raw: &LogSection) -> LogConfig {
+pub(crate) fn log(c: &mut Checker<'_>, raw: &LogSection, base: &Path) -> LogConfig {
     let level = written_or(&raw.level, file::default_log_level).to_owned();
     if tracing_subscriber::EnvFilter::builder()
         .parse(&level)
@@ -29,5 +31,23 @@ pub(crate) fn log(c: &mut Checker<'_>, raw: &LogSection) -> LogConfig {
             LogFormat::Text
         }
     };
-    LogConfig { level, format }
+    // The folder must exist: the file itself is created (and re-created after rotation).
+    let access_file = raw.access_file.as_ref().and_then(|f| {
+        let path = base.join(f);
+        match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                c.error(
+                    "log.access_file",
+                    format!("the folder {} does not exist", dir.display()),
+                );
+                None
+            }
+            _ => Some(path),
+        }
+    });
+    LogConfig {
+        level,
+        format,
+        access_file,
+    }
 }

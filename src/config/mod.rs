@@ -201,6 +201,8 @@ pub struct LogConfig {
     /// A `tracing` filter directive (a level such as `info`, or `tollgate=debug,info`).
     pub level: String,
     pub format: LogFormat,
+    /// The access log's own file (resolved against the configuration file's folder).
+    pub access_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

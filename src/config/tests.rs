@@ -969,3 +969,23 @@ fn http2_limits_have_defaults_and_refuse_zero() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn the_access_file_needs_an_existing_folder() {
+    assert_error(
+        &format!(
+            "[log]\naccess_file = \"/nonexistent-folder/access.log\"\n{}",
+            base()
+        ),
+        "log.access_file",
+        "does not exist",
+    );
+    let c = ok(&format!(
+        "[log]\naccess_file = \"/tmp/tollgate-access.log\"\n{}",
+        base()
+    ));
+    assert_eq!(
+        c.log.access_file.as_deref(),
+        Some(std::path::Path::new("/tmp/tollgate-access.log"))
+    );
+}

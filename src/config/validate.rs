@@ -25,7 +25,7 @@ pub(super) fn build(
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let server = server::server(&mut c, &raw.server, &base_dir);
-    let log = log::log(&mut c, &raw.log);
+    let log = log::log(&mut c, &raw.log, &base_dir);
     let issuers = issuer::issuers(&mut c, &raw.issuer, &base_dir);
     let upstreams = upstream::upstreams(&mut c, &raw.upstream, &base_dir);
 

@@ -404,3 +404,53 @@ async fn the_access_log_names_the_forwarded_client_only_when_trusted() {
         p.kill();
     }
 }
+
+/// `log.access_file`: access lines go to their own file (and not to standard error); after a
+/// rotation (the file renamed) SIGUSR1 makes the gateway write to a fresh file.
+#[tokio::test]
+async fn the_access_log_file_is_reopened_on_sigusr1() {
+    let idp = FakeIdp::start().await;
+    let upstream = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("access.log");
+    let cfg = child_config(&config(&idp.issuer, &upstream.url(), ""), "info").replacen(
+        "[log]\n",
+        &format!("[log]\naccess_file = \"{}\"\n", file.display()),
+        1,
+    );
+    let mut p = Process::start(&cfg).await;
+    let lines_in = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(ACCESS))
+            .count()
+    };
+    assert_eq!(get(&p.url("/public/a"), &[]).await.status, 200);
+    crate::support::eventually(
+        "the access line is in the file",
+        std::time::Duration::from_secs(10),
+        || std::future::ready(lines_in(&file)),
+        |n| *n == 1,
+    )
+    .await;
+    assert!(
+        !p.logs().iter().any(|l| l.contains(ACCESS)),
+        "access lines also went to standard error"
+    );
+    // logrotate: rename, then SIGUSR1.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    p.signal("USR1");
+    p.wait_for_log("access log file reopened", 1).await;
+    assert_eq!(get(&p.url("/public/b"), &[]).await.status, 200);
+    crate::support::eventually(
+        "the next access line is in the fresh file",
+        std::time::Duration::from_secs(10),
+        || std::future::ready(lines_in(&file)),
+        |n| *n == 1,
+    )
+    .await;
+    assert_eq!(lines_in(&rotated), 1, "the rotated file was written to");
+    p.kill();
+}
