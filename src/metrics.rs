@@ -224,10 +224,11 @@ impl IntrospectionResult {
     }
 }
 
-/// Counts a request out of `tollgate_requests_in_flight` when dropped.
-pub struct InFlightGuard(prometheus::IntGauge);
+/// Counts a request out of `tollgate_requests_in_flight` when dropped (a borrow: no handle is
+/// cloned per request).
+pub struct InFlightGuard<'a>(&'a prometheus::IntGauge);
 
-impl Drop for InFlightGuard {
+impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -632,9 +633,9 @@ impl Metrics {
     }
 
     /// A request entered the pipeline; the guard counts it out when dropped.
-    pub fn request_begun(&self) -> InFlightGuard {
+    pub fn request_begun(&self) -> InFlightGuard<'_> {
         self.requests_in_flight.inc();
-        InFlightGuard(self.requests_in_flight.clone())
+        InFlightGuard(&self.requests_in_flight)
     }
 
     /// The gateway's own share of a request's time.

@@ -270,7 +270,9 @@ impl Jwks {
     /// `tollgate check --online`: fetches the key set (and the discovery document first, when
     /// configured so) once.
     pub async fn probe(&self) -> Result<String, String> {
-        self.refresh().await.map_err(|e| e.to_string())?;
+        self.refresh()
+            .await
+            .map_err(|e| crate::net::redact_error(&e))?;
         let keys = self.snapshot().map_or(0, |s| s.keys.len());
         Ok(format!("{keys} usable key(s)"))
     }

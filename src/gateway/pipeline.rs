@@ -30,22 +30,18 @@ use crate::{Body, BoxError};
 /// query, protocol and user agent.
 struct Seen {
     client: std::net::SocketAddr,
-    /// With `trust_forwarded_headers`: the first address of the client's `X-Forwarded-For`.
+    /// The client's `X-Forwarded-For`, logged (its first address) only when trusted.
     forwarded_for: Option<HeaderValue>,
     host: Option<HeaderValue>,
-    path: String,
+    /// The target (its parts share the request's bytes): the log shows its path only.
+    uri: http::Uri,
     version: Version,
     user_agent: Option<HeaderValue>,
 }
 
 impl Seen {
-    fn of<B>(req: &Request<B>, conn: Conn, trust_forwarded: bool) -> Seen {
-        let forwarded_for = trust_forwarded
-            .then(|| req.headers().get(&headers::X_FORWARDED_FOR))
-            .flatten()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|first| HeaderValue::from_str(first.trim()).ok());
+    fn of<B>(req: &Request<B>, conn: Conn) -> Seen {
+        let forwarded_for = req.headers().get(&headers::X_FORWARDED_FOR).cloned();
         let host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
@@ -55,7 +51,7 @@ impl Seen {
             client: conn.remote,
             forwarded_for,
             host,
-            path: req.uri().path().to_owned(),
+            uri: req.uri().clone(),
             version: req.version(),
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
         }
@@ -102,6 +98,8 @@ struct Record {
     upstream: Option<Arc<str>>,
     /// The issuer that vouched for the token.
     issuer: Option<Arc<str>>,
+    /// The configuration trusts client-sent forwarding headers (for the access log).
+    trust_forwarded: bool,
     /// Session upstreams: what became of the request's session, and how long the lease took
     /// (the queue, and a login when one was needed).
     session: Option<SessionOutcome>,
@@ -135,7 +133,7 @@ impl Gateway {
         // What the access-log line says of the request, taken before the pipeline owns it
         // (header values are shared, not copied).
         let seen = tracing::enabled!(target: "tollgate::access", tracing::Level::INFO)
-            .then(|| Seen::of(&req, conn, self.wiring.current().trust_forwarded));
+            .then(|| Seen::of(&req, conn));
         let http1 = req.version() < Version::HTTP_2;
         let unread_body = http1 && has_body(req.headers());
         let mut rec = Record::default();
@@ -175,6 +173,7 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let snapshot = self.wiring.current();
+        rec.trust_forwarded = snapshot.trust_forwarded;
         let (head, body) = req.into_parts();
         if let Err(e) = crate::framing::check(&head) {
             rec.ambiguous = true;
@@ -396,9 +395,13 @@ impl Gateway {
                 upstream_status = rec.upstream_status,
                 request_id = request_id.to_str().unwrap_or("-"),
                 client = %seen.client.ip(),
-                forwarded_for = shown(seen.forwarded_for.as_ref()),
+                forwarded_for = rec
+                    .trust_forwarded
+                    .then(|| shown(seen.forwarded_for.as_ref()).split(',').next())
+                    .flatten()
+                    .map_or("-", str::trim),
                 host = shown(seen.host.as_ref()),
-                path = seen.path.as_str(),
+                path = seen.uri.path(),
                 protocol = ?seen.version,
                 user_agent = shown(seen.user_agent.as_ref()),
                 upstream = rec.upstream.as_deref().unwrap_or("-"),

@@ -142,7 +142,7 @@ impl Introspector {
         self.client
             .resolve()
             .await
-            .map_err(|e| format!("introspection endpoint: {e}"))?;
+            .map_err(|e| format!("introspection endpoint: {}", crate::net::redact_error(&e)))?;
         let token = format!("tollgate-check-{:032x}", rand::random::<u128>());
         let digest: [u8; 32] = {
             use sha2::Digest as _;
@@ -153,7 +153,10 @@ impl Introspector {
                 Ok("the endpoint answered (an invalid token is inactive)".to_owned())
             }
             Ok(Outcome::Active(_)) => Err("the endpoint says a made-up token is active".to_owned()),
-            Err(e) => Err(format!("introspection call failed: {e}")),
+            Err(e) => Err(format!(
+                "introspection call failed: {}",
+                crate::net::redact_error(&e)
+            )),
         }
     }
 
