@@ -52,6 +52,7 @@ pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod telemetry;
 pub mod upgrade;
 
 #[cfg(test)]

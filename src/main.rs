@@ -178,6 +178,7 @@ fn main() -> ExitCode {
                 level: "info".to_owned(),
                 format: LogFormat::Text,
                 access_file: None,
+                subject: tollgate::config::SubjectLog::Hashed,
             };
             if let Err(e) = logging::init(&log) {
                 eprintln!("tollgate: logging: {e}");

@@ -4,7 +4,7 @@
 //! applied with [`Gateway::apply`]: everything swaps at once, in-flight requests finish on the
 //! old configuration.
 //!
-//! Listen addresses, the log settings and the `[store]` are fixed at start: changing them needs
+//! Listen addresses, the log settings, the `[store]` and `[telemetry]` are fixed at start: changing them needs
 //! a restart, which the log says.
 
 use std::path::{Path, PathBuf};
@@ -49,6 +49,7 @@ pub async fn reload(
             cfg.server.admin_listen != running.server.admin_listen,
         ),
         ("[store]", cfg.store != running.store),
+        ("[telemetry]", cfg.telemetry != running.telemetry),
         (
             "[log]",
             cfg.log.level != running.log.level || cfg.log.format != running.log.format,

@@ -32,7 +32,7 @@ pub async fn fetch(
     allow_http: bool,
     timeout: Duration,
 ) -> Result<Metadata, DiscoveryError> {
-    let doc = client.get(url, timeout).await?;
+    let doc = client.get("discovery fetch", url, timeout).await?;
     parse(&doc.body, url, issuer, allow_http)
 }
 

@@ -53,47 +53,28 @@ pub struct IdpClient {
 
 impl IdpClient {
     pub fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        http.set_nodelay(true);
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let https = match builder.with_native_roots() {
-            Ok(b) => b
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http),
-            Err(e) => {
-                tracing::warn!(error = %e, "no system root certificates found; https:// identity providers will fail to verify");
-                let roots = rustls::RootCertStore::empty();
-                let tls = rustls::ClientConfig::builder()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_or_http()
-                    .enable_http1()
-                    .enable_http2()
-                    .wrap_connector(http)
-            }
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(https);
-        IdpClient { client }
+        IdpClient {
+            client: pooled_https_client(),
+        }
     }
 
     /// GETs `url` expecting a 200 JSON document, within `timeout` for the whole exchange.
-    pub async fn get(&self, url: &Url, timeout: Duration) -> Result<Fetched, FetchError> {
+    /// `call` names the exchange's span in the request's trace (`jwks fetch`).
+    pub async fn get(
+        &self,
+        call: &'static str,
+        url: &Url,
+        timeout: Duration,
+    ) -> Result<Fetched, FetchError> {
         let req = Request::get(url.as_str()).body(Full::new(Bytes::new()));
-        self.exchange(url, req, timeout).await
+        self.exchange(call, url, req, timeout).await
     }
 
     /// POSTs an `application/x-www-form-urlencoded` body, with an optional `Authorization`
     /// header, expecting a 200 JSON document.
     pub async fn post_form(
         &self,
+        call: &'static str,
         url: &Url,
         form: String,
         authorization: Option<HeaderValue>,
@@ -104,12 +85,13 @@ impl IdpClient {
         if let Some(a) = authorization {
             b = b.header(header::AUTHORIZATION, a);
         }
-        self.exchange(url, b.body(Full::new(Bytes::from(form))), timeout)
+        self.exchange(call, url, b.body(Full::new(Bytes::from(form))), timeout)
             .await
     }
 
     async fn exchange(
         &self,
+        call: &'static str,
         url: &Url,
         req: Result<Request<Full<Bytes>>, http::Error>,
         timeout: Duration,
@@ -119,6 +101,27 @@ impl IdpClient {
             url: url_s.clone(),
             reason: e.to_string(),
         })?;
+        // A fetch made for a request (a key set for an unknown kid, an introspection call) is a
+        // span of its trace, and tells the IdP so.
+        let step = crate::telemetry::call(call, req.method(), url);
+        step.inject(req.headers_mut());
+        let fetched = self.fetch(url_s, req, timeout).await;
+        match &fetched {
+            Ok(_) => step.status(200),
+            Err(FetchError::Status { status, .. }) => step.status(status.as_u16()),
+            Err(FetchError::Timeout { .. }) => step.fail("timeout"),
+            Err(FetchError::Connect { .. }) => step.fail("connect"),
+            Err(FetchError::Body { .. }) | Err(FetchError::Json { .. }) => step.fail("body"),
+        }
+        fetched
+    }
+
+    async fn fetch(
+        &self,
+        url_s: String,
+        mut req: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Fetched, FetchError> {
         let h = req.headers_mut();
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         h.insert(
@@ -166,6 +169,40 @@ impl Default for IdpClient {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A pooled HTTP/1.1 and HTTP/2 client with rustls and the system's root certificates (none
+/// found: https:// fails to verify, and the log says so once). The IdP client and the trace
+/// exporter both use it.
+pub(crate) fn pooled_https_client() -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    http.set_nodelay(true);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let https = match builder.with_native_roots() {
+        Ok(b) => b
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http),
+        Err(e) => {
+            tracing::warn!(error = %e, "no system root certificates found; https:// identity providers will fail to verify");
+            let roots = rustls::RootCertStore::empty();
+            let tls = rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http)
+        }
+    };
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https)
 }
 
 /// A short, body-free description of a client error (connection refused, TLS failure, …).

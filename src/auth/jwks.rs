@@ -314,7 +314,10 @@ impl Jwks {
             }
             (None, KeySource::Jwks(u)) => u.clone(),
         };
-        let fetched = self.client.get(&jwks_uri, self.fetch_timeout).await?;
+        let fetched = self
+            .client
+            .get("jwks fetch", &jwks_uri, self.fetch_timeout)
+            .await?;
         self.install(&jwks_uri, &fetched.body)?;
         Ok(fetched.max_age)
     }

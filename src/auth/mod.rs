@@ -307,9 +307,20 @@ impl Verifier {
         token: Token<'_>,
         route_issuer: Option<&Arc<str>>,
     ) -> Result<Principal, AuthError> {
+        self.verify_noting(token, route_issuer, &mut false).await
+    }
+
+    /// [`Verifier::verify`], setting `cached` when a cache answered (the trace shows it).
+    pub async fn verify_noting(
+        &self,
+        token: Token<'_>,
+        route_issuer: Option<&Arc<str>>,
+        cached: &mut bool,
+    ) -> Result<Principal, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_str().as_bytes()).into();
         // The verified-JWT cache first: a repeated JWT costs a hash and a lookup.
         if let Some(p) = self.cached(&digest) {
+            *cached = true;
             return Ok(p);
         }
         // An opaque token (not three dot-separated parts) goes to the route's introspector, or
@@ -317,6 +328,7 @@ impl Verifier {
         if token.as_str().bytes().filter(|b| *b == b'.').count() != 2 {
             if let Some(x) = self.introspector_for(route_issuer) {
                 if let Some(answer) = x.cached(&digest) {
+                    *cached = true;
                     return answer
                         .map(|p| Principal::clone(&p))
                         .inspect_err(|e| self.failed(x.issuer_id(), e));

@@ -39,6 +39,10 @@ pub struct FileConfig {
     /// RFC 9728 protected resource metadata; absent: no document, challenges without
     /// `resource_metadata`.
     pub metadata: Option<MetadataSection>,
+    /// OpenTelemetry traces; absent (and no `OTEL_EXPORTER_OTLP_*ENDPOINT` in the environment):
+    /// no span is made and nothing is exported.
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
 }
 
 /// The separate route file named by `server.routes_file`: only `[[route]]` tables.
@@ -303,6 +307,47 @@ pub struct LogSection {
     /// A file for the access log (one line per request, in `format`), reopened on SIGUSR1 for
     /// log rotation. Unset, access lines go to standard error with the rest.
     pub access_file: Option<String>,
+    /// How the access log shows the token's subject: `hashed` (a keyed digest, stable for the
+    /// life of the process), `plain` (the raw `sub`) or `none`. By default
+    /// [`default_log_subject`].
+    pub subject: Option<String>,
+}
+
+/// `hashed`: the raw subject is personal data, kept out of logs unless asked for.
+pub fn default_log_subject() -> &'static str {
+    "hashed"
+}
+
+// === [telemetry] ===
+
+/// `[telemetry]`: OpenTelemetry traces exported over OTLP/HTTP (protobuf). Keys left out fall
+/// back to the standard `OTEL_*` environment variables, then to the defaults here.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// The collector's base URL (`http://127.0.0.1:4318`); spans go to `{otlp_endpoint}/v1/traces`.
+    /// Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, then `OTEL_EXPORTER_OTLP_ENDPOINT`; none of
+    /// them set: tracing is off.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute. Unset: `OTEL_SERVICE_NAME`, else
+    /// [`default_service_name`].
+    pub service_name: Option<String>,
+    /// The share of new traces that are recorded, 0 to 1 (parent-based: a trusted caller's
+    /// decision is kept). Unset: `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`, else 1.
+    pub sample_ratio: Option<f64>,
+    /// The longest wait for the collector, per export (humantime). By default
+    /// [`default_telemetry_timeout`].
+    pub timeout: Option<String>,
+}
+
+/// `tollgate`.
+pub fn default_service_name() -> &'static str {
+    "tollgate"
+}
+
+/// `10s`.
+pub fn default_telemetry_timeout() -> &'static str {
+    "10s"
 }
 
 /// `info`.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::check::{written_or, Checker};
 use super::file::{self, LogSection};
-use super::{LogConfig, LogFormat};
+use super::{LogConfig, LogFormat, SubjectLog};
 
 pub(crate) fn log(c: &mut Checker<'_>, raw: &LogSection, base: &Path) -> LogConfig {
     let level = written_or(&raw.level, file::default_log_level).to_owned();
@@ -45,9 +45,22 @@ pub(crate) fn log(c: &mut Checker<'_>, raw: &LogSection, base: &Path) -> LogConf
             _ => Some(path),
         }
     });
+    let subject = match written_or(&raw.subject, file::default_log_subject) {
+        "hashed" => SubjectLog::Hashed,
+        "plain" => SubjectLog::Plain,
+        "none" => SubjectLog::Omitted,
+        other => {
+            c.error(
+                "log.subject",
+                format!("`{other}` is not a subject mode; use \"hashed\", \"plain\" or \"none\""),
+            );
+            SubjectLog::Hashed
+        }
+    };
     LogConfig {
         level,
         format,
         access_file,
+        subject,
     }
 }

@@ -17,6 +17,7 @@
 //!    | [`routes`]   | `[[route]]`, the route file              | policy's [`RouteTable`]         |
 //!    | `store`      | `[store]`                                | [`StoreConfig`]                 |
 //!    | `metadata`   | `[metadata]`                             | the RFC 9728 [`ResourceMetadata`] |
+//!    | `telemetry`  | `[telemetry]` and the `OTEL_*` variables | [`TelemetryConfig`]             |
 //!
 //!    Each problem becomes a [`ConfigError`] that names the file, the key path and what is wrong;
 //!    the shared `check` machinery collects them, and all of them are reported at once.
@@ -38,6 +39,7 @@ mod server;
 pub mod session;
 mod step_up;
 mod store;
+mod telemetry;
 mod upstream;
 mod validate;
 
@@ -76,6 +78,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[metadata]`: the RFC 9728 document, when the resource publishes one.
     pub metadata: Option<Arc<ResourceMetadata>>,
+    /// `[telemetry]`: OpenTelemetry traces; `None` when off.
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 /// Where the session table lives.
@@ -203,6 +207,32 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// The access log's own file (resolved against the configuration file's folder).
     pub access_file: Option<PathBuf>,
+    /// How the access log shows the token's subject.
+    pub subject: SubjectLog,
+}
+
+/// `log.subject`: how the access log shows a token's `sub`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectLog {
+    /// A keyed digest: the same subject gives the same value for the life of the process, and
+    /// the value cannot be turned back into the subject.
+    Hashed,
+    /// The raw `sub`.
+    Plain,
+    /// Not logged.
+    Omitted,
+}
+
+/// `[telemetry]`, with the `OTEL_*` environment applied: where spans go, when tracing is on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// The full OTLP/HTTP traces URL (`…/v1/traces`).
+    pub traces_url: Url,
+    pub service_name: String,
+    /// The share of root traces recorded (parent-based sampling).
+    pub sample_ratio: f64,
+    /// The longest wait for the collector, per export.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -237,8 +267,16 @@ impl Config {
     /// A one-line summary for `tollgate check` and the start-up log.
     pub fn summary(&self) -> String {
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        let traces = match &self.telemetry {
+            Some(t) => format!(
+                "; traces to {} (sampled {})",
+                crate::net::redact_url_value(t.traces_url.as_str()),
+                t.sample_ratio
+            ),
+            None => String::new(),
+        };
         format!(
-            "{}, {}, {}; proxy on {}, admin on {}",
+            "{}, {}, {}; proxy on {}, admin on {}{traces}",
             plural(self.routes.len(), "route"),
             plural(self.issuers.len(), "issuer"),
             plural(self.upstreams.len(), "upstream"),
@@ -466,7 +504,7 @@ pub(crate) struct Origin<'a> {
 }
 
 impl<'a> Origin<'a> {
-    fn new(figment: &'a Figment, source: Option<&Path>) -> Self {
+    pub(crate) fn new(figment: &'a Figment, source: Option<&Path>) -> Self {
         let default = source
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "configuration".to_owned());

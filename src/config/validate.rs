@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use super::check::Checker;
 use super::file::{self, FileConfig};
-use super::{issuer, log, metadata, routes, server, store, upstream, Config, ConfigErrors, Origin};
+use super::{
+    issuer, log, metadata, routes, server, store, telemetry, upstream, Config, ConfigErrors, Origin,
+};
 
 pub(super) fn build(
     raw: FileConfig,
@@ -55,6 +57,7 @@ pub(super) fn build(
     let metadata = metadata::document(&mut c, raw.metadata.as_ref(), resource, &issuers, &table);
 
     let store = store::store(&mut c, &raw.store, &upstreams);
+    let telemetry = telemetry::telemetry(&mut c, &raw.telemetry, &telemetry::process_env);
     c.finish(Config {
         source: source.map(Path::to_path_buf),
         server,
@@ -64,6 +67,7 @@ pub(super) fn build(
         routes: Arc::new(table),
         store,
         metadata,
+        telemetry,
     })
 }
 

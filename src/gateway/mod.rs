@@ -149,6 +149,11 @@ impl Gateway {
         self.wiring.metrics()
     }
 
+    /// Tracing (off unless `[telemetry]` or the `OTEL_*` variables name a collector).
+    pub fn telemetry(&self) -> &crate::telemetry::Telemetry {
+        self.wiring.telemetry()
+    }
+
     /// Publishes gauges that are sampled rather than counted (called at each scrape).
     pub async fn sample_gauges(&self) {
         self.wiring.sample_gauges().await;

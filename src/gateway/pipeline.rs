@@ -23,6 +23,7 @@ use crate::metrics::{Decision, RouteSeries};
 use crate::policy::{self, matcher, Permit, Requirement, Route, RouteAuth, RouteTable};
 use crate::proxy::{self, headers, ProxyError, Upstream};
 use crate::session::{self, sanitize, Lease, Leased, Settled};
+use crate::telemetry::{self, Kind, RequestTrace, Telemetry};
 use crate::upgrade::{self, Upgrade};
 use crate::{Body, BoxError};
 
@@ -113,6 +114,8 @@ struct Record {
     body: Option<Arc<Broken>>,
     /// The CORS headers every answer of a route with `[route.cors]` gets, refusals included.
     cors: Option<policy::cors::Reply>,
+    /// The request's trace id, when tracing is on.
+    trace_id: Option<String>,
     /// The request's framing was ambiguous: whoever sent it (or a proxy in front) may disagree
     /// with the gateway on where the next request starts, so the connection is not reused.
     ambiguous: bool,
@@ -137,8 +140,17 @@ impl Gateway {
         let http1 = req.version() < Version::HTTP_2;
         let unread_body = http1 && has_body(req.headers());
         let mut rec = Record::default();
+        let snapshot = self.wiring.current();
+        let trace = begin_trace(
+            self.wiring.telemetry(),
+            &req,
+            conn,
+            snapshot.trust_forwarded,
+        );
 
-        let mut resp = match self.process(req, conn, &request_id, &mut rec).await {
+        let processed =
+            trace.scope(self.process(req, conn, &snapshot, &request_id, &mut rec, &trace));
+        let mut resp = match processed.await {
             Ok(resp) => resp,
             Err(e) => self.refuse(e, &mut rec, &request_id),
         };
@@ -156,6 +168,12 @@ impl Gateway {
         {
             rec.session = Some(SessionOutcome::New);
         }
+        rec.trace_id = trace.trace_id();
+        trace.finish(
+            resp.status().as_u16(),
+            rec.decision.map(Decision::as_str),
+            rec.refused_because,
+        );
         self.record(&rec, &method, &resp, start, &request_id, seen.as_ref());
         resp
     }
@@ -165,14 +183,15 @@ impl Gateway {
         &self,
         req: Request<B>,
         conn: Conn,
+        snapshot: &Snapshot,
         request_id: &HeaderValue,
         rec: &mut Record,
+        trace: &RequestTrace,
     ) -> Result<Response<Body>, GatewayError>
     where
         B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let snapshot = self.wiring.current();
         rec.trust_forwarded = snapshot.trust_forwarded;
         let (head, body) = req.into_parts();
         if let Err(e) = crate::framing::check(&head) {
@@ -180,11 +199,12 @@ impl Gateway {
             return Err(e.into());
         }
         let path = normalize(&head)?;
-        if let Some(answer) = metadata(&snapshot, &head, &path) {
+        if let Some(answer) = metadata(snapshot, &head, &path) {
             rec.answered = true;
             return answer;
         }
-        let route = find(&snapshot, &head, &path)?;
+        let route = find(snapshot, &head, &path)?;
+        trace.route(&route.id);
         rec.route = Some(route.id.clone());
         rec.series = snapshot.series_of(route);
         if let Some(preflight) = cors(route, &head, rec)? {
@@ -195,7 +215,7 @@ impl Gateway {
             RouteAuth::Bearer(requirement) => {
                 let token = extract(&head)?;
                 let raw = token.as_str();
-                let principal = verify(&snapshot, token, requirement).await?;
+                let principal = verify(snapshot, token, requirement, trace).await?;
                 let metrics = self.wiring.metrics();
                 (
                     Some(authorize(route, requirement, principal, metrics)?),
@@ -212,7 +232,10 @@ impl Gateway {
         let mut body = limit(&head, body, route, snapshot.body_read_timeout, rec)?;
         let pool = snapshot.pools[route.upstream].as_ref();
         let asked = Instant::now();
-        let mut lease = match lease(pool, permit.as_ref(), token, &head, &path, &mut body).await? {
+        let waited = pool.map(|_| trace.step("session lease", Kind::Internal));
+        let leased = lease(pool, permit.as_ref(), token, &head, &path, &mut body).await;
+        drop(waited);
+        let mut lease = match leased? {
             Leased::Answered(resp) => {
                 rec.answered = true;
                 return Ok(resp);
@@ -226,7 +249,7 @@ impl Gateway {
         };
         let forwarded = self
             .forward(
-                &snapshot,
+                snapshot,
                 route,
                 permit.as_ref(),
                 head,
@@ -236,6 +259,7 @@ impl Gateway {
                 conn,
                 request_id,
                 rec,
+                trace,
             )
             .await;
         if let (Err(_), Some(lease)) = (&forwarded, lease) {
@@ -260,6 +284,7 @@ impl Gateway {
         conn: Conn,
         request_id: &HeaderValue,
         rec: &mut Record,
+        trace: &RequestTrace,
     ) -> Result<Response<Body>, GatewayError> {
         let upstream = &snapshot.upstreams[route.upstream];
         let upgrade = Upgrade::take(&mut head, route.websocket && lease.is_none());
@@ -283,7 +308,7 @@ impl Gateway {
         let mut attempts = Attempts::new(head, body, lease.is_some());
         let resp = loop {
             let req = attempts.next(lease.as_ref(), path);
-            let resp = self.send(upstream, req, lease.as_ref(), rec).await?;
+            let resp = self.send(upstream, req, lease.as_ref(), rec, trace).await?;
             rec.upstream_status = Some(resp.status().as_u16());
             match settle(lease.as_mut(), resp).await {
                 Settled::Keep(resp) => break resp,
@@ -303,10 +328,16 @@ impl Gateway {
     async fn send(
         &self,
         upstream: &Upstream,
-        req: Request<Body>,
+        mut req: Request<Body>,
         lease: Option<&Lease>,
         rec: &mut Record,
+        trace: &RequestTrace,
     ) -> Result<Response<Incoming>, GatewayError> {
+        let step = trace.upstream_call(req.method(), req.uri());
+        if step.is_on() {
+            step.note("tollgate.upstream", upstream.id.to_string());
+            step.inject(req.headers_mut());
+        }
         let sent = Instant::now();
         let resp = match lease.and_then(Lease::lost) {
             None => upstream.send(req).await.map_err(GatewayError::from),
@@ -321,6 +352,11 @@ impl Gateway {
         let secs = sent.elapsed().as_secs_f64();
         rec.upstream_secs += secs;
         let status = resp.as_ref().ok().map(|r| r.status().as_u16());
+        match (&resp, status) {
+            (_, Some(s)) => step.status(s),
+            (Err(e), None) => step.fail(&e.class().description),
+            (Ok(_), None) => {}
+        }
         self.wiring
             .metrics()
             .observe_upstream(&upstream.id, secs, status);
@@ -410,6 +446,7 @@ impl Gateway {
                 session = rec.session.map_or("-", SessionOutcome::as_str),
                 token_refused = rec.refused_because.unwrap_or("-"),
                 lease_ms = rec.lease_ms,
+                trace_id = rec.trace_id.as_deref().unwrap_or("-"),
                 "request"
             );
         }
@@ -488,11 +525,54 @@ async fn verify(
     snapshot: &Snapshot,
     token: bearer::Token<'_>,
     requirement: &Requirement,
+    trace: &RequestTrace,
 ) -> Result<Principal, GatewayError> {
-    Ok(snapshot
+    let step = trace.step("verify token", Kind::Internal);
+    let mut cached = false;
+    let verified = snapshot
         .verifier
-        .verify(token, requirement.issuer.as_ref())
-        .await?)
+        .verify_noting(token, requirement.issuer.as_ref(), &mut cached)
+        .await;
+    step.note("tollgate.token.cache", if cached { "hit" } else { "miss" });
+    match &verified {
+        Ok(p) => step.note("tollgate.issuer", p.issuer.to_string()),
+        Err(e) => step.fail(e.failure_reason().unwrap_or("unavailable")),
+    }
+    Ok(verified?)
+}
+
+/// The server span of a request (nothing when tracing is off).
+fn begin_trace<B>(
+    telemetry: &Telemetry,
+    req: &Request<B>,
+    conn: Conn,
+    trust: bool,
+) -> RequestTrace {
+    if !telemetry.is_on() {
+        return RequestTrace::none();
+    }
+    let h = req.headers();
+    fn text(v: Option<&HeaderValue>) -> Option<&str> {
+        v.and_then(|v| v.to_str().ok())
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| text(h.get(header::HOST)));
+    telemetry.begin(
+        &telemetry::Request {
+            method: req.method(),
+            path: req.uri().path(),
+            host,
+            user_agent: text(h.get(header::USER_AGENT)),
+            version: req.version(),
+            client: conn.remote,
+            tls: conn.tls,
+            headers: h,
+        },
+        trust,
+    )
 }
 
 /// `authorize`: the route's issuer, scopes, claims and step-up requirement against the principal.

@@ -25,6 +25,7 @@ use crate::proxy::{self, Upstream};
 use crate::session::redis::{Namespace, RedisStore};
 use crate::session::store::{MemoryStore, SeatTable, SessionStore};
 use crate::session::{self, Pool};
+use crate::telemetry::Telemetry;
 
 /// Why a configuration could not be put into service.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum BuildError {
     Upstream(#[from] proxy::SetupError),
     #[error("session store: {0}")]
     Store(String),
+    #[error("{0}")]
+    Telemetry(String),
 }
 
 /// The part of the configuration a reload swaps as one value: routes, the upstreams they point
@@ -85,6 +88,8 @@ pub struct Wiring {
 /// The parts every snapshot is built with.
 struct Parts {
     metrics: Metrics,
+    /// Tracing, fixed for the life of the process (changing `[telemetry]` needs a restart).
+    telemetry: Telemetry,
     client: IdpClient,
     /// The fleet (a shared store), fixed for the life of the process (changing it needs a
     /// restart).
@@ -123,8 +128,10 @@ impl Wiring {
                 ))
             }
         };
+        let telemetry = Telemetry::new(config.telemetry.as_ref()).map_err(BuildError::Telemetry)?;
         let parts = Parts {
             metrics,
+            telemetry,
             client: IdpClient::new(),
             fleet,
             seats: Mutex::default(),
@@ -144,6 +151,10 @@ impl Wiring {
 
     pub fn metrics(&self) -> &Metrics {
         &self.parts.metrics
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.parts.telemetry
     }
 
     /// Starts the background work: every issuer's JWKS refresh and introspection discovery,

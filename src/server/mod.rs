@@ -318,6 +318,11 @@ impl App {
         }
         // Requests are drained: give every licence seat back.
         self.gateway.shutdown_sessions(SESSION_LOGOUT_BOUND).await;
+        // The last spans (the logouts' among them) go to the collector; the SDK's flush blocks.
+        let telemetry = self.gateway.telemetry().clone();
+        if telemetry.is_on() {
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        }
         let _ = self.admin_shutdown.send(true);
         if let Some(t) = admin {
             let _ = t.await;

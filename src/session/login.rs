@@ -197,6 +197,8 @@ pub async fn login(upstream: &Upstream, cfg: &SessionConfig, creds: &Credentials
         Err(e) => return LoginOutcome::Error(e.to_string()),
     };
     let body = login_body(creds);
+    // A login made for a request is a span of its trace, and tells the upstream so.
+    let step = crate::telemetry::call_to("upstream login", &Method::POST, &uri);
     let req = Request::builder()
         .method(Method::POST)
         .uri(uri)
@@ -204,23 +206,31 @@ pub async fn login(upstream: &Upstream, cfg: &SessionConfig, creds: &Credentials
         .header(header::ACCEPT, "application/json")
         .header(header::CONTENT_LENGTH, body.len())
         .body(proxy::full(body));
-    let req = match req {
+    let mut req = match req {
         Ok(r) => r,
         Err(e) => return LoginOutcome::Error(e.to_string()),
     };
+    step.inject(req.headers_mut());
+    let step = &step;
     let exchange = async {
         let resp = upstream
             .send_within(req, cfg.login_timeout)
             .await
             .map_err(|e| e.to_string())?;
+        step.status(resp.status().as_u16());
         Ok::<_, String>(classify(read_answer(resp, cfg).await, cfg))
     };
     // The send has its own timeout; this one also bounds reading the answer.
-    match tokio::time::timeout(cfg.login_timeout + Duration::from_secs(1), exchange).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => LoginOutcome::Error(e),
-        Err(_) => LoginOutcome::Error("login timed out".to_owned()),
+    let outcome =
+        match tokio::time::timeout(cfg.login_timeout + Duration::from_secs(1), exchange).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => LoginOutcome::Error(e),
+            Err(_) => LoginOutcome::Error("login timed out".to_owned()),
+        };
+    if !matches!(outcome, LoginOutcome::Ok(_)) {
+        step.fail(outcome.label());
     }
+    outcome
 }
 
 /// `POST logout_path` with the jar's cookies and `Content-Length: 0` (IIS answers 411 without it

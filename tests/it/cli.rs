@@ -184,6 +184,68 @@ fn check_names_file_key_and_problem() {
     assert!(text(&o).contains("issuer[0].leeway"), "{}", text(&o));
 }
 
+/// `[telemetry]` falls back to the standard `OTEL_*` variables; a wrong one is a configuration
+/// error that names it, and `OTEL_SDK_DISABLED` turns tracing off.
+#[test]
+fn otel_variables_configure_tracing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "otel.toml", BASE);
+    let p = path.to_str().unwrap();
+    let endpoint = (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "http://collector.example:4318",
+    );
+    let o = tollgate(
+        &["check", "--config", p],
+        &[
+            endpoint,
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("traces to http://collector.example:4318/v1/traces (sampled 0.1)"),
+        "{}",
+        text(&o)
+    );
+    let o = tollgate(
+        &["check", "--config", p],
+        &[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains(
+            "telemetry.otlp_endpoint: OTEL_EXPORTER_OTLP_PROTOCOL `grpc` is not supported"
+        ),
+        "{}",
+        text(&o)
+    );
+    let o = tollgate(
+        &["check", "--config", p],
+        &[endpoint, ("OTEL_SDK_DISABLED", "true")],
+    );
+    assert!(
+        o.status.success() && !text(&o).contains("traces to"),
+        "{}",
+        text(&o)
+    );
+    // The file wins over the variables.
+    let file = write(
+        dir.path(),
+        "file.toml",
+        &format!(
+            "{BASE}\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.5\n"
+        ),
+    );
+    let o = tollgate(&["check", "--config", file.to_str().unwrap()], &[endpoint]);
+    assert!(
+        text(&o).contains("traces to http://127.0.0.1:4318/v1/traces (sampled 0.5)"),
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn environment_overrides_use_a_double_underscore_prefix() {
     let dir = tempfile::tempdir().unwrap();

@@ -32,5 +32,6 @@ mod sessions;
 mod slow_bodies;
 mod smuggling;
 mod step_up;
+mod telemetry;
 mod tls;
 mod websocket;

@@ -109,7 +109,7 @@ impl IntrospectionClient {
         let (form, authorization) = self.request_body(token, &endpoint)?;
         let fetched = self
             .http
-            .post_form(&endpoint, form, authorization, self.timeout)
+            .post_form("introspection", &endpoint, form, authorization, self.timeout)
             .await
             .map_err(|e| match e {
                 FetchError::Status { status, .. } if status.as_u16() == 401 => {

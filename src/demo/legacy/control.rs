@@ -106,6 +106,16 @@ impl FakeLegacy {
         self.inner.lock().logins.iter().copied().collect()
     }
 
+    /// The `traceparent` header of each login request so far (the last 1,000), oldest first.
+    pub fn login_traceparents(&self) -> Vec<Option<String>> {
+        self.inner
+            .lock()
+            .login_traceparents
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// Replaces the password of user `name` (the account's password changed upstream).
     pub fn set_password(&self, name: &str, password: &str) {
         let mut st = self.inner.lock();

@@ -47,6 +47,17 @@ enum LoginOutcome {
 
 impl FakeLegacy {
     pub(super) async fn login(&self, req: Request<Incoming>) -> Response<Body> {
+        let traceparent = req
+            .headers()
+            .get("traceparent")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        {
+            let mut st = self.inner.lock();
+            if st.login_traceparents.len() >= 1_000 {
+                st.login_traceparents.pop_front();
+            }
+            st.login_traceparents.push_back(traceparent);
+        }
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)

@@ -139,6 +139,8 @@ pub(super) struct State {
     rate_window: Option<(Instant, u32)>,
     /// Login attempts that reached the checks: when (real time) and how they ended.
     pub(super) logins: VecDeque<(Instant, &'static str)>,
+    /// The `traceparent` of each login request (the last 1,000), as a traced API records it.
+    pub(super) login_traceparents: VecDeque<Option<String>>,
 }
 
 pub(super) enum Auth {
@@ -161,6 +163,7 @@ impl State {
             counters: Counters::default(),
             rate_window: None,
             logins: VecDeque::new(),
+            login_traceparents: VecDeque::new(),
         }
     }
 

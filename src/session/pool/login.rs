@@ -78,12 +78,13 @@ impl Pool {
                 let (tx, rx) = tokio::sync::watch::channel(None);
                 flights.insert(key.clone(), rx.clone());
                 let me = self.clone();
-                tokio::spawn(async move {
+                // The login keeps the trace of the request that started it.
+                tokio::spawn(crate::telemetry::carry(async move {
                     let result = me.login_if_needed(&key.0, key.1).await;
                     lock(&me.flights).remove(&key);
                     let _ = tx.send(Some(result));
                     me.login_done.notify_waiters();
-                });
+                }));
                 rx
             }
         };

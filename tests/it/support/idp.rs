@@ -17,6 +17,8 @@ pub struct FakeIdp {
     published: Arc<Mutex<Vec<Arc<SigningKey>>>>,
     pub jwks_fetches: Arc<AtomicUsize>,
     pub discovery_fetches: Arc<AtomicUsize>,
+    /// The `traceparent` of each key-set fetch (None: the fetch had none).
+    pub jwks_traceparents: Arc<Mutex<Vec<Option<String>>>>,
     down: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -45,15 +47,18 @@ impl FakeIdp {
         let jwks_fetches = Arc::new(AtomicUsize::new(0));
         let discovery_fetches = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
-        let (p, j, d, dn, iss) = (
+        let jwks_traceparents = Arc::new(Mutex::new(Vec::new()));
+        let (p, j, d, dn, iss, tp) = (
             published.clone(),
             jwks_fetches.clone(),
             discovery_fetches.clone(),
             down.clone(),
             issuer.clone(),
+            jwks_traceparents.clone(),
         );
         let task = serve(listener, move |req, _| {
             let (p, j, d, dn, iss) = (p.clone(), j.clone(), d.clone(), dn.clone(), iss.clone());
+            let tp = tp.clone();
             async move {
                 if dn.load(Ordering::SeqCst) {
                     return json_reply(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "down"}));
@@ -68,6 +73,11 @@ impl FakeIdp {
                     }
                     "/jwks" => {
                         j.fetch_add(1, Ordering::SeqCst);
+                        tp.lock().unwrap().push(
+                            req.headers()
+                                .get("traceparent")
+                                .map(|v| v.to_str().unwrap().to_owned()),
+                        );
                         let keys = p.lock().unwrap().clone();
                         let refs: Vec<&SigningKey> = keys.iter().map(|k| &**k).collect();
                         json_reply(StatusCode::OK, &keys::jwks(&refs))
@@ -81,6 +91,7 @@ impl FakeIdp {
             published,
             jwks_fetches,
             discovery_fetches,
+            jwks_traceparents,
             down,
             task,
         }

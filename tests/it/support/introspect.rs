@@ -43,6 +43,8 @@ struct State {
     jtis: HashSet<String>,
     /// Why the last authentication check failed, if it did.
     auth_errors: Vec<String>,
+    /// The `traceparent` of each call.
+    traceparents: Vec<Option<String>>,
 }
 
 pub struct FakeIntrospection {
@@ -98,6 +100,11 @@ impl FakeIntrospection {
                 }
                 c.fetch_add(1, Ordering::SeqCst);
                 let headers = req.headers().clone();
+                st.lock().unwrap().traceparents.push(
+                    headers
+                        .get("traceparent")
+                        .map(|v| v.to_str().unwrap().to_owned()),
+                );
                 let body = req.into_body().collect().await.unwrap().to_bytes();
                 let form: HashMap<String, String> =
                     url::form_urlencoded::parse(&body).into_owned().collect();
@@ -192,6 +199,11 @@ impl FakeIntrospection {
 
     pub fn set_mode(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
+    }
+
+    /// The `traceparent` header of each call so far.
+    pub fn traceparents(&self) -> Vec<Option<String>> {
+        self.state.lock().unwrap().traceparents.clone()
     }
 
     pub fn auth_errors(&self) -> Vec<String> {

@@ -21,6 +21,7 @@ pub mod idp;
 pub mod introspect;
 pub mod legacy;
 pub mod metrics;
+pub mod otlp;
 pub mod process;
 pub mod raw;
 pub mod redis;
