@@ -14,7 +14,7 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -41,10 +41,11 @@ pub struct UpstreamStalled;
 #[error("the client sent no request body for longer than server.body_read_timeout")]
 pub struct BodyTimeout;
 
-/// Which limit a body broke, if any: read by the pipeline after a failed upstream call, so that
-/// the answer is 413 or 408 rather than the 502 the cut-off body caused upstream.
+/// What a capped body reports back to the pipeline: which limit it broke, if any (read after a
+/// failed upstream call, so that the answer is 413 or 408 rather than the 502 the cut-off body
+/// caused upstream), and how many bytes it passed on (the access log's `bytes_in`).
 #[derive(Debug, Default)]
-pub struct Broken(AtomicU8);
+pub struct Broken(AtomicU8, AtomicU64);
 
 /// What [`Broken`] says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,11 @@ pub enum Fault {
 }
 
 impl Broken {
+    /// The body bytes read from the client so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
+    }
+
     pub fn fault(&self) -> Option<Fault> {
         match self.0.load(Ordering::SeqCst) {
             1 => Some(Fault::TooLarge),
@@ -201,6 +207,7 @@ where
                     return Poll::Ready(Some(Err(Box::new(TooLarge))));
                 }
                 this.left -= n;
+                this.broken.1.fetch_add(n, Ordering::Relaxed);
             }
         }
         polled

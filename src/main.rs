@@ -179,6 +179,7 @@ fn main() -> ExitCode {
                 format: LogFormat::Text,
                 access_file: None,
                 subject: tollgate::config::SubjectLog::Hashed,
+                subject_key: None,
             };
             if let Err(e) = logging::init(&log) {
                 eprintln!("tollgate: logging: {e}");

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 pub use bearer::{BearerError, Token};
-pub use principal::{Claims, Kept, Principal};
+pub use principal::{process_key, Claims, Kept, Principal, SubjectLogging, SubjectTag};
 pub use scope::Scopes;
 
 use crate::clock::unix_secs;

@@ -20,7 +20,13 @@ use super::scope::Scopes;
 pub struct Principal {
     /// The configured issuer id (not the `iss` URL).
     pub issuer: Arc<str>,
-    ids: Option<Arc<Ids>>,
+    /// The token's `sub`: kept when sessions derive grants from it, or the access log shows it.
+    subject: Option<Arc<str>>,
+    /// The token's `client_id` (else `azp`), interned once compacted: a deployment has few
+    /// clients, so every principal of one client shares the text.
+    client: Option<Arc<str>>,
+    /// A keyed digest of the subject, for the access log's `subject` (`log.subject = "hashed"`).
+    subject_tag: Option<SubjectTag>,
     pub scopes: Scopes,
     /// The token's claims: all of them from [`Principal::new`], only the kept ones once
     /// [`Kept::keep`] has compacted the principal.
@@ -29,23 +35,68 @@ pub struct Principal {
     pub expires_at: u64,
 }
 
-/// The subject and client id, in one allocation (absent together when not kept).
-struct Ids {
-    subject: Option<Box<str>>,
-    client_id: Option<Box<str>>,
+/// A keyed digest of a subject: 64 bits of HMAC-SHA256 over the issuer id and the `sub`, shown
+/// as 16 hex digits. The same subject gives the same tag under the same key (a fleet that shares
+/// `log.subject_key_file` correlates; without it, a process's random key); the tag cannot be
+/// turned back into the subject, nor guessed without the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SubjectTag(u64);
+
+impl std::fmt::Display for SubjectTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::fmt::Debug for SubjectTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// A random key drawn once per process: tags stay stable across reloads.
+pub fn process_key() -> &'static [u8; 32] {
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    KEY.get_or_init(rand::random)
+}
+
+/// How a compacted principal keeps its subject for the access log.
+#[derive(Clone)]
+pub enum SubjectLogging {
+    /// As a [`SubjectTag`] under this key (shared: a key is over a kilobyte).
+    Hashed(Arc<aws_lc_rs::hmac::Key>),
+    /// The raw `sub`.
+    Plain,
+    /// Not at all (unless sessions need it).
+    Omitted,
+}
+
+impl SubjectLogging {
+    /// The tag of `subject` (of the issuer with id `issuer`), when hashing.
+    pub fn tag(&self, issuer: &str, subject: &str) -> Option<SubjectTag> {
+        let Self::Hashed(key) = self else {
+            return None;
+        };
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(key);
+        ctx.update(issuer.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(subject.as_bytes());
+        let tag = ctx.sign();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&tag.as_ref()[..8]);
+        Some(SubjectTag(u64::from_be_bytes(first)))
+    }
 }
 
 impl Principal {
     /// A principal with every claim of `claims`.
     pub fn new(issuer: Arc<str>, claims: Map<String, Value>, expires_at: u64) -> Self {
-        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(Box::from);
-        let ids = Ids {
-            subject: text("sub"),
-            client_id: text("client_id").or_else(|| text("azp")),
-        };
+        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(Arc::from);
         Principal {
             issuer,
-            ids: (ids.subject.is_some() || ids.client_id.is_some()).then(|| Arc::new(ids)),
+            subject: text("sub"),
+            client: text("client_id").or_else(|| text("azp")),
+            subject_tag: None,
             scopes: Scopes::from_claims(&claims),
             claims: Claims::from(claims),
             expires_at,
@@ -54,12 +105,31 @@ impl Principal {
 
     /// The token's `sub`.
     pub fn subject(&self) -> Option<&str> {
-        self.ids.as_ref()?.subject.as_deref()
+        self.subject.as_deref()
     }
 
     /// The token's `client_id`, or else its `azp`.
     pub fn client_id(&self) -> Option<&str> {
-        self.ids.as_ref()?.client_id.as_deref()
+        self.client.as_deref()
+    }
+
+    /// The client id, shared (for a log line that outlives the request's principal).
+    pub fn client(&self) -> Option<&Arc<str>> {
+        self.client.as_ref()
+    }
+
+    /// The subject as the access log shows it under `logging`: its tag, the raw `sub`, or
+    /// nothing. A principal compacted by [`Kept`] carries its tag; one that was not (an
+    /// introspected token's) is tagged here.
+    pub fn logged_subject(&self, logging: &SubjectLogging) -> Option<String> {
+        match logging {
+            SubjectLogging::Hashed(_) => self
+                .subject_tag
+                .or_else(|| logging.tag(&self.issuer, self.subject()?))
+                .map(|t| t.to_string()),
+            SubjectLogging::Plain => self.subject.as_deref().map(str::to_owned),
+            SubjectLogging::Omitted => None,
+        }
     }
 }
 
@@ -138,8 +208,12 @@ pub struct Kept {
     claims: Box<[Arc<str>]>,
     /// Whether sessions derive grants from the subject and client id.
     ids: bool,
+    /// How the access log shows the subject.
+    logging: SubjectLogging,
     /// Scope lists already seen, by which of `scopes` they hold: tokens share a handful.
     interned: Mutex<HashMap<Vec<bool>, Scopes>>,
+    /// Client ids already seen.
+    clients: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 /// Distinct scope lists interned at most; past it a list is allocated per principal, which
@@ -162,8 +236,16 @@ impl Kept {
             scopes: sorted(&mut scopes.into_iter()),
             claims: sorted(&mut claims.into_iter()),
             ids,
+            logging: SubjectLogging::Omitted,
             interned: Mutex::new(HashMap::new()),
+            clients: Mutex::default(),
         }
+    }
+
+    /// Keeps what the access log shows of the subject, as `logging` says.
+    pub fn with_logging(mut self, logging: SubjectLogging) -> Self {
+        self.logging = logging;
+        self
     }
 
     /// `p` with only what the configuration reads.
@@ -173,13 +255,31 @@ impl Kept {
             .iter()
             .filter_map(|name| Some((name.clone(), p.claims.get(name)?.clone())))
             .collect();
+        let subject_tag = p.subject().and_then(|s| self.logging.tag(&p.issuer, s));
+        let plain = matches!(self.logging, SubjectLogging::Plain);
         Principal {
+            subject: if self.ids || plain { p.subject } else { None },
+            client: p.client.map(|c| self.intern_client(c)),
+            subject_tag,
             issuer: p.issuer,
-            ids: if self.ids { p.ids } else { None },
             scopes: self.scopes_of(&p.scopes),
             claims: Claims((!claims.is_empty()).then(|| claims.into())),
             expires_at: p.expires_at,
         }
+    }
+
+    /// The shared copy of a client id (past [`MAX_INTERNED`] distinct ones, `c` itself).
+    fn intern_client(&self, c: Arc<str>) -> Arc<str> {
+        let Ok(mut clients) = self.clients.lock() else {
+            return c;
+        };
+        if let Some(shared) = clients.get(&c) {
+            return shared.clone();
+        }
+        if clients.len() < MAX_INTERNED {
+            clients.insert(c.clone());
+        }
+        c
     }
 
     fn scopes_of(&self, granted: &Scopes) -> Scopes {
@@ -243,7 +343,9 @@ mod tests {
         // Scopes no route names are dropped: no route can test them.
         assert!(!p.scopes.contains("openid"));
         assert_eq!(p.subject(), None);
-        assert_eq!(p.client_id(), None);
+        // The client id is kept (shared between principals) for the access log.
+        assert_eq!(p.client_id(), Some("c"));
+        assert_eq!(p.logged_subject(&SubjectLogging::Omitted), None);
         assert_eq!(p.issuer.as_ref(), "erp");
         assert_eq!(p.expires_at, 2_000);
     }
@@ -254,6 +356,51 @@ mod tests {
         let p = kept.keep(principal(json!({"sub": "u", "client_id": "c"})));
         assert_eq!((p.subject(), p.client_id()), (Some("u"), Some("c")));
         assert!(p.claims.is_empty());
+    }
+
+    #[test]
+    fn the_logged_subject_is_a_keyed_tag_unless_plain_is_asked_for() {
+        let key = |k: u8| {
+            SubjectLogging::Hashed(Arc::new(aws_lc_rs::hmac::Key::new(
+                aws_lc_rs::hmac::HMAC_SHA256,
+                &[k; 32],
+            )))
+        };
+        let (k1, k2) = (key(1), key(2));
+        let kept = Kept::new([], [], false).with_logging(k1.clone());
+        let p = kept.keep(principal(
+            json!({"sub": "alice@example.com", "client_id": "c"}),
+        ));
+        // The raw subject is not kept: only its tag.
+        assert_eq!(p.subject(), None);
+        let tag = p.logged_subject(&k1).unwrap();
+        assert_eq!(tag.len(), 16);
+        assert!(!tag.contains("alice"));
+        // Stable under one key, different under another, and per issuer.
+        let again = kept.keep(principal(json!({"sub": "alice@example.com"})));
+        assert_eq!(again.logged_subject(&k1), Some(tag.clone()));
+        let fresh = principal(json!({"sub": "alice@example.com"}));
+        assert_eq!(fresh.logged_subject(&k1), Some(tag.clone()));
+        assert_ne!(fresh.logged_subject(&k2), Some(tag.clone()));
+        assert_ne!(
+            k1.tag("other", "alice@example.com").unwrap().to_string(),
+            tag
+        );
+        // Plain keeps the subject itself.
+        let kept = Kept::new([], [], false).with_logging(SubjectLogging::Plain);
+        let p = kept.keep(principal(json!({"sub": "alice@example.com"})));
+        assert_eq!(
+            p.logged_subject(&SubjectLogging::Plain).as_deref(),
+            Some("alice@example.com")
+        );
+    }
+
+    #[test]
+    fn client_ids_are_shared_between_principals() {
+        let kept = Kept::new([], [], false);
+        let a = kept.keep(principal(json!({"client_id": "app"})));
+        let b = kept.keep(principal(json!({"azp": "app"})));
+        assert!(Arc::ptr_eq(a.client().unwrap(), b.client().unwrap()));
     }
 
     #[test]

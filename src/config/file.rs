@@ -311,6 +311,10 @@ pub struct LogSection {
     /// life of the process), `plain` (the raw `sub`) or `none`. By default
     /// [`default_log_subject`].
     pub subject: Option<String>,
+    /// With `subject = "hashed"`: the key of the subject digests, 64 hex characters (share it
+    /// across the fleet so that one subject has one tag everywhere). Unset: a random key per
+    /// process.
+    pub subject_key_file: Option<String>,
 }
 
 /// `hashed`: the raw subject is personal data, kept out of logs unless asked for.

@@ -57,10 +57,15 @@ pub(crate) fn log(c: &mut Checker<'_>, raw: &LogSection, base: &Path) -> LogConf
             SubjectLog::Hashed
         }
     };
+    let subject_key = raw
+        .subject_key_file
+        .as_ref()
+        .and_then(|f| super::session::handle_key(c, "log.subject_key_file", &base.join(f)));
     LogConfig {
         level,
         format,
         access_file,
         subject,
+        subject_key,
     }
 }

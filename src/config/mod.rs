@@ -209,6 +209,8 @@ pub struct LogConfig {
     pub access_file: Option<PathBuf>,
     /// How the access log shows the token's subject.
     pub subject: SubjectLog,
+    /// `log.subject_key_file`: the key of the subject digests (else a random key per process).
+    pub subject_key: Option<session::HandleKey>,
 }
 
 /// `log.subject`: how the access log shows a token's `sub`.
@@ -224,16 +226,7 @@ pub enum SubjectLog {
 }
 
 /// `[telemetry]`, with the `OTEL_*` environment applied: where spans go, when tracing is on.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TelemetryConfig {
-    /// The full OTLP/HTTP traces URL (`…/v1/traces`).
-    pub traces_url: Url,
-    pub service_name: String,
-    /// The share of root traces recorded (parent-based sampling).
-    pub sample_ratio: f64,
-    /// The longest wait for the collector, per export.
-    pub timeout: Duration,
-}
+pub use crate::telemetry::Settings as TelemetryConfig;
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {

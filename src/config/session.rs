@@ -417,8 +417,9 @@ fn grant_source(c: &mut Checker<'_>, key: &str, s: &str) -> Option<GrantSource> 
     })
 }
 
-/// `handle_key_file`: at least 32 bytes of key as hex (64 hex characters), newline trimmed.
-fn handle_key(c: &mut Checker<'_>, key: &str, path: &Path) -> Option<HandleKey> {
+/// `handle_key_file` (and `log.subject_key_file`): at least 32 bytes of key as hex (64 hex
+/// characters), newline trimmed.
+pub(super) fn handle_key(c: &mut Checker<'_>, key: &str, path: &Path) -> Option<HandleKey> {
     let text = c.file_text(key, path)?;
     let bytes: Option<Vec<u8>> = (0..text.len())
         .step_by(2)

@@ -21,7 +21,8 @@
 //!  settle     session upstreams: expired? re-login and replay once ───▶ 502 / 503 / 401
 //!  finish     hop-by-hop, the lease's cookie edits, error bodies sanitized, 101 joined
 //!       │
-//!  record     metrics + one access-log line: every outcome passes here, once
+//!  record     metrics: every outcome passes here, once; the access-log line is written when
+//!             the answer's body ends (bytes in and out, the whole duration)
 //! ```
 //!
 //! Every error is a typed value that leaves through one table ([`crate::error`]); nothing is
@@ -32,8 +33,10 @@
 //! |---|---|
 //! | `mod.rs` | the [`Gateway`] handle and its public face |
 //! | `pipeline` | [`Gateway::handle`] and the steps above |
+//! | `access` | the access-log line, written at the end of the answer's body |
 //! | [`wiring`] | the snapshot of a configuration: build, start, apply (reload), shutdown |
 
+mod access;
 pub(crate) mod pipeline;
 pub mod wiring;
 

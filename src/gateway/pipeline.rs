@@ -14,6 +14,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
+use super::access;
 use super::wiring::Snapshot;
 use super::{Conn, Gateway};
 use crate::auth::{bearer, AuthError, Principal};
@@ -80,11 +81,6 @@ impl SessionOutcome {
     }
 }
 
-/// A header value as log text: `-` when absent or not visible ASCII.
-fn shown(v: Option<&HeaderValue>) -> &str {
-    v.and_then(|v| v.to_str().ok()).unwrap_or("-")
-}
-
 /// What the epilogue needs to know about one request, filled in as the steps run.
 #[derive(Debug, Default)]
 struct Record {
@@ -99,6 +95,12 @@ struct Record {
     upstream: Option<Arc<str>>,
     /// The issuer that vouched for the token.
     issuer: Option<Arc<str>>,
+    /// The token's client id (shared with the cached principal).
+    client_id: Option<Arc<str>>,
+    /// The token's subject as `log.subject` shows it; only made when the access log is on.
+    subject: Option<String>,
+    /// The access log is on: its line's fields are gathered.
+    logging: bool,
     /// The configuration trusts client-sent forwarding headers (for the access log).
     trust_forwarded: bool,
     /// Session upstreams: what became of the request's session, and how long the lease took
@@ -139,7 +141,10 @@ impl Gateway {
             .then(|| Seen::of(&req, conn));
         let http1 = req.version() < Version::HTTP_2;
         let unread_body = http1 && has_body(req.headers());
-        let mut rec = Record::default();
+        let mut rec = Record {
+            logging: seen.is_some(),
+            ..Record::default()
+        };
         let snapshot = self.wiring.current();
         let trace = begin_trace(
             self.wiring.telemetry(),
@@ -174,8 +179,14 @@ impl Gateway {
             rec.decision.map(Decision::as_str),
             rec.refused_because,
         );
-        self.record(&rec, &method, &resp, start, &request_id, seen.as_ref());
-        resp
+        self.record(&rec, &method, &resp, start);
+        match seen {
+            Some(seen) => {
+                let line = access_line(rec, seen, method, request_id, &resp, start);
+                resp.map(|body| access::Logged::wrap(body, line))
+            }
+            None => resp,
+        }
     }
 
     /// The pipeline proper: its table of contents.
@@ -227,7 +238,13 @@ impl Gateway {
             None => Decision::Public,
             Some(_) => Decision::Allowed,
         });
-        rec.issuer = permit.as_ref().map(|p| p.principal.issuer.clone());
+        if let Some(p) = &permit {
+            rec.issuer = Some(p.principal.issuer.clone());
+            rec.client_id = p.principal.client().cloned();
+            if rec.logging {
+                rec.subject = p.principal.logged_subject(&snapshot.subject_logging);
+            }
+        }
         rec.upstream = Some(snapshot.upstreams[route.upstream].id.clone());
         let mut body = limit(&head, body, route, snapshot.body_read_timeout, rec)?;
         let pool = snapshot.pools[route.upstream].as_ref();
@@ -394,16 +411,9 @@ impl Gateway {
         class.into_response(&self.wiring.current().challenges)
     }
 
-    /// `record`, the epilogue: metrics and the access-log line, for every outcome.
-    fn record(
-        &self,
-        rec: &Record,
-        method: &Method,
-        resp: &Response<Body>,
-        start: Instant,
-        request_id: &HeaderValue,
-        seen: Option<&Seen>,
-    ) {
+    /// `record`, the epilogue: the metrics, for every outcome (the access-log line follows the
+    /// answer's body, see [`access`]).
+    fn record(&self, rec: &Record, method: &Method, resp: &Response<Body>, start: Instant) {
         let elapsed = start.elapsed();
         let route = rec.route.as_deref().unwrap_or("none");
         let status = resp.status().as_u16();
@@ -420,36 +430,45 @@ impl Gateway {
                 elapsed.as_secs_f64(),
             ),
         }
-        if let Some(seen) = seen {
-            tracing::info!(
-                target: "tollgate::access",
-                route,
-                method = method.as_str(),
-                status,
-                decision = rec.decision.map_or("-", Decision::as_str),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                upstream_status = rec.upstream_status,
-                request_id = request_id.to_str().unwrap_or("-"),
-                client = %seen.client.ip(),
-                forwarded_for = rec
-                    .trust_forwarded
-                    .then(|| shown(seen.forwarded_for.as_ref()).split(',').next())
-                    .flatten()
-                    .map_or("-", str::trim),
-                host = shown(seen.host.as_ref()),
-                path = seen.uri.path(),
-                protocol = ?seen.version,
-                user_agent = shown(seen.user_agent.as_ref()),
-                upstream = rec.upstream.as_deref().unwrap_or("-"),
-                upstream_ms = rec.upstream_status.map(|_| rec.upstream_secs * 1000.0),
-                issuer = rec.issuer.as_deref().unwrap_or("-"),
-                session = rec.session.map_or("-", SessionOutcome::as_str),
-                token_refused = rec.refused_because.unwrap_or("-"),
-                lease_ms = rec.lease_ms,
-                trace_id = rec.trace_id.as_deref().unwrap_or("-"),
-                "request"
-            );
-        }
+    }
+}
+
+/// The access-log line of a request, from what the pipeline gathered; written when the answer
+/// ends.
+fn access_line(
+    rec: Record,
+    seen: Seen,
+    method: Method,
+    request_id: HeaderValue,
+    resp: &Response<Body>,
+    start: Instant,
+) -> access::Line {
+    access::Line {
+        start,
+        request_id,
+        trace_id: rec.trace_id,
+        client: seen.client,
+        forwarded_for: seen.forwarded_for,
+        trust_forwarded: rec.trust_forwarded,
+        method,
+        host: seen.host,
+        uri: seen.uri,
+        version: seen.version,
+        user_agent: seen.user_agent,
+        status: resp.status().as_u16(),
+        route: rec.route,
+        decision: rec.decision.map_or("-", Decision::as_str),
+        token_refused: rec.refused_because,
+        issuer: rec.issuer,
+        client_id: rec.client_id,
+        subject: rec.subject,
+        upstream: rec.upstream,
+        upstream_ms: rec.upstream_status.map(|_| rec.upstream_secs * 1000.0),
+        upstream_status: rec.upstream_status,
+        session: rec.session.map(SessionOutcome::as_str),
+        lease_ms: rec.lease_ms,
+        body_in: rec.body,
+        head_ms: start.elapsed().as_secs_f64() * 1000.0,
     }
 }
 

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth::fetch::IdpClient;
 use crate::auth::introspect::SharedAnswers;
-use crate::auth::{Kept, Verifier};
+use crate::auth::{Kept, SubjectLogging, Verifier};
 use crate::config::{
     Config, GrantSource, RedisConfig, SessionConfig, SessionMode, StoreConfig, UpstreamConfig,
 };
@@ -57,6 +57,8 @@ pub struct Snapshot {
     pub body_read_timeout: std::time::Duration,
     /// The RFC 9728 document, served before route choice.
     pub metadata: Option<Arc<ResourceMetadata>>,
+    /// How the access log shows a token's subject (`log.subject`).
+    pub subject_logging: SubjectLogging,
     /// Each route's metric series, in the route table's order.
     series: Arc<[Arc<RouteSeries>]>,
 }
@@ -128,7 +130,11 @@ impl Wiring {
                 ))
             }
         };
-        let telemetry = Telemetry::new(config.telemetry.as_ref()).map_err(BuildError::Telemetry)?;
+        let telemetry = Telemetry::new(
+            config.telemetry.as_ref(),
+            crate::auth::fetch::pooled_https_client(),
+        )
+        .map_err(BuildError::Telemetry)?;
         let parts = Parts {
             metrics,
             telemetry,
@@ -323,7 +329,24 @@ pub(crate) fn kept(config: &Config) -> Kept {
                 .chain(["sid", "jti"])
                 .chain(s.passive_login_name_claim.as_deref())
         }));
-    Kept::new(scopes, claims, !sessions.is_empty())
+    Kept::new(scopes, claims, !sessions.is_empty()).with_logging(subject_logging(&config.log))
+}
+
+/// `log.subject` with its key (`log.subject_key_file`, else this process's random key).
+fn subject_logging(log: &crate::config::LogConfig) -> SubjectLogging {
+    use crate::config::SubjectLog;
+    use aws_lc_rs::hmac;
+    match log.subject {
+        SubjectLog::Hashed => {
+            let key: &[u8; 32] = match &log.subject_key {
+                Some(k) => &k.0,
+                None => crate::auth::process_key(),
+            };
+            SubjectLogging::Hashed(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, key)))
+        }
+        SubjectLog::Plain => SubjectLogging::Plain,
+        SubjectLog::Omitted => SubjectLogging::Omitted,
+    }
 }
 
 impl Parts {
@@ -383,6 +406,7 @@ impl Parts {
             trust_forwarded: config.server.trust_forwarded_headers,
             body_read_timeout: config.server.body_read_timeout,
             metadata: config.metadata.clone(),
+            subject_logging: subject_logging(&config.log),
             series: config
                 .routes
                 .iter()

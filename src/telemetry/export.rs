@@ -13,20 +13,22 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig as _, WithHttpConfig as _};
 
-use crate::config::TelemetryConfig;
+use super::Settings;
+
+/// The HTTP client spans are exported with.
+pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The largest collector answer read (OTLP answers are a few bytes, or a short status).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-pub(super) fn exporter(cfg: &TelemetryConfig) -> Result<SpanExporter, String> {
+pub(super) fn exporter(cfg: &Settings, client: Client) -> Result<SpanExporter, String> {
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|_| "the trace exporter needs the Tokio runtime".to_owned())?;
     let client = Collector {
-        client: crate::auth::fetch::pooled_https_client(),
+        client,
         runtime,
         timeout: cfg.timeout,
     };
@@ -42,7 +44,7 @@ pub(super) fn exporter(cfg: &TelemetryConfig) -> Result<SpanExporter, String> {
 
 /// The collector's HTTP client.
 struct Collector {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client,
     runtime: tokio::runtime::Handle,
     timeout: Duration,
 }

@@ -42,9 +42,20 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
-use crate::config::TelemetryConfig;
-
+pub use export::Client;
 pub use opentelemetry::trace::SpanKind as Kind;
+
+/// Where spans go, when tracing is on (`[telemetry]` with the `OTEL_*` environment applied).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The full OTLP/HTTP traces URL (`…/v1/traces`).
+    pub traces_url: url::Url,
+    pub service_name: String,
+    /// The share of root traces recorded (parent-based sampling).
+    pub sample_ratio: f64,
+    /// The longest wait for the collector, per export.
+    pub timeout: std::time::Duration,
+}
 
 /// The headers of W3C trace context.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -75,13 +86,13 @@ impl Telemetry {
         Telemetry { on: None }
     }
 
-    /// Tracing as configured (off for `None`). Must run inside a Tokio runtime: the exporter
-    /// sends through it.
-    pub fn new(cfg: Option<&TelemetryConfig>) -> Result<Self, String> {
+    /// Tracing as configured (off for `None`), exporting with `client` (the gateway's pooled
+    /// HTTPS client). Must run inside a Tokio runtime: the exporter sends through it.
+    pub fn new(cfg: Option<&Settings>, client: Client) -> Result<Self, String> {
         let Some(cfg) = cfg else {
             return Ok(Self::off());
         };
-        let exporter = export::exporter(cfg)?;
+        let exporter = export::exporter(cfg, client)?;
         let ratio = Sampler::TraceIdRatioBased(cfg.sample_ratio);
         let provider = SdkTracerProvider::builder()
             .with_sampler(Sampler::ParentBased(Box::new(ratio)))

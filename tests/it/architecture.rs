@@ -16,6 +16,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("metadata", 0),
     ("limits", 0),
     ("upgrade", 0),
+    ("telemetry", 0),
     ("auth", 1),
     ("policy", 2),
     ("config", 3),

@@ -204,6 +204,7 @@ async fn no_configured_secret_reaches_the_logs_or_the_errors() {
     const LOGIN_PW: &str = "login-password-2b9d7e";
     const ADMIN_TOKEN: &str = "admin-token-5e0f4c9a1d";
     let handle_key = "7c".repeat(32);
+    let subject_key = "5d".repeat(32);
     let idp = FakeIdp::start().await;
     let mut redis = crate::support::redis::RedisServer::start_with(&[
         "--user",
@@ -228,11 +229,12 @@ async fn no_configured_secret_reaches_the_logs_or_the_errors() {
         std::fs::write(&path, format!("{text}\n")).unwrap();
         path.display().to_string()
     };
-    let (password_file, key_file, admin_file, secret_file) = (
+    let (password_file, key_file, admin_file, secret_file, subject_key_file) = (
         file("erp-password", LOGIN_PW),
         file("handle.key", &handle_key),
         file("admin-token", ADMIN_TOKEN),
         file("client-secret", CLIENT_SECRET),
+        file("subject.key", &subject_key),
     );
     let config_with = |store_url: &str| {
         format!(
@@ -245,6 +247,7 @@ admin_token_file = "{admin_file}"
 [log]
 level = "trace"
 format = "json"
+subject_key_file = "{subject_key_file}"
 
 [store]
 kind = "redis"
@@ -363,6 +366,7 @@ scopes = ["api"]
         ("the store password", STORE_PW),
         ("the upstream login password", LOGIN_PW),
         ("the handle key", handle_key.as_str()),
+        ("the subject key", subject_key.as_str()),
         ("the admin token", ADMIN_TOKEN),
         ("the introspection client secret", CLIENT_SECRET),
     ] {
@@ -453,4 +457,92 @@ async fn the_access_log_file_is_reopened_on_sigusr1() {
     .await;
     assert_eq!(lines_in(&rotated), 1, "the rotated file was written to");
     p.kill();
+}
+
+/// The access line of a request says what went each way and who asked: bytes in and out,
+/// whether the answer was sent whole, the client id and the subject as `log.subject` shows it
+/// (a keyed tag by default, never the raw `sub` unless asked for).
+#[tokio::test]
+async fn the_access_log_counts_bytes_and_names_the_client_and_a_hashed_subject() {
+    let idp = FakeIdp::start().await;
+    let upstream = RecordingUpstream::start().await;
+    let token = idp.token(json!({"scope": "api erp:write", "sub": "alice@example.com"}));
+    let mut tags = Vec::new();
+    for (mode, want) in [
+        ("hashed", None),
+        ("plain", Some("alice@example.com")),
+        ("none", Some("-")),
+    ] {
+        let cfg = child_config(&config(&idp.issuer, &upstream.url(), ""), "info").replacen(
+            "[log]\n",
+            &format!("[log]\nsubject = \"{mode}\"\n"),
+            1,
+        );
+        let (r, line, v) = post_and_read_the_access_line(&cfg, &token).await;
+        assert_eq!(v["bytes_in"], 1000, "{line}");
+        assert_eq!(v["bytes_out"], r.body.len() as u64, "{line}");
+        assert_eq!(v["complete"], true, "{line}");
+        assert_eq!(v["client_id"], "app", "{line}");
+        assert_eq!(v["trace_id"], "-", "no tracing configured: {line}");
+        assert!(v["duration_ms"].as_f64().unwrap() >= v["head_ms"].as_f64().unwrap());
+        match want {
+            Some(w) => assert_eq!(v["subject"], w, "{mode}: {line}"),
+            None => {
+                let tag = v["subject"].as_str().unwrap().to_owned();
+                assert!(
+                    tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "{line}"
+                );
+                assert!(!line.contains("alice"), "the raw subject is logged: {line}");
+                tags.push(tag);
+            }
+        }
+    }
+    // With a shared `subject_key_file`, two gateways tag one subject alike.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("subject.key");
+    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    let mut shared = Vec::new();
+    for _ in 0..2 {
+        let cfg = child_config(&config(&idp.issuer, &upstream.url(), ""), "info").replacen(
+            "[log]\n",
+            &format!("[log]\nsubject_key_file = \"{}\"\n", key.display()),
+            1,
+        );
+        let (_, _, v) = post_and_read_the_access_line(&cfg, &token).await;
+        shared.push(v["subject"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(shared[0], shared[1]);
+    assert_ne!(
+        shared[0], tags[0],
+        "a random per-process key unless a key file is set"
+    );
+}
+
+/// Starts the binary with `cfg`, POSTs 1,000 bytes with `token`, and returns the answer and its
+/// access-log line (raw and parsed).
+async fn post_and_read_the_access_line(
+    cfg: &str,
+    token: &str,
+) -> (crate::support::http::Reply, String, serde_json::Value) {
+    let mut p = Process::start(cfg).await;
+    p.ready().await;
+    let req = http::Request::post(p.url("/entity/Default/x"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'x';
+            1000
+        ])))
+        .unwrap();
+    let r = crate::support::http::request(req).await;
+    assert_eq!(r.status, 200);
+    let line = p
+        .wait_for_log(ACCESS, 1)
+        .await
+        .into_iter()
+        .find(|l| l.contains(ACCESS))
+        .unwrap();
+    p.kill();
+    let v = serde_json::from_str(&line).unwrap();
+    (r, line, v)
 }

@@ -1,0 +1,168 @@
+//! The access log: one line per request, written when the answer's body has been sent (or the
+//! client went away), so that it can say how many bytes went each way and how long the whole
+//! exchange took. The line's fields are gathered while the pipeline runs; [`Line`] owns them
+//! and [`Logged`], the answer's body, writes the line when it ends or is dropped.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{Method, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+
+use crate::limits::Broken;
+use crate::{Body, BoxError};
+
+/// A header value as log text: `-` when absent or not visible ASCII.
+fn shown(v: Option<&HeaderValue>) -> &str {
+    v.and_then(|v| v.to_str().ok()).unwrap_or("-")
+}
+
+/// Everything one access-log line says, owned until the answer ends.
+pub(super) struct Line {
+    pub start: Instant,
+    pub request_id: HeaderValue,
+    pub trace_id: Option<String>,
+    pub client: std::net::SocketAddr,
+    /// The client's `X-Forwarded-For`, shown (its first address) only when trusted.
+    pub forwarded_for: Option<HeaderValue>,
+    pub trust_forwarded: bool,
+    pub method: Method,
+    pub host: Option<HeaderValue>,
+    /// The target: the log shows its path only.
+    pub uri: http::Uri,
+    pub version: Version,
+    pub user_agent: Option<HeaderValue>,
+    pub status: u16,
+    pub route: Option<Arc<str>>,
+    pub decision: &'static str,
+    pub token_refused: Option<&'static str>,
+    pub issuer: Option<Arc<str>>,
+    pub client_id: Option<Arc<str>>,
+    /// The subject as `log.subject` shows it (a tag, the raw `sub`, or nothing).
+    pub subject: Option<String>,
+    pub upstream: Option<Arc<str>>,
+    pub upstream_status: Option<u16>,
+    pub upstream_ms: Option<f64>,
+    pub session: Option<&'static str>,
+    pub lease_ms: Option<f64>,
+    /// The request body as read (None: there was none to read).
+    pub body_in: Option<Arc<Broken>>,
+    /// The answer's head was ready after this long.
+    pub head_ms: f64,
+}
+
+impl Line {
+    /// Writes the line: `bytes_out` body bytes were sent, `complete` unless the client left
+    /// (or the answer broke) before its end.
+    fn write(&self, bytes_out: u64, complete: bool) {
+        let forwarded_for = self
+            .trust_forwarded
+            .then(|| shown(self.forwarded_for.as_ref()).split(',').next())
+            .flatten()
+            .map_or("-", str::trim);
+        tracing::info!(
+            target: "tollgate::access",
+            route = self.route.as_deref().unwrap_or("none"),
+            method = self.method.as_str(),
+            status = self.status,
+            decision = self.decision,
+            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            head_ms = self.head_ms,
+            bytes_in = self.body_in.as_ref().map_or(0, |b| b.bytes_read()),
+            bytes_out,
+            complete,
+            upstream_status = self.upstream_status,
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            trace_id = self.trace_id.as_deref().unwrap_or("-"),
+            client = %self.client.ip(),
+            forwarded_for,
+            host = shown(self.host.as_ref()),
+            path = self.uri.path(),
+            protocol = ?self.version,
+            user_agent = shown(self.user_agent.as_ref()),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            upstream_ms = self.upstream_ms,
+            issuer = self.issuer.as_deref().unwrap_or("-"),
+            client_id = self.client_id.as_deref().unwrap_or("-"),
+            subject = self.subject.as_deref().unwrap_or("-"),
+            session = self.session.unwrap_or("-"),
+            token_refused = self.token_refused.unwrap_or("-"),
+            lease_ms = self.lease_ms,
+            "request"
+        );
+    }
+}
+
+/// The answer's body, counting what it sends; writes the access-log line once, at its end or
+/// when dropped before it.
+pub(super) struct Logged {
+    inner: Body,
+    line: Option<Box<Line>>,
+    sent: u64,
+}
+
+impl Logged {
+    pub(super) fn wrap(inner: Body, line: Line) -> Body {
+        Logged {
+            inner,
+            line: Some(Box::new(line)),
+            sent: 0,
+        }
+        .boxed()
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(line) = self.line.take() {
+            line.write(self.sent, complete);
+        }
+    }
+}
+
+impl HttpBody for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Ready(None) => this.finish(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        // A body the server never polled (a HEAD, an empty answer) is complete when it was
+        // empty; one dropped mid-way was cut off.
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
+    }
+}
