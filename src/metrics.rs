@@ -1,5 +1,5 @@
-//! Every metric tollgate exposes: the names (one constant each, so dashboards, alert rules and the
-//! README can be checked against this file), the registry, and typed handles.
+//! Every metric tollgate exposes: the names (one constant each, so dashboards, alert rules and
+//! docs/metrics.md can be checked against this file), the registry, and typed handles.
 //!
 //! Labels are bounded by construction: route ids and issuer / upstream ids come from the
 //! configuration, decisions and results from small enums, methods from a fixed list. Nothing taken

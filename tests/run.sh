@@ -10,7 +10,7 @@
 # installs a nightly toolchain and cargo-fuzz.
 #
 # After the tests: every fuzz target for FUZZ_SECONDS (default 20) and the soak for
-# SOAK_SECONDS (default 60) in release mode; the README gives the longer runs.
+# SOAK_SECONDS (default 60) in release mode; docs/testing.md gives the longer runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -33,8 +33,8 @@
 //! | `tollgate-legacy`          | tollgate in front of the fake legacy API, 100 grants         |
 //! | `tollgate-sessions`        | the same with `[upstream.session]` (memory store)            |
 //!
-//! The results go to `benches/results/peers.md` and `peers.svg`, and into the README's
-//! Performance section; with `PEERS_OUT` set they go there instead and the README is left
+//! The results go to `benches/results/peers.md` and `peers.svg`, and into
+//! `docs/performance.md`; with `PEERS_OUT` set they go there instead and `docs/` is left
 //! alone. The run fails (after writing them) when a tollgate row fails, has errors under load, or
 //! tollgate accepts a bad token; a peer's failures are reported, not fatal.
 //!
@@ -54,7 +54,7 @@
 //! | `measure.rs`      | one row in one round; the medians                                     |
 //! | `correctness.rs`  | the bad tokens and the matrix                                         |
 //! | `floor.rs`        | one signature verification on the gateway core (`openssl speed`)      |
-//! | `report.rs`       | the table, notes, versions; `peers.md`; the README's part             |
+//! | `report.rs`       | the table, notes, versions; `peers.md`; `docs/performance.md`'s part  |
 //! | `chart.rs`        | the SVG bar chart                                                     |
 //!
 //! Shared with `benches/load` (mounted with `#[path]`): its `fixtures.rs` (the JWKS,
@@ -447,7 +447,8 @@ impl Bench {
     }
 }
 
-/// Prints the report and writes it and the chart (and, for a default run, the README's part).
+/// Prints the report and writes it and the chart (and, for a default run, the part of
+/// `docs/performance.md`).
 fn publish(results: &[RowResult], ctx: &Context) -> anyhow::Result<()> {
     let markdown = report::markdown(results, ctx, "peers.svg");
     let svg = chart::svg(results, ctx, &report::machine_line(ctx));
@@ -458,9 +459,9 @@ fn publish(results: &[RowResult], ctx: &Context) -> anyhow::Result<()> {
         md.display(),
         chart.display()
     );
-    if ctx.settings.update_readme {
-        let readme = report::update_readme(results, ctx)?;
-        println!("benches/peers: updated {}", readme.display());
+    if ctx.settings.update_page {
+        let page = report::update_page(results, ctx)?;
+        println!("benches/peers: updated {}", page.display());
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The report: the results table (medians, ratios to nginx, the correctness column), the
 //! correctness matrix, req/s per round, the notes that explain the numbers, and the machine and
-//! versions; written as `peers.md` beside the chart, and (for a default run) into the README's
-//! Performance section between its markers.
+//! versions; written as `peers.md` beside the chart, and (for a default run) into
+//! `docs/performance.md` between its markers.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,9 +19,11 @@ use crate::settings::{
 };
 use crate::Row;
 
-/// The README's markers around the part the bench writes.
-const README_BEGIN: &str = "<!-- benches/peers: begin -->";
-const README_END: &str = "<!-- benches/peers: end -->";
+/// The page that shows the results, from the repository's root, and its markers around the part
+/// the bench writes.
+const PAGE: &str = "docs/performance.md";
+const PAGE_BEGIN: &str = "<!-- benches/peers: begin -->";
+const PAGE_END: &str = "<!-- benches/peers: end -->";
 /// Above this share of the gateway's core left idle, the gateway was not the bottleneck: wrk
 /// (on the load core) was.
 const SPARE: f64 = 0.05;
@@ -148,7 +150,7 @@ pub(crate) fn ratio(results: &[RowResult], m: &Medians) -> Option<f64> {
     nginx(results).map(|n| m.rps / n.rps.max(1e-9))
 }
 
-/// The results table, as the README and `peers.md` show it.
+/// The results table, as `docs/performance.md` and `peers.md` show it.
 pub(crate) fn table(results: &[RowResult], ctx: &Context) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -518,7 +520,7 @@ fn machine(ctx: &Context) -> Vec<String> {
     ]
 }
 
-/// The machine line the README shows above the table.
+/// The machine line `docs/performance.md` shows above the table.
 pub(crate) fn machine_line(ctx: &Context) -> String {
     let m = machine(ctx);
     format!("{}; {}; {}; {}", m[0], m[1], m[2], m[4])
@@ -541,21 +543,22 @@ pub(crate) fn write(out: &Path, markdown: &str, svg: &str) -> anyhow::Result<(Pa
     Ok((md, chart))
 }
 
-/// Replaces the README's part between the markers with this run's table and chart.
-pub(crate) fn update_readme(results: &[RowResult], ctx: &Context) -> anyhow::Result<PathBuf> {
-    let readme = settings::repo().join("README.md");
-    let text = std::fs::read_to_string(&readme)?;
-    let (Some(begin), Some(end)) = (text.find(README_BEGIN), text.find(README_END)) else {
-        bail!("README.md has no `{README_BEGIN}` … `{README_END}` markers");
+/// Replaces the part of `docs/performance.md` between the markers with this run's table and
+/// chart (linked relative to `docs/`).
+pub(crate) fn update_page(results: &[RowResult], ctx: &Context) -> anyhow::Result<PathBuf> {
+    let page = settings::repo().join(PAGE);
+    let text = std::fs::read_to_string(&page).with_context(|| page.display().to_string())?;
+    let (Some(begin), Some(end)) = (text.find(PAGE_BEGIN), text.find(PAGE_END)) else {
+        bail!("{PAGE} has no `{PAGE_BEGIN}` … `{PAGE_END}` markers");
     };
     let body = format!(
-        "{README_BEGIN}\n{}\n\n{}\n![req/s per row, with the ratio to nginx](benches/results/peers.svg)\n\n\
+        "{PAGE_BEGIN}\n{}\n\n{}\n![req/s per row, with the ratio to nginx](../benches/results/peers.svg)\n\n\
          The correctness matrix, req/s per round and the notes are in \
-         [benches/results/peers.md](benches/results/peers.md).\n",
+         [benches/results/peers.md](../benches/results/peers.md).\n",
         machine_line(ctx),
         table(results, ctx)
     );
     let updated = format!("{}{body}{}", &text[..begin], &text[end..]);
-    std::fs::write(&readme, updated)?;
-    Ok(readme)
+    std::fs::write(&page, updated)?;
+    Ok(page)
 }

@@ -31,10 +31,10 @@ pub(crate) struct Settings {
     pub(crate) rounds: u64,
     /// `PEERS_ROWS`: the rows to run (comma-separated names); all when unset.
     only: Selection,
-    /// `PEERS_OUT`: where the results go. By default `benches/results/`, and then the README's
-    /// Performance section is updated too; elsewhere (a quick run) the README is left alone.
+    /// `PEERS_OUT`: where the results go. By default `benches/results/`, and then
+    /// `docs/performance.md` is updated too; elsewhere (a quick run) it is left alone.
     pub(crate) out: PathBuf,
-    pub(crate) update_readme: bool,
+    pub(crate) update_page: bool,
     /// `PEERS_KEEP=1`: keep the run's directory (every configuration, token file and gateway
     /// log) instead of deleting it, to look into a failure.
     pub(crate) keep: bool,
@@ -50,7 +50,7 @@ impl Settings {
             seconds: positive("PEERS_SECONDS", 10)?,
             rounds: positive("PEERS_ROUNDS", 3)?,
             only: Selection::from_env("PEERS_ROWS"),
-            update_readme: out.is_none(),
+            update_page: out.is_none(),
             keep: std::env::var("PEERS_KEEP").is_ok_and(|v| v == "1"),
             tollgate: std::env::var_os("PEERS_TOLLGATE").map(PathBuf::from),
             out: out.unwrap_or_else(|| repo().join("benches/results")),

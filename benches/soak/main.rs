@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench soak                    # 10 minutes
 //! SOAK_SECONDS=60 cargo bench --bench soak    # what CI runs (tests/run.sh)
-//! bash tests/soak.sh [seconds]                # the same, from the README
+//! bash tests/soak.sh [seconds]                # the same, from docs/testing.md
 //! ```
 //!
 //! In this process: a JWKS server, a plain upstream and the fake legacy API (from

@@ -555,7 +555,7 @@ pub fn default_upstream_body_read_timeout() -> &'static str {
     "60s"
 }
 
-/// `[upstream.session]`: see the README's "Upstream sessions".
+/// `[upstream.session]`: see docs/sessions.md, "Upstream sessions".
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSection {

@@ -436,7 +436,7 @@ fn from_figment_with(
 /// The configuration `load` would read, as TOML: the file with the `TOLLGATE__` environment
 /// overrides applied, and the route file's routes when `server.routes_file` names one. Secrets
 /// (`password`, `client_secret`, `store.url`) are `***`, and so is the user-info of any URL.
-/// Keys left out are left out here too: their defaults are in the README's reference.
+/// Keys left out are left out here too: their defaults are in docs/configuration.md.
 pub fn effective_toml(path: &Path) -> Result<String, ConfigErrors> {
     let (figment, route_overrides) = layered(path)?;
     let origin = Origin::new(&figment, Some(path));

@@ -1,6 +1,6 @@
 //! `[upstream.session]` → [`SessionConfig`]: the rules of the session layer for one upstream
-//! (see shared design §6 and the README's "Upstream sessions"). Secrets and the HMAC key are read
-//! from their files here, once.
+//! (see shared design §6 and docs/sessions.md, "Upstream sessions"). Secrets and the HMAC key
+//! are read from their files here, once.
 
 use std::path::Path;
 use std::sync::Arc;

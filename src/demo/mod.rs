@@ -144,7 +144,8 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     }
 }
 
-/// The demo's configuration: the README's example, pointed at the demo servers.
+/// The demo's configuration: the reference example (`config/tollgate.toml`), pointed at the demo
+/// servers.
 pub fn demo_config(
     issuer: &str,
     legacy: SocketAddr,

@@ -1,5 +1,7 @@
 //! The floors of ARCHITECTURE.md, checked against the code: every `crate::` path in a module of
-//! `src/` (test code aside) names a module on a lower floor.
+//! `src/` (test code aside) names a module on a lower floor. Also the user documentation
+//! (README.md and docs/): its tables of contents, its links, the `config/` files it names, its
+//! production configuration and the metrics page, against the files and the code.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -122,23 +124,264 @@ fn the_check_sees_imports() {
     assert_eq!(found, ["auth", "proxy", "gateway", "session"]);
 }
 
-/// The README's table of contents lists every section, in order, and nothing else.
-#[test]
-fn the_readme_contents_list_every_section() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let (_, rest) = readme
-        .split_once("## Contents\n")
-        .expect("a Contents section");
-    let listed: Vec<&str> = rest
-        .lines()
-        .take_while(|l| !l.starts_with("## "))
-        .filter_map(|l| l.strip_prefix("- ["))
-        .filter_map(|l| l.split_once("](").map(|(title, _)| title))
+// The user documentation: README.md and docs/*.md, checked against themselves and the code.
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// README.md and every page of docs/, as (path from the repository's root, text).
+fn user_pages() -> Vec<(String, String)> {
+    let mut names = vec!["README.md".to_owned()];
+    let mut docs: Vec<String> = std::fs::read_dir(repo().join("docs"))
+        .expect("a docs/ folder")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .map(|p| format!("docs/{}", p.file_name().unwrap().to_string_lossy()))
         .collect();
-    let sections: Vec<&str> = rest.lines().filter_map(|l| l.strip_prefix("## ")).collect();
+    docs.sort();
+    names.extend(docs);
+    names
+        .into_iter()
+        .map(|n| {
+            let text = std::fs::read_to_string(repo().join(&n)).unwrap();
+            (n, text)
+        })
+        .collect()
+}
+
+/// The pages whose links are checked: the user pages and the other guides of the repository.
+fn linked_pages() -> Vec<(String, String)> {
+    let mut pages = user_pages();
+    for n in ["ARCHITECTURE.md", "benches/README.md", "deploy/README.md"] {
+        pages.push((
+            n.to_owned(),
+            std::fs::read_to_string(repo().join(n)).unwrap(),
+        ));
+    }
+    pages
+}
+
+/// The lines of a Markdown text outside its fenced code blocks.
+fn prose(text: &str) -> Vec<&str> {
+    let mut fenced = false;
+    text.lines()
+        .filter(|l| {
+            if l.trim_start().starts_with("```") {
+                fenced = !fenced;
+                return false;
+            }
+            !fenced
+        })
+        .collect()
+}
+
+/// The anchor GitHub gives a heading: lower case, punctuation dropped but for `-` and `_`,
+/// spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every anchor of a page's headings, a repeated one with GitHub's `-1`, `-2`, … suffix.
+fn anchors(text: &str) -> Vec<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    for line in prose(text) {
+        let hashes = line.chars().take_while(|&c| c == '#').count();
+        let Some(title) = line.get(hashes..).and_then(|t| t.strip_prefix(' ')) else {
+            continue;
+        };
+        if !(1..=6).contains(&hashes) {
+            continue;
+        }
+        let base = anchor(title);
+        let n = seen.entry(base.clone()).or_insert(0);
+        out.push(if *n == 0 { base } else { format!("{base}-{n}") });
+        *n += 1;
+    }
+    out
+}
+
+#[test]
+fn anchors_are_githubs() {
+    assert_eq!(anchor("`[upstream.session]`"), "upstreamsession");
     assert_eq!(
-        listed, sections,
-        "README.md: the Contents and the ## sections differ"
+        anchor("Protected resource metadata (RFC 9728)"),
+        "protected-resource-metadata-rfc-9728"
+    );
+    assert_eq!(
+        anchor("tollgate's own scenarios"),
+        "tollgates-own-scenarios"
+    );
+    assert_eq!(
+        anchors("# A\n## B\n```\n## not a heading\n```\n### B\n"),
+        ["a", "b", "b-1"]
+    );
+}
+
+/// Each page's table of contents (README.md and every page of docs/) lists its `##` sections,
+/// in order, and nothing else; a docs page also starts with its `# Title`.
+#[test]
+fn every_page_has_contents_that_list_its_sections() {
+    let mut wrong = Vec::new();
+    for (name, text) in user_pages() {
+        if name.starts_with("docs/") && !text.starts_with("# ") {
+            wrong.push(format!("{name}: does not start with a `# Title`"));
+        }
+        let Some((_, rest)) = text.split_once("\n## Contents\n") else {
+            wrong.push(format!("{name}: no `## Contents` section"));
+            continue;
+        };
+        let listed: Vec<&str> = rest
+            .lines()
+            .take_while(|l| !l.starts_with("## "))
+            .filter_map(|l| l.strip_prefix("- ["))
+            .filter_map(|l| l.split_once("](").map(|(title, _)| title))
+            .collect();
+        let sections: Vec<&str> = prose(rest)
+            .into_iter()
+            .filter_map(|l| l.strip_prefix("## "))
+            .collect();
+        if listed != sections {
+            wrong.push(format!(
+                "{name}: the Contents list {listed:?}, the ## sections are {sections:?}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Every relative link of the documentation (`](path)`, `](path#anchor)`, `](#anchor)`) names a
+/// file that exists and, with an anchor, a heading of that file.
+#[test]
+fn every_relative_link_in_the_documentation_resolves() {
+    let code = regex::Regex::new("`[^`]*`").unwrap();
+    let link = regex::Regex::new(r"\]\(([^()<> \t]+)\)").unwrap();
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for (name, text) in linked_pages() {
+        let dir = repo().join(&name).parent().unwrap().to_path_buf();
+        for line in prose(&text) {
+            let line = code.replace_all(line, "");
+            for c in link.captures_iter(&line) {
+                let target = &c[1];
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                checked += 1;
+                let (path, fragment) = target.split_once('#').unwrap_or((target, ""));
+                let file = if path.is_empty() {
+                    repo().join(&name)
+                } else {
+                    dir.join(path)
+                };
+                if !file.exists() {
+                    wrong.push(format!("{name}: {target}: no such file"));
+                    continue;
+                }
+                if fragment.is_empty() {
+                    continue;
+                }
+                let Ok(other) = std::fs::read_to_string(&file) else {
+                    wrong.push(format!(
+                        "{name}: {target}: an anchor into what is not a page"
+                    ));
+                    continue;
+                };
+                if !anchors(&other).iter().any(|a| a == fragment) {
+                    wrong.push(format!("{name}: {target}: no heading makes #{fragment}"));
+                }
+            }
+        }
+    }
+    assert!(checked >= 50, "only {checked} links found");
+    assert!(wrong.is_empty(), "broken links:\n{}", wrong.join("\n"));
+}
+
+/// Every `config/….toml` the documentation names exists (and so is checked by
+/// `cli::every_file_in_config_passes_check`).
+#[test]
+fn every_config_file_the_documentation_names_exists() {
+    let named = regex::Regex::new(r"(?:^|[^A-Za-z0-9_./-])(config/[A-Za-z0-9_.-]+\.toml)").unwrap();
+    let mut missing = Vec::new();
+    let mut found = 0;
+    for (name, text) in linked_pages() {
+        for c in named.captures_iter(&text) {
+            found += 1;
+            if !repo().join(&c[1]).is_file() {
+                missing.push(format!("{name}: {}", &c[1]));
+            }
+        }
+    }
+    assert!(found >= 5, "only {found} config/ files named");
+    assert!(missing.is_empty(), "named but missing: {missing:?}");
+}
+
+/// The README's production configuration is `config/production.toml`, word for word, so the
+/// test that checks every file in `config/` checks it too.
+#[test]
+fn the_readmes_production_configuration_is_the_checked_file() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let file = std::fs::read_to_string(repo().join("config/production.toml")).unwrap();
+    assert!(
+        readme.contains(&format!("```toml\n{file}```\n")),
+        "README.md's ```toml block differs from config/production.toml"
+    );
+}
+
+/// docs/metrics.md lists every metric family src/metrics.rs names, and no page of the
+/// documentation names another.
+#[test]
+fn the_metrics_page_lists_exactly_the_metric_families() {
+    let source = std::fs::read_to_string(repo().join("src/metrics.rs")).unwrap();
+    let constant =
+        regex::Regex::new(r#"pub const [A-Z0-9_]+: &str =[ \t\r\n]*"(tollgate_[a-z0-9_]+)""#)
+            .unwrap();
+    let families: Vec<String> = constant
+        .captures_iter(&source)
+        .map(|c| c[1].to_owned())
+        .collect();
+    assert!(
+        families.len() >= 30,
+        "only {} metric constants",
+        families.len()
+    );
+    let page = std::fs::read_to_string(repo().join("docs/metrics.md")).unwrap();
+    let unlisted: Vec<&String> = families
+        .iter()
+        .filter(|f| !page.contains(&format!("`{f}`")))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "docs/metrics.md does not list {unlisted:?}"
+    );
+    // Every other `tollgate_…` name the documentation gives is a metric family (or one of its
+    // histogram series), but for the handle cookie's default name.
+    let mentioned = regex::Regex::new(r"tollgate_[a-z0-9_]+").unwrap();
+    let known = |name: &str| {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|f| families.iter().any(|x| x == f))
+            .unwrap_or(name);
+        families.iter().any(|x| x == family) || name == "tollgate_session"
+    };
+    let mut unknown = Vec::new();
+    for (name, text) in user_pages() {
+        for m in mentioned.find_iter(&text) {
+            if !known(m.as_str()) {
+                unknown.push(format!("{name}: {}", m.as_str()));
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "the documentation names metrics that src/metrics.rs does not: {unknown:?}"
     );
 }

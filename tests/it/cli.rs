@@ -50,7 +50,7 @@ fn every_file_in_config_passes_check() {
         checked += 1;
     }
     assert!(checked >= 3, "only {checked} files in config/");
-    // The reference file is the README's, and parses to what it says.
+    // The reference file (docs/configuration.md's reference example) parses to what it says.
     let o = tollgate(
         &[
             "check",

@@ -1,7 +1,7 @@
 //! Failing parts around a session upstream: an upstream that breaks off or stalls mid-answer,
-//! and clients that hang up mid-answer or while queued. Each ends with the status the README
-//! names, and with no seat or lease leaked: the grant's next request is served at once on the
-//! same session, and the fake's leak detectors stay at zero.
+//! and clients that hang up mid-answer or while queued. Each ends with the status
+//! docs/responses.md names, and with no seat or lease leaked: the grant's next request is served
+//! at once on the same session, and the fake's leak detectors stay at zero.
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! The admin listener's /metrics, read by Prometheus's own parser (`promtool check metrics`), and
-//! the families and labels the README promises. Also: nothing of the admin API on the proxy port.
+//! the families and labels docs/metrics.md promises. Also: nothing of the admin API on the proxy
+//! port.
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -298,8 +298,9 @@ async fn pipelined_requests_are_each_routed_and_authorised() {
     );
 }
 
-/// A claim holding CR LF never splits an identity header: the header is left out (README,
-/// `[route.headers]`), the request still goes through, and nothing else is injected.
+/// A claim holding CR LF never splits an identity header: the header is left out
+/// (docs/configuration.md, `[route.headers]`), the request still goes through, and nothing else
+/// is injected.
 #[tokio::test]
 async fn a_claim_with_crlf_never_splits_an_identity_header() {
     let rig = Rig::start().await;

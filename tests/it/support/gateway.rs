@@ -65,7 +65,7 @@ impl TestGateway {
 }
 
 /// The standard test configuration: one issuer (JWKS URL of `issuer`), one upstream, and the
-/// README's four routes plus a catch-all public route under /public/.
+/// four routes of `config/tollgate.toml` plus a catch-all public route under /public/.
 pub fn config(issuer: &str, upstream: &str, extra: &str) -> String {
     format!(
         r#"

@@ -1,5 +1,5 @@
 //! A real `redis-server` (Debian's package, installed by the test command) on a free port,
-//! with an append-only file so that a restart keeps its data, as the README recommends.
+//! with an append-only file so that a restart keeps its data, as docs/sessions.md recommends.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
