@@ -40,6 +40,13 @@ enum Command {
         #[arg(long, required = true)]
         print: bool,
     },
+    /// Print the JSON Schema of the configuration file, for editors (taplo, VS Code's Even Better
+    /// TOML: `#:schema ./tollgate.schema.json` as the file's first line).
+    Schema {
+        /// The schema of a route file (`server.routes_file`) instead.
+        #[arg(long)]
+        routes: bool,
+    },
     /// Validate a configuration file (and its route file) and print a one-line summary.
     Check {
         #[arg(long, short, value_name = "FILE")]
@@ -99,6 +106,10 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Schema { routes } => {
+            println!("{}", config::schema(routes));
+            ExitCode::SUCCESS
         }
         Command::Config { config, print: _ } => match config::effective_toml(&config) {
             Ok(text) => {

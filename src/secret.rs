@@ -37,3 +37,16 @@ impl fmt::Debug for Secret {
         f.write_str("Secret(<redacted>)")
     }
 }
+
+impl schemars::JsonSchema for Secret {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Secret".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A secret: never logged, shown as *** by `tollgate config --print`."
+        })
+    }
+}

@@ -18,10 +18,11 @@
 use std::collections::BTreeMap;
 
 use crate::secret::Secret;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The main configuration file.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
@@ -46,7 +47,7 @@ pub struct FileConfig {
 }
 
 /// The separate route file named by `server.routes_file`: only `[[route]]` tables.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoutesFile {
     #[serde(default)]
@@ -56,7 +57,7 @@ pub struct RoutesFile {
 // === [store] ===
 
 /// `[store]`: where the session table (and shared introspection results) live.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     /// `memory` (one replica) or `redis`. By default [`default_store_kind`].
@@ -107,7 +108,7 @@ pub fn default_share_introspection() -> bool {
 // === [metadata] ===
 
 /// `[metadata]`: the protected resource metadata document (RFC 9728).
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataSection {
     /// The resource identifier: an absolute https URL (plain http for loopback hosts); required.
@@ -120,7 +121,7 @@ pub struct MetadataSection {
 
 // === [server] ===
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     /// Proxy listener, `IP:port`. By default [`default_listen`].
@@ -283,7 +284,7 @@ pub fn default_http2_keep_alive_timeout() -> &'static str {
 }
 
 /// `[server.tls]`
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     /// PEM certificate chain.
@@ -296,7 +297,7 @@ pub struct TlsSection {
 
 // === [log] ===
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
     /// `error`, `warn`, `info`, `debug` or `trace` (or a filter directive); `RUST_LOG` overrides
@@ -326,7 +327,7 @@ pub fn default_log_subject() -> &'static str {
 
 /// `[telemetry]`: OpenTelemetry traces exported over OTLP/HTTP (protobuf). Keys left out fall
 /// back to the standard `OTEL_*` environment variables, then to the defaults here.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySection {
     /// The collector's base URL (`http://127.0.0.1:4318`); spans go to `{otlp_endpoint}/v1/traces`.
@@ -366,7 +367,7 @@ pub fn default_log_format() -> &'static str {
 
 // === [[issuer]] ===
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerSection {
     pub id: Option<String>,
@@ -425,7 +426,7 @@ pub fn default_fetch_timeout() -> &'static str {
 }
 
 /// `[issuer.introspection]`: RFC 7662 token introspection.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionSection {
     /// By default the discovery document's `introspection_endpoint`.
@@ -508,7 +509,7 @@ pub fn default_breaker_cooldown() -> &'static str {
 
 // === [[upstream]] ===
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     pub id: Option<String>,
@@ -556,7 +557,7 @@ pub fn default_upstream_body_read_timeout() -> &'static str {
 }
 
 /// `[upstream.session]`: see docs/sessions.md, "Upstream sessions".
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSection {
     /// `by_scope`, `single` or `concurrent`. By default [`default_session_mode`].
@@ -789,7 +790,7 @@ pub fn default_error_bodies() -> &'static str {
 }
 
 /// `[upstream.session.credentials]`: the active login body.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialsSection {
     pub name: Option<String>,
@@ -806,7 +807,7 @@ pub struct CredentialsSection {
 
 // === [[route]] ===
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
     pub id: Option<String>,
@@ -849,7 +850,7 @@ pub fn default_route_auth() -> &'static str {
 }
 
 /// `[route.cors]`: the route answers browsers' preflights and sets CORS headers on its answers.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorsSection {
     /// Serialised origins (`https://app.example.com`), or `"*"` alone (not with credentials);
@@ -872,4 +873,173 @@ pub struct CorsSection {
 /// `Authorization` and `Content-Type`: what a browser client of a bearer JSON API sends.
 pub fn default_cors_allowed_headers() -> &'static [&'static str] {
     &["Authorization", "Content-Type"]
+}
+
+/// Every default above by its function's name, for `tollgate schema` (which shows the values
+/// where the docs name the functions).
+pub fn defaults() -> Vec<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    vec![
+        ("default_store_kind", json!(default_store_kind())),
+        ("default_key_prefix", json!(default_key_prefix())),
+        ("default_store_timeout", json!(default_store_timeout())),
+        ("default_lease_ttl", json!(default_lease_ttl())),
+        (
+            "default_share_introspection",
+            json!(default_share_introspection()),
+        ),
+        (
+            "default_body_read_timeout",
+            json!(default_body_read_timeout()),
+        ),
+        ("default_send_timeout", json!(default_send_timeout())),
+        ("default_listen", json!(default_listen())),
+        ("default_admin_listen", json!(default_admin_listen())),
+        ("default_realm", json!(default_realm())),
+        (
+            "default_token_cache_capacity",
+            json!(default_token_cache_capacity()),
+        ),
+        ("default_shutdown_grace", json!(default_shutdown_grace())),
+        (
+            "default_max_header_bytes",
+            json!(default_max_header_bytes()),
+        ),
+        (
+            "default_header_read_timeout",
+            json!(default_header_read_timeout()),
+        ),
+        ("default_idle_timeout", json!(default_idle_timeout())),
+        ("default_max_connections", json!(default_max_connections())),
+        ("default_max_body", json!(default_max_body())),
+        ("default_watch_config", json!(default_watch_config())),
+        (
+            "default_http2_max_concurrent_streams",
+            json!(default_http2_max_concurrent_streams()),
+        ),
+        (
+            "default_http2_max_pending_accept_reset_streams",
+            json!(default_http2_max_pending_accept_reset_streams()),
+        ),
+        (
+            "default_http2_max_local_error_reset_streams",
+            json!(default_http2_max_local_error_reset_streams()),
+        ),
+        (
+            "default_http2_keep_alive_interval",
+            json!(default_http2_keep_alive_interval()),
+        ),
+        (
+            "default_http2_keep_alive_timeout",
+            json!(default_http2_keep_alive_timeout()),
+        ),
+        ("default_log_subject", json!(default_log_subject())),
+        ("default_service_name", json!(default_service_name())),
+        (
+            "default_telemetry_timeout",
+            json!(default_telemetry_timeout()),
+        ),
+        ("default_log_level", json!(default_log_level())),
+        ("default_log_format", json!(default_log_format())),
+        ("default_algorithms", json!(default_algorithms())),
+        ("default_leeway", json!(default_leeway())),
+        ("default_jwks_refresh", json!(default_jwks_refresh())),
+        (
+            "default_jwks_min_refresh",
+            json!(default_jwks_min_refresh()),
+        ),
+        ("default_fetch_timeout", json!(default_fetch_timeout())),
+        ("default_auth_method", json!(default_auth_method())),
+        (
+            "default_introspection_timeout",
+            json!(default_introspection_timeout()),
+        ),
+        ("default_cache_max_ttl", json!(default_cache_max_ttl())),
+        ("default_negative_ttl", json!(default_negative_ttl())),
+        ("default_serve_stale", json!(default_serve_stale())),
+        (
+            "default_introspection_cache_capacity",
+            json!(default_introspection_cache_capacity()),
+        ),
+        (
+            "default_breaker_failures",
+            json!(default_breaker_failures()),
+        ),
+        (
+            "default_breaker_cooldown",
+            json!(default_breaker_cooldown()),
+        ),
+        ("default_connect_timeout", json!(default_connect_timeout())),
+        (
+            "default_upstream_timeout",
+            json!(default_upstream_timeout()),
+        ),
+        (
+            "default_upstream_body_read_timeout",
+            json!(default_upstream_body_read_timeout()),
+        ),
+        ("default_session_mode", json!(default_session_mode())),
+        (
+            "default_concurrent_scope",
+            json!(default_concurrent_scope()),
+        ),
+        ("default_creation", json!(default_creation())),
+        ("default_login_path", json!(default_login_path())),
+        ("default_logout_path", json!(default_logout_path())),
+        ("default_marker_cookies", json!(default_marker_cookies())),
+        (
+            "default_expired_redirect",
+            json!(default_expired_redirect()),
+        ),
+        (
+            "default_max_sessions_per_grant",
+            json!(default_max_sessions_per_grant()),
+        ),
+        (
+            "default_max_inflight_per_session",
+            json!(default_max_inflight_per_session()),
+        ),
+        (
+            "default_max_queue_per_session",
+            json!(default_max_queue_per_session()),
+        ),
+        (
+            "default_max_parallel_logins",
+            json!(default_max_parallel_logins()),
+        ),
+        ("default_max_queue_wait", json!(default_max_queue_wait())),
+        ("default_idle_ttl", json!(default_idle_ttl())),
+        ("default_max_session_age", json!(default_max_session_age())),
+        ("default_admission_wait", json!(default_admission_wait())),
+        ("default_login_timeout", json!(default_login_timeout())),
+        ("default_logout_timeout", json!(default_logout_timeout())),
+        (
+            "default_login_failure_cooldown",
+            json!(default_login_failure_cooldown()),
+        ),
+        (
+            "default_relogin_min_interval",
+            json!(default_relogin_min_interval()),
+        ),
+        (
+            "default_min_idle_before_evict",
+            json!(default_min_idle_before_evict()),
+        ),
+        ("default_op_ttl", json!(default_op_ttl())),
+        ("default_max_replay_body", json!(default_max_replay_body())),
+        ("default_max_jar_cookies", json!(default_max_jar_cookies())),
+        ("default_max_jar_bytes", json!(default_max_jar_bytes())),
+        ("default_handle_cookie", json!(default_handle_cookie())),
+        (
+            "default_concurrent_without_handle",
+            json!(default_concurrent_without_handle()),
+        ),
+        ("default_grant_key", json!(default_grant_key())),
+        ("default_error_bodies", json!(default_error_bodies())),
+        ("default_route_auth", json!(default_route_auth())),
+        (
+            "default_cors_allowed_headers",
+            json!(default_cors_allowed_headers()),
+        ),
+    ]
 }

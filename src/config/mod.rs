@@ -490,6 +490,103 @@ pub fn from_toml_str(toml: &str) -> Result<Config, ConfigErrors> {
     from_figment(&Figment::new().merge(Toml::string(toml)), None)
 }
 
+/// `tollgate schema`: the JSON Schema (draft 2020-12) of the configuration file, or with
+/// `routes` of a route file (`server.routes_file`). Derived from the raw structs, so it accepts
+/// exactly the keys the parser accepts; values that need checking (durations, URLs) are strings
+/// here and are checked by `tollgate check`.
+pub fn schema(routes: bool) -> String {
+    let mut schema = if routes {
+        schemars::schema_for!(file::RoutesFile)
+    } else {
+        schemars::schema_for!(file::FileConfig)
+    };
+    let title = if routes {
+        "tollgate route file"
+    } else {
+        "tollgate configuration"
+    };
+    schema.insert("title".to_owned(), title.into());
+    let defaults: std::collections::HashMap<&str, serde_json::Value> =
+        file::defaults().into_iter().collect();
+    let mut value = schema.to_value();
+    for_editors(&mut value, &defaults);
+    serde_json::to_string_pretty(&value).unwrap_or_default()
+}
+
+/// The derived schema as an editor wants it: TOML has no null, so `Option` is just the type;
+/// the descriptions name default values, not the functions that hold them; rustdoc's link
+/// brackets go. The serde `default`s of whole sections (objects of nulls) are left out.
+fn for_editors(
+    v: &mut serde_json::Value,
+    defaults: &std::collections::HashMap<&str, serde_json::Value>,
+) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            map.remove("default");
+            if let Some(Value::Array(types)) = map.get("type") {
+                let kept: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
+                if kept.len() == 1 {
+                    map.insert("type".to_owned(), kept[0].clone());
+                }
+            }
+            if let Some(Value::Array(any)) = map.get("anyOf") {
+                let kept: Vec<Value> = any
+                    .iter()
+                    .filter(|a| a.get("type") != Some(&Value::from("null")))
+                    .cloned()
+                    .collect();
+                if kept.len() == 1 {
+                    map.remove("anyOf");
+                    if let Value::Object(only) = &kept[0] {
+                        for (k, x) in only {
+                            map.insert(k.clone(), x.clone());
+                        }
+                    }
+                }
+            }
+            if let Some(Value::String(d)) = map.get_mut("description") {
+                *d = describe(d, defaults);
+            }
+            for x in map.values_mut() {
+                for_editors(x, defaults);
+            }
+        }
+        Value::Array(items) => {
+            for x in items {
+                for_editors(x, defaults);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A doc comment for an editor: "[`default_log_level`]" becomes `"info"`, other rustdoc links
+/// lose their brackets, and line breaks inside a paragraph become spaces.
+fn describe(doc: &str, defaults: &std::collections::HashMap<&str, serde_json::Value>) -> String {
+    let mut out = String::with_capacity(doc.len());
+    let mut rest = doc;
+    while let Some(i) = rest.find("[`") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(j) = after.find("`]") else {
+            out.push_str(&rest[i..]);
+            rest = "";
+            break;
+        };
+        let name = &after[..j];
+        match defaults.get(name) {
+            Some(value) => out.push_str(&format!("`{value}`")),
+            None => out.push_str(&format!("`{name}`")),
+        }
+        rest = &after[j + 2..];
+    }
+    out.push_str(rest);
+    out.replace("\n\n", "\u{2029}")
+        .replace('\n', " ")
+        .replace('\u{2029}', "\n\n")
+}
+
 /// Names where a key's value came from, so that errors point at the right file.
 pub(crate) struct Origin<'a> {
     figment: &'a Figment,

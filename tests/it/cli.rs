@@ -661,3 +661,67 @@ scopes = ["api"]
     );
     assert!(!text(&bad).contains("not-the-password"));
 }
+
+/// `tollgate schema`: a JSON Schema that every example in `config/` satisfies, and that an editor
+/// can use to catch what `tollgate check` would refuse for its shape (an unknown key, a value of
+/// the wrong type).
+#[test]
+fn the_schema_accepts_every_example_and_refuses_typos() {
+    let compile = |args: &[&str]| {
+        let o = tollgate(args, &[]);
+        assert!(o.status.success(), "{}", text(&o));
+        let schema: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            schema["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains("default_"),
+            "a default is named by its function, not its value"
+        );
+        jsonschema::validator_for(&schema).unwrap()
+    };
+    let main = compile(&["schema"]);
+    let routes = compile(&["schema", "--routes"]);
+    let as_json = |toml_text: &str| -> serde_json::Value { toml::from_str(toml_text).unwrap() };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let doc = as_json(&std::fs::read_to_string(&path).unwrap());
+        let validator = if tollgate::config::is_routes_file(&path) {
+            &routes
+        } else {
+            &main
+        };
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 4);
+    for (bad, why) in [
+        ("[server]\nlisten_addr = \"0.0.0.0:1\"\n", "an unknown key"),
+        (
+            "[server]\nmax_connections = \"many\"\n",
+            "a string for a number",
+        ),
+        (
+            "[[route]]\nid = \"r\"\nscopes = \"api\"\n",
+            "a string for a list",
+        ),
+        (
+            "[telemetry]\nsample_ratio = \"all\"\n",
+            "a string for a ratio",
+        ),
+        ("[bogus]\n", "an unknown table"),
+    ] {
+        assert!(!main.is_valid(&as_json(bad)), "the schema accepts {why}");
+    }
+    assert!(!routes.is_valid(&as_json("[server]\nlisten = \"x\"\n")));
+}
