@@ -75,6 +75,7 @@ impl IssuerVerifier {
             return Err(AuthError::IdpUnavailable {
                 issuer: self.id.clone(),
                 retry_after: 5,
+                what: super::Unreachable::Keys,
             });
         };
         let keys = match keys.find(header.kid.as_deref(), header.alg) {
@@ -95,6 +96,7 @@ impl IssuerVerifier {
                 return Err(AuthError::IdpUnavailable {
                     issuer: self.id.clone(),
                     retry_after: self.jwks.retry_after(),
+                    what: super::Unreachable::Keys,
                 });
             }
             return Err(InvalidToken::UnknownKey.into());

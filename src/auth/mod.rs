@@ -96,7 +96,21 @@ pub enum AuthError {
     /// The issuer cannot answer (keys never fetched, introspection failing): the token may be
     /// fine, so this is a 503 with `Retry-After`, never a 401.
     #[error("issuer {issuer} is unavailable")]
-    IdpUnavailable { issuer: Arc<str>, retry_after: u64 },
+    IdpUnavailable {
+        issuer: Arc<str>,
+        retry_after: u64,
+        /// What could not be reached: the key set, or the introspection endpoint.
+        what: Unreachable,
+    },
+}
+
+/// The part of an issuer that could not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// The key set (never fetched, or failing while the token's `kid` is unknown).
+    Keys,
+    /// The introspection endpoint.
+    Introspection,
 }
 
 impl AuthError {
@@ -105,7 +119,16 @@ impl AuthError {
     pub fn failure_reason(&self) -> Option<&'static str> {
         let reason = match self {
             AuthError::Bearer(_) => return None,
-            AuthError::IdpUnavailable { .. } => "introspection_error",
+            // The token's key could not be checked: counted with the unknown keys, so that a key
+            // outage shows up where a rotation would.
+            AuthError::IdpUnavailable {
+                what: Unreachable::Keys,
+                ..
+            } => "key_unknown",
+            AuthError::IdpUnavailable {
+                what: Unreachable::Introspection,
+                ..
+            } => "introspection_error",
             AuthError::InvalidToken(e) => match e {
                 InvalidToken::Malformed
                 | InvalidToken::MissingClaim
@@ -493,19 +516,18 @@ impl Verifier {
 
 #[cfg(test)]
 mod tests {
-    use super::{AuthError, InvalidToken};
+    use super::{AuthError, InvalidToken, Unreachable};
     use crate::metrics::AUTH_FAILURE_REASONS;
 
     #[test]
     fn every_failure_reason_is_one_the_metric_declares() {
-        let errors =
-            InvalidToken::ALL
-                .into_iter()
-                .map(AuthError::from)
-                .chain([AuthError::IdpUnavailable {
-                    issuer: "erp".into(),
-                    retry_after: 5,
-                }]);
+        let errors = InvalidToken::ALL.into_iter().map(AuthError::from).chain(
+            [Unreachable::Keys, Unreachable::Introspection].map(|what| AuthError::IdpUnavailable {
+                issuer: "erp".into(),
+                retry_after: 5,
+                what,
+            }),
+        );
         for e in errors {
             let reason = e.failure_reason().expect("a token failure");
             assert!(AUTH_FAILURE_REASONS.contains(&reason), "{reason}");

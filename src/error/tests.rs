@@ -46,6 +46,7 @@ fn idp_down_is_503_with_retry_after_and_no_challenge() {
         AuthError::IdpUnavailable {
             issuer: "erp".into(),
             retry_after: 5,
+            what: crate::auth::Unreachable::Keys,
         }
         .into(),
     );

@@ -281,6 +281,15 @@ async fn an_idp_that_flaps_during_a_key_rotation_never_turns_new_tokens_into_401
     assert_eq!(r.json()["error"], "temporarily_unavailable");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(r.header("www-authenticate"), None, "not a token problem");
+    // Counted where a key rotation would show, not as an introspection failure.
+    let m = gw.metrics().await;
+    assert!(m
+        .value(r#"tollgate_auth_failures_total{issuer="erp",reason="key_unknown"}"#)
+        .is_some_and(|v| v >= 1.0));
+    assert_eq!(
+        m.value(r#"tollgate_auth_failures_total{issuer="erp",reason="introspection_error"}"#),
+        Some(0.0)
+    );
     // A token of the old key never seen before verifies against the kept key set.
     let mut bob = idp.claims();
     bob["sub"] = json!("bob");

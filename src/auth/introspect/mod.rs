@@ -191,6 +191,7 @@ impl Introspector {
                 Err(AuthError::IdpUnavailable {
                     issuer: self.issuer_id.clone(),
                     retry_after,
+                    what: crate::auth::Unreachable::Introspection,
                 })
             }
         }
