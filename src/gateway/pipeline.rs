@@ -351,10 +351,10 @@ impl Gateway {
         trace: &RequestTrace,
     ) -> Result<Response<Incoming>, GatewayError> {
         let step = trace.upstream_call(req.method(), req.uri());
-        if step.is_on() {
+        if step.is_recording() {
             step.note("tollgate.upstream", upstream.id.to_string());
-            step.inject(req.headers_mut());
         }
+        step.inject(req.headers_mut());
         let sent = Instant::now();
         let resp = match lease.and_then(Lease::lost) {
             None => upstream.send(req).await.map_err(GatewayError::from),
@@ -552,10 +552,12 @@ async fn verify(
         .verifier
         .verify_noting(token, requirement.issuer.as_ref(), &mut cached)
         .await;
-    step.note("tollgate.token.cache", if cached { "hit" } else { "miss" });
-    match &verified {
-        Ok(p) => step.note("tollgate.issuer", p.issuer.to_string()),
-        Err(e) => step.fail(e.failure_reason().unwrap_or("unavailable")),
+    if step.is_recording() {
+        step.note("tollgate.token.cache", if cached { "hit" } else { "miss" });
+        match &verified {
+            Ok(p) => step.note("tollgate.issuer", p.issuer.to_string()),
+            Err(e) => step.fail(e.failure_reason().unwrap_or("unavailable")),
+        }
     }
     Ok(verified?)
 }

@@ -34,7 +34,7 @@ use http::header::{HeaderMap, HeaderName};
 use http::{Method, Version};
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{
-    FutureExt as _, Link, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
+    FutureExt as _, Link, Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
@@ -141,26 +141,29 @@ impl Telemetry {
             (true, false) => (Context::new(), vec![Link::with_context(remote)]),
             (false, _) => (Context::new(), Vec::new()),
         };
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", request.method.as_str().to_owned()),
-            KeyValue::new("url.path", request.path.to_owned()),
-            KeyValue::new("url.scheme", if request.tls { "https" } else { "http" }),
-            KeyValue::new("client.address", request.client.ip().to_string()),
-            KeyValue::new("network.protocol.version", protocol(request.version)),
-        ];
-        if let Some(host) = request.host {
-            attributes.push(KeyValue::new("server.address", host.to_owned()));
-        }
-        if let Some(ua) = request.user_agent {
-            attributes.push(KeyValue::new("user_agent.original", ua.to_owned()));
-        }
-        let span = t
+        let mut span = t
             .tracer
-            .span_builder(request.method.as_str().to_owned())
+            .span_builder(method_name(request.method))
             .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
             .with_links(links)
             .start_with_context(&t.tracer, &parent);
+        // The sampler reads no attribute: a span that is not recorded is spared making them.
+        if span.is_recording() {
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", method_name(request.method)),
+                KeyValue::new("url.path", request.path.to_owned()),
+                KeyValue::new("url.scheme", if request.tls { "https" } else { "http" }),
+                KeyValue::new("client.address", request.client.ip().to_string()),
+                KeyValue::new("network.protocol.version", protocol(request.version)),
+            ];
+            if let Some(host) = request.host {
+                attributes.push(KeyValue::new("server.address", host.to_owned()));
+            }
+            if let Some(ua) = request.user_agent {
+                attributes.push(KeyValue::new("user_agent.original", ua.to_owned()));
+            }
+            span.set_attributes(attributes);
+        }
         let cx = parent.with_span(span).with_value(Carrier(t.clone()));
         RequestTrace {
             cx: Some(cx),
@@ -180,6 +183,17 @@ pub struct Request<'a> {
     pub client: SocketAddr,
     pub tls: bool,
     pub headers: &'a HeaderMap,
+}
+
+/// A method's name, without an allocation for the standard ones.
+fn method_name(m: &Method) -> std::borrow::Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().find(|s| **s == m.as_str()) {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(m.as_str().to_owned()),
+    }
 }
 
 fn protocol(v: Version) -> &'static str {
@@ -301,9 +315,14 @@ pub struct Step {
 }
 
 impl Step {
-    /// True when the step has a span (tracing is on), so that attributes worth computing are.
+    /// True when the step has a span (tracing is on): it has a context to propagate.
     pub fn is_on(&self) -> bool {
         self.cx.is_some()
+    }
+
+    /// True when the step's span is recorded (sampled), so that attributes worth computing are.
+    pub fn is_recording(&self) -> bool {
+        self.cx.as_ref().is_some_and(|cx| cx.span().is_recording())
     }
 
     /// Sets an attribute (when the span is recorded).
@@ -398,7 +417,7 @@ fn client_step(
     let step = Step {
         cx: Context::map_current(|cx| child(cx, name, SpanKind::Client)),
     };
-    if step.is_on() {
+    if step.is_recording() {
         let (full, host, port) = describe();
         step.note("http.request.method", method.as_str().to_owned());
         step.note("url.full", full);
