@@ -1,6 +1,6 @@
 //! The gateway configurations of the scenarios, as TOML: the JWT gateway (public and protected
-//! route), the introspection gateway, and the gateway in front of the fake legacy API without and
-//! with the session layer (memory or Redis store). Written out in full so that each scenario's
+//! route), with or without `[telemetry]`, the introspection gateway, and the gateway in front of
+//! the fake legacy API without and with the session layer (memory or Redis store). Written out in full so that each scenario's
 //! setup can be read in one place.
 
 use std::path::PathBuf;
@@ -59,6 +59,19 @@ prefix = "/api/"
 methods = ["GET", "HEAD"]
 upstream = "backend"
 scopes = ["api"]
+"#
+    )
+}
+
+/// `config` with `[telemetry]` added: spans exported over OTLP/HTTP (protobuf) to
+/// `{endpoint}/v1/traces`, new traces sampled at `sample_ratio`; the default `timeout`.
+pub(crate) fn traced(config: &str, endpoint: &str, sample_ratio: f64) -> String {
+    format!(
+        r#"{config}
+[telemetry]
+otlp_endpoint = "{endpoint}"
+service_name = "tollgate-bench"
+sample_ratio = {sample_ratio:?}
 "#
     )
 }

@@ -1,7 +1,8 @@
 //! What the scenarios run against, all in this process or started by it on 127.0.0.1: the JWKS
-//! server, the introspection server, the minimal upstream, the fake legacy API, the bench's own
-//! redis-server, the gateways; the tokens they accept; and the plain HTTP the main thread speaks
-//! to them (logins to the fake, the gateways' `/metrics`, the fake's counters).
+//! server, the introspection server, the minimal upstream, the OTLP sink, the fake legacy API,
+//! the bench's own redis-server, the gateways; the tokens they accept; the plain HTTP the main
+//! thread speaks to them (logins to the fake, the gateways' `/metrics`, the fake's counters); and
+//! this process's CPU time.
 //!
 //! The HTTP servers are served by the gateway's own accept loop ([`tollgate::serve`]) rather
 //! than one of the bench's, so that the bench has no server code of its own to keep up.
@@ -23,6 +24,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
+use prost::Message as _;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -181,6 +183,128 @@ async fn introspect(
             "client_id": "bench", "token_type": "Bearer", "iat": now, "exp": now + 3600,
         }),
     )
+}
+
+/// What an OTLP sink has received: export requests, their body bytes, the spans in them, and the
+/// requests it refused (not `POST /v1/traces`, or a body that is not an export request).
+#[derive(Default)]
+pub(crate) struct Exports {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    spans: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// [`Exports`] read at one moment; the difference of two readings is what came in between.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct ExportCount {
+    pub(crate) requests: u64,
+    pub(crate) bytes: u64,
+    pub(crate) spans: u64,
+    pub(crate) refused: u64,
+}
+
+impl Exports {
+    pub(crate) fn count(&self) -> ExportCount {
+        ExportCount {
+            requests: self.requests.load(Ordering::SeqCst),
+            bytes: self.bytes.load(Ordering::SeqCst),
+            spans: self.spans.load(Ordering::SeqCst),
+            refused: self.refused.load(Ordering::SeqCst),
+        }
+    }
+}
+
+impl std::ops::Sub for ExportCount {
+    type Output = ExportCount;
+    fn sub(self, before: ExportCount) -> ExportCount {
+        ExportCount {
+            requests: self.requests - before.requests,
+            bytes: self.bytes - before.bytes,
+            spans: self.spans - before.spans,
+            refused: self.refused - before.refused,
+        }
+    }
+}
+
+/// An OTLP/HTTP trace sink: `POST /v1/traces` answered 200 with `content-type:
+/// application/x-protobuf` and an empty body (an empty `ExportTraceServiceResponse`: all
+/// accepted), counted in `exports`; anything else 404, and a body that does not parse 400, both
+/// counted as refused. Returns its base URL, the gateway's `otlp_endpoint`.
+pub(crate) async fn otlp_sink(exports: Arc<Exports>) -> anyhow::Result<String> {
+    let (listener, addr) = bind().await?;
+    spawn(listener, move |req: Request<Incoming>| {
+        let exports = exports.clone();
+        async move {
+            let status = receive_export(req, &exports).await;
+            if status != StatusCode::OK {
+                exports.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut resp = Response::new(tollgate::proxy::full(Bytes::new()));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-protobuf"),
+            );
+            resp
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+/// One request to the OTLP sink: counted when it is an export; the answer's status.
+async fn receive_export(req: Request<Incoming>, exports: &Exports) -> StatusCode {
+    if req.method() != http::Method::POST || req.uri().path() != "/v1/traces" {
+        return StatusCode::NOT_FOUND;
+    }
+    let Ok(body) = req.into_body().collect().await else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let body = body.to_bytes();
+    let Ok(export) = otlp::ExportTraceServiceRequest::decode(&body[..]) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let spans: usize = export
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum();
+    exports.requests.fetch_add(1, Ordering::Relaxed);
+    exports
+        .bytes
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    exports.spans.fetch_add(spans as u64, Ordering::Relaxed);
+    StatusCode::OK
+}
+
+/// Just enough of OTLP's messages to count the spans of an export request: the repeated fields
+/// that lead to the spans, with the field numbers of `opentelemetry/proto/collector/trace/v1`
+/// and `opentelemetry/proto/trace/v1` (as in `opentelemetry-proto`'s generated types). prost
+/// skips every other field as unknown, and a span has no field here, so the sink pays a length
+/// prefix per span instead of decoding its ids, names and attributes: its CPU time counts in the
+/// bench process's, which the tracing scenarios report.
+mod otlp {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct ExportTraceServiceRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub(super) resource_spans: Vec<ResourceSpans>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct ResourceSpans {
+        #[prost(message, repeated, tag = "2")]
+        pub(super) scope_spans: Vec<ScopeSpans>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct ScopeSpans {
+        #[prost(message, repeated, tag = "2")]
+        pub(super) spans: Vec<Span>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Span {}
 }
 
 /// A fake legacy API as every legacy scenario has it: `LEGACY_SEATS` seats and no `.ASPXAUTH`
@@ -510,6 +634,35 @@ pub(crate) fn legacy_stats(
         max_concurrency,
         seats_after_shutdown: None,
     }
+}
+
+// === this process's CPU time ===
+
+/// The CPU time this process has used so far (user + system, summed by the kernel over all its
+/// threads: the gateways, the in-process servers, the trace exporters' threads; not wrk or
+/// redis-server, which are processes of their own), in seconds; `None` without `/proc`.
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from the last `)`.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    // fields[0] is field 3 (state); utime and stime are fields 14 and 15, in clock ticks.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks() as f64)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux when it cannot be asked).
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .stdin(Stdio::null())
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100)
+    })
 }
 
 // === the bench's redis-server ===

@@ -8,13 +8,15 @@
 //! ```
 //!
 //! Everything runs in this process on 127.0.0.1 (one multi-threaded tokio runtime): a JWKS server,
-//! a minimal RFC 7662 introspection server and the upstream (200 with a ~100-byte JSON body), all
-//! three on the gateway's own accept loop ([`tollgate::serve`]), the fake legacy API
-//! ([`tollgate::demo::legacy::FakeLegacy`], `max_api_users = 300`) and six gateways started with
-//! [`tollgate::App::start`]: JWT with the default token cache and with `token_cache_capacity = 1`,
-//! introspection with the default introspection cache and with `cache_capacity = 1`, and JWT in
-//! front of the fake without and with `[upstream.session]`. No tracing subscriber is installed,
-//! so the gateways log nothing.
+//! a minimal RFC 7662 introspection server, the upstream (200 with a ~100-byte JSON body) and two
+//! OTLP/HTTP sinks (`POST /v1/traces`: 200, counted), all on the gateway's own accept loop
+//! ([`tollgate::serve`]), the fake legacy API ([`tollgate::demo::legacy::FakeLegacy`],
+//! `max_api_users = 300`) and eight gateways started with [`tollgate::App::start`]: JWT with the
+//! default token cache, the same with `[telemetry]` exporting to a sink of its own at
+//! `sample_ratio = 0` and at `= 1`, JWT with `token_cache_capacity = 1`, introspection with the
+//! default introspection cache and with `cache_capacity = 1`, and JWT in front of the fake
+//! without and with `[upstream.session]`. No tracing subscriber is installed, so the gateways log
+//! nothing.
 //! Scenarios, each a 2 s warm-up and then `wrk -t2 -c64 -d10s --latency`:
 //!
 //! | scenario                 | what                                                              |
@@ -23,6 +25,8 @@
 //! | `public`                 | tollgate, public route (`auth = "none"`)                          |
 //! | `jwt-one-token`          | tollgate, route with `scopes = ["api"]`, one RS256 token reused   |
 //! | `jwt-10k-tokens`         | same route, 10,000 distinct tokens cycled by `benches/tokens.lua` |
+//! | `jwt-10k-traced-0`       | same, `[telemetry]` with `sample_ratio = 0` (nothing exported)    |
+//! | `jwt-10k-traced-1`       | same, `sample_ratio = 1` (every request's spans exported)         |
 //! | `jwt-10k-no-cache`       | same, `token_cache_capacity = 1` (a signature check each)         |
 //! | `introspection-cached`   | `validation = "introspection"`, 10,000 opaque tokens cycled       |
 //! | `introspection-uncached` | same, `[issuer.introspection] cache_capacity = 1` (a call each)   |
@@ -46,15 +50,21 @@
 //! For `sessions-redis-2` the two wrk processes' req/s are summed and the worse p50 and p99 are
 //! reported; `TOLLGATE_BENCH_THREAD_BASE` starts the second where a second wrk thread would.
 //!
-//! The table is printed and written to `target/bench-results.md`, with the introspection
-//! scenarios' req/s relative to `jwt-10k-tokens`, their introspection calls (counted by the
-//! introspection server), every token scenario's cache hit rate, the cost of the session layer
+//! The table is printed and written to `target/bench-results.md`, with the tracing scenarios'
+//! req/s, the bench process's CPU per request (`/proc/self/stat`) and latency relative to
+//! `jwt-10k-tokens` (tracing off) and what their sinks received (export requests, bytes, spans,
+//! hence roughly how many spans the batch processor dropped), the introspection scenarios' req/s
+//! relative to `jwt-10k-tokens`, their introspection calls (counted by the introspection server),
+//! every token scenario's cache hit rate, the cost of the session layer
 //! (`legacy-sessions` against `legacy-nosession`), the fake's login and leak counters, and the
 //! session store's ratios (`sessions-redis-1` / `sessions-memory-1`, `sessions-redis-2` /
 //! `sessions-redis-1`). A scenario with non-2xx responses or socket errors is flagged in the
 //! table and makes the run fail, and so does a leak counter above 0 (or concurrency above 1 on
 //! one session) in `legacy-sessions` and the `sessions-*` scenarios, a login count other than 100
-//! or a store error in the `sessions-*` scenarios.
+//! or a store error in the `sessions-*` scenarios, and any export from `jwt-10k-traced-0` or no
+//! span exported while `jwt-10k-traced-1` was measured. Without `jwt-10k-tokens` in
+//! `LOAD_SCENARIOS` the tracing note gives the traced rows' own figures and says the ratio is
+//! missing.
 //!
 //! Without `--bench` in its arguments (which `cargo bench` passes) the binary only prints how to
 //! run it, so `cargo test --all-targets` never starts a load test.
@@ -64,7 +74,7 @@
 //! | file          | concern                                                                    |
 //! |---------------|----------------------------------------------------------------------------|
 //! | `settings.rs` | the `LOAD_*` knobs, `LOAD_SCENARIOS` among them; the fixed sizes           |
-//! | `fixtures.rs` | the in-process servers, the bench's redis-server, the gateways, the tokens |
+//! | `fixtures.rs` | in-process servers (OTLP sink too), redis-server, gateways, tokens, CPU    |
 //! | `configs.rs`  | the gateways' TOML configurations                                          |
 //! | `wrk.rs`      | running wrk with `benches/tokens.lua`, parsing its output                  |
 //! | `report.rs`   | the table and notes, `target/bench-results.md`, the checks that fail       |
@@ -101,15 +111,18 @@ use tollgate::App;
 
 use configs::RedisStore;
 use fixtures::{
-    start_gateway, Legacy, RedisServer, API_PATH, LEGACY_BODY, LEGACY_PATH, PUBLIC_PATH,
+    start_gateway, Exports, Legacy, RedisServer, API_PATH, LEGACY_BODY, LEGACY_PATH, PUBLIC_PATH,
     UPSTREAM_BODY,
 };
-use report::{Outcome, StoreInfo};
+use report::{Exported, Outcome, StoreInfo};
 use settings::{Settings, LEGACY_SESSIONS, TOKEN_COUNT, WARMUP_SECONDS};
 use wrk::{Headers, Wrk};
 
-/// The scenario the introspection scenarios are compared with.
+/// The scenario the tracing and introspection scenarios are compared with.
 const JWT_BASELINE: &str = "jwt-10k-tokens";
+/// The baseline's gateway with `[telemetry]`, `sample_ratio = 0` and `= 1`.
+const TRACED_0: &str = "jwt-10k-traced-0";
+const TRACED_1: &str = "jwt-10k-traced-1";
 /// The scenarios compared for the cost of the session layer.
 const SESSIONS_BASELINE: &str = "legacy-nosession";
 const SESSIONS_SCENARIO: &str = "legacy-sessions";
@@ -140,6 +153,43 @@ struct Scenario {
     /// The introspection server's call counter, for the introspection scenarios.
     calls: Option<Arc<AtomicU64>>,
     legacy: Option<Legacy>,
+    /// The gateway's sampling ratio and OTLP sink, for the tracing scenarios.
+    trace: Option<Trace>,
+}
+
+/// A tracing gateway's `sample_ratio` and the counters of the OTLP sink it exports to.
+#[derive(Clone)]
+struct Trace {
+    sample_ratio: f64,
+    exports: Arc<Exports>,
+}
+
+/// A gateway with `[telemetry]`, exporting to an OTLP sink of its own.
+struct Traced {
+    app: App,
+    trace: Trace,
+}
+
+impl Traced {
+    /// Starts an OTLP sink and a gateway of `config` with `[telemetry]` pointing at it.
+    async fn start(config: &str, sample_ratio: f64) -> anyhow::Result<Traced> {
+        let exports = Arc::new(Exports::default());
+        let sink = fixtures::otlp_sink(exports.clone()).await?;
+        let app = start_gateway(&configs::traced(config, &sink, sample_ratio)).await?;
+        if !app.gateway.telemetry().is_on() {
+            bail!(
+                "tracing is off in the gateway with [telemetry] (OTEL_SDK_DISABLED=true in the \
+                 environment?)"
+            );
+        }
+        Ok(Traced {
+            app,
+            trace: Trace {
+                sample_ratio,
+                exports,
+            },
+        })
+    }
 }
 
 /// The servers of the scenarios before the session-store ones (the JWKS server, which the
@@ -154,6 +204,9 @@ struct Servers {
     /// JWT with the default token cache and with `token_cache_capacity = 1`.
     cached: App,
     uncached: App,
+    /// `cached` with `[telemetry]`, `sample_ratio = 0` and `= 1`.
+    traced_0: Traced,
+    traced_1: Traced,
     /// Introspection with the default introspection cache and with `cache_capacity = 1`.
     opaque: App,
     opaque_nc: App,
@@ -253,10 +306,12 @@ fn run() -> anyhow::Result<()> {
 }
 
 /// The scenarios before the session-store ones, in the table's order.
-fn scenarios(servers: &Servers, tokens: &Tokens) -> [Scenario; 10] {
+fn scenarios(servers: &Servers, tokens: &Tokens) -> [Scenario; 12] {
     let Servers {
         cached,
         uncached,
+        traced_0,
+        traced_1,
         opaque,
         opaque_nc,
         plain,
@@ -274,6 +329,7 @@ fn scenarios(servers: &Servers, tokens: &Tokens) -> [Scenario; 10] {
             cache: "jwt",
             calls: None,
             legacy: None,
+            trace: None,
         },
         Scenario {
             name: "public",
@@ -285,6 +341,7 @@ fn scenarios(servers: &Servers, tokens: &Tokens) -> [Scenario; 10] {
             cache: "jwt",
             calls: None,
             legacy: None,
+            trace: None,
         },
         Scenario {
             name: "jwt-one-token",
@@ -296,6 +353,7 @@ fn scenarios(servers: &Servers, tokens: &Tokens) -> [Scenario; 10] {
             cache: "jwt",
             calls: None,
             legacy: None,
+            trace: None,
         },
         Scenario {
             name: JWT_BASELINE,
@@ -307,6 +365,31 @@ fn scenarios(servers: &Servers, tokens: &Tokens) -> [Scenario; 10] {
             cache: "jwt",
             calls: None,
             legacy: None,
+            trace: None,
+        },
+        Scenario {
+            name: TRACED_0,
+            addr: traced_0.app.proxy_addr,
+            path: API_PATH,
+            headers: Headers::tokens(&tokens.many),
+            expect: UPSTREAM_BODY,
+            admin: Some(traced_0.app.admin_addr),
+            cache: "jwt",
+            calls: None,
+            legacy: None,
+            trace: Some(traced_0.trace.clone()),
+        },
+        Scenario {
+            name: TRACED_1,
+            addr: traced_1.app.proxy_addr,
+            path: API_PATH,
+            headers: Headers::tokens(&tokens.many),
+            expect: UPSTREAM_BODY,
+            admin: Some(traced_1.app.admin_addr),
+            cache: "jwt",
+            calls: None,
+            legacy: None,
+            trace: Some(traced_1.trace.clone()),
         },
         Scenario {
             name: "jwt-10k-no-cache",
@@ -318,6 +401,7 @@ fn scenarios(servers: &Servers, tokens: &Tokens) -> [Scenario; 10] {
             cache: "jwt",
             calls: None,
             legacy: None,
+            trace: None,
         },
         Scenario {
             name: "introspection-cached",
@@ -329,6 +413,7 @@ fn scenarios(servers: &Servers, tokens: &Tokens) -> [Scenario; 10] {
             cache: "introspection",
             calls: Some(servers.calls.clone()),
             legacy: None,
+            trace: None,
         },
         Scenario {
             name: "introspection-uncached",
@@ -340,6 +425,7 @@ fn scenarios(servers: &Servers, tokens: &Tokens) -> [Scenario; 10] {
             cache: "introspection",
             calls: Some(servers.calls.clone()),
             legacy: None,
+            trace: None,
         },
         Scenario {
             name: "legacy-direct",
@@ -354,6 +440,7 @@ fn scenarios(servers: &Servers, tokens: &Tokens) -> [Scenario; 10] {
             cache: "jwt",
             calls: None,
             legacy: Some(Legacy::Direct),
+            trace: None,
         },
         Scenario {
             name: SESSIONS_BASELINE,
@@ -368,6 +455,7 @@ fn scenarios(servers: &Servers, tokens: &Tokens) -> [Scenario; 10] {
             cache: "jwt",
             calls: None,
             legacy: Some(Legacy::NoSession),
+            trace: None,
         },
         Scenario {
             name: SESSIONS_SCENARIO,
@@ -379,6 +467,7 @@ fn scenarios(servers: &Servers, tokens: &Tokens) -> [Scenario; 10] {
             cache: "jwt",
             calls: None,
             legacy: Some(Legacy::Sessions),
+            trace: None,
         },
     ]
 }
@@ -391,7 +480,17 @@ impl Servers {
         let upstream = fixtures::upstream().await?;
         let upstream_url = format!("http://{upstream}");
         let opaque_issuer = fixtures::introspection_server(calls.clone()).await?;
-        let cached = start_gateway(&configs::jwt(issuer, &upstream_url, "RS256", None)).await?;
+        let jwt = configs::jwt(issuer, &upstream_url, "RS256", None);
+        let cached = start_gateway(&jwt).await?;
+        if cached.gateway.telemetry().is_on() {
+            // The baseline of the tracing scenarios must trace nothing.
+            bail!(
+                "tracing is on in the gateways without [telemetry]: unset \
+                 OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+            );
+        }
+        let traced_0 = Traced::start(&jwt, 0.0).await?;
+        let traced_1 = Traced::start(&jwt, 1.0).await?;
         let uncached =
             start_gateway(&configs::jwt(issuer, &upstream_url, "RS256", Some(1))).await?;
         let opaque =
@@ -415,6 +514,8 @@ impl Servers {
             fake_task,
             cached,
             uncached,
+            traced_0,
+            traced_1,
             opaque,
             opaque_nc,
             plain,
@@ -422,12 +523,15 @@ impl Servers {
         })
     }
 
-    /// Shuts the gateways down (the session gateway logs its sessions out) and stops the fake,
-    /// before the session-store scenarios start their own.
+    /// Shuts the gateways down (the session gateway logs its sessions out, the tracing ones
+    /// export what they still hold) and stops the fake, before the session-store scenarios start
+    /// their own.
     async fn shutdown(self) {
         let apps = [
             self.cached,
             self.uncached,
+            self.traced_0.app,
+            self.traced_1.app,
             self.opaque,
             self.opaque_nc,
             self.plain,
@@ -520,13 +624,28 @@ fn measure(
     let counters = |admin: SocketAddr| fixtures::cache_counters(admin, s.cache);
     let before = s.admin.map(counters).transpose()?;
     let calls_before = s.calls.as_ref().map(|c| c.load(Ordering::SeqCst));
+    let exports_before = s.trace.as_ref().map(|t| t.exports.count());
     let logins_before = fake.counters().logins_ok;
     println!("benches/load: {}: {} s measured", s.name, settings.seconds);
+    let (cpu_before, started) = (fixtures::process_cpu_seconds(), Instant::now());
     let output = wrk.run(&url, &s.headers, settings.seconds, &settings.load())?;
+    let (cpu_after, wall) = (fixtures::process_cpu_seconds(), started.elapsed());
     let logins_measured = fake.counters().logins_ok - logins_before;
     let calls_after = s.calls.as_ref().map(|c| c.load(Ordering::SeqCst));
+    let exports_after = s.trace.as_ref().map(|t| t.exports.count());
     let after = s.admin.map(counters).transpose()?;
     let mut outcome = Outcome::new(s.name, wrk::parse(s.name, &output)?);
+    outcome.cpu = cpu_after
+        .zip(cpu_before)
+        .map(|(a, b)| (a - b, wall.as_secs_f64()));
+    outcome.exported = match (&s.trace, exports_before, exports_after) {
+        (Some(t), Some(b), Some(a)) => Some(Exported {
+            sample_ratio: t.sample_ratio,
+            measured: a - b,
+            since_start: a,
+        }),
+        _ => None,
+    };
     outcome.cache = match (before, after) {
         (Some(b), Some(a)) if s.headers.tokens.is_some() => Some((a.0 - b.0, a.1 - b.1)),
         _ => None,

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
-use crate::fixtures::{Legacy, LegacyStats, LEGACY_SEATS, REDIS_PERSISTENCE, UPSTREAM_BODY};
+use crate::fixtures::{
+    ExportCount, Legacy, LegacyStats, LEGACY_SEATS, REDIS_PERSISTENCE, UPSTREAM_BODY,
+};
 use crate::machine::{command_output, cpu_model};
-use crate::settings::{Settings, LEGACY_SESSIONS, WARMUP_SECONDS};
+use crate::settings::{Settings, LEGACY_SESSIONS, TOKEN_COUNT, WARMUP_SECONDS};
 use crate::wrk::{Summary, WrkLoad};
 use crate::{
     JWT_BASELINE, SESSIONS_BASELINE, SESSIONS_SCENARIO, STORE_MEMORY, STORE_REDIS_1, STORE_REDIS_2,
@@ -31,6 +33,31 @@ pub(crate) struct Outcome {
     /// Redis commands (a script call counts as one, plus the commands it runs) and Redis CPU
     /// µs per request while measured (the Redis session-store scenarios).
     pub(crate) store_commands: Option<(f64, f64)>,
+    /// The bench process's CPU seconds (user + system) and the wall seconds of the measured run.
+    pub(crate) cpu: Option<(f64, f64)>,
+    /// What the gateway exported to its OTLP sink (the tracing scenarios).
+    pub(crate) exported: Option<Exported>,
+}
+
+/// A tracing scenario's exports, as its OTLP sink counted them.
+pub(crate) struct Exported {
+    /// The gateway's `sample_ratio`.
+    pub(crate) sample_ratio: f64,
+    /// While measured.
+    pub(crate) measured: ExportCount,
+    /// From the gateway's start to the end of the measurement.
+    pub(crate) since_start: ExportCount,
+}
+
+impl Exported {
+    /// Whether the exports are not what the ratio calls for: anything at all with
+    /// `sample_ratio = 0` (every request was sent without a parent, so nothing is sampled),
+    /// nothing while measured with `sample_ratio = 1`, or a request the sink refused.
+    fn wrong(&self) -> bool {
+        (self.sample_ratio == 0.0 && self.since_start.requests > 0)
+            || (self.sample_ratio == 1.0 && self.measured.spans == 0)
+            || self.since_start.refused > 0
+    }
 }
 
 /// What the report says about the session store's setup.
@@ -52,13 +79,16 @@ impl Outcome {
             legacy: None,
             store_errors: None,
             store_commands: None,
+            cpu: None,
+            exported: None,
         }
     }
 
     /// Whether this scenario fails the run: errors under load (non-2xx, socket errors, store
     /// errors); through the session layer, a leak or more than one request at a time on a
     /// session; in the session-store scenarios, a login count other than one per grant (in
-    /// `legacy-sessions` the table flags it but the run goes on).
+    /// `legacy-sessions` the table flags it but the run goes on); in the tracing scenarios,
+    /// exports other than the sampling ratio calls for ([`Exported::wrong`]).
     fn failed(&self) -> bool {
         let leaked = self.legacy.as_ref().is_some_and(|l| {
             l.role.through_sessions()
@@ -70,6 +100,19 @@ impl Outcome {
             || self.wrk.socket_errors.is_some()
             || self.store_errors.is_some_and(|n| n > 0)
             || leaked
+            || self.exported.as_ref().is_some_and(Exported::wrong)
+    }
+
+    /// The bench process's CPU µs per request completed while measured.
+    fn cpu_us(&self) -> Option<f64> {
+        let (cpu, _) = self.cpu?;
+        Some(1e6 * cpu / self.wrk.requests.max(1) as f64)
+    }
+
+    /// The bench process's cores busy while measured (CPU seconds over wall seconds).
+    fn cores(&self) -> Option<f64> {
+        let (cpu, wall) = self.cpu?;
+        Some(cpu / wall.max(1e-9))
     }
 }
 
@@ -83,7 +126,7 @@ pub(crate) fn check(outcomes: &[Outcome]) -> anyhow::Result<()> {
     if !failed.is_empty() {
         bail!(
             "errors under load (non-2xx, socket errors, store errors, session leaks, extra \
-             logins) in: {}",
+             logins, trace exports other than the sampling ratio calls for) in: {}",
             failed.join(", ")
         );
     }
@@ -100,6 +143,170 @@ pub(crate) fn write(report: &str) -> anyhow::Result<PathBuf> {
     let results = target.join("bench-results.md");
     std::fs::write(&results, report).with_context(|| results.display().to_string())?;
     Ok(results)
+}
+
+/// `value` as a percentage of `base`; `n/a` without a base.
+fn percent(value: f64, base: f64) -> String {
+    if base > 0.0 {
+        format!("{:.0}%", 100.0 * value / base)
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+/// `bytes` in MiB.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The spans a traced request to the JWT route makes (token cache hit): the server span,
+/// `verify token` and `upstream request`.
+const SPANS_PER_REQUEST: f64 = 3.0;
+
+/// The tracing scenarios' notes: each against `baseline` (`jwt-10k-tokens`, tracing off) in
+/// req/s, the bench process's CPU per request and latency; what each exported; how it was
+/// measured.
+fn tracing(md: &mut String, outcomes: &[Outcome], baseline: Option<&Outcome>) {
+    let traced: Vec<(&Outcome, &Exported)> = outcomes
+        .iter()
+        .filter_map(|o| Some((o, o.exported.as_ref()?)))
+        .collect();
+    if traced.is_empty() {
+        return;
+    }
+    let us = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1} µs"));
+    let cores = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
+    let rows: Vec<String> = traced
+        .iter()
+        .map(|(o, e)| {
+            let against = match baseline {
+                Some(b) => format!(
+                    "{} of the req/s ({:.0} vs {:.0}); bench-process CPU per request {} vs {} \
+                     ({}), cores busy {} vs {}; mean latency {:.0} µs vs {:.0} µs ({}), p99 \
+                     {:.2} ms vs {:.2} ms ({})",
+                    percent(o.wrk.rps, b.wrk.rps),
+                    o.wrk.rps,
+                    b.wrk.rps,
+                    us(o.cpu_us()),
+                    us(b.cpu_us()),
+                    o.cpu_us()
+                        .zip(b.cpu_us())
+                        .map_or_else(|| "n/a".to_owned(), |(o, b)| percent(o, b)),
+                    cores(o.cores()),
+                    cores(b.cores()),
+                    1000.0 * o.wrk.mean_ms,
+                    1000.0 * b.wrk.mean_ms,
+                    percent(o.wrk.mean_ms, b.wrk.mean_ms),
+                    o.wrk.p99_ms,
+                    b.wrk.p99_ms,
+                    percent(o.wrk.p99_ms, b.wrk.p99_ms),
+                ),
+                None => format!(
+                    "{:.0} req/s, bench-process CPU per request {}, cores busy {}, mean latency \
+                     {:.0} µs, p99 {:.2} ms (no ratio: `{JWT_BASELINE}` was not measured in this \
+                     run; add it to `LOAD_SCENARIOS`)",
+                    o.wrk.rps,
+                    us(o.cpu_us()),
+                    cores(o.cores()),
+                    1000.0 * o.wrk.mean_ms,
+                    o.wrk.p99_ms,
+                ),
+            };
+            let m = &e.measured;
+            let made = SPANS_PER_REQUEST * e.sample_ratio;
+            let spans_per_request = m.spans as f64 / o.wrk.requests.max(1) as f64;
+            let spans = if made > 0.0 {
+                let dropped = if spans_per_request < 0.95 * made {
+                    format!(
+                        ": about {:.0}% of the spans made were not exported (dropped at the \
+                         batch processor's full queue)",
+                        100.0 * (1.0 - spans_per_request / made)
+                    )
+                } else {
+                    ": no sign of dropped spans".to_owned()
+                };
+                format!(
+                    ", {spans_per_request:.2} per request of the {made:.0} a request makes\
+                     {dropped}"
+                )
+            } else {
+                String::new()
+            };
+            let sizes = if m.requests > 0 {
+                format!(
+                    " ({:.1} KiB an export request, {:.0} bytes a span)",
+                    m.bytes as f64 / 1024.0 / m.requests as f64,
+                    m.bytes as f64 / m.spans.max(1) as f64
+                )
+            } else {
+                String::new()
+            };
+            let expected = if e.sample_ratio == 0.0 && e.since_start.requests > 0 {
+                " **(expected none)**"
+            } else if e.sample_ratio == 1.0 && m.spans == 0 {
+                " **(expected spans)**"
+            } else {
+                ""
+            };
+            let refused = if e.since_start.refused > 0 {
+                format!(
+                    ", **{} requests refused by the sink** (not `POST /v1/traces`, or not an \
+                     export request)",
+                    e.since_start.refused
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "{} (`sample_ratio = {:?}`): {against}; exported while measured {} requests, \
+                 {:.1} MiB{sizes}, {} spans{spans}; since the gateway started {} export \
+                 requests, {:.1} MiB{expected}{refused}",
+                o.name,
+                e.sample_ratio,
+                m.requests,
+                mib(m.bytes),
+                m.spans,
+                e.since_start.requests,
+                mib(e.since_start.bytes),
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        md,
+        "- tracing vs `{JWT_BASELINE}` (tracing off; same run, same route, same {} tokens, \
+         token cache warm; gateways identical but for `[telemetry]`): {}",
+        TOKEN_COUNT,
+        rows.join("; ")
+    );
+    let bsp: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("OTEL_BSP_"))
+        .map(|(k, v)| format!("`{k}={v}`"))
+        .collect();
+    let batching = if bsp.is_empty() {
+        "the SDK's defaults (a queue of 2048 spans, exported in batches of 512 when a batch is \
+         full or every 5 s; a span made while the queue is full is dropped, its making part of \
+         the measured cost)"
+            .to_owned()
+    } else {
+        format!(
+            "the SDK's defaults but for {} from the environment (defaults: a queue of 2048 \
+             spans, batches of 512, every 5 s)",
+            bsp.join(", ")
+        )
+    };
+    let _ = writeln!(
+        md,
+        "- the tracing rows: each traced gateway exports OTLP/HTTP protobuf to a sink of its own \
+         in this process (`POST /v1/traces` answered 200, `application/x-protobuf`, empty body; \
+         it counts requests and body bytes, and the spans by skipping over them in the protobuf, \
+         not decoding them); batch span processor: {batching}. Spans a request makes: the server \
+         span, `verify token`, `upstream request` ({SPANS_PER_REQUEST:.0}). The counts while \
+         measured take in exports of spans queued before the window and leave out those still \
+         queued at its end (up to a queue's worth either way), so the share dropped is rough. \
+         CPU per request: this process's `utime + stime` (`/proc/self/stat`: the gateways, the \
+         upstream, the sinks, the exporters' threads; not wrk) over the measured run divided by \
+         the requests wrk completed; cores busy: that CPU time over the wall time"
+    );
 }
 
 /// The report in markdown: the table, then the notes on each group of scenarios, then how and
@@ -197,6 +404,7 @@ pub(crate) fn markdown(
         );
     }
     let find = |name: &str| outcomes.iter().find(|o| o.name == name);
+    tracing(&mut md, outcomes, find(JWT_BASELINE));
     if let (Some(base), Some(with)) = (find(SESSIONS_BASELINE), find(SESSIONS_SCENARIO)) {
         // Little's law: at a fixed concurrency, the mean time a connection waits per request.
         let little_us = |rps: f64| 1e6 * settings.connections as f64 / rps.max(1e-9);
@@ -362,8 +570,8 @@ pub(crate) fn markdown(
     );
     let _ = writeln!(
         md,
-        "- upstream (hyper, {}-byte JSON body), JWKS server, introspection server, fake legacy API \
-         and gateways share one tokio runtime ({workers} workers) in the bench process, and the \
+        "- upstream (hyper, {}-byte JSON body), JWKS server, introspection server, OTLP sinks, \
+         fake legacy API and gateways share one tokio runtime ({workers} workers) in the bench process, and the \
          cores with wrk (and redis-server)",
         UPSTREAM_BODY.len()
     );
