@@ -590,6 +590,8 @@ pub(crate) struct LegacyStats {
     pub(crate) max_concurrency: u64,
     /// `Store`: the fake's live sessions after the gateways' shutdown.
     pub(crate) seats_after_shutdown: Option<u64>,
+    /// Through the session layer: the logins expected (one per grant the scenario uses).
+    pub(crate) expected_logins: u64,
 }
 
 impl LegacyStats {
@@ -604,6 +606,7 @@ pub(crate) fn legacy_stats(
     role: Legacy,
     before: &Counters,
     logins_measured: u64,
+    expected_logins: u64,
 ) -> LegacyStats {
     let now = fake.counters();
     // Every live session is tollgate's (the pre-made ones were logged out, or never existed).
@@ -628,6 +631,7 @@ pub(crate) fn legacy_stats(
         role,
         logins: now.logins_ok - before.logins_ok,
         logins_measured,
+        expected_logins,
         mixed_session_cookies: now.mixed_session_cookies - before.mixed_session_cookies,
         foreign_cookie: now.foreign_cookie - before.foreign_cookie,
         authorization_header_seen: now.authorization_header_seen - before.authorization_header_seen,

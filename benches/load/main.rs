@@ -36,6 +36,8 @@
 //! | `sessions-memory-1`      | the same setup again, a fresh fake and gateway                    |
 //! | `sessions-redis-1`       | the same with `[store] kind = "redis"`                            |
 //! | `sessions-redis-2`       | two such gateways sharing the Redis, two wrk `-t1 -c32` at once   |
+//! | `sessions-queued-memory` | `sessions-memory-1` with every connection on 8 grants (queued)    |
+//! | `sessions-queued-redis`  | `sessions-redis-1` the same way: a queued request's wait in Redis |
 //!
 //! The 100 sessions of `legacy-direct` and `legacy-nosession` are logged in directly to the fake
 //! before the load and logged out before `legacy-sessions`, in which tollgate logs in once per
@@ -115,7 +117,7 @@ use fixtures::{
     UPSTREAM_BODY,
 };
 use report::{Exported, Outcome, StoreInfo};
-use settings::{Settings, LEGACY_SESSIONS, TOKEN_COUNT, WARMUP_SECONDS};
+use settings::{Settings, LEGACY_SESSIONS, QUEUED_GRANTS, TOKEN_COUNT, WARMUP_SECONDS};
 use wrk::{Headers, Wrk};
 
 /// The scenario the tracing and introspection scenarios are compared with.
@@ -131,6 +133,10 @@ const SESSIONS_SCENARIO: &str = "legacy-sessions";
 const STORE_MEMORY: &str = "sessions-memory-1";
 const STORE_REDIS_1: &str = "sessions-redis-1";
 const STORE_REDIS_2: &str = "sessions-redis-2";
+/// The same store setups with all the connections on a few grants, so that each grant's
+/// requests queue for its session: how long a queued request waits, memory against Redis.
+const QUEUED_MEMORY: &str = "sessions-queued-memory";
+const QUEUED_REDIS: &str = "sessions-queued-redis";
 
 fn main() {
     harness::main("load", "benches/load is a wrk load benchmark", run);
@@ -223,6 +229,8 @@ struct Tokens {
     /// The grants' tokens, one a line, and the same in a list.
     grants: PathBuf,
     grant_list: Vec<String>,
+    /// The first [`QUEUED_GRANTS`] of them, for the `sessions-queued-*` scenarios.
+    queued: PathBuf,
     /// The pre-made sessions' `Cookie` values, one a line, and the same in a list.
     cookies: PathBuf,
     premade: Vec<String>,
@@ -274,16 +282,18 @@ fn run() -> anyhow::Result<()> {
         redis: &redis,
         key_file: &key_file,
     };
-    for (name, replicas, with_redis) in [
-        (STORE_MEMORY, 1, false),
-        (STORE_REDIS_1, 1, true),
-        (STORE_REDIS_2, 2, true),
+    for (name, replicas, with_redis, grants) in [
+        (STORE_MEMORY, 1, false, LEGACY_SESSIONS),
+        (STORE_REDIS_1, 1, true, LEGACY_SESSIONS),
+        (STORE_REDIS_2, 2, true, LEGACY_SESSIONS),
+        (QUEUED_MEMORY, 1, false, QUEUED_GRANTS),
+        (QUEUED_REDIS, 1, true, QUEUED_GRANTS),
     ] {
         if !settings.selected(name) {
             continue;
         }
         let outcome = fleet
-            .measure(&runtime, name, replicas, with_redis)
+            .measure(&runtime, name, replicas, with_redis, grants)
             .with_context(|| name.to_owned())?;
         outcomes.push(outcome);
     }
@@ -575,6 +585,7 @@ impl Tokens {
             many: file("tokens-10k.txt", &many)?,
             opaque: file("opaque-10k.txt", &fixtures::opaque_tokens(TOKEN_COUNT))?,
             grants: file("legacy-tokens-100.txt", &grant_list)?,
+            queued: file("legacy-tokens-queued.txt", &grant_list[..QUEUED_GRANTS])?,
             cookies: file("legacy-cookies-100.txt", &premade)?,
             grant_list,
             premade,
@@ -652,7 +663,13 @@ fn measure(
     };
     outcome.introspections = calls_after.zip(calls_before).map(|(a, b)| a - b);
     outcome.legacy = match (s.legacy, fake_before) {
-        (Some(role), Some(b)) => Some(fixtures::legacy_stats(fake, role, &b, logins_measured)),
+        (Some(role), Some(b)) => Some(fixtures::legacy_stats(
+            fake,
+            role,
+            &b,
+            logins_measured,
+            LEGACY_SESSIONS as u64,
+        )),
         _ => None,
     };
     Ok(outcome)
@@ -689,14 +706,15 @@ struct Fleet<'a> {
 impl Fleet<'_> {
     /// One session-store scenario: a fresh fake, `replicas` gateways with `[upstream.session]`
     /// (single) and the Redis store when `with_redis` (else memory) in front of it, one wrk
-    /// process per gateway at the same time (the connections split evenly); the gateways are
-    /// shut down afterwards.
+    /// process per gateway at the same time (the connections split evenly) cycling the first
+    /// `grants` grants' tokens; the gateways are shut down afterwards.
     fn measure(
         &self,
         runtime: &tokio::runtime::Runtime,
         name: &'static str,
         replicas: u64,
         with_redis: bool,
+        grants: usize,
     ) -> anyhow::Result<Outcome> {
         let store = with_redis.then(|| RedisStore {
             url: self.redis.url(),
@@ -723,7 +741,7 @@ impl Fleet<'_> {
         })?;
         let result = started.and_then(|apps| {
             let redis = with_redis.then_some(self.redis);
-            let outcome = self.load(name, &fake, &apps, replicas, redis);
+            let outcome = self.load(name, &fake, &apps, replicas, redis, grants);
             runtime.block_on(fixtures::shutdown(apps));
             outcome
         });
@@ -744,8 +762,13 @@ impl Fleet<'_> {
         apps: &[App],
         replicas: u64,
         redis: Option<&RedisServer>,
+        grants: usize,
     ) -> anyhow::Result<Outcome> {
-        let headers = Headers::tokens(&self.tokens.grants);
+        let headers = Headers::tokens(if grants == LEGACY_SESSIONS {
+            &self.tokens.grants
+        } else {
+            &self.tokens.queued
+        });
         let urls: Vec<String> = apps
             .iter()
             .map(|app| format!("http://{}{LEGACY_PATH}", app.proxy_addr))
@@ -757,7 +780,7 @@ impl Fleet<'_> {
         // in flight, which the Redis store does not survive well (see the report).
         println!("benches/load: {name} ({}): warm-up", urls.join(", "));
         for app in apps {
-            for token in &self.tokens.grant_list {
+            for token in &self.tokens.grant_list[..grants] {
                 preflight(app.proxy_addr, LEGACY_PATH, Some(token), None, LEGACY_BODY)
                     .with_context(|| format!("{name}: the warm-up, one request at a time"))?;
             }
@@ -800,6 +823,7 @@ impl Fleet<'_> {
             Legacy::Store,
             &before,
             logins_measured,
+            grants as u64,
         ));
         outcome.store_errors = Some(store_errors);
         let requests = outcome.wrk.requests.max(1) as f64;

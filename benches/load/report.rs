@@ -10,10 +10,11 @@ use crate::fixtures::{
     ExportCount, Legacy, LegacyStats, LEGACY_SEATS, REDIS_PERSISTENCE, UPSTREAM_BODY,
 };
 use crate::machine::{command_output, cpu_model};
-use crate::settings::{Settings, LEGACY_SESSIONS, TOKEN_COUNT, WARMUP_SECONDS};
+use crate::settings::{Settings, LEGACY_SESSIONS, QUEUED_GRANTS, TOKEN_COUNT, WARMUP_SECONDS};
 use crate::wrk::{Summary, WrkLoad};
 use crate::{
-    JWT_BASELINE, SESSIONS_BASELINE, SESSIONS_SCENARIO, STORE_MEMORY, STORE_REDIS_1, STORE_REDIS_2,
+    JWT_BASELINE, QUEUED_MEMORY, QUEUED_REDIS, SESSIONS_BASELINE, SESSIONS_SCENARIO, STORE_MEMORY,
+    STORE_REDIS_1, STORE_REDIS_2,
 };
 
 /// One scenario's measurement.
@@ -94,7 +95,7 @@ impl Outcome {
             l.role.through_sessions()
                 && (l.leaks() > 0
                     || l.max_concurrency > 1
-                    || (l.role == Legacy::Store && l.logins != LEGACY_SESSIONS as u64))
+                    || (l.role == Legacy::Store && l.logins != l.expected_logins))
         });
         self.wrk.non_2xx > 0
             || self.wrk.socket_errors.is_some()
@@ -433,8 +434,8 @@ pub(crate) fn markdown(
             let l = o.legacy.as_ref()?;
             let sessions = l.role.through_sessions();
             let flag = |bad: bool| if bad { " **(expected 0)**" } else { "" };
-            let logins = if sessions && l.logins != LEGACY_SESSIONS as u64 {
-                format!(" **(expected {LEGACY_SESSIONS})**")
+            let logins = if sessions && l.logins != l.expected_logins {
+                format!(" **(expected {})**", l.expected_logins)
             } else {
                 String::new()
             };
@@ -534,6 +535,25 @@ pub(crate) fn markdown(
                 md,
                 "- Redis commands per request while measured (`INFO stats`                  total_commands_processed; a script call counts once plus each command it runs,                  and the replicas' lease renewals and upkeep are included): {}",
                 commands.join(", ")
+            );
+        }
+        let queued = |name: &str| outcomes.iter().find(|o| o.name == name);
+        if let (Some(m), Some(r)) = (queued(QUEUED_MEMORY), queued(QUEUED_REDIS)) {
+            let extra = r.wrk.p99_ms - m.wrk.p99_ms;
+            let _ = writeln!(
+                md,
+                "- queued requests (`sessions-queued-*`: the same setups, all {} connections on \
+                 {QUEUED_GRANTS} grants, so each grant's requests wait in its session's queue, \
+                 one at a time upstream): p99 {:.2} ms with Redis against {:.2} ms in memory, \
+                 {extra:+.2} ms ({}; the target is at most +2 ms); p50 {:.2} against {:.2} ms; \
+                 req/s {} of memory's",
+                settings.connections,
+                r.wrk.p99_ms,
+                m.wrk.p99_ms,
+                if extra <= 2.0 { "within" } else { "**over**" },
+                r.wrk.p50_ms,
+                m.wrk.p50_ms,
+                ratio(r.wrk.rps, m.wrk.rps),
             );
         }
         let _ = writeln!(

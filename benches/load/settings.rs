@@ -14,6 +14,9 @@ pub(crate) const WARMUP_SECONDS: u64 = 2;
 pub(crate) const TOKEN_COUNT: usize = 10_000;
 /// How many sessions (pre-made, and grants) the legacy scenarios cycle through.
 pub(crate) const LEGACY_SESSIONS: usize = 100;
+/// How many grants the `sessions-queued-*` scenarios share all the connections between, so that
+/// each grant's requests queue for its one session.
+pub(crate) const QUEUED_GRANTS: usize = 8;
 
 /// The knobs, from the environment.
 pub(crate) struct Settings {

@@ -173,7 +173,9 @@ impl Gateway {
         {
             rec.session = Some(SessionOutcome::New);
         }
-        rec.trace_id = trace.trace_id();
+        if rec.logging {
+            rec.trace_id = trace.trace_id();
+        }
         trace.finish(
             resp.status().as_u16(),
             rec.decision.map(Decision::as_str),
