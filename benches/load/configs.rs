@@ -145,6 +145,8 @@ pub(crate) fn legacy(
 mode = "single"
 max_upstream_sessions = 200
 idle_ttl = "300s"
+# At least wrk's connections: the queued rows put them all on a few grants.
+max_queue_per_session = 64
 {key_file}
 [upstream.session.credentials]
 name = "admin"

@@ -34,7 +34,8 @@ use http::header::{HeaderMap, HeaderName};
 use http::{Method, Version};
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{
-    FutureExt as _, Link, Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
+    FutureExt as _, Link, Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _,
+    TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
@@ -239,15 +240,16 @@ impl RequestTrace {
 
     /// A child span of the server span, ended when the returned [`Step`] is dropped.
     pub fn step(&self, name: &'static str, kind: SpanKind) -> Step {
-        Step {
-            cx: self.cx.as_ref().and_then(|cx| child(cx, name, kind)),
-        }
+        self.cx
+            .as_ref()
+            .and_then(|cx| child(cx, name, kind))
+            .unwrap_or_else(Step::none)
     }
 
     /// The span of one upstream request (a child of the server span, like the others).
     pub fn upstream_call(&self, method: &Method, uri: &http::Uri) -> Step {
         match &self.cx {
-            None => Step { cx: None },
+            None => Step::none(),
             Some(cx) => {
                 let _current = cx.clone().attach();
                 call_to("upstream request", method, uri)
@@ -299,22 +301,44 @@ impl RequestTrace {
 }
 
 /// A child of the span in `parent`, in a context that carries on the tracer.
-fn child(parent: &Context, name: &'static str, kind: SpanKind) -> Option<Context> {
+///
+/// A request that is not sampled makes no child span: its steps share the server span's
+/// context (what they propagate is the request's trace id with the sampled flag off, all that
+/// an unsampled trace needs), which spares each step a span, its ids and its context.
+fn child(parent: &Context, name: &'static str, kind: SpanKind) -> Option<Step> {
     let Carrier(t) = parent.get::<Carrier>()?;
+    if !parent.span().is_recording() {
+        return Some(Step {
+            cx: Some(parent.clone()),
+            owned: false,
+        });
+    }
     let span = t
         .tracer
         .span_builder(name)
         .with_kind(kind)
         .start_with_context(&t.tracer, parent);
-    Some(parent.with_span(span))
+    Some(Step {
+        cx: Some(parent.with_span(span)),
+        owned: true,
+    })
 }
 
 /// A step's span: attributes are set while it runs; it ends when dropped.
 pub struct Step {
     cx: Option<Context>,
+    /// The span is the step's own (it ends with the step); else the request's, borrowed.
+    owned: bool,
 }
 
 impl Step {
+    fn none() -> Step {
+        Step {
+            cx: None,
+            owned: false,
+        }
+    }
+
     /// True when the step has a span (tracing is on): it has a context to propagate.
     pub fn is_on(&self) -> bool {
         self.cx.is_some()
@@ -374,7 +398,7 @@ impl Step {
 
 impl Drop for Step {
     fn drop(&mut self) {
-        if let Some(cx) = &self.cx {
+        if let (Some(cx), true) = (&self.cx, self.owned) {
             cx.span().end();
         }
     }
@@ -414,9 +438,8 @@ fn client_step(
     method: &Method,
     describe: impl FnOnce() -> (String, Option<String>, Option<u16>),
 ) -> Step {
-    let step = Step {
-        cx: Context::map_current(|cx| child(cx, name, SpanKind::Client)),
-    };
+    let step =
+        Context::map_current(|cx| child(cx, name, SpanKind::Client)).unwrap_or_else(Step::none);
     if step.is_recording() {
         let (full, host, port) = describe();
         step.note("http.request.method", method.as_str().to_owned());
