@@ -166,3 +166,150 @@ impl Drop for Logged {
         self.finish(complete);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    /// A `tracing` writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn line() -> Line {
+        Line {
+            start: Instant::now(),
+            request_id: HeaderValue::from_static("r1"),
+            trace_id: None,
+            client: "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!()),
+            forwarded_for: None,
+            trust_forwarded: false,
+            method: Method::GET,
+            host: None,
+            uri: http::Uri::from_static("/x?secret=1"),
+            version: Version::HTTP_11,
+            user_agent: None,
+            status: 200,
+            route: None,
+            decision: "-",
+            token_refused: None,
+            issuer: None,
+            client_id: None,
+            subject: None,
+            upstream: None,
+            upstream_status: None,
+            upstream_ms: None,
+            session: None,
+            lease_ms: None,
+            body_in: None,
+            head_ms: 0.0,
+        }
+    }
+
+    /// Runs `f` with the access log captured as JSON lines, and returns them parsed.
+    fn logged(f: impl FnOnce()) -> Vec<serde_json::Value> {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(out.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// `n` chunks of 10 bytes.
+    struct Chunks(usize);
+
+    impl HttpBody for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            if self.0 == 0 {
+                return Poll::Ready(None);
+            }
+            self.0 -= 1;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"0123456789")))))
+        }
+    }
+
+    fn chunks(n: usize) -> Body {
+        Chunks(n).boxed()
+    }
+
+    #[test]
+    fn a_whole_answer_is_logged_once_with_its_bytes() {
+        let lines = logged(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap_or_else(|_| unreachable!());
+            let body = Logged::wrap(chunks(3), line());
+            let got = rt.block_on(body.collect()).map(|c| c.to_bytes().len());
+            assert_eq!(got.ok(), Some(30));
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["bytes_out"], 30);
+        assert_eq!(lines[0]["complete"], true);
+        assert_eq!(lines[0]["path"], "/x", "never the query");
+    }
+
+    #[test]
+    fn an_answer_dropped_mid_way_is_logged_as_incomplete() {
+        let lines = logged(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap_or_else(|_| unreachable!());
+            let mut body = Logged::wrap(chunks(3), line());
+            let first = rt.block_on(body.frame());
+            assert!(first.is_some());
+            drop(body); // the client went away
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["bytes_out"], 10);
+        assert_eq!(lines[0]["complete"], false);
+    }
+
+    #[test]
+    fn an_empty_answer_never_polled_is_complete() {
+        let lines = logged(|| {
+            drop(Logged::wrap(
+                http_body_util::Empty::new().map_err(|e| match e {}).boxed(),
+                line(),
+            ))
+        });
+        assert_eq!(lines.len(), 1);
+        assert_eq!(
+            (
+                lines[0]["bytes_out"].as_u64(),
+                lines[0]["complete"].as_bool()
+            ),
+            (Some(0), Some(true))
+        );
+    }
+}
