@@ -242,8 +242,8 @@ impl Gateway {
         });
         if let Some(p) = &permit {
             rec.issuer = Some(p.principal.issuer.clone());
-            rec.client_id = p.principal.client().cloned();
             if rec.logging {
+                rec.client_id = p.principal.client().cloned();
                 rec.subject = p.principal.logged_subject(&snapshot.subject_logging);
             }
         }
