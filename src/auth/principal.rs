@@ -20,11 +20,9 @@ use super::scope::Scopes;
 pub struct Principal {
     /// The configured issuer id (not the `iss` URL).
     pub issuer: Arc<str>,
-    /// The token's `sub`: kept when sessions derive grants from it, or the access log shows it.
-    subject: Option<Arc<str>>,
-    /// The token's `client_id` (else `azp`), interned once compacted: a deployment has few
-    /// clients, so every principal of one client shares the text.
-    client: Option<Arc<str>>,
+    /// The subject and the client id. Once compacted without the subject (the usual case), one
+    /// value per client id, shared by every principal of that client: a deployment has few.
+    ids: Option<Arc<Ids>>,
     /// A keyed digest of the subject, for the access log's `subject` (`log.subject = "hashed"`).
     subject_tag: Option<SubjectTag>,
     pub scopes: Scopes,
@@ -39,13 +37,22 @@ pub struct Principal {
 /// as 16 hex digits. The same subject gives the same tag under the same key (a fleet that shares
 /// `log.subject_key_file` correlates; without it, a process's random key); the tag cannot be
 /// turned back into the subject, nor guessed without the key.
+///
+/// Never zero, so that an absent tag costs no room beside a present one.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct SubjectTag(u64);
+pub struct SubjectTag(std::num::NonZeroU64);
 
 impl std::fmt::Display for SubjectTag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:016x}", self.0)
     }
+}
+
+/// The subject and client id of a principal.
+#[derive(PartialEq, Eq, Hash)]
+struct Ids {
+    subject: Option<Box<str>>,
+    client: Option<Box<str>>,
 }
 
 impl std::fmt::Debug for SubjectTag {
@@ -84,18 +91,24 @@ impl SubjectLogging {
         let tag = ctx.sign();
         let mut first = [0u8; 8];
         first.copy_from_slice(&tag.as_ref()[..8]);
-        Some(SubjectTag(u64::from_be_bytes(first)))
+        let n = u64::from_be_bytes(first);
+        Some(SubjectTag(
+            std::num::NonZeroU64::new(n).unwrap_or(std::num::NonZeroU64::MIN),
+        ))
     }
 }
 
 impl Principal {
     /// A principal with every claim of `claims`.
     pub fn new(issuer: Arc<str>, claims: Map<String, Value>, expires_at: u64) -> Self {
-        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(Arc::from);
-        Principal {
-            issuer,
+        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(Box::from);
+        let ids = Ids {
             subject: text("sub"),
             client: text("client_id").or_else(|| text("azp")),
+        };
+        Principal {
+            issuer,
+            ids: (ids.subject.is_some() || ids.client.is_some()).then(|| Arc::new(ids)),
             subject_tag: None,
             scopes: Scopes::from_claims(&claims),
             claims: Claims::from(claims),
@@ -105,17 +118,12 @@ impl Principal {
 
     /// The token's `sub`.
     pub fn subject(&self) -> Option<&str> {
-        self.subject.as_deref()
+        self.ids.as_ref()?.subject.as_deref()
     }
 
     /// The token's `client_id`, or else its `azp`.
     pub fn client_id(&self) -> Option<&str> {
-        self.client.as_deref()
-    }
-
-    /// The client id, shared (for a log line that outlives the request's principal).
-    pub fn client(&self) -> Option<&Arc<str>> {
-        self.client.as_ref()
+        self.ids.as_ref()?.client.as_deref()
     }
 
     /// The subject as the access log shows it under `logging`: its tag, the raw `sub`, or
@@ -127,7 +135,7 @@ impl Principal {
                 .subject_tag
                 .or_else(|| logging.tag(&self.issuer, self.subject()?))
                 .map(|t| t.to_string()),
-            SubjectLogging::Plain => self.subject.as_deref().map(str::to_owned),
+            SubjectLogging::Plain => self.subject().map(str::to_owned),
             SubjectLogging::Omitted => None,
         }
     }
@@ -212,8 +220,8 @@ pub struct Kept {
     logging: SubjectLogging,
     /// Scope lists already seen, by which of `scopes` they hold: tokens share a handful.
     interned: Mutex<HashMap<Vec<bool>, Scopes>>,
-    /// Client ids already seen.
-    clients: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// The ids of the principals that keep no subject, by client id: one value per client.
+    clients: Mutex<HashMap<Box<str>, Arc<Ids>>>,
 }
 
 /// Distinct scope lists interned at most; past it a list is allocated per principal, which
@@ -257,9 +265,13 @@ impl Kept {
             .collect();
         let subject_tag = p.subject().and_then(|s| self.logging.tag(&p.issuer, s));
         let plain = matches!(self.logging, SubjectLogging::Plain);
+        let ids = match p.ids {
+            Some(ids) if self.ids || plain => Some(ids),
+            Some(ids) => ids.client.as_ref().map(|c| self.client_only(c)),
+            None => None,
+        };
         Principal {
-            subject: if self.ids || plain { p.subject } else { None },
-            client: p.client.map(|c| self.intern_client(c)),
+            ids,
             subject_tag,
             issuer: p.issuer,
             scopes: self.scopes_of(&p.scopes),
@@ -268,18 +280,26 @@ impl Kept {
         }
     }
 
-    /// The shared copy of a client id (past [`MAX_INTERNED`] distinct ones, `c` itself).
-    fn intern_client(&self, c: Arc<str>) -> Arc<str> {
-        let Ok(mut clients) = self.clients.lock() else {
-            return c;
+    /// The shared ids of a principal of client `c` that keeps no subject (past [`MAX_INTERNED`]
+    /// distinct clients, a value of its own).
+    fn client_only(&self, c: &str) -> Arc<Ids> {
+        let make = || {
+            Arc::new(Ids {
+                subject: None,
+                client: Some(Box::from(c)),
+            })
         };
-        if let Some(shared) = clients.get(&c) {
+        let Ok(mut clients) = self.clients.lock() else {
+            return make();
+        };
+        if let Some(shared) = clients.get(c) {
             return shared.clone();
         }
+        let ids = make();
         if clients.len() < MAX_INTERNED {
-            clients.insert(c.clone());
+            clients.insert(Box::from(c), ids.clone());
         }
-        c
+        ids
     }
 
     fn scopes_of(&self, granted: &Scopes) -> Scopes {
@@ -400,7 +420,11 @@ mod tests {
         let kept = Kept::new([], [], false);
         let a = kept.keep(principal(json!({"client_id": "app"})));
         let b = kept.keep(principal(json!({"azp": "app"})));
-        assert!(Arc::ptr_eq(a.client().unwrap(), b.client().unwrap()));
+        assert_eq!((a.client_id(), b.client_id()), (Some("app"), Some("app")));
+        assert!(Arc::ptr_eq(
+            a.ids.as_ref().unwrap(),
+            b.ids.as_ref().unwrap()
+        ));
     }
 
     #[test]

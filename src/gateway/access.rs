@@ -42,7 +42,7 @@ pub(super) struct Line {
     pub decision: &'static str,
     pub token_refused: Option<&'static str>,
     pub issuer: Option<Arc<str>>,
-    pub client_id: Option<Arc<str>>,
+    pub client_id: Option<String>,
     /// The subject as `log.subject` shows it (a tag, the raw `sub`, or nothing).
     pub subject: Option<String>,
     pub upstream: Option<Arc<str>>,

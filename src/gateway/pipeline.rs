@@ -95,8 +95,8 @@ struct Record {
     upstream: Option<Arc<str>>,
     /// The issuer that vouched for the token.
     issuer: Option<Arc<str>>,
-    /// The token's client id (shared with the cached principal).
-    client_id: Option<Arc<str>>,
+    /// The token's client id.
+    client_id: Option<String>,
     /// The token's subject as `log.subject` shows it; only made when the access log is on.
     subject: Option<String>,
     /// The access log is on: its line's fields are gathered.
@@ -243,7 +243,7 @@ impl Gateway {
         if let Some(p) = &permit {
             rec.issuer = Some(p.principal.issuer.clone());
             if rec.logging {
-                rec.client_id = p.principal.client().cloned();
+                rec.client_id = p.principal.client_id().map(str::to_owned);
                 rec.subject = p.principal.logged_subject(&snapshot.subject_logging);
             }
         }
