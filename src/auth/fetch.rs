@@ -58,6 +58,11 @@ impl IdpClient {
         }
     }
 
+    /// The underlying pooled client (a handle on the same pool), for the trace exporter.
+    pub(crate) fn http(&self) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+        self.client.clone()
+    }
+
     /// GETs `url` expecting a 200 JSON document, within `timeout` for the whole exchange.
     /// `call` names the exchange's span in the request's trace (`jwks fetch`).
     pub async fn get(
@@ -172,9 +177,8 @@ impl Default for IdpClient {
 }
 
 /// A pooled HTTP/1.1 and HTTP/2 client with rustls and the system's root certificates (none
-/// found: https:// fails to verify, and the log says so once). The IdP client and the trace
-/// exporter both use it.
-pub(crate) fn pooled_https_client() -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+/// found: https:// fails to verify, and the log says so once).
+fn pooled_https_client() -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(5)));

@@ -130,15 +130,14 @@ impl Wiring {
                 ))
             }
         };
-        let telemetry = Telemetry::new(
-            config.telemetry.as_ref(),
-            crate::auth::fetch::pooled_https_client(),
-        )
-        .map_err(BuildError::Telemetry)?;
+        // The exporter shares the IdP client's connection pool (and its root certificates).
+        let client = IdpClient::new();
+        let telemetry = Telemetry::new(config.telemetry.as_ref(), client.http())
+            .map_err(BuildError::Telemetry)?;
         let parts = Parts {
             metrics,
             telemetry,
-            client: IdpClient::new(),
+            client,
             fleet,
             seats: Mutex::default(),
         };

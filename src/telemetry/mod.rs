@@ -58,9 +58,8 @@ pub struct Settings {
     pub timeout: std::time::Duration,
 }
 
-/// The headers of W3C trace context.
-pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// W3C trace context's second header (the propagator writes it even when empty).
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Tracing for the life of the process: off, or a tracer whose spans are batched to the
 /// collector.
@@ -250,10 +249,7 @@ impl RequestTrace {
     pub fn upstream_call(&self, method: &Method, uri: &http::Uri) -> Step {
         match &self.cx {
             None => Step::none(),
-            Some(cx) => {
-                let _current = cx.clone().attach();
-                call_to("upstream request", method, uri)
-            }
+            Some(cx) => client_step(cx, "upstream request", method, || describe_uri(uri)),
         }
     }
 
@@ -408,38 +404,45 @@ impl Drop for Step {
 /// described by its method and URL (its query left out); with no current request, a step that
 /// does nothing.
 pub fn call(name: &'static str, method: &Method, url: &url::Url) -> Step {
-    client_step(name, method, || {
-        (
-            without_query(url),
-            url.host_str().map(str::to_owned),
-            url.port_or_known_default(),
-        )
+    Context::map_current(|cx| {
+        client_step(cx, name, method, || {
+            (
+                without_query(url),
+                url.host_str().map(str::to_owned),
+                url.port_or_known_default(),
+            )
+        })
     })
 }
 
 /// [`call`] for a call to an upstream, whose URI is already an `http::Uri`.
 pub fn call_to(name: &'static str, method: &Method, uri: &http::Uri) -> Step {
-    client_step(name, method, || {
-        let authority = uri.authority();
-        let full = format!(
-            "{}://{}{}",
-            uri.scheme_str().unwrap_or("http"),
-            authority.map_or("", http::uri::Authority::as_str),
-            uri.path()
-        );
-        let host = authority.map(|a| a.host().to_owned());
-        let port = authority.and_then(http::uri::Authority::port_u16);
-        (full, host, port)
-    })
+    Context::map_current(|cx| client_step(cx, name, method, || describe_uri(uri)))
 }
 
+/// `url.full` (without the query), `server.address` and `server.port` of an upstream URI.
+fn describe_uri(uri: &http::Uri) -> (String, Option<String>, Option<u16>) {
+    let authority = uri.authority();
+    let full = format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("http"),
+        authority.map_or("", http::uri::Authority::as_str),
+        uri.path()
+    );
+    let host = authority.map(|a| a.host().to_owned());
+    let port = authority.and_then(http::uri::Authority::port_u16);
+    (full, host, port)
+}
+
+/// A client span under `parent` (nothing when `parent` carries no request's trace), with the
+/// HTTP client attributes `describe` gives when the span is recorded.
 fn client_step(
+    parent: &Context,
     name: &'static str,
     method: &Method,
     describe: impl FnOnce() -> (String, Option<String>, Option<u16>),
 ) -> Step {
-    let step =
-        Context::map_current(|cx| child(cx, name, SpanKind::Client)).unwrap_or_else(Step::none);
+    let step = child(parent, name, SpanKind::Client).unwrap_or_else(Step::none);
     if step.is_recording() {
         let (full, host, port) = describe();
         step.note("http.request.method", method.as_str().to_owned());
