@@ -22,21 +22,50 @@ fn shown(v: Option<&HeaderValue>) -> &str {
     v.and_then(|v| v.to_str().ok()).unwrap_or("-")
 }
 
+/// The request as the access log shows it: the client's address, host, path without the
+/// query, protocol and user agent.
+pub(super) struct Seen {
+    client: std::net::SocketAddr,
+    /// The client's `X-Forwarded-For`, logged (its first address) only when trusted.
+    forwarded_for: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+    /// The target (its parts share the request's bytes): the log shows its path only.
+    uri: http::Uri,
+    version: Version,
+    user_agent: Option<HeaderValue>,
+}
+
+impl Seen {
+    pub(super) fn of<B>(req: &http::Request<B>, client: std::net::SocketAddr) -> Seen {
+        let forwarded_for = req
+            .headers()
+            .get(&crate::proxy::headers::X_FORWARDED_FOR)
+            .cloned();
+        let host = req.headers().get(http::header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        Seen {
+            client,
+            forwarded_for,
+            host,
+            uri: req.uri().clone(),
+            version: req.version(),
+            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+        }
+    }
+}
+
 /// Everything one access-log line says, owned until the answer ends.
 pub(super) struct Line {
     pub start: Instant,
     pub request_id: HeaderValue,
     pub trace_id: Option<String>,
-    pub client: std::net::SocketAddr,
-    /// The client's `X-Forwarded-For`, shown (its first address) only when trusted.
-    pub forwarded_for: Option<HeaderValue>,
+    pub seen: Seen,
+    /// `server.trust_forwarded_headers`: the forwarded client is shown.
     pub trust_forwarded: bool,
     pub method: Method,
-    pub host: Option<HeaderValue>,
-    /// The target: the log shows its path only.
-    pub uri: http::Uri,
-    pub version: Version,
-    pub user_agent: Option<HeaderValue>,
     pub status: u16,
     pub route: Option<Arc<str>>,
     pub decision: &'static str,
@@ -62,7 +91,7 @@ impl Line {
     fn write(&self, bytes_out: u64, complete: bool) {
         let forwarded_for = self
             .trust_forwarded
-            .then(|| shown(self.forwarded_for.as_ref()).split(',').next())
+            .then(|| shown(self.seen.forwarded_for.as_ref()).split(',').next())
             .flatten()
             .map_or("-", str::trim);
         tracing::info!(
@@ -79,12 +108,12 @@ impl Line {
             upstream_status = self.upstream_status,
             request_id = self.request_id.to_str().unwrap_or("-"),
             trace_id = self.trace_id.as_deref().unwrap_or("-"),
-            client = %self.client.ip(),
+            client = %self.seen.client.ip(),
             forwarded_for,
-            host = shown(self.host.as_ref()),
-            path = self.uri.path(),
-            protocol = ?self.version,
-            user_agent = shown(self.user_agent.as_ref()),
+            host = shown(self.seen.host.as_ref()),
+            path = self.seen.uri.path(),
+            protocol = ?self.seen.version,
+            user_agent = shown(self.seen.user_agent.as_ref()),
             upstream = self.upstream.as_deref().unwrap_or("-"),
             upstream_ms = self.upstream_ms,
             issuer = self.issuer.as_deref().unwrap_or("-"),
@@ -198,14 +227,16 @@ mod tests {
             start: Instant::now(),
             request_id: HeaderValue::from_static("r1"),
             trace_id: None,
-            client: "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!()),
-            forwarded_for: None,
+            seen: Seen {
+                client: "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!()),
+                forwarded_for: None,
+                host: None,
+                uri: http::Uri::from_static("/x?secret=1"),
+                version: Version::HTTP_11,
+                user_agent: None,
+            },
             trust_forwarded: false,
             method: Method::GET,
-            host: None,
-            uri: http::Uri::from_static("/x?secret=1"),
-            version: Version::HTTP_11,
-            user_agent: None,
             status: 200,
             route: None,
             decision: "-",

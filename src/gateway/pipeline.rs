@@ -28,38 +28,6 @@ use crate::telemetry::{self, Kind, RequestTrace, Telemetry};
 use crate::upgrade::{self, Upgrade};
 use crate::{Body, BoxError};
 
-/// The request as the access log shows it: the client's address, host, path without the
-/// query, protocol and user agent.
-struct Seen {
-    client: std::net::SocketAddr,
-    /// The client's `X-Forwarded-For`, logged (its first address) only when trusted.
-    forwarded_for: Option<HeaderValue>,
-    host: Option<HeaderValue>,
-    /// The target (its parts share the request's bytes): the log shows its path only.
-    uri: http::Uri,
-    version: Version,
-    user_agent: Option<HeaderValue>,
-}
-
-impl Seen {
-    fn of<B>(req: &Request<B>, conn: Conn) -> Seen {
-        let forwarded_for = req.headers().get(&headers::X_FORWARDED_FOR).cloned();
-        let host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        Seen {
-            client: conn.remote,
-            forwarded_for,
-            host,
-            uri: req.uri().clone(),
-            version: req.version(),
-            user_agent: req.headers().get(header::USER_AGENT).cloned(),
-        }
-    }
-}
-
 /// What a request's upstream session came to, for the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SessionOutcome {
@@ -138,7 +106,7 @@ impl Gateway {
         // What the access-log line says of the request, taken before the pipeline owns it
         // (header values are shared, not copied).
         let seen = tracing::enabled!(target: "tollgate::access", tracing::Level::INFO)
-            .then(|| Seen::of(&req, conn));
+            .then(|| access::Seen::of(&req, conn.remote));
         let http1 = req.version() < Version::HTTP_2;
         let unread_body = http1 && has_body(req.headers());
         let mut rec = Record {
@@ -157,7 +125,7 @@ impl Gateway {
             trace.scope(self.process(req, conn, &snapshot, &request_id, &mut rec, &trace));
         let mut resp = match processed.await {
             Ok(resp) => resp,
-            Err(e) => self.refuse(e, &mut rec, &request_id),
+            Err(e) => self.refuse(e, &mut rec, &request_id, &snapshot),
         };
         if (unread_body && rec.answered) || (http1 && rec.ambiguous) {
             resp.headers_mut()
@@ -382,12 +350,14 @@ impl Gateway {
         resp
     }
 
-    /// The error's answer, from the one table; its decision and log line too.
+    /// The error's answer, from the one table (with the challenges of the request's own
+    /// snapshot); its decision and log line too.
     fn refuse(
         &self,
         e: GatewayError,
         rec: &mut Record,
         request_id: &HeaderValue,
+        snapshot: &Snapshot,
     ) -> Response<Body> {
         rec.answered = true;
         // A streamed body cut off at its limit ends in 413, and one the client stalled in 408,
@@ -410,7 +380,7 @@ impl Gateway {
             rec.decision = class.decision;
         }
         log_error(&e, class.fault, request_id);
-        class.into_response(&self.wiring.current().challenges)
+        class.into_response(&snapshot.challenges)
     }
 
     /// `record`, the epilogue: the metrics, for every outcome (the access-log line follows the
@@ -439,7 +409,7 @@ impl Gateway {
 /// ends.
 fn access_line(
     rec: Record,
-    seen: Seen,
+    seen: access::Seen,
     method: Method,
     request_id: HeaderValue,
     resp: &Response<Body>,
@@ -449,14 +419,9 @@ fn access_line(
         start,
         request_id,
         trace_id: rec.trace_id,
-        client: seen.client,
-        forwarded_for: seen.forwarded_for,
+        seen,
         trust_forwarded: rec.trust_forwarded,
         method,
-        host: seen.host,
-        uri: seen.uri,
-        version: seen.version,
-        user_agent: seen.user_agent,
         status: resp.status().as_u16(),
         route: rec.route,
         decision: rec.decision.map_or("-", Decision::as_str),
