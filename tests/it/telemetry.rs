@@ -65,6 +65,15 @@ fn parse(traceparent: &str) -> (String, String, String) {
     )
 }
 
+/// The `traceparent` a call carried names `span` (and its trace) as the caller.
+fn assert_sent_by(traceparent: Option<&str>, span: &Span) {
+    let (trace, parent, _) = parse(traceparent.expect("the call carried a traceparent"));
+    assert_eq!(
+        (trace, parent),
+        (span.trace_id.clone(), span.span_id.clone())
+    );
+}
+
 /// With `trust_forwarded_headers`, the client's trace is continued: the server span is a child
 /// of the client's span, verification and the upstream request are children of the server span,
 /// and the upstream receives the upstream request span's context.
@@ -267,11 +276,7 @@ async fn a_key_fetch_for_a_request_carries_its_trace() {
     );
     assert_eq!(fetch.attr("http.response.status_code"), Some("200"));
     let sent = idp.jwks_traceparents.lock().unwrap()[fetched_at_start..].to_vec();
-    let (trace, parent, _) = parse(sent[0].as_deref().expect("the fetch carried a traceparent"));
-    assert_eq!(
-        (trace, parent),
-        (server.trace_id.clone(), fetch.span_id.clone())
-    );
+    assert_sent_by(sent[0].as_deref(), fetch);
 }
 
 /// An introspection call is a client span of the request's trace, and the endpoint gets its
@@ -331,11 +336,7 @@ scopes = ["api"]
         Some("miss")
     );
     let sent = x.traceparents();
-    let (trace, parent, _) = parse(sent[0].as_deref().expect("traceparent"));
-    assert_eq!(
-        (trace, parent),
-        (server.trace_id.clone(), call.span_id.clone())
-    );
+    assert_sent_by(sent[0].as_deref(), call);
 }
 
 /// A session route: the lease wait and the login it needed are spans of the request, and the
@@ -367,15 +368,7 @@ async fn the_session_lease_and_login_are_spans_of_the_request() {
     let up = one(&spans, "upstream request");
     assert_eq!(up.parent_id, server.span_id);
     assert_eq!(logins.len(), 1);
-    let (trace, parent, _) = parse(
-        logins[0]
-            .as_deref()
-            .expect("the login carried a traceparent"),
-    );
-    assert_eq!(
-        (trace, parent),
-        (server.trace_id.clone(), login.span_id.clone())
-    );
+    assert_sent_by(logins[0].as_deref(), login);
     // No span holds a credential or a cookie value.
     for s in &spans {
         for (k, v) in &s.attributes {
