@@ -133,6 +133,43 @@ pub struct RouteSeries {
     by_method_status: RwLock<Vec<(&'static str, u16, IntCounter)>>,
 }
 
+/// One upstream's per-attempt series, for [`UpstreamSeries::observe`]: like [`RouteSeries`],
+/// each label lookup is made once (when first used, so that the exposition only shows classes
+/// that happened) and its handle kept. One per upstream per configuration.
+pub struct UpstreamSeries {
+    upstream: Box<str>,
+    upstream_duration: HistogramVec,
+    upstream_responses: IntCounterVec,
+    duration: OnceLock<Histogram>,
+    /// `1xx` … `5xx`, then `error` (no answer).
+    classes: [OnceLock<IntCounter>; 6],
+}
+
+impl UpstreamSeries {
+    const CLASSES: [&'static str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+    /// One upstream attempt: its time, and its answer's class (`None`: no answer at all).
+    pub fn observe(&self, elapsed_secs: f64, status: Option<u16>) {
+        self.duration
+            .get_or_init(|| self.upstream_duration.with_label_values(&[&*self.upstream]))
+            .observe(elapsed_secs);
+        let class = match status {
+            Some(100..=199) => 0,
+            Some(200..=299) => 1,
+            Some(300..=399) => 2,
+            Some(400..=499) => 3,
+            Some(_) => 4,
+            None => 5,
+        };
+        self.classes[class]
+            .get_or_init(|| {
+                self.upstream_responses
+                    .with_label_values(&[&*self.upstream, Self::CLASSES[class]])
+            })
+            .inc();
+    }
+}
+
 impl std::fmt::Debug for RouteSeries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteSeries")
@@ -598,22 +635,16 @@ impl Metrics {
         }
     }
 
-    /// One upstream attempt: its time, and its answer's class (`None`: no answer at all).
-    pub fn observe_upstream(&self, upstream: &str, elapsed_secs: f64, status: Option<u16>) {
-        self.upstream_duration
-            .with_label_values(&[upstream])
-            .observe(elapsed_secs);
-        let class = match status {
-            Some(100..=199) => "1xx",
-            Some(200..=299) => "2xx",
-            Some(300..=399) => "3xx",
-            Some(400..=499) => "4xx",
-            Some(_) => "5xx",
-            None => "error",
-        };
-        self.upstream_responses
-            .with_label_values(&[upstream, class])
-            .inc();
+    /// One upstream's per-attempt series, resolved once per configuration (see
+    /// [`UpstreamSeries`]).
+    pub fn upstream_series(&self, upstream: &str) -> UpstreamSeries {
+        UpstreamSeries {
+            upstream: upstream.into(),
+            upstream_duration: self.upstream_duration.clone(),
+            upstream_responses: self.upstream_responses.clone(),
+            duration: OnceLock::new(),
+            classes: Default::default(),
+        }
     }
 
     /// A token refused: `reason` is one of [`AuthError::failure_reason`]'s.
@@ -953,8 +984,9 @@ mod tests {
         m.record_request("r1", &Method::GET, 200, Some(Decision::Allowed), 0.01);
         m.token_cache("jwt", CacheResult::Hit);
         m.declare_issuer("erp");
-        m.observe_upstream("erp", 0.01, Some(204));
-        m.observe_upstream("erp", 0.01, None);
+        let erp = m.upstream_series("erp");
+        erp.observe(0.01, Some(204));
+        erp.observe(0.01, None);
         m.observe_overhead(0.0002);
         m.observe_jwks_fetch("erp", 0.05);
         let proxy = m.listener("proxy");

@@ -20,7 +20,7 @@ use super::{Conn, Gateway};
 use crate::auth::{bearer, AuthError, Principal};
 use crate::error::{Fault, GatewayError};
 use crate::limits::{self, BodyTimeout, Broken, Capped, Fault as BodyFault, TooLarge};
-use crate::metrics::{Decision, RouteSeries};
+use crate::metrics::{Decision, RouteSeries, UpstreamSeries};
 use crate::policy::{self, matcher, Permit, Requirement, Route, RouteAuth, RouteTable};
 use crate::proxy::{self, headers, ProxyError, Upstream};
 use crate::session::{self, sanitize, Lease, Leased, Settled};
@@ -295,7 +295,8 @@ impl Gateway {
         let mut attempts = Attempts::new(head, body, lease.is_some());
         let resp = loop {
             let req = attempts.next(lease.as_ref(), path);
-            let resp = self.send(upstream, req, lease.as_ref(), rec, trace).await?;
+            let series = &snapshot.upstream_series[route.upstream];
+            let resp = send(upstream, series, req, lease.as_ref(), rec, trace).await?;
             rec.upstream_status = Some(resp.status().as_u16());
             match settle(lease.as_mut(), resp).await {
                 Settled::Keep(resp) => break resp,
@@ -307,47 +308,6 @@ impl Gateway {
             }
         };
         finish(resp, lease.take(), upstream, origin.as_deref(), upgrade).await
-    }
-
-    /// `send`: the request to the upstream, stopped if a shared store loses the lease while it
-    /// runs (never two requests on one session). The upstream latency is recorded here, once
-    /// per attempt, whatever the outcome.
-    async fn send(
-        &self,
-        upstream: &Upstream,
-        mut req: Request<Body>,
-        lease: Option<&Lease>,
-        rec: &mut Record,
-        trace: &RequestTrace,
-    ) -> Result<Response<Incoming>, GatewayError> {
-        let step = trace.upstream_call(req.method(), req.uri());
-        if step.is_recording() {
-            step.note("tollgate.upstream", upstream.id.to_string());
-        }
-        step.inject(req.headers_mut());
-        let sent = Instant::now();
-        let resp = match lease.and_then(Lease::lost) {
-            None => upstream.send(req).await.map_err(GatewayError::from),
-            Some(mut lost) => tokio::select! {
-                r = upstream.send(req) => r.map_err(GatewayError::from),
-                _ = lost.wait_for(|l| *l) => Err(session::SessionError::Store(
-                    "the session's lease was lost in the store".to_owned(),
-                )
-                .into()),
-            },
-        };
-        let secs = sent.elapsed().as_secs_f64();
-        rec.upstream_secs += secs;
-        let status = resp.as_ref().ok().map(|r| r.status().as_u16());
-        match (&resp, status) {
-            (_, Some(s)) => step.status(s),
-            (Err(e), None) => step.fail(&e.class().description),
-            (Ok(_), None) => {}
-        }
-        self.wiring
-            .metrics()
-            .observe_upstream(&upstream.id, secs, status);
-        resp
     }
 
     /// The error's answer, from the one table (with the challenges of the request's own
@@ -683,6 +643,45 @@ fn copy_head(p: &Parts) -> Parts {
     *r.version_mut() = p.version;
     *r.headers_mut() = p.headers.clone();
     r.into_parts().0
+}
+
+/// `send`: the request to the upstream, stopped if a shared store loses the lease while it
+/// runs (never two requests on one session). The upstream latency is recorded here, once
+/// per attempt, whatever the outcome.
+async fn send(
+    upstream: &Upstream,
+    series: &UpstreamSeries,
+    mut req: Request<Body>,
+    lease: Option<&Lease>,
+    rec: &mut Record,
+    trace: &RequestTrace,
+) -> Result<Response<Incoming>, GatewayError> {
+    let step = trace.upstream_call(req.method(), req.uri());
+    if step.is_recording() {
+        step.note("tollgate.upstream", upstream.id.to_string());
+    }
+    step.inject(req.headers_mut());
+    let sent = Instant::now();
+    let resp = match lease.and_then(Lease::lost) {
+        None => upstream.send(req).await.map_err(GatewayError::from),
+        Some(mut lost) => tokio::select! {
+            r = upstream.send(req) => r.map_err(GatewayError::from),
+            _ = lost.wait_for(|l| *l) => Err(session::SessionError::Store(
+                "the session's lease was lost in the store".to_owned(),
+            )
+            .into()),
+        },
+    };
+    let secs = sent.elapsed().as_secs_f64();
+    rec.upstream_secs += secs;
+    let status = resp.as_ref().ok().map(|r| r.status().as_u16());
+    match (&resp, status) {
+        (_, Some(s)) => step.status(s),
+        (Err(e), None) => step.fail(&e.class().description),
+        (Ok(_), None) => {}
+    }
+    series.observe(secs, status);
+    resp
 }
 
 /// `settle`: the session layer's second step (upstreams without sessions keep every answer).

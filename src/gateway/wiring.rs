@@ -19,7 +19,7 @@ use crate::config::{
 use crate::error::Challenges;
 use crate::fleet::{Fleet, RedisHandle, SharedIntrospection};
 use crate::metadata::ResourceMetadata;
-use crate::metrics::{Metrics, RouteSeries};
+use crate::metrics::{Metrics, RouteSeries, UpstreamSeries};
 use crate::policy::{Route, RouteAuth, RouteTable};
 use crate::proxy::{self, Upstream};
 use crate::session::redis::{Namespace, RedisStore};
@@ -61,6 +61,8 @@ pub struct Snapshot {
     pub subject_logging: SubjectLogging,
     /// Each route's metric series, in the route table's order.
     series: Arc<[Arc<RouteSeries>]>,
+    /// Each upstream's metric series, by upstream index.
+    pub upstream_series: Arc<[UpstreamSeries]>,
 }
 
 impl Snapshot {
@@ -410,6 +412,11 @@ impl Parts {
                 .routes
                 .iter()
                 .map(|r| Arc::new(self.metrics.route_series(&r.id)))
+                .collect(),
+            upstream_series: config
+                .upstreams
+                .iter()
+                .map(|u| self.metrics.upstream_series(&u.id))
                 .collect(),
         })
     }
