@@ -13,6 +13,8 @@ pub(crate) struct RedisStore {
     /// Its own per scenario, so that no scenario finds another's sessions.
     pub(crate) key_prefix: String,
     pub(crate) handle_key_file: PathBuf,
+    /// `[store] linger` when set (`LOAD_STORE_LINGER`); else the default.
+    pub(crate) linger: Option<String>,
 }
 
 /// The JWT gateway's configuration: one issuer (the in-process JWKS server) accepting
@@ -131,8 +133,13 @@ pub(crate) fn legacy(
     let (store, key_file) = match store {
         Some(s) => (
             format!(
-                "\n[store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{}\"\n",
-                s.url, s.key_prefix
+                "\n[store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{}\"\n{}",
+                s.url,
+                s.key_prefix,
+                s.linger
+                    .as_ref()
+                    .map(|l| format!("linger = \"{l}\"\n"))
+                    .unwrap_or_default()
             ),
             format!("handle_key_file = \"{}\"\n", s.handle_key_file.display()),
         ),

@@ -720,6 +720,7 @@ impl Fleet<'_> {
             url: self.redis.url(),
             key_prefix: format!("tollgate-bench:{name}:"),
             handle_key_file: self.key_file.to_owned(),
+            linger: self.settings.store_linger.clone(),
         });
         let fake = fixtures::fake_legacy();
         let (fake_task, started) = runtime.block_on(async {
@@ -795,9 +796,11 @@ impl Fleet<'_> {
         let logins_before = fake.counters().logins_ok;
         let commands_before = redis.map(RedisServer::commands).transpose()?;
         println!("benches/load: {name}: {} s measured", self.settings.seconds);
+        let (cpu_before, started) = (fixtures::process_cpu_seconds(), Instant::now());
         let outputs = self
             .wrk
             .run_all(&urls, &headers, self.settings.seconds, &loads)?;
+        let (cpu_after, wall) = (fixtures::process_cpu_seconds(), started.elapsed());
         let commands = redis
             .map(RedisServer::commands)
             .transpose()?
@@ -814,6 +817,9 @@ impl Fleet<'_> {
             .map(|out| wrk::parse(name, out))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut outcome = Outcome::new(name, wrk::combine(parts));
+        outcome.cpu = cpu_after
+            .zip(cpu_before)
+            .map(|(a, b)| (a - b, wall.as_secs_f64()));
         outcome.cache = Some((
             cache_after.0 - cache_before.0,
             cache_after.1 - cache_before.1,

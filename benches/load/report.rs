@@ -533,8 +533,23 @@ pub(crate) fn markdown(
         if !commands.is_empty() {
             let _ = writeln!(
                 md,
-                "- Redis commands per request while measured (`INFO stats`                  total_commands_processed; a script call counts once plus each command it runs,                  and the replicas' lease renewals and upkeep are included): {}",
+                "- Redis commands per request while measured (`INFO stats` \
+                 total_commands_processed; a script call counts once plus each command it runs, \
+                 and the replicas' lease renewals and upkeep are included): {}",
                 commands.join(", ")
+            );
+        }
+        let cpu: Vec<String> = outcomes
+            .iter()
+            .filter(|o| o.name.starts_with("sessions-"))
+            .filter_map(|o| Some(format!("{} {:.1} µs", o.name, o.cpu_us()?)))
+            .collect();
+        if !cpu.is_empty() {
+            let _ = writeln!(
+                md,
+                "- the bench process's CPU per request while measured (gateways, fake legacy API \
+                 and their Redis clients; not wrk, not Redis): {}",
+                cpu.join(", ")
             );
         }
         let queued = |name: &str| outcomes.iter().find(|o| o.name == name);

@@ -1,5 +1,5 @@
 //! The run's settings: the knobs read from the environment (`LOAD_SECONDS`, `LOAD_CONNECTIONS`,
-//! `LOAD_THREADS`), the choice of scenarios (`LOAD_SCENARIOS`), how wrk's load is split over
+//! `LOAD_THREADS`, `LOAD_STORE_LINGER`), the choice of scenarios (`LOAD_SCENARIOS`), how wrk's load is split over
 //! several wrk processes, and the sizes that are fixed rather than knobs.
 
 use anyhow::bail;
@@ -26,6 +26,9 @@ pub(crate) struct Settings {
     pub(crate) connections: u64,
     /// `LOAD_THREADS`: wrk's `-t`.
     pub(crate) threads: u64,
+    /// `LOAD_STORE_LINGER`: `[store] linger` of the Redis rows (humantime, `0s` to keep no
+    /// place); the default when unset.
+    pub(crate) store_linger: Option<String>,
     /// `LOAD_SCENARIOS`: the scenarios to measure (comma-separated names); all when unset.
     only: Selection,
 }
@@ -36,6 +39,9 @@ impl Settings {
             seconds: positive("LOAD_SECONDS", 10)?,
             connections: positive("LOAD_CONNECTIONS", 64)?,
             threads: positive("LOAD_THREADS", 2)?,
+            store_linger: std::env::var("LOAD_STORE_LINGER")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
             only: Selection::from_env("LOAD_SCENARIOS"),
         };
         if s.connections < s.threads {
