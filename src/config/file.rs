@@ -78,6 +78,11 @@ pub struct StoreSection {
     /// Share positive introspection results between replicas. By default
     /// [`default_share_introspection`].
     pub share_introspection: Option<bool>,
+    /// How long a replica keeps a session's in-flight place after its request ended, for its
+    /// own next request on that session (no store round trip); a request queued behind it, on
+    /// any replica, gets it back at once. `0s` gives every place back at once (humantime). By
+    /// default [`default_linger`].
+    pub linger: Option<String>,
 }
 
 /// `memory`.
@@ -103,6 +108,11 @@ pub fn default_lease_ttl() -> &'static str {
 /// True.
 pub fn default_share_introspection() -> bool {
     true
+}
+
+/// `250ms`.
+pub fn default_linger() -> &'static str {
+    "250ms"
 }
 
 // === [metadata] ===
@@ -888,6 +898,7 @@ pub fn defaults() -> Vec<(&'static str, serde_json::Value)> {
             "default_share_introspection",
             json!(default_share_introspection()),
         ),
+        ("default_linger", json!(default_linger())),
         (
             "default_body_read_timeout",
             json!(default_body_read_timeout()),

@@ -98,6 +98,8 @@ pub struct RedisConfig {
     pub timeout: Duration,
     pub lease_ttl: Duration,
     pub share_introspection: bool,
+    /// How long an in-flight place is kept for this replica's next request on its session.
+    pub linger: Duration,
 }
 
 /// Where Redis is: one address, or the primary that Redis Sentinel names.

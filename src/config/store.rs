@@ -22,6 +22,7 @@ pub(crate) fn store(
                 ("timeout", raw.timeout.is_some()),
                 ("lease_ttl", raw.lease_ttl.is_some()),
                 ("share_introspection", raw.share_introspection.is_some()),
+                ("linger", raw.linger.is_some()),
             ];
             for (field, set) in redis_only {
                 if set {
@@ -66,6 +67,19 @@ fn redis(c: &mut Checker<'_>, raw: &StoreSection, upstreams: &[UpstreamConfig]) 
         c.error("store.lease_ttl", "must be at least 1s");
     }
     c.nonzero("store.timeout", timeout);
+    let linger = c.duration(
+        "store.linger",
+        written_or(&raw.linger, file::default_linger),
+    );
+    if let (Some(l), Some(t)) = (linger, lease_ttl) {
+        // A kept place goes back at the latest a third of `lease_ttl` after it was granted.
+        if l >= t / 3 {
+            c.error(
+                "store.linger",
+                "must be shorter than a third of store.lease_ttl",
+            );
+        }
+    }
     RedisConfig {
         target,
         key_prefix: written_or(&raw.key_prefix, file::default_key_prefix).to_owned(),
@@ -74,6 +88,7 @@ fn redis(c: &mut Checker<'_>, raw: &StoreSection, upstreams: &[UpstreamConfig]) 
         share_introspection: raw
             .share_introspection
             .unwrap_or_else(file::default_share_introspection),
+        linger: linger.unwrap_or_default(),
     }
 }
 

@@ -670,6 +670,22 @@ fn the_store_is_redis_directly_or_through_sentinel() {
         panic!("not redis")
     };
     assert_eq!(r.target.redacted(), "redis://***@127.0.0.1:6379/2");
+    assert_eq!(
+        r.linger,
+        Duration::from_millis(250),
+        "places kept by default"
+    );
+    let none = ok(&format!(
+        "[store]\nkind = \"redis\"\nurl = \"redis://h:1\"\nlinger = \"0s\"\n{base}"
+    ));
+    assert!(matches!(&none.store, StoreConfig::Redis(r) if r.linger.is_zero()));
+    let memory = errors(&format!("[store]\nlinger = \"1s\"\n{base}"));
+    assert!(
+        memory
+            .iter()
+            .any(|(k, m)| k == "store.linger" && m.contains("kind = \"redis\"")),
+        "{memory:?}"
+    );
     assert!(
         !format!("{direct:?}").contains(":pw@"),
         "Debug shows the password"
@@ -760,6 +776,16 @@ fn store_errors_name_the_key_and_never_the_password() {
             "url = \"rediss://:a/hunter2@[::1\"",
             "store.url",
             "is not a Redis URL",
+        ),
+        (
+            "url = \"redis://:hunter2@h:1\"\nlinger = \"soon\"",
+            "store.linger",
+            "is not a duration",
+        ),
+        (
+            "url = \"redis://:hunter2@h:1\"\nlease_ttl = \"3s\"\nlinger = \"1s\"",
+            "store.linger",
+            "shorter than a third of store.lease_ttl",
         ),
     ] {
         let errs = errors(&format!("[store]\nkind = \"redis\"\n{store}\n{base}"));

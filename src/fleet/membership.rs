@@ -18,7 +18,7 @@
 //! | `members` | sorted set | live replica ids by heartbeat expiry |
 //! | `serving:{upstream}:{profile}` | sorted set | replicas serving that profile, by expiry |
 //! | `reporter` | string | the replica publishing the fleet gauges (with a TTL) |
-//! | `wake:{replica}` | list | `g{ticket}` (granted) or `x{ticket}` (session gone) for that replica's waiters |
+//! | `wake:{replica}` | list | `g{ticket}` (granted), `G{ticket}` (granted, others queued behind) or `x{ticket}` (session gone) for that replica's waiters; `w{ticket}` (a request queued behind that in-flight place of the replica's) |
 //!
 //! Expiries are taken from Redis's own clock (`TIME` inside the scripts), so replicas whose
 //! clocks disagree still agree on who is alive.
@@ -35,11 +35,21 @@ use super::connection::{RedisHandle, StoreError};
 use crate::clock::millis;
 use crate::metrics::Metrics;
 
+/// The most wakes one read takes from the wake list besides the first.
+const WAKE_BATCH: usize = 256;
+
+/// One read of the wake list, as Redis answers it: `BLPOP`'s (list, wake), then `LPOP`'s
+/// wakes.
+type WakeRead = (Option<(String, String)>, Option<Vec<String>>);
+
 /// How a waiting request learns its fate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
     /// The in-flight place is this request's now.
     Granted,
+    /// The same, handed over by a release of this replica, the record's jar at this version: a
+    /// replica that remembers the record with that jar need not read it again.
+    Handed { jar_version: u64 },
     /// The session was removed while the request waited.
     Gone,
 }
@@ -89,6 +99,29 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
 ";
 
+/// An in-flight place of this replica that a request queued behind, here or on another replica
+/// (`w{ticket}` on the wake list): a place kept after its request ended goes back at once, and a
+/// place in use is not kept.
+#[derive(Debug, Default)]
+pub struct Wanted {
+    wanted: AtomicBool,
+    /// Wakes whoever gives kept places back.
+    nudge: Arc<tokio::sync::Notify>,
+}
+
+impl Wanted {
+    /// True once a request queued behind the place.
+    pub fn is_set(&self) -> bool {
+        self.wanted.load(Ordering::Acquire)
+    }
+
+    /// Marks the place wanted and nudges whoever keeps it.
+    pub(crate) fn set(&self) {
+        self.wanted.store(true, Ordering::Release);
+        self.nudge.notify_one();
+    }
+}
+
 /// This replica in the fleet.
 pub struct Fleet {
     redis: RedisHandle,
@@ -100,6 +133,8 @@ pub struct Fleet {
     reporter: AtomicBool,
     members: AtomicU64,
     waiters: Mutex<HashMap<String, oneshot::Sender<Wake>>>,
+    /// This replica's in-flight places that may be kept after their request, by ticket.
+    places: Mutex<HashMap<String, Arc<Wanted>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     metrics: Metrics,
     scripts: (Script, Script, Script),
@@ -143,6 +178,7 @@ impl Fleet {
             reporter: AtomicBool::new(false),
             members: AtomicU64::new(0),
             waiters: Mutex::new(HashMap::new()),
+            places: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             metrics,
             scripts: (Script::new(BEAT), Script::new(LEAVE), Script::new(RETIRE)),
@@ -317,6 +353,25 @@ impl Fleet {
         lock(&self.waiters).remove(ticket);
     }
 
+    /// Watches the in-flight place of `ticket` for requests queued behind it, until
+    /// [`Fleet::unwatch`]; `nudge` is notified when one does.
+    pub fn watch(&self, ticket: &str, nudge: &Arc<tokio::sync::Notify>) -> Arc<Wanted> {
+        lock(&self.places)
+            .entry(ticket.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Wanted {
+                    wanted: AtomicBool::new(false),
+                    nudge: nudge.clone(),
+                })
+            })
+            .clone()
+    }
+
+    /// The place of `ticket` went back to the store.
+    pub fn unwatch(&self, ticket: &str) {
+        lock(&self.places).remove(ticket);
+    }
+
     /// Reads this replica's wake list and hands each wake to its waiter. A dedicated
     /// connection: `BLPOP` blocks the connection it runs on.
     async fn read_wakes(&self) {
@@ -332,14 +387,27 @@ impl Fleet {
                 }
             };
             loop {
-                let popped: redis::RedisResult<Option<(String, String)>> = redis::cmd("BLPOP")
+                // One round trip takes the first wake (blocking) and up to a batch of those
+                // queued behind it: under load the wakes do not wait behind one another.
+                let popped: redis::RedisResult<WakeRead> = redis::pipe()
+                    .cmd("BLPOP")
                     .arg(&key)
                     .arg(block.as_secs_f64())
+                    .cmd("LPOP")
+                    .arg(&key)
+                    .arg(WAKE_BATCH)
                     .query_async(&mut conn)
                     .await;
                 match popped {
-                    Ok(Some((_, msg))) => self.deliver(&msg),
-                    Ok(None) => {}
+                    Ok((first, rest)) => {
+                        for msg in first
+                            .map(|(_, m)| m)
+                            .into_iter()
+                            .chain(rest.into_iter().flatten())
+                        {
+                            self.deliver(&msg, Wake::Granted);
+                        }
+                    }
                     Err(e) => {
                         tracing::debug!(error = %crate::net::redact_error(&e), "wake-up reader lost its connection");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -357,10 +425,32 @@ impl Fleet {
         }
     }
 
-    fn deliver(&self, msg: &str) {
+    /// Delivers the wakes that a release of this replica's handed to its own waiters (the
+    /// release script answers them instead of pushing them on the wake list).
+    pub fn deliver_handed(&self, msgs: &[String], jar_version: u64) {
+        for msg in msgs {
+            self.deliver(msg, Wake::Handed { jar_version });
+        }
+    }
+
+    /// Delivers one wake; a grant is told as `granted`.
+    fn deliver(&self, msg: &str, granted: Wake) {
         let (wake, ticket) = match msg.split_at_checked(1) {
-            Some(("g", t)) => (Wake::Granted, t),
+            Some(("g", t)) => (granted, t),
+            // Granted, with others queued behind: the place is not to be kept after it.
+            Some(("G", t)) => {
+                if let Some(w) = lock(&self.places).get(t) {
+                    w.set();
+                }
+                (granted, t)
+            }
             Some(("x", t)) => (Wake::Gone, t),
+            Some(("w", t)) => {
+                if let Some(w) = lock(&self.places).get(t) {
+                    w.set();
+                }
+                return;
+            }
             _ => return,
         };
         if let Some(tx) = lock(&self.waiters).remove(ticket) {

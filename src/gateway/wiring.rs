@@ -463,6 +463,7 @@ impl Parts {
                         max_inflight: s.max_inflight_per_session,
                         seat_cap: s.max_upstream_sessions,
                         grant_cap: s.max_sessions_per_grant,
+                        linger: r.linger,
                     },
                     &key,
                 )),

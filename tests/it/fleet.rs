@@ -494,8 +494,10 @@ async fn a_paused_redis_is_503_with_retry_after_and_nothing_is_double_booked() {
     })
     .await;
     let redis = RedisServer::start();
+    // Places go back at once, so that every request below needs the store (a place kept for
+    // a replica's next request would still serve it: `redis_store.rs` shows that).
     let cfg = h.config(
-        &format!("url = \"{}\"", redis.url()),
+        &format!("url = \"{}\"\nlinger = \"0s\"", redis.url()),
         "max_upstream_sessions = 4",
     );
     let (a, b) = (h.replica(&cfg).await, h.replica(&cfg).await);

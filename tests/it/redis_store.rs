@@ -19,7 +19,8 @@ use tollgate::session::grant::GrantKey;
 use tollgate::session::jar::Jar;
 use tollgate::session::redis::{Namespace, RedisStore};
 use tollgate::session::store::{
-    LeaseRefused, Leased, Release, Restored, SessionRecord, SessionState, SessionStore, SlotKey,
+    LeaseRefused, Leased, Release, Removal, Restored, SessionRecord, SessionState, SessionStore,
+    SlotKey,
 };
 
 use crate::support::eventually;
@@ -77,22 +78,30 @@ async fn pipe(
 struct Replica {
     _fleet: Arc<Fleet>,
     store: Arc<RedisStore>,
+    metrics: Metrics,
 }
 
+/// A replica that gives every place back at once (`[store] linger = "0s"`).
 fn replica(url: &str, lease_ttl: Duration) -> Replica {
+    replica_keeping(url, lease_ttl, Duration::ZERO)
+}
+
+/// A replica that keeps a place for `linger` after its request, for its own next one.
+fn replica_keeping(url: &str, lease_ttl: Duration, linger: Duration) -> Replica {
     let cfg = RedisConfig {
         target: RedisTarget::Url(Secret::new(url.to_owned())),
         key_prefix: "store-test:".to_owned(),
         timeout: Duration::from_secs(2),
         lease_ttl,
         share_introspection: false,
+        linger,
     };
     let metrics = Metrics::new().unwrap();
     let fleet = Fleet::new(
         RedisHandle::new(&cfg, metrics.clone()).unwrap(),
         &cfg.key_prefix,
         lease_ttl,
-        metrics,
+        metrics.clone(),
     );
     fleet.start();
     let store = Arc::new(RedisStore::new(
@@ -105,6 +114,7 @@ fn replica(url: &str, lease_ttl: Duration) -> Replica {
             max_inflight: 1,
             seat_cap: 2,
             grant_cap: 3,
+            linger,
         },
         &[9u8; 32],
     ));
@@ -112,7 +122,17 @@ fn replica(url: &str, lease_ttl: Duration) -> Replica {
     Replica {
         _fleet: fleet,
         store,
+        metrics,
     }
+}
+
+/// How many times this replica ran the store operation `op` (its duration histogram's count).
+fn operations(r: &Replica, op: &str) -> u64 {
+    let text = String::from_utf8(r.metrics.render()).unwrap();
+    let prefix = format!("tollgate_store_operation_duration_seconds_count{{op=\"{op}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 fn slot() -> SlotKey {
@@ -213,9 +233,25 @@ async fn a_request_cancelled_while_queued_leaves_the_queue_for_good() {
 
 #[tokio::test]
 async fn waiters_on_two_replicas_are_served_in_their_order_without_polling() {
+    served_in_order(Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn waiters_on_two_replicas_are_served_in_their_order_when_places_are_kept() {
+    // A linger longer than a waiter's wait: a place kept past a waiter's arrival would stall
+    // it into `Busy`.
+    served_in_order(Duration::from_secs(5)).await;
+}
+
+async fn served_in_order(linger: Duration) {
     let redis = RedisServer::start();
-    let ttl = Duration::from_secs(10);
-    let (a, b) = (replica(&redis.url(), ttl), replica(&redis.url(), ttl));
+    let ttl = Duration::from_secs(30);
+    let (a, b) = (
+        replica_keeping(&redis.url(), ttl, linger),
+        replica_keeping(&redis.url(), ttl, linger),
+    );
+    // Logged in, so that a replica may keep its place (A keeps it now).
+    logged_in(&a.store).await;
     let first = lease(&a.store, 8, Duration::from_secs(1)).await.unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut waiters = Vec::new();
@@ -227,7 +263,7 @@ async fn waiters_on_two_replicas_are_served_in_their_order_without_polling() {
         };
         let order = order.clone();
         waiters.push(tokio::spawn(async move {
-            let l = lease(&store, 8, Duration::from_secs(10)).await.unwrap();
+            let l = lease(&store, 8, Duration::from_secs(3)).await.unwrap();
             order.lock().unwrap().push(n);
             store.release(l.in_flight, Release::default()).await;
         }));
@@ -403,4 +439,260 @@ async fn sessions_the_store_lost_are_registered_again_within_the_cap() {
         m.lost.is_empty(),
         "a session tollgate removed is not lost: {m:?}"
     );
+}
+
+/// Leases and releases the slot's session `n` times, one request after the other.
+async fn one_after_another(store: &RedisStore, n: usize) {
+    for _ in 0..n {
+        let l = lease(store, 4, Duration::from_secs(2)).await.unwrap();
+        store.release(l.in_flight, Release::default()).await;
+    }
+}
+
+/// Releases `l` with the jar its answer left.
+async fn released_with(store: &RedisStore, l: Leased, jar: &Jar) {
+    let how = Release {
+        op: false,
+        jar: Some(jar.clone()),
+    };
+    store.release(l.in_flight, how).await;
+}
+
+/// Logs the slot's session in (as the pool would after creating it), so that its place may be
+/// kept.
+async fn logged_in(store: &RedisStore) -> u64 {
+    let l = lease(store, 4, Duration::from_secs(2)).await.unwrap();
+    let id = l.record.id;
+    store
+        .update(
+            &slot(),
+            id,
+            Box::new(|r: &mut SessionRecord| {
+                r.state = SessionState::Active;
+                r.jar = Jar::from_text("ASP.NET_SessionId\t/\ts1");
+            }),
+        )
+        .await
+        .unwrap()
+        .expect("the record");
+    store.release(l.in_flight, Release::default()).await;
+    id
+}
+
+#[tokio::test]
+async fn a_replica_keeps_a_place_for_its_next_request_without_asking_redis() {
+    let redis = RedisServer::start();
+    let r = replica_keeping(
+        &redis.url(),
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    );
+    logged_in(&r.store).await;
+    let (leases, releases) = (operations(&r, "lease"), operations(&r, "release"));
+    one_after_another(&r.store, 20).await;
+    assert_eq!(
+        (
+            operations(&r, "lease") - leases,
+            operations(&r, "release") - releases
+        ),
+        (0, 0),
+        "twenty requests one after another on a kept place: no lease and no release script"
+    );
+    // Redis still counts the place as in use: nobody evicts, expires or hands it over.
+    assert_eq!(counts(&r.store).await, (1, 0));
+
+    // A request whose answer changed the jar: the place is kept, the next request here has
+    // the new jar from this replica's memory.
+    let l = lease(&r.store, 4, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(
+        l.record.jar.to_text(),
+        "ASP.NET_SessionId\t/\ts1",
+        "the jar it was given"
+    );
+    let jar = Jar::from_text("ASP.NET_SessionId\t/\ts2");
+    released_with(&r.store, l, &jar).await;
+    let leases = operations(&r, "lease");
+    let again = lease(&r.store, 4, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(again.record.jar, jar, "the next request has it");
+    assert_eq!(operations(&r, "lease"), leases, "from the kept place");
+    r.store.release(again.in_flight, Release::default()).await;
+    assert_eq!(counts(&r.store).await, (1, 0));
+}
+
+#[tokio::test]
+async fn a_jar_left_unwritten_by_a_kept_place_reaches_redis_within_the_linger() {
+    let redis = RedisServer::start();
+    let ttl = Duration::from_secs(30);
+    let linger = Duration::from_millis(300);
+    let r = replica_keeping(&redis.url(), ttl, linger);
+    logged_in(&r.store).await;
+    let l = lease(&r.store, 4, Duration::from_secs(2)).await.unwrap();
+    let jar = Jar::from_text("ASP.NET_SessionId\t/\ts2");
+    released_with(&r.store, l, &jar).await;
+    // Requests keep coming, each well within the linger of the last: the place would be kept
+    // for a third of `lease_ttl` (10 s), but the unwritten jar sends it back within the linger.
+    let other = replica(&redis.url(), ttl);
+    let written = async {
+        loop {
+            one_after_another(&r.store, 1).await;
+            let stored = other.store.get(&slot()).await.unwrap().unwrap();
+            if stored.jar == jar {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), written)
+        .await
+        .expect("the changed jar reaches Redis although the place is in constant use");
+
+    // A linger without a request gives the place back, with the jar (no waiting for
+    // `lease_ttl`).
+    let quick = replica_keeping(&redis.url(), ttl, Duration::from_millis(200));
+    let l = lease(&quick.store, 4, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let third = Jar::from_text("ASP.NET_SessionId\t/\ts3");
+    released_with(&quick.store, l, &third).await;
+    assert_eq!(counts(&quick.store).await, (1, 0), "kept for the linger");
+    settles_at(&quick.store, (0, 0), "given back when the linger passed").await;
+    let stored = other.store.get(&slot()).await.unwrap().unwrap();
+    assert_eq!(stored.jar, third, "with the jar its last request left");
+}
+
+#[tokio::test]
+async fn a_kept_place_goes_back_at_once_to_a_request_queued_on_another_replica() {
+    let redis = RedisServer::start();
+    let ttl = Duration::from_secs(30);
+    // A linger far longer than the other replica's wait: only the wake gives the place back.
+    let linger = Duration::from_secs(8);
+    let (a, b) = (
+        replica_keeping(&redis.url(), ttl, linger),
+        replica_keeping(&redis.url(), ttl, linger),
+    );
+    logged_in(&a.store).await;
+    assert_eq!(counts(&a.store).await, (1, 0), "A keeps the place");
+    let on_b = lease(&b.store, 4, Duration::from_secs(3)).await;
+    let on_b = on_b
+        .map_err(|e| format!("{e:?}"))
+        .expect("B is served before its wait runs out");
+
+    // While B holds it, A's next request queues behind B instead of jumping ahead.
+    let a_store = a.store.clone();
+    let behind = tokio::spawn(async move { lease(&a_store, 4, Duration::from_secs(3)).await });
+    eventually(
+        "A's request is queued behind B's",
+        Duration::from_secs(5),
+        || counts(&b.store),
+        |c| *c == (1, 1),
+    )
+    .await;
+    // B's place was wanted when it was granted or since: B gives it back at its release even
+    // though B keeps places too.
+    b.store.release(on_b.in_flight, Release::default()).await;
+    let on_a = behind
+        .await
+        .unwrap()
+        .map_err(|e| format!("{e:?}"))
+        .expect("A is served next");
+    a.store.release(on_a.in_flight, Release::default()).await;
+}
+
+#[tokio::test]
+async fn a_replica_that_leaves_or_removes_the_session_gives_its_kept_place_back() {
+    let redis = RedisServer::start();
+    let ttl = Duration::from_secs(30);
+    let linger = Duration::from_secs(8);
+    let r = replica_keeping(&redis.url(), ttl, linger);
+    let id = logged_in(&r.store).await;
+    assert_eq!(counts(&r.store).await, (1, 0));
+    assert!(
+        matches!(
+            r.store.remove_unused(&slot(), id).await,
+            Ok(Removal::Removed(_))
+        ),
+        "this replica's own kept place does not keep the session in use"
+    );
+
+    let id = logged_in(&r.store).await;
+    assert_eq!(counts(&r.store).await, (1, 0));
+    // Another replica cannot remove it meanwhile: the place is a lease in Redis.
+    let other = replica(&redis.url(), ttl);
+    assert!(matches!(
+        other.store.remove_unused(&slot(), id).await,
+        Ok(Removal::Busy)
+    ));
+    r.store.settle().await;
+    assert_eq!(
+        counts(&r.store).await,
+        (0, 0),
+        "leaving gives the kept place back"
+    );
+    one_after_another(&r.store, 1).await;
+    // Within 5 s, where a kept place would stay for the 8 s linger.
+    settles_at(&r.store, (0, 0), "and nothing is kept any more").await;
+}
+
+#[tokio::test]
+async fn a_kept_place_is_not_used_once_the_store_lost_its_state() {
+    let redis = RedisServer::start();
+    let r = replica_keeping(
+        &redis.url(),
+        Duration::from_secs(30),
+        Duration::from_secs(8),
+    );
+    logged_in(&r.store).await;
+    r.store.maintain().await.unwrap();
+    redis.command("FLUSHALL");
+    let m = r.store.maintain().await.unwrap();
+    assert!(m.reset, "the upkeep sees the new epoch");
+    let leases = operations(&r, "lease");
+    one_after_another(&r.store, 1).await;
+    let asked = operations(&r, "lease") - leases;
+    assert!(
+        asked >= 1,
+        "the request after the loss asks Redis instead of using the kept place"
+    );
+}
+
+#[tokio::test]
+async fn a_kept_place_serves_its_replica_through_a_short_outage_and_nothing_else_does() {
+    let redis = RedisServer::start();
+    let r = replica_keeping(
+        &redis.url(),
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    );
+    logged_in(&r.store).await;
+    redis.pause();
+    // The kept place is a lease Redis granted a moment ago and keeps for `lease_ttl`: using it
+    // double-books nothing.
+    let kept = lease(&r.store, 4, Duration::from_secs(1)).await;
+    let kept = kept
+        .map_err(|e| format!("{e:?}"))
+        .expect("the kept place serves");
+    // Another session needs the store, which does not answer.
+    let other = SlotKey {
+        grant: GrantKey("grant-b".into()),
+        handle: None,
+    };
+    let refused = r
+        .store
+        .lease(
+            &other,
+            SessionRecord::new(8, false, 1),
+            1,
+            1,
+            4,
+            Duration::from_secs(1),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(LeaseRefused::Unavailable)),
+        "{refused:?}"
+    );
+    redis.resume();
+    r.store.release(kept.in_flight, Release::default()).await;
+    r.store.settle().await;
+    settles_at(&r.store, (0, 0), "the place goes back once Redis answers").await;
 }

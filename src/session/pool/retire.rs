@@ -238,6 +238,8 @@ impl Pool {
     pub async fn shutdown(self: &Arc<Self>, bound: Duration) {
         let deadline = Instant::now() + bound;
         self.wait_for_logins(deadline).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left, self.store.settle()).await;
         let Ok(all) = self.store.list().await else {
             return;
         };
@@ -262,7 +264,11 @@ impl Pool {
     /// replica's logins in progress to finish, so that they record their sessions (bounded by
     /// `bound`), then stops the background work. Nothing is logged out.
     pub async fn leave(&self, bound: Duration) {
-        self.wait_for_logins(Instant::now() + bound).await;
+        let deadline = Instant::now() + bound;
+        self.wait_for_logins(deadline).await;
+        // The places kept for this replica's next requests go back to the fleet now.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left, self.store.settle()).await;
         self.stop();
     }
 

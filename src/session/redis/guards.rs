@@ -84,6 +84,11 @@ impl Holdings {
         rx
     }
 
+    /// True while `ticket` is held (not given back, not lost).
+    pub(super) fn holds(&self, ticket: &str) -> bool {
+        self.lock().contains_key(ticket)
+    }
+
     pub(super) fn drop_ticket(&self, ticket: &str) {
         self.lock().remove(ticket);
     }

@@ -35,14 +35,6 @@ impl Keys {
         self.key(&format!("r:{slot_text}"))
     }
 
-    /// The slot text of a record key (empty if `record` is not one of this namespace).
-    pub(super) fn slot_of_record(&self, record: &str) -> String {
-        record
-            .strip_prefix(&format!("{}r:", self.prefix))
-            .unwrap_or_default()
-            .to_owned()
-    }
-
     /// `P slots`: every slot key.
     pub(super) fn slots(&self) -> String {
         self.key("slots")
@@ -114,17 +106,5 @@ mod tests {
         assert_eq!(a.trial("fp"), b.trial("fp"));
         assert_ne!(a.record("g|-"), b.record("g|-"));
         assert_ne!(a.seats(), Keys::new("tg:", "crm", "p1").seats());
-    }
-
-    #[test]
-    fn a_record_key_gives_back_its_slot() {
-        let k = Keys::new("tg:", "erp", "p1");
-        assert_eq!(k.slot_of_record(&k.record("g|AAAA")), "g|AAAA");
-        let other = Keys::new("tg:", "erp", "p2");
-        assert_eq!(
-            k.slot_of_record(&other.record("g|-")),
-            "",
-            "another profile's"
-        );
     }
 }

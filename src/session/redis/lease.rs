@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::super::store::{InFlight, LeaseRefused, Leased, Release, SessionRecord, SlotKey};
 use super::codec::{args, fields, pairs, plain_record, slot_text};
 use super::guards::Kind;
+use super::parked::{Keep, Place};
 use super::release::cancel;
 #[cfg(doc)]
 use super::SessionStore;
@@ -29,6 +30,14 @@ pub(super) async fn lease(
     wait: Duration,
 ) -> Result<Leased, LeaseRefused> {
     let s = slot_text(slot);
+    let keeping = store.parked.enabled(max);
+    if keeping {
+        if let Some(place) = store.parked.take(&s) {
+            if let Some(leased) = store.reuse(slot, &s, place).await {
+                return Ok(leased);
+            }
+        }
+    }
     let rec = store.keys.record(&s);
     let (slots, grant) = (store.keys.slots(), store.keys.grant(&slot.grant));
     let (prefix, global) = (store.keys.prefix.clone(), store.keys.global.clone());
@@ -38,13 +47,18 @@ pub(super) async fn lease(
     // Registered before the ticket can be queued, so that no wake is missed; the guard
     // takes the ticket off the queue if this request goes away while it waits.
     let wake = store.fleet.expect(&ticket);
+    // Watched from before the ticket can be queued too: a waiter behind it may be told at
+    // the very moment it is granted.
+    let wanted = keeping.then(|| store.fleet.watch(&ticket, &store.parked.nudge));
     let mut pending = Pending {
         store,
         ticket: ticket.clone(),
         rec: rec.clone(),
         armed: true,
+        watched: keeping,
         here: None,
     };
+    let sent = std::time::Instant::now();
     let epoch_key = store.keys.epoch();
     let mut reply: Vec<String> = Vec::new();
     let fresh = format!("{:032x}", rand::random::<u128>());
@@ -107,9 +121,10 @@ pub(super) async fn lease(
             }
         }
     }
+    let keep = wanted.map(|wanted| Keep::new(sent, Arc::from(lock(&store.epoch).as_str()), wanted));
     match code.as_str() {
         "1" => {
-            pending.disarm();
+            pending.granted();
             let how = it.next().unwrap_or_default();
             let map = pairs(it.collect());
             if how == "cached" {
@@ -127,19 +142,26 @@ pub(super) async fn lease(
                     Some(jar) => {
                         let Some(mut record) = plain_record(&map) else {
                             // Unreadable: the place Redis granted goes back at once.
-                            drop(store.in_flight(slot, &s, id, ticket));
+                            drop(store.in_flight(slot, &s, id, ticket, None));
                             return Err(LeaseRefused::Gone);
                         };
                         record.jar = jar;
-                        return Ok(store.granted(slot, &s, record, ticket, created));
+                        return Ok(store.granted(slot, &s, record, ticket, created, keep));
                     }
                     // Forgotten meanwhile: read it whole.
                     None => match store.read_stored(&s).await {
                         Ok(Some(stored)) if stored.record.id == id => {
-                            return Ok(store.granted(slot, &s, stored.record, ticket, created));
+                            return Ok(store.granted(
+                                slot,
+                                &s,
+                                stored.record,
+                                ticket,
+                                created,
+                                keep,
+                            ));
                         }
                         _ => {
-                            drop(store.in_flight(slot, &s, id, ticket));
+                            drop(store.in_flight(slot, &s, id, ticket, None));
                             return Err(LeaseRefused::Gone);
                         }
                     },
@@ -149,12 +171,12 @@ pub(super) async fn lease(
                 // Lost (its jar does not open): the place is given back and the record
                 // taken away, never forwarded.
                 if let Some(id) = map.get("id").and_then(|v| v.parse::<u64>().ok()) {
-                    drop(store.in_flight(slot, &s, id, ticket));
+                    drop(store.in_flight(slot, &s, id, ticket, None));
                     let _ = store.remove_text(&s, id).await;
                 }
                 return Err(LeaseRefused::Gone);
             };
-            Ok(store.granted(slot, &s, stored.record, ticket, created))
+            Ok(store.granted(slot, &s, stored.record, ticket, created, keep))
         }
         "0" => {
             let id: u64 = it
@@ -163,13 +185,32 @@ pub(super) async fn lease(
                 .ok_or(LeaseRefused::Unavailable)?;
             pending.queued(id);
             let deadline = tokio::time::Instant::now() + wait;
-            if let Err(e) = store.wait_turn(&pending.rec, &ticket, wake, deadline).await {
-                // Already off the queue (cancelled, or the session is gone).
-                pending.armed = false;
-                return Err(e);
+            let how = match store.wait_turn(&pending.rec, &ticket, wake, deadline).await {
+                Ok(how) => how,
+                Err(e) => {
+                    // Already off the queue (cancelled, or the session is gone).
+                    pending.armed = false;
+                    return Err(e);
+                }
+            };
+            pending.granted();
+            let in_flight = store.in_flight(slot, &s, id, ticket, keep);
+            // Handed over by this replica's own release: the record is as this replica knows
+            // it, without asking Redis again.
+            let known = match how {
+                Wake::Handed { jar_version } => store
+                    .recent
+                    .record(&s, id)
+                    .filter(|r| r.jar_version == jar_version),
+                _ => None,
+            };
+            if let Some(record) = known {
+                return Ok(Leased {
+                    record,
+                    in_flight,
+                    created,
+                });
             }
-            pending.disarm();
-            let in_flight = store.in_flight(slot, &s, id, ticket);
             match store.read(&s).await {
                 Ok(Some(record)) if record.id == id => {
                     store.recent.remember(slot, &record);
@@ -206,9 +247,10 @@ impl RedisStore {
         record: SessionRecord,
         ticket: String,
         created: bool,
+        keep: Option<Keep>,
     ) -> Leased {
         self.recent.remember(slot, &record);
-        let in_flight = self.in_flight(slot, s, record.id, ticket);
+        let in_flight = self.in_flight(slot, s, record.id, ticket, keep);
         Leased {
             record,
             in_flight,
@@ -216,17 +258,62 @@ impl RedisStore {
         }
     }
 
-    /// The lease of a granted ticket: released by [`SessionStore::release`] or its drop.
-    fn in_flight(&self, slot: &SlotKey, s: &str, id: u64, ticket: String) -> InFlight {
+    /// The lease of a granted ticket: released by [`SessionStore::release`] or its drop; with
+    /// `keep`, its place may be kept for this replica's next request on the session.
+    fn in_flight(
+        &self,
+        slot: &SlotKey,
+        s: &str,
+        id: u64,
+        ticket: String,
+        keep: Option<Keep>,
+    ) -> InFlight {
+        if keep.is_none() {
+            self.fleet.unwatch(&ticket);
+        }
         let lost = self.holdings.granted(&ticket, s, id);
         let releaser = self.releaser();
-        let rec = self.keys.record(s);
+        let s = s.to_owned();
         InFlight::new(
             slot.clone(),
             id,
-            Box::new(move |how: Release| releaser.release(rec, id, ticket, how)),
+            Box::new(move |how: Release| releaser.release(s, id, ticket, how, keep)),
         )
         .with_lost(lost)
+    }
+
+    /// The lease of a place this replica kept, if it may still be used: else the place goes
+    /// back first (and the caller asks Redis).
+    async fn reuse(&self, slot: &SlotKey, s: &str, place: Place) -> Option<Leased> {
+        let usable = self.parked.fresh(&place.keep, &lock(&self.epoch))
+            && self.holdings.holds(&place.ticket);
+        let record = usable.then(|| self.recent.record(s, place.id)).flatten();
+        match record {
+            Some(record) => Some(Leased {
+                in_flight: self.in_flight(slot, s, place.id, place.ticket, Some(place.keep)),
+                record,
+                created: false,
+            }),
+            None => {
+                self.releaser().give_back_place(s, place).await;
+                None
+            }
+        }
+    }
+
+    /// Gives back the places kept for at least `idle` (before an eviction).
+    pub(super) async fn settle_idle(&self, idle: Duration) {
+        let releaser = self.releaser();
+        for (s, place) in self.parked.idle(idle) {
+            releaser.give_back_place(&s, place).await;
+        }
+    }
+
+    /// Gives back the kept place of slot `s`, if any (before the session is removed).
+    pub(super) async fn settle_slot(&self, s: &str) {
+        if let Some(place) = self.parked.take(s) {
+            self.releaser().give_back_place(s, place).await;
+        }
     }
 
     /// Waits for the wake of a queued ticket (FIFO: the place is handed over in Redis), or
@@ -237,9 +324,9 @@ impl RedisStore {
         ticket: &str,
         wake: tokio::sync::oneshot::Receiver<Wake>,
         deadline: tokio::time::Instant,
-    ) -> Result<(), LeaseRefused> {
+    ) -> Result<Wake, LeaseRefused> {
         match tokio::time::timeout_at(deadline, wake).await {
-            Ok(Ok(Wake::Granted)) => Ok(()),
+            Ok(Ok(how @ (Wake::Granted | Wake::Handed { .. }))) => Ok(how),
             Ok(Ok(Wake::Gone)) => Err(LeaseRefused::Gone),
             // The fleet dropped the waiter (shutdown) or the wait ran out: off the queue.
             Ok(Err(_)) | Err(_) => {
@@ -252,6 +339,14 @@ impl RedisStore {
     }
 }
 
+/// [`SessionStore::settle`]: every kept place goes back, and none is kept any more.
+pub(super) async fn settle(store: &RedisStore) {
+    let releaser = store.releaser();
+    for (s, place) in store.parked.close() {
+        releaser.give_back_place(&s, place).await;
+    }
+}
+
 /// A lease request in progress. Dropped before it got its place (the client went away while it
 /// waited, or even before the lease script's answer arrived), it takes its ticket off the queue
 /// and gives back a place granted to it, on its own task; it keeps this replica's count of
@@ -261,6 +356,8 @@ struct Pending<'a> {
     ticket: String,
     rec: String,
     armed: bool,
+    /// Its ticket is watched for waiters (`Fleet::watch`) until it becomes a lease.
+    watched: bool,
     here: Option<Arc<AtomicU32>>,
 }
 
@@ -272,10 +369,16 @@ impl Pending<'_> {
         self.here = Some(count);
     }
 
-    /// The ticket became a lease (or never existed): nothing to undo.
+    /// The ticket was refused: nothing to undo.
     fn disarm(&mut self) {
         self.store.fleet.forget(&self.ticket);
         self.armed = false;
+    }
+
+    /// The ticket became a lease: nothing to undo, and its lease watches it now.
+    fn granted(&mut self) {
+        self.disarm();
+        self.watched = false;
     }
 }
 
@@ -283,6 +386,9 @@ impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Some(count) = self.here.take() {
             count.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.watched {
+            self.store.fleet.unwatch(&self.ticket);
         }
         if !self.armed {
             return;

@@ -46,7 +46,8 @@
 //! | `records` | reading, creating, editing and taking away records |
 //! | `seats` | the upstream's seats, and the gauge counts |
 //! | `lease` | finding or creating the slot's session and waiting for a place |
-//! | `release` | giving a place back, and taking a ticket off the queue |
+//! | `release` | giving a place back (or keeping it), and taking a ticket off the queue |
+//! | `parked` | places kept after their request for this replica's next one |
 //! | `guards` | what this replica holds in the store |
 //! | `renewal` | the background task that keeps those holdings alive |
 //! | `locks` | locks held by a token, and the login lock |
@@ -60,6 +61,7 @@ mod guards;
 mod keys;
 mod lease;
 mod locks;
+mod parked;
 mod recent;
 mod records;
 mod release;
@@ -85,6 +87,7 @@ use crate::fleet::{Fleet, RedisHandle};
 use codec::slot_text;
 use guards::Holdings;
 use keys::Keys;
+use parked::Parked;
 use recent::Recent;
 use scripts::Scripts;
 
@@ -115,11 +118,16 @@ pub struct RedisStore {
     seat_cap: u32,
     grant_cap: u32,
     /// The store's epoch as last seen ("" before the first upkeep).
-    epoch: Mutex<String>,
+    epoch: Arc<Mutex<String>>,
+    /// In-flight places kept for this replica's next request on their sessions.
+    parked: Parked,
     /// Requests of this replica waiting for their session (the queue-depth gauge is per
     /// replica).
     queued_here: Arc<AtomicU32>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The renewal task and the sweeper of kept places.
+    task: Mutex<Option<[tokio::task::JoinHandle<()>; 2]>>,
+    /// What this store's leases are released with (made at first use).
+    releaser: std::sync::OnceLock<release::Releaser>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -132,7 +140,7 @@ impl std::fmt::Debug for RedisStore {
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
-        if let Some(t) = lock(&self.task).take() {
+        for t in lock(&self.task).take().into_iter().flatten() {
             t.abort();
         }
     }
@@ -154,6 +162,8 @@ pub struct Namespace<'a> {
     pub seat_cap: u32,
     /// `max_sessions_per_grant` (concurrent mode).
     pub grant_cap: u32,
+    /// `[store] linger`: how long a place is kept for this replica's next request.
+    pub linger: Duration,
 }
 
 impl RedisStore {
@@ -177,9 +187,11 @@ impl RedisStore {
             repairing: tokio::sync::Mutex::new(()),
             seat_cap: ns.seat_cap,
             grant_cap: ns.grant_cap,
-            epoch: Mutex::new(String::new()),
+            epoch: Arc::default(),
+            parked: Parked::new(ns.linger, ns.lease_ttl),
             queued_here: Arc::new(AtomicU32::new(0)),
             task: Mutex::new(None),
+            releaser: std::sync::OnceLock::new(),
         }
     }
 
@@ -293,6 +305,10 @@ impl SessionStore for RedisStore {
 
     async fn release(&self, lease: InFlight, how: Release) {
         lease.finish(how);
+    }
+
+    async fn settle(&self) {
+        lease::settle(self).await;
     }
 
     async fn queue_depth(&self) -> Result<u32, StoreError> {

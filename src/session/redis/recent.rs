@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::super::jar::Jar;
-use super::super::store::{SessionRecord, SlotKey};
+use super::super::store::{SessionRecord, SessionState, SlotKey};
 use super::codec::slot_text;
 use super::lock;
 
@@ -68,6 +68,32 @@ impl Recent {
             .get(&(s.to_owned(), id))
             .filter(|r| r.record.jar_version == jv)
             .map(|r| r.record.jar.clone())
+    }
+
+    /// True when session `id` of slot `s` is remembered as logged in.
+    pub(super) fn active(&self, s: &str, id: u64) -> bool {
+        lock(&self.sessions)
+            .get(&(s.to_owned(), id))
+            .is_some_and(|r| r.record.state == SessionState::Active)
+    }
+
+    /// The record of session `id` of slot `s` as this replica last had it, if logged in.
+    pub(super) fn record(&self, s: &str, id: u64) -> Option<SessionRecord> {
+        let mut sessions = lock(&self.sessions);
+        let r = sessions
+            .get_mut(&(s.to_owned(), id))
+            .filter(|r| r.record.state == SessionState::Active)?;
+        r.touched = Instant::now();
+        Some(r.record.clone())
+    }
+
+    /// The jar the last request on session `id` of slot `s` left, while this replica keeps its
+    /// place and has not written it yet (its version stays the stored one's).
+    pub(super) fn hold_jar(&self, s: &str, id: u64, jar: &Jar) {
+        if let Some(r) = lock(&self.sessions).get_mut(&(s.to_owned(), id)) {
+            r.record.jar = jar.clone();
+            r.touched = Instant::now();
+        }
     }
 
     /// The session id and jar version last known for slot `s`, as text (both empty when none).

@@ -238,6 +238,8 @@ pub(super) async fn remove_unused(
     id: u64,
 ) -> Result<Removal, StoreError> {
     let s = slot_text(slot);
+    // A place this replica kept for its next request does not keep the session in use.
+    store.settle_slot(&s).await;
     let reply: Vec<String> = store
         .take_away("remove", &store.scripts.remove_unused, &s, id)
         .await?;
@@ -282,6 +284,11 @@ pub(super) async fn take_evictable(
     min_idle_ms: u64,
     op_ttl_ms: u64,
 ) -> Result<Option<(SlotKey, SessionRecord)>, StoreError> {
+    // A place this replica kept that long ago does not keep its session from eviction: it
+    // goes back first (what another replica keeps goes back within its linger).
+    store
+        .settle_idle(std::time::Duration::from_millis(min_idle_ms))
+        .await;
     let script = &store.scripts.take_evictable;
     let reply: Option<(String, Vec<String>)> = store
         .take_away("take_evictable", script, min_idle_ms, op_ttl_ms)

@@ -1,92 +1,177 @@
-//! Giving a place back. A lease's release (or its drop: a cancelled request) hands the place to
-//! the next waiter in Redis with the use time, a 202 and the jar when it changed; a queued
-//! ticket whose wait ends is taken off the queue. A drop cannot wait, so both can run on a task
-//! of their own, with what they need detached from the store ([`Releaser`]).
+//! Giving a place back. A lease's release (or its drop: a cancelled request) keeps the place
+//! for this replica's next request on the session when it may (`parked`), else hands it to the
+//! next waiter in Redis with the use time, a 202 and the jar when it changed; a queued ticket
+//! whose wait ends is taken off the queue. A drop cannot wait, so both can run on a task of
+//! their own, with what they need detached from the store ([`Releaser`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::super::store::Release;
 use super::guards::Holdings;
 use super::keys::Keys;
+use super::parked::{Keep, Parked, Place};
 use super::recent::Recent;
-use super::RedisStore;
+use super::{lock, RedisStore};
 use crate::fleet::seal::Sealer;
-use crate::fleet::RedisHandle;
+use crate::fleet::{Fleet, RedisHandle};
 
-/// What a lease's release needs, detached from the store (a lease may be dropped anywhere).
+/// What a lease's release needs, detached from the store (a lease may be dropped anywhere):
+/// built once per store, cloned for each lease.
 #[derive(Clone)]
-pub(super) struct Releaser {
+pub(super) struct Releaser(Arc<Parts>);
+
+pub(super) struct Parts {
     /// The store's memory of used sessions, which follows the jar as it is written back.
     recent: Recent,
     redis: RedisHandle,
+    fleet: Arc<Fleet>,
     script: redis::Script,
     sealer: Arc<Sealer>,
     holdings: Holdings,
+    parked: Parked,
+    epoch: Arc<Mutex<String>>,
     keys: Keys,
     max: u32,
     lease_ms: u64,
 }
 
+impl std::ops::Deref for Releaser {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+impl Parts {
+    /// The releaser of `store`'s leases.
+    pub(super) fn of(store: &RedisStore) -> Releaser {
+        Releaser(Arc::new(Parts {
+            recent: store.recent.clone(),
+            redis: store.redis.clone(),
+            fleet: store.fleet.clone(),
+            script: store.scripts.release.clone(),
+            sealer: store.sealer.clone(),
+            holdings: store.holdings.clone(),
+            parked: store.parked.clone(),
+            epoch: store.epoch.clone(),
+            keys: store.keys.clone(),
+            max: store.max_inflight,
+            lease_ms: store.lease_ms(),
+        }))
+    }
+}
+
 impl RedisStore {
     pub(super) fn releaser(&self) -> Releaser {
-        Releaser {
-            recent: self.recent.clone(),
-            redis: self.redis.clone(),
-            script: self.scripts.release.clone(),
-            sealer: self.sealer.clone(),
-            holdings: self.holdings.clone(),
-            keys: self.keys.clone(),
-            max: self.max_inflight,
-            lease_ms: self.lease_ms(),
-        }
+        self.releaser.get_or_init(|| Parts::of(self)).clone()
     }
 }
 
 impl Releaser {
-    /// Gives the place back on its own task (a drop cannot wait), with the use time, a 202 and
-    /// the jar when it changed.
-    pub(super) fn release(self, rec: String, id: u64, ticket: String, how: Release) {
+    /// Ends a request's hold on the place of slot `s`: keeps the place for this replica's next
+    /// request on the session when it may (`parked`), else gives it back.
+    pub(super) fn release(
+        self,
+        s: String,
+        id: u64,
+        ticket: String,
+        how: Release,
+        keep: Option<Keep>,
+    ) {
+        let Some(mut keep) = keep else {
+            return self.give_back(s, id, ticket, how);
+        };
+        // A jar an earlier request on the kept place left unwritten goes with this one.
+        let jar = how.jar.or_else(|| keep.jar.take());
+        if jar.is_some() {
+            keep.dirty_since.get_or_insert_with(Instant::now);
+        }
+        if how.op || !self.keeps(&s, id, &ticket, &keep) {
+            return self.give_back(s, id, ticket, Release { op: how.op, jar });
+        }
+        if let Some(jar) = &jar {
+            // This replica's next request on the session, and a repair, use it meanwhile.
+            self.recent.hold_jar(&s, id, jar);
+        }
+        keep.jar = jar;
+        // Back when a request of this replica takes it, or by the sweeper (`parked`).
+        self.parked.put(&s, id, ticket, keep);
+    }
+
+    /// True when the place may be kept: it is fresh (and its unwritten jar too) and still held,
+    /// and the session is one this replica knows as logged in.
+    fn keeps(&self, s: &str, id: u64, ticket: &str, keep: &Keep) -> bool {
+        self.parked.open()
+            && self.parked.fresh(keep, &lock(&self.epoch))
+            && self.holdings.holds(ticket)
+            && self.recent.active(s, id)
+    }
+
+    /// Gives the kept place of slot `s` back, with the jar it left unwritten.
+    pub(super) async fn give_back_place(&self, s: &str, place: Place) {
+        let how = Release {
+            op: false,
+            jar: place.keep.jar,
+        };
+        self.give_back_now(s, place.id, place.ticket, how).await;
+    }
+
+    /// Gives the place back on its own task (a drop cannot wait).
+    pub(super) fn give_back(self, s: String, id: u64, ticket: String, how: Release) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.holdings.drop_ticket(&ticket);
+            self.fleet.unwatch(&ticket);
+            return;
+        };
+        handle.spawn(async move { self.give_back_now(&s, id, ticket, how).await });
+    }
+
+    /// Gives the place of slot `s` back, with the use time, a 202 and the jar when it
+    /// changed; the next waiter gets it.
+    pub(super) async fn give_back_now(&self, s: &str, id: u64, ticket: String, how: Release) {
         self.holdings.drop_ticket(&ticket);
+        self.fleet.unwatch(&ticket);
+        let rec = self.keys.record(s);
         let jar = how
             .jar
             .as_ref()
             .map(|j| self.sealer.seal(&rec, &j.to_text()));
-        let slot = self.keys.slot_of_record(&rec);
-        let plain = how.jar.clone();
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        handle.spawn(async move {
-            let Releaser {
-                recent,
-                redis,
-                script,
-                keys,
-                max,
-                lease_ms,
-                ..
-            } = self;
-            let version = redis
-                .run("release", |mut c| async move {
-                    script
-                        .key(&rec)
-                        .arg(&keys.prefix)
-                        .arg(&keys.global)
-                        .arg(id)
-                        .arg(&ticket)
-                        .arg(if how.op { "1" } else { "0" })
-                        .arg(max)
-                        .arg(lease_ms)
-                        .arg(if jar.is_some() { "1" } else { "0" })
-                        .arg(jar.unwrap_or_default())
-                        .invoke_async::<u64>(&mut c)
-                        .await
-                })
-                .await;
-            if let (Ok(v), Some(jar)) = (version, plain) {
-                recent.wrote_jar(&slot, id, v, jar);
-            }
-        });
+        let plain = how.jar;
+        let (script, keys) = (&self.script, &self.keys);
+        let (max, lease_ms) = (self.max, self.lease_ms);
+        let me = self.fleet.id();
+        let reply = self
+            .redis
+            .run("release", |mut c| async move {
+                script
+                    .key(&rec)
+                    .arg(&keys.prefix)
+                    .arg(&keys.global)
+                    .arg(id)
+                    .arg(&ticket)
+                    .arg(if how.op { "1" } else { "0" })
+                    .arg(max)
+                    .arg(lease_ms)
+                    .arg(if jar.is_some() { "1" } else { "0" })
+                    .arg(jar.unwrap_or_default())
+                    .arg(me)
+                    .invoke_async::<Vec<String>>(&mut c)
+                    .await
+            })
+            .await;
+        let Ok(reply) = reply else { return };
+        let number = |i: usize| reply.get(i).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(v @ 1..), Some(jar)) = (number(0), plain) {
+            self.recent.wrote_jar(s, id, v, jar);
+        }
+        // This replica's own waiters that got the place: woken here, once the memory of the
+        // jar is up to date (they take the record from it if its jar is that version).
+        if let Some(jar_version) = number(1) {
+            self.fleet
+                .deliver_handed(reply.get(2..).unwrap_or_default(), jar_version);
+        }
     }
 }
 

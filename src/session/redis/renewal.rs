@@ -1,4 +1,5 @@
-//! The store's own background task: it loads the scripts, then renews every holding of this
+//! The store's own background tasks: the renewal and the sweeper of kept places
+//! ([`super::parked::sweep`]). The renewal loads the scripts, then renews every holding of this
 //! replica ([`super::guards`]) in one round trip every third of `lease_ttl`. A holding that
 //! expired in the store (an outage longer than `lease_ttl`) is restored when nobody took its
 //! place; when somebody did, it is lost: its request stops, or its waiter learns the session is
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use super::super::store::StoreError;
 use super::guards::Kind;
+use super::parked::sweep;
 #[cfg(doc)]
 use super::SessionStore;
 use super::{lock, RedisStore};
@@ -22,7 +24,7 @@ pub(super) fn start(store: Arc<RedisStore>) {
     }
     let weak = Arc::downgrade(&store);
     let every = (store.lease_ttl / 3).max(Duration::from_millis(100));
-    *task = Some(tokio::spawn(async move {
+    let renewal = tokio::spawn(async move {
         if let Some(me) = weak.upgrade() {
             let _ = me.load_scripts().await;
         }
@@ -33,7 +35,9 @@ pub(super) fn start(store: Arc<RedisStore>) {
                 None => break,
             }
         }
-    }));
+    });
+    let sweeper = tokio::spawn(sweep(store.parked.clone(), store.releaser()));
+    *task = Some([renewal, sweeper]);
 }
 
 /// One renewal of every holding, and the upkeep's seat renewal; never behind logouts.

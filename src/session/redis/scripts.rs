@@ -9,7 +9,9 @@
 use redis::Script;
 
 /// Helpers shared by the scripts: the clock, handing free places to the queue (FIFO), and
-/// taking a record away (with a tombstone, and its waiters told it is gone).
+/// taking a record away (with a tombstone, and its waiters told it is gone). Wake kinds: `g`
+/// granted, `G` granted with others queued behind, `x` the session is gone, `w` a request waits
+/// behind this holder's place.
 const COMMON: &str = r"
 local function now_ms()
   local t = redis.call('TIME')
@@ -23,10 +25,11 @@ local function wake(G, ticket, kind, ttl)
     redis.call('PEXPIRE', key, ttl)
   end
 end
-local function drain(P, G, id, max, now, lease)
+local function drain(P, G, id, max, now, lease, me)
   local f, w, q = P .. 'f:' .. id, P .. 'w:' .. id, P .. 'q:' .. id
+  local handed = {}
   -- Nothing waits: nothing to hand on (the common case costs one command).
-  if redis.call('LLEN', w) == 0 then return end
+  if redis.call('LLEN', w) == 0 then return handed end
   redis.call('ZREMRANGEBYSCORE', f, '-inf', now)
   while redis.call('ZCARD', f) < max do
     local head = redis.call('LPOP', w)
@@ -35,9 +38,18 @@ local function drain(P, G, id, max, now, lease)
     redis.call('ZREM', q, head)
     if alive and tonumber(alive) > now then
       redis.call('ZADD', f, now + lease, head)
-      wake(G, head, 'g', lease)
+      -- 'G' when others still wait: the new holder must not keep its place after its request.
+      local kind = 'g'
+      if redis.call('LLEN', w) > 0 then kind = 'G' end
+      -- The caller's own waiters are woken by the caller (no round trip through the list).
+      if me and string.sub(head, 1, #me + 1) == me .. '/' then
+        table.insert(handed, kind .. head)
+      else
+        wake(G, head, kind, lease)
+      end
     end
   end
+  return handed
 end
 local function take(P, G, slot, tomb, lease)
   local key = P .. 'r:' .. slot
@@ -129,12 +141,18 @@ end
 if waiting >= max_queue then return {'-2'} end
 redis.call('RPUSH', w, ticket)
 redis.call('ZADD', q, now + lease, ticket)
+-- The first to queue tells the holders, so that none keeps its place after its request.
+if waiting == 0 then
+  for _, h in ipairs(redis.call('ZRANGEBYSCORE', f, now, '+inf')) do wake(G, h, 'w', lease) end
+end
 return {'0', created, epoch, id}
 ";
 
 /// Gives an in-flight place back, records the use (and a 202, and the jar with its next
 /// version), and hands the place to the next waiter. KEYS: record. ARGV: P, G, id, ticket, op,
-/// max, lease, jar_set, jar. Returns the jar's version (0 when it was not written).
+/// max, lease, jar_set, jar, the caller's replica id. Returns the jar's version (0 when it was
+/// not written), the record's jar version now, then the wakes of the caller's own waiters that
+/// got the place (`g`/`G` and the ticket), which the caller delivers itself.
 const RELEASE: &str = r"
 local P, G, id, ticket = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = now_ms()
@@ -154,8 +172,10 @@ if redis.call('HGET', KEYS[1], 'id') == id then
     redis.call('HSET', KEYS[1], 'used', now)
   end
 end
-drain(P, G, id, tonumber(ARGV[6]), now, tonumber(ARGV[7]))
-return version
+local out = drain(P, G, id, tonumber(ARGV[6]), now, tonumber(ARGV[7]), ARGV[10])
+table.insert(out, 1, redis.call('HGET', KEYS[1], 'jv') or '0')
+table.insert(out, 1, tostring(version))
+return out
 ";
 
 /// A waiter gives up (its wait ran out, or its client went away, possibly before the lease

@@ -93,8 +93,13 @@ pub trait SessionStore: Send + Sync + 'static {
         max_queue: u32,
         wait: Duration,
     ) -> Result<Leased, LeaseRefused>;
-    /// Gives the place back and records the use time (and a 202, and the jar, when given).
+    /// Gives the place back and records the use time (and a 202, and the jar, when given). A
+    /// shared store may keep the place a moment for this replica's next request on the session
+    /// (see [`SessionStore::settle`]).
     async fn release(&self, lease: InFlight, how: Release);
+    /// Gives back every place kept for this replica's next requests (the replica leaves). By
+    /// default a store keeps none.
+    async fn settle(&self) {}
     /// Requests waiting for their session, over all sessions.
     async fn queue_depth(&self) -> Result<u32, StoreError>;
     /// Cross-replica single-flight of logins: true when the caller may log session `id` in now
