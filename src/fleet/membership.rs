@@ -105,6 +105,9 @@ return redis.call('ZCARD', KEYS[1])
 #[derive(Debug, Default)]
 pub struct Wanted {
     wanted: AtomicBool,
+    /// When this replica learnt it (requests of this replica that waited from before go
+    /// first).
+    since: std::sync::OnceLock<std::time::Instant>,
     /// Wakes whoever gives kept places back.
     nudge: Arc<tokio::sync::Notify>,
 }
@@ -115,8 +118,14 @@ impl Wanted {
         self.wanted.load(Ordering::Acquire)
     }
 
+    /// When this replica learnt that a request queued behind the place.
+    pub fn since(&self) -> Option<std::time::Instant> {
+        self.since.get().copied()
+    }
+
     /// Marks the place wanted and nudges whoever keeps it.
     pub(crate) fn set(&self) {
+        self.since.get_or_init(std::time::Instant::now);
         self.wanted.store(true, Ordering::Release);
         self.nudge.notify_one();
     }
@@ -361,6 +370,7 @@ impl Fleet {
             .or_insert_with(|| {
                 Arc::new(Wanted {
                     wanted: AtomicBool::new(false),
+                    since: std::sync::OnceLock::new(),
                     nudge: nudge.clone(),
                 })
             })

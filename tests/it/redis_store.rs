@@ -267,12 +267,22 @@ async fn served_in_order(linger: Duration) {
             order.lock().unwrap().push(n);
             store.release(l.in_flight, Release::default()).await;
         }));
-        // Queued before the next one arrives.
+        // Waiting before the next one arrives (in Redis's queue, or behind the request of its
+        // replica that holds the place: each replica counts its own).
+        let (sa, sb) = (a.store.clone(), b.store.clone());
         eventually(
-            &format!("waiter {n} is queued (in flight, queued)"),
+            &format!("waiter {n} waits (requests waiting on A and B)"),
             Duration::from_secs(5),
-            || counts(&a.store),
-            |(_, queued)| *queued > n,
+            || {
+                let (sa, sb) = (sa.clone(), sb.clone());
+                async move {
+                    (
+                        sa.queue_depth().await.unwrap(),
+                        sb.queue_depth().await.unwrap(),
+                    )
+                }
+            },
+            |(on_a, on_b)| on_a + on_b > n,
         )
         .await;
     }
@@ -695,4 +705,84 @@ async fn a_kept_place_serves_its_replica_through_a_short_outage_and_nothing_else
     r.store.release(kept.in_flight, Release::default()).await;
     r.store.settle().await;
     settles_at(&r.store, (0, 0), "the place goes back once Redis answers").await;
+}
+
+#[tokio::test]
+async fn requests_of_one_replica_wait_behind_its_own_place_in_order_without_redis() {
+    let redis = RedisServer::start();
+    let r = replica_keeping(
+        &redis.url(),
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    );
+    logged_in(&r.store).await;
+    let first = lease(&r.store, 8, Duration::from_secs(2)).await.unwrap();
+    let (leases, releases) = (operations(&r, "lease"), operations(&r, "release"));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for n in 0..5u32 {
+        let (store, order) = (r.store.clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let l = lease(&store, 8, Duration::from_secs(3)).await.unwrap();
+            order.lock().unwrap().push(n);
+            store.release(l.in_flight, Release::default()).await;
+        }));
+        let store = r.store.clone();
+        eventually(
+            &format!("waiter {n} waits"),
+            Duration::from_secs(5),
+            || {
+                let store = store.clone();
+                async move { store.queue_depth().await.unwrap() }
+            },
+            |waiting| *waiting > n,
+        )
+        .await;
+    }
+    assert_eq!(
+        counts(&r.store).await,
+        (1, 5),
+        "the record counts the five waiting behind this replica's place"
+    );
+    r.store.release(first.in_flight, Release::default()).await;
+    for w in waiters {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        *order.lock().unwrap(),
+        vec![0, 1, 2, 3, 4],
+        "in their order"
+    );
+    assert_eq!(
+        (
+            operations(&r, "lease") - leases,
+            operations(&r, "release") - releases
+        ),
+        (0, 0),
+        "handed from one request to the next in this replica"
+    );
+    // A full local queue answers Busy at once, as a full Redis queue would.
+    let held = lease(&r.store, 1, Duration::from_secs(2)).await.unwrap();
+    let (store, queue) = (r.store.clone(), 1);
+    let waiting = tokio::spawn(async move { lease(&store, queue, Duration::from_secs(3)).await });
+    let store = r.store.clone();
+    eventually(
+        "one waits",
+        Duration::from_secs(5),
+        || {
+            let store = store.clone();
+            async move { store.queue_depth().await.unwrap() }
+        },
+        |w| *w == 1,
+    )
+    .await;
+    let full = lease(&r.store, queue, Duration::from_secs(3)).await;
+    assert!(matches!(full, Err(LeaseRefused::Busy)), "{full:?}");
+    r.store.release(held.in_flight, Release::default()).await;
+    let next = waiting
+        .await
+        .unwrap()
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+    r.store.release(next.in_flight, Release::default()).await;
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::super::store::{InFlight, LeaseRefused, Leased, Release, SessionRecord, SlotKey};
 use super::codec::{args, fields, pairs, plain_record, slot_text};
 use super::guards::Kind;
-use super::parked::{Keep, Place};
+use super::parked::{Keep, Place, Turn};
 use super::release::cancel;
 #[cfg(doc)]
 use super::SessionStore;
@@ -30,10 +30,25 @@ pub(super) async fn lease(
     wait: Duration,
 ) -> Result<Leased, LeaseRefused> {
     let s = slot_text(slot);
+    let deadline = tokio::time::Instant::now() + wait;
     let keeping = store.parked.enabled(max);
     if keeping {
-        if let Some(place) = store.parked.take(&s) {
-            if let Some(leased) = store.reuse(slot, &s, place).await {
+        let place = match store.parked.take_or_wait(&s, max_queue) {
+            Turn::Kept(place) => Some((place, false)),
+            Turn::Wait(turn) => {
+                let _waiting = Waiting::count(&store.queued_here);
+                match tokio::time::timeout_at(deadline, turn).await {
+                    Ok(Ok(place)) => Some((place, true)),
+                    // The place went back to Redis: ask there, in its queue's order.
+                    Ok(Err(_)) => None,
+                    Err(_) => return Err(LeaseRefused::Busy),
+                }
+            }
+            Turn::Full => return Err(LeaseRefused::Busy),
+            Turn::Ask => None,
+        };
+        if let Some((place, handed)) = place {
+            if let Some(leased) = store.reuse(slot, &s, place, handed).await {
                 return Ok(leased);
             }
         }
@@ -184,7 +199,6 @@ pub(super) async fn lease(
                 .and_then(|v| v.parse().ok())
                 .ok_or(LeaseRefused::Unavailable)?;
             pending.queued(id);
-            let deadline = tokio::time::Instant::now() + wait;
             let how = match store.wait_turn(&pending.rec, &ticket, wake, deadline).await {
                 Ok(how) => how,
                 Err(e) => {
@@ -268,8 +282,9 @@ impl RedisStore {
         ticket: String,
         keep: Option<Keep>,
     ) -> InFlight {
-        if keep.is_none() {
-            self.fleet.unwatch(&ticket);
+        match &keep {
+            None => self.fleet.unwatch(&ticket),
+            Some(k) => self.parked.hold(s, &k.wanted),
         }
         let lost = self.holdings.granted(&ticket, s, id);
         let releaser = self.releaser();
@@ -284,9 +299,21 @@ impl RedisStore {
 
     /// The lease of a place this replica kept, if it may still be used: else the place goes
     /// back first (and the caller asks Redis).
-    async fn reuse(&self, slot: &SlotKey, s: &str, place: Place) -> Option<Leased> {
-        let usable = self.parked.fresh(&place.keep, &lock(&self.epoch))
-            && self.holdings.holds(&place.ticket);
+    async fn reuse(&self, slot: &SlotKey, s: &str, place: Place, handed: bool) -> Option<Leased> {
+        // A place handed by the request before may be wanted elsewhere: this request waited
+        // from before that, and goes first.
+        let epoch = lock(&self.epoch).clone();
+        let usable = if handed {
+            self.parked.usable(&place.keep, &epoch)
+        } else {
+            self.parked.fresh(&place.keep, &epoch)
+        } && self.holdings.holds(&place.ticket);
+        let mut place = place;
+        if usable && self.parked.overdue(&place.keep) {
+            // The jar went unwritten for a linger while the place stayed here: written now,
+            // by the one request that holds the place (so writes stay in order).
+            self.releaser().write_jar(s, &mut place).await;
+        }
         let record = usable.then(|| self.recent.record(s, place.id)).flatten();
         match record {
             Some(record) => Some(Leased {
@@ -344,6 +371,22 @@ pub(super) async fn settle(store: &RedisStore) {
     let releaser = store.releaser();
     for (s, place) in store.parked.close() {
         releaser.give_back_place(&s, place).await;
+    }
+}
+
+/// One request of this replica waiting for its session, counted while it waits.
+struct Waiting(Arc<AtomicU32>);
+
+impl Waiting {
+    fn count(here: &Arc<AtomicU32>) -> Waiting {
+        here.fetch_add(1, Ordering::Relaxed);
+        Waiting(here.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,27 +1,36 @@
 //! Places kept after their request: when a request ends, this replica may keep its session's
 //! in-flight place for `[store] linger`, so that its own next request on that session takes it
-//! without a round trip to Redis (and the release makes none either). Only a single-request
-//! session (`max_inflight = 1`) whose request changed nothing in the record is kept.
+//! without a round trip to Redis (and the release makes none either); a request of this
+//! replica that arrives while another of it holds the place waits behind it here, in order,
+//! and is handed the place directly. Only single-request sessions (`max_inflight = 1`) are
+//! kept, and never after a 202.
 //!
 //! A kept place is still a lease in Redis, renewed like any other, so the session counts as in
 //! use there: nobody evicts it, expires it or hands it to another request meanwhile. It goes
-//! back (the usual release: use time recorded, the place handed to the next waiter) when:
-//! - `linger` passes without a request of this replica taking it;
-//! - a request queues behind it, on any replica (the store's `w` wake): the queue stays FIFO
-//!   across replicas, and a waiter elsewhere waits no longer than without keeping;
+//! back (the usual release: use time recorded, the jar written, the place handed to the next
+//! waiter in Redis) when:
+//! - `linger` passes without a request of this replica taking it (the sweeper, one task per
+//!   store);
+//! - a request queues behind it on another replica, or on this one through Redis (the
+//!   store's `w` or `G` wake): only this replica's requests that waited from before that go
+//!   first, so the order stays FIFO across replicas up to the wake's delivery;
 //! - a third of `lease_ttl` passed since Redis granted it: the place is never used on a lease
 //!   that Redis might have let expire, and the record's use time and upkeep get their turn;
 //! - the store lost its state (the epoch changed), the lease was lost, or the session is no
 //!   longer one this replica knows as logged in;
-//! - this replica removes the session (`remove_unused`) or leaves the fleet
+//! - this replica removes or evicts the session, or leaves the fleet
 //!   ([`SessionStore::settle`]).
+//!
+//! A jar the upstream changed meanwhile stays in this replica's memory (`recent`); the request
+//! that takes the place a `linger` after the first change writes it first (`WRITE_JAR`, while
+//! the place is still its ticket's), so the writes of one place stay in order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::fleet::membership::Wanted;
 use crate::session::jar::Jar;
@@ -73,12 +82,58 @@ pub(super) struct Place {
     kept_at: Instant,
 }
 
+impl Place {
+    pub(super) fn new(id: u64, ticket: String, keep: Keep) -> Place {
+        Place {
+            id,
+            ticket,
+            keep,
+            kept_at: Instant::now(),
+        }
+    }
+
+    /// How long ago its last request ended (the session's use time when it goes back).
+    pub(super) fn idle_ms(&self) -> u64 {
+        crate::clock::millis(self.kept_at.elapsed())
+    }
+}
+
+/// What a request of this replica gets on a slot whose place this replica may have.
+pub(super) enum Turn {
+    /// The kept place.
+    Kept(Place),
+    /// A wait behind the request of this replica that holds the place: the place comes
+    /// through, or the sender goes away when the place goes back to Redis (then ask Redis).
+    Wait(oneshot::Receiver<Place>),
+    /// As many requests of this replica wait already.
+    Full,
+    /// This replica does not have the place (or a request elsewhere waits for it): ask Redis.
+    Ask,
+}
+
+/// This replica's requests waiting behind the one of it that holds a slot's place.
+#[derive(Debug, Default)]
+struct LocalQueue {
+    /// In their order, with the time each began to wait.
+    waiters: VecDeque<(Instant, oneshot::Sender<Place>)>,
+    /// The held place's watch: once a request elsewhere waits, nobody more queues here.
+    wanted: Arc<Wanted>,
+}
+
+/// The kept places, and the local queues behind held ones, by slot text (one lock: a request
+/// that finds neither must not miss a place kept meanwhile).
+#[derive(Debug, Default)]
+struct Inner {
+    places: HashMap<String, Place>,
+    local: HashMap<String, LocalQueue>,
+}
+
 /// The kept places of one store, by slot text, shared with the releases of its leases. One
 /// sweeper task per store gives back what lingered too long or is wanted elsewhere
 /// ([`Parked::sweep`]), so that keeping a place costs no task and no timer.
 #[derive(Debug, Clone)]
 pub(super) struct Parked {
-    places: Arc<Mutex<HashMap<String, Place>>>,
+    inner: Arc<Mutex<Inner>>,
     /// Wakes the sweeper: a place was kept into an empty table, or a kept place is wanted.
     pub nudge: Arc<Notify>,
     /// Set when the replica leaves: nothing is kept any more.
@@ -92,7 +147,7 @@ pub(super) struct Parked {
 impl Parked {
     pub(super) fn new(linger: Duration, lease_ttl: Duration) -> Parked {
         Parked {
-            places: Arc::default(),
+            inner: Arc::default(),
             nudge: Arc::default(),
             closed: Arc::default(),
             linger,
@@ -113,31 +168,61 @@ impl Parked {
     /// Keeps nothing from now on, and takes every kept place.
     pub(super) fn close(&self) -> Vec<(String, Place)> {
         self.closed.store(true, Ordering::Release);
-        lock(&self.places).drain().collect()
+        let mut inner = lock(&self.inner);
+        inner.local.clear();
+        inner.places.drain().collect()
     }
 
     /// True while a place granted at `keep.granted` may still be kept (or taken).
     pub(super) fn fresh(&self, keep: &Keep, epoch: &str) -> bool {
-        !keep.wanted.is_set()
-            && keep.granted.elapsed() < self.hold
-            && keep.dirty_since.is_none_or(|t| t.elapsed() < self.linger)
-            && *keep.epoch == *epoch
+        !keep.wanted.is_set() && self.usable(keep, epoch)
     }
 
-    /// Keeps the place of slot `s`.
+    /// True while a place may still be used by this replica's requests that waited for it
+    /// from before a request elsewhere queued: granted less than `hold` ago, the store's state
+    /// the same.
+    pub(super) fn usable(&self, keep: &Keep, epoch: &str) -> bool {
+        keep.granted.elapsed() < self.hold && *keep.epoch == *epoch
+    }
+
+    /// True when the jar a place carries has been unwritten for `linger`: the request that
+    /// takes the place writes it first.
+    pub(super) fn overdue(&self, keep: &Keep) -> bool {
+        keep.jar.is_some() && keep.dirty_since.is_some_and(|t| t.elapsed() >= self.linger)
+    }
+
+    /// Hands the place of slot `s` to the first request of this replica waiting behind it
+    /// that began to wait before `before` (any, without it); returns it when none took it.
+    pub(super) fn hand(&self, s: &str, mut place: Place, before: Option<Instant>) -> Option<Place> {
+        let mut inner = lock(&self.inner);
+        let Some(queue) = inner.local.get_mut(s) else {
+            return Some(place);
+        };
+        while let Some((since, waiter)) = queue.waiters.pop_front() {
+            if before.is_some_and(|b| since > b) {
+                // It came after a request elsewhere: that one goes first (in Redis).
+                queue.waiters.push_front((since, waiter));
+                break;
+            }
+            match waiter.send(place) {
+                Ok(()) => return None,
+                Err(back) => place = back,
+            }
+        }
+        Some(place)
+    }
+
+    /// Keeps the place of slot `s` (a request of this replica waiting behind it takes it
+    /// first).
     pub(super) fn put(&self, s: &str, id: u64, ticket: String, keep: Keep) {
-        let mut places = lock(&self.places);
-        let first = places.is_empty();
-        let old = places.insert(
-            s.to_owned(),
-            Place {
-                id,
-                ticket,
-                keep,
-                kept_at: Instant::now(),
-            },
-        );
-        drop(places);
+        let place = Place::new(id, ticket, keep);
+        let Some(place) = self.hand(s, place, None) else {
+            return;
+        };
+        let mut inner = lock(&self.inner);
+        let first = inner.places.is_empty();
+        let old = inner.places.insert(s.to_owned(), place);
+        drop(inner);
         debug_assert!(old.is_none(), "one place per single-request session");
         if first {
             // The sweeper sleeps without a deadline while nothing is kept.
@@ -147,13 +232,49 @@ impl Parked {
 
     /// Takes the kept place of slot `s`, if any.
     pub(super) fn take(&self, s: &str) -> Option<Place> {
-        lock(&self.places).remove(s)
+        lock(&self.inner).places.remove(s)
+    }
+
+    /// For a request of this replica on slot `s`: the kept place, or a wait behind the
+    /// request of this replica that holds it (unless a request elsewhere waits for it, or
+    /// `max_queue` of this replica's already wait).
+    pub(super) fn take_or_wait(&self, s: &str, max_queue: u32) -> Turn {
+        let mut inner = lock(&self.inner);
+        if let Some(place) = inner.places.remove(s) {
+            return Turn::Kept(place);
+        }
+        match inner.local.get_mut(s) {
+            Some(q) if !q.wanted.is_set() => {
+                if q.waiters.len() >= max_queue as usize {
+                    return Turn::Full;
+                }
+                let (tx, rx) = oneshot::channel();
+                q.waiters.push_back((Instant::now(), tx));
+                Turn::Wait(rx)
+            }
+            _ => Turn::Ask,
+        }
+    }
+
+    /// A request of this replica holds the place of slot `s`, watched by `wanted`: this
+    /// replica's next requests on it wait behind it, in order.
+    pub(super) fn hold(&self, s: &str, wanted: &Arc<Wanted>) {
+        let mut inner = lock(&self.inner);
+        let q = inner.local.entry(s.to_owned()).or_default();
+        q.wanted = wanted.clone();
+    }
+
+    /// The place of slot `s` goes back to Redis: this replica's requests waiting behind it ask
+    /// Redis (they queue there, behind any request of another replica).
+    pub(super) fn let_go(&self, s: &str) {
+        lock(&self.inner).local.remove(s);
     }
 
     /// Takes the places due back at `now` (lingered `linger`, or wanted elsewhere); tells when
     /// the next one is due (`None`: nothing kept).
     pub(super) fn due(&self, now: Instant) -> (Vec<(String, Place)>, Option<Instant>) {
-        let mut places = lock(&self.places);
+        let mut inner = lock(&self.inner);
+        let places = &mut inner.places;
         let due: Vec<String> = places
             .iter()
             .filter(|(_, p)| p.keep.wanted.is_set() || now >= p.kept_at + self.linger)
@@ -170,7 +291,8 @@ impl Parked {
     /// Takes the places kept for at least `idle`.
     pub(super) fn idle(&self, idle: Duration) -> Vec<(String, Place)> {
         let now = Instant::now();
-        let mut places = lock(&self.places);
+        let mut inner = lock(&self.inner);
+        let places = &mut inner.places;
         let idle: Vec<String> = places
             .iter()
             .filter(|(_, p)| now.duration_since(p.kept_at) >= idle)
@@ -181,10 +303,18 @@ impl Parked {
             .collect()
     }
 
+    /// How many requests of this replica wait behind its own place on slot `s`.
+    pub(super) fn waiting(&self, s: &str) -> u32 {
+        lock(&self.inner)
+            .local
+            .get(s)
+            .map_or(0, |q| u32::try_from(q.waiters.len()).unwrap_or(u32::MAX))
+    }
+
     /// How many places are kept (tests).
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        lock(&self.places).len()
+        lock(&self.inner).places.len()
     }
 }
 
@@ -198,11 +328,14 @@ pub(super) async fn sweep(parked: Parked, releaser: Releaser) {
         nudged.as_mut().enable();
         let (due, next) = parked.due(Instant::now());
         for (s, place) in due {
+            let idle = place.idle_ms();
             let how = Release {
                 op: false,
                 jar: place.keep.jar,
             };
-            releaser.clone().give_back(s, place.id, place.ticket, how);
+            releaser
+                .clone()
+                .give_back(s, place.id, place.ticket, how, idle);
         }
         match next {
             Some(at) => {
@@ -246,12 +379,15 @@ mod tests {
         );
         let dirty = Keep {
             dirty_since: Some(Instant::now() - Duration::from_millis(300)),
+            jar: Some(Jar::from_text("a\t/\t1")),
             ..keep(Instant::now())
         };
         assert!(
-            !p.fresh(&dirty, "e1"),
-            "its jar unwritten for longer than the linger"
+            p.fresh(&dirty, "e1"),
+            "a jar unwritten is written by the next request"
         );
+        assert!(p.overdue(&dirty), "for longer than the linger: it is due");
+        assert!(!p.overdue(&keep(Instant::now())), "no jar to write");
         let wanted = Arc::new(Wanted::default());
         let k = Keep {
             wanted: wanted.clone(),

@@ -69,7 +69,8 @@ impl RedisStore {
         };
         let mut r = stored.record;
         r.in_flight = f;
-        r.queued = q;
+        // With this replica's requests waiting behind its own place (not in Redis's queue).
+        r.queued = q + self.parked.waiting(s);
         Ok(Some(r))
     }
 
@@ -272,7 +273,7 @@ pub(super) async fn list(store: &RedisStore) -> Result<Vec<(SlotKey, SessionReco
             let slot = slot_from_text(&s)?;
             let mut r = store.decode_lenient(&s, &pairs(fields))?;
             r.in_flight = f;
-            r.queued = q;
+            r.queued = q + store.parked.waiting(&s);
             Some((slot, r))
         })
         .collect())

@@ -27,6 +27,7 @@ pub(super) struct Parts {
     redis: RedisHandle,
     fleet: Arc<Fleet>,
     script: redis::Script,
+    write_jar: redis::Script,
     sealer: Arc<Sealer>,
     holdings: Holdings,
     parked: Parked,
@@ -52,6 +53,7 @@ impl Parts {
             redis: store.redis.clone(),
             fleet: store.fleet.clone(),
             script: store.scripts.release.clone(),
+            write_jar: store.scripts.write_jar.clone(),
             sealer: store.sealer.clone(),
             holdings: store.holdings.clone(),
             parked: store.parked.clone(),
@@ -81,7 +83,7 @@ impl Releaser {
         keep: Option<Keep>,
     ) {
         let Some(mut keep) = keep else {
-            return self.give_back(s, id, ticket, how);
+            return self.give_back(s, id, ticket, how, 0);
         };
         // A jar an earlier request on the kept place left unwritten goes with this one.
         let jar = how.jar.or_else(|| keep.jar.take());
@@ -89,48 +91,102 @@ impl Releaser {
             keep.dirty_since.get_or_insert_with(Instant::now);
         }
         if how.op || !self.keeps(&s, id, &ticket, &keep) {
-            return self.give_back(s, id, ticket, Release { op: how.op, jar });
+            return self.give_back(s, id, ticket, Release { op: how.op, jar }, 0);
         }
         if let Some(jar) = &jar {
             // This replica's next request on the session, and a repair, use it meanwhile.
             self.recent.hold_jar(&s, id, jar);
         }
         keep.jar = jar;
-        // Back when a request of this replica takes it, or by the sweeper (`parked`).
-        self.parked.put(&s, id, ticket, keep);
+        match keep.wanted.since() {
+            // Wanted elsewhere: only this replica's requests that waited from before go first.
+            Some(since) => {
+                let place = Place::new(id, ticket, keep);
+                if let Some(place) = self.parked.hand(&s, place, Some(since)) {
+                    let how = Release {
+                        op: false,
+                        jar: place.keep.jar,
+                    };
+                    self.give_back(s, place.id, place.ticket, how, 0);
+                }
+            }
+            // Back when a request of this replica takes it, or by the sweeper (`parked`).
+            None => self.parked.put(&s, id, ticket, keep),
+        }
     }
 
-    /// True when the place may be kept: it is fresh (and its unwritten jar too) and still held,
-    /// and the session is one this replica knows as logged in.
+    /// True when the place may stay with this replica: it is usable (and its unwritten jar
+    /// too) and still held, and the session is one this replica knows as logged in.
     fn keeps(&self, s: &str, id: u64, ticket: &str, keep: &Keep) -> bool {
         self.parked.open()
-            && self.parked.fresh(keep, &lock(&self.epoch))
+            && self.parked.usable(keep, &lock(&self.epoch))
             && self.holdings.holds(ticket)
             && self.recent.active(s, id)
     }
 
     /// Gives the kept place of slot `s` back, with the jar it left unwritten.
     pub(super) async fn give_back_place(&self, s: &str, place: Place) {
+        self.parked.let_go(s);
+        let idle = place.idle_ms();
         let how = Release {
             op: false,
             jar: place.keep.jar,
         };
-        self.give_back_now(s, place.id, place.ticket, how).await;
+        self.give_back_now(s, place.id, place.ticket, how, idle)
+            .await;
+    }
+
+    /// Writes the jar `place` left unwritten (while the place is still its ticket's); on
+    /// success the place carries no unwritten jar any more.
+    pub(super) async fn write_jar(&self, s: &str, place: &mut Place) {
+        let Some(jar) = place.keep.jar.clone() else {
+            return;
+        };
+        let rec = self.keys.record(s);
+        let sealed = self.sealer.seal(&rec, &jar.to_text());
+        let (script, keys, ticket, id) = (&self.write_jar, &self.keys, &place.ticket, place.id);
+        let version = self
+            .redis
+            .run("write_jar", |mut c| async move {
+                script
+                    .key(&rec)
+                    .arg(&keys.prefix)
+                    .arg(id)
+                    .arg(ticket)
+                    .arg(&sealed)
+                    .invoke_async::<u64>(&mut c)
+                    .await
+            })
+            .await;
+        if let Ok(v @ 1..) = version {
+            self.recent.wrote_jar(s, id, v, jar);
+            place.keep.jar = None;
+            place.keep.dirty_since = None;
+        }
     }
 
     /// Gives the place back on its own task (a drop cannot wait).
-    pub(super) fn give_back(self, s: String, id: u64, ticket: String, how: Release) {
+    pub(super) fn give_back(self, s: String, id: u64, ticket: String, how: Release, idle_ms: u64) {
+        // This replica's requests waiting behind the place ask Redis from now on.
+        self.parked.let_go(&s);
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             self.holdings.drop_ticket(&ticket);
             self.fleet.unwatch(&ticket);
             return;
         };
-        handle.spawn(async move { self.give_back_now(&s, id, ticket, how).await });
+        handle.spawn(async move { self.give_back_now(&s, id, ticket, how, idle_ms).await });
     }
 
-    /// Gives the place of slot `s` back, with the use time, a 202 and the jar when it
-    /// changed; the next waiter gets it.
-    pub(super) async fn give_back_now(&self, s: &str, id: u64, ticket: String, how: Release) {
+    /// Gives the place of slot `s` back, with the use time (`idle_ms` ago: a kept place was
+    /// last used when it was kept), a 202 and the jar when it changed; the next waiter gets it.
+    pub(super) async fn give_back_now(
+        &self,
+        s: &str,
+        id: u64,
+        ticket: String,
+        how: Release,
+        idle_ms: u64,
+    ) {
         self.holdings.drop_ticket(&ticket);
         self.fleet.unwatch(&ticket);
         let rec = self.keys.record(s);
@@ -157,6 +213,7 @@ impl Releaser {
                     .arg(if jar.is_some() { "1" } else { "0" })
                     .arg(jar.unwrap_or_default())
                     .arg(me)
+                    .arg(idle_ms)
                     .invoke_async::<Vec<String>>(&mut c)
                     .await
             })

@@ -150,32 +150,46 @@ return {'0', created, epoch, id}
 
 /// Gives an in-flight place back, records the use (and a 202, and the jar with its next
 /// version), and hands the place to the next waiter. KEYS: record. ARGV: P, G, id, ticket, op,
-/// max, lease, jar_set, jar, the caller's replica id. Returns the jar's version (0 when it was
+/// max, lease, jar_set, jar, the caller's replica id, how long ago the session was last used
+/// (ms: a kept place goes back after its last request). Returns the jar's version (0 when it was
 /// not written), the record's jar version now, then the wakes of the caller's own waiters that
 /// got the place (`g`/`G` and the ticket), which the caller delivers itself.
 const RELEASE: &str = r"
 local P, G, id, ticket = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = now_ms()
+local used = now - (tonumber(ARGV[11]) or 0)
 redis.call('ZREM', P .. 'f:' .. id, ticket)
 local version = 0
 if redis.call('HGET', KEYS[1], 'id') == id then
   if ARGV[8] == '1' then
     version = redis.call('HINCRBY', KEYS[1], 'jv', 1)
     if ARGV[5] == '1' then
-      redis.call('HSET', KEYS[1], 'used', now, 'op', now, 'jar', ARGV[9])
+      redis.call('HSET', KEYS[1], 'used', used, 'op', now, 'jar', ARGV[9])
     else
-      redis.call('HSET', KEYS[1], 'used', now, 'jar', ARGV[9])
+      redis.call('HSET', KEYS[1], 'used', used, 'jar', ARGV[9])
     end
   elseif ARGV[5] == '1' then
-    redis.call('HSET', KEYS[1], 'used', now, 'op', now)
+    redis.call('HSET', KEYS[1], 'used', used, 'op', now)
   else
-    redis.call('HSET', KEYS[1], 'used', now)
+    redis.call('HSET', KEYS[1], 'used', used)
   end
 end
 local out = drain(P, G, id, tonumber(ARGV[6]), now, tonumber(ARGV[7]), ARGV[10])
 table.insert(out, 1, redis.call('HGET', KEYS[1], 'jv') or '0')
 table.insert(out, 1, tostring(version))
 return out
+";
+
+/// Writes the jar a kept place left unwritten, and the use time, while the place is still this
+/// ticket's. KEYS: record. ARGV: P, id, ticket, sealed jar. Returns the jar's version (0: the
+/// place or the record is gone, nothing written).
+const WRITE_JAR: &str = r"
+local P, id, ticket = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', KEYS[1], 'id') ~= id then return 0 end
+if not redis.call('ZSCORE', P .. 'f:' .. id, ticket) then return 0 end
+local version = redis.call('HINCRBY', KEYS[1], 'jv', 1)
+redis.call('HSET', KEYS[1], 'used', now_ms(), 'jar', ARGV[4])
+return version
 ";
 
 /// A waiter gives up (its wait ran out, or its client went away, possibly before the lease
@@ -475,6 +489,7 @@ return 0
 pub(super) struct Scripts {
     pub(super) lease: Script,
     pub(super) release: Script,
+    pub(super) write_jar: Script,
     pub(super) cancel: Script,
     pub(super) renew: Script,
     pub(super) get: Script,
@@ -495,10 +510,11 @@ pub(super) struct Scripts {
 
 impl Scripts {
     /// Every script, to load into Redis ahead of use.
-    pub(super) fn all(&self) -> [&Script; 18] {
+    pub(super) fn all(&self) -> [&Script; 19] {
         [
             &self.lease,
             &self.release,
+            &self.write_jar,
             &self.cancel,
             &self.renew,
             &self.get,
@@ -523,6 +539,7 @@ impl Scripts {
         Scripts {
             lease: with(LEASE),
             release: with(RELEASE),
+            write_jar: with(WRITE_JAR),
             cancel: with(CANCEL),
             renew: with(RENEW),
             get: with(GET),
