@@ -468,6 +468,19 @@ async fn released_with(store: &RedisStore, l: Leased, jar: &Jar) {
     store.release(l.in_flight, how).await;
 }
 
+/// A Redis server, a replica keeping places for 5 s (`lease_ttl` 30 s), and the slot's
+/// session logged in: the replica keeps its place.
+async fn kept_session() -> (RedisServer, Replica) {
+    let redis = RedisServer::start();
+    let r = replica_keeping(
+        &redis.url(),
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    );
+    logged_in(&r.store).await;
+    (redis, r)
+}
+
 /// Logs the slot's session in (as the pool would after creating it), so that its place may be
 /// kept.
 async fn logged_in(store: &RedisStore) -> u64 {
@@ -491,13 +504,7 @@ async fn logged_in(store: &RedisStore) -> u64 {
 
 #[tokio::test]
 async fn a_replica_keeps_a_place_for_its_next_request_without_asking_redis() {
-    let redis = RedisServer::start();
-    let r = replica_keeping(
-        &redis.url(),
-        Duration::from_secs(30),
-        Duration::from_secs(5),
-    );
-    logged_in(&r.store).await;
+    let (_redis, r) = kept_session().await;
     let (leases, releases) = (operations(&r, "lease"), operations(&r, "release"));
     one_after_another(&r.store, 20).await;
     assert_eq!(
@@ -667,13 +674,7 @@ async fn a_kept_place_is_not_used_once_the_store_lost_its_state() {
 
 #[tokio::test]
 async fn a_kept_place_serves_its_replica_through_a_short_outage_and_nothing_else_does() {
-    let redis = RedisServer::start();
-    let r = replica_keeping(
-        &redis.url(),
-        Duration::from_secs(30),
-        Duration::from_secs(5),
-    );
-    logged_in(&r.store).await;
+    let (redis, r) = kept_session().await;
     redis.pause();
     // The kept place is a lease Redis granted a moment ago and keeps for `lease_ttl`: using it
     // double-books nothing.
@@ -709,13 +710,7 @@ async fn a_kept_place_serves_its_replica_through_a_short_outage_and_nothing_else
 
 #[tokio::test]
 async fn requests_of_one_replica_wait_behind_its_own_place_in_order_without_redis() {
-    let redis = RedisServer::start();
-    let r = replica_keeping(
-        &redis.url(),
-        Duration::from_secs(30),
-        Duration::from_secs(5),
-    );
-    logged_in(&r.store).await;
+    let (_redis, r) = kept_session().await;
     let first = lease(&r.store, 8, Duration::from_secs(2)).await.unwrap();
     let (leases, releases) = (operations(&r, "lease"), operations(&r, "release"));
     let order = Arc::new(Mutex::new(Vec::new()));
