@@ -104,9 +104,8 @@ return redis.call('ZCARD', KEYS[1])
 /// place in use is not kept.
 #[derive(Debug, Default)]
 pub struct Wanted {
-    wanted: AtomicBool,
-    /// When this replica learnt it (requests of this replica that waited from before go
-    /// first).
+    /// When this replica learnt that a request queued behind the place (its requests that
+    /// waited from before go first).
     since: std::sync::OnceLock<std::time::Instant>,
     /// Wakes whoever gives kept places back.
     nudge: Arc<tokio::sync::Notify>,
@@ -115,7 +114,7 @@ pub struct Wanted {
 impl Wanted {
     /// True once a request queued behind the place.
     pub fn is_set(&self) -> bool {
-        self.wanted.load(Ordering::Acquire)
+        self.since.get().is_some()
     }
 
     /// When this replica learnt that a request queued behind the place.
@@ -126,7 +125,6 @@ impl Wanted {
     /// Marks the place wanted and nudges whoever keeps it.
     pub(crate) fn set(&self) {
         self.since.get_or_init(std::time::Instant::now);
-        self.wanted.store(true, Ordering::Release);
         self.nudge.notify_one();
     }
 }
@@ -369,7 +367,6 @@ impl Fleet {
             .entry(ticket.to_owned())
             .or_insert_with(|| {
                 Arc::new(Wanted {
-                    wanted: AtomicBool::new(false),
                     since: std::sync::OnceLock::new(),
                     nudge: nudge.clone(),
                 })

@@ -269,22 +269,7 @@ async fn served_in_order(linger: Duration) {
         }));
         // Waiting before the next one arrives (in Redis's queue, or behind the request of its
         // replica that holds the place: each replica counts its own).
-        let (sa, sb) = (a.store.clone(), b.store.clone());
-        eventually(
-            &format!("waiter {n} waits (requests waiting on A and B)"),
-            Duration::from_secs(5),
-            || {
-                let (sa, sb) = (sa.clone(), sb.clone());
-                async move {
-                    (
-                        sa.queue_depth().await.unwrap(),
-                        sb.queue_depth().await.unwrap(),
-                    )
-                }
-            },
-            |(on_a, on_b)| on_a + on_b > n,
-        )
-        .await;
+        waiting_reaches(&[&a.store, &b.store], n + 1).await;
     }
     // Nobody asks Redis while they wait: the command count stays put over a while (the span
     // watched is the test's subject, so this sleep stays).
@@ -301,6 +286,28 @@ async fn served_in_order(linger: Duration) {
         vec![0, 1, 2, 3, 4, 5],
         "first come, first served across replicas"
     );
+}
+
+/// Waits up to 5 s until `want` requests wait on the `stores` together (in Redis's queue, or
+/// behind their replica's own place: each replica counts its own).
+async fn waiting_reaches(stores: &[&Arc<RedisStore>], want: u32) {
+    let stores: Vec<Arc<RedisStore>> = stores.iter().map(|s| Arc::clone(s)).collect();
+    eventually(
+        &format!("{want} requests wait"),
+        Duration::from_secs(5),
+        || {
+            let stores = stores.clone();
+            async move {
+                let mut waiting = 0;
+                for s in &stores {
+                    waiting += s.queue_depth().await.unwrap();
+                }
+                waiting
+            }
+        },
+        |waiting| *waiting >= want,
+    )
+    .await;
 }
 
 /// The server's processed-command count.
@@ -722,17 +729,7 @@ async fn requests_of_one_replica_wait_behind_its_own_place_in_order_without_redi
             order.lock().unwrap().push(n);
             store.release(l.in_flight, Release::default()).await;
         }));
-        let store = r.store.clone();
-        eventually(
-            &format!("waiter {n} waits"),
-            Duration::from_secs(5),
-            || {
-                let store = store.clone();
-                async move { store.queue_depth().await.unwrap() }
-            },
-            |waiting| *waiting > n,
-        )
-        .await;
+        waiting_reaches(&[&r.store], n + 1).await;
     }
     assert_eq!(
         counts(&r.store).await,
@@ -760,17 +757,7 @@ async fn requests_of_one_replica_wait_behind_its_own_place_in_order_without_redi
     let held = lease(&r.store, 1, Duration::from_secs(2)).await.unwrap();
     let (store, queue) = (r.store.clone(), 1);
     let waiting = tokio::spawn(async move { lease(&store, queue, Duration::from_secs(3)).await });
-    let store = r.store.clone();
-    eventually(
-        "one waits",
-        Duration::from_secs(5),
-        || {
-            let store = store.clone();
-            async move { store.queue_depth().await.unwrap() }
-        },
-        |w| *w == 1,
-    )
-    .await;
+    waiting_reaches(&[&r.store], 1).await;
     let full = lease(&r.store, queue, Duration::from_secs(3)).await;
     assert!(matches!(full, Err(LeaseRefused::Busy)), "{full:?}");
     r.store.release(held.in_flight, Release::default()).await;

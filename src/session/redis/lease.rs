@@ -302,11 +302,13 @@ impl RedisStore {
     async fn reuse(&self, slot: &SlotKey, s: &str, place: Place, handed: bool) -> Option<Leased> {
         // A place handed by the request before may be wanted elsewhere: this request waited
         // from before that, and goes first.
-        let epoch = lock(&self.epoch).clone();
-        let usable = if handed {
-            self.parked.usable(&place.keep, &epoch)
-        } else {
-            self.parked.fresh(&place.keep, &epoch)
+        let usable = {
+            let epoch = lock(&self.epoch);
+            if handed {
+                self.parked.usable(&place.keep, &epoch)
+            } else {
+                self.parked.fresh(&place.keep, &epoch)
+            }
         } && self.holdings.holds(&place.ticket);
         let mut place = place;
         if usable && self.parked.overdue(&place.keep) {

@@ -260,8 +260,21 @@ impl Parked {
     /// replica's next requests on it wait behind it, in order.
     pub(super) fn hold(&self, s: &str, wanted: &Arc<Wanted>) {
         let mut inner = lock(&self.inner);
-        let q = inner.local.entry(s.to_owned()).or_default();
-        q.wanted = wanted.clone();
+        match inner.local.get_mut(s) {
+            // The place passed from one request of this replica to the next.
+            Some(q) => {
+                if !Arc::ptr_eq(&q.wanted, wanted) {
+                    q.wanted = wanted.clone();
+                }
+            }
+            None => {
+                let q = LocalQueue {
+                    waiters: VecDeque::new(),
+                    wanted: wanted.clone(),
+                };
+                inner.local.insert(s.to_owned(), q);
+            }
+        }
     }
 
     /// The place of slot `s` goes back to Redis: this replica's requests waiting behind it ask
@@ -273,34 +286,21 @@ impl Parked {
     /// Takes the places due back at `now` (lingered `linger`, or wanted elsewhere); tells when
     /// the next one is due (`None`: nothing kept).
     pub(super) fn due(&self, now: Instant) -> (Vec<(String, Place)>, Option<Instant>) {
+        let linger = self.linger;
         let mut inner = lock(&self.inner);
-        let places = &mut inner.places;
-        let due: Vec<String> = places
-            .iter()
-            .filter(|(_, p)| p.keep.wanted.is_set() || now >= p.kept_at + self.linger)
-            .map(|(s, _)| s.clone())
-            .collect();
-        let taken = due
-            .into_iter()
-            .filter_map(|s| places.remove_entry(&s))
-            .collect();
-        let next = places.values().map(|p| p.kept_at + self.linger).min();
+        let taken = take_where(&mut inner.places, |p| {
+            p.keep.wanted.is_set() || now >= p.kept_at + linger
+        });
+        let next = inner.places.values().map(|p| p.kept_at + linger).min();
         (taken, next)
     }
 
     /// Takes the places kept for at least `idle`.
     pub(super) fn idle(&self, idle: Duration) -> Vec<(String, Place)> {
         let now = Instant::now();
-        let mut inner = lock(&self.inner);
-        let places = &mut inner.places;
-        let idle: Vec<String> = places
-            .iter()
-            .filter(|(_, p)| now.duration_since(p.kept_at) >= idle)
-            .map(|(s, _)| s.clone())
-            .collect();
-        idle.into_iter()
-            .filter_map(|s| places.remove_entry(&s))
-            .collect()
+        take_where(&mut lock(&self.inner).places, |p| {
+            now.duration_since(p.kept_at) >= idle
+        })
     }
 
     /// How many requests of this replica wait behind its own place on slot `s`.
@@ -316,6 +316,22 @@ impl Parked {
     pub(super) fn len(&self) -> usize {
         lock(&self.inner).places.len()
     }
+}
+
+/// Takes out of `places` those that `pick` picks.
+fn take_where(
+    places: &mut HashMap<String, Place>,
+    pick: impl Fn(&Place) -> bool,
+) -> Vec<(String, Place)> {
+    let picked: Vec<String> = places
+        .iter()
+        .filter(|(_, p)| pick(p))
+        .map(|(s, _)| s.clone())
+        .collect();
+    picked
+        .into_iter()
+        .filter_map(|s| places.remove_entry(&s))
+        .collect()
 }
 
 /// The sweeper of one store's kept places: gives back those that lingered `linger` or that a
