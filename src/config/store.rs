@@ -72,7 +72,8 @@ fn redis(c: &mut Checker<'_>, raw: &StoreSection, upstreams: &[UpstreamConfig]) 
         written_or(&raw.linger, file::default_linger),
     );
     if let (Some(l), Some(t)) = (linger, lease_ttl) {
-        // A kept place goes back at the latest a third of `lease_ttl` after it was granted.
+        // A kept place is renewed (or goes back) a third of `lease_ttl` after it was granted:
+        // a linger as long would outlast that.
         if l >= t / 3 {
             c.error(
                 "store.linger",

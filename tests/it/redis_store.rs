@@ -768,3 +768,61 @@ async fn requests_of_one_replica_wait_behind_its_own_place_in_order_without_redi
         .unwrap();
     r.store.release(next.in_flight, Release::default()).await;
 }
+
+#[tokio::test]
+async fn a_place_in_constant_use_is_renewed_in_place_past_a_third_of_lease_ttl() {
+    let redis = RedisServer::start();
+    // A third of `lease_ttl` is 500 ms; requests come every 50 ms for over three times that.
+    let ttl = Duration::from_millis(1500);
+    let r = replica_keeping(&redis.url(), ttl, Duration::from_millis(400));
+    logged_in(&r.store).await;
+    one_after_another(&r.store, 1).await;
+    let (leases, releases) = (operations(&r, "lease"), operations(&r, "release"));
+    let started = std::time::Instant::now();
+    let jar = Jar::from_text("ASP.NET_SessionId\t/\ts9");
+    while started.elapsed() < Duration::from_millis(1800) {
+        let l = lease(&r.store, 4, Duration::from_secs(2)).await.unwrap();
+        released_with(&r.store, l, &jar).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (
+            operations(&r, "lease") - leases,
+            operations(&r, "release") - releases
+        ),
+        (0, 0),
+        "the place was renewed where it is, never given back and asked for again"
+    );
+    assert!(
+        operations(&r, "refresh") >= 3,
+        "renewed about every third of lease_ttl: {} times",
+        operations(&r, "refresh")
+    );
+    let other = replica(&redis.url(), ttl);
+    let stored = other.store.get(&slot()).await.unwrap().unwrap();
+    assert_eq!(
+        stored.jar, jar,
+        "each renewal writes the jar left unwritten"
+    );
+    assert_eq!(counts(&r.store).await, (1, 0), "still this replica's");
+}
+
+#[tokio::test]
+async fn a_request_that_goes_away_as_the_place_is_handed_to_it_gives_it_back() {
+    let (_redis, r) = kept_session().await;
+    let held = lease(&r.store, 4, Duration::from_secs(2)).await.unwrap();
+    let store = r.store.clone();
+    let waiter = tokio::spawn(async move { lease(&store, 4, Duration::from_secs(3)).await });
+    waiting_reaches(&[&r.store], 1).await;
+    // The release hands the place to the waiter at once; the waiter's task is cancelled
+    // before it can run again (one thread: nothing runs in between).
+    r.store.release(held.in_flight, Release::default()).await;
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    settles_at(&r.store, (0, 0), "the place handed to nobody goes back").await;
+    let next = lease(&r.store, 4, Duration::from_secs(2))
+        .await
+        .map_err(|e| format!("{e:?}"))
+        .expect("the session serves the next request");
+    r.store.release(next.in_flight, Release::default()).await;
+}

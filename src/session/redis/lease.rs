@@ -12,8 +12,8 @@ use std::time::Duration;
 use super::super::store::{InFlight, LeaseRefused, Leased, Release, SessionRecord, SlotKey};
 use super::codec::{args, fields, pairs, plain_record, slot_text};
 use super::guards::Kind;
-use super::parked::{Keep, Place, Turn};
-use super::release::cancel;
+use super::parked::{Keep, Turn};
+use super::release::{cancel, Owed};
 #[cfg(doc)]
 use super::SessionStore;
 use super::{lock, RedisStore};
@@ -33,22 +33,24 @@ pub(super) async fn lease(
     let deadline = tokio::time::Instant::now() + wait;
     let keeping = store.parked.enabled(max);
     if keeping {
-        let place = match store.parked.take_or_wait(&s, max_queue) {
-            Turn::Kept(place) => Some((place, false)),
+        let owed = match store.parked.take_or_wait(&s, max_queue) {
+            Turn::Kept(place) => Some((Owed::place(store.releaser(), &s, place), false)),
             Turn::Wait(turn) => {
                 let _waiting = Waiting::count(&store.queued_here);
-                match tokio::time::timeout_at(deadline, turn).await {
-                    Ok(Ok(place)) => Some((place, true)),
+                let mut owed = Owed::turn(store.releaser(), &s, turn);
+                match tokio::time::timeout_at(deadline, owed.handed()).await {
+                    Ok(true) => Some((owed, true)),
                     // The place went back to Redis: ask there, in its queue's order.
-                    Ok(Err(_)) => None,
+                    Ok(false) => None,
+                    // A place handed on meanwhile goes back with `owed`.
                     Err(_) => return Err(LeaseRefused::Busy),
                 }
             }
             Turn::Full => return Err(LeaseRefused::Busy),
             Turn::Ask => None,
         };
-        if let Some((place, handed)) = place {
-            if let Some(leased) = store.reuse(slot, &s, place, handed).await {
+        if let Some((owed, handed)) = owed {
+            if let Some(leased) = store.reuse(slot, &s, owed, handed).await {
                 return Ok(leased);
             }
         }
@@ -299,23 +301,31 @@ impl RedisStore {
 
     /// The lease of a place this replica kept, if it may still be used: else the place goes
     /// back first (and the caller asks Redis).
-    async fn reuse(&self, slot: &SlotKey, s: &str, place: Place, handed: bool) -> Option<Leased> {
+    async fn reuse(
+        &self,
+        slot: &SlotKey,
+        s: &str,
+        mut owed: Owed<'_>,
+        handed: bool,
+    ) -> Option<Leased> {
+        let place = owed.peek()?;
         // A place handed by the request before may be wanted elsewhere: this request waited
         // from before that, and goes first.
-        let usable = {
+        let mut usable = {
             let epoch = lock(&self.epoch);
             if handed {
-                self.parked.usable(&place.keep, &epoch)
+                self.parked.current(&place.keep, &epoch)
             } else {
                 self.parked.fresh(&place.keep, &epoch)
             }
         } && self.holdings.holds(&place.ticket);
-        let mut place = place;
-        if usable && self.parked.overdue(&place.keep) {
-            // The jar went unwritten for a linger while the place stayed here: written now,
-            // by the one request that holds the place (so writes stay in order).
-            self.releaser().write_jar(s, &mut place).await;
+        if usable && self.parked.stale(&place.keep) {
+            // Granted long ago, or its jar unwritten for a linger: renewed (and the jar
+            // written) by the one request that holds the place, so writes stay in order and
+            // the requests of this replica waiting behind it keep their turn here.
+            usable = owed.refresh().await;
         }
+        let place = owed.take()?;
         let record = usable.then(|| self.recent.record(s, place.id)).flatten();
         match record {
             Some(record) => Some(Leased {

@@ -14,16 +14,17 @@
 //! - a request queues behind it on another replica, or on this one through Redis (the
 //!   store's `w` or `G` wake): only this replica's requests that waited from before that go
 //!   first, so the order stays FIFO across replicas up to the wake's delivery;
-//! - a third of `lease_ttl` passed since Redis granted it: the place is never used on a lease
-//!   that Redis might have let expire, and the record's use time and upkeep get their turn;
+//! - a request of this replica takes a place granted (or renewed) a third of `lease_ttl` ago,
+//!   and Redis does not renew it (`REFRESH`: only while the lease is still this ticket's and
+//!   has not run out), so that a place is never used on a lease Redis might have let expire;
 //! - the store lost its state (the epoch changed), the lease was lost, or the session is no
 //!   longer one this replica knows as logged in;
 //! - this replica removes or evicts the session, or leaves the fleet
 //!   ([`SessionStore::settle`]).
 //!
 //! A jar the upstream changed meanwhile stays in this replica's memory (`recent`); the request
-//! that takes the place a `linger` after the first change writes it first (`WRITE_JAR`, while
-//! the place is still its ticket's), so the writes of one place stay in order.
+//! that takes the place a `linger` after the first change writes it first (with the same
+//! `REFRESH`), so the writes of one place stay in order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -173,21 +174,28 @@ impl Parked {
         inner.places.drain().collect()
     }
 
-    /// True while a place granted at `keep.granted` may still be kept (or taken).
+    /// True while a place may be taken by a request of this replica without waiting behind
+    /// a request elsewhere: nobody queued behind it, and the store's state is the same.
     pub(super) fn fresh(&self, keep: &Keep, epoch: &str) -> bool {
-        !keep.wanted.is_set() && self.usable(keep, epoch)
+        !keep.wanted.is_set() && self.current(keep, epoch)
     }
 
-    /// True while a place may still be used by this replica's requests that waited for it
-    /// from before a request elsewhere queued: granted less than `hold` ago, the store's state
-    /// the same.
-    pub(super) fn usable(&self, keep: &Keep, epoch: &str) -> bool {
-        keep.granted.elapsed() < self.hold && *keep.epoch == *epoch
+    /// True while a place may still be used by this replica's requests (those that waited from
+    /// before a request elsewhere queued among them): the store's state is the one it was
+    /// granted in.
+    pub(super) fn current(&self, keep: &Keep, epoch: &str) -> bool {
+        *keep.epoch == *epoch
     }
 
-    /// True when the jar a place carries has been unwritten for `linger`: the request that
-    /// takes the place writes it first.
-    pub(super) fn overdue(&self, keep: &Keep) -> bool {
+    /// True when the request that takes the place must renew it in Redis first: it was
+    /// granted (or last renewed) `hold` ago, so that a place is never used on a lease Redis
+    /// may have let expire; or its jar has been unwritten for `linger`.
+    pub(super) fn stale(&self, keep: &Keep) -> bool {
+        keep.granted.elapsed() >= self.hold || self.overdue(keep)
+    }
+
+    /// True when the jar a place carries has been unwritten for `linger`.
+    fn overdue(&self, keep: &Keep) -> bool {
         keep.jar.is_some() && keep.dirty_since.is_some_and(|t| t.elapsed() >= self.linger)
     }
 
@@ -383,15 +391,16 @@ mod tests {
     }
 
     #[test]
-    fn a_place_is_fresh_until_wanted_too_old_or_the_store_reset() {
+    fn a_place_is_fresh_until_wanted_or_the_store_reset_and_renewed_when_old() {
         let p = Parked::new(Duration::from_millis(250), Duration::from_secs(30));
         let k = keep(Instant::now());
         assert!(p.fresh(&k, "e1"));
         assert!(!p.fresh(&k, "e2"), "the store lost its state");
+        assert!(!p.stale(&k), "granted just now");
         let old = keep(Instant::now() - Duration::from_secs(11));
         assert!(
-            !p.fresh(&old, "e1"),
-            "granted more than a third of lease_ttl ago"
+            p.fresh(&old, "e1") && p.stale(&old),
+            "granted more than a third of lease_ttl ago: renewed before use"
         );
         let dirty = Keep {
             dirty_since: Some(Instant::now() - Duration::from_millis(300)),
@@ -403,6 +412,7 @@ mod tests {
             "a jar unwritten is written by the next request"
         );
         assert!(p.overdue(&dirty), "for longer than the linger: it is due");
+        assert!(p.stale(&dirty), "and the place is renewed with it");
         assert!(!p.overdue(&keep(Instant::now())), "no jar to write");
         let wanted = Arc::new(Wanted::default());
         let k = Keep {

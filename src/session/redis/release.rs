@@ -7,6 +7,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use tokio::sync::oneshot;
+
 use super::super::store::Release;
 use super::guards::Holdings;
 use super::keys::Keys;
@@ -27,7 +29,7 @@ pub(super) struct Parts {
     redis: RedisHandle,
     fleet: Arc<Fleet>,
     script: redis::Script,
-    write_jar: redis::Script,
+    refresh: redis::Script,
     sealer: Arc<Sealer>,
     holdings: Holdings,
     parked: Parked,
@@ -53,7 +55,7 @@ impl Parts {
             redis: store.redis.clone(),
             fleet: store.fleet.clone(),
             script: store.scripts.release.clone(),
-            write_jar: store.scripts.write_jar.clone(),
+            refresh: store.scripts.refresh.clone(),
             sealer: store.sealer.clone(),
             holdings: store.holdings.clone(),
             parked: store.parked.clone(),
@@ -115,11 +117,12 @@ impl Releaser {
         }
     }
 
-    /// True when the place may stay with this replica: it is usable (and its unwritten jar
-    /// too) and still held, and the session is one this replica knows as logged in.
+    /// True when the place may stay with this replica: granted under the store's current
+    /// state and still held, and the session is one this replica knows as logged in. (A place
+    /// granted long ago stays too: the request that takes it renews it first.)
     fn keeps(&self, s: &str, id: u64, ticket: &str, keep: &Keep) -> bool {
         self.parked.open()
-            && self.parked.usable(keep, &lock(&self.epoch))
+            && self.parked.current(keep, &lock(&self.epoch))
             && self.holdings.holds(ticket)
             && self.recent.active(s, id)
     }
@@ -136,33 +139,45 @@ impl Releaser {
             .await;
     }
 
-    /// Writes the jar `place` left unwritten (while the place is still its ticket's); on
-    /// success the place carries no unwritten jar any more.
-    pub(super) async fn write_jar(&self, s: &str, place: &mut Place) {
-        let Some(jar) = place.keep.jar.clone() else {
-            return;
-        };
+    /// Renews the lease of a kept place this replica goes on using, records the use and writes
+    /// the jar the place left unwritten, while the place is still its ticket's and unexpired.
+    /// On success the place counts as granted anew and carries no unwritten jar; on failure
+    /// (the place is gone, or Redis did not answer) the caller gives it back.
+    pub(super) async fn refresh(&self, s: &str, place: &mut Place) -> bool {
+        // Redis extends the lease from its own now, which is later than this.
+        let sent = Instant::now();
         let rec = self.keys.record(s);
-        let sealed = self.sealer.seal(&rec, &jar.to_text());
-        let (script, keys, ticket, id) = (&self.write_jar, &self.keys, &place.ticket, place.id);
+        let sealed = place
+            .keep
+            .jar
+            .as_ref()
+            .map(|jar| self.sealer.seal(&rec, &jar.to_text()));
+        let (script, keys, ticket, id) = (&self.refresh, &self.keys, &place.ticket, place.id);
+        let lease_ms = self.lease_ms;
         let version = self
             .redis
-            .run("write_jar", |mut c| async move {
+            .run("refresh", |mut c| async move {
                 script
                     .key(&rec)
                     .arg(&keys.prefix)
                     .arg(id)
                     .arg(ticket)
-                    .arg(&sealed)
-                    .invoke_async::<u64>(&mut c)
+                    .arg(lease_ms)
+                    .arg(if sealed.is_some() { "1" } else { "0" })
+                    .arg(sealed.unwrap_or_default())
+                    .invoke_async::<i64>(&mut c)
                     .await
             })
             .await;
-        if let Ok(v @ 1..) = version {
+        let Ok(version @ 0..) = version else {
+            return false;
+        };
+        if let (Ok(v @ 1..), Some(jar)) = (u64::try_from(version), place.keep.jar.take()) {
             self.recent.wrote_jar(s, id, v, jar);
-            place.keep.jar = None;
-            place.keep.dirty_since = None;
         }
+        place.keep.dirty_since = None;
+        place.keep.granted = sent;
+        true
     }
 
     /// Gives the place back on its own task (a drop cannot wait).
@@ -248,4 +263,84 @@ pub(super) async fn cancel(r: &Releaser, script: redis::Script, rec: &str, ticke
                 .await
         })
         .await;
+}
+
+/// A place on its way to a request of this replica (being renewed, or handed through the local
+/// queue): given back if the request goes away first, so that no place stays held, and
+/// renewed, for nobody.
+pub(super) struct Owed<'a> {
+    releaser: Releaser,
+    s: &'a str,
+    place: Option<Place>,
+    turn: Option<oneshot::Receiver<Place>>,
+}
+
+impl<'a> Owed<'a> {
+    /// A place this request holds until it takes it out again.
+    pub(super) fn place(releaser: Releaser, s: &'a str, place: Place) -> Owed<'a> {
+        Owed {
+            releaser,
+            s,
+            place: Some(place),
+            turn: None,
+        }
+    }
+
+    /// The place a request of this replica hands on through `turn`.
+    pub(super) fn turn(releaser: Releaser, s: &'a str, turn: oneshot::Receiver<Place>) -> Owed<'a> {
+        Owed {
+            releaser,
+            s,
+            place: None,
+            turn: Some(turn),
+        }
+    }
+
+    /// Waits for the place handed through the turn; false when it went back to Redis instead.
+    pub(super) async fn handed(&mut self) -> bool {
+        if let Some(turn) = self.turn.as_mut() {
+            self.place = turn.await.ok();
+            self.turn = None;
+        }
+        self.place.is_some()
+    }
+
+    /// The held place.
+    pub(super) fn peek(&self) -> Option<&Place> {
+        self.place.as_ref()
+    }
+
+    /// Renews the held place in Redis ([`Releaser::refresh`]); false when it is gone or Redis
+    /// did not answer.
+    pub(super) async fn refresh(&mut self) -> bool {
+        match self.place.as_mut() {
+            Some(place) => self.releaser.refresh(self.s, place).await,
+            None => false,
+        }
+    }
+
+    /// Takes the place out: the request holds it now.
+    pub(super) fn take(mut self) -> Option<Place> {
+        self.place.take()
+    }
+}
+
+impl Drop for Owed<'_> {
+    fn drop(&mut self) {
+        let handed = self.turn.take().and_then(|mut turn| {
+            // No place can come through any more; one that came already is taken here.
+            turn.close();
+            turn.try_recv().ok()
+        });
+        for place in [self.place.take(), handed].into_iter().flatten() {
+            let idle = place.idle_ms();
+            let how = Release {
+                op: false,
+                jar: place.keep.jar,
+            };
+            self.releaser
+                .clone()
+                .give_back(self.s.to_owned(), place.id, place.ticket, how, idle);
+        }
+    }
 }

@@ -180,15 +180,23 @@ table.insert(out, 1, tostring(version))
 return out
 ";
 
-/// Writes the jar a kept place left unwritten, and the use time, while the place is still this
-/// ticket's. KEYS: record. ARGV: P, id, ticket, sealed jar. Returns the jar's version (0: the
-/// place or the record is gone, nothing written).
-const WRITE_JAR: &str = r"
+/// Renews a kept place that this replica goes on using: extends its lease from now, records
+/// the use, and writes the jar the place left unwritten, only while the place is still this
+/// ticket's and its lease has not run out (a place Redis let expire may be someone else's by
+/// now). KEYS: record. ARGV: P, id, ticket, lease, jar_set, sealed jar. Returns -1 when the place
+/// is gone (nothing written), else the jar's new version (0: no jar sent).
+const REFRESH: &str = r"
 local P, id, ticket = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('HGET', KEYS[1], 'id') ~= id then return 0 end
-if not redis.call('ZSCORE', P .. 'f:' .. id, ticket) then return 0 end
+if redis.call('HGET', KEYS[1], 'id') ~= id then return -1 end
+local f = P .. 'f:' .. id
+local now = now_ms()
+local till = tonumber(redis.call('ZSCORE', f, ticket))
+if not till or till <= now then return -1 end
+redis.call('ZADD', f, now + tonumber(ARGV[4]), ticket)
+redis.call('HSET', KEYS[1], 'used', now)
+if ARGV[5] ~= '1' then return 0 end
 local version = redis.call('HINCRBY', KEYS[1], 'jv', 1)
-redis.call('HSET', KEYS[1], 'used', now_ms(), 'jar', ARGV[4])
+redis.call('HSET', KEYS[1], 'jar', ARGV[6])
 return version
 ";
 
@@ -489,7 +497,7 @@ return 0
 pub(super) struct Scripts {
     pub(super) lease: Script,
     pub(super) release: Script,
-    pub(super) write_jar: Script,
+    pub(super) refresh: Script,
     pub(super) cancel: Script,
     pub(super) renew: Script,
     pub(super) get: Script,
@@ -514,7 +522,7 @@ impl Scripts {
         [
             &self.lease,
             &self.release,
-            &self.write_jar,
+            &self.refresh,
             &self.cancel,
             &self.renew,
             &self.get,
@@ -539,7 +547,7 @@ impl Scripts {
         Scripts {
             lease: with(LEASE),
             release: with(RELEASE),
-            write_jar: with(WRITE_JAR),
+            refresh: with(REFRESH),
             cancel: with(CANCEL),
             renew: with(RENEW),
             get: with(GET),
