@@ -589,11 +589,10 @@ pub(crate) fn markdown(
             md,
             "- warm-up of the `sessions-*` rows: every token once on every gateway, one request \
              at a time (the {LEGACY_SESSIONS} logins, the token caches), not {WARMUP_SECONDS} s \
-             of wrk: wrk's exit cancels the requests it has in flight, and with the Redis store \
-             a request cancelled while its in-flight place is being granted leaves that place \
-             taken until `lease_ttl` (30 s), so the next run stalled on those grants (their \
-             queues full: 429 `grant_busy`, then no progress for ~30 s; seen while writing this \
-             bench, in `RedisStore::acquire`, src/session/redis.rs)"
+             of wrk, so that every login happens before the measurement and none of wrk's \
+             requests is cut off mid-login when it exits (a request cancelled while its place \
+             was being granted used to leave the place taken until `lease_ttl` with the Redis \
+             store; that is fixed and tested in tests/it/redis_store.rs)"
         );
     }
     let _ = writeln!(
