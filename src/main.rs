@@ -239,10 +239,24 @@ async fn check_online(cfg: tollgate::Config, login_upstream: bool) -> anyhow::Re
 }
 
 fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = match worker_threads(std::env::var("TOKIO_WORKER_THREADS").ok().as_deref()) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // One thread: the single-threaded scheduler does the same work without the work-stealing
+    // one's hand-offs between its worker and its I/O driver, which cost about a sixth of the
+    // gateway's CPU per request on one core (docs/performance.md).
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tollgate: cannot start the runtime: {e}");
@@ -255,6 +269,20 @@ fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCo
             eprintln!("tollgate: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// How many threads run requests: `TOKIO_WORKER_THREADS` when set, else one per CPU this
+/// process may use (its affinity mask and cgroup quota count).
+fn worker_threads(set: Option<&str>) -> Result<usize, String> {
+    match set {
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n @ 1..) => Ok(n),
+            _ => Err(format!(
+                "TOKIO_WORKER_THREADS must be a whole number of threads, at least 1 (got {v:?})"
+            )),
+        },
+        None => Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
     }
 }
 

@@ -274,7 +274,13 @@ impl App {
                 async move { a.handle(req).await }
             },
         ));
-        tracing::info!(%proxy_addr, %admin_addr, tls, "tollgate listening");
+        let runtime = tokio::runtime::Handle::current();
+        let threads = runtime.metrics().num_workers();
+        let scheduler = match runtime.runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => "single-threaded",
+            _ => "multi-threaded",
+        };
+        tracing::info!(%proxy_addr, %admin_addr, tls, threads, scheduler, "tollgate listening");
         let tls = tls_reloader;
         Ok(App {
             proxy_addr,

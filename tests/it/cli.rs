@@ -725,3 +725,19 @@ fn the_schema_accepts_every_example_and_refuses_typos() {
     }
     assert!(!routes.is_valid(&as_json("[server]\nlisten = \"x\"\n")));
 }
+
+#[test]
+fn a_wrong_worker_thread_count_is_refused_with_the_variable_named() {
+    for bad in ["0", "many", "-1"] {
+        let out = tollgate(
+            &["run", "--config", "config/tollgate.toml"],
+            &[("TOKIO_WORKER_THREADS", bad)],
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(
+            text(&out).contains("TOKIO_WORKER_THREADS must be a whole number of threads"),
+            "{}",
+            text(&out)
+        );
+    }
+}

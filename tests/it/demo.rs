@@ -14,6 +14,46 @@ use crate::support::{eventually, get, request};
 
 #[tokio::test]
 async fn the_demo_tells_its_story() {
+    story(&[]).await;
+}
+
+#[tokio::test]
+async fn the_demo_tells_its_story_on_one_thread_and_stops_cleanly() {
+    // One thread runs the single-threaded scheduler: nothing may wait on the thread it runs on.
+    let (mut demo, entity, token) = story(&[("TOKIO_WORKER_THREADS", "1")]).await;
+    let log = demo.wait_for_log("tollgate listening", 1).await;
+    let listening = log.iter().find(|l| l.contains("tollgate listening"));
+    assert!(
+        listening.is_some_and(|l| l.contains("threads=1 scheduler=\"single-threaded\"")),
+        "the start line tells the scheduler: {listening:?}"
+    );
+    let auth = format!("Bearer {token}");
+    // At once: 16 requests of the grant (within its session's queue of 20, served one after
+    // the other upstream) and 32 without a token.
+    let mut answers = tokio::task::JoinSet::new();
+    for n in 0..48 {
+        let (entity, auth) = (entity.clone(), auth.clone());
+        answers.spawn(async move {
+            let headers: &[(&str, &str)] = if n < 16 {
+                &[("authorization", &auth)]
+            } else {
+                &[]
+            };
+            (n < 16, get(&entity, headers).await)
+        });
+    }
+    while let Some(a) = answers.join_next().await {
+        let (authorized, a) = a.unwrap();
+        assert_eq!(a.status, if authorized { 200 } else { 401 }, "{}", a.text());
+    }
+    demo.signal("TERM");
+    let status = demo.wait(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}: {:?}", demo.logs());
+}
+
+/// Runs the demo with `env` and follows its printed story; returns the demo, the entity URL
+/// and a valid token.
+async fn story(env: &[(&str, &str)]) -> (Process, String, String) {
     let demo = Process::spawn(
         &[
             "demo",
@@ -26,7 +66,7 @@ async fn the_demo_tells_its_story() {
             "--legacy-listen",
             "127.0.0.1:0",
         ],
-        &[],
+        env,
     );
     let text = eventually(
         "the demo prints its story, down to \"Press Ctrl-C\"",
@@ -154,4 +194,5 @@ async fn the_demo_tells_its_story() {
         Some(1.0),
         "{m:?}"
     );
+    (demo, entity, refreshed)
 }
