@@ -233,6 +233,8 @@ pub enum CacheResult {
 }
 
 impl CacheResult {
+    const COUNT: usize = 4;
+
     fn as_str(self) -> &'static str {
         match self {
             CacheResult::Hit => "hit",
@@ -339,6 +341,9 @@ pub struct Metrics {
     upstream_responses: IntCounterVec,
     overhead: prometheus::Histogram,
     jwks_fetch_duration: HistogramVec,
+    /// `token_cache`'s series of the two caches, resolved at their first use: a cache lookup
+    /// is counted on every request with a token, so it takes no label lookup after that.
+    token_cache_series: std::sync::Arc<[[OnceLock<IntCounter>; CacheResult::COUNT]; 2]>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -580,6 +585,7 @@ impl Metrics {
                 &["issuer"],
             )?,
             registry,
+            token_cache_series: std::sync::Arc::default(),
         };
 
         let build = IntGaugeVec::new(
@@ -690,8 +696,21 @@ impl Metrics {
     }
 
     pub fn token_cache(&self, cache: &str, result: CacheResult) {
-        self.token_cache
-            .with_label_values(&[cache, result.as_str()])
+        let which = match cache {
+            "jwt" => 0,
+            "introspection" => 1,
+            _ => {
+                self.token_cache
+                    .with_label_values(&[cache, result.as_str()])
+                    .inc();
+                return;
+            }
+        };
+        self.token_cache_series[which][result as usize]
+            .get_or_init(|| {
+                self.token_cache
+                    .with_label_values(&[cache, result.as_str()])
+            })
             .inc();
     }
 
@@ -946,6 +965,46 @@ mod tests {
             })
             .map(str::to_owned)
             .collect()
+    }
+
+    #[test]
+    fn token_cache_series_count_under_their_labels_and_appear_only_once_used() {
+        let m = Metrics::new().unwrap();
+        let results = [
+            CacheResult::Hit,
+            CacheResult::Miss,
+            CacheResult::NegativeHit,
+            CacheResult::StaleHit,
+        ];
+        assert!(results.iter().all(|r| (*r as usize) < CacheResult::COUNT));
+        let lines = |m: &Metrics| -> Vec<String> {
+            String::from_utf8(m.render())
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with(TOKEN_CACHE_REQUESTS_TOTAL))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert!(lines(&m).is_empty(), "no series before a lookup");
+        for (n, r) in results.iter().enumerate() {
+            for _ in 0..=n {
+                m.token_cache("jwt", *r);
+                m.token_cache("introspection", *r);
+            }
+        }
+        m.token_cache("other", CacheResult::Hit);
+        let got = lines(&m);
+        for (n, r) in results.iter().enumerate() {
+            for cache in ["jwt", "introspection"] {
+                let want = format!(
+                    "{TOKEN_CACHE_REQUESTS_TOTAL}{{cache=\"{cache}\",result=\"{}\"}} {}",
+                    r.as_str(),
+                    n + 1
+                );
+                assert!(got.contains(&want), "{want} in {got:?}");
+            }
+        }
+        assert_eq!(got.len(), 9, "{got:?}");
     }
 
     #[test]

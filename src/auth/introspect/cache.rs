@@ -1,7 +1,8 @@
 //! What introspection remembers: the per-issuer answer cache, and the hook through which the
 //! replicas of a fleet share positive answers.
 //!
-//! - **Cache** (moka, bounded), keyed by the SHA-256 digest of the token, never the token. A
+//! - **Cache** (`quick_cache`, bounded by `cache_capacity`, as the verified-token cache), keyed
+//!   by the SHA-256 digest of the token, never the token. A
 //!   positive answer is fresh for `min(exp - now, cache_max_ttl)`; an `active: false` answer for
 //!   `negative_ttl`. After the token's `exp` the entry still answers "expired" without a call.
 //!   With `serve_stale > 0`, a positive answer that went stale less than `serve_stale` ago (and
@@ -35,8 +36,9 @@ pub(super) struct Entry {
     fresh_until: Instant,
     /// Until when a positive answer may be served while calls fail.
     stale_until: Instant,
-    /// How long moka keeps the entry.
-    keep: Duration,
+    /// Until when the entry is kept at all (it is dropped when looked up after that, or
+    /// evicted before).
+    keep_until: Instant,
 }
 
 /// What an entry answers without a call.
@@ -77,17 +79,9 @@ impl Entry {
     }
 }
 
-struct KeepFor;
-
-impl moka::Expiry<[u8; 32], Arc<Entry>> for KeepFor {
-    fn expire_after_create(&self, _: &[u8; 32], e: &Arc<Entry>, _: Instant) -> Option<Duration> {
-        Some(e.keep)
-    }
-}
-
 /// One issuer's answers by token digest, with the issuer's freshness rules.
 pub(super) struct AnswerCache {
-    cache: moka::sync::Cache<[u8; 32], Arc<Entry>>,
+    cache: quick_cache::sync::Cache<[u8; 32], Arc<Entry>>,
     max_ttl: Duration,
     negative_ttl: Duration,
     serve_stale: Duration,
@@ -98,27 +92,34 @@ pub(super) struct AnswerCache {
 impl AnswerCache {
     pub(super) fn new(cfg: &IntrospectionConfig) -> Self {
         AnswerCache {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(cfg.cache_capacity)
-                .expire_after(KeepFor)
-                .build(),
+            cache: quick_cache::sync::Cache::new(
+                usize::try_from(cfg.cache_capacity).unwrap_or(usize::MAX),
+            ),
             max_ttl: cfg.cache_max_ttl,
             negative_ttl: cfg.negative_ttl,
             serve_stale: cfg.serve_stale,
         }
     }
 
-    pub(super) fn get(&self, digest: &[u8; 32]) -> Option<Arc<Entry>> {
-        self.cache.get(digest)
+    /// The entry for this digest at `now`, unless it is past the time it is kept.
+    pub(super) fn get(&self, digest: &[u8; 32], now: Instant) -> Option<Arc<Entry>> {
+        let e = self.cache.get(digest)?;
+        if now < e.keep_until {
+            return Some(e);
+        }
+        self.cache.remove(digest);
+        None
     }
 
     pub(super) fn insert(&self, digest: [u8; 32], entry: Entry) {
         self.cache.insert(digest, Arc::new(entry));
     }
 
+    /// Drops the entries past the time they are kept; returns how many are left.
     pub(super) fn len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        let now = Instant::now();
+        self.cache.retain(|_, e| now < e.keep_until);
+        self.cache.len() as u64
     }
 
     /// The entry for an answer received at `now`, `now_unix` in Unix seconds.
@@ -133,14 +134,14 @@ impl AnswerCache {
                     stale_until: now + stale,
                     // Past exp (when exp comes before the cache limit) the entry answers
                     // "expired" for a minute without a call.
-                    keep: fresh.max(stale) + Duration::from_secs(60),
+                    keep_until: now + fresh.max(stale) + Duration::from_secs(60),
                     outcome,
                 }
             }
             Outcome::Inactive(_) => Entry {
                 fresh_until: now + self.negative_ttl,
                 stale_until: now,
-                keep: self.negative_ttl,
+                keep_until: now + self.negative_ttl,
                 outcome,
             },
         }
@@ -188,7 +189,7 @@ mod tests {
 
     fn cache() -> AnswerCache {
         AnswerCache {
-            cache: moka::sync::Cache::builder().build(),
+            cache: quick_cache::sync::Cache::new(16),
             max_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(30),
             serve_stale: Duration::from_secs(10),
@@ -226,6 +227,24 @@ mod tests {
     }
 
     #[test]
+    fn entries_past_their_keep_time_are_dropped_when_looked_up_or_counted() {
+        let (now, unix) = (Instant::now(), 1_000_000);
+        let c = cache();
+        c.insert([1; 32], c.entry(active(unix + 3_600), now, unix));
+        c.insert(
+            [2; 32],
+            c.entry(Outcome::Inactive(InvalidToken::Inactive), now, unix),
+        );
+        assert_eq!(c.len(), 2);
+        let later = now + Duration::from_secs(31);
+        assert!(c.get(&[2; 32], later).is_none(), "past the negative ttl");
+        assert!(c.get(&[1; 32], later).is_some(), "kept for the cache limit");
+        assert_eq!(c.len(), 1, "the negative answer is gone");
+        assert!(c.get(&[1; 32], now + Duration::from_secs(131)).is_none());
+        assert_eq!(c.len(), 0);
+    }
+
+    #[test]
     fn negative_answers_are_kept_for_the_negative_ttl() {
         let (now, unix) = (Instant::now(), 1_000_000);
         let e = cache().entry(Outcome::Inactive(InvalidToken::Inactive), now, unix);
@@ -236,6 +255,6 @@ mod tests {
         let later = now + Duration::from_secs(31);
         assert!(e.answer(later, unix + 31).is_none());
         assert!(e.stale(now, unix).is_none());
-        assert_eq!(e.keep, Duration::from_secs(30));
+        assert_eq!(e.keep_until, now + Duration::from_secs(30));
     }
 }

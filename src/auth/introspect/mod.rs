@@ -165,7 +165,7 @@ impl Introspector {
         if let Some(answer) = self.cached(&digest) {
             return answer;
         }
-        let cached = self.cache.get(&digest);
+        let cached = self.cache.get(&digest, Instant::now());
         match self.introspect_once(token, digest).await {
             Ok(outcome) => {
                 self.metrics.token_cache("introspection", CacheResult::Miss);
@@ -201,8 +201,9 @@ impl Introspector {
     /// as a hit); `None` when the endpoint must be asked. Synchronous, so that a cached token
     /// costs no future.
     pub fn cached(&self, digest: &[u8; 32]) -> Option<Result<Arc<Principal>, AuthError>> {
-        let entry = self.cache.get(digest)?;
-        match entry.answer(Instant::now(), unix_secs())? {
+        let now = Instant::now();
+        let entry = self.cache.get(digest, now)?;
+        match entry.answer(now, unix_secs())? {
             Hit::Expired => {
                 self.metrics.token_cache("introspection", CacheResult::Hit);
                 Some(Err(InvalidToken::Expired.into()))
