@@ -7,17 +7,19 @@
 //! entry past its `exp` is never answered; it is dropped when next looked up, at the next sweep
 //! (each scrape of the gauges), or by eviction.
 
+use std::sync::Arc;
+
 use quick_cache::sync::Cache;
 
 use super::principal::{Kept, Principal};
 
 pub(super) struct TokenCache {
     entries: Cache<[u8; 32], Principal>,
-    kept: Kept,
+    kept: Arc<Kept>,
 }
 
 impl TokenCache {
-    pub(super) fn new(capacity: u64, kept: Kept) -> Self {
+    pub(super) fn new(capacity: u64, kept: Arc<Kept>) -> Self {
         TokenCache {
             entries: Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)),
             kept,
@@ -68,7 +70,7 @@ mod tests {
 
     #[test]
     fn an_entry_answers_until_its_tokens_exp() {
-        let cache = TokenCache::new(10, Kept::new(["api"], ["tenant"], false));
+        let cache = TokenCache::new(10, Arc::new(Kept::new(["api"], ["tenant"], false)));
         cache.insert([1; 32], principal(100), 50);
         assert!(cache.get(&[1; 32], 99).is_some());
         assert!(cache.get(&[1; 32], 100).is_none());
@@ -78,7 +80,7 @@ mod tests {
 
     #[test]
     fn what_is_cached_is_compacted_and_an_expired_principal_is_not_cached() {
-        let cache = TokenCache::new(10, Kept::new(["api"], [], false));
+        let cache = TokenCache::new(10, Arc::new(Kept::new(["api"], [], false)));
         let p = cache.insert([2; 32], principal(100), 50);
         assert!(p.claims.is_empty() && p.subject().is_none() && p.scopes.contains("api"));
         cache.insert([3; 32], principal(40), 50);
@@ -87,7 +89,7 @@ mod tests {
 
     #[test]
     fn a_sweep_drops_expired_entries() {
-        let cache = TokenCache::new(10, Kept::new([], [], false));
+        let cache = TokenCache::new(10, Arc::new(Kept::new([], [], false)));
         cache.insert([1; 32], principal(100), 0);
         cache.insert([2; 32], principal(200), 0);
         assert_eq!(cache.sweep(150), 1);
@@ -96,7 +98,7 @@ mod tests {
 
     #[test]
     fn the_capacity_bounds_the_entries() {
-        let cache = TokenCache::new(100, Kept::new([], [], false));
+        let cache = TokenCache::new(100, Arc::new(Kept::new([], [], false)));
         for i in 0..1000u32 {
             let mut d = [0; 32];
             d[..4].copy_from_slice(&i.to_be_bytes());

@@ -210,6 +210,7 @@ impl Verifier {
         shared: Option<Arc<dyn introspect::SharedAnswers>>,
         previous: Option<&Verifier>,
     ) -> Self {
+        let keep = Arc::new(keep);
         let kept = |cfg: &IssuerConfig| -> Option<Arc<Jwks>> {
             previous?
                 .issuers
@@ -230,7 +231,8 @@ impl Verifier {
                 let introspector = cfg.introspection.clone().map(|i| {
                     Arc::new(
                         Introspector::new(cfg, i, client.clone(), metrics.clone())
-                            .with_shared(shared.clone()),
+                            .with_shared(shared.clone())
+                            .with_kept(keep.clone()),
                     )
                 });
                 (

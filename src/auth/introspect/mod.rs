@@ -34,6 +34,7 @@ use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
 use super::fetch::IdpClient;
+use super::principal::Kept;
 use super::settings::{IntrospectionConfig, IssuerConfig};
 use super::{AuthError, InvalidToken, Principal};
 use crate::clock::unix_secs;
@@ -56,6 +57,9 @@ pub struct Introspector {
     inflight: Mutex<HashMap<[u8; 32], Flight>>,
     breaker: Breaker,
     shared: Option<Shared>,
+    /// What of a principal the configuration reads: an active answer is compacted to it before
+    /// it is cached, as a verified JWT is (and its subject's log tag is computed once).
+    kept: Option<Arc<Kept>>,
 }
 
 impl std::fmt::Debug for Introspector {
@@ -87,7 +91,14 @@ impl Introspector {
             metrics,
             inflight: Mutex::new(HashMap::new()),
             shared: None,
+            kept: None,
         }
+    }
+
+    /// Compacts active answers to what the configuration reads before they are cached.
+    pub fn with_kept(mut self, kept: Arc<Kept>) -> Self {
+        self.kept = Some(kept);
+        self
     }
 
     /// Shares positive answers with the other replicas.
@@ -98,14 +109,20 @@ impl Introspector {
 
     /// Reads one answer (from the server or another replica) against this issuer, as of now.
     fn interpret(&self, members: Map<String, Value>) -> Outcome {
-        interpret(
+        let outcome = interpret(
             members,
             &self.issuer_id,
             &self.issuer,
             &self.audiences,
             self.leeway,
             unix_secs(),
-        )
+        );
+        match (outcome, &self.kept) {
+            (Outcome::Active(p), Some(kept)) => {
+                Outcome::Active(Arc::new(kept.keep(Arc::unwrap_or_clone(p))))
+            }
+            (outcome, _) => outcome,
+        }
     }
 
     pub fn issuer_id(&self) -> &Arc<str> {
@@ -303,5 +320,79 @@ impl Introspector {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::principal::SubjectLogging;
+
+    fn introspector(kept: Option<Kept>) -> Introspector {
+        let cfg = crate::config::from_toml_str(
+            r#"
+[[issuer]]
+id = "erp"
+issuer = "https://erp.example.com/identity"
+validation = "introspection"
+audiences = ["api"]
+[issuer.introspection]
+endpoint = "https://erp.example.com/identity/introspect"
+client_id = "gw"
+client_secret = "s"
+
+[[upstream]]
+id = "erp"
+url = "http://127.0.0.1:8081"
+
+[[route]]
+id = "r"
+prefix = "/"
+upstream = "erp"
+scopes = ["api"]
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let issuer = cfg.issuers[0].clone();
+        let i = issuer.introspection.clone().unwrap();
+        let x = Introspector::new(&issuer, i, IdpClient::new(), Metrics::new().unwrap());
+        match kept {
+            Some(k) => x.with_kept(Arc::new(k)),
+            None => x,
+        }
+    }
+
+    fn answer() -> Map<String, Value> {
+        let exp = unix_secs() + 600;
+        serde_json::json!({
+            "active": true, "iss": "https://erp.example.com/identity", "sub": "alice",
+            "client_id": "app", "aud": "api", "scope": "api other", "exp": exp, "tenant": "t1", "email": "a@x"
+        })
+        .as_object()
+        .unwrap()
+        .clone()
+    }
+
+    #[test]
+    fn an_active_answer_is_kept_to_what_the_configuration_reads() {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &[3u8; 32]);
+        let logging = SubjectLogging::Hashed(Arc::new(key));
+        let kept = Kept::new(["api"], ["tenant"], false).with_logging(logging.clone());
+        let Outcome::Active(p) = introspector(Some(kept)).interpret(answer()) else {
+            panic!("active");
+        };
+        assert_eq!(p.claims.len(), 1, "only the claim a route reads");
+        assert_eq!(p.claims.get("tenant"), Some(&Value::from("t1")));
+        assert_eq!(p.subject(), None, "no session derives from the subject");
+        assert_eq!(p.client_id(), Some("app"));
+        let Outcome::Active(full) = introspector(None).interpret(answer()) else {
+            panic!("active");
+        };
+        assert_eq!(
+            p.logged_subject(&logging),
+            full.logged_subject(&logging),
+            "the log shows the same subject tag, computed once"
+        );
+        assert!(full.claims.len() > 5, "without it, every member");
     }
 }
