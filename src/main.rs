@@ -247,8 +247,8 @@ fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCo
         }
     };
     // One thread: the single-threaded scheduler does the same work without the work-stealing
-    // one's hand-offs between its worker and its I/O driver, which cost about a sixth of the
-    // gateway's CPU per request on one core (docs/performance.md).
+    // one's hand-offs between its worker and its I/O driver, which cost 10 to 15 % of the
+    // gateway's CPU per request on one core, mostly kernel time (docs/performance.md).
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
