@@ -659,13 +659,7 @@ async fn a_replica_that_leaves_or_removes_the_session_gives_its_kept_place_back(
 
 #[tokio::test]
 async fn a_kept_place_is_not_used_once_the_store_lost_its_state() {
-    let redis = RedisServer::start();
-    let r = replica_keeping(
-        &redis.url(),
-        Duration::from_secs(30),
-        Duration::from_secs(8),
-    );
-    logged_in(&r.store).await;
+    let (redis, r) = kept_session().await;
     r.store.maintain().await.unwrap();
     redis.command("FLUSHALL");
     let m = r.store.maintain().await.unwrap();

@@ -289,7 +289,7 @@ impl RedisStore {
             Some(k) => self.parked.hold(s, &k.wanted),
         }
         let lost = self.holdings.granted(&ticket, s, id);
-        let releaser = self.releaser();
+        let releaser = self.releaser().clone();
         let s = s.to_owned();
         InFlight::new(
             slot.clone(),
@@ -371,7 +371,7 @@ impl RedisStore {
             Ok(Err(_)) | Err(_) => {
                 self.fleet.forget(ticket);
                 self.holdings.drop_ticket(ticket);
-                cancel(&self.releaser(), self.scripts.cancel.clone(), rec, ticket).await;
+                cancel(self.releaser(), rec, ticket).await;
                 Err(LeaseRefused::Busy)
             }
         }
@@ -450,11 +450,10 @@ impl Drop for Pending<'_> {
         }
         self.store.fleet.forget(&self.ticket);
         self.store.holdings.drop_ticket(&self.ticket);
-        let releaser = self.store.releaser();
-        let script = self.store.scripts.cancel.clone();
+        let releaser = self.store.releaser().clone();
         let (rec, ticket) = (self.rec.clone(), self.ticket.clone());
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { cancel(&releaser, script, &rec, &ticket).await });
+            handle.spawn(async move { cancel(&releaser, &rec, &ticket).await });
         }
     }
 }

@@ -93,9 +93,15 @@ impl Place {
         }
     }
 
-    /// How long ago its last request ended (the session's use time when it goes back).
-    pub(super) fn idle_ms(&self) -> u64 {
-        crate::clock::millis(self.kept_at.elapsed())
+    /// What giving it back sends: its id, its ticket, the jar it left unwritten, and how long
+    /// ago its last request ended (the session's use time).
+    pub(super) fn back(self) -> (u64, String, Release, u64) {
+        let idle = crate::clock::millis(self.kept_at.elapsed());
+        let how = Release {
+            op: false,
+            jar: self.keep.jar,
+        };
+        (self.id, self.ticket, how, idle)
     }
 }
 
@@ -352,14 +358,7 @@ pub(super) async fn sweep(parked: Parked, releaser: Releaser) {
         nudged.as_mut().enable();
         let (due, next) = parked.due(Instant::now());
         for (s, place) in due {
-            let idle = place.idle_ms();
-            let how = Release {
-                op: false,
-                jar: place.keep.jar,
-            };
-            releaser
-                .clone()
-                .give_back(s, place.id, place.ticket, how, idle);
+            releaser.clone().give_back_kept(s, place);
         }
         match next {
             Some(at) => {

@@ -30,6 +30,7 @@ pub(super) struct Parts {
     fleet: Arc<Fleet>,
     script: redis::Script,
     refresh: redis::Script,
+    cancel: redis::Script,
     sealer: Arc<Sealer>,
     holdings: Holdings,
     parked: Parked,
@@ -56,6 +57,7 @@ impl Parts {
             fleet: store.fleet.clone(),
             script: store.scripts.release.clone(),
             refresh: store.scripts.refresh.clone(),
+            cancel: store.scripts.cancel.clone(),
             sealer: store.sealer.clone(),
             holdings: store.holdings.clone(),
             parked: store.parked.clone(),
@@ -68,8 +70,8 @@ impl Parts {
 }
 
 impl RedisStore {
-    pub(super) fn releaser(&self) -> Releaser {
-        self.releaser.get_or_init(|| Parts::of(self)).clone()
+    pub(super) fn releaser(&self) -> &Releaser {
+        self.releaser.get_or_init(|| Parts::of(self))
     }
 }
 
@@ -105,11 +107,7 @@ impl Releaser {
             Some(since) => {
                 let place = Place::new(id, ticket, keep);
                 if let Some(place) = self.parked.hand(&s, place, Some(since)) {
-                    let how = Release {
-                        op: false,
-                        jar: place.keep.jar,
-                    };
-                    self.give_back(s, place.id, place.ticket, how, 0);
+                    self.give_back_kept(s, place);
                 }
             }
             // Back when a request of this replica takes it, or by the sweeper (`parked`).
@@ -130,13 +128,14 @@ impl Releaser {
     /// Gives the kept place of slot `s` back, with the jar it left unwritten.
     pub(super) async fn give_back_place(&self, s: &str, place: Place) {
         self.parked.let_go(s);
-        let idle = place.idle_ms();
-        let how = Release {
-            op: false,
-            jar: place.keep.jar,
-        };
-        self.give_back_now(s, place.id, place.ticket, how, idle)
-            .await;
+        let (id, ticket, how, idle) = place.back();
+        self.give_back_now(s, id, ticket, how, idle).await;
+    }
+
+    /// Gives the kept place of slot `s` back on its own task, with the jar it left unwritten.
+    pub(super) fn give_back_kept(self, s: String, place: Place) {
+        let (id, ticket, how, idle) = place.back();
+        self.give_back(s, id, ticket, how, idle);
     }
 
     /// Renews the lease of a kept place this replica goes on using, records the use and writes
@@ -248,11 +247,11 @@ impl Releaser {
 }
 
 /// Takes a ticket off its session's queue (and hands on a place granted to it meanwhile).
-pub(super) async fn cancel(r: &Releaser, script: redis::Script, rec: &str, ticket: &str) {
+pub(super) async fn cancel(r: &Releaser, rec: &str, ticket: &str) {
     let _ = r
         .redis
         .run("cancel", |mut c| async move {
-            script
+            r.cancel
                 .key(rec)
                 .arg(&r.keys.prefix)
                 .arg(&r.keys.global)
@@ -269,7 +268,7 @@ pub(super) async fn cancel(r: &Releaser, script: redis::Script, rec: &str, ticke
 /// queue): given back if the request goes away first, so that no place stays held, and
 /// renewed, for nobody.
 pub(super) struct Owed<'a> {
-    releaser: Releaser,
+    releaser: &'a Releaser,
     s: &'a str,
     place: Option<Place>,
     turn: Option<oneshot::Receiver<Place>>,
@@ -277,7 +276,7 @@ pub(super) struct Owed<'a> {
 
 impl<'a> Owed<'a> {
     /// A place this request holds until it takes it out again.
-    pub(super) fn place(releaser: Releaser, s: &'a str, place: Place) -> Owed<'a> {
+    pub(super) fn place(releaser: &'a Releaser, s: &'a str, place: Place) -> Owed<'a> {
         Owed {
             releaser,
             s,
@@ -287,7 +286,11 @@ impl<'a> Owed<'a> {
     }
 
     /// The place a request of this replica hands on through `turn`.
-    pub(super) fn turn(releaser: Releaser, s: &'a str, turn: oneshot::Receiver<Place>) -> Owed<'a> {
+    pub(super) fn turn(
+        releaser: &'a Releaser,
+        s: &'a str,
+        turn: oneshot::Receiver<Place>,
+    ) -> Owed<'a> {
         Owed {
             releaser,
             s,
@@ -333,14 +336,9 @@ impl Drop for Owed<'_> {
             turn.try_recv().ok()
         });
         for place in [self.place.take(), handed].into_iter().flatten() {
-            let idle = place.idle_ms();
-            let how = Release {
-                op: false,
-                jar: place.keep.jar,
-            };
             self.releaser
                 .clone()
-                .give_back(self.s.to_owned(), place.id, place.ticket, how, idle);
+                .give_back_kept(self.s.to_owned(), place);
         }
     }
 }

@@ -36,7 +36,7 @@ pub(super) fn start(store: Arc<RedisStore>) {
             }
         }
     });
-    let sweeper = tokio::spawn(sweep(store.parked.clone(), store.releaser()));
+    let sweeper = tokio::spawn(sweep(store.parked.clone(), store.releaser().clone()));
     *task = Some([renewal, sweeper]);
 }
 
