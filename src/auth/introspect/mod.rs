@@ -118,9 +118,7 @@ impl Introspector {
             unix_secs(),
         );
         match (outcome, &self.kept) {
-            (Outcome::Active(p), Some(kept)) => {
-                Outcome::Active(Arc::new(kept.keep(Arc::unwrap_or_clone(p))))
-            }
+            (Outcome::Active(p), Some(kept)) => Outcome::Active(kept.keep(p)),
             (outcome, _) => outcome,
         }
     }
@@ -178,7 +176,7 @@ impl Introspector {
     }
 
     /// Validates a token by introspection (from the cache when possible).
-    pub async fn verify(&self, token: &str, digest: [u8; 32]) -> Result<Arc<Principal>, AuthError> {
+    pub async fn verify(&self, token: &str, digest: [u8; 32]) -> Result<Principal, AuthError> {
         if let Some(answer) = self.cached(&digest) {
             return answer;
         }
@@ -217,7 +215,7 @@ impl Introspector {
     /// The cached answer for the token with this digest, if the cache can answer now (counted
     /// as a hit); `None` when the endpoint must be asked. Synchronous, so that a cached token
     /// costs no future.
-    pub fn cached(&self, digest: &[u8; 32]) -> Option<Result<Arc<Principal>, AuthError>> {
+    pub fn cached(&self, digest: &[u8; 32]) -> Option<Result<Principal, AuthError>> {
         let now = Instant::now();
         let entry = self.cache.get(digest, now)?;
         match entry.answer(now, unix_secs())? {
