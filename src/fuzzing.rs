@@ -26,10 +26,10 @@ use aws_lc_rs::hmac;
 use http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use jsonwebtoken::Algorithm;
-use serde_json::{Map, Value};
 use url::Url;
 
 use crate::auth::jwks::{KeySet, Lookup};
+use crate::auth::members::Members;
 use crate::auth::{bearer, discovery as disco, introspect, jwt, Verifier};
 use crate::config::{self as cfg, file};
 use crate::policy::{self, RouteTable};
@@ -73,15 +73,16 @@ pub fn bearer(data: &[u8]) {
 /// is a JSON object goes to the claim checks directly.
 pub fn jwt_parts(data: &[u8]) {
     let audiences = [AUDIENCE.to_owned()];
-    let check = |claims: &Map<String, Value>| {
+    let check = |claims: &Members<'_>| {
         let _ = jwt::check_claims(claims, (ISSUER, &audiences, 30), NOW);
     };
     if let Ok(token) = std::str::from_utf8(data) {
-        if let Ok(u) = jwt::peek(token) {
+        let mut payload = Vec::new();
+        if let Ok(u) = jwt::peek(token, &mut payload) {
             check(&u.claims);
         }
     }
-    if let Ok(claims) = serde_json::from_slice::<Map<String, Value>>(data) {
+    if let Some(claims) = Members::parse(data) {
         check(&claims);
     }
 }

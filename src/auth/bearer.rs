@@ -117,8 +117,14 @@ fn trim_spaces(mut b: &[u8]) -> &[u8] {
 pub(crate) fn is_b64token(t: &[u8]) -> bool {
     let body_end = t.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
     // A table lookup per byte: tokens run to a kilobyte and every request checks one, where a
-    // chain of range tests per byte cost more than the rest of a cached token's path.
-    body_end > 0 && t[..body_end].iter().all(|&b| B64TOKEN[usize::from(b)])
+    // chain of range tests per byte cost more than the rest of a cached token's path. Within a
+    // chunk the lookups are and-ed without a branch each, which the compiler unrolls.
+    body_end > 0
+        && t[..body_end].chunks(16).all(|chunk| {
+            chunk
+                .iter()
+                .fold(true, |ok, &b| ok & B64TOKEN[usize::from(b)])
+        })
 }
 
 /// The bytes of a `b64token` body.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use quick_cache::sync::Cache;
 
+use super::members::Members;
 use super::principal::{Kept, Principal};
 
 pub(super) struct TokenCache {
@@ -36,10 +37,15 @@ impl TokenCache {
         None
     }
 
-    /// Compacts `p` to what the configuration reads, caches it unless it has expired at `now`,
-    /// and returns it.
-    pub(super) fn insert(&self, digest: [u8; 32], p: Principal, now: u64) -> Principal {
-        let p = self.kept.keep(p);
+    /// Builds the principal of a verified token's claims, compacted to what the configuration
+    /// reads ([`Kept::principal`]), caches it unless it has expired at `now`, and returns it.
+    pub(super) fn insert(
+        &self,
+        digest: [u8; 32],
+        (issuer, claims, expires_at): (Arc<str>, &Members<'_>, u64),
+        now: u64,
+    ) -> Principal {
+        let p = self.kept.principal(issuer, claims, expires_at);
         if p.expires_at > now {
             self.entries.insert(digest, p.clone());
         }
@@ -56,22 +62,19 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn principal(exp: u64) -> Principal {
-        let Some(claims) = json!({"sub": "u", "scope": "api", "tenant": "T"})
-            .as_object()
-            .cloned()
-        else {
-            unreachable!()
-        };
-        Principal::new("erp".into(), claims, exp)
+    const CLAIMS: &[u8] = br#"{"sub": "u", "scope": "api", "tenant": "T"}"#;
+
+    /// What the verifier hands the cache for a token with these members and `exp`.
+    fn verified<'a>(members: &'a Members<'a>, exp: u64) -> (Arc<str>, &'a Members<'a>, u64) {
+        ("erp".into(), members, exp)
     }
 
     #[test]
     fn an_entry_answers_until_its_tokens_exp() {
+        let m = Members::parse(CLAIMS).unwrap();
         let cache = TokenCache::new(10, Arc::new(Kept::new(["api"], ["tenant"], false)));
-        cache.insert([1; 32], principal(100), 50);
+        cache.insert([1; 32], verified(&m, 100), 50);
         assert!(cache.get(&[1; 32], 99).is_some());
         assert!(cache.get(&[1; 32], 100).is_none());
         // Dropped once seen expired.
@@ -80,29 +83,32 @@ mod tests {
 
     #[test]
     fn what_is_cached_is_compacted_and_an_expired_principal_is_not_cached() {
+        let m = Members::parse(CLAIMS).unwrap();
         let cache = TokenCache::new(10, Arc::new(Kept::new(["api"], [], false)));
-        let p = cache.insert([2; 32], principal(100), 50);
+        let p = cache.insert([2; 32], verified(&m, 100), 50);
         assert!(p.claims.is_empty() && p.subject().is_none() && p.scopes.contains("api"));
-        cache.insert([3; 32], principal(40), 50);
+        cache.insert([3; 32], verified(&m, 40), 50);
         assert!(cache.get(&[3; 32], 30).is_none());
     }
 
     #[test]
     fn a_sweep_drops_expired_entries() {
+        let m = Members::parse(CLAIMS).unwrap();
         let cache = TokenCache::new(10, Arc::new(Kept::new([], [], false)));
-        cache.insert([1; 32], principal(100), 0);
-        cache.insert([2; 32], principal(200), 0);
+        cache.insert([1; 32], verified(&m, 100), 0);
+        cache.insert([2; 32], verified(&m, 200), 0);
         assert_eq!(cache.sweep(150), 1);
         assert!(cache.get(&[2; 32], 150).is_some());
     }
 
     #[test]
     fn the_capacity_bounds_the_entries() {
+        let m = Members::parse(CLAIMS).unwrap();
         let cache = TokenCache::new(100, Arc::new(Kept::new([], [], false)));
         for i in 0..1000u32 {
             let mut d = [0; 32];
             d[..4].copy_from_slice(&i.to_be_bytes());
-            cache.insert(d, principal(100), 0);
+            cache.insert(d, verified(&m, 100), 0);
         }
         assert!(cache.sweep(0) <= 100);
     }

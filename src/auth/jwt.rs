@@ -5,18 +5,20 @@
 //! never verify. The `jku`, `x5u`, `jwk` and `x5c` headers are ignored: keys come only from the
 //! configured key set. Tokens with a `crit` header are refused (no extension is understood).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Header};
-use serde_json::{Map, Value};
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::jwks::{Jwks, Lookup};
+use super::members::{self, Members};
 use super::settings::IssuerConfig;
-use super::{AuthError, InvalidToken, Principal};
+use super::{AuthError, InvalidToken};
 use crate::clock::unix_secs;
 
 /// Everything needed to verify one issuer's tokens, prebuilt at load time.
@@ -47,27 +49,28 @@ impl IssuerVerifier {
 
     /// True when the current key set holds a key for this header (for `auto` mode: such tokens
     /// are validated locally, others introspected).
-    pub fn has_key(&self, header: &Header) -> bool {
+    pub(crate) fn has_key(&self, header: &JwsHeader) -> bool {
         self.algorithms.contains(&header.alg)
             && self.jwks.snapshot().is_some_and(|k| {
                 matches!(k.find(header.kid.as_deref(), header.alg), Lookup::Found(_))
             })
     }
 
-    /// Verifies signature and claims. May wait for one JWKS re-fetch on an unknown `kid`.
+    /// Verifies signature and claims; returns the token's `exp`. May wait for one JWKS re-fetch
+    /// on an unknown `kid`.
     pub(crate) async fn verify(
         &self,
         token: &str,
-        unverified: Unverified,
-    ) -> Result<Principal, AuthError> {
+        unverified: &Unverified<'_>,
+    ) -> Result<u64, AuthError> {
         let header = &unverified.header;
         if !self.algorithms.contains(&header.alg) {
             return Err(InvalidToken::AlgorithmNotAllowed.into());
         }
-        if header.crit.is_some() {
+        if header.crit {
             return Err(InvalidToken::UnsupportedCritical.into());
         }
-        if self.require_typ && !is_at_jwt(header.typ.as_deref()) {
+        if self.require_typ && !header.at_jwt {
             return Err(InvalidToken::NotAnAccessToken.into());
         }
 
@@ -113,16 +116,11 @@ impl IssuerVerifier {
         {
             return Err(InvalidToken::BadSignature.into());
         }
-        let expires_at = check_claims(
+        Ok(check_claims(
             &unverified.claims,
             (&self.iss, &self.audiences, self.leeway.as_secs()),
             unix_secs(),
-        )?;
-        Ok(Principal::new(
-            self.id.clone(),
-            unverified.claims,
-            expires_at,
-        ))
+        )?)
     }
 }
 
@@ -131,38 +129,39 @@ impl IssuerVerifier {
 /// leeway; `iss` is the issuer's; `aud` (a string or an array) names one of the configured
 /// audiences. Returns `exp`.
 pub(crate) fn check_claims(
-    claims: &Map<String, Value>,
+    claims: &Members<'_>,
     (issuer, accepted, leeway): (&str, &[String], u64),
     now: u64,
 ) -> Result<u64, InvalidToken> {
-    let exp = claims.get("exp").ok_or(InvalidToken::MissingClaim)?;
-    let exp = numeric_date(exp).ok_or(InvalidToken::MissingClaim)?;
-    let iss = claims.get("iss").and_then(Value::as_str);
-    let aud = claims.get("aud").ok_or(InvalidToken::MissingClaim)?;
-    let audiences: Vec<&str> = match aud {
-        Value::String(a) => vec![a.as_str()],
-        Value::Array(items) => items
-            .iter()
-            .map(Value::as_str)
+    let exp = claims.value("exp").ok_or(InvalidToken::MissingClaim)?;
+    let exp = numeric_date(&exp).ok_or(InvalidToken::MissingClaim)?;
+    let iss = claims.str("iss");
+    let aud = claims.raw("aud").ok_or(InvalidToken::MissingClaim)?;
+    let audiences: Vec<Cow<'_, str>> = match members::text(aud) {
+        Some(a) => vec![a],
+        None => claims
+            .array("aud")
+            .ok_or(InvalidToken::MissingClaim)?
+            .into_iter()
+            .map(members::text)
             .collect::<Option<_>>()
             .ok_or(InvalidToken::MissingClaim)?,
-        _ => return Err(InvalidToken::MissingClaim),
     };
     if exp < now.saturating_sub(leeway) {
         return Err(InvalidToken::Expired);
     }
-    if let Some(nbf) = claims.get("nbf") {
-        if numeric_date(nbf).ok_or(InvalidToken::Malformed)? > now + leeway {
+    if let Some(nbf) = claims.value("nbf") {
+        if numeric_date(&nbf).ok_or(InvalidToken::Malformed)? > now + leeway {
             return Err(InvalidToken::NotYetValid);
         }
     }
-    if iss != Some(issuer) {
+    if iss.as_deref() != Some(issuer) {
         return Err(InvalidToken::UnknownIssuer);
     }
     if !audiences.iter().any(|a| accepted.iter().any(|c| c == a)) {
         return Err(InvalidToken::WrongAudience);
     }
-    if let Some(iat) = claims.get("iat") {
+    if let Some(iat) = claims.value("iat") {
         let iat = iat.as_f64().ok_or(InvalidToken::Malformed)?;
         if iat > (now + leeway) as f64 {
             return Err(InvalidToken::NotYetValid);
@@ -192,38 +191,84 @@ fn is_at_jwt(typ: Option<&str>) -> bool {
 /// Unix seconds now, under the name the demo issuer mints tokens with.
 pub(crate) use crate::clock::unix_secs as now_unix;
 
-/// The parts of a compact JWS that select the issuer, read before any signature check.
-pub(crate) struct Unverified {
-    pub header: Header,
-    pub iss: String,
-    /// The payload, parsed once here and checked once the signature holds.
-    pub claims: Map<String, Value>,
+/// What tollgate reads of a JWS header (RFC 7515 §4.1). Other members are ignored: `jku`,
+/// `x5u`, `jwk` and `x5c` never choose a key.
+#[derive(Debug)]
+pub(crate) struct JwsHeader {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    /// Whether `typ` says a JWT access token (RFC 9068 §2.1).
+    at_jwt: bool,
+    /// Whether the header has a `crit` member (other than `null`).
+    crit: bool,
 }
 
-/// Splits a compact JWS and reads its header and `iss`. Anything that is not three base64url
-/// parts with a JSON header and payload is `Malformed` (JWEs included).
-pub(crate) fn peek(token: &str) -> Result<Unverified, InvalidToken> {
+/// A header as it is written; `alg` is required.
+#[derive(Deserialize)]
+struct RawHeader<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(borrow, default)]
+    kid: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    typ: Option<Cow<'a, str>>,
+    #[serde(default)]
+    crit: Option<serde::de::IgnoredAny>,
+}
+
+impl JwsHeader {
+    /// The header of a compact JWS, from its first part. An `alg` that names no JWS algorithm
+    /// (`none` included) is refused as such; anything else that is not a JSON object with a
+    /// string `alg` is `Malformed`.
+    fn parse(encoded: &str) -> Result<JwsHeader, InvalidToken> {
+        let json = URL_SAFE_NO_PAD
+            .decode(encoded)
+            .map_err(|_| InvalidToken::Malformed)?;
+        let raw: RawHeader<'_> =
+            serde_json::from_slice(&json).map_err(|_| InvalidToken::Malformed)?;
+        Ok(JwsHeader {
+            alg: raw
+                .alg
+                .parse()
+                .map_err(|_| InvalidToken::AlgorithmNotAllowed)?,
+            kid: raw.kid.map(Cow::into_owned),
+            at_jwt: is_at_jwt(raw.typ.as_deref()),
+            crit: raw.crit.is_some(),
+        })
+    }
+}
+
+/// The parts of a compact JWS that select the issuer, read before any signature check.
+pub(crate) struct Unverified<'a> {
+    pub header: JwsHeader,
+    pub iss: Cow<'a, str>,
+    /// The payload's members, read in place and checked once the signature holds.
+    pub claims: Members<'a>,
+}
+
+/// Splits a compact JWS and reads its header and `iss`; `payload` receives the decoded payload
+/// that the claims are read from. Anything that is not three base64url parts with a JSON header
+/// and payload is `Malformed` (JWEs included).
+pub(crate) fn peek<'a>(
+    token: &str,
+    payload: &'a mut Vec<u8>,
+) -> Result<Unverified<'a>, InvalidToken> {
     let mut parts = token.split('.');
-    let (Some(_), Some(p), Some(_), None) =
+    let (Some(h), Some(p), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(InvalidToken::Malformed);
     };
-    let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-        ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
-            InvalidToken::AlgorithmNotAllowed
-        }
-        _ => InvalidToken::Malformed,
-    })?;
-    let payload = URL_SAFE_NO_PAD
-        .decode(p)
+    let header = JwsHeader::parse(h)?;
+    payload.clear();
+    URL_SAFE_NO_PAD
+        .decode_vec(p, payload)
         .map_err(|_| InvalidToken::Malformed)?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&payload).map_err(|_| InvalidToken::Malformed)?;
-    let iss = match claims.get("iss") {
-        Some(Value::String(iss)) => iss.clone(),
-        None | Some(Value::Null) => return Err(InvalidToken::UnknownIssuer),
-        Some(_) => return Err(InvalidToken::Malformed),
+    let claims = Members::parse(payload).ok_or(InvalidToken::Malformed)?;
+    let iss = match claims.raw("iss") {
+        None => return Err(InvalidToken::UnknownIssuer),
+        Some(raw) if raw.get() == "null" => return Err(InvalidToken::UnknownIssuer),
+        Some(raw) => members::text(raw).ok_or(InvalidToken::Malformed)?,
     };
     Ok(Unverified {
         header,
@@ -238,11 +283,10 @@ mod tests {
     use serde_json::json;
 
     fn check(claims: Value) -> Result<u64, InvalidToken> {
-        let Value::Object(map) = claims else {
-            unreachable!("claims are an object")
-        };
+        let json = serde_json::to_vec(&claims).unwrap();
+        let members = Members::parse(&json).expect("claims are an object");
         let accepted = ["api".to_owned(), "erp".to_owned()];
-        check_claims(&map, ("https://idp", &accepted, 30), 1_000)
+        check_claims(&members, ("https://idp", &accepted, 30), 1_000)
     }
 
     #[test]
@@ -296,6 +340,7 @@ mod tests {
 
     #[test]
     fn peek_rejects_non_jws() {
+        let peek = |t: &str| peek(t, &mut Vec::new()).map(|u| u.iss.into_owned());
         assert!(matches!(peek("abc"), Err(InvalidToken::Malformed)));
         assert!(matches!(peek("a.b.c.d.e"), Err(InvalidToken::Malformed)));
         assert!(matches!(peek("!!.!!.!!"), Err(InvalidToken::Malformed)));
@@ -303,20 +348,53 @@ mod tests {
 
     #[test]
     fn peek_reads_iss_and_refuses_none() {
-        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"k"}"#);
-        let p = URL_SAFE_NO_PAD.encode(br#"{"iss":"https://idp","sub":"x"}"#);
-        let u = peek(&format!("{h}.{p}.sig")).unwrap();
+        let b64 = |json: &str| URL_SAFE_NO_PAD.encode(json);
+        let h = b64(r#"{"alg":"RS256","kid":"k"}"#);
+        let p = b64(r#"{"iss":"https://idp","sub":"x"}"#);
+        let mut payload = Vec::new();
+        let u = peek(&format!("{h}.{p}.sig"), &mut payload).unwrap();
         assert_eq!(u.iss, "https://idp");
+        assert_eq!(u.header.alg, Algorithm::RS256);
         assert_eq!(u.header.kid.as_deref(), Some("k"));
-        let none = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
-        assert!(matches!(
-            peek(&format!("{none}.{p}.")),
-            Err(InvalidToken::AlgorithmNotAllowed | InvalidToken::Malformed)
-        ));
-        let no_iss = URL_SAFE_NO_PAD.encode(br#"{"sub":"x"}"#);
-        assert!(matches!(
-            peek(&format!("{h}.{no_iss}.sig")),
-            Err(InvalidToken::UnknownIssuer)
-        ));
+        assert!(!u.header.crit && !u.header.at_jwt);
+        assert_eq!(u.claims.str("sub").as_deref(), Some("x"));
+        let peek =
+            |h: &str, p: &str| peek(&format!("{h}.{p}.sig"), &mut Vec::new()).map(|u| u.header);
+        // An alg that names no JWS algorithm, `none` included, is refused as such.
+        for alg in [r#"{"alg":"none"}"#, r#"{"alg":"HS1024"}"#] {
+            assert_eq!(
+                peek(&b64(alg), &p).err(),
+                Some(InvalidToken::AlgorithmNotAllowed)
+            );
+        }
+        // A header that is not an object with a string alg is malformed.
+        for header in [
+            r#"{"kid":"k"}"#,
+            r#"{"alg":256}"#,
+            "[]",
+            r#"{"alg":"RS256""#,
+        ] {
+            assert_eq!(peek(&b64(header), &p).err(), Some(InvalidToken::Malformed));
+        }
+        // typ and crit are read; a null crit is no crit.
+        let read = peek(&b64(r#"{"alg":"ES256","typ":"at+JWT","crit":["x"]}"#), &p).unwrap();
+        assert!(read.at_jwt && read.crit && read.alg == Algorithm::ES256);
+        assert!(
+            !peek(&b64(r#"{"alg":"ES256","crit":null}"#), &p)
+                .unwrap()
+                .crit
+        );
+        // The issuer: absent or null is unknown, another type malformed, escapes are read.
+        for (payload, want) in [
+            (r#"{"sub":"x"}"#, Err(InvalidToken::UnknownIssuer)),
+            (r#"{"iss":null}"#, Err(InvalidToken::UnknownIssuer)),
+            (r#"{"iss":7}"#, Err(InvalidToken::Malformed)),
+            (r#"{"iss":"https:\/\/idp"}"#, Ok("https://idp".to_owned())),
+            ("[1]", Err(InvalidToken::Malformed)),
+        ] {
+            let got = super::peek(&format!("{h}.{}.sig", b64(payload)), &mut Vec::new())
+                .map(|u| u.iss.into_owned());
+            assert_eq!(got, want, "{payload}");
+        }
     }
 }

@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod introspect;
 pub mod jwks;
 pub mod jwt;
+pub(crate) mod members;
 mod principal;
 pub mod scope;
 pub mod settings;
@@ -385,9 +386,10 @@ impl Verifier {
         digest: [u8; 32],
         route_issuer: Option<&Arc<str>>,
     ) -> Result<Principal, AuthError> {
-        let unverified = jwt::peek(token);
+        let mut payload = Vec::new();
+        let unverified = jwt::peek(token, &mut payload);
         let issuer = match &unverified {
-            Ok(u) => self.by_iss.get(&u.iss),
+            Ok(u) => self.by_iss.get(&*u.iss),
             Err(_) => None,
         };
         let result = self
@@ -415,7 +417,7 @@ impl Verifier {
         digest: [u8; 32],
         route_issuer: Option<&Arc<str>>,
         issuer: Option<&Arc<Issuer>>,
-        unverified: Result<jwt::Unverified, InvalidToken>,
+        unverified: Result<jwt::Unverified<'_>, InvalidToken>,
     ) -> Result<Principal, AuthError> {
         match (issuer, unverified) {
             (Some(issuer), Ok(u)) => match (issuer.mode, &issuer.jwt, &issuer.introspector) {
@@ -454,15 +456,16 @@ impl Verifier {
         &self,
         v: &IssuerVerifier,
         token: &str,
-        unverified: jwt::Unverified,
+        unverified: jwt::Unverified<'_>,
         digest: [u8; 32],
     ) -> Result<Principal, AuthError> {
         self.metrics.token_cache("jwt", CacheResult::Miss);
-        let principal = v
-            .verify(token, unverified)
+        let expires_at = v
+            .verify(token, &unverified)
             .await
             .inspect_err(|e| self.failed(&v.id, e))?;
-        Ok(self.cache.insert(digest, principal, unix_secs()))
+        let verified = (v.id.clone(), &unverified.claims, expires_at);
+        Ok(self.cache.insert(digest, verified, unix_secs()))
     }
 
     /// An introspected principal (the introspector keeps its own cache of answers).

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 
-use super::scope::Scopes;
+use super::members::Members;
+use super::scope::{each_granted, scope_member, Scopes};
 
 /// A verified caller: the issuer that vouched for it, its scopes and its claims.
 #[derive(Clone)]
@@ -263,20 +264,75 @@ impl Kept {
             .iter()
             .filter_map(|name| Some((name.clone(), p.claims.get(name)?.clone())))
             .collect();
+        let held = self.scopes.iter().map(|s| p.scopes.contains(s)).collect();
         let subject_tag = p.subject().and_then(|s| self.logging.tag(&p.issuer, s));
-        let plain = matches!(self.logging, SubjectLogging::Plain);
         let ids = match p.ids {
-            Some(ids) if self.ids || plain => Some(ids),
+            Some(ids) if self.keeps_subject() => Some(ids),
             Some(ids) => ids.client.as_ref().map(|c| self.client_only(c)),
             None => None,
         };
+        self.assemble(p.issuer, ids, subject_tag, held, claims, p.expires_at)
+    }
+
+    /// The compact principal of a token's verified claims, read in place: the same principal
+    /// as [`Principal::new`] then [`Kept::keep`] would give, without building what `keep`
+    /// drops (a string for every claim and scope the configuration never reads).
+    pub(crate) fn principal(
+        &self,
+        issuer: Arc<str>,
+        token: &Members<'_>,
+        expires_at: u64,
+    ) -> Principal {
+        let claims: Vec<Claim> = self
+            .claims
+            .iter()
+            .filter_map(|name| Some((name.clone(), token.value(name)?)))
+            .collect();
+        let mut held = vec![false; self.scopes.len()];
+        each_granted(scope_member(|name| token.value(name)), |scope| {
+            if let Ok(i) = self.scopes.binary_search_by(|s| (**s).cmp(scope)) {
+                held[i] = true;
+            }
+        });
+        let subject = token.str("sub");
+        let client = token.str("client_id").or_else(|| token.str("azp"));
+        let subject_tag = subject
+            .as_deref()
+            .and_then(|s| self.logging.tag(&issuer, s));
+        let ids = match (subject, client) {
+            (None, None) => None,
+            (subject, client) if self.keeps_subject() => Some(Arc::new(Ids {
+                subject: subject.map(Box::from),
+                client: client.map(Box::from),
+            })),
+            (_, client) => client.map(|c| self.client_only(&c)),
+        };
+        self.assemble(issuer, ids, subject_tag, held, claims, expires_at)
+    }
+
+    /// Whether a compact principal keeps its raw subject: sessions derive grants from it, or
+    /// the access log shows it as it is.
+    fn keeps_subject(&self) -> bool {
+        self.ids || matches!(self.logging, SubjectLogging::Plain)
+    }
+
+    /// A compact principal of what was kept; `held` says which of the kept scopes it holds.
+    fn assemble(
+        &self,
+        issuer: Arc<str>,
+        ids: Option<Arc<Ids>>,
+        subject_tag: Option<SubjectTag>,
+        held: Vec<bool>,
+        claims: Vec<Claim>,
+        expires_at: u64,
+    ) -> Principal {
         Principal {
             ids,
             subject_tag,
-            issuer: p.issuer,
-            scopes: self.scopes_of(&p.scopes),
+            issuer,
+            scopes: self.scopes_of(held),
             claims: Claims((!claims.is_empty()).then(|| claims.into())),
-            expires_at: p.expires_at,
+            expires_at,
         }
     }
 
@@ -302,8 +358,8 @@ impl Kept {
         ids
     }
 
-    fn scopes_of(&self, granted: &Scopes) -> Scopes {
-        let held: Vec<bool> = self.scopes.iter().map(|s| granted.contains(s)).collect();
+    /// The interned set of the kept scopes that `held` marks.
+    fn scopes_of(&self, held: Vec<bool>) -> Scopes {
         let build = || {
             Scopes::from_interned(
                 self.scopes
@@ -436,6 +492,54 @@ mod tests {
         assert!(a.scopes.shares_list_with(&b.scopes));
         assert!(!a.scopes.shares_list_with(&c.scopes));
         assert!(c.scopes.contains("x") && c.scopes.contains("api"));
+    }
+
+    /// Everything a principal shows, for comparing two of them.
+    fn shown(p: &Principal, logging: &SubjectLogging) -> String {
+        format!(
+            "{} {:?} {:?} {:?} {:?} {:?} {}",
+            p.issuer,
+            p.subject(),
+            p.client_id(),
+            p.logged_subject(logging),
+            p.scopes.iter().collect::<Vec<_>>(),
+            p.claims.iter().collect::<Vec<_>>(),
+            p.expires_at
+        )
+    }
+
+    #[test]
+    fn a_principal_built_from_a_tokens_members_is_the_kept_principal() {
+        let key = SubjectLogging::Hashed(Arc::new(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &[7; 32],
+        )));
+        // Payloads as the issuer wrote them: escapes and a repeated name included.
+        let tokens = [
+            r#"{"sub":"u","client_id":"c","scope":"api x  other","tenant":"T"}"#,
+            r#"{"sub":"u","azp":"app","scp":["x","api y",5],"tenant":{"a":[1]}}"#,
+            r#"{"client_id":"c","scope":null,"scp":"api"}"#,
+            r#"{"scope":7,"sub":5,"tenant":null}"#,
+            r#"{"scp":"x","tenant":"first","tenant":"T\u00e9"}"#,
+            r#"{"s\u0075b":"esc\"aped","client_id":"c","azp":"ignored","sco\u0070e":"\u0061pi"}"#,
+            "{}",
+        ];
+        for logging in [SubjectLogging::Omitted, SubjectLogging::Plain, key] {
+            for ids in [false, true] {
+                let kept = Kept::new(["api", "x", "nope"], ["tenant", "sid"], ids)
+                    .with_logging(logging.clone());
+                for token in tokens {
+                    let members = Members::parse(token.as_bytes()).unwrap();
+                    let direct = kept.principal("erp".into(), &members, 2_000);
+                    let kept_new = kept.keep(principal(serde_json::from_str(token).unwrap()));
+                    assert_eq!(
+                        shown(&direct, &logging),
+                        shown(&kept_new, &logging),
+                        "{token}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

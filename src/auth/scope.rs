@@ -15,17 +15,9 @@ impl Scopes {
     /// wrong type grants nothing.
     pub fn from_claims(claims: &serde_json::Map<String, Value>) -> Self {
         let mut out: Vec<Arc<str>> = Vec::new();
-        match claims.get("scope").or_else(|| claims.get("scp")) {
-            Some(Value::String(s)) => out.extend(s.split_ascii_whitespace().map(Arc::from)),
-            Some(Value::Array(items)) => out.extend(
-                items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .flat_map(str::split_ascii_whitespace)
-                    .map(Arc::from),
-            ),
-            _ => {}
-        }
+        each_granted(scope_member(|name| claims.get(name)), |s| {
+            out.push(Arc::from(s))
+        });
         Self::from_vec(out)
     }
 
@@ -65,6 +57,27 @@ impl Scopes {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// The member that grants a token's scopes, looked up with `get`: `scope` when present (of
+/// whatever type, even `null`), else `scp`.
+pub(crate) fn scope_member<T>(get: impl Fn(&str) -> Option<T>) -> Option<T> {
+    get("scope").or_else(|| get("scp"))
+}
+
+/// Calls `f` with each scope that `member` (see [`scope_member`]) grants: a string holds
+/// space-delimited scopes, an array strings of them (other items are skipped); any other
+/// type grants nothing.
+pub(crate) fn each_granted(member: Option<impl std::borrow::Borrow<Value>>, f: impl FnMut(&str)) {
+    match member.as_ref().map(|m| m.borrow()) {
+        Some(Value::String(s)) => s.split_ascii_whitespace().for_each(f),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .flat_map(str::split_ascii_whitespace)
+            .for_each(f),
+        _ => {}
     }
 }
 
