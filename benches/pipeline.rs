@@ -12,6 +12,7 @@
 //! | `refused_403` | a cached token refused by a route's scopes: normalize, find, extract, verify (cache hit), authorize, the error table, record; nothing forwarded, no socket at all |
 //! | `verify_cached` | the verified-token cache alone: digest and lookup |
 //! | `verify_each/<alg>` | one signature check and claims validation (RS256, ES256, EdDSA), no cache |
+//! | `signature_only_rs256` | aws-lc's RS256 check alone, key parsed once: `verify_each/RS256` less this is tollgate's own work on a new token |
 //! | `forward/public` | a public route, forwarded to an upstream on loopback in this process |
 //! | `forward/jwt_cached` | a JWT route with the token cached, forwarded the same way |
 //!
