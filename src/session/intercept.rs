@@ -45,8 +45,13 @@ fn segments(path: &str) -> impl Iterator<Item = &str> {
         .filter(|seg| !seg.is_empty())
 }
 
-/// Case-insensitive equality by simple upper-case mapping of each character.
+/// Case-insensitive equality by simple upper-case mapping of each character. Two ASCII
+/// segments (nearly every path) are compared bytewise: their mapping is the ASCII one, and the
+/// Unicode tables cost more than the rest of the check on every request of a session route.
 fn same_text(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        return a.eq_ignore_ascii_case(b);
+    }
     a.chars().map(fold).eq(b.chars().map(fold))
 }
 
