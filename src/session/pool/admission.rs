@@ -117,7 +117,10 @@ impl Pool {
     /// when the upstream changed it).
     pub async fn release(&self, lease: &mut Held, accepted_202: bool) {
         if let Some(l) = lease.in_flight.take() {
-            let jar = lease.jar_changed.then(|| lease.jar.clone());
+            // The jar goes back by move: a released lease's jar is not read again (a second
+            // release finds no place and sends nothing).
+            let jar =
+                std::mem::take(&mut lease.jar_changed).then(|| std::mem::take(&mut lease.jar));
             self.store
                 .release(
                     l,

@@ -345,8 +345,10 @@ impl SessionStore for MemoryStore {
         max_queue: u32,
         wait: Duration,
     ) -> Result<Leased, LeaseRefused> {
-        let (id, created) = match self.get(slot).await.ok().flatten() {
-            Some(r) => (r.id, false),
+        // Only the id is needed here: the record is copied once, below, when its place is had.
+        let existing = self.lock().records.get(slot).map(|r| r.id);
+        let (id, created) = match existing {
+            Some(id) => (id, false),
             None => match self.create(slot, template, grant_cap, max).await {
                 Ok(Created::New(r)) => (r.id, true),
                 Ok(Created::Existing(r)) => (r.id, false),
