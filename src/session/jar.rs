@@ -6,14 +6,18 @@
 //! dropped and reported. Values are secrets: `Debug` shows names only, and logs use
 //! [`Jar::correlation`], a short hash of the session cookie.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
+/// One cookie. Every request of a session route copies its session's jar, so what never
+/// changes once set (the name and path) is shared rather than copied; a new value for a cookie
+/// is written into its own buffer.
 #[derive(Clone, PartialEq, Eq)]
 struct Cookie {
-    name: String,
-    path: String,
+    name: Arc<str>,
+    path: Arc<str>,
     value: String,
 }
 
@@ -53,18 +57,18 @@ impl Jar {
     pub fn has(&self, name: &str) -> bool {
         self.cookies
             .iter()
-            .any(|c| c.name == name && !c.value.is_empty())
+            .any(|c| *c.name == *name && !c.value.is_empty())
     }
 
     /// The names held, for logs.
     pub fn names(&self) -> Vec<&str> {
-        self.cookies.iter().map(|c| c.name.as_str()).collect()
+        self.cookies.iter().map(|c| &*c.name).collect()
     }
 
     /// A short, non-reversible tag of a cookie's value (the design's "short hash of
     /// ASP.NET_SessionId"), to correlate logs with the upstream's without revealing the value.
     pub fn correlation(&self, name: &str) -> Option<String> {
-        let c = self.cookies.iter().find(|c| c.name == name)?;
+        let c = self.cookies.iter().find(|c| *c.name == *name)?;
         let d = Sha256::digest(c.value.as_bytes());
         Some(d.iter().take(4).map(|b| format!("{b:02x}")).collect())
     }
@@ -91,7 +95,7 @@ impl Jar {
         let existing = self
             .cookies
             .iter()
-            .position(|c| c.name == parsed.name && c.path == parsed.path);
+            .position(|c| *c.name == *parsed.name && *c.path == *parsed.path);
         if parsed.delete {
             if let Some(i) = existing {
                 self.cookies.remove(i);
@@ -99,30 +103,33 @@ impl Jar {
             }
             return applied;
         }
-        let cookie = Cookie {
-            name: parsed.name,
-            path: parsed.path,
-            value: parsed.value,
-        };
         match existing {
+            // The same value again is no change: nothing to write back.
+            Some(i) if self.cookies[i].value == parsed.value => {}
             Some(i) => {
-                let grows = cookie
+                let grows = parsed
                     .value
                     .len()
                     .saturating_sub(self.cookies[i].value.len());
                 if self.bytes() + grows > max_bytes {
                     applied.overflow = 1;
                 } else {
-                    self.cookies[i] = cookie;
+                    let value = &mut self.cookies[i].value;
+                    value.clear();
+                    value.push_str(parsed.value);
                     applied.set = 1;
                 }
             }
             None => {
-                let size = cookie.name.len() + cookie.value.len() + 2;
+                let size = parsed.name.len() + parsed.value.len() + 2;
                 if self.cookies.len() >= max_cookies || self.bytes() + size > max_bytes {
                     applied.overflow = 1;
                 } else {
-                    self.cookies.push(cookie);
+                    self.cookies.push(Cookie {
+                        name: Arc::from(parsed.name),
+                        path: Arc::from(parsed.path),
+                        value: parsed.value.to_owned(),
+                    });
                     applied.set = 1;
                 }
             }
@@ -165,8 +172,8 @@ impl Jar {
             .filter_map(|l| {
                 let mut parts = l.splitn(3, '\t');
                 Some(Cookie {
-                    name: parts.next()?.to_owned(),
-                    path: parts.next()?.to_owned(),
+                    name: Arc::from(parts.next()?),
+                    path: Arc::from(parts.next()?),
                     value: parts.next()?.to_owned(),
                 })
             })
@@ -214,17 +221,17 @@ fn path_matches(cookie_path: &str, request_path: &str) -> bool {
             || request_path.as_bytes().get(cookie_path.len()) == Some(&b'/'))
 }
 
-struct Parsed {
-    name: String,
-    value: String,
-    path: String,
+struct Parsed<'a> {
+    name: &'a str,
+    value: &'a str,
+    path: &'a str,
     delete: bool,
 }
 
 /// Parses a `Set-Cookie` value leniently (RFC 6265 §5.2). `None` for a line without `name=`,
 /// and for a name or path with a control character (a tab among them): the jar's store text
 /// separates name, path and value with tabs, so such a cookie would read back as another.
-fn parse_set_cookie(line: &str, now: SystemTime) -> Option<Parsed> {
+fn parse_set_cookie(line: &str, now: SystemTime) -> Option<Parsed<'_>> {
     let mut parts = line.split(';');
     let (name, value) = parts.next()?.split_once('=')?;
     let name = name.trim();
@@ -232,13 +239,13 @@ fn parse_set_cookie(line: &str, now: SystemTime) -> Option<Parsed> {
         return None;
     }
     let value = value.trim().trim_matches('"');
-    let mut path = "/".to_owned();
+    let mut path = "/";
     let mut delete = value.is_empty();
     for attr in parts {
         let (k, v) = attr.split_once('=').unwrap_or((attr, ""));
         let (k, v) = (k.trim(), v.trim());
         if k.eq_ignore_ascii_case("path") && v.starts_with('/') {
-            path = v.to_owned();
+            path = v;
         } else if k.eq_ignore_ascii_case("max-age") {
             if v.parse::<i64>().is_ok_and(|n| n <= 0) {
                 delete = true;
@@ -255,8 +262,8 @@ fn parse_set_cookie(line: &str, now: SystemTime) -> Option<Parsed> {
         return None;
     }
     Some(Parsed {
-        name: name.to_owned(),
-        value: value.to_owned(),
+        name,
+        value,
         path,
         delete,
     })
@@ -404,6 +411,27 @@ mod tests {
         assert_eq!(
             j.cookie_header("/entity/x").unwrap(),
             "requestid=three; requestid=two"
+        );
+    }
+
+    #[test]
+    fn the_same_value_again_is_no_change_and_a_new_one_is() {
+        let mut j = jar(&["UserBranch=16; path=/", "requestid=one; path=/"]);
+        let before = j.clone();
+        // Attributes aside, the same value: nothing to write back to the store.
+        let again = j.apply("UserBranch=16; path=/; HttpOnly", now(), 50, 8192);
+        assert_eq!(again, Applied::default());
+        assert_eq!(j, before);
+        let changed = j.apply("requestid=two; path=/", now(), 50, 8192);
+        assert_eq!(changed.set, 1);
+        assert_eq!(
+            j.cookie_header("/").unwrap(),
+            "UserBranch=16; requestid=two"
+        );
+        // The copy taken before is untouched by the change.
+        assert_eq!(
+            before.cookie_header("/").unwrap(),
+            "UserBranch=16; requestid=one"
         );
     }
 
