@@ -139,8 +139,7 @@ pub(crate) fn check_claims(
     let aud = claims.raw("aud").ok_or(InvalidToken::MissingClaim)?;
     let audiences: Vec<Cow<'_, str>> = match members::text(aud) {
         Some(a) => vec![a],
-        None => claims
-            .array("aud")
+        None => members::items(aud)
             .ok_or(InvalidToken::MissingClaim)?
             .into_iter()
             .map(members::text)

@@ -47,12 +47,11 @@ impl<'a> Members<'a> {
     pub(crate) fn str(&self, name: &str) -> Option<Cow<'a, str>> {
         text(self.raw(name)?)
     }
+}
 
-    /// Member `name` when it is an array: its items' raw values; `None` when absent or of
-    /// another type.
-    pub(crate) fn array(&self, name: &str) -> Option<Vec<&'a RawValue>> {
-        serde_json::from_str(self.raw(name)?.get()).ok()
-    }
+/// A raw value that is a JSON array: its items' raw values.
+pub(crate) fn items(raw: &RawValue) -> Option<Vec<&RawValue>> {
+    serde_json::from_str(raw.get()).ok()
 }
 
 /// A raw value that is a JSON string, as text (borrowed unless it holds escapes).
@@ -125,12 +124,12 @@ mod tests {
         assert!(matches!(m.str("iss"), Some(Cow::Borrowed("https://idp"))));
         // Escapes in a name or a value are unescaped.
         assert_eq!(m.str("name").as_deref(), Some("x\"y"));
-        assert_eq!(m.array("aud").map(|a| a.len()), Some(2));
+        assert_eq!(m.raw("aud").and_then(items).map(|a| a.len()), Some(2));
         assert_eq!(m.value("exp"), Some(serde_json::json!(2000)));
         assert_eq!(m.value("o"), Some(serde_json::json!({"k": [1]})));
         // Wrong types and absent members.
         assert_eq!(m.str("exp"), None);
-        assert!(m.array("iss").is_none());
+        assert!(m.raw("iss").and_then(items).is_none());
         assert!(m.raw("nope").is_none() && m.value("nope").is_none());
     }
 

@@ -40,7 +40,7 @@ use super::{AuthError, InvalidToken, Principal};
 use crate::clock::unix_secs;
 use crate::metrics::{CacheResult, IntrospectionResult, Metrics};
 use breaker::Breaker;
-use cache::{AnswerCache, Hit, Shared};
+use cache::{AnswerCache, Entry, Hit, Shared};
 use client::IntrospectionClient;
 
 type Flight = Arc<OnceCell<Result<Outcome, CallError>>>;
@@ -177,10 +177,13 @@ impl Introspector {
 
     /// Validates a token by introspection (from the cache when possible).
     pub async fn verify(&self, token: &str, digest: [u8; 32]) -> Result<Principal, AuthError> {
-        if let Some(answer) = self.cached(&digest) {
+        // One look at the cache: its answer when it has one, else the entry that may still
+        // serve stale if the call fails.
+        let now = Instant::now();
+        let cached = self.cache.get(&digest, now);
+        if let Some(answer) = cached.as_ref().and_then(|e| self.hit(e, now)) {
             return answer;
         }
-        let cached = self.cache.get(&digest, Instant::now());
         match self.introspect_once(token, digest).await {
             Ok(outcome) => {
                 self.metrics.token_cache("introspection", CacheResult::Miss);
@@ -217,7 +220,11 @@ impl Introspector {
     /// costs no future.
     pub fn cached(&self, digest: &[u8; 32]) -> Option<Result<Principal, AuthError>> {
         let now = Instant::now();
-        let entry = self.cache.get(digest, now)?;
+        self.hit(&self.cache.get(digest, now)?, now)
+    }
+
+    /// What a cached entry answers at `now`, counted as a hit; `None` when it no longer may.
+    fn hit(&self, entry: &Entry, now: Instant) -> Option<Result<Principal, AuthError>> {
         match entry.answer(now, unix_secs())? {
             Hit::Expired => {
                 self.metrics.token_cache("introspection", CacheResult::Hit);
