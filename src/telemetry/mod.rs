@@ -30,12 +30,13 @@ mod export;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures_util::future::Either;
 use http::header::{HeaderMap, HeaderName};
 use http::{Method, Version};
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{
     FutureExt as _, Link, Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _,
-    TracerProvider as _,
+    TracerProvider as _, WithContext,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
@@ -230,10 +231,13 @@ impl RequestTrace {
 
     /// Runs `fut` with this request's context as the current one, so that the calls it makes
     /// ([`call`]) are children of the server span and carry its `traceparent`.
-    pub async fn scope<F: std::future::Future>(&self, fut: F) -> F::Output {
+    ///
+    /// Not an `async fn`: one would hold `fut` twice, once as its argument and once as what it
+    /// awaits, and the pipeline's future is the largest there is.
+    pub fn scope<F: std::future::Future>(&self, fut: F) -> Either<WithContext<F>, F> {
         match &self.cx {
-            Some(cx) => fut.with_context(cx.clone()).await,
-            None => fut.await,
+            Some(cx) => Either::Left(fut.with_context(cx.clone())),
+            None => Either::Right(fut),
         }
     }
 
