@@ -7,12 +7,12 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::proxy::UpstreamBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 
 use super::access;
 use super::wiring::Snapshot;
@@ -655,7 +655,7 @@ async fn send(
     lease: Option<&Lease>,
     rec: &mut Record,
     trace: &RequestTrace,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<Response<UpstreamBody>, GatewayError> {
     let step = trace.upstream_call(req.method(), req.uri());
     if step.is_recording() {
         step.note("tollgate.upstream", upstream.id.to_string());
@@ -685,7 +685,7 @@ async fn send(
 }
 
 /// `settle`: the session layer's second step (upstreams without sessions keep every answer).
-async fn settle(lease: Option<&mut Lease>, resp: Response<Incoming>) -> Settled {
+async fn settle(lease: Option<&mut Lease>, resp: Response<UpstreamBody>) -> Settled {
     match lease {
         None => Settled::Keep(resp),
         Some(lease) => Box::pin(session::settle(lease, resp)).await,
@@ -696,7 +696,7 @@ async fn settle(lease: Option<&mut Lease>, resp: Response<Incoming>) -> Settled 
 /// no upstream cookie, `Location` on the gateway, the session headers, error details withheld,
 /// and the lease held until the body is sent; a `101` joins the two upgraded connections.
 async fn finish(
-    resp: Response<Incoming>,
+    resp: Response<UpstreamBody>,
     lease: Option<Lease>,
     upstream: &Upstream,
     origin: Option<&str>,
@@ -738,7 +738,7 @@ async fn finish(
 /// A `101 Switching Protocols`: relayed only for the upgrade the client asked for, by joining
 /// the two connections; one the gateway did not ask for cannot be relayed.
 fn switch(
-    mut resp: Response<Incoming>,
+    mut resp: Response<UpstreamBody>,
     upstream: &Upstream,
     upgrade: Option<Upgrade>,
 ) -> Result<Response<Body>, GatewayError> {

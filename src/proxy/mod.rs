@@ -2,6 +2,7 @@
 //! client, and clean the response. Bodies are streamed both ways and never buffered.
 
 pub mod headers;
+mod pool;
 mod tls;
 
 use std::net::SocketAddr;
@@ -13,7 +14,6 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -23,6 +23,8 @@ use crate::config::UpstreamConfig;
 use crate::policy::Route;
 use crate::Body;
 use headers::Forwarded;
+use pool::Pool;
+pub use pool::UpstreamBody;
 
 /// Why forwarding failed. Details are logged; the client sees only the status.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +63,16 @@ pub struct Upstream {
     preserve_host: bool,
     /// `max_concurrency`: places for requests in flight; none left means 503 at once.
     limit: Option<std::sync::Arc<tokio::sync::Semaphore>>,
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    transport: Transport,
+}
+
+/// How requests reach the upstream.
+enum Transport {
+    /// HTTP/1.1 only: tollgate's own pool, one connection per request in flight.
+    Http1(std::sync::Arc<Pool>),
+    /// `http2 = true`: hyper-util's client, which multiplexes HTTP/2 (and speaks HTTP/1.1 when
+    /// a TLS upstream picks it in ALPN).
+    Negotiated(Box<Client<HttpsConnector<HttpConnector>, Body>>),
 }
 
 impl std::fmt::Debug for Upstream {
@@ -102,19 +113,22 @@ impl Upstream {
             .https_or_http();
         // `http2`: over TLS, ALPN offers h2 then http/1.1 and the client speaks what the upstream
         // picked; over plain http there is no negotiation, so HTTP/2 with prior knowledge.
-        let https = if cfg.http2 {
-            https.enable_all_versions().wrap_connector(http)
+        let transport = if cfg.http2 {
+            let https = https.enable_all_versions().wrap_connector(http);
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(256);
+            if scheme == http::uri::Scheme::HTTP {
+                builder.http2_only(true);
+            }
+            Transport::Negotiated(Box::new(builder.build(https)))
         } else {
-            https.enable_http1().wrap_connector(http)
+            let https = https.enable_http1().wrap_connector(http);
+            let pool = Pool::new(https, &scheme, &authority)
+                .map_err(|e| SetupError(format!("upstream \"{}\": url: {e}", cfg.id)))?;
+            Transport::Http1(std::sync::Arc::new(pool))
         };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256);
-        if cfg.http2 && scheme == http::uri::Scheme::HTTP {
-            builder.http2_only(true);
-        }
-        let client = builder.build(https);
         Ok(Upstream {
             id: cfg.id.clone(),
             scheme,
@@ -127,7 +141,7 @@ impl Upstream {
             limit: cfg
                 .max_concurrency
                 .map(|n| std::sync::Arc::new(tokio::sync::Semaphore::new(n as usize))),
-            client,
+            transport,
         })
     }
 
@@ -163,7 +177,7 @@ impl Upstream {
 
     /// Sends the request; the timeout covers connecting and waiting for the response headers,
     /// not the streaming of the body afterwards.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<UpstreamBody>, ProxyError> {
         self.send_within(req, self.timeout).await
     }
 
@@ -172,7 +186,7 @@ impl Upstream {
         &self,
         req: Request<Body>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         // Shed load instead of queueing behind a saturated upstream.
         let _place = match &self.limit {
             Some(limit) => {
@@ -187,11 +201,20 @@ impl Upstream {
             }
             None => None,
         };
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        let sent = async {
+            match &self.transport {
+                Transport::Http1(pool) => pool.send(req).await,
+                Transport::Negotiated(client) => match client.request(req).await {
+                    Ok(resp) => Ok(resp.map(UpstreamBody::unpooled)),
+                    Err(e) => Err(e.into()),
+                },
+            }
+        };
+        match tokio::time::timeout(timeout, sent).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(ProxyError::Unreachable {
                 upstream: self.id.to_string(),
-                reason: describe(&e),
+                reason: describe(&*e),
             }),
             Err(_) => Err(ProxyError::Timeout {
                 upstream: self.id.to_string(),
@@ -201,8 +224,8 @@ impl Upstream {
     }
 }
 
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    use std::error::Error as _;
+/// The error and its sources, one after another: "tcp connect error: Connection refused".
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

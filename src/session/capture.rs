@@ -9,10 +9,10 @@
 //!   the seat back and is answered with the gateway's own error (the upstream's status, never
 //!   its body).
 
+use crate::proxy::UpstreamBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::Response;
-use hyper::body::Incoming;
 
 use super::body::read_bounded;
 use super::login::{self, LoginOutcome};
@@ -59,8 +59,8 @@ pub(super) async fn settle(
     pool: &Pool,
     who: &Identity,
     seat: u64,
-    resp: Response<Incoming>,
-) -> Result<Response<Incoming>, SessionError> {
+    resp: Response<UpstreamBody>,
+) -> Result<Response<UpstreamBody>, SessionError> {
     let status = resp.status();
     if status.is_success() {
         return match pool.capture(who, seat, resp.headers()).await {

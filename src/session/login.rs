@@ -5,11 +5,11 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::proxy::UpstreamBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::json;
 
 use super::jar::Jar;
@@ -128,7 +128,7 @@ fn error_page_says_login_limit(status: StatusCode, location: Option<&HeaderValue
 }
 
 /// Reads a login answer: its cookies into a fresh jar, and a bounded prefix of its body.
-pub async fn read_answer(resp: Response<Incoming>, cfg: &SessionConfig) -> Answer {
+pub async fn read_answer(resp: Response<UpstreamBody>, cfg: &SessionConfig) -> Answer {
     let status = resp.status();
     let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
     let location = resp.headers().get(header::LOCATION).cloned();

@@ -25,13 +25,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
+use crate::proxy::UpstreamBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 
 use super::pool::{Held, Identity, Pool};
 use super::{body, capture};
@@ -56,7 +56,7 @@ pub enum Leased {
 /// What the `settle` step made of an upstream answer.
 pub enum Settled {
     /// The answer goes to the client.
-    Keep(Response<Incoming>),
+    Keep(Response<UpstreamBody>),
     /// The session was logged in again: send the request once more, with the new jar.
     Replay,
     /// The request fails; the lease has already been given back as the failure requires.
@@ -180,7 +180,7 @@ async fn keep_for_replay(body: &mut Body, max: u64) -> Result<Option<Bytes>, Ses
 }
 
 /// The `settle` step: what the session layer makes of the upstream's answer to one attempt.
-pub async fn settle(lease: &mut Lease, resp: Response<Incoming>) -> Settled {
+pub async fn settle(lease: &mut Lease, resp: Response<UpstreamBody>) -> Settled {
     let pool = lease.pool.clone();
     match &mut lease.kind {
         Kind::Bare => Settled::Keep(resp),
