@@ -98,7 +98,8 @@ pub struct Edits {
 }
 
 /// The `lease` step: decides what the session layer does with a request on a session upstream,
-/// before anything is sent. `body` may be read here (a passive login is checked, a replayable
+/// before anything is sent. (The rare branches' futures are boxed, here and in [`settle`]:
+/// inline, every request's future would be as large as a logout's or a capture's.) `body` may be read here (a passive login is checked, a replayable
 /// body is kept) and is then replaced by an equal one.
 pub async fn lease(
     pool: &Arc<Pool>,
@@ -138,7 +139,7 @@ pub async fn lease(
 
     if logout {
         let slot = who.had_handle.then_some(&who.slot);
-        pool.logout(&who.grant, slot).await;
+        Box::pin(pool.logout(&who.grant, slot)).await;
         let mut r = empty(StatusCode::NO_CONTENT);
         if who.concurrent && who.had_handle {
             headers::append_set_cookie(r.headers_mut(), &pool.clear_handle_cookie());
@@ -146,7 +147,14 @@ pub async fn lease(
         return Ok(Leased::Answered(r));
     }
     if login {
-        let seat = capture::admit(pool, &who, &permit.principal, &head.headers, body).await?;
+        let seat = Box::pin(capture::admit(
+            pool,
+            &who,
+            &permit.principal,
+            &head.headers,
+            body,
+        ))
+        .await?;
         let kind = Kind::Capture {
             who,
             seat: Some(seat),
@@ -185,7 +193,7 @@ pub async fn settle(lease: &mut Lease, resp: Response<UpstreamBody>) -> Settled 
     match &mut lease.kind {
         Kind::Bare => Settled::Keep(resp),
         Kind::Capture { who, seat } => match seat.take() {
-            Some(seat) => match capture::settle(&pool, who, seat, resp).await {
+            Some(seat) => match Box::pin(capture::settle(&pool, who, seat, resp)).await {
                 Ok(resp) => Settled::Keep(resp),
                 Err(e) => Settled::Fail(e),
             },
@@ -206,11 +214,11 @@ pub async fn settle(lease: &mut Lease, resp: Response<UpstreamBody>) -> Settled 
             }
             // The upstream says the session has ended.
             if pool.cfg.creation == Creation::Passive {
-                pool.forget(held).await;
+                Box::pin(pool.forget(held)).await;
                 return Settled::Fail(SessionError::SignedOut);
             }
             if lease.replayed {
-                pool.give_up(held).await;
+                Box::pin(pool.give_up(held)).await;
                 return Settled::Fail(SessionError::AuthFailed);
             }
             if lease.replay.is_none() {
