@@ -177,8 +177,14 @@ impl Upstream {
 
     /// Sends the request; the timeout covers connecting and waiting for the response headers,
     /// not the streaming of the body afterwards.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<UpstreamBody>, ProxyError> {
-        self.send_within(req, self.timeout).await
+    ///
+    /// Not an `async fn`: that would wrap [`Upstream::send_within`]'s future in one more that
+    /// every request builds and moves.
+    pub fn send(
+        &self,
+        req: Request<Body>,
+    ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, ProxyError>> + '_ {
+        self.send_within(req, self.timeout)
     }
 
     /// [`Upstream::send`] with another timeout (logins and logouts have their own).
