@@ -334,7 +334,8 @@ impl Lease {
 
 impl Drop for Lease {
     /// A lease dropped without a release (its answer's body ended, or the client went away
-    /// mid-request) gives its place and seat back on a task of its own.
+    /// mid-request) gives its place and seat back: here when that needs no wait (the memory
+    /// store's never do), else on a task of its own.
     fn drop(&mut self) {
         let pool = self.pool.clone();
         let accepted = self.accepted;
@@ -350,8 +351,14 @@ impl Drop for Lease {
                 } => Some(Box::pin(async move { pool.abandon_capture(seat).await })),
                 Kind::Held { .. } | Kind::Capture { .. } | Kind::Bare => None,
             };
-        if let (Some(work), Ok(handle)) = (work, tokio::runtime::Handle::try_current()) {
-            handle.spawn(work);
+        if let (Some(mut work), Ok(handle)) = (work, tokio::runtime::Handle::try_current()) {
+            // One poll without a waker: a release that has to wait (a shared store's round
+            // trip) goes on to a task, whose first poll registers its own waker and so misses
+            // no wake-up; one that does not wait costs no task.
+            let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+            if work.as_mut().poll(&mut cx).is_pending() {
+                handle.spawn(work);
+            }
         }
     }
 }
@@ -401,6 +408,23 @@ fn empty(status: StatusCode) -> Response<Body> {
 mod tests {
     use super::*;
     use crate::testing::Chunks;
+
+    #[tokio::test]
+    async fn a_lease_dropped_on_the_memory_store_gives_its_place_back_at_once() {
+        use futures_util::FutureExt as _;
+        let r = crate::session::pool::testing::rig(|_| {}).await;
+        let who = r.who("a");
+        let held = r.pool.hold(&who).await.unwrap();
+        let slot = held.slot.clone();
+        drop(Lease::new(&r.pool, Kind::Held { who, held }, None));
+        // Read without letting another task run: the place is free already, not on a task
+        // still to be scheduled.
+        let record = r
+            .record(&slot)
+            .now_or_never()
+            .expect("the memory store never waits");
+        assert_eq!(record.unwrap().in_flight, 0);
+    }
 
     #[tokio::test]
     async fn a_body_is_kept_for_a_replay_only_when_its_size_is_known_and_fits() {

@@ -42,7 +42,7 @@ mod identify;
 mod login;
 mod retire;
 #[cfg(test)]
-mod testing;
+pub(super) mod testing;
 
 pub use admission::Held;
 pub(crate) use answer::set_cookies;

@@ -24,13 +24,13 @@ use crate::session::store::{MemoryStore, SessionRecord, SlotKey};
 use crate::session::SessionError;
 
 /// The concurrent scope of the default configuration.
-pub(super) const CONCURRENT: &str = "api api:concurrent_access";
+pub(in crate::session) const CONCURRENT: &str = "api api:concurrent_access";
 
 /// A pool in front of a running fake.
-pub(super) struct Rig {
-    pub(super) pool: Arc<Pool>,
-    pub(super) fake: FakeLegacy,
-    pub(super) metrics: Metrics,
+pub(in crate::session) struct Rig {
+    pub(in crate::session) pool: Arc<Pool>,
+    pub(in crate::session) fake: FakeLegacy,
+    pub(in crate::session) metrics: Metrics,
     task: JoinHandle<()>,
 }
 
@@ -43,11 +43,14 @@ impl Drop for Rig {
 /// A rig with the fake's defaults (2 seats, `admin`/`123`) and the pool's configuration as
 /// parsed, changed by `tweak` (fields are set directly, so a test can use values the config
 /// file would refuse, such as a zero wait).
-pub(super) async fn rig(tweak: impl FnOnce(&mut SessionConfig)) -> Rig {
+pub(in crate::session) async fn rig(tweak: impl FnOnce(&mut SessionConfig)) -> Rig {
     rig_with(LegacyOptions::default(), tweak).await
 }
 
-pub(super) async fn rig_with(opts: LegacyOptions, tweak: impl FnOnce(&mut SessionConfig)) -> Rig {
+pub(in crate::session) async fn rig_with(
+    opts: LegacyOptions,
+    tweak: impl FnOnce(&mut SessionConfig),
+) -> Rig {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let fake = FakeLegacy::new(opts);
@@ -89,7 +92,7 @@ auth = "none"
 }
 
 /// A pool of `cap` seats that evicts an idle session at once and never waits for a seat.
-pub(super) fn evicting(cap: u32) -> impl FnOnce(&mut SessionConfig) {
+pub(in crate::session) fn evicting(cap: u32) -> impl FnOnce(&mut SessionConfig) {
     move |c| {
         c.max_upstream_sessions = cap;
         c.admission_wait = Duration::ZERO;
@@ -98,7 +101,7 @@ pub(super) fn evicting(cap: u32) -> impl FnOnce(&mut SessionConfig) {
 }
 
 /// The principal of a token with these claims (issuer `erp`; `exp` from the claims, else none).
-pub(super) fn principal(claims: Value) -> Principal {
+pub(in crate::session) fn principal(claims: Value) -> Principal {
     let exp = claims["exp"].as_u64().unwrap_or(u64::MAX);
     let Value::Object(map) = claims else {
         panic!("claims are an object")
@@ -107,7 +110,7 @@ pub(super) fn principal(claims: Value) -> Principal {
 }
 
 /// Polls `cond` until it holds, failing the test after a generous bound (a loaded machine).
-pub(super) async fn eventually<F, Fut>(what: &str, mut cond: F)
+pub(in crate::session) async fn eventually<F, Fut>(what: &str, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -126,7 +129,12 @@ where
 
 impl Rig {
     /// The identity of grant `grant` with scope `scope` and these request headers.
-    pub(super) fn who_with(&self, grant: &str, scope: &str, headers: &HeaderMap) -> Identity {
+    pub(in crate::session) fn who_with(
+        &self,
+        grant: &str,
+        scope: &str,
+        headers: &HeaderMap,
+    ) -> Identity {
         self.pool
             .identify(
                 &principal(json!({"grant_id": grant, "scope": scope})),
@@ -137,20 +145,23 @@ impl Rig {
     }
 
     /// The single-mode identity of grant `grant`.
-    pub(super) fn who(&self, grant: &str) -> Identity {
+    pub(in crate::session) fn who(&self, grant: &str) -> Identity {
         self.who_with(grant, "api", &HeaderMap::new())
     }
 
     /// A lease of grant `grant`'s session, given straight back: the session is idle and
     /// logged in.
-    pub(super) async fn idle_session(&self, grant: &str) -> Held {
+    pub(in crate::session) async fn idle_session(&self, grant: &str) -> Held {
         let mut held = self.pool.hold(&self.who(grant)).await.unwrap();
         self.pool.release(&mut held, false).await;
         held
     }
 
     /// Holds for every identity at once, each in its own task; their answers in order.
-    pub(super) async fn hold_all(&self, whos: Vec<Identity>) -> Vec<Result<Held, SessionError>> {
+    pub(in crate::session) async fn hold_all(
+        &self,
+        whos: Vec<Identity>,
+    ) -> Vec<Result<Held, SessionError>> {
         let tasks: Vec<_> = whos
             .into_iter()
             .map(|who| {
@@ -167,7 +178,10 @@ impl Rig {
 
     /// A request for grant `grant`'s session, once it waits in the session's queue (another
     /// request holds the session).
-    pub(super) async fn queued(&self, grant: &str) -> JoinHandle<Result<Held, SessionError>> {
+    pub(in crate::session) async fn queued(
+        &self,
+        grant: &str,
+    ) -> JoinHandle<Result<Held, SessionError>> {
         let pool = self.pool.clone();
         let who = self.who(grant);
         let waiting = tokio::spawn(async move { pool.hold(&who).await });
@@ -179,22 +193,22 @@ impl Rig {
     }
 
     /// The store's records.
-    pub(super) async fn records(&self) -> Vec<(SlotKey, SessionRecord)> {
+    pub(in crate::session) async fn records(&self) -> Vec<(SlotKey, SessionRecord)> {
         self.pool.store.list().await.unwrap()
     }
 
     /// The record at `slot`, if any.
-    pub(super) async fn record(&self, slot: &SlotKey) -> Option<SessionRecord> {
+    pub(in crate::session) async fn record(&self, slot: &SlotKey) -> Option<SessionRecord> {
         self.pool.store.get(slot).await.unwrap()
     }
 
     /// Seats the store counts.
-    pub(super) async fn seats(&self) -> u32 {
+    pub(in crate::session) async fn seats(&self) -> u32 {
         self.pool.store.seats_in_use().await.unwrap()
     }
 
     /// The value of one series (`name{labels}`, as rendered) of the pool's metrics; 0 when absent.
-    pub(super) fn metric(&self, series: &str) -> f64 {
+    pub(in crate::session) fn metric(&self, series: &str) -> f64 {
         let text = String::from_utf8(self.metrics.render()).unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
