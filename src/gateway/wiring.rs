@@ -330,7 +330,14 @@ pub(crate) fn kept(config: &Config) -> Kept {
                 .chain(["sid", "jti"])
                 .chain(s.passive_login_name_claim.as_deref())
         }));
-    Kept::new(scopes, claims, !sessions.is_empty()).with_logging(subject_logging(&config.log))
+    // The access log is the only reader of a principal's subject tag. Without it (its level is
+    // fixed at start), no new token pays for the tag's HMAC, and the cache keeps no subject.
+    let logging = if tracing::enabled!(target: "tollgate::access", tracing::Level::INFO) {
+        subject_logging(&config.log)
+    } else {
+        SubjectLogging::Omitted
+    };
+    Kept::new(scopes, claims, !sessions.is_empty()).with_logging(logging)
 }
 
 /// `log.subject` with its key (`log.subject_key_file`, else this process's random key).
@@ -505,5 +512,59 @@ async fn retire(pool: Arc<Pool>, handed_over: bool, fleet: Option<Arc<Fleet>>) {
     } else {
         tracing::info!(upstream = %pool.upstream_id, "upstream's session profile retired here but still served by other replicas: its sessions stay");
         pool.leave(bound).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Principal;
+
+    const CONFIG: &str = r#"
+[[issuer]]
+id = "idp"
+issuer = "https://idp.example"
+jwks_uri = "https://idp.example/jwks"
+audiences = ["api"]
+
+[[upstream]]
+id = "backend"
+url = "http://127.0.0.1:1"
+
+[[route]]
+id = "api"
+prefix = "/"
+upstream = "backend"
+scopes = ["api"]
+"#;
+
+    /// The subject as a `log.subject = "hashed"` access log would show it, for a principal kept
+    /// under `CONFIG`.
+    fn shown() -> Option<String> {
+        let config = crate::config::from_toml_str(CONFIG).unwrap();
+        let claims = serde_json::json!({"sub": "alice", "scope": "api"});
+        let serde_json::Value::Object(claims) = claims else {
+            unreachable!()
+        };
+        let p = kept(&config).keep(Principal::new("idp".into(), claims, u64::MAX));
+        let hashed = SubjectLogging::Hashed(Arc::new(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &[7; 32],
+        )));
+        p.logged_subject(&hashed)
+    }
+
+    #[test]
+    fn a_kept_principal_has_a_subject_tag_only_when_the_access_log_is_on() {
+        assert_eq!(shown(), None, "no subscriber: no access log, no HMAC");
+        let on = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .finish();
+        let tag = tracing::subscriber::with_default(on, shown);
+        assert!(
+            tag.is_some_and(|t| t.len() == 16),
+            "access log on: the tag is kept"
+        );
     }
 }
