@@ -7,7 +7,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::proxy::UpstreamBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
@@ -22,7 +21,7 @@ use crate::error::{Fault, GatewayError};
 use crate::limits::{self, BodyTimeout, Broken, Capped, Fault as BodyFault, TooLarge};
 use crate::metrics::{Decision, RouteSeries, UpstreamSeries};
 use crate::policy::{self, matcher, Permit, Requirement, Route, RouteAuth, RouteTable};
-use crate::proxy::{self, headers, ProxyError, Upstream};
+use crate::proxy::{self, headers, ProxyError, Upstream, UpstreamBody};
 use crate::session::{self, sanitize, Lease, Leased, Settled};
 use crate::telemetry::{self, Kind, RequestTrace, Telemetry};
 use crate::upgrade::{self, Upgrade};

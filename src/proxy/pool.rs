@@ -123,18 +123,16 @@ impl Pool {
     /// Back on the stack, unless it is full; the oldest entry goes if it has gone stale, so a
     /// burst's connections do not stay open forever once traffic falls.
     fn put(&self, conn: SendRequest<Body>) {
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle
             .first()
-            .is_some_and(|oldest| oldest.since.elapsed() >= IDLE_TIMEOUT)
+            .is_some_and(|oldest| now.duration_since(oldest.since) >= IDLE_TIMEOUT)
         {
             idle.remove(0);
         }
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            idle.push(Idle { conn, since: now });
         }
     }
 

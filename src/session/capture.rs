@@ -9,7 +9,6 @@
 //!   the seat back and is answered with the gateway's own error (the upstream's status, never
 //!   its body).
 
-use crate::proxy::UpstreamBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::Response;
@@ -19,7 +18,7 @@ use super::login::{self, LoginOutcome};
 use super::pool::{Identity, Pool};
 use super::{RefusedLogin, SessionError};
 use crate::auth::Principal;
-use crate::proxy;
+use crate::proxy::{self, UpstreamBody};
 use crate::Body;
 
 /// The largest client login body read in passive mode.

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::proxy::UpstreamBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -14,7 +13,7 @@ use serde_json::json;
 
 use super::jar::Jar;
 use crate::config::{Credentials, SessionConfig};
-use crate::proxy::{self, Upstream};
+use crate::proxy::{self, Upstream, UpstreamBody};
 
 /// The largest login answer read for classification.
 const MAX_LOGIN_ANSWER: usize = 64 * 1024;

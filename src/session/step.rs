@@ -25,7 +25,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use crate::proxy::UpstreamBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -38,7 +37,7 @@ use super::{body, capture};
 use super::{intercept, sanitize, SessionError};
 use crate::config::Creation;
 use crate::policy::Permit;
-use crate::proxy::{self, headers};
+use crate::proxy::{self, headers, UpstreamBody};
 use crate::{Body, BoxError};
 
 /// What the `lease` step decided.
@@ -98,9 +97,10 @@ pub struct Edits {
 }
 
 /// The `lease` step: decides what the session layer does with a request on a session upstream,
-/// before anything is sent. (The rare branches' futures are boxed, here and in [`settle`]:
-/// inline, every request's future would be as large as a logout's or a capture's.) `body` may be read here (a passive login is checked, a replayable
-/// body is kept) and is then replaced by an equal one.
+/// before anything is sent. `body` may be read here (a passive login is checked, a replayable
+/// body is kept) and is then replaced by an equal one. The rare branches' futures are boxed,
+/// here and in [`settle`]: inline, every request's future would be as large as a logout's or
+/// a capture's.
 pub async fn lease(
     pool: &Arc<Pool>,
     permit: Option<&Permit>,
