@@ -7,6 +7,15 @@
 //! valgrind --tool=callgrind target/release/deps/pipeline-<hash> --bench refused_403 --sample-count 1000
 //! ```
 //!
+//! A bench's setup (keys, tokens, logins) is counted too. For one iteration's instructions
+//! alone, collect only inside `Fixture::handle` and take the difference of two sample counts:
+//!
+//! ```text
+//! valgrind --tool=callgrind --toggle-collect='pipeline::Fixture::handle' \
+//!     target/release/deps/pipeline-<hash> --bench forward_session --sample-count 1000 --sample-size 1
+//! # again with --sample-count 3000; (the second total - the first) / 2000
+//! ```
+//!
 //! | bench | what one iteration is |
 //! |---|---|
 //! | `refused_403` | a cached token refused by a route's scopes: normalize, find, extract, verify (cache hit), authorize, the error table, record; nothing forwarded, no socket at all |
@@ -15,9 +24,13 @@
 //! | `signature_only_rs256` | aws-lc's RS256 check alone, key parsed once: `verify_each/RS256` less this is tollgate's own work on a new token |
 //! | `forward/public` | a public route, forwarded to an upstream on loopback in this process |
 //! | `forward/jwt_cached` | a JWT route with the token cached, forwarded the same way |
+//! | `forward_session` | a session route (`mode = "single"`, memory store) in front of the fake legacy API in this process, 100 grants in turn, each logged in before the measured calls |
 //!
 //! The `forward` rows include the upstream's own cost (it runs on the same thread), so compare
-//! them with each other; `refused_403` and `verify_*` have no socket in them.
+//! them with each other; `refused_403` and `verify_*` have no socket in them. The fake legacy
+//! API does more a request than the `forward` rows' upstream, so `forward_session` is for
+//! before-and-after comparisons of the session layer, not for a difference with
+//! `forward/jwt_cached`.
 
 // A bench that cannot set up has nothing to measure: it stops with the reason.
 #![allow(clippy::expect_used)]
@@ -34,6 +47,7 @@ use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tollgate::auth::{Kept, Token, Verifier};
 use tollgate::demo::keys::{self, SigningKey};
+use tollgate::demo::legacy::{FakeLegacy, LegacyOptions};
 use tollgate::gateway::Conn;
 use tollgate::metrics::Metrics;
 use tollgate::Gateway;
@@ -93,6 +107,17 @@ impl Fixture {
         let (gateway, verifier, issuer) = rt.block_on(async {
             let idp = serve(Bytes::from(serde_json::to_vec(&jwks).expect("jwks"))).await;
             let upstream = serve(Bytes::from_static(br#"{"ok":true}"#)).await;
+            // Seats for every grant, and no `.ASPXAUTH` renewals, as in the load bench.
+            let legacy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let legacy_addr = legacy.local_addr().expect("local addr");
+            std::mem::forget(
+                FakeLegacy::new(LegacyOptions {
+                    max_api_users: 300,
+                    renew_auth_every: 0,
+                    ..LegacyOptions::default()
+                })
+                .spawn(legacy),
+            );
             let issuer = format!("http://{idp}");
             let config = tollgate::config::from_toml_str(&format!(
                 r#"
@@ -128,6 +153,27 @@ id = "admin"
 prefix = "/admin"
 upstream = "api"
 scopes = ["admin"]
+
+[[upstream]]
+id = "legacy"
+url = "http://{legacy_addr}"
+
+[upstream.session]
+mode = "single"
+max_upstream_sessions = 200
+idle_ttl = "300s"
+
+[upstream.session.credentials]
+name = "admin"
+password = "123"
+tenant = "MyStore"
+branch = "HQ"
+
+[[route]]
+id = "legacy"
+prefix = "/entity/Default/"
+upstream = "legacy"
+scopes = ["api"]
 "#
             ))
             .expect("config");
@@ -158,15 +204,29 @@ scopes = ["admin"]
     }
 
     fn token(&self, key: &SigningKey, n: usize) -> String {
+        self.sign(key, self.claims(n))
+    }
+
+    /// A token of grant `n` (its `grant_id` claim names the grant's upstream session).
+    fn grant_token(&self, n: usize) -> String {
+        let mut claims = self.claims(n);
+        claims["grant_id"] = json!(format!("grant-{n}"));
+        self.sign(&self.keys.rs256, claims)
+    }
+
+    fn claims(&self, n: usize) -> serde_json::Value {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("clock")
             .as_secs();
-        key.sign(&json!({
+        json!({
             "iss": self.issuer, "aud": "api", "sub": format!("user-{n}"), "client_id": "bench",
             "scope": "api", "iat": now, "exp": now + 3600, "jti": format!("bench-{n}"),
-        }))
-        .expect("sign")
+        })
+    }
+
+    fn sign(&self, key: &SigningKey, claims: serde_json::Value) -> String {
+        key.sign(&claims).expect("sign")
     }
 
     fn handle(&self, path: &str, token: Option<&str>) -> StatusCode {
@@ -257,6 +317,22 @@ fn forward(b: divan::Bencher, route: &str) {
     };
     assert_eq!(f.handle(path, token), StatusCode::OK);
     b.bench(|| f.handle(path, token));
+}
+
+#[divan::bench]
+fn forward_session(b: divan::Bencher) {
+    let f = fixture();
+    let tokens: Vec<String> = (0..100).map(|n| f.grant_token(n)).collect();
+    let path = "/entity/Default/24.200.001/Echo";
+    // Every grant logs in (and its token is verified) before the measured calls.
+    for token in &tokens {
+        assert_eq!(f.handle(path, Some(token)), StatusCode::OK);
+    }
+    let next = AtomicUsize::new(0);
+    b.bench(|| {
+        let token = &tokens[next.fetch_add(1, Ordering::Relaxed) % tokens.len()];
+        f.handle(path, Some(token))
+    });
 }
 
 /// The signature check alone, in aws-lc with the key parsed once: `verify_each` less this is
