@@ -11,14 +11,14 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-/// One cookie. Every request of a session route copies its session's jar, so what never
-/// changes once set (the name and path) is shared rather than copied; a new value for a cookie
-/// is written into its own buffer.
+/// One cookie. Every request of a session route copies its session's jar, so its parts are
+/// shared rather than copied: a copy of a jar costs one allocation (its list), not one per
+/// cookie. A new value replaces the old one; values change far less often than jars are copied.
 #[derive(Clone, PartialEq, Eq)]
 struct Cookie {
     name: Arc<str>,
     path: Arc<str>,
-    value: String,
+    value: Arc<str>,
 }
 
 /// The cookies of one upstream session.
@@ -105,7 +105,7 @@ impl Jar {
         }
         match existing {
             // The same value again is no change: nothing to write back.
-            Some(i) if self.cookies[i].value == parsed.value => {}
+            Some(i) if *self.cookies[i].value == *parsed.value => {}
             Some(i) => {
                 let grows = parsed
                     .value
@@ -114,9 +114,7 @@ impl Jar {
                 if self.bytes() + grows > max_bytes {
                     applied.overflow = 1;
                 } else {
-                    let value = &mut self.cookies[i].value;
-                    value.clear();
-                    value.push_str(parsed.value);
+                    self.cookies[i].value = Arc::from(parsed.value);
                     applied.set = 1;
                 }
             }
@@ -128,7 +126,7 @@ impl Jar {
                     self.cookies.push(Cookie {
                         name: Arc::from(parsed.name),
                         path: Arc::from(parsed.path),
-                        value: parsed.value.to_owned(),
+                        value: Arc::from(parsed.value),
                     });
                     applied.set = 1;
                 }
@@ -174,7 +172,7 @@ impl Jar {
                 Some(Cookie {
                     name: Arc::from(parts.next()?),
                     path: Arc::from(parts.next()?),
-                    value: parts.next()?.to_owned(),
+                    value: Arc::from(parts.next()?),
                 })
             })
             .filter(|c| !c.name.is_empty())
@@ -232,17 +230,30 @@ struct Parsed<'a> {
 /// and for a name or path with a control character (a tab among them): the jar's store text
 /// separates name, path and value with tabs, so such a cookie would read back as another.
 fn parse_set_cookie(line: &str, now: SystemTime) -> Option<Parsed<'_>> {
-    let mut parts = line.split(';');
-    let (name, value) = parts.next()?.split_once('=')?;
+    let (first, mut attrs) = match cut(line, b';') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (line, None),
+    };
+    let (name, value) = cut(first, b'=')?;
     let name = name.trim();
-    if name.is_empty() || name.contains(|c: char| c.is_ascii_control()) {
+    if name.is_empty() || name.bytes().any(|b| b.is_ascii_control()) {
         return None;
     }
-    let value = value.trim().trim_matches('"');
+    let value = unquote(value.trim());
     let mut path = "/";
     let mut delete = value.is_empty();
-    for attr in parts {
-        let (k, v) = attr.split_once('=').unwrap_or((attr, ""));
+    while let Some(rest) = attrs {
+        let attr = match cut(rest, b';') {
+            Some((attr, next)) => {
+                attrs = Some(next);
+                attr
+            }
+            None => {
+                attrs = None;
+                rest
+            }
+        };
+        let (k, v) = cut(attr, b'=').unwrap_or((attr, ""));
         let (k, v) = (k.trim(), v.trim());
         if k.eq_ignore_ascii_case("path") && v.starts_with('/') {
             path = v;
@@ -258,7 +269,7 @@ fn parse_set_cookie(line: &str, now: SystemTime) -> Option<Parsed<'_>> {
             }
         }
     }
-    if path.contains(|c: char| c.is_ascii_control()) {
+    if path.bytes().any(|b| b.is_ascii_control()) {
         return None;
     }
     Some(Parsed {
@@ -267,6 +278,22 @@ fn parse_set_cookie(line: &str, now: SystemTime) -> Option<Parsed<'_>> {
         path,
         delete,
     })
+}
+
+/// `s` split around its first `sep`, an ASCII byte, so that both sides are whole characters.
+/// A byte search: `str`'s character searchers cost more than the rest of a cookie's parse, and
+/// this runs on every answer of a session route.
+fn cut(s: &str, sep: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|b| b == sep)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
+/// `s` without the double quotes around it (all of them, as `trim_matches('"')`).
+fn unquote(s: &str) -> &str {
+    let b = s.as_bytes();
+    let start = b.iter().position(|&c| c != b'"').unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| c != b'"').map_or(start, |i| i + 1);
+    &s[start..end]
 }
 
 /// Parses the cookie date forms seen in the wild: `Thu, 01 Jan 1970 00:00:00 GMT` and the
@@ -346,6 +373,34 @@ mod tests {
         let mut j = Jar::default();
         j.apply_all(lines.iter().copied(), now(), 50, 8192);
         j
+    }
+
+    #[test]
+    fn names_values_and_attributes_are_cut_where_rfc_6265_cuts_them() {
+        let j = jar(&[
+            // The first `=` ends the name; the value may hold more.
+            "Locale=Culture=en-US&TimeZone=GMTM0800A; path=/",
+            // Quotes around a value go, spaces around parts go, attributes without `=` and a
+            // trailing `;` are fine, attribute names are case-insensitive.
+            " q = \"quoted\" ; Secure; HttpOnly; PATH = /entity ;",
+            // Text beyond ASCII is kept as it is.
+            "u=caf\u{e9}; path=/",
+        ]);
+        assert_eq!(j.names(), ["Locale", "q", "u"]);
+        assert_eq!(
+            j.cookie_header("/entity/x").unwrap(),
+            "q=quoted; Locale=Culture=en-US&TimeZone=GMTM0800A; u=caf\u{e9}"
+        );
+        assert_eq!(
+            j.cookie_header("/other").unwrap(),
+            "Locale=Culture=en-US&TimeZone=GMTM0800A; u=caf\u{e9}"
+        );
+        // Only quotes is no value: a deletion, of nothing here.
+        let mut j = jar(&["q=1"]);
+        j.apply("q=\"\"", now(), 50, 8192);
+        assert!(!j.has("q"));
+        // No `=` in the first part: not a cookie.
+        assert!(jar(&["novalue; path=/", "=x; path=/"]).names().is_empty());
     }
 
     #[test]
