@@ -840,10 +840,11 @@ impl Metrics {
         self.upstream_relogins.with_label_values(&[upstream]).inc();
     }
 
-    pub fn upstream_queue_depth(&self, upstream: &str, n: u32) {
-        self.upstream_queue
-            .with_label_values(&[upstream])
-            .set(i64::from(n));
+    /// The queued-requests gauge of `upstream`, resolved once: a session pool sets it twice a
+    /// request, where a lookup by label would hash the name each time. The series is never
+    /// withdrawn, so a resolved gauge stays the exported one.
+    pub fn upstream_queue_gauge(&self, upstream: &str) -> prometheus::IntGauge {
+        self.upstream_queue.with_label_values(&[upstream])
     }
 
     pub fn upstream_admission_wait(&self, upstream: &str, secs: f64) {

@@ -81,7 +81,7 @@ impl Pool {
                 }
                 Err(LeaseRefused::Gone) => continue,
             };
-            self.sample_queue().await;
+            self.sample_queue();
             let Leased {
                 record,
                 in_flight,
@@ -131,7 +131,7 @@ impl Pool {
                 )
                 .await;
         }
-        self.sample_queue().await;
+        self.sample_queue();
     }
 
     /// The most sessions one grant may hold: one in single mode (design §6.8.2).

@@ -42,10 +42,8 @@ impl Pool {
         }
     }
 
-    pub(super) async fn sample_queue(&self) {
-        if let Ok(queued) = self.store.queue_depth().await {
-            self.metrics.upstream_queue_depth(&self.upstream_id, queued);
-        }
+    pub(super) fn sample_queue(&self) {
+        self.queue_gauge.set(i64::from(self.store.queue_depth()));
     }
 
     /// True when this replica publishes the fleet-wide gauges: always with the memory store,
@@ -59,7 +57,7 @@ impl Pool {
     pub async fn sample_sessions(&self) {
         // This replica's own waiters, published by every replica: sampled here too, since the
         // samples taken as leases are granted and released miss a request while it waits.
-        self.sample_queue().await;
+        self.sample_queue();
         if !self.publishes() {
             self.metrics.withdraw_fleet_gauges(&self.upstream_id);
             return;

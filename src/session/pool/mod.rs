@@ -61,6 +61,8 @@ pub struct Pool {
     grant_key: hmac::Key,
     handle_key: hmac::Key,
     metrics: Metrics,
+    /// `tollgate_upstream_queue_depth` of this upstream, resolved once (see `sample_queue`).
+    queue_gauge: prometheus::IntGauge,
     next_id: AtomicU64,
     /// The high 32 bits of this process's session ids.
     id_base: u64,
@@ -131,6 +133,7 @@ impl Pool {
         let derive =
             |label: &[u8]| hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&master, label).as_ref());
         metrics.declare_upstream_sessions(&upstream_id);
+        let queue_gauge = metrics.upstream_queue_gauge(&upstream_id);
         let credential_fp = gate::credential_fingerprint(&derive(b"tollgate credentials v1"), &cfg);
         Pool {
             grant_key: derive(b"tollgate grant key v1"),
@@ -139,6 +142,7 @@ impl Pool {
             upstream,
             cfg,
             store,
+            queue_gauge,
             metrics,
             next_id: AtomicU64::new(1),
             id_base: u64::from(rand::random::<u32>() | 1) << 32,

@@ -186,7 +186,7 @@ impl Rig {
         let who = self.who(grant);
         let waiting = tokio::spawn(async move { pool.hold(&who).await });
         eventually("the request queues", || async {
-            self.pool.store.queue_depth().await.unwrap() == 1
+            self.pool.store.queue_depth() == 1
         })
         .await;
         waiting

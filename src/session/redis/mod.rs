@@ -311,8 +311,8 @@ impl SessionStore for RedisStore {
         lease::settle(self).await;
     }
 
-    async fn queue_depth(&self) -> Result<u32, StoreError> {
-        Ok(self.queued_here.load(Ordering::Relaxed))
+    fn queue_depth(&self) -> u32 {
+        self.queued_here.load(Ordering::Relaxed)
     }
 
     async fn lock_login(&self, slot: &SlotKey, id: u64) -> Result<bool, StoreError> {

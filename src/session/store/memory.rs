@@ -383,8 +383,8 @@ impl SessionStore for MemoryStore {
         lease.finish(how);
     }
 
-    async fn queue_depth(&self) -> Result<u32, StoreError> {
-        Ok(self.lock().queued_total)
+    fn queue_depth(&self) -> u32 {
+        self.lock().queued_total
     }
 
     // One process: the pool's own per-slot lock already makes logins single-flight, and no

@@ -100,8 +100,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Gives back every place kept for this replica's next requests (the replica leaves). By
     /// default a store keeps none.
     async fn settle(&self) {}
-    /// Requests waiting for their session, over all sessions.
-    async fn queue_depth(&self) -> Result<u32, StoreError>;
+    /// This replica's requests waiting for their session, over all sessions. Counted in this
+    /// process by every store, so read without a round trip or a future: it is sampled twice a
+    /// request.
+    fn queue_depth(&self) -> u32;
     /// Cross-replica single-flight of logins: true when the caller may log session `id` in now
     /// (it holds the lock until [`SessionStore::unlock_login`], or until its lease runs out).
     async fn lock_login(&self, slot: &SlotKey, id: u64) -> Result<bool, StoreError>;
