@@ -60,6 +60,23 @@ pub fn derive(
     principal: &Principal,
     token_digest: &[u8; 32],
 ) -> Result<Derived, GrantError> {
+    let (source, message) = message(sources, issuer, upstream, principal, token_digest)?;
+    Ok(Derived {
+        key: sign(key, &message),
+        source,
+    })
+}
+
+/// What the grant key of `principal` signs, and the source it came from: the first source of
+/// `sources` that applies. The message holds every input of the key, so two principals with
+/// the same message have the same key (what lets a pool remember keys by message).
+pub fn message(
+    sources: &[GrantSource],
+    issuer: &str,
+    upstream: &str,
+    principal: &Principal,
+    token_digest: &[u8; 32],
+) -> Result<(&'static str, Vec<u8>), GrantError> {
     for source in sources {
         let found: Option<(&'static str, Vec<u8>)> = match source {
             GrantSource::Claim(name) => text(principal, name)
@@ -102,14 +119,15 @@ pub fn derive(
             lp(&mut msg, upstream.as_bytes());
             lp(&mut msg, name.as_bytes());
             lp(&mut msg, &value);
-            let tag = hmac::sign(key, &msg);
-            return Ok(Derived {
-                key: GrantKey(URL_SAFE_NO_PAD.encode(tag.as_ref())),
-                source: name,
-            });
+            return Ok((name, msg));
         }
     }
     Err(GrantError::NoGrant)
+}
+
+/// The grant key of a [`message`].
+pub fn sign(key: &hmac::Key, message: &[u8]) -> GrantKey {
+    GrantKey(URL_SAFE_NO_PAD.encode(hmac::sign(key, message).as_ref()))
 }
 
 #[cfg(test)]

@@ -46,8 +46,7 @@ impl Pool {
         } else {
             [0; 32]
         };
-        let derived = grant::derive(
-            &self.grant_key,
+        let (source, message) = grant::message(
             &self.cfg.grant_key,
             &principal.issuer,
             &self.upstream_id,
@@ -55,15 +54,22 @@ impl Pool {
             &token_digest,
         )
         .map_err(|_| SessionError::NoGrant)?;
-        if derived.source == "subject" {
+        let grant = match self.grant_keys.get(message.as_slice()) {
+            Some(key) => key,
+            None => {
+                let key = grant::sign(&self.grant_key, &message);
+                self.grant_keys.insert(message, key.clone());
+                key
+            }
+        };
+        if source == "subject" {
             let client = principal.client_id().unwrap_or("-").to_owned();
             if lock(&self.warned_subject).insert(client.clone()) {
                 tracing::warn!(upstream = %self.upstream_id, client_id = %client, "grant key falls back to client_id+sub: all of this user's grants in this client share one upstream session");
             }
         }
-        let retire_at_ms = (derived.source == "token" && principal.expires_at != u64::MAX)
+        let retire_at_ms = (source == "token" && principal.expires_at != u64::MAX)
             .then(|| principal.expires_at.saturating_mul(1000));
-        let grant = derived.key;
         let concurrent = match self.cfg.mode {
             SessionMode::Single => false,
             SessionMode::Concurrent => true,
@@ -157,6 +163,28 @@ mod tests {
         // A handle cookie means nothing to a single-mode request.
         let with_cookie = r.who_with("a", "api", &cookies("tollgate_session=garbage"));
         assert_eq!(with_cookie.slot, a.slot);
+    }
+
+    #[tokio::test]
+    async fn a_grant_key_is_signed_once_and_remembered_as_signed() {
+        let r = rig(|_| {}).await;
+        let a = r.who("a");
+        let signed = grant::derive(
+            &r.pool.grant_key,
+            &r.pool.cfg.grant_key,
+            &principal(json!({})).issuer,
+            &r.pool.upstream_id,
+            &principal(json!({"grant_id": "a"})),
+            &[0; 32],
+        )
+        .unwrap();
+        assert_eq!(a.grant, signed.key);
+        assert_eq!(r.pool.grant_keys.len(), 1);
+        // The grant's next request finds its key; another grant gets its own.
+        assert_eq!(r.who("a").grant, a.grant);
+        assert_eq!(r.pool.grant_keys.len(), 1);
+        assert_ne!(r.who("b").grant, a.grant);
+        assert_eq!(r.pool.grant_keys.len(), 2);
     }
 
     #[tokio::test]

@@ -27,6 +27,7 @@ use std::time::Duration;
 use aws_lc_rs::hmac;
 use tokio::sync::Notify;
 
+use super::grant::GrantKey;
 use super::store::{SessionStore, SlotKey};
 use super::SessionError;
 use crate::config::SessionConfig;
@@ -59,6 +60,9 @@ pub struct Pool {
     upstream: Arc<Upstream>,
     store: Arc<dyn SessionStore>,
     grant_key: hmac::Key,
+    /// Grant keys already signed, by their message ([`grant::message`]): a grant's requests
+    /// would otherwise each compute the same HMAC. Bounded; a key not found is signed again.
+    grant_keys: quick_cache::sync::Cache<Vec<u8>, GrantKey>,
     handle_key: hmac::Key,
     metrics: Metrics,
     /// `tollgate_upstream_queue_depth` of this upstream, resolved once (see `sample_queue`).
@@ -90,6 +94,16 @@ pub struct Pool {
     pub profile: String,
     master: [u8; 32],
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// How many grant keys a pool remembers: four per seat, and at least 1024. A grant holds at
+/// most its sessions' seats, so this covers every grant with a session and as many waiting;
+/// each entry is about 200 bytes.
+fn grant_keys_capacity(cfg: &SessionConfig) -> usize {
+    usize::try_from(cfg.max_upstream_sessions)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(4)
+        .max(1024)
 }
 
 // === impl Pool ===
@@ -137,6 +151,7 @@ impl Pool {
         let credential_fp = gate::credential_fingerprint(&derive(b"tollgate credentials v1"), &cfg);
         Pool {
             grant_key: derive(b"tollgate grant key v1"),
+            grant_keys: quick_cache::sync::Cache::new(grant_keys_capacity(&cfg)),
             handle_key: derive(b"tollgate session handle v1"),
             upstream_id,
             upstream,
