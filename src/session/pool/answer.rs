@@ -34,18 +34,18 @@ impl Pool {
     /// Records the upstream's `Set-Cookie`s in the session's jar (and in the lease). Returns
     /// true when they deleted a marker cookie: the upstream signed the session out.
     pub fn absorb(&self, lease: &mut Held, headers: &HeaderMap) -> bool {
-        let lines = set_cookies(headers);
-        if lines.is_empty() {
+        // Read in place, not copied out as `set_cookies` does: this runs on every answer.
+        let mut lines = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .peekable();
+        if lines.peek().is_none() {
             return false;
         }
         let (max_c, max_b) = (self.cfg.max_jar_cookies, self.cfg.max_jar_bytes);
         let had_markers = self.has_markers(&lease.jar);
-        let applied = lease.jar.apply_all(
-            lines.iter().map(String::as_str),
-            SystemTime::now(),
-            max_c,
-            max_b,
-        );
+        let applied = lease.jar.apply_all(lines, SystemTime::now(), max_c, max_b);
         if applied.overflow > 0 {
             tracing::warn!(upstream = %self.upstream_id, dropped = applied.overflow, "session jar full; cookies dropped");
         }
