@@ -250,7 +250,7 @@ pub fn introspection(data: &[u8]) {
 /// key and grant; and a handle the gateway issues for a nonce of the input must verify.
 pub fn handle_cookie(data: &[u8]) {
     let key = hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32]);
-    let grant = GrantKey("fuzz-grant".to_owned());
+    let grant = GrantKey("fuzz-grant".into());
     let h = headers(COOKIE, data);
     if let Some(value) = pool::cookie_value(&h, file::default_handle_cookie()) {
         let _ = handle::verify(&key, &grant, &value);

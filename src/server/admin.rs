@@ -146,7 +146,7 @@ impl Admin {
     /// and queued requests). 200 with the count, 404 when the grant holds none, 409 when its
     /// sessions stayed in use for the whole wait (nothing was logged out).
     async fn logout_grant(&self, grant: &str) -> Response<Body> {
-        let key = crate::session::grant::GrantKey(grant.to_owned());
+        let key = crate::session::grant::GrantKey(grant.into());
         let (mut done, mut busy) = (0, 0);
         for pool in self.gateway.pools() {
             let (d, b) = pool.logout(&key, None).await;

@@ -21,9 +21,10 @@ pub enum GrantError {
     NoGrant,
 }
 
-/// A derived grant key: URL-safe text, safe to log and to show on the admin API.
+/// A derived grant key: URL-safe text, safe to log and to show on the admin API. Shared, not
+/// copied: a session request names its grant in its slot, its lease and its queue entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GrantKey(pub String);
+pub struct GrantKey(pub std::sync::Arc<str>);
 
 impl std::fmt::Display for GrantKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,7 +128,11 @@ pub fn message(
 
 /// The grant key of a [`message`].
 pub fn sign(key: &hmac::Key, message: &[u8]) -> GrantKey {
-    GrantKey(URL_SAFE_NO_PAD.encode(hmac::sign(key, message).as_ref()))
+    GrantKey(
+        URL_SAFE_NO_PAD
+            .encode(hmac::sign(key, message).as_ref())
+            .into(),
+    )
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ impl Pool {
         all.into_iter()
             .map(|(slot, r)| {
                 serde_json::json!({
-                    "grant": slot.grant.0,
+                    "grant": &*slot.grant.0,
                     "upstream": &*self.upstream_id,
                     "mode": if r.concurrent { "concurrent" } else { "single" },
                     "age_seconds": now.saturating_sub(r.created_ms) / 1000,
@@ -145,7 +145,7 @@ mod tests {
         let list = r.pool.describe().await;
         assert_eq!(list.len(), 1);
         let s = &list[0];
-        assert_eq!(s["grant"], held.slot.grant.0.as_str());
+        assert_eq!(s["grant"], &*held.slot.grant.0);
         assert_eq!(s["upstream"], "erp");
         assert_eq!(s["mode"], "single");
         assert_eq!(s["state"], "active");

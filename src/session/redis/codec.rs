@@ -28,7 +28,7 @@ pub(super) fn slot_from_text(text: &str) -> Option<SlotKey> {
         }
     };
     Some(SlotKey {
-        grant: GrantKey(grant.to_owned()),
+        grant: GrantKey(grant.into()),
         handle,
     })
 }

@@ -90,7 +90,7 @@ mod tests {
         );
         assert_eq!(k.record("g|-"), "tg:s:erp:p:p1:r:g|-");
         assert_eq!(k.slots(), "tg:s:erp:p:p1:slots");
-        assert_eq!(k.grant(&GrantKey("g".to_owned())), "tg:s:erp:p:p1:g:g");
+        assert_eq!(k.grant(&GrantKey("g".into())), "tg:s:erp:p:p1:g:g");
         assert_eq!(k.login(7), "tg:s:erp:p:p1:l:7");
         assert_eq!(k.seats(), "tg:s:erp:seats");
         assert_eq!(k.epoch(), "tg:epoch");

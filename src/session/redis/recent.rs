@@ -149,7 +149,7 @@ mod tests {
 
     fn session(id: u64, jv: u64, jar: &str) -> (SlotKey, SessionRecord) {
         let slot = SlotKey {
-            grant: GrantKey("g".to_owned()),
+            grant: GrantKey("g".into()),
             handle: None,
         };
         let mut r = SessionRecord::new(id, false, 0);

@@ -108,7 +108,7 @@ mod tests {
         let lease = |id: u64| {
             let seen = seen.clone();
             let slot = SlotKey {
-                grant: GrantKey("g".to_owned()),
+                grant: GrantKey("g".into()),
                 handle: None,
             };
             InFlight::new(

@@ -4,7 +4,7 @@ use crate::session::jar::Jar;
 
 fn slot(g: &str, h: Option<u8>) -> SlotKey {
     SlotKey {
-        grant: GrantKey(g.to_owned()),
+        grant: GrantKey(g.into()),
         handle: h.map(|b| [b; 16]),
     }
 }
