@@ -204,14 +204,14 @@ scopes = ["api"]
     }
 
     fn token(&self, key: &SigningKey, n: usize) -> String {
-        self.sign(key, self.claims(n))
+        key.sign(&self.claims(n)).expect("sign")
     }
 
     /// A token of grant `n` (its `grant_id` claim names the grant's upstream session).
     fn grant_token(&self, n: usize) -> String {
         let mut claims = self.claims(n);
         claims["grant_id"] = json!(format!("grant-{n}"));
-        self.sign(&self.keys.rs256, claims)
+        self.keys.rs256.sign(&claims).expect("sign")
     }
 
     fn claims(&self, n: usize) -> serde_json::Value {
@@ -223,10 +223,6 @@ scopes = ["api"]
             "iss": self.issuer, "aud": "api", "sub": format!("user-{n}"), "client_id": "bench",
             "scope": "api", "iat": now, "exp": now + 3600, "jti": format!("bench-{n}"),
         })
-    }
-
-    fn sign(&self, key: &SigningKey, claims: serde_json::Value) -> String {
-        key.sign(&claims).expect("sign")
     }
 
     fn handle(&self, path: &str, token: Option<&str>) -> StatusCode {

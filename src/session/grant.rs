@@ -32,13 +32,6 @@ impl std::fmt::Display for GrantKey {
     }
 }
 
-/// Which source produced the key (for the one-time warning about the coarse `subject` fallback).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Derived {
-    pub key: GrantKey,
-    pub source: &'static str,
-}
-
 fn lp(out: &mut Vec<u8>, part: &[u8]) {
     out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(part);
@@ -51,25 +44,9 @@ fn text<'a>(p: &'a Principal, claim: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
-/// Derives the grant key of `principal` for `upstream` from the first source that applies.
-/// `token_digest` serves the `token` source when the token has no `jti`.
-pub fn derive(
-    key: &hmac::Key,
-    sources: &[GrantSource],
-    issuer: &str,
-    upstream: &str,
-    principal: &Principal,
-    token_digest: &[u8; 32],
-) -> Result<Derived, GrantError> {
-    let (source, message) = message(sources, issuer, upstream, principal, token_digest)?;
-    Ok(Derived {
-        key: sign(key, &message),
-        source,
-    })
-}
-
-/// What the grant key of `principal` signs, and the source it came from: the first source of
-/// `sources` that applies. The message holds every input of the key, so two principals with
+/// What the grant key of `principal` for `upstream` signs, and the source it came from: the
+/// first source of `sources` that applies (`token_digest` serves the `token` source when the
+/// token has no `jti`). The message holds every input of the key, so two principals with
 /// the same message have the same key (what lets a pool remember keys by message).
 pub fn message(
     sources: &[GrantSource],
@@ -140,6 +117,29 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::sync::Arc;
+
+    /// A key and the source it came from, as the tests below check them.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Derived {
+        key: GrantKey,
+        source: &'static str,
+    }
+
+    /// [`message`] then [`sign`], as a pool does on a key it has not signed yet.
+    fn derive(
+        key: &hmac::Key,
+        sources: &[GrantSource],
+        issuer: &str,
+        upstream: &str,
+        principal: &Principal,
+        token_digest: &[u8; 32],
+    ) -> Result<Derived, GrantError> {
+        let (source, message) = message(sources, issuer, upstream, principal, token_digest)?;
+        Ok(Derived {
+            key: sign(key, &message),
+            source,
+        })
+    }
 
     fn key() -> hmac::Key {
         hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32])

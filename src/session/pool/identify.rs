@@ -169,8 +169,7 @@ mod tests {
     async fn a_grant_key_is_signed_once_and_remembered_as_signed() {
         let r = rig(|_| {}).await;
         let a = r.who("a");
-        let signed = grant::derive(
-            &r.pool.grant_key,
+        let (_, message) = grant::message(
             &r.pool.cfg.grant_key,
             &principal(json!({})).issuer,
             &r.pool.upstream_id,
@@ -178,7 +177,8 @@ mod tests {
             &[0; 32],
         )
         .unwrap();
-        assert_eq!(a.grant, signed.key);
+        let signed = grant::sign(&r.pool.grant_key, &message);
+        assert_eq!(a.grant, signed);
         assert_eq!(r.pool.grant_keys.len(), 1);
         // The grant's next request finds its key; another grant gets its own.
         assert_eq!(r.who("a").grant, a.grant);

@@ -65,7 +65,8 @@ pub struct Pool {
     grant_keys: quick_cache::sync::Cache<Vec<u8>, GrantKey>,
     handle_key: hmac::Key,
     metrics: Metrics,
-    /// `tollgate_upstream_queue_depth` of this upstream, resolved once (see `sample_queue`).
+    /// `tollgate_upstream_session_queue_depth` of this upstream, resolved once (see
+    /// `sample_queue`).
     queue_gauge: prometheus::IntGauge,
     next_id: AtomicU64,
     /// The high 32 bits of this process's session ids.
