@@ -623,14 +623,17 @@ impl Attempts {
             (None, Some(l)) => l.replay_body(),
             (None, None) => proxy::full(Bytes::new()),
         };
-        let mut head = if self.copies {
+        // The jar's `Cookie` goes into the kept head, which has room for it (`prepare_parts`
+        // made it), before the copy: a copy is sized to what it holds, and growing it by one
+        // header would cost a reallocation of every header.
+        if let Some(l) = lease {
+            headers::replace_cookie(&mut self.head.headers, l.cookie(path));
+        }
+        let head = if self.copies {
             copy_head(&self.head)
         } else {
             std::mem::replace(&mut self.head, Request::new(()).into_parts().0)
         };
-        if let Some(l) = lease {
-            headers::replace_cookie(&mut head.headers, l.cookie(path));
-        }
         Request::from_parts(head, body)
     }
 }

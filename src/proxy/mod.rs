@@ -253,6 +253,12 @@ pub struct Context<'a> {
     pub claims: Option<&'a Claims>,
 }
 
+/// The headers a request gains between the client and the upstream besides its route's
+/// identity headers and a preserved `Host`: `Forwarded`, `X-Forwarded-For`,
+/// `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Request-Id` and a session's `Cookie`. (A
+/// sampled request's trace context is not counted: most are not sampled.)
+const ADDED_HEADERS: usize = 6;
+
 /// The head of the upstream request: the normalised path (what was authorised) with the
 /// original query, the upstream's scheme and authority, and the header edits of [`headers`].
 pub fn prepare_parts(
@@ -276,6 +282,17 @@ pub fn prepare_parts(
     if !upstream.forward_authorization {
         h.remove(header::AUTHORIZATION);
     }
+    if !upstream.preserve_host {
+        // The client sets Host from the URI's authority.
+        h.remove(header::HOST);
+    }
+    // Room for what the gateway adds, made once and after what it takes out: a map read off
+    // the wire is sized to the client's headers, and growing it by doubling rehashes it at
+    // each step. An error means the map is at its maximum size already, which hyper's header
+    // limit never lets it reach.
+    let _ = h.try_reserve(
+        ADDED_HEADERS + route.identity_headers.len() + usize::from(upstream.preserve_host),
+    );
     headers::set_identity(h, &route.identity_headers, ctx.claims);
     headers::set_forwarded(
         h,
@@ -291,9 +308,6 @@ pub fn prepare_parts(
         if let Some(host) = original_host {
             h.insert(header::HOST, host);
         }
-    } else {
-        // The client sets Host from the URI's authority.
-        h.remove(header::HOST);
     }
 
     parts.uri = uri;
@@ -319,4 +333,62 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request read off the wire has a header map sized to its own headers. The prepared
+    /// head holds what the gateway added, and room for a session's `Cookie` besides: a copy
+    /// for a replay is sized to what it holds, so the `Cookie` goes in before the copy.
+    #[test]
+    fn a_prepared_head_has_room_for_what_the_gateway_adds() {
+        let config = crate::config::from_toml_str(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[upstream]]
+id = "api"
+url = "http://127.0.0.1:9"
+
+[[route]]
+id = "public"
+prefix = "/"
+upstream = "api"
+auth = "none"
+"#,
+        )
+        .unwrap();
+        let upstream = Upstream::new(&config.upstreams[0]).unwrap();
+        let route = config.routes.iter().next().unwrap();
+        let request_id = HeaderValue::from_static("r-1");
+        let ctx = Context {
+            remote: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            proto: "http",
+            trust_forwarded: false,
+            request_id: &request_id,
+            claims: None,
+        };
+        for client in [&["host"][..], &["host", "authorization", "cookie"]] {
+            // As hyper reads it: a map of the client's headers' size.
+            let (mut parts, ()) = Request::get("/orders/1").body(()).unwrap().into_parts();
+            parts.headers = http::HeaderMap::with_capacity(client.len());
+            for name in client {
+                parts.headers.insert(*name, HeaderValue::from_static("x"));
+            }
+            assert!(parts.headers.capacity() < parts.headers.len() + ADDED_HEADERS);
+            let prepared = prepare_parts(parts, "/orders/1", route, &upstream, &ctx).unwrap();
+            for added in ["forwarded", "x-forwarded-for", "x-forwarded-proto", "x-request-id"] {
+                assert!(prepared.headers.contains_key(added), "{added}");
+            }
+            assert!(
+                prepared.headers.capacity() > prepared.headers.len(),
+                "no room for a session's Cookie after {client:?}: {:?}",
+                prepared.headers
+            );
+        }
+    }
 }
