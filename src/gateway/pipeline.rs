@@ -274,7 +274,7 @@ impl Gateway {
     ) -> Result<Response<Body>, GatewayError> {
         let upstream = &snapshot.upstreams[route.upstream];
         let upgrade = Upgrade::take(&mut head, route.websocket && lease.is_none());
-        let origin = lease.as_ref().and_then(|_| external_origin(&head, conn));
+        let origin = lease.as_ref().and_then(|_| External::of(&head, conn));
         let ctx = proxy::Context {
             remote: conn.remote,
             proto: if conn.tls { "https" } else { "http" },
@@ -306,7 +306,7 @@ impl Gateway {
                 Settled::Fail(e) => return Err(e.into()),
             }
         };
-        finish(resp, lease.take(), upstream, origin.as_deref(), upgrade).await
+        finish(resp, lease.take(), upstream, origin.as_ref(), upgrade).await
     }
 
     /// The error's answer, from the one table (with the challenges of the request's own
@@ -701,7 +701,7 @@ async fn finish(
     resp: Response<UpstreamBody>,
     lease: Option<Lease>,
     upstream: &Upstream,
-    origin: Option<&str>,
+    origin: Option<&External>,
     upgrade: Option<Upgrade>,
 ) -> Result<Response<Body>, GatewayError> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -716,8 +716,10 @@ async fn finish(
     let edits = lease.edits(parts.status);
     let h = &mut parts.headers;
     headers::strip_set_cookies(h);
-    if let (true, Some(origin)) = (edits.rewrite_location, origin) {
-        headers::rewrite_location(h, upstream.origin(), origin);
+    if edits.rewrite_location && h.contains_key(header::LOCATION) {
+        if let Some(origin) = origin.and_then(External::origin) {
+            headers::rewrite_location(h, upstream.origin(), &origin);
+        }
     }
     if edits.new_session {
         h.insert(
@@ -788,15 +790,66 @@ fn request_host(head: &Parts) -> Option<Cow<'_, str>> {
     Some(matcher::host_of(raw))
 }
 
-/// The client's view of the gateway (`scheme://host`), for `Location` rewriting.
-fn external_origin(head: &Parts, conn: Conn) -> Option<String> {
-    let host = head.headers.get(header::HOST)?.to_str().ok()?;
-    let scheme = if conn.tls { "https" } else { "http" };
-    Some(format!("{scheme}://{host}"))
+/// The client's view of the gateway, for `Location` rewriting: kept as its parts, and made
+/// into text only for an answer with a `Location` (most have none).
+struct External {
+    scheme: &'static str,
+    host: HeaderValue,
+}
+
+impl External {
+    fn of(head: &Parts, conn: Conn) -> Option<External> {
+        Some(External {
+            scheme: if conn.tls { "https" } else { "http" },
+            host: head.headers.get(header::HOST)?.clone(),
+        })
+    }
+
+    /// `scheme://host`.
+    fn origin(&self) -> Option<String> {
+        Some(format!("{}://{}", self.scheme, self.host.to_str().ok()?))
+    }
 }
 
 fn has_body(h: &HeaderMap) -> bool {
     h.contains_key(header::TRANSFER_ENCODING)
         || h.get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_external_origin_is_the_clients_scheme_and_host() {
+        let head = |host: Option<&str>| {
+            let mut b = Request::get("/entity/x");
+            if let Some(h) = host {
+                b = b.header(header::HOST, h);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let conn = |tls| Conn {
+            remote: "127.0.0.1:4000".parse().unwrap(),
+            tls,
+        };
+        let origin = |h, tls| External::of(&head(h), conn(tls)).and_then(|e| e.origin());
+        assert_eq!(
+            origin(Some("gw.example:8443"), true).as_deref(),
+            Some("https://gw.example:8443")
+        );
+        assert_eq!(
+            origin(Some("gw.example"), false).as_deref(),
+            Some("http://gw.example")
+        );
+        assert_eq!(origin(None, true), None, "no Host: no rewrite");
+        let mut bad = head(None);
+        bad.headers
+            .insert(header::HOST, HeaderValue::from_bytes(b"gw\xff").unwrap());
+        assert!(
+            External::of(&bad, conn(false)).and_then(|e| e.origin()).is_none(),
+            "a Host that is not text: no rewrite"
+        );
+    }
 }
