@@ -33,8 +33,13 @@ impl std::fmt::Display for GrantKey {
 }
 
 fn lp(out: &mut Vec<u8>, part: &[u8]) {
-    out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&prefix(part.len()));
     out.extend_from_slice(part);
+}
+
+/// `lp`'s 4-byte big-endian length prefix.
+fn prefix(len: usize) -> [u8; 4] {
+    u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes()
 }
 
 fn text<'a>(p: &'a Principal, claim: &str) -> Option<&'a str> {
@@ -56,51 +61,98 @@ pub fn message(
     token_digest: &[u8; 32],
 ) -> Result<(&'static str, Vec<u8>), GrantError> {
     for source in sources {
-        let found: Option<(&'static str, Vec<u8>)> = match source {
-            GrantSource::Claim(name) => text(principal, name)
-                .map(|v| ("claim", [name.as_bytes(), b"=", v.as_bytes()].concat())),
+        // The value's pieces, written once into a message of its exact size (this runs on
+        // every request of a session route): `lp` pieces are length-prefixed inside the value.
+        let found: Option<(&'static str, [Piece<'_>; 3])> = match source {
+            GrantSource::Claim(name) => text(principal, name).map(|v| {
+                let (name, v) = (name.as_bytes(), v.as_bytes());
+                ("claim", [Piece::Raw(name), Piece::Raw(b"="), Piece::Raw(v)])
+            }),
             GrantSource::SidClientId => match (text(principal, "sid"), principal.client_id()) {
-                (Some(sid), Some(client)) => {
-                    let mut v = Vec::new();
-                    lp(&mut v, sid.as_bytes());
-                    lp(&mut v, client.as_bytes());
-                    Some(("sid+client_id", v))
-                }
+                (Some(sid), Some(client)) => Some((
+                    "sid+client_id",
+                    [
+                        Piece::Lp(sid.as_bytes()),
+                        Piece::Lp(client.as_bytes()),
+                        Piece::NONE,
+                    ],
+                )),
                 _ => None,
             },
             GrantSource::ClientCredentials => match (principal.client_id(), principal.subject()) {
-                (Some(client), None) => Some(("client_credentials", client.as_bytes().to_vec())),
+                (Some(client), None) => Some(("client_credentials", Piece::one(client.as_bytes()))),
                 (Some(client), Some(sub)) if sub == client => {
-                    Some(("client_credentials", client.as_bytes().to_vec()))
+                    Some(("client_credentials", Piece::one(client.as_bytes())))
                 }
                 _ => None,
             },
             GrantSource::Subject => match (principal.client_id(), principal.subject()) {
-                (Some(client), Some(sub)) => {
-                    let mut v = Vec::new();
-                    lp(&mut v, client.as_bytes());
-                    lp(&mut v, sub.as_bytes());
-                    Some(("subject", v))
-                }
-                (None, Some(sub)) => Some(("subject", sub.as_bytes().to_vec())),
+                (Some(client), Some(sub)) => Some((
+                    "subject",
+                    [
+                        Piece::Lp(client.as_bytes()),
+                        Piece::Lp(sub.as_bytes()),
+                        Piece::NONE,
+                    ],
+                )),
+                (None, Some(sub)) => Some(("subject", Piece::one(sub.as_bytes()))),
                 _ => None,
             },
             GrantSource::Token => Some(match text(principal, "jti") {
-                Some(jti) => ("token", jti.as_bytes().to_vec()),
-                None => ("token", token_digest.to_vec()),
+                Some(jti) => ("token", Piece::one(jti.as_bytes())),
+                None => ("token", Piece::one(token_digest)),
             }),
             GrantSource::Reject => return Err(GrantError::NoGrant),
         };
         if let Some((name, value)) = found {
-            let mut msg = b"gk1".to_vec();
+            let value_len: usize = value.iter().map(Piece::len).sum();
+            let mut msg = Vec::with_capacity(
+                MAGIC.len() + 16 + issuer.len() + upstream.len() + name.len() + value_len,
+            );
+            msg.extend_from_slice(MAGIC);
             lp(&mut msg, issuer.as_bytes());
             lp(&mut msg, upstream.as_bytes());
             lp(&mut msg, name.as_bytes());
-            lp(&mut msg, &value);
+            msg.extend_from_slice(&prefix(value_len));
+            for piece in &value {
+                piece.write(&mut msg);
+            }
             return Ok((name, msg));
         }
     }
     Err(GrantError::NoGrant)
+}
+
+/// The version tag a grant key's message starts with.
+const MAGIC: &[u8] = b"gk1";
+
+/// A piece of a grant source's value: bytes as they are, or length-prefixed.
+enum Piece<'a> {
+    Raw(&'a [u8]),
+    Lp(&'a [u8]),
+}
+
+impl<'a> Piece<'a> {
+    const NONE: Piece<'static> = Piece::Raw(b"");
+
+    /// A value of one piece.
+    fn one(bytes: &'a [u8]) -> [Piece<'a>; 3] {
+        [Piece::Raw(bytes), Piece::NONE, Piece::NONE]
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Piece::Raw(b) => b.len(),
+            Piece::Lp(b) => 4 + b.len(),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Piece::Raw(b) => out.extend_from_slice(b),
+            Piece::Lp(b) => lp(out, b),
+        }
+    }
 }
 
 /// The grant key of a [`message`].
@@ -325,5 +377,74 @@ mod tests {
             ),
             Err(GrantError::NoGrant)
         );
+    }
+
+    /// The message of each source, built here from the module's formula: fleet replicas of
+    /// different versions share one session table, so these bytes must never change.
+    #[test]
+    fn every_source_signs_the_documented_message() {
+        fn lp(part: &[u8]) -> Vec<u8> {
+            [&(part.len() as u32).to_be_bytes()[..], part].concat()
+        }
+        let expected = |source: &str, value: &[u8]| {
+            [
+                &b"gk1"[..],
+                &lp(b"https://idp"),
+                &lp(b"erp"),
+                &lp(source.as_bytes()),
+                &lp(value),
+            ]
+            .concat()
+        };
+        let cases: [(GrantSource, Value, &str, Vec<u8>); 7] = [
+            (
+                GrantSource::Claim("grant_id".into()),
+                json!({"grant_id": "g-1"}),
+                "claim",
+                b"grant_id=g-1".to_vec(),
+            ),
+            (
+                GrantSource::SidClientId,
+                json!({"sid": "s-1", "client_id": "app"}),
+                "sid+client_id",
+                [lp(b"s-1"), lp(b"app")].concat(),
+            ),
+            (
+                GrantSource::ClientCredentials,
+                json!({"client_id": "svc"}),
+                "client_credentials",
+                b"svc".to_vec(),
+            ),
+            (
+                GrantSource::Subject,
+                json!({"client_id": "app", "sub": "u-1"}),
+                "subject",
+                [lp(b"app"), lp(b"u-1")].concat(),
+            ),
+            (
+                GrantSource::Subject,
+                json!({"sub": "u-1"}),
+                "subject",
+                b"u-1".to_vec(),
+            ),
+            (
+                GrantSource::Token,
+                json!({"jti": "j-1"}),
+                "token",
+                b"j-1".to_vec(),
+            ),
+            (GrantSource::Token, json!({}), "token", vec![7; 32]),
+        ];
+        for (source, claims, name, value) in cases {
+            let (got_name, got) =
+                message(&[source], "https://idp", "erp", &p(claims), &[7; 32]).unwrap();
+            assert_eq!(got_name, name);
+            assert_eq!(got, expected(name, &value), "{name}");
+            assert_eq!(
+                got.capacity(),
+                got.len(),
+                "{name}: written in one allocation"
+            );
+        }
     }
 }
