@@ -183,28 +183,36 @@ impl Jar {
     /// The `Cookie` header for a request to `path`: every cookie whose path is a prefix of it
     /// (RFC 6265 §5.1.4), longer paths first.
     pub fn cookie_header(&self, path: &str) -> Option<String> {
-        let mut matching: Vec<&Cookie> = self
-            .cookies
-            .iter()
-            .filter(|c| path_matches(&c.path, path))
-            .collect();
-        if matching.is_empty() {
+        let matching = || self.cookies.iter().filter(|c| path_matches(&c.path, path));
+        // One pass for the size, and whether the jar's order is the header's already (paths
+        // never longer than the one before: so it is when every path is "/"); then the header
+        // is written straight from the jar. This runs on every request of a session route.
+        let (mut len, mut count, mut ordered, mut previous) = (0, 0, true, usize::MAX);
+        for c in matching() {
+            len += c.name.len() + c.value.len() + 3;
+            count += 1;
+            ordered &= c.path.len() <= previous;
+            previous = c.path.len();
+        }
+        if count == 0 {
             return None;
         }
-        matching.sort_by_key(|c| std::cmp::Reverse(c.path.len()));
-        // Built in one buffer: this runs on every request of a session route.
-        let len: usize = matching
-            .iter()
-            .map(|c| c.name.len() + c.value.len() + 3)
-            .sum();
         let mut header = String::with_capacity(len);
-        for (i, c) in matching.iter().enumerate() {
-            if i > 0 {
+        let write = |c: &Cookie| {
+            if !header.is_empty() {
                 header.push_str("; ");
             }
             header.push_str(&c.name);
             header.push('=');
             header.push_str(&c.value);
+        };
+        if ordered {
+            matching().for_each(write);
+        } else {
+            // Longer paths first; a stable sort keeps the jar's order among equal lengths.
+            let mut sorted: Vec<&Cookie> = matching().collect();
+            sorted.sort_by_key(|c| std::cmp::Reverse(c.path.len()));
+            sorted.into_iter().for_each(write);
         }
         Some(header)
     }
@@ -373,6 +381,34 @@ mod tests {
         let mut j = Jar::default();
         j.apply_all(lines.iter().copied(), now(), 50, 8192);
         j
+    }
+
+    #[test]
+    fn the_cookie_header_puts_longer_paths_first_and_keeps_the_jar_order_otherwise() {
+        // Written straight from the jar: its order is the header's.
+        let j = jar(&[
+            "c=3; path=/entity/Default",
+            "b=2; path=/entity",
+            "a=1; path=/",
+        ]);
+        assert_eq!(
+            j.cookie_header("/entity/Default/x").unwrap(),
+            "c=3; b=2; a=1"
+        );
+        // Sorted: a longer path after a shorter one in the jar.
+        let j = jar(&[
+            "a=1; path=/",
+            "c=3; path=/entity/Default",
+            "z=0; path=/",
+            "b=2; path=/entity",
+        ]);
+        assert_eq!(
+            j.cookie_header("/entity/Default/x").unwrap(),
+            "c=3; b=2; a=1; z=0"
+        );
+        assert_eq!(j.cookie_header("/entity/y").unwrap(), "b=2; a=1; z=0");
+        assert_eq!(j.cookie_header("/other").unwrap(), "a=1; z=0");
+        assert_eq!(jar(&["c=3; path=/entity"]).cookie_header("/other"), None);
     }
 
     #[test]
