@@ -335,16 +335,20 @@ impl Lease {
 impl Drop for Lease {
     /// A lease dropped without a release (its answer's body ended, or the client went away
     /// mid-request) gives its place and seat back: here when that needs no wait (the memory
-    /// store's never do), else on a task of its own.
+    /// store's releases never do, and go without a future), else on a task of its own.
     fn drop(&mut self) {
         let pool = self.pool.clone();
         let accepted = self.accepted;
         let work: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
             match std::mem::replace(&mut self.kind, Kind::Bare) {
                 Kind::Held { mut held, .. } if held.in_flight.is_some() => {
-                    Some(Box::pin(async move {
-                        pool.release(&mut held, accepted).await;
-                    }))
+                    if pool.release_at_once(&mut held, accepted) {
+                        None
+                    } else {
+                        Some(Box::pin(async move {
+                            pool.release(&mut held, accepted).await;
+                        }))
+                    }
                 }
                 Kind::Capture {
                     seat: Some(seat), ..

@@ -134,6 +134,33 @@ impl Pool {
         self.sample_queue();
     }
 
+    /// [`Pool::release`] without waiting, when the store can give the place back here and
+    /// now; false when it cannot, with the lease left as it was for [`Pool::release`].
+    pub fn release_at_once(&self, lease: &mut Held, accepted_202: bool) -> bool {
+        let Some(l) = lease.in_flight.take() else {
+            return true;
+        };
+        let jar = std::mem::take(&mut lease.jar_changed).then(|| std::mem::take(&mut lease.jar));
+        let how = Release {
+            op: accepted_202,
+            jar,
+        };
+        match self.store.release_at_once(l, how) {
+            None => {
+                self.sample_queue();
+                true
+            }
+            Some((l, how)) => {
+                lease.in_flight = Some(l);
+                if let Some(jar) = how.jar {
+                    lease.jar = jar;
+                    lease.jar_changed = true;
+                }
+                false
+            }
+        }
+    }
+
     /// The most sessions one grant may hold: one in single mode (design §6.8.2).
     pub(super) fn grant_cap(&self, concurrent: bool) -> u32 {
         if concurrent {

@@ -97,6 +97,13 @@ pub trait SessionStore: Send + Sync + 'static {
     /// shared store may keep the place a moment for this replica's next request on the session
     /// (see [`SessionStore::settle`]).
     async fn release(&self, lease: InFlight, how: Release);
+    /// [`SessionStore::release`] done here and now when the store needs no round trip for
+    /// it: `None` then, else the lease and its release handed back for the async one. A
+    /// lease that ends with its answer's body is given back this way, without a future to
+    /// box. By default a store always needs the round trip.
+    fn release_at_once(&self, lease: InFlight, how: Release) -> Option<(InFlight, Release)> {
+        Some((lease, how))
+    }
     /// Gives back every place kept for this replica's next requests (the replica leaves). By
     /// default a store keeps none.
     async fn settle(&self) {}
