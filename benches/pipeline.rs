@@ -8,10 +8,10 @@
 //! ```
 //!
 //! A bench's setup (keys, tokens, logins) is counted too. For one iteration's instructions
-//! alone, collect only inside `Fixture::handle` and take the difference of two sample counts:
+//! alone, collect only inside `Fixture::handle_on` and take the difference of two sample counts:
 //!
 //! ```text
-//! valgrind --tool=callgrind --toggle-collect='pipeline::Fixture::handle' \
+//! valgrind --tool=callgrind --toggle-collect='pipeline::Fixture::handle_on' \
 //!     target/release/deps/pipeline-<hash> --bench forward_session --sample-count 1000 --sample-size 1
 //! # again with --sample-count 3000; (the second total - the first) / 2000
 //! ```
@@ -25,6 +25,7 @@
 //! | `forward/public` | a public route, forwarded to an upstream on loopback in this process |
 //! | `forward/jwt_cached` | a JWT route with the token cached, forwarded the same way |
 //! | `forward_session` | a session route (`mode = "single"`, memory store) in front of the fake legacy API in this process, 100 grants in turn, each logged in before the measured calls |
+//! | `forward_legacy` | the same requests on the same route without `[upstream.session]`, each grant's token with the cookies of a session logged in to the fake directly: `forward_session` less this is the session layer |
 //!
 //! The `forward` rows include the upstream's own cost (it runs on the same thread), so compare
 //! them with each other; `refused_403` and `verify_*` have no socket in them. The fake legacy
@@ -59,6 +60,26 @@ fn main() {
     divan::main();
 }
 
+/// The legacy upstream's `[upstream.session]` in the session gateway's configuration.
+const SESSION: &str = r#"
+[upstream.session]
+mode = "single"
+max_upstream_sessions = 200
+idle_ttl = "300s"
+
+[upstream.session.credentials]
+name = "admin"
+password = "123"
+tenant = "MyStore"
+branch = "HQ"
+"#;
+
+/// The legacy rows' path: the fake's echo entity.
+const LEGACY_PATH: &str = "/entity/Default/24.200.001/Echo";
+
+/// How many grants (and sessions) the legacy rows cycle through, as in the peers bench.
+const GRANTS: usize = 100;
+
 /// The signing keys of the bench's issuer, one per algorithm.
 struct Keys {
     rs256: SigningKey,
@@ -70,6 +91,11 @@ struct Keys {
 struct Fixture {
     rt: Runtime,
     gateway: Gateway,
+    /// The same configuration with no `[upstream.session]`: the legacy route forwards the
+    /// client's own cookies.
+    sessionless: Gateway,
+    /// The `Cookie`s of sessions logged in to the fake directly, for `sessionless`.
+    premade: Vec<String>,
     verifier: Verifier,
     keys: Keys,
     issuer: String,
@@ -104,23 +130,15 @@ impl Fixture {
             eddsa: SigningKey::ed25519("ed").expect("ed25519 key"),
         };
         let jwks = keys::jwks(&[&keys.rs256, &keys.es256, &keys.eddsa]);
-        let (gateway, verifier, issuer) = rt.block_on(async {
+        let (gateway, sessionless, premade, verifier, issuer) = rt.block_on(async {
             let idp = serve(Bytes::from(serde_json::to_vec(&jwks).expect("jwks"))).await;
             let upstream = serve(Bytes::from_static(br#"{"ok":true}"#)).await;
-            // Seats for every grant, and no `.ASPXAUTH` renewals, as in the load bench.
-            let legacy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let legacy_addr = legacy.local_addr().expect("local addr");
-            std::mem::forget(
-                FakeLegacy::new(LegacyOptions {
-                    max_api_users: 300,
-                    renew_auth_every: 0,
-                    ..LegacyOptions::default()
-                })
-                .spawn(legacy),
-            );
             let issuer = format!("http://{idp}");
-            let config = tollgate::config::from_toml_str(&format!(
-                r#"
+            // One fake legacy API per gateway: each then holds its row's 100 sessions alone,
+            // and the fake's own work a request is the same in both legacy rows.
+            let config = |legacy_addr: SocketAddr, session: &str| {
+                tollgate::config::from_toml_str(&format!(
+                    r#"
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
@@ -157,46 +175,41 @@ scopes = ["admin"]
 [[upstream]]
 id = "legacy"
 url = "http://{legacy_addr}"
-
-[upstream.session]
-mode = "single"
-max_upstream_sessions = 200
-idle_ttl = "300s"
-
-[upstream.session.credentials]
-name = "admin"
-password = "123"
-tenant = "MyStore"
-branch = "HQ"
-
+{session}
 [[route]]
 id = "legacy"
 prefix = "/entity/Default/"
 upstream = "legacy"
 scopes = ["api"]
 "#
-            ))
-            .expect("config");
-            let gateway = Gateway::new(&config, Metrics::new().expect("metrics")).expect("gateway");
-            gateway.start();
-            while !gateway.is_ready() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                ))
+                .expect("config")
+            };
+            let config_session = config(fake_legacy().await, SESSION);
+            let gateway = start(&config_session).await;
+            let plain_legacy = fake_legacy().await;
+            let sessionless = start(&config(plain_legacy, "")).await;
+            let mut premade = Vec::new();
+            for _ in 0..GRANTS {
+                premade.push(legacy_login(plain_legacy).await);
             }
             // A verifier of its own, with a cache of one entry: `verify_each` cycles tokens.
             let client = tollgate::auth::fetch::IdpClient::new();
             let verifier = Verifier::new(
-                &config.issuers,
+                &config_session.issuers,
                 (1, Kept::new(["api"], [], false)),
                 &client,
                 &Metrics::new().expect("metrics"),
                 None,
             );
             verifier.prefetch().await;
-            (gateway, verifier, issuer)
+            (gateway, sessionless, premade, verifier, issuer)
         });
         Fixture {
             rt,
             gateway,
+            sessionless,
+            premade,
             verifier,
             keys,
             issuer,
@@ -226,9 +239,23 @@ scopes = ["api"]
     }
 
     fn handle(&self, path: &str, token: Option<&str>) -> StatusCode {
+        self.handle_on(&self.gateway, path, token, None)
+    }
+
+    /// One request through `gateway`, with `cookie` as the client's `Cookie` header.
+    fn handle_on(
+        &self,
+        gateway: &Gateway,
+        path: &str,
+        token: Option<&str>,
+        cookie: Option<&str>,
+    ) -> StatusCode {
         let mut req = Request::get(path).header("host", "bench");
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
         }
         let req = req.body(Empty::<Bytes>::new()).expect("request");
         let conn = Conn {
@@ -236,13 +263,65 @@ scopes = ["api"]
             tls: false,
         };
         self.rt.block_on(async {
-            let resp = self.gateway.handle(req, conn).await;
+            let resp = gateway.handle(req, conn).await;
             let status = resp.status();
             // The whole answer is read, as a client would.
             let _ = resp.into_body().collect().await;
             status
         })
     }
+}
+
+/// A fake legacy API serving in this runtime, with seats for every grant and no `.ASPXAUTH`
+/// renewals, as in the load bench.
+async fn fake_legacy() -> SocketAddr {
+    let legacy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = legacy.local_addr().expect("local addr");
+    std::mem::forget(
+        FakeLegacy::new(LegacyOptions {
+            max_api_users: 300,
+            renew_auth_every: 0,
+            ..LegacyOptions::default()
+        })
+        .spawn(legacy),
+    );
+    addr
+}
+
+/// A started gateway of `config`, once it is ready.
+async fn start(config: &tollgate::config::Config) -> Gateway {
+    let gateway = Gateway::new(config, Metrics::new().expect("metrics")).expect("gateway");
+    gateway.start();
+    while !gateway.is_ready() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gateway
+}
+
+/// Logs in to the fake legacy API at `addr` directly; returns the new session's `Cookie` value.
+async fn legacy_login(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let body = r#"{"name":"admin","password":"123","tenant":"MyStore","branch":"HQ"}"#;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "POST /entity/auth/login HTTP/1.1\r\nHost: legacy\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("login");
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .await
+        .expect("login answer");
+    assert!(answer.starts_with("HTTP/1.1 204"), "login: {answer}");
+    answer
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
+        .filter_map(|(_, v)| v.trim().split(';').next())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn bearer_headers(token: &str) -> HeaderMap {
@@ -318,8 +397,8 @@ fn forward(b: divan::Bencher, route: &str) {
 #[divan::bench]
 fn forward_session(b: divan::Bencher) {
     let f = fixture();
-    let tokens: Vec<String> = (0..100).map(|n| f.grant_token(n)).collect();
-    let path = "/entity/Default/24.200.001/Echo";
+    let tokens: Vec<String> = (0..GRANTS).map(|n| f.grant_token(n)).collect();
+    let path = LEGACY_PATH;
     // Every grant logs in (and its token is verified) before the measured calls.
     for token in &tokens {
         assert_eq!(f.handle(path, Some(token)), StatusCode::OK);
@@ -329,6 +408,25 @@ fn forward_session(b: divan::Bencher) {
         let token = &tokens[next.fetch_add(1, Ordering::Relaxed) % tokens.len()];
         f.handle(path, Some(token))
     });
+}
+
+/// `forward_session`'s requests through the same legacy route without `[upstream.session]`,
+/// each grant's token with the cookies of a session logged in directly, as the peers bench's
+/// row without sessions sends them: `forward_session` less this is the session layer.
+#[divan::bench]
+fn forward_legacy(b: divan::Bencher) {
+    let f = fixture();
+    let tokens: Vec<String> = (0..GRANTS).map(|n| f.grant_token(n)).collect();
+    let call = |n: usize| {
+        let token = &tokens[n % tokens.len()];
+        let cookie = &f.premade[n % f.premade.len()];
+        f.handle_on(&f.sessionless, LEGACY_PATH, Some(token), Some(cookie))
+    };
+    for n in 0..GRANTS {
+        assert_eq!(call(n), StatusCode::OK);
+    }
+    let next = AtomicUsize::new(0);
+    b.bench(|| call(next.fetch_add(1, Ordering::Relaxed)));
 }
 
 /// The signature check alone, in aws-lc with the key parsed once: `verify_each` less this is
