@@ -117,7 +117,13 @@ impl MemoryStore {
             id,
             armed: true,
         };
-        let permit = tokio::time::timeout(wait, gate.acquire_owned()).await;
+        // A free place is taken without a timer (most requests find one). The semaphore is
+        // fair: a place given back goes to its waiters first, so a free one means none wait,
+        // and this never overtakes the queue.
+        let permit = match gate.clone().try_acquire_owned() {
+            Ok(p) => Ok(Ok(p)),
+            Err(_) => tokio::time::timeout(wait, gate.acquire_owned()).await,
+        };
         queued.armed = false;
         let mut g = self.lock();
         g.queued_total = g.queued_total.saturating_sub(1);

@@ -319,3 +319,32 @@ async fn expiry_by_idle_time_and_by_age() {
     );
     assert_eq!(s.list().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_place_given_back_goes_to_the_queue_not_to_a_newcomer() {
+    use futures_util::FutureExt as _;
+    let s = Arc::new(MemoryStore::new());
+    let k = slot("g", None);
+    s.create(&k, SessionRecord::new(1, false, 0), 1, 1)
+        .await
+        .unwrap();
+    let held = s
+        .acquire(&k, 1, 1, 5, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let (s2, k2) = (s.clone(), k.clone());
+    let waiter =
+        tokio::spawn(async move { s2.acquire(&k2, 1, 1, 5, Duration::from_secs(30)).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(s.queue_depth(), 1);
+    drop(held);
+    // Before the waiter has run again: the place is its, and a newcomer that finds no free
+    // place queues behind it (it would have taken the place had it been free).
+    let newcomer = s
+        .acquire(&k, 1, 1, 5, Duration::from_secs(30))
+        .now_or_never();
+    assert!(newcomer.is_none(), "the newcomer overtook the queue");
+    let first = waiter.await.unwrap().expect("the waiter gets the place");
+    assert_eq!(s.get(&k).await.unwrap().unwrap().in_flight, 1);
+    drop(first);
+}
