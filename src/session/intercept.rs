@@ -35,6 +35,26 @@ pub fn is_action(path: &str, configured: &str) -> bool {
     }
 }
 
+/// Whether `path` is the `login` call, and whether it is the `logout` call (never both: a
+/// path that is both is the login): [`is_action`] for each, with the request path decoded
+/// and cut into segments once for the two (this runs on every request of a session route).
+pub fn login_or_logout(path: &str, login: &str, logout: &str) -> (bool, bool) {
+    let decoded = percent_decode(path);
+    let (mut a, mut b) = (segments(login), segments(logout));
+    let (mut is_login, mut is_logout) = (true, true);
+    for seg in segments(&decoded) {
+        // A configured path found to differ is not read further.
+        is_login = is_login && a.next().is_some_and(|x| same_text(seg, x));
+        is_logout = is_logout && b.next().is_some_and(|y| same_text(seg, y));
+        if !is_login && !is_logout {
+            return (false, false);
+        }
+    }
+    let is_login = is_login && a.next().is_none();
+    let is_logout = !is_login && is_logout && b.next().is_none();
+    (is_login, is_logout)
+}
+
 /// The path's segments as the upstream routes them. Cut with byte searches: every separator
 /// here is ASCII, so each cut falls between characters, and `str`'s pattern searchers cost a
 /// few thousand instructions a request on this path (it runs twice on every session request).
@@ -144,6 +164,42 @@ mod tests {
         }
     }
 
+    /// The one-pass check of both paths answers as two [`is_action`] checks do, for every
+    /// spelling above and the login and logout paths' prefixes and extensions.
+    #[test]
+    fn login_or_logout_answers_as_is_action_does() {
+        const LOGOUT: &str = "/entity/auth/logout";
+        let paths = [
+            "/entity/auth/login",
+            "/ENTITY/auth/LogOut/",
+            "/entity/auth/logout;x=1",
+            "/entity/auth/log%6Fut",
+            "/entity//auth/logout.",
+            "/entity/auth/logouts",
+            "/entity/auth/login/logout",
+            "/entity/auth",
+            "/entity",
+            "/",
+            "",
+            "/entity/Default/24.200.001/Echo",
+            "/entity/auth/log\u{131}n",
+        ];
+        for p in paths {
+            let expected = (
+                is_action(p, LOGIN),
+                !is_action(p, LOGIN) && is_action(p, LOGOUT),
+            );
+            assert_eq!(login_or_logout(p, LOGIN, LOGOUT), expected, "{p}");
+        }
+        // The same path for both is the login.
+        assert_eq!(login_or_logout(LOGIN, LOGIN, LOGIN), (true, false));
+        // A configured path of a different depth.
+        assert_eq!(
+            login_or_logout("/signout", "/api/signin", "/SignOut/"),
+            (false, true)
+        );
+    }
+
     #[test]
     fn the_configured_path_is_read_the_same_way() {
         assert!(is_action("/api/SignIn", "/API/signin/"));
@@ -165,6 +221,30 @@ mod tests {
         #[test]
         fn never_panics(p in "\\PC*") {
             let _ = is_action(&p, LOGIN);
+        }
+
+        #[test]
+        fn login_or_logout_is_two_is_action_checks(
+            parts in proptest::collection::vec((0usize..12, 0usize..3), 0..6),
+            trailing in 0usize..3,
+        ) {
+            // Spellings near both paths, so that many of them are one or the other.
+            const SEGMENTS: [&str; 12] = [
+                "entity", "ENTITY", "auth", "Auth", "login", "logout", "LogOut", "log%6Fut",
+                "login.", "logout;x=1", "x", "",
+            ];
+            const SEPARATORS: [&str; 3] = ["/", "//", "%2F"];
+            let mut p: String = parts
+                .iter()
+                .map(|(seg, sep)| format!("{}{}", SEPARATORS[*sep], SEGMENTS[*seg]))
+                .collect();
+            p.push_str(&"/".repeat(trailing));
+            let logout = "/entity/auth/logout";
+            let expected = (
+                is_action(&p, LOGIN),
+                !is_action(&p, LOGIN) && is_action(&p, logout),
+            );
+            proptest::prop_assert_eq!(login_or_logout(&p, LOGIN, logout), expected);
         }
     }
 }

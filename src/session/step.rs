@@ -110,8 +110,7 @@ pub async fn lease(
     body: &mut Body,
 ) -> Result<Leased, SessionError> {
     let cfg = &pool.cfg;
-    let login = intercept::is_action(path, &cfg.login_path);
-    let logout = !login && intercept::is_action(path, &cfg.logout_path);
+    let (login, logout) = intercept::login_or_logout(path, &cfg.login_path, &cfg.logout_path);
 
     if login && cfg.creation == Creation::Active {
         // SDKs that always call login get a success; the body (credentials) is never read.
