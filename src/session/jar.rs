@@ -243,11 +243,11 @@ fn parse_set_cookie(line: &str, now: SystemTime) -> Option<Parsed<'_>> {
         None => (line, None),
     };
     let (name, value) = cut(first, b'=')?;
-    let name = name.trim();
+    let name = trim(name);
     if name.is_empty() || name.bytes().any(|b| b.is_ascii_control()) {
         return None;
     }
-    let value = unquote(value.trim());
+    let value = unquote(trim(value));
     let mut path = "/";
     let mut delete = value.is_empty();
     while let Some(rest) = attrs {
@@ -262,7 +262,7 @@ fn parse_set_cookie(line: &str, now: SystemTime) -> Option<Parsed<'_>> {
             }
         };
         let (k, v) = cut(attr, b'=').unwrap_or((attr, ""));
-        let (k, v) = (k.trim(), v.trim());
+        let (k, v) = (trim(k), trim(v));
         if k.eq_ignore_ascii_case("path") && v.starts_with('/') {
             path = v;
         } else if k.eq_ignore_ascii_case("max-age") {
@@ -286,6 +286,15 @@ fn parse_set_cookie(line: &str, now: SystemTime) -> Option<Parsed<'_>> {
         path,
         delete,
     })
+}
+
+/// `str::trim`, without its Unicode scan when both ends are visible ASCII (nearly every part
+/// of a `Set-Cookie`): such a character is never white space, so there is nothing to trim.
+fn trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(a), Some(b)) if a.is_ascii_graphic() && b.is_ascii_graphic() => s,
+        _ => s.trim(),
+    }
 }
 
 /// `s` split around its first `sep`, an ASCII byte, so that both sides are whole characters.
@@ -381,6 +390,34 @@ mod tests {
         let mut j = Jar::default();
         j.apply_all(lines.iter().copied(), now(), 50, 8192);
         j
+    }
+
+    #[test]
+    fn trim_is_str_trim() {
+        for s in [
+            "",
+            " ",
+            "a",
+            " a ",
+            "\ta\t",
+            "a b",
+            "\u{a0}a",
+            "a\u{3000}",
+            "\u{a0}",
+            "é",
+            " é ",
+            "\u{2028}x\u{85}",
+            "x\u{200b}",
+        ] {
+            assert_eq!(trim(s), s.trim(), "{s:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn trim_is_str_trim_for_any_text(s in "\\PC{0,8}|[ \\t\\u{a0}\\u{3000}a-z]{0,8}") {
+            proptest::prop_assert_eq!(trim(&s), s.trim());
+        }
     }
 
     #[test]
