@@ -848,7 +848,9 @@ mod tests {
         bad.headers
             .insert(header::HOST, HeaderValue::from_bytes(b"gw\xff").unwrap());
         assert!(
-            External::of(&bad, conn(false)).and_then(|e| e.origin()).is_none(),
+            External::of(&bad, conn(false))
+                .and_then(|e| e.origin())
+                .is_none(),
             "a Host that is not text: no rewrite"
         );
     }

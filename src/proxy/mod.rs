@@ -381,7 +381,12 @@ auth = "none"
             }
             assert!(parts.headers.capacity() < parts.headers.len() + ADDED_HEADERS);
             let prepared = prepare_parts(parts, "/orders/1", route, &upstream, &ctx).unwrap();
-            for added in ["forwarded", "x-forwarded-for", "x-forwarded-proto", "x-request-id"] {
+            for added in [
+                "forwarded",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-request-id",
+            ] {
                 assert!(prepared.headers.contains_key(added), "{added}");
             }
             assert!(
