@@ -226,8 +226,13 @@ async fn eviction_takes_the_lru_unused_session_only() {
         .is_some());
 }
 
-#[tokio::test]
-async fn cancelled_waiters_and_dropped_leases_leave_no_count_behind() {
+/// A store whose session 1 has one in-flight place, held, and a second request queued for it.
+async fn held_with_a_waiter() -> (
+    Arc<MemoryStore>,
+    SlotKey,
+    InFlight,
+    tokio::task::JoinHandle<Result<InFlight, LeaseRefused>>,
+) {
     let s = Arc::new(MemoryStore::new());
     let k = slot("g", None);
     s.create(&k, SessionRecord::new(1, false, 0), 1, 1)
@@ -243,6 +248,12 @@ async fn cancelled_waiters_and_dropped_leases_leave_no_count_behind() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(s.get(&k).await.unwrap().unwrap().queued, 1);
     assert_eq!(s.queue_depth(), 1);
+    (s, k, held, waiter)
+}
+
+#[tokio::test]
+async fn cancelled_waiters_and_dropped_leases_leave_no_count_behind() {
+    let (s, k, held, waiter) = held_with_a_waiter().await;
     // The client goes away while queued.
     waiter.abort();
     let _ = waiter.await;
@@ -323,20 +334,7 @@ async fn expiry_by_idle_time_and_by_age() {
 #[tokio::test]
 async fn a_place_given_back_goes_to_the_queue_not_to_a_newcomer() {
     use futures_util::FutureExt as _;
-    let s = Arc::new(MemoryStore::new());
-    let k = slot("g", None);
-    s.create(&k, SessionRecord::new(1, false, 0), 1, 1)
-        .await
-        .unwrap();
-    let held = s
-        .acquire(&k, 1, 1, 5, Duration::from_secs(1))
-        .await
-        .unwrap();
-    let (s2, k2) = (s.clone(), k.clone());
-    let waiter =
-        tokio::spawn(async move { s2.acquire(&k2, 1, 1, 5, Duration::from_secs(30)).await });
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(s.queue_depth(), 1);
+    let (s, k, held, waiter) = held_with_a_waiter().await;
     drop(held);
     // Before the waiter has run again: the place is its, and a newcomer that finds no free
     // place queues behind it (it would have taken the place had it been free).
