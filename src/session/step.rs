@@ -338,22 +338,16 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let pool = self.pool.clone();
         let accepted = self.accepted;
-        let work: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
-            match std::mem::replace(&mut self.kind, Kind::Bare) {
-                Kind::Held { mut held, .. } if held.in_flight.is_some() => {
-                    if pool.release_at_once(&mut held, accepted) {
-                        None
-                    } else {
-                        Some(Box::pin(async move {
-                            pool.release(&mut held, accepted).await;
-                        }))
-                    }
-                }
-                Kind::Capture {
-                    seat: Some(seat), ..
-                } => Some(Box::pin(async move { pool.abandon_capture(seat).await })),
-                Kind::Held { .. } | Kind::Capture { .. } | Kind::Bare => None,
-            };
+        type Work = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+        let work: Option<Work> = match std::mem::replace(&mut self.kind, Kind::Bare) {
+            Kind::Held { mut held, .. } => pool
+                .release_at_once(&mut held, accepted)
+                .map(|rest| Box::pin(async move { pool.release_rest(rest).await }) as Work),
+            Kind::Capture {
+                seat: Some(seat), ..
+            } => Some(Box::pin(async move { pool.abandon_capture(seat).await })),
+            Kind::Capture { .. } | Kind::Bare => None,
+        };
         if let (Some(mut work), Ok(handle)) = (work, tokio::runtime::Handle::try_current()) {
             // One poll without a waker: a release that has to wait (a shared store's round
             // trip) goes on to a task, whose first poll registers its own waker and so misses

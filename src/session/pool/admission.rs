@@ -116,49 +116,31 @@ impl Pool {
     /// Releases a lease: the in-flight place goes back, the use time is recorded (and the jar,
     /// when the upstream changed it).
     pub async fn release(&self, lease: &mut Held, accepted_202: bool) {
-        if let Some(l) = lease.in_flight.take() {
-            // The jar goes back by move: a released lease's jar is not read again (a second
-            // release finds no place and sends nothing).
-            let jar =
-                std::mem::take(&mut lease.jar_changed).then(|| std::mem::take(&mut lease.jar));
-            self.store
-                .release(
-                    l,
-                    Release {
-                        op: accepted_202,
-                        jar,
-                    },
-                )
-                .await;
+        if let Some(rest) = give_back(lease, accepted_202) {
+            self.store.release(rest.0, rest.1).await;
         }
         self.sample_queue();
     }
 
     /// [`Pool::release`] without waiting, when the store can give the place back here and
-    /// now; false when it cannot, with the lease left as it was for [`Pool::release`].
-    pub fn release_at_once(&self, lease: &mut Held, accepted_202: bool) -> bool {
-        let Some(l) = lease.in_flight.take() else {
-            return true;
-        };
-        let jar = std::mem::take(&mut lease.jar_changed).then(|| std::mem::take(&mut lease.jar));
-        let how = Release {
-            op: accepted_202,
-            jar,
-        };
-        match self.store.release_at_once(l, how) {
-            None => {
-                self.sample_queue();
-                true
-            }
-            Some((l, how)) => {
-                lease.in_flight = Some(l);
-                if let Some(jar) = how.jar {
-                    lease.jar = jar;
-                    lease.jar_changed = true;
-                }
-                false
-            }
+    /// now; else what is left to release, for [`Pool::release_rest`].
+    pub fn release_at_once(
+        &self,
+        lease: &mut Held,
+        accepted_202: bool,
+    ) -> Option<(InFlight, Release)> {
+        let (place, how) = give_back(lease, accepted_202)?;
+        let rest = self.store.release_at_once(place, how);
+        if rest.is_none() {
+            self.sample_queue();
         }
+        rest
+    }
+
+    /// The release [`Pool::release_at_once`] left, through the store's round trip.
+    pub async fn release_rest(&self, (place, how): (InFlight, Release)) {
+        self.store.release(place, how).await;
+        self.sample_queue();
     }
 
     /// The most sessions one grant may hold: one in single mode (design §6.8.2).
@@ -236,6 +218,21 @@ impl Pool {
             }
         }
     }
+}
+
+/// What releasing `lease` gives back: its in-flight place, and the jar when the upstream
+/// changed it. The jar goes by move: a released lease's jar is not read again, and a second
+/// release finds no place and gives back nothing.
+fn give_back(lease: &mut Held, accepted_202: bool) -> Option<(InFlight, Release)> {
+    let place = lease.in_flight.take()?;
+    let jar = std::mem::take(&mut lease.jar_changed).then(|| std::mem::take(&mut lease.jar));
+    Some((
+        place,
+        Release {
+            op: accepted_202,
+            jar,
+        },
+    ))
 }
 
 #[cfg(test)]

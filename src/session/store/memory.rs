@@ -72,8 +72,8 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
-    /// Waits (FIFO) for one of session `id`'s `max` in-flight places, queueing at most
-    /// `max_queue` requests and waiting at most `wait`.
+    /// [`MemoryStore::enter`] without the record, for the tests of the queue.
+    #[cfg(test)]
     pub async fn acquire(
         &self,
         slot: &SlotKey,
@@ -86,8 +86,10 @@ impl MemoryStore {
         Ok(in_flight)
     }
 
-    /// [`MemoryStore::acquire`], with a copy of the session's record as it is when the place
-    /// is had, taken under the same lock (a lease needs both; one lookup fewer a request).
+    /// Waits (FIFO) for one of session `id`'s `max` in-flight places, queueing at most
+    /// `max_queue` requests and waiting at most `wait`; returns the place and a copy of the
+    /// session's record as it is when the place is had, taken under the same lock (a lease
+    /// needs both; one lookup fewer a request).
     async fn enter(
         &self,
         slot: &SlotKey,
