@@ -35,46 +35,76 @@ pub fn is_action(path: &str, configured: &str) -> bool {
     }
 }
 
-/// Whether `path` is the `login` call, and whether it is the `logout` call (never both: a
-/// path that is both is the login): [`is_action`] for each, with the request path decoded
-/// and cut into segments once for the two (this runs on every request of a session route).
-pub fn login_or_logout(path: &str, login: &str, logout: &str) -> (bool, bool) {
-    let decoded = percent_decode(path);
-    let (mut a, mut b) = (segments(login), segments(logout));
-    let (mut is_login, mut is_logout) = (true, true);
-    for seg in segments(&decoded) {
-        // A configured path found to differ is not read further.
-        is_login = is_login && a.next().is_some_and(|x| same_text(seg, x));
-        is_logout = is_logout && b.next().is_some_and(|y| same_text(seg, y));
-        if !is_login && !is_logout {
-            return (false, false);
-        }
-    }
-    let is_login = is_login && a.next().is_none();
-    let is_logout = !is_login && is_logout && b.next().is_none();
-    (is_login, is_logout)
+/// The upstream's login and logout paths, cut into segments once (when the pool is built), so
+/// that telling whether a request is either call reads only the request's path: this runs on
+/// every request of a session route.
+#[derive(Debug, Clone)]
+pub struct Actions {
+    login: Box<[Box<str>]>,
+    logout: Box<[Box<str>]>,
 }
 
-/// The path's segments as the upstream routes them. Cut with byte searches: every separator
-/// here is ASCII, so each cut falls between characters, and `str`'s pattern searchers cost a
-/// few thousand instructions a request on this path (it runs twice on every session request).
+impl Actions {
+    pub fn new(login: &str, logout: &str) -> Actions {
+        let cut = |p: &str| segments(p).map(Box::from).collect();
+        Actions {
+            login: cut(login),
+            logout: cut(logout),
+        }
+    }
+
+    /// Whether `path` is the login call, and whether it is the logout call (never both: a
+    /// path that is both is the login). It answers as [`is_action`] does for each, with the
+    /// request path decoded and cut into segments once for the two.
+    pub fn classify(&self, path: &str) -> (bool, bool) {
+        let decoded = percent_decode(path);
+        let (mut is_login, mut is_logout) = (true, true);
+        let mut depth = 0;
+        for seg in segments(&decoded) {
+            // A configured path found to differ is not read further.
+            is_login = is_login && self.login.get(depth).is_some_and(|x| same_text(seg, x));
+            is_logout = is_logout && self.logout.get(depth).is_some_and(|y| same_text(seg, y));
+            if !is_login && !is_logout {
+                return (false, false);
+            }
+            depth += 1;
+        }
+        let is_login = is_login && depth == self.login.len();
+        let is_logout = !is_login && is_logout && depth == self.logout.len();
+        (is_login, is_logout)
+    }
+}
+
+/// The path's segments as the upstream routes them: cut at each `/`, without the `;`-parameters
+/// and the trailing dots and spaces, and the empty ones left out. One pass over the bytes:
+/// every separator here is ASCII, so each cut falls between characters. (This runs on every
+/// request of a session route; a search for each separator in turn cost twice as much.)
 fn segments(path: &str) -> impl Iterator<Item = &str> {
-    let mut rest = path;
-    std::iter::from_fn(move || loop {
-        if rest.is_empty() {
-            return None;
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let start = i;
+            // The end of the segment's text: after its last byte that is kept.
+            let mut kept = start;
+            let mut parameters = false;
+            while let Some(&b) = bytes.get(i).filter(|&&b| b != b'/') {
+                match b {
+                    b';' => parameters = true,
+                    b'.' | b' ' => {}
+                    // A byte after which the text ends is the last of its character: what
+                    // follows it here is ASCII, or the end.
+                    _ if !parameters => kept = i + 1,
+                    _ => {}
+                }
+                i += 1;
+            }
+            i += 1;
+            if kept > start {
+                return path.get(start..kept);
+            }
         }
-        let end = rest.bytes().position(|b| b == b'/').unwrap_or(rest.len());
-        let seg = &rest[..end];
-        rest = rest.get(end + 1..).unwrap_or("");
-        let seg = &seg[..seg.bytes().position(|b| b == b';').unwrap_or(seg.len())];
-        let kept = seg
-            .bytes()
-            .rposition(|b| b != b'.' && b != b' ')
-            .map_or(0, |i| i + 1);
-        if kept > 0 {
-            return Some(&seg[..kept]);
-        }
+        None
     })
 }
 
@@ -167,8 +197,9 @@ mod tests {
     /// The one-pass check of both paths answers as two [`is_action`] checks do, for every
     /// spelling above and the login and logout paths' prefixes and extensions.
     #[test]
-    fn login_or_logout_answers_as_is_action_does() {
+    fn classify_answers_as_is_action_does() {
         const LOGOUT: &str = "/entity/auth/logout";
+        let actions = Actions::new(LOGIN, LOGOUT);
         let paths = [
             "/entity/auth/login",
             "/ENTITY/auth/LogOut/",
@@ -189,13 +220,13 @@ mod tests {
                 is_action(p, LOGIN),
                 !is_action(p, LOGIN) && is_action(p, LOGOUT),
             );
-            assert_eq!(login_or_logout(p, LOGIN, LOGOUT), expected, "{p}");
+            assert_eq!(actions.classify(p), expected, "{p}");
         }
         // The same path for both is the login.
-        assert_eq!(login_or_logout(LOGIN, LOGIN, LOGIN), (true, false));
+        assert_eq!(Actions::new(LOGIN, LOGIN).classify(LOGIN), (true, false));
         // A configured path of a different depth.
         assert_eq!(
-            login_or_logout("/signout", "/api/signin", "/SignOut/"),
+            Actions::new("/api/signin", "/SignOut/").classify("/signout"),
             (false, true)
         );
     }
@@ -218,13 +249,26 @@ mod tests {
             proptest::prop_assert!(is_action(&p, LOGIN));
         }
 
+        /// The one-pass cut gives the segments of the plain reading: split at `/`, cut at the
+        /// first `;`, trailing dots and spaces trimmed, empty segments dropped.
+        #[test]
+        fn segments_are_the_plain_reading(p in "[/;. a-zA-Z\u{e9}\u{131}%]{0,24}") {
+            let plain: Vec<&str> = p
+                .split('/')
+                .map(|seg| seg.split(';').next().unwrap_or(""))
+                .map(|seg| seg.trim_end_matches(['.', ' ']))
+                .filter(|seg| !seg.is_empty())
+                .collect();
+            proptest::prop_assert_eq!(segments(&p).collect::<Vec<_>>(), plain);
+        }
+
         #[test]
         fn never_panics(p in "\\PC*") {
             let _ = is_action(&p, LOGIN);
         }
 
         #[test]
-        fn login_or_logout_is_two_is_action_checks(
+        fn classify_is_two_is_action_checks(
             parts in proptest::collection::vec((0usize..12, 0usize..3), 0..6),
             trailing in 0usize..3,
         ) {
@@ -244,7 +288,7 @@ mod tests {
                 is_action(&p, LOGIN),
                 !is_action(&p, LOGIN) && is_action(&p, logout),
             );
-            proptest::prop_assert_eq!(login_or_logout(&p, LOGIN, logout), expected);
+            proptest::prop_assert_eq!(Actions::new(LOGIN, logout).classify(&p), expected);
         }
     }
 }

@@ -34,7 +34,7 @@ use http_body_util::BodyExt as _;
 
 use super::pool::{Held, Identity, Pool};
 use super::{body, capture};
-use super::{intercept, sanitize, SessionError};
+use super::{sanitize, SessionError};
 use crate::config::Creation;
 use crate::policy::Permit;
 use crate::proxy::{self, headers, UpstreamBody};
@@ -110,7 +110,7 @@ pub async fn lease(
     body: &mut Body,
 ) -> Result<Leased, SessionError> {
     let cfg = &pool.cfg;
-    let (login, logout) = intercept::login_or_logout(path, &cfg.login_path, &cfg.logout_path);
+    let (login, logout) = pool.actions.classify(path);
 
     if login && cfg.creation == Creation::Active {
         // SDKs that always call login get a success; the body (credentials) is never read.

@@ -57,6 +57,8 @@ pub(crate) use crate::clock::unix_ms as now_ms;
 pub struct Pool {
     pub upstream_id: Arc<str>,
     pub cfg: SessionConfig,
+    /// `cfg`'s login and logout paths, cut into segments once.
+    pub actions: super::intercept::Actions,
     upstream: Arc<Upstream>,
     store: Arc<dyn SessionStore>,
     grant_key: hmac::Key,
@@ -156,6 +158,7 @@ impl Pool {
             handle_key: derive(b"tollgate session handle v1"),
             upstream_id,
             upstream,
+            actions: super::intercept::Actions::new(&cfg.login_path, &cfg.logout_path),
             cfg,
             store,
             queue_gauge,
