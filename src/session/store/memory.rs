@@ -100,18 +100,31 @@ impl MemoryStore {
     ) -> Result<(InFlight, SessionRecord), LeaseRefused> {
         let gate = {
             let mut g = self.lock();
-            let gate = g.gates.get(&id).cloned().ok_or(LeaseRefused::Gone)?;
-            let r = g
-                .records
+            let Inner {
+                queued_total,
+                records,
+                gates,
+            } = &mut *g;
+            let gate = gates.get(&id).ok_or(LeaseRefused::Gone)?;
+            let r = records
                 .get_mut(slot)
                 .filter(|r| r.id == id)
                 .ok_or(LeaseRefused::Gone)?;
+            // A free place is taken at once, under this lock, without queueing or a timer
+            // (most requests find one). The semaphore is fair: a place given back goes to its
+            // waiters first, so a free one means none wait, and this never overtakes the queue.
+            if let Ok(p) = gate.clone().try_acquire_owned() {
+                r.in_flight += 1;
+                let record = r.clone();
+                drop(g);
+                return Ok((self.place(slot, id, p), record));
+            }
             if r.in_flight >= max && r.queued >= max_queue {
                 return Err(LeaseRefused::Busy);
             }
             r.queued += 1;
-            g.queued_total += 1;
-            gate
+            *queued_total += 1;
+            gate.clone()
         };
         let mut queued = Queued {
             inner: self.inner.clone(),
@@ -119,13 +132,7 @@ impl MemoryStore {
             id,
             armed: true,
         };
-        // A free place is taken without a timer (most requests find one). The semaphore is
-        // fair: a place given back goes to its waiters first, so a free one means none wait,
-        // and this never overtakes the queue.
-        let permit = match gate.clone().try_acquire_owned() {
-            Ok(p) => Ok(Ok(p)),
-            Err(_) => tokio::time::timeout(wait, gate.acquire_owned()).await,
-        };
+        let permit = tokio::time::timeout(wait, gate.acquire_owned()).await;
         queued.armed = false;
         let mut g = self.lock();
         g.queued_total = g.queued_total.saturating_sub(1);
@@ -135,29 +142,8 @@ impl MemoryStore {
                 r.queued = r.queued.saturating_sub(1);
                 r.in_flight += 1;
                 let record = r.clone();
-                let inner = self.inner.clone();
-                let key = slot.clone();
-                let in_flight = InFlight::new(
-                    slot.clone(),
-                    id,
-                    Box::new(move |how: Release| {
-                        let now = crate::clock::unix_ms();
-                        let mut g = lock_inner(&inner);
-                        if let Some(r) = g.records.get_mut(&key).filter(|r| r.id == id) {
-                            r.in_flight = r.in_flight.saturating_sub(1);
-                            r.last_used_ms = now;
-                            if how.op {
-                                r.last_op_ms = Some(now);
-                            }
-                            if let Some(jar) = how.jar {
-                                r.jar = jar;
-                            }
-                        }
-                        drop(g);
-                        drop(p);
-                    }),
-                );
-                Ok((in_flight, record))
+                drop(g);
+                Ok((self.place(slot, id, p), record))
             }
             (Ok(Ok(_)), None) | (Ok(Err(_)), _) => Err(LeaseRefused::Gone),
             (Err(_), record) => {
@@ -167,6 +153,33 @@ impl MemoryStore {
                 Err(LeaseRefused::Busy)
             }
         }
+    }
+
+    /// The in-flight place `p` of record `id` (counted in its `in_flight` already): its
+    /// release counts it out, notes the use and writes back the jar a request changed.
+    fn place(&self, slot: &SlotKey, id: u64, p: tokio::sync::OwnedSemaphorePermit) -> InFlight {
+        let inner = self.inner.clone();
+        let key = slot.clone();
+        InFlight::new(
+            slot.clone(),
+            id,
+            Box::new(move |how: Release| {
+                let now = crate::clock::unix_ms();
+                let mut g = lock_inner(&inner);
+                if let Some(r) = g.records.get_mut(&key).filter(|r| r.id == id) {
+                    r.in_flight = r.in_flight.saturating_sub(1);
+                    r.last_used_ms = now;
+                    if how.op {
+                        r.last_op_ms = Some(now);
+                    }
+                    if let Some(jar) = how.jar {
+                        r.jar = jar;
+                    }
+                }
+                drop(g);
+                drop(p);
+            }),
+        )
     }
 }
 
