@@ -67,6 +67,7 @@ pub const AUTH_FAILURE_REASONS: [&str; 12] = [
 pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
 pub const CONNECTIONS_WAITING_TOTAL: &str = "tollgate_connections_waiting_total";
 pub const UPSTREAM_RESPONSES_TOTAL: &str = "tollgate_upstream_responses_total";
+pub const UPSTREAM_CONNECTIONS_OPENED_TOTAL: &str = "tollgate_upstream_connections_opened_total";
 pub const GATEWAY_OVERHEAD_SECONDS: &str = "tollgate_gateway_overhead_seconds";
 pub const JWKS_FETCH_DURATION_SECONDS: &str = "tollgate_jwks_fetch_duration_seconds";
 
@@ -323,6 +324,7 @@ pub struct Metrics {
     upstream_logouts: IntCounterVec,
     upstream_evictions: IntCounterVec,
     upstream_relogins: IntCounterVec,
+    upstream_connections_opened: IntCounterVec,
     upstream_queue: IntGaugeVec,
     upstream_admission: HistogramVec,
     upstream_circuit: IntGaugeVec,
@@ -474,6 +476,11 @@ impl Metrics {
             upstream_relogins: counter(
                 UPSTREAM_RELOGINS_TOTAL,
                 "Re-logins after the upstream ended a session, by upstream.",
+                &["upstream"],
+            )?,
+            upstream_connections_opened: counter(
+                UPSTREAM_CONNECTIONS_OPENED_TOTAL,
+                "Connections opened to an HTTP/1.1 upstream (TCP, and TLS where the url is https), by upstream. Each carries many requests: a count that grows with the requests means connections are not being reused.",
                 &["upstream"],
             )?,
             upstream_queue: int_gauge(
@@ -838,6 +845,13 @@ impl Metrics {
 
     pub fn upstream_relogin(&self, upstream: &str) {
         self.upstream_relogins.with_label_values(&[upstream]).inc();
+    }
+
+    /// The opened-connections counter of an HTTP/1.1 `upstream`, resolved once (by its pool),
+    /// so the series shows 0 before the first connection.
+    pub fn upstream_connections_opened(&self, upstream: &str) -> IntCounter {
+        self.upstream_connections_opened
+            .with_label_values(&[upstream])
     }
 
     /// The queued-requests gauge of `upstream`, resolved once: a session pool sets it twice a

@@ -392,7 +392,7 @@ impl Parts {
             let (upstream, pool) = match kept {
                 Some(k) => k,
                 None => {
-                    let upstream = Arc::new(Upstream::new(cfg)?);
+                    let upstream = Arc::new(Upstream::with_metrics(cfg, &self.metrics)?);
                     let before = previous.and_then(|p| p.pool_of(&cfg.id));
                     let pool = cfg
                         .session

@@ -85,7 +85,24 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
+    /// An upstream whose connections are not counted (for tests).
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, SetupError> {
+        Self::build(cfg, None)
+    }
+
+    /// An upstream that counts the connections it opens in `metrics`
+    /// (`tollgate_upstream_connections_opened_total`; HTTP/1.1 upstreams).
+    pub fn with_metrics(
+        cfg: &UpstreamConfig,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, SetupError> {
+        Self::build(cfg, Some(metrics))
+    }
+
+    fn build(
+        cfg: &UpstreamConfig,
+        metrics: Option<&crate::metrics::Metrics>,
+    ) -> Result<Self, SetupError> {
         let uri: Uri = cfg
             .url
             .as_str()
@@ -125,7 +142,8 @@ impl Upstream {
             Transport::Negotiated(Box::new(builder.build(https)))
         } else {
             let https = https.enable_http1().wrap_connector(http);
-            let pool = Pool::new(https, &scheme, &authority)
+            let opened = metrics.map(|m| m.upstream_connections_opened(&cfg.id));
+            let pool = Pool::new(https, &scheme, &authority, opened)
                 .map_err(|e| SetupError(format!("upstream \"{}\": url: {e}", cfg.id)))?;
             Transport::Http1(std::sync::Arc::new(pool))
         };

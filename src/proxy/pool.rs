@@ -38,6 +38,8 @@ pub(crate) struct Pool {
     /// the scheme's default, as clients write it.
     host: HeaderValue,
     idle: Mutex<Vec<Idle>>,
+    /// `tollgate_upstream_connections_opened_total` of this upstream (none in unit tests).
+    opened: Option<prometheus::IntCounter>,
 }
 
 struct Idle {
@@ -50,6 +52,7 @@ impl Pool {
         connector: HttpsConnector<HttpConnector>,
         scheme: &http::uri::Scheme,
         authority: &http::uri::Authority,
+        opened: Option<prometheus::IntCounter>,
     ) -> Result<Pool, String> {
         let target = Uri::builder()
             .scheme(scheme.clone())
@@ -71,6 +74,7 @@ impl Pool {
             target,
             host: HeaderValue::try_from(host).map_err(|e| e.to_string())?,
             idle: Mutex::new(Vec::new()),
+            opened,
         })
     }
 
@@ -139,6 +143,9 @@ impl Pool {
     async fn connect(&self) -> Result<SendRequest<Body>, BoxError> {
         let io = self.connector.clone().call(self.target.clone()).await?;
         let (conn, driver) = hyper::client::conn::http1::handshake(io).await?;
+        if let Some(opened) = &self.opened {
+            opened.inc();
+        }
         tokio::spawn(async move {
             if let Err(e) = driver.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
@@ -343,6 +350,13 @@ mod tests {
     }
 
     fn pool(addr: std::net::SocketAddr) -> Arc<Pool> {
+        counting_pool(addr, None)
+    }
+
+    fn counting_pool(
+        addr: std::net::SocketAddr,
+        opened: Option<prometheus::IntCounter>,
+    ) -> Arc<Pool> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         let tls = rustls::ClientConfig::builder_with_provider(crate::pem::provider())
@@ -356,7 +370,7 @@ mod tests {
             .enable_http1()
             .wrap_connector(http);
         let authority: http::uri::Authority = addr.to_string().parse().unwrap();
-        Arc::new(Pool::new(https, &http::uri::Scheme::HTTP, &authority).unwrap())
+        Arc::new(Pool::new(https, &http::uri::Scheme::HTTP, &authority, opened).unwrap())
     }
 
     fn get(addr: std::net::SocketAddr, path: &str) -> Request<Body> {
@@ -461,6 +475,31 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(up.connections.load(Ordering::SeqCst), 3);
+    }
+
+    /// `tollgate_upstream_connections_opened_total` counts what the upstream accepted: one
+    /// connection for requests that reuse it, one a request when the upstream closes each,
+    /// and none for a dial that fails.
+    #[tokio::test]
+    async fn every_connection_opened_is_counted_once() {
+        for (answer, expected) in [(Answer::KeepAlive, 1), (Answer::Close, 3)] {
+            let up = upstream(answer).await;
+            let opened = prometheus::IntCounter::new("opened", "test").unwrap();
+            let pool = counting_pool(up.addr, Some(opened.clone()));
+            for _ in 0..3 {
+                assert_eq!(fetch(&pool, up.addr).await, "ok");
+            }
+            assert_eq!(up.connections.load(Ordering::SeqCst), expected);
+            assert_eq!(opened.get(), expected as u64);
+        }
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let opened = prometheus::IntCounter::new("opened", "test").unwrap();
+        let pool = counting_pool(refused, Some(opened.clone()));
+        assert!(pool.send(get(refused, "/")).await.is_err());
+        assert_eq!(opened.get(), 0);
     }
 
     #[tokio::test]

@@ -131,6 +131,13 @@ async fn the_exposition_parses_and_has_every_family() {
         m.value(r#"tollgate_connections_open{listener="admin"}"#) >= Some(1.0),
         "the scrape's own connection is open: {m:?}"
     );
+    // Three requests went upstream, one after another, to an upstream that keeps its
+    // connections open: at least one connection, and never one a request.
+    let opened = m.value(r#"tollgate_upstream_connections_opened_total{upstream="erp"}"#);
+    assert!(
+        opened.is_some_and(|n| (1.0..3.0).contains(&n)),
+        "tollgate_upstream_connections_opened_total: {opened:?} in {m:?}"
+    );
     let build: Vec<_> = m.samples("tollgate_build_info").collect();
     assert!(
         build.len() == 1
