@@ -20,6 +20,8 @@ use crate::config::{RedisConfig, RedisTarget};
 use crate::metrics::Metrics;
 use crate::net::redact_error;
 
+use super::version;
+
 /// Why the store could not be used. Its text never holds a password.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -132,13 +134,34 @@ impl RedisHandle {
             .set_factor(50)
             .set_max_delay(500)
             .set_number_of_retries(6);
-        tokio::time::timeout(
+        let mut conn = tokio::time::timeout(
             self.timeout * 4,
             client.get_connection_manager_with_config(config),
         )
         .await
         .map_err(|_| StoreError::Unavailable("connect timed out".to_owned()))?
-        .map_err(|e| StoreError::Unavailable(redact_error(&e)))
+        .map_err(|e| StoreError::Unavailable(redact_error(&e)))?;
+        self.check_version(&mut conn).await?;
+        Ok(conn)
+    }
+
+    /// Refuses a server older than [`version::OLDEST`], once per connection (a failover's new
+    /// primary is checked too). A server that will not answer `INFO` is not refused for it:
+    /// some managed services restrict it.
+    async fn check_version(&self, conn: &mut ConnectionManager) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        match tokio::time::timeout(self.timeout, cmd.query_async::<String>(conn)).await {
+            Ok(Ok(info)) => version::check(&info).map_err(|e| {
+                tracing::error!(redis = %self.shown, "{e}");
+                StoreError::Unavailable(e)
+            }),
+            Ok(Err(e)) => {
+                tracing::debug!(redis = %self.shown, error = %redact_error(&e), "INFO refused; the Redis version is not checked");
+                Ok(())
+            }
+            Err(_) => Err(StoreError::Unavailable("INFO timed out".to_owned())),
+        }
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {

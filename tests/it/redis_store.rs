@@ -820,3 +820,102 @@ async fn a_request_that_goes_away_as_the_place_is_handed_to_it_gives_it_back() {
         .expect("the session serves the next request");
     r.store.release(next.in_flight, Release::default()).await;
 }
+
+/// A server that speaks the Redis protocol and says it is Redis `version` in `INFO`: `PING`
+/// answers `PONG`, anything else `OK`. Counts the `INFO`s it answered.
+async fn speaks_redis(version: &'static str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let infos = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = infos.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = sock.into_split();
+                let mut read = tokio::io::BufReader::new(read);
+                // Each command: `*<n>`, then n times `$<len>` and the argument.
+                while let Some(args) = read_command(&mut read).await {
+                    let reply = match args.first().map(|a| a.to_ascii_uppercase()).as_deref() {
+                        Some("INFO") => {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let body = format!("# Server\r\nredis_version:{version}\r\n");
+                            format!("${}\r\n{body}\r\n", body.len())
+                        }
+                        Some("PING") => "+PONG\r\n".to_owned(),
+                        _ => "+OK\r\n".to_owned(),
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, infos)
+}
+
+async fn read_command<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<Vec<String>> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    r.read_line(&mut line).await.ok().filter(|n| *n > 0)?;
+    let n: usize = line.trim_end().strip_prefix('*')?.parse().ok()?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        line.clear();
+        r.read_line(&mut line).await.ok()?;
+        let len: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
+        let mut arg = vec![0u8; len + 2];
+        r.read_exact(&mut arg).await.ok()?;
+        arg.truncate(len);
+        args.push(String::from_utf8_lossy(&arg).into_owned());
+    }
+    Some(args)
+}
+
+fn handle(url: &str) -> RedisHandle {
+    let cfg = RedisConfig {
+        target: RedisTarget::Url(Secret::new(url.to_owned())),
+        key_prefix: "version-test:".to_owned(),
+        timeout: Duration::from_secs(2),
+        lease_ttl: Duration::from_secs(5),
+        share_introspection: false,
+        linger: Duration::ZERO,
+    };
+    RedisHandle::new(&cfg, Metrics::new().unwrap()).unwrap()
+}
+
+async fn ping(h: &RedisHandle) -> Result<String, String> {
+    h.run("ping", |mut c| async move {
+        redis::cmd("PING").query_async::<String>(&mut c).await
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// A Redis older than 6.2 (Debian 11 ships 6.0) would run most of the store and fail the
+/// fleet's wake-ups: it is refused on connecting, with the version and what is needed. A
+/// recent one, and the real server of this suite, are used.
+#[tokio::test]
+async fn a_redis_older_than_6_2_is_refused_with_its_version() {
+    let (old, infos) = speaks_redis("6.0.16").await;
+    let e = ping(&handle(&old)).await.unwrap_err();
+    assert!(
+        e.contains("Redis 6.0.16 is too old") && e.contains("6.2 or later"),
+        "{e}"
+    );
+    assert!(infos.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+    let (recent, infos) = speaks_redis("7.2.4").await;
+    let h = handle(&recent);
+    assert_eq!(ping(&h).await.unwrap(), "PONG");
+    assert_eq!(ping(&h).await.unwrap(), "PONG");
+    assert_eq!(
+        infos.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one check a connection, not one a command"
+    );
+
+    let real = RedisServer::start();
+    assert_eq!(ping(&handle(&real.url())).await.unwrap(), "PONG");
+}
