@@ -68,6 +68,7 @@ pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
 pub const CONNECTIONS_WAITING_TOTAL: &str = "tollgate_connections_waiting_total";
 pub const UPSTREAM_RESPONSES_TOTAL: &str = "tollgate_upstream_responses_total";
 pub const UPSTREAM_CONNECTIONS_OPENED_TOTAL: &str = "tollgate_upstream_connections_opened_total";
+pub const UPSTREAM_CONNECTIONS_IDLE: &str = "tollgate_upstream_connections_idle";
 pub const GATEWAY_OVERHEAD_SECONDS: &str = "tollgate_gateway_overhead_seconds";
 pub const JWKS_FETCH_DURATION_SECONDS: &str = "tollgate_jwks_fetch_duration_seconds";
 
@@ -325,6 +326,7 @@ pub struct Metrics {
     upstream_evictions: IntCounterVec,
     upstream_relogins: IntCounterVec,
     upstream_connections_opened: IntCounterVec,
+    upstream_connections_idle: IntGaugeVec,
     upstream_queue: IntGaugeVec,
     upstream_admission: HistogramVec,
     upstream_circuit: IntGaugeVec,
@@ -481,6 +483,11 @@ impl Metrics {
             upstream_connections_opened: counter(
                 UPSTREAM_CONNECTIONS_OPENED_TOTAL,
                 "Connections opened to an HTTP/1.1 upstream (TCP, and TLS where the url is https), by upstream. Each carries many requests: a count that grows with the requests means connections are not being reused.",
+                &["upstream"],
+            )?,
+            upstream_connections_idle: int_gauge(
+                UPSTREAM_CONNECTIONS_IDLE,
+                "Open connections to an HTTP/1.1 upstream waiting for their next request, by upstream (sampled at scrape).",
                 &["upstream"],
             )?,
             upstream_queue: int_gauge(
@@ -852,6 +859,13 @@ impl Metrics {
     pub fn upstream_connections_opened(&self, upstream: &str) -> IntCounter {
         self.upstream_connections_opened
             .with_label_values(&[upstream])
+    }
+
+    /// The idle connections of an HTTP/1.1 `upstream`'s pool (sampled at scrape).
+    pub fn upstream_connections_idle(&self, upstream: &str, n: usize) {
+        self.upstream_connections_idle
+            .with_label_values(&[upstream])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The queued-requests gauge of `upstream`, resolved once: a session pool sets it twice a

@@ -272,7 +272,15 @@ impl Wiring {
 
     /// Publishes gauges that are sampled rather than counted (called at each scrape).
     pub async fn sample_gauges(&self) {
-        self.snapshot.load().verifier.sample_gauges();
+        let snapshot = self.snapshot.load();
+        snapshot.verifier.sample_gauges();
+        for upstream in snapshot.upstreams.iter() {
+            if let Some(n) = upstream.idle_connections() {
+                self.parts
+                    .metrics
+                    .upstream_connections_idle(&upstream.id, n);
+            }
+        }
         if let Some(fleet) = self.parts.fleet() {
             self.parts.metrics.fleet_reporter(fleet.is_reporter());
         }

@@ -188,6 +188,15 @@ impl Upstream {
         Uri::from_parts(parts).map_err(|e| ProxyError::UpstreamRequest(e.to_string()))
     }
 
+    /// The connections kept open for this upstream's next requests; `None` for an `http2`
+    /// upstream, whose client does not say.
+    pub fn idle_connections(&self) -> Option<usize> {
+        match &self.transport {
+            Transport::Http1(pool) => Some(pool.idle_count()),
+            Transport::Negotiated(_) => None,
+        }
+    }
+
     /// The scheme and authority of this upstream, to recognise absolute `Location`s on it.
     pub fn origin(&self) -> (&http::uri::Scheme, &http::uri::Authority) {
         (&self.scheme, &self.authority)

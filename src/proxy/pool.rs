@@ -174,9 +174,11 @@ impl Pool {
         })
     }
 
-    #[cfg(test)]
-    fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap().len()
+    /// Connections waiting on the stack that can take a request: one the upstream has closed
+    /// is not counted, though it stays until a request meets it and drops it.
+    pub(crate) fn idle_count(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.iter().filter(|i| i.conn.is_ready()).count()
     }
 }
 
@@ -471,8 +473,10 @@ mod tests {
         let pool = pool(up.addr);
         for _ in 0..3 {
             assert_eq!(fetch(&pool, up.addr).await, "ok");
-            // The close reaches the pooled connection; the next request must not fail on it.
+            // The close reaches the pooled connection; the next request must not fail on it,
+            // and the pool no longer counts it as idle.
             tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(pool.idle_count(), 0);
         }
         assert_eq!(up.connections.load(Ordering::SeqCst), 3);
     }

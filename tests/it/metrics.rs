@@ -138,6 +138,12 @@ async fn the_exposition_parses_and_has_every_family() {
         opened.is_some_and(|n| (1.0..3.0).contains(&n)),
         "tollgate_upstream_connections_opened_total: {opened:?} in {m:?}"
     );
+    // Each answer was read to its end, so its connection waits for the next request.
+    let idle = m.value(r#"tollgate_upstream_connections_idle{upstream="erp"}"#);
+    assert!(
+        idle.is_some_and(|n| n >= 1.0) && idle <= opened,
+        "tollgate_upstream_connections_idle: {idle:?} (opened {opened:?}) in {m:?}"
+    );
     let build: Vec<_> = m.samples("tollgate_build_info").collect();
     assert!(
         build.len() == 1
