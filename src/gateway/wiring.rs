@@ -272,13 +272,16 @@ impl Wiring {
 
     /// Publishes gauges that are sampled rather than counted (called at each scrape).
     pub async fn sample_gauges(&self) {
-        let snapshot = self.snapshot.load();
-        snapshot.verifier.sample_gauges();
-        for upstream in snapshot.upstreams.iter() {
-            if let Some(n) = upstream.idle_connections() {
-                self.parts
-                    .metrics
-                    .upstream_connections_idle(&upstream.id, n);
+        {
+            // Dropped before the awaits below: a snapshot guard is not held across them.
+            let snapshot = self.snapshot.load();
+            snapshot.verifier.sample_gauges();
+            for upstream in snapshot.upstreams.iter() {
+                if let Some(n) = upstream.idle_connections() {
+                    self.parts
+                        .metrics
+                        .upstream_connections_idle(&upstream.id, n);
+                }
             }
         }
         if let Some(fleet) = self.parts.fleet() {

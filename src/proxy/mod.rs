@@ -86,7 +86,8 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// An upstream whose connections are not counted (for tests).
-    pub fn new(cfg: &UpstreamConfig) -> Result<Self, SetupError> {
+    #[cfg(test)]
+    pub(crate) fn new(cfg: &UpstreamConfig) -> Result<Self, SetupError> {
         Self::build(cfg, None)
     }
 

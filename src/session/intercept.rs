@@ -21,8 +21,11 @@
 
 use std::borrow::Cow;
 
-/// True when `path` (already normalised by the gateway) names the same action as `configured`.
-pub fn is_action(path: &str, configured: &str) -> bool {
+/// True when `path` (already normalised by the gateway) names the same action as `configured`:
+/// the rule in its plainest form, one path at a time. The gateway asks [`Actions::classify`],
+/// which the tests hold to this.
+#[cfg(test)]
+fn is_action(path: &str, configured: &str) -> bool {
     let decoded = percent_decode(path);
     let mut a = segments(&decoded);
     let mut b = segments(configured);
@@ -54,7 +57,7 @@ impl Actions {
     }
 
     /// Whether `path` is the login call, and whether it is the logout call (never both: a
-    /// path that is both is the login). It answers as [`is_action`] does for each, with the
+    /// path that is both is the login). It answers as `is_action` (the tests' plain form of the rule) does for each, with the
     /// request path decoded and cut into segments once for the two.
     pub fn classify(&self, path: &str) -> (bool, bool) {
         let decoded = percent_decode(path);
