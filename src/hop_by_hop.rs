@@ -22,30 +22,47 @@ pub static HOP_BY_HOP: [HeaderName; 9] = [
 /// match on the name's text (a switch on its length, then one comparison), not a scan of
 /// [`HOP_BY_HOP`].
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    is_hop_by_hop_name(name.as_str())
+    index(name).is_some()
 }
 
-/// [`is_hop_by_hop`] for a lower-case name.
+/// Where `name` is in [`HOP_BY_HOP`], if it is a hop-by-hop header.
+pub fn index(name: &HeaderName) -> Option<usize> {
+    index_of(name.as_str())
+}
+
+/// [`index`] for a lower-case name.
+fn index_of(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "te" => 3,
+        "trailer" => 4,
+        "transfer-encoding" => 5,
+        "upgrade" => 6,
+        "proxy-authorization" => 7,
+        "proxy-authenticate" => 8,
+        _ => return None,
+    })
+}
+
 fn is_hop_by_hop_name(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-    )
+    index_of(name).is_some()
 }
 
 /// True when a `Connection` token needs no removal of its own: a hop-by-hop header (removed
 /// anyway) or `close`, in any case. Saves parsing the common `keep-alive` into a header name.
 pub fn is_connection_option(token: &str) -> bool {
-    token.len() <= 19
-        && (token.eq_ignore_ascii_case("close") || is_hop_by_hop_name(&token.to_ascii_lowercase()))
+    // Lower-cased on the stack: the longest hop-by-hop name has 19 bytes, and this runs for
+    // nearly every message (`Connection: keep-alive`), so it allocates nothing.
+    let mut lower = [0u8; 19];
+    let Some(buf) = lower.get_mut(..token.len()) else {
+        return false;
+    };
+    buf.copy_from_slice(token.as_bytes());
+    buf.make_ascii_lowercase();
+    // A token's bytes lower-cased are still UTF-8 (only ASCII letters change).
+    std::str::from_utf8(buf).is_ok_and(|t| t == "close" || is_hop_by_hop_name(t))
 }
 
 #[cfg(test)]
@@ -54,7 +71,8 @@ mod tests {
 
     #[test]
     fn the_match_and_the_list_agree() {
-        for name in &HOP_BY_HOP {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(index(name), Some(i), "{name}");
             assert!(is_hop_by_hop(name), "{name}");
             assert!(is_connection_option(&name.as_str().to_ascii_uppercase()));
         }
@@ -69,5 +87,11 @@ mod tests {
             assert!(!is_connection_option(name), "{name}");
         }
         assert!(is_connection_option("Close"));
+        assert!(is_connection_option("Keep-Alive"));
+        assert!(is_connection_option("PROXY-AUTHORIZATION"));
+        // Longer than any hop-by-hop name, and not ASCII: neither is an option.
+        assert!(!is_connection_option("proxy-authorization-x"));
+        assert!(!is_connection_option("clöse"));
+        assert!(!is_connection_option(""));
     }
 }
