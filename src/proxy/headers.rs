@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use crate::auth::Claims;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub use crate::hop_by_hop::is_hop_by_hop;
@@ -16,29 +17,42 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 
 /// Removes the hop-by-hop headers and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over their few names costs far less than nine
-    // hashed removals. `Connection` is itself hop-by-hop, so a message that names other
-    // headers in it is never skipped.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the message's few names notes which hop-by-hop headers it has (a bit
+    // each), so only those are removed: a removal hashes its name, present or not. Most
+    // messages have none, or only `Connection`.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = crate::hop_by_hop::index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    // Only the names present are removed: a removal hashes its name, present or not.
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    let named: Vec<HeaderName> = headers
+    // `Connection` is itself hop-by-hop, so a message that names other headers in it is
+    // never skipped above. Its usual tokens (`keep-alive`, `close`) name nothing more to
+    // remove, and then the list stays empty and unallocated.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|t| !crate::hop_by_hop::is_connection_option(t))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(&present) {
+    {
+        if !crate::hop_by_hop::is_connection_option(token) {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    for name in &named {
         headers.remove(name);
+    }
+    for (i, name) in crate::hop_by_hop::HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -61,8 +75,11 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     for (i, digit) in id.iter_mut().enumerate() {
         *digit = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
     }
-    // 32 hex digits are always a valid header value.
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    // 32 hex digits are always a valid header value. Owned by a shared count from the start:
+    // the id goes upstream and back to the client, and the copy of a value made from a plain
+    // buffer would allocate its count then.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// What the gateway tells the upstream about the original request.
@@ -121,15 +138,15 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
             headers.remove(name);
         }
     }
-    let mut xff = String::with_capacity(64);
+    let mut xff = Scratch::new();
     if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         if fwd.trust_client && !prev.trim().is_empty() {
-            xff.push_str(prev);
-            xff.push_str(", ");
+            xff.push(prev);
+            xff.push(", ");
         }
     }
     push_ip(&mut xff, fwd.client_ip);
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+    if let Some(v) = xff.value() {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !(fwd.trust_client && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -154,28 +171,28 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
 /// Appends this hop's element (`for=…;proto=…;host=…`) to `Forwarded`. Several client
 /// `Forwarded` lines (trusted) are joined first, so the upstream sees one list in order.
 fn set_forwarded_element(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
-    let mut out = String::with_capacity(64);
+    let mut out = Scratch::new();
     for prev in headers.get_all(&FORWARDED) {
         if let Ok(prev) = prev.to_str() {
             let prev = prev.trim();
             if !prev.is_empty() {
-                out.push_str(prev);
-                out.push_str(", ");
+                out.push(prev);
+                out.push(", ");
             }
         }
     }
     // RFC 7239 §6: an IPv6 address is quoted and bracketed; IPv4 is a plain token.
-    out.push_str("for=");
+    out.push("for=");
     match fwd.client_ip {
         IpAddr::V4(_) => push_ip(&mut out, fwd.client_ip),
         IpAddr::V6(_) => {
-            out.push_str("\"[");
+            out.push("\"[");
             push_ip(&mut out, fwd.client_ip);
-            out.push_str("]\"");
+            out.push("]\"");
         }
     }
-    out.push_str(";proto=");
-    out.push_str(fwd.proto);
+    out.push(";proto=");
+    out.push(fwd.proto);
     // A host is quoted (a port's `:` is not a token character); one with characters a host
     // cannot hold is left out rather than escaped.
     if let Some(host) = fwd.host {
@@ -185,38 +202,92 @@ fn set_forwarded_element(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
                 c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b':' | b'[' | b']')
             })
         {
-            out.push_str(";host=\"");
-            out.push_str(host.to_str().unwrap_or_default());
-            out.push('"');
+            out.push(";host=\"");
+            out.push(host.to_str().unwrap_or_default());
+            out.push("\"");
         }
     }
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(out)) {
+    if let Some(v) = out.value() {
         headers.insert(FORWARDED.clone(), v);
+    }
+}
+
+/// A header value put together on the stack, then copied into its `HeaderValue`: one
+/// allocation, the value's own. A `String` turned into a value costs two (its own, and the
+/// bytes' shared header when its capacity is not its length). A value longer than the room
+/// here (a trusted chain of proxies) goes on to the heap.
+struct Scratch {
+    stack: [u8; 128],
+    len: usize,
+    /// The whole value once it outgrew `stack`; empty (and unallocated) until then.
+    heap: Vec<u8>,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch {
+            stack: [0; 128],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, s: &str) {
+        if self.heap.is_empty() {
+            let end = self.len + s.len();
+            if let Some(room) = self.stack.get_mut(self.len..end) {
+                room.copy_from_slice(s.as_bytes());
+                self.len = end;
+                return;
+            }
+            // Not empty from here on: what was on the stack and `s` overflowed it.
+            self.heap.reserve(end * 2);
+            self.heap.extend_from_slice(&self.stack[..self.len]);
+        }
+        self.heap.extend_from_slice(s.as_bytes());
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        if self.heap.is_empty() {
+            &self.stack[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+
+    /// The value; none if a client's earlier value held bytes a header cannot.
+    fn value(&self) -> Option<HeaderValue> {
+        HeaderValue::from_bytes(self.as_bytes()).ok()
     }
 }
 
 /// Appends `ip` as text; IPv4 by hand, since the formatting machinery costs more than the
 /// rest of the header edits of a request.
-fn push_ip(out: &mut String, ip: IpAddr) {
+fn push_ip(out: &mut Scratch, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    text[n] = b'.';
+                    n += 1;
                 }
                 if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
                 }
                 if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
                 }
-                out.push(char::from(b'0' + octet % 10));
+                text[n] = b'0' + octet % 10;
+                n += 1;
             }
+            // Digits and dots only.
+            out.push(std::str::from_utf8(&text[..n]).unwrap_or_default());
         }
-        IpAddr::V6(v6) => {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{v6}");
-        }
+        IpAddr::V6(v6) => out.push(&v6.to_string()),
     }
 }
 
@@ -459,9 +530,9 @@ mod tests {
             "fe80::1:2",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut s = String::new();
+            let mut s = Scratch::new();
             push_ip(&mut s, ip);
-            assert_eq!(s, ip.to_string());
+            assert_eq!(s.as_bytes(), ip.to_string().as_bytes());
         }
     }
 
@@ -482,6 +553,39 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn a_trusted_chain_longer_than_the_stack_room_is_kept_whole() {
+        // Values of 40 addresses: past the 128 bytes a value is put together in on the stack.
+        let chain: Vec<String> = (1..=40).map(|i| format!("192.0.2.{i}")).collect();
+        let xff = chain.join(", ");
+        let fwd: Vec<String> = chain.iter().map(|ip| format!("for={ip}")).collect();
+        let fwd = fwd.join(", ");
+        let mut h = map(&[("x-forwarded-for", &xff), ("forwarded", &fwd)]);
+        set_forwarded(
+            &mut h,
+            &Forwarded {
+                client_ip: "10.0.0.1".parse().unwrap(),
+                proto: "https",
+                host: Some(&HeaderValue::from_static("api.example")),
+                trust_client: true,
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], format!("{xff}, 10.0.0.1").as_str());
+        assert_eq!(
+            h["forwarded"],
+            format!("{fwd}, for=10.0.0.1;proto=https;host=\"api.example\"").as_str()
+        );
+        // Each piece around the edge of the room: every length from 120 to 140 bytes.
+        for pad in 100..=125 {
+            let prev = format!("{}.1", "9".repeat(pad - 2));
+            let mut s = Scratch::new();
+            s.push(&prev);
+            s.push(", ");
+            push_ip(&mut s, "10.0.0.1".parse().unwrap());
+            assert_eq!(s.as_bytes(), format!("{prev}, 10.0.0.1").as_bytes());
+        }
     }
 
     #[test]
