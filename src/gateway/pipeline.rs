@@ -399,8 +399,33 @@ fn access_line(
 }
 
 /// `normalize`: the path as the routes (and the upstream) see it.
-fn normalize(head: &Parts) -> Result<String, GatewayError> {
-    Ok(policy::normalize(head.uri.path())?.into_owned())
+fn normalize(head: &Parts) -> Result<RequestPath, GatewayError> {
+    let raw = head.uri.path();
+    Ok(match policy::normalize(raw)? {
+        Cow::Borrowed(p) if p == raw => match head.uri.path_and_query() {
+            Some(pq) => RequestPath::AsSent(pq.clone()),
+            None => RequestPath::Normalized(p.to_owned()),
+        },
+        p => RequestPath::Normalized(p.into_owned()),
+    })
+}
+
+/// The request's normalised path. Most paths need no change: then it is the request's own
+/// (shared with its URI, not copied).
+enum RequestPath {
+    AsSent(http::uri::PathAndQuery),
+    Normalized(String),
+}
+
+impl std::ops::Deref for RequestPath {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            RequestPath::AsSent(pq) => pq.path(),
+            RequestPath::Normalized(p) => p,
+        }
+    }
 }
 
 /// `metadata`: the RFC 9728 document, when the resource publishes one and this is its path;

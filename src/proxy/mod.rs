@@ -179,13 +179,17 @@ impl Upstream {
             pq.push('?');
             pq.push_str(q);
         }
+        let pq = http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq))
+            .map_err(|e| ProxyError::UpstreamRequest(e.to_string()))?;
+        self.uri_with(pq)
+    }
+
+    /// The absolute URI of `pq` on this upstream, as it is.
+    fn uri_with(&self, pq: http::uri::PathAndQuery) -> Result<Uri, ProxyError> {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(
-            http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq))
-                .map_err(|e| ProxyError::UpstreamRequest(e.to_string()))?,
-        );
+        parts.path_and_query = Some(pq);
         Uri::from_parts(parts).map_err(|e| ProxyError::UpstreamRequest(e.to_string()))
     }
 
@@ -296,7 +300,14 @@ pub fn prepare_parts(
     upstream: &Upstream,
     ctx: &Context<'_>,
 ) -> Result<Parts, ProxyError> {
-    let uri = upstream.uri_with_query(path, parts.uri.query())?;
+    let uri = match parts.uri.path_and_query() {
+        // The path goes upstream as the client sent it (the usual case): its bytes are shared
+        // with the request's URI, not put together again.
+        Some(sent) if upstream.base_path.is_empty() && sent.path() == path => {
+            upstream.uri_with(sent.clone())?
+        }
+        _ => upstream.uri_with_query(path, parts.uri.query())?,
+    };
 
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -356,6 +367,13 @@ pub fn json_response(status: http::StatusCode, v: &serde_json::Value) -> Respons
     r
 }
 
+/// An empty body; unlike `full(Bytes::new())`, it allocates nothing.
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// A body the gateway writes itself.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(bytes.into())
@@ -367,12 +385,8 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 mod tests {
     use super::*;
 
-    /// A request read off the wire has a header map sized to its own headers. The prepared
-    /// head holds what the gateway added, and room for a session's `Cookie` besides: a copy
-    /// for a replay is sized to what it holds, so the `Cookie` goes in before the copy.
-    #[test]
-    fn a_prepared_head_has_room_for_what_the_gateway_adds() {
-        let config = crate::config::from_toml_str(
+    fn public(upstream_url: &str) -> (Upstream, crate::config::Config) {
+        let config = crate::config::from_toml_str(&format!(
             r#"
 [server]
 listen = "127.0.0.1:0"
@@ -380,26 +394,69 @@ admin_listen = "127.0.0.1:0"
 
 [[upstream]]
 id = "api"
-url = "http://127.0.0.1:9"
+url = "{upstream_url}"
 
 [[route]]
 id = "public"
 prefix = "/"
 upstream = "api"
 auth = "none"
-"#,
-        )
+"#
+        ))
         .unwrap();
-        let upstream = Upstream::new(&config.upstreams[0]).unwrap();
-        let route = config.routes.iter().next().unwrap();
-        let request_id = HeaderValue::from_static("r-1");
-        let ctx = Context {
+        (Upstream::new(&config.upstreams[0]).unwrap(), config)
+    }
+
+    /// A plain-HTTP client at 127.0.0.1, not trusted for forwarding headers, without a token.
+    fn context(request_id: &HeaderValue) -> Context<'_> {
+        Context {
             remote: SocketAddr::from(([127, 0, 0, 1], 40000)),
             proto: "http",
             trust_forwarded: false,
-            request_id: &request_id,
+            request_id,
             claims: None,
-        };
+        }
+    }
+
+    /// The upstream URI keeps the client's own path and query when normalising changed
+    /// nothing, and is put together otherwise: a normalised path, an upstream base path, or
+    /// both, always with the query as sent.
+    #[test]
+    fn the_upstream_uri_is_the_normalised_path_on_the_upstream_with_the_query() {
+        let request_id = HeaderValue::from_static("r-1");
+        let ctx = context(&request_id);
+        for (base, sent, normalised, expected) in [
+            ("http://up:9", "/a/b?x=1&y", "/a/b", "http://up:9/a/b?x=1&y"),
+            ("http://up:9", "/a/b", "/a/b", "http://up:9/a/b"),
+            ("http://up:9", "/a/b?", "/a/b", "http://up:9/a/b?"),
+            ("http://up:9", "//a/./c/../b?q", "/a/b", "http://up:9/a/b?q"),
+            ("http://up:9", "/%7Ea?q", "/~a", "http://up:9/~a?q"),
+            (
+                "http://up:9/base/",
+                "/a/b?q",
+                "/a/b",
+                "http://up:9/base/a/b?q",
+            ),
+            ("http://up:9/base", "//a?q", "/a", "http://up:9/base/a?q"),
+            ("http://up:9", "*", "/", "http://up:9/"),
+        ] {
+            let (upstream, config) = public(base);
+            let route = config.routes.iter().next().unwrap();
+            let (parts, ()) = Request::options(sent).body(()).unwrap().into_parts();
+            let prepared = prepare_parts(parts, normalised, route, &upstream, &ctx).unwrap();
+            assert_eq!(prepared.uri.to_string(), expected, "{base} {sent}");
+        }
+    }
+
+    /// A request read off the wire has a header map sized to its own headers. The prepared
+    /// head holds what the gateway added, and room for a session's `Cookie` besides: a copy
+    /// for a replay is sized to what it holds, so the `Cookie` goes in before the copy.
+    #[test]
+    fn a_prepared_head_has_room_for_what_the_gateway_adds() {
+        let (upstream, config) = public("http://127.0.0.1:9");
+        let route = config.routes.iter().next().unwrap();
+        let request_id = HeaderValue::from_static("r-1");
+        let ctx = context(&request_id);
         for client in [&["host"][..], &["host", "authorization", "cookie"]] {
             // As hyper reads it: a map of the client's headers' size.
             let (mut parts, ()) = Request::get("/orders/1").body(()).unwrap().into_parts();
