@@ -583,6 +583,11 @@ where
     B::Error: Into<BoxError>,
 {
     limits::check_declared(&head.headers, route.max_body)?;
+    if body.is_end_stream() {
+        // No body, as in most requests: nothing to cap or time, and an empty body allocates
+        // nothing.
+        return Ok(proxy::empty());
+    }
     let (body, broken) = Capped::new(body, route.max_body, read_gap);
     rec.body = Some(broken);
     Ok(body.boxed())
@@ -646,7 +651,7 @@ impl Attempts {
         let body = match (self.body.take(), lease) {
             (Some(b), _) => b,
             (None, Some(l)) => l.replay_body(),
-            (None, None) => proxy::full(Bytes::new()),
+            (None, None) => proxy::empty(),
         };
         // The jar's `Cookie` goes into the kept head, which has room for it (`prepare_parts`
         // made it), before the copy: a copy is sized to what it holds, and growing it by one

@@ -9,7 +9,6 @@
 //!   the seat back and is answered with the gateway's own error (the upstream's status, never
 //!   its body).
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::Response;
 
@@ -33,12 +32,9 @@ pub(super) async fn admit(
     headers: &HeaderMap,
     body: &mut Body,
 ) -> Result<u64, SessionError> {
-    let bytes = read_bounded(
-        std::mem::replace(body, proxy::full(Bytes::new())),
-        MAX_LOGIN_BODY,
-    )
-    .await
-    .ok_or(SessionError::BodyRead)?;
+    let bytes = read_bounded(std::mem::replace(body, proxy::empty()), MAX_LOGIN_BODY)
+        .await
+        .ok_or(SessionError::BodyRead)?;
     if let Some(claim) = &pool.cfg.passive_login_name_claim {
         let name = login_name(headers, &bytes);
         let expected = principal.claims.get(claim).and_then(|v| v.as_str());

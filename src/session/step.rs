@@ -179,7 +179,7 @@ async fn keep_for_replay(body: &mut Body, max: u64) -> Result<Option<Bytes>, Ses
         return Ok(None);
     }
     let max = usize::try_from(max).unwrap_or(usize::MAX);
-    let bytes = body::read_bounded(std::mem::replace(body, proxy::full(Bytes::new())), max)
+    let bytes = body::read_bounded(std::mem::replace(body, proxy::empty()), max)
         .await
         .ok_or(SessionError::BodyRead)?;
     *body = proxy::full(bytes.clone());
