@@ -172,7 +172,10 @@ struct Watched<I> {
     /// Bytes already read from `io` (to tell h2c from HTTP/1.1), served first.
     replay: Bytes,
     /// The head being read: the `begun` count when its first byte came, and its deadline.
-    head: Option<(u64, Pin<Box<Sleep>>)>,
+    head: Option<(u64, Instant)>,
+    /// The head's timer, made only once a read has to wait in the middle of a head: most
+    /// heads arrive whole in one read and need none. Dropped with its head.
+    timer: Option<Pin<Box<Sleep>>>,
     /// How long writes have been waiting for the client to take bytes.
     send: crate::limits::Gap,
     _place: Place,
@@ -519,6 +522,7 @@ impl<I> Watched<I> {
             proto,
             replay: Bytes::new(),
             head: None,
+            timer: None,
             send: crate::limits::Gap::new(send_timeout),
             _place: place,
         }
@@ -551,7 +555,7 @@ impl<I> Watched<I> {
     fn replaying(mut self, sniffed: Sniffed) -> Self {
         if self.proto == Proto::Http1 && !sniffed.bytes.is_empty() {
             let deadline = sniffed.first_byte + self.head_timeout;
-            self.head = Some((0, Box::pin(tokio::time::sleep_until(deadline))));
+            self.head = Some((0, deadline));
         }
         self.replay = sniffed.bytes;
         self
@@ -579,23 +583,31 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         let poll = Pin::new(&mut this.io).poll_read(cx, buf);
         if !this.times_heads() {
             this.head = None;
+            this.timer = None;
             return poll;
         }
         let begun = this.activity.begun.load(Ordering::SeqCst);
         if matches!(&this.head, Some((at, _)) if *at != begun) {
             // A request began since the head's first byte: that head was complete.
             this.head = None;
+            this.timer = None;
         }
         match &poll {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 // The first byte of a head: bytes while nothing is in flight.
                 if this.head.is_none() && this.activity.in_flight.load(Ordering::SeqCst) == 0 {
-                    this.head = Some((begun, Box::pin(tokio::time::sleep(this.head_timeout))));
+                    this.head = Some((begun, Instant::now() + this.head_timeout));
                 }
             }
             Poll::Pending => {
-                if let Some((_, deadline)) = &mut this.head {
-                    if deadline.as_mut().poll(cx).is_ready() {
+                if let Some((_, deadline)) = this.head {
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "the request head did not arrive within server.header_read_timeout",

@@ -269,6 +269,77 @@ async fn a_slow_request_head_is_cut_off_after_header_read_timeout() {
     app.shutdown().await;
 }
 
+/// Reads one answer off a raw connection (its head, then a `Content-Length` body) and returns
+/// its status line.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() >= end + 4 + length {
+                return status_line(&got);
+            }
+        }
+        let n = tokio::time::timeout(BOUND, stream.read(&mut buf))
+            .await
+            .expect("an answer within the bound")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Each head on a kept connection gets its own deadline from its own first byte, whether it
+/// arrives whole or in pieces: a head completed in pieces is served, a later one is not held to
+/// an earlier one's deadline, and one left half-sent is still cut off.
+#[tokio::test]
+async fn every_head_on_a_kept_connection_is_timed_from_its_own_first_byte() {
+    let upstream = RecordingUpstream::start().await;
+    let app = start(
+        "header_read_timeout = \"1s\"\nidle_timeout = \"60s\"",
+        &upstream.url(),
+        "",
+        "",
+    )
+    .await;
+    let mut s = connect(app.proxy_addr).await;
+    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms)); // the pauses under test
+    s.write_all(b"GET /public/a HTTP/1.1\r\nHost: gateway.test\r\n")
+        .await
+        .unwrap();
+    pause(300).await;
+    s.write_all(b"\r\n").await.unwrap();
+    assert_eq!(read_answer(&mut s).await, "HTTP/1.1 200 OK");
+
+    // 0.3 + 0.5 + 0.6 s after the first head's first byte: past its deadline, not this one's.
+    pause(500).await;
+    s.write_all(b"GET /public/b HTTP/1.1\r\nHost: gateway.test\r\n")
+        .await
+        .unwrap();
+    pause(600).await;
+    s.write_all(b"\r\n").await.unwrap();
+    assert_eq!(read_answer(&mut s).await, "HTTP/1.1 200 OK");
+
+    s.write_all(b"GET /public/c HTTP/1.1\r\n").await.unwrap();
+    let got = read_until_closed(&mut s, BOUND).await;
+    assert!(
+        got.is_empty() || status_line(&got).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(upstream.count(), 2);
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let upstream = RecordingUpstream::start().await;
