@@ -62,6 +62,8 @@ pub(crate) enum Gateway {
     TollgateLegacy {
         sessions: bool,
     },
+    /// A bare hyper proxy, this bench binary's `--hyper-floor` (`hyper_floor.rs`).
+    HyperFloor,
 }
 
 impl Gateway {
@@ -87,6 +89,7 @@ impl Gateway {
                 "tollgate legacy, {}",
                 if sessions { "sessions" } else { "no sessions" }
             ),
+            Gateway::HyperFloor => "hyper floor".to_owned(),
         }
     }
 
@@ -99,7 +102,8 @@ impl Gateway {
             Gateway::Nginx
             | Gateway::Haproxy
             | Gateway::TollgateIntrospection
-            | Gateway::TollgateLegacy { .. } => None,
+            | Gateway::TollgateLegacy { .. }
+            | Gateway::HyperFloor => None,
         }
     }
 
@@ -122,6 +126,7 @@ impl Gateway {
             Gateway::TollgateJwt { .. }
             | Gateway::TollgateIntrospection
             | Gateway::TollgateLegacy { .. } => return Ok(&lab.tollgate),
+            Gateway::HyperFloor => return Ok(&lab.hyper_floor),
         };
         peer.as_ref().map_err(String::clone)
     }
@@ -146,6 +151,9 @@ pub(crate) struct Lab {
     pub(crate) peers: Peers,
     /// The release binary built with this bench (`CARGO_BIN_EXE_tollgate`).
     pub(crate) tollgate: Tool,
+    /// This bench binary, which is the bare hyper proxy with `--hyper-floor`; the version is
+    /// hyper's.
+    pub(crate) hyper_floor: Tool,
     pub(crate) dir: PathBuf,
     pub(crate) runtime: Runtime,
     /// The upstream nginx of every non-legacy row.
@@ -319,6 +327,11 @@ fn configure(lab: &Lab, gateway: Gateway, dir: &Path, addr: SocketAddr) -> anyho
             let toml = configs::introspection(&lab.introspection_issuer, &upstream_url, None);
             tollgate_args(&write("tollgate.toml", toml)?, addr, &mut env)?
         }
+        Gateway::HyperFloor => vec![
+            crate::hyper_floor::ARG.to_owned(),
+            addr.to_string(),
+            lab.upstream.to_string(),
+        ],
         Gateway::TollgateLegacy { sessions } => {
             let legacy = Fake::start(&lab.runtime)?;
             let url = format!("http://{}", legacy.addr);

@@ -23,6 +23,7 @@
 //! | `haproxy-jwt`              | HAProxy `jwt_verify` + exp/iss/aud rules, 10k tokens         |
 //! | `envoy-jwt`                | Envoy `jwt_authn`, 10k tokens                                |
 //! | `envoy-jwt-cache`          | Envoy `jwt_authn` with `jwt_cache_config`, 10k tokens        |
+//! | `hyper-floor`              | a bare hyper proxy: the least tollgate's HTTP stack costs    |
 //! | `tollgate-public`          | tollgate, public route                                       |
 //! | `tollgate-jwt-1`           | tollgate, JWT route, one token                               |
 //! | `tollgate-jwt-10k`         | tollgate, JWT route, 10k tokens (verified-token cache warm)  |
@@ -54,6 +55,7 @@
 //! | `measure.rs`      | one row in one round; the medians                                     |
 //! | `correctness.rs`  | the bad tokens and the matrix                                         |
 //! | `floor.rs`        | one signature verification on the gateway core (`openssl speed`)      |
+//! | `hyper_floor.rs`  | the bare hyper proxy of the `hyper-floor` row (this binary, re-run)   |
 //! | `report.rs`       | the table, notes, versions; `peers.md`; `docs/performance.md`'s part  |
 //! | `chart.rs`        | the SVG bar chart                                                     |
 //!
@@ -77,6 +79,7 @@ mod floor;
 mod gateways;
 #[path = "../common/harness.rs"]
 mod harness;
+mod hyper_floor;
 mod install;
 #[path = "../common/machine.rs"]
 mod machine;
@@ -110,6 +113,7 @@ use settings::{Settings, GATEWAY_CPU, LEGACY_GRANTS, LOAD_CPU, TOKEN_COUNT};
 use wrk::Wrk;
 
 fn main() {
+    hyper_floor::run_if_asked();
     harness::main(
         "peers",
         "benches/peers compares tollgate with its peers",
@@ -148,7 +152,7 @@ pub(crate) enum TokenSet {
     Grants,
 }
 
-const ROWS: [Row; 14] = [
+const ROWS: [Row; 15] = [
     Row {
         name: "nginx",
         label: "nginx plain proxy",
@@ -183,6 +187,13 @@ const ROWS: [Row; 14] = [
         gateway: Gateway::EnvoyJwtCache,
         path: API_PATH,
         tokens: TokenSet::Many(Alg::Rs256),
+    },
+    Row {
+        name: "hyper-floor",
+        label: "hyper bare proxy (the forwarding floor: no gateway logic)",
+        gateway: Gateway::HyperFloor,
+        path: PUBLIC_PATH,
+        tokens: TokenSet::None,
     },
     Row {
         name: "tollgate-public",
@@ -373,6 +384,7 @@ fn run() -> anyhow::Result<()> {
         matrices: &matrices,
         load_at_start,
         floor: &floor,
+        hyper_version: &bench.lab.hyper_floor.version,
     };
     publish(&results, &ctx)?;
     check(&results, &ctx)
@@ -429,6 +441,10 @@ impl Bench {
             tollgate: Tool {
                 path: tollgate.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tollgate"))),
                 version: tollgate::VERSION.to_owned(),
+            },
+            hyper_floor: Tool {
+                path: std::env::current_exe().context("this bench's own path")?,
+                version: hyper_floor::hyper_version(settings::repo()),
             },
             dir: dir.to_owned(),
             runtime,

