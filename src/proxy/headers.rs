@@ -212,7 +212,7 @@ fn set_forwarded_element(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
     }
 }
 
-/// A header value put together on the stack, then copied into its `HeaderValue`: one
+/// A header value put together on the stack, then moved into its `HeaderValue`: one
 /// allocation, the value's own. A `String` turned into a value costs two (its own, and the
 /// bytes' shared header when its capacity is not its length). A value longer than the room
 /// here (a trusted chain of proxies) goes on to the heap.
@@ -255,9 +255,18 @@ impl Scratch {
         }
     }
 
-    /// The value; none if a client's earlier value held bytes a header cannot.
-    fn value(&self) -> Option<HeaderValue> {
-        HeaderValue::from_bytes(self.as_bytes()).ok()
+    /// The value; none if a client's earlier value held bytes a header cannot. The value
+    /// owns this scratch, behind a shared count from the start: a session request's head is
+    /// copied for a replay, and the copy of a value made from a plain buffer would allocate
+    /// its count then.
+    fn value(self) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(Bytes::from_owner(self)).ok()
+    }
+}
+
+impl AsRef<[u8]> for Scratch {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
     }
 }
 
