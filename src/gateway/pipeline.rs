@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::{Either, FutureExt as _};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
@@ -307,7 +308,10 @@ impl Gateway {
                 Settled::Fail(e) => return Err(e.into()),
             }
         };
-        finish(resp, lease.take(), upstream, origin.as_ref(), upgrade).await
+        match finish(resp, lease.take(), upstream, origin.as_ref(), upgrade)? {
+            Finished::Answer(resp) => Ok(resp),
+            Finished::Sanitize(answer) => Ok(answer.await),
+        }
     }
 
     /// The error's answer, from the one table (with the challenges of the request's own
@@ -681,40 +685,54 @@ fn copy_head(p: &Parts) -> Parts {
 /// `send`: the request to the upstream, stopped if a shared store loses the lease while it
 /// runs (never two requests on one session). The upstream latency is recorded here, once
 /// per attempt, whatever the outcome.
-async fn send(
-    upstream: &Upstream,
-    series: &UpstreamSeries,
+///
+/// Not an `async fn`, and no `async` block on the common path: either would keep what it
+/// awaits twice in its future (as it captured it, and as it awaits it), and this future is
+/// part of every request's. The race against a lost lease (leases in a shared store only)
+/// is boxed, so that its larger future is not.
+fn send<'a>(
+    upstream: &'a Upstream,
+    series: &'a UpstreamSeries,
     mut req: Request<Body>,
-    lease: Option<&Lease>,
-    rec: &mut Record,
-    trace: &RequestTrace,
-) -> Result<Response<UpstreamBody>, GatewayError> {
+    lease: Option<&'a Lease>,
+    rec: &'a mut Record,
+    trace: &'a RequestTrace,
+) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, GatewayError>> + 'a {
     let step = trace.upstream_call(req.method(), req.uri());
     if step.is_recording() {
         step.note("tollgate.upstream", upstream.id.to_string());
     }
     step.inject(req.headers_mut());
     let sent = Instant::now();
-    let resp = match lease.and_then(Lease::lost) {
-        None => upstream.send(req).await.map_err(GatewayError::from),
-        Some(mut lost) => tokio::select! {
-            r = upstream.send(req) => r.map_err(GatewayError::from),
-            _ = lost.wait_for(|l| *l) => Err(session::SessionError::Store(
-                "the session's lease was lost in the store".to_owned(),
-            )
-            .into()),
-        },
+    let mut record = move |resp: Result<Response<UpstreamBody>, GatewayError>| {
+        let secs = sent.elapsed().as_secs_f64();
+        rec.upstream_secs += secs;
+        let status = resp.as_ref().ok().map(|r| r.status().as_u16());
+        match (&resp, status) {
+            (_, Some(s)) => step.status(s),
+            (Err(e), None) => step.fail(&e.class().description),
+            (Ok(_), None) => {}
+        }
+        series.observe(secs, status);
+        resp
     };
-    let secs = sent.elapsed().as_secs_f64();
-    rec.upstream_secs += secs;
-    let status = resp.as_ref().ok().map(|r| r.status().as_u16());
-    match (&resp, status) {
-        (_, Some(s)) => step.status(s),
-        (Err(e), None) => step.fail(&e.class().description),
-        (Ok(_), None) => {}
+    match lease.and_then(Lease::lost) {
+        None => Either::Left(
+            upstream
+                .send(req)
+                .map(move |r| record(r.map_err(GatewayError::from))),
+        ),
+        Some(mut lost) => Either::Right(Box::pin(async move {
+            let resp = tokio::select! {
+                r = upstream.send(req) => r.map_err(GatewayError::from),
+                _ = lost.wait_for(|l| *l) => Err(session::SessionError::Store(
+                    "the session's lease was lost in the store".to_owned(),
+                )
+                .into()),
+            };
+            record(resp)
+        })),
     }
-    series.observe(secs, status);
-    resp
 }
 
 /// `settle`: the session layer's second step (upstreams without sessions keep every answer).
@@ -728,21 +746,25 @@ async fn settle(lease: Option<&mut Lease>, resp: Response<UpstreamBody>) -> Sett
 /// `finish`: the answer for the client: hop-by-hop headers removed; through the session layer,
 /// no upstream cookie, `Location` on the gateway, the session headers, error details withheld,
 /// and the lease held until the body is sent; a `101` joins the two upgraded connections.
-async fn finish(
+///
+/// Not an `async fn`: only a session's error answer has to be waited for (read, then
+/// sanitised), and that is the boxed future it returns. Awaited inline, its state would be
+/// part of every request's future.
+fn finish(
     resp: Response<UpstreamBody>,
     lease: Option<Lease>,
     upstream: &Upstream,
     origin: Option<&External>,
     upgrade: Option<Upgrade>,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Finished, GatewayError> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return switch(resp, upstream, upgrade);
+        return switch(resp, upstream, upgrade).map(Finished::Answer);
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     let body: Body = limits::Paced::new(body, upstream.body_read_timeout).boxed();
     let Some(lease) = lease else {
-        return Ok(Response::from_parts(parts, body));
+        return Ok(Finished::Answer(Response::from_parts(parts, body)));
     };
     let edits = lease.edits(parts.status);
     let h = &mut parts.headers;
@@ -761,13 +783,24 @@ async fn finish(
     if let Some(line) = &edits.set_cookie {
         headers::append_set_cookie(h, line);
     }
-    let body = if edits.sanitize {
-        // Error answers are small: read here (the session is held meanwhile).
-        proxy::full(Box::pin(sanitize::error_body(parts.status, &mut parts.headers, body)).await)
-    } else {
-        body
-    };
-    Ok(Response::from_parts(parts, lease.hold_until_sent(body)))
+    if !edits.sanitize {
+        return Ok(Finished::Answer(Response::from_parts(
+            parts,
+            lease.hold_until_sent(body),
+        )));
+    }
+    // Error answers are small: read here (the session is held meanwhile).
+    Ok(Finished::Sanitize(Box::pin(async move {
+        let body = proxy::full(sanitize::error_body(parts.status, &mut parts.headers, body).await);
+        Response::from_parts(parts, lease.hold_until_sent(body))
+    })))
+}
+
+/// What [`finish`] leaves: the answer, or a session's error answer still to be read and
+/// sanitised.
+enum Finished {
+    Answer(Response<Body>),
+    Sanitize(std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>),
 }
 
 /// A `101 Switching Protocols`: relayed only for the upgrade the client asked for, by joining

@@ -21,7 +21,8 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::UpstreamConfig;
 use crate::policy::Route;
-use crate::Body;
+use crate::{Body, BoxError};
+use futures_util::future::{Either, FutureExt as _};
 use headers::Forwarded;
 use pool::Pool;
 pub use pool::UpstreamBody;
@@ -220,45 +221,50 @@ impl Upstream {
     }
 
     /// [`Upstream::send`] with another timeout (logins and logouts have their own).
-    pub async fn send_within(
+    ///
+    /// Not an `async fn` either: the request goes straight into the transport's own future
+    /// here, and the outcome is mapped by combinators. An `async fn` or block would keep the
+    /// request, or the future it awaits, twice in its own future, and every future around it
+    /// (each request's) would carry and copy the extra bytes.
+    pub fn send_within(
         &self,
         req: Request<Body>,
         timeout: Duration,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
+    ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, ProxyError>> + '_ {
         // Shed load instead of queueing behind a saturated upstream.
-        let _place = match &self.limit {
-            Some(limit) => {
-                Some(
-                    limit
-                        .clone()
-                        .try_acquire_owned()
-                        .map_err(|_| ProxyError::Overloaded {
-                            upstream: self.id.to_string(),
-                        })?,
-                )
-            }
+        let place = match &self.limit {
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(place) => Some(place),
+                Err(_) => {
+                    return Either::Left(std::future::ready(Err(ProxyError::Overloaded {
+                        upstream: self.id.to_string(),
+                    })))
+                }
+            },
             None => None,
         };
-        let sent = async {
-            match &self.transport {
-                Transport::Http1(pool) => pool.send(req).await,
-                Transport::Negotiated(client) => match client.request(req).await {
-                    Ok(resp) => Ok(resp.map(UpstreamBody::unpooled)),
-                    Err(e) => Err(e.into()),
-                },
-            }
+        let sent = match &self.transport {
+            Transport::Http1(pool) => Either::Left(pool.send(req)),
+            Transport::Negotiated(client) => Either::Right(client.request(req).map(|r| {
+                r.map(|resp| resp.map(UpstreamBody::unpooled))
+                    .map_err(BoxError::from)
+            })),
         };
-        match tokio::time::timeout(timeout, sent).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(ProxyError::Unreachable {
-                upstream: self.id.to_string(),
-                reason: describe(&*e),
-            }),
-            Err(_) => Err(ProxyError::Timeout {
-                upstream: self.id.to_string(),
-                timeout,
-            }),
-        }
+        Either::Right(tokio::time::timeout(timeout, sent).map(move |outcome| {
+            // The place is held until the answer's head is in (or the send failed).
+            drop(place);
+            match outcome {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(e)) => Err(ProxyError::Unreachable {
+                    upstream: self.id.to_string(),
+                    reason: describe(&*e),
+                }),
+                Err(_) => Err(ProxyError::Timeout {
+                    upstream: self.id.to_string(),
+                    timeout,
+                }),
+            }
+        }))
     }
 }
 

@@ -81,10 +81,13 @@ impl Pool {
     /// Sends `req` (absolute URI) on an idle connection, or on a new one when none is idle.
     /// A request that a reused connection closed before sending is sent again on another:
     /// nothing of it reached the upstream.
-    pub(crate) async fn send(
+    ///
+    /// Not an `async fn`: its request would be kept twice in its future (the argument and the
+    /// binding the body moves it to), and that future is part of every request's.
+    pub(crate) fn send(
         self: &Arc<Self>,
         mut req: Request<Body>,
-    ) -> Result<Response<UpstreamBody>, BoxError> {
+    ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, BoxError>> + '_ {
         // hyper's HTTP/1.1 client writes the URI as given: the origin form, as for a server.
         // Taken, not copied: a copy of a path made for this request would allocate.
         let origin = std::mem::take(req.uri_mut())
@@ -95,19 +98,22 @@ impl Pool {
         req.headers_mut()
             .entry(HOST)
             .or_insert_with(|| self.host.clone());
-        loop {
-            let (mut conn, reused) = match self.take() {
-                Some(conn) => (conn, true),
-                // Boxed: dialling (TCP, TLS, handshake) is a large future, and only the first
-                // request on a connection needs it; inline, every request would carry it.
-                None => (Box::pin(self.connect()).await?, false),
-            };
-            match conn.try_send_request(req).await {
-                Ok(resp) => return Ok(self.attach(conn, resp)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(e.into_error().into()),
-                },
+        async move {
+            loop {
+                let (mut conn, reused) = match self.take() {
+                    Some(conn) => (conn, true),
+                    // Boxed: dialling (TCP, TLS, handshake) is a large future, and only the
+                    // first request on a connection needs it; inline, every request would
+                    // carry it.
+                    None => (Box::pin(self.connect()).await?, false),
+                };
+                match conn.try_send_request(req).await {
+                    Ok(resp) => return Ok(self.attach(conn, resp)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if reused => req = unsent,
+                        _ => return Err(e.into_error().into()),
+                    },
+                }
             }
         }
     }
