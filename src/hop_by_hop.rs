@@ -46,10 +46,6 @@ fn index_of(name: &str) -> Option<usize> {
     })
 }
 
-fn is_hop_by_hop_name(name: &str) -> bool {
-    index_of(name).is_some()
-}
-
 /// True when a `Connection` token needs no removal of its own: a hop-by-hop header (removed
 /// anyway) or `close`, in any case. Saves parsing the common `keep-alive` into a header name.
 pub fn is_connection_option(token: &str) -> bool {
@@ -62,7 +58,7 @@ pub fn is_connection_option(token: &str) -> bool {
     buf.copy_from_slice(token.as_bytes());
     buf.make_ascii_lowercase();
     // A token's bytes lower-cased are still UTF-8 (only ASCII letters change).
-    std::str::from_utf8(buf).is_ok_and(|t| t == "close" || is_hop_by_hop_name(t))
+    std::str::from_utf8(buf).is_ok_and(|t| t == "close" || index_of(t).is_some())
 }
 
 #[cfg(test)]

@@ -105,8 +105,8 @@ pub(crate) struct Gap {
     gap: Duration,
     /// Since when the body has been waited for without a frame.
     waiting_since: Option<Instant>,
-    /// Allocated on the first wait, then moved to each new wait's deadline.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Set on the first wait, then moved to each new wait's deadline.
+    timer: Alarm,
 }
 
 impl Gap {
@@ -114,7 +114,7 @@ impl Gap {
         Gap {
             gap,
             waiting_since: None,
-            timer: None,
+            timer: Alarm::default(),
         }
     }
 
@@ -155,14 +155,31 @@ impl Gap {
         if now >= deadline {
             return true;
         }
+        self.timer.rung(deadline, cx)
+    }
+}
+
+/// A timer made on the first wait that needs one, then moved to each later deadline: most
+/// waits end before any timer is needed, and the rest share one allocation.
+#[derive(Default)]
+pub(crate) struct Alarm(Option<Pin<Box<Sleep>>>);
+
+impl Alarm {
+    /// True once `deadline` has passed; otherwise the timer is set to it and this task is
+    /// woken then.
+    pub(crate) fn rung(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
         let timer = self
-            .timer
+            .0
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
-        // Registers the waker; ready only if the deadline passed meanwhile.
         timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// Drops the timer, and its place in the runtime's timer wheel.
+    pub(crate) fn disarm(&mut self) {
+        self.0 = None;
     }
 }
 

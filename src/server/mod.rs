@@ -49,7 +49,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::{ListenerMetrics, OpenGuard};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::config::{Config, Http2Limits, ServerConfig, TlsConfig};
 use crate::gateway::{Conn, Gateway};
@@ -173,9 +173,9 @@ struct Watched<I> {
     replay: Bytes,
     /// The head being read: the `begun` count when its first byte came, and its deadline.
     head: Option<(u64, Instant)>,
-    /// The head's timer, made only once a read has to wait in the middle of a head: most
-    /// heads arrive whole in one read and need none. Dropped with its head.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// The head's timer, set only once a read has to wait in the middle of a head: most
+    /// heads arrive whole in one read and need none. Disarmed with its head.
+    timer: crate::limits::Alarm,
     /// How long writes have been waiting for the client to take bytes.
     send: crate::limits::Gap,
     _place: Place,
@@ -522,7 +522,7 @@ impl<I> Watched<I> {
             proto,
             replay: Bytes::new(),
             head: None,
-            timer: None,
+            timer: crate::limits::Alarm::default(),
             send: crate::limits::Gap::new(send_timeout),
             _place: place,
         }
@@ -583,14 +583,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         let poll = Pin::new(&mut this.io).poll_read(cx, buf);
         if !this.times_heads() {
             this.head = None;
-            this.timer = None;
+            this.timer.disarm();
             return poll;
         }
         let begun = this.activity.begun.load(Ordering::SeqCst);
         if matches!(&this.head, Some((at, _)) if *at != begun) {
             // A request began since the head's first byte: that head was complete.
             this.head = None;
-            this.timer = None;
+            this.timer.disarm();
         }
         match &poll {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
@@ -601,13 +601,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
             }
             Poll::Pending => {
                 if let Some((_, deadline)) = this.head {
-                    let timer = this
-                        .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    if timer.deadline() != deadline {
-                        timer.as_mut().reset(deadline);
-                    }
-                    if timer.as_mut().poll(cx).is_ready() {
+                    if this.timer.rung(deadline, cx) {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "the request head did not arrive within server.header_read_timeout",

@@ -57,8 +57,9 @@ impl Actions {
     }
 
     /// Whether `path` is the login call, and whether it is the logout call (never both: a
-    /// path that is both is the login). It answers as `is_action` (the tests' plain form of the rule) does for each, with the
-    /// request path decoded and cut into segments once for the two.
+    /// path that is both is the login). It answers as `is_action` (the tests' plain form of
+    /// the rule) does for each, with the request path decoded and cut into segments once for
+    /// the two.
     pub fn classify(&self, path: &str) -> (bool, bool) {
         let decoded = percent_decode(path);
         let (mut is_login, mut is_logout) = (true, true);
