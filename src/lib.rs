@@ -26,7 +26,8 @@
 //!
 //! Below them sit leaf modules that import nothing of the crate, so that no two layers need each
 //! other for a helper: [`clock`] (Unix time as numbers), [`net`] (loopback hosts, credential
-//! redaction), [`hop_by_hop`] (the connection-scoped header list), [`framing`] (the request
+//! redaction), [`hop_by_hop`] (the connection-scoped header list), [`runtime`] (the threads
+//! requests run on: per-core runtimes or one work-stealing runtime), [`framing`] (the request
 //! framing and target checks) and `pem` (certificate and key files), next to the [`secret`] type that keeps credentials out of logs.
 
 pub mod auth;
@@ -49,6 +50,7 @@ mod pem;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod runtime;
 pub mod secret;
 pub mod server;
 pub mod session;

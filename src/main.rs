@@ -126,7 +126,7 @@ fn main() -> ExitCode {
             online,
             login_upstream,
         } => match config::load(&config) {
-            Ok(cfg) if online => runtime(check_online(cfg, login_upstream)),
+            Ok(cfg) if online => runtime(None, check_online(cfg, login_upstream)),
             Ok(cfg) => {
                 println!("{}: OK: {}", config.display(), cfg.summary());
                 ExitCode::SUCCESS
@@ -148,7 +148,7 @@ fn main() -> ExitCode {
                 eprintln!("tollgate: logging: {e}");
                 return ExitCode::FAILURE;
             }
-            runtime(async move {
+            runtime(Some(&cfg.server.clone()), async move {
                 let listeners = Listeners::bind(&cfg).await?;
                 let app = App::start(&cfg, listeners)?;
                 tracing::info!(config = %config.display(), summary = %cfg.summary(), version = tollgate::VERSION, "started");
@@ -196,7 +196,7 @@ fn main() -> ExitCode {
                 eprintln!("tollgate: logging: {e}");
                 return ExitCode::FAILURE;
             }
-            runtime(async move {
+            runtime(None, async move {
                 let demo = Demo::start(&DemoOptions {
                     listen,
                     admin_listen,
@@ -238,25 +238,22 @@ async fn check_online(cfg: tollgate::Config, login_upstream: bool) -> anyhow::Re
     Ok(())
 }
 
-fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let workers = match worker_threads(std::env::var("TOKIO_WORKER_THREADS").ok().as_deref()) {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("tollgate: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // One thread: the single-threaded scheduler does the same work without the work-stealing
-    // one's hand-offs between its worker and its I/O driver, which cost 10 to 15 % of the
-    // gateway's CPU per request on one core, mostly kernel time (docs/performance.md).
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    let rt = match builder.enable_all().build() {
+/// Runs `fut` on the main thread's runtime for `server` (its `threads` and `scheduler`; the
+/// gateway's other per-core threads are started by the server itself), or on one thread.
+fn runtime(
+    server: Option<&tollgate::config::ServerConfig>,
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let (threads, scheduler) =
+        match server.map(|s| (tollgate::runtime::threads(s.threads), s.scheduler)) {
+            None => (1, tollgate::config::Scheduler::PerCore),
+            Some((Ok(n), scheduler)) => (n, scheduler),
+            Some((Err(e), _)) => {
+                eprintln!("tollgate: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let rt = match tollgate::runtime::build(threads, scheduler) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tollgate: cannot start the runtime: {e}");
@@ -269,20 +266,6 @@ fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCo
             eprintln!("tollgate: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// How many threads run requests: `TOKIO_WORKER_THREADS` when set, else one per CPU this
-/// process may use (its affinity mask and cgroup quota count).
-fn worker_threads(set: Option<&str>) -> Result<usize, String> {
-    match set {
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n @ 1..) => Ok(n),
-            _ => Err(format!(
-                "TOKIO_WORKER_THREADS must be a whole number of threads, at least 1 (got {v:?})"
-            )),
-        },
-        None => Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
     }
 }
 

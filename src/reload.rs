@@ -4,7 +4,7 @@
 //! applied with [`Gateway::apply`]: everything swaps at once, in-flight requests finish on the
 //! old configuration.
 //!
-//! Listen addresses, the log settings, the `[store]` and `[telemetry]` are fixed at start: changing them needs
+//! Listen addresses, the threads and their scheduler, the log settings, the `[store]` and `[telemetry]` are fixed at start: changing them needs
 //! a restart, which the log says.
 
 use std::path::{Path, PathBuf};
@@ -47,6 +47,14 @@ pub async fn reload(
         (
             "server.admin_listen",
             cfg.server.admin_listen != running.server.admin_listen,
+        ),
+        (
+            "server.threads",
+            cfg.server.threads != running.server.threads,
+        ),
+        (
+            "server.scheduler",
+            cfg.server.scheduler != running.server.scheduler,
         ),
         ("[store]", cfg.store != running.store),
         ("[telemetry]", cfg.telemetry != running.telemetry),

@@ -139,6 +139,13 @@ pub struct ServerSection {
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`), `IP:port`. By default
     /// [`default_admin_listen`].
     pub admin_listen: Option<String>,
+    /// Threads serving the proxy listener (a count, 1 to 1024). By default
+    /// `TOKIO_WORKER_THREADS` when that is set, else one per CPU the process may use.
+    pub threads: Option<u32>,
+    /// How several threads share the proxy listener's connections: `"per-core"` (each thread
+    /// a runtime and listening socket of its own) or `"work-stealing"` (one runtime, idle
+    /// threads take work from busy ones). By default [`default_scheduler`].
+    pub scheduler: Option<String>,
     /// The `realm` of every `WWW-Authenticate` challenge. By default [`default_realm`].
     pub realm: Option<String>,
     /// A file of `[[route]]` tables, relative to the configuration file.
@@ -221,6 +228,11 @@ pub fn default_listen() -> &'static str {
 /// `127.0.0.1:9090`.
 pub fn default_admin_listen() -> &'static str {
     "127.0.0.1:9090"
+}
+
+/// `per-core`.
+pub fn default_scheduler() -> &'static str {
+    "per-core"
 }
 
 /// `tollgate`.
@@ -906,6 +918,7 @@ pub fn defaults() -> Vec<(&'static str, serde_json::Value)> {
         ("default_send_timeout", json!(default_send_timeout())),
         ("default_listen", json!(default_listen())),
         ("default_admin_listen", json!(default_admin_listen())),
+        ("default_scheduler", json!(default_scheduler())),
         ("default_realm", json!(default_realm())),
         (
             "default_token_cache_capacity",

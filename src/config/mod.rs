@@ -46,6 +46,7 @@ mod validate;
 pub use crate::auth::settings::{
     ClientAuth, IntrospectionConfig, IssuerConfig, KeySource, ValidationMode,
 };
+pub use crate::runtime::Scheduler;
 pub use crate::secret::Secret;
 pub use session::{Creation, Credentials, GrantSource, SessionConfig, SessionMode, WithoutHandle};
 
@@ -152,6 +153,10 @@ impl RedisTarget {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// `server.threads`; unset, `TOKIO_WORKER_THREADS` or the usable CPUs decide
+    /// ([`crate::runtime::threads`]).
+    pub threads: Option<u32>,
+    pub scheduler: Scheduler,
     pub realm: Arc<str>,
     pub token_cache_capacity: u64,
     pub trust_forwarded_headers: bool,

@@ -5,7 +5,10 @@ use std::path::Path;
 
 use super::check::{written_or, Checker};
 use super::file::{self, ServerSection, TlsSection};
-use super::{Http2Limits, Secret, ServerConfig, TlsConfig};
+use super::{Http2Limits, Scheduler, Secret, ServerConfig, TlsConfig};
+
+/// The most threads `server.threads` may ask for: more is a typo, not a machine.
+const MAX_THREADS: u32 = 1024;
 
 pub(crate) fn server(c: &mut Checker<'_>, raw: &ServerSection, base: &Path) -> ServerConfig {
     let listen = c.socket_addr(
@@ -19,6 +22,25 @@ pub(crate) fn server(c: &mut Checker<'_>, raw: &ServerSection, base: &Path) -> S
     if listen == admin_listen && listen.port() != 0 {
         c.error("server.admin_listen", "must differ from server.listen");
     }
+    if let Some(n) = raw.threads {
+        if !(1..=MAX_THREADS).contains(&n) {
+            c.error(
+                "server.threads",
+                format!("must be between 1 and {MAX_THREADS} (got {n})"),
+            );
+        }
+    }
+    let scheduler = match written_or(&raw.scheduler, file::default_scheduler) {
+        "per-core" => Scheduler::PerCore,
+        "work-stealing" => Scheduler::WorkStealing,
+        other => {
+            c.error(
+                "server.scheduler",
+                format!("`{other}` is not a scheduler; use \"per-core\" or \"work-stealing\""),
+            );
+            Scheduler::PerCore
+        }
+    };
     let realm = written_or(&raw.realm, file::default_realm);
     if realm.is_empty()
         || !realm
@@ -40,6 +62,8 @@ pub(crate) fn server(c: &mut Checker<'_>, raw: &ServerSection, base: &Path) -> S
     ServerConfig {
         listen,
         admin_listen,
+        threads: raw.threads,
+        scheduler,
         realm: realm.into(),
         token_cache_capacity,
         trust_forwarded_headers: raw.trust_forwarded_headers.unwrap_or_default(),

@@ -48,7 +48,9 @@ impl Demo {
     pub async fn start(opts: &DemoOptions) -> anyhow::Result<Demo> {
         let issuer_l = bind(opts.issuer_listen, "issuer").await?;
         let legacy_l = bind(opts.legacy_listen, "legacy API").await?;
-        let proxy_l = bind(opts.listen, "gateway").await?;
+        // The gateway runs on as many per-core threads as `tollgate run` would by default.
+        let threads = crate::runtime::threads(None).map_err(anyhow::Error::msg)?;
+        let (proxy_l, per_core) = bind_proxy(opts.listen, threads).await?;
         let admin_l = bind(opts.admin_listen, "admin").await?;
         let issuer_url = format!("http://{}", issuer_l.local_addr()?);
         let legacy_addr = legacy_l.local_addr()?;
@@ -68,6 +70,7 @@ impl Demo {
             &config,
             Listeners {
                 proxy: proxy_l,
+                per_core,
                 admin: admin_l,
             },
         )?;
@@ -132,6 +135,23 @@ Press Ctrl-C to stop.
 }
 
 /// Binds `addr`, or a free port on the same address when it is taken.
+/// The gateway's sockets ([`crate::server::bind_proxy`]), moved to a free port as [`bind`]
+/// does when the port is taken.
+async fn bind_proxy(
+    addr: SocketAddr,
+    threads: usize,
+) -> anyhow::Result<(TcpListener, Vec<std::net::TcpListener>)> {
+    match crate::server::bind_proxy(addr, threads).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let l = crate::server::bind_proxy(SocketAddr::new(addr.ip(), 0), threads).await?;
+            tracing::warn!(%addr, now = %l.0.local_addr()?, "gateway port taken; using a free one");
+            Ok(l)
+        }
+        Err(e) => Err(anyhow::anyhow!("gateway on {addr}: {e}")),
+    }
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     match TcpListener::bind(addr).await {
         Ok(l) => Ok(l),

@@ -2,7 +2,10 @@
 //!
 //! One pool serves one upstream, so a connection is found without a key or a hash: the idle
 //! ones sit on a stack behind one lock, and the most recently used is taken first (it is the
-//! least likely to have met the upstream's keep-alive timeout). A connection goes back on the
+//! least likely to have met the upstream's keep-alive timeout). There is one stack for each
+//! per-core runtime ([`crate::runtime`]): a connection is driven by the runtime that opened it,
+//! so a request taking it from another thread's stack would cross threads twice (to send, and
+//! for the answer). A connection goes back on the
 //! stack when its answer has been read to the end, by the answer's body itself
 //! ([`UpstreamBody`]), so an ordinary request spawns no task. HTTP/2 upstreams keep hyper-util's
 //! client, which multiplexes.
@@ -24,8 +27,10 @@ use tower_service::Service as _;
 
 use crate::{Body, BoxError};
 
-/// Idle connections kept at most; one more is closed when its answer ends.
+/// Idle connections kept at most, over all stacks; one more is closed when its answer ends.
 const MAX_IDLE: usize = 256;
+/// Idle connections each stack may keep at least, however many threads share [`MAX_IDLE`].
+const MIN_IDLE_PER_STACK: usize = 16;
 /// An idle connection older than this is closed instead of reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -37,7 +42,10 @@ pub(crate) struct Pool {
     /// The `Host` of a request that has none: the upstream's host, with its port unless it is
     /// the scheme's default, as clients write it.
     host: HeaderValue,
-    idle: Mutex<Vec<Idle>>,
+    /// One stack per per-core runtime, by [`crate::runtime::index`].
+    idle: Box<[Mutex<Vec<Idle>>]>,
+    /// What one stack keeps at most.
+    max_idle: usize,
     /// `tollgate_upstream_connections_opened_total` of this upstream (none in unit tests).
     opened: Option<prometheus::IntCounter>,
 }
@@ -69,11 +77,13 @@ impl Pool {
             Some(port) if port != default_port => format!("{}:{port}", authority.host()),
             _ => authority.host().to_owned(),
         };
+        let stacks = crate::runtime::shards();
         Ok(Pool {
             connector,
             target,
             host: HeaderValue::try_from(host).map_err(|e| e.to_string())?,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..stacks).map(|_| Mutex::new(Vec::new())).collect(),
+            max_idle: (MAX_IDLE / stacks).max(MIN_IDLE_PER_STACK),
             opened,
         })
     }
@@ -98,9 +108,12 @@ impl Pool {
         req.headers_mut()
             .entry(HOST)
             .or_insert_with(|| self.host.clone());
+        // This thread's stack: the request is polled here, and the connection it opens is
+        // driven here.
+        let stack = crate::runtime::index() % self.idle.len();
         async move {
             loop {
-                let (mut conn, reused) = match self.take() {
+                let (mut conn, reused) = match self.take(stack) {
                     Some(conn) => (conn, true),
                     // Boxed: dialling (TCP, TLS, handshake) is a large future, and only the
                     // first request on a connection needs it; inline, every request would
@@ -108,7 +121,7 @@ impl Pool {
                     None => (Box::pin(self.connect()).await?, false),
                 };
                 match conn.try_send_request(req).await {
-                    Ok(resp) => return Ok(self.attach(conn, resp)),
+                    Ok(resp) => return Ok(self.attach(conn, stack, resp)),
                     Err(mut e) => match e.take_message() {
                         Some(unsent) if reused => req = unsent,
                         _ => return Err(e.into_error().into()),
@@ -118,10 +131,10 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection that can take a request now; closed and stale
-    /// ones met on the way are dropped.
-    fn take(&self) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+    /// The most recently used idle connection of `stack` that can take a request now; closed
+    /// and stale ones met on the way are dropped.
+    fn take(&self, stack: usize) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle[stack].lock().unwrap_or_else(|p| p.into_inner());
         while let Some(Idle { conn, since }) = idle.pop() {
             if conn.is_ready() && since.elapsed() < IDLE_TIMEOUT {
                 return Some(conn);
@@ -132,16 +145,16 @@ impl Pool {
 
     /// Back on the stack, unless it is full; the oldest entry goes if it has gone stale, so a
     /// burst's connections do not stay open forever once traffic falls.
-    fn put(&self, conn: SendRequest<Body>) {
+    fn put(&self, conn: SendRequest<Body>, stack: usize) {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle[stack].lock().unwrap_or_else(|p| p.into_inner());
         if idle
             .first()
             .is_some_and(|oldest| now.duration_since(oldest.since) >= IDLE_TIMEOUT)
         {
             idle.remove(0);
         }
-        if idle.len() < MAX_IDLE {
+        if idle.len() < self.max_idle {
             idle.push(Idle { conn, since: now });
         }
     }
@@ -165,11 +178,13 @@ impl Pool {
     fn attach(
         self: &Arc<Self>,
         conn: SendRequest<Body>,
+        stack: usize,
         resp: Response<Incoming>,
     ) -> Response<UpstreamBody> {
         let ticket = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| Ticket {
             pool: self.clone(),
             conn,
+            stack,
         });
         resp.map(|inner| {
             let mut body = UpstreamBody { inner, ticket };
@@ -183,28 +198,38 @@ impl Pool {
     /// Connections waiting on the stack that can take a request: one the upstream has closed
     /// is not counted, though it stays until a request meets it and drops it.
     pub(crate) fn idle_count(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.iter().filter(|i| i.conn.is_ready()).count()
+        self.idle
+            .iter()
+            .map(|stack| {
+                let idle = stack.lock().unwrap_or_else(|p| p.into_inner());
+                idle.iter().filter(|i| i.conn.is_ready()).count()
+            })
+            .sum()
     }
 }
 
-/// A connection on loan to one answer.
+/// A connection on loan to one answer, and the stack it goes back to.
 struct Ticket {
     pool: Arc<Pool>,
     conn: SendRequest<Body>,
+    stack: usize,
 }
 
 impl Ticket {
     fn give_back(self) {
         if self.conn.is_ready() {
-            self.pool.put(self.conn);
+            self.pool.put(self.conn, self.stack);
         } else if !self.conn.is_closed() {
             // The connection has not yet taken the end of the answer in, or is still sending
             // the request's body: back once it can take another request.
-            let Ticket { pool, mut conn } = self;
+            let Ticket {
+                pool,
+                mut conn,
+                stack,
+            } = self;
             tokio::spawn(async move {
                 if conn.ready().await.is_ok() {
-                    pool.put(conn);
+                    pool.put(conn, stack);
                 }
             });
         }
@@ -406,6 +431,34 @@ mod tests {
         }
         assert_eq!(up.connections.load(Ordering::SeqCst), 1);
         assert_eq!(pool.idle_count(), 1);
+    }
+
+    /// A connection is driven by the runtime that opened it: a per-core thread takes only the
+    /// connections on its own stack, so that no request waits on another thread's.
+    #[tokio::test]
+    async fn each_per_core_thread_reuses_the_connections_it_opened() {
+        let worker = crate::runtime::Worker::start(1).unwrap();
+        let up = upstream(Answer::KeepAlive).await;
+        let pool = pool(up.addr);
+        assert!(pool.idle.len() >= 2, "a stack for each runtime");
+        for _ in 0..2 {
+            let (p, addr) = (pool.clone(), up.addr);
+            let body = worker
+                .handle()
+                .spawn(async move { fetch(&p, addr).await })
+                .await
+                .unwrap();
+            assert_eq!(body, "ok");
+        }
+        assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+        // The worker's idle connection is not this thread's: it opens one of its own, then
+        // reuses that.
+        for _ in 0..2 {
+            assert_eq!(fetch(&pool, up.addr).await, "ok");
+        }
+        assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_count(), 2);
+        worker.stop().await;
     }
 
     #[tokio::test]

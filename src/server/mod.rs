@@ -7,8 +7,9 @@
 //! One connection's life on the proxy listener (`[server]` keys in brackets):
 //!
 //! ```text
-//! wait for a place [max_connections]    over the limit, clients wait in the listen backlog
-//! accept
+//! accept                                on the accepting thread's own socket when per-core
+//! wait for a place [max_connections]    over the limit, one connection waits unserved and the
+//!                                       next ones in the listen backlog
 //! TLS handshake [tls]                   bounded by [header_read_timeout]; ALPN h2 or http/1.1
 //! HTTP/1.1 or HTTP/2                    TLS: ALPN decides; cleartext: HTTP/1.1, or also h2 with
 //!                                       prior knowledge when [http2_cleartext]
@@ -18,6 +19,10 @@
 //!   nothing in flight [idle_timeout]    graceful close (HTTP/2: GOAWAY)
 //! shutdown                              graceful close; in-flight requests get `shutdown_grace`
 //! ```
+//!
+//! With per-core threads (`server.scheduler`), each thread accepts on a socket of its own bound
+//! to the proxy's address ([`bind_proxy`]), and serves what it accepts on its own runtime; the
+//! places under `max_connections` are one count for all of them.
 //!
 //! The admin listener (and the demo's servers) use the same loop with fixed limits
 //! (`Limits::ADMIN`).
@@ -51,7 +56,7 @@ use crate::metrics::{ListenerMetrics, OpenGuard};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{Config, Http2Limits, ServerConfig, TlsConfig};
+use crate::config::{Config, Http2Limits, Scheduler, ServerConfig, TlsConfig};
 use crate::gateway::{Conn, Gateway};
 use crate::metrics::Metrics;
 use crate::{Body, BoxError};
@@ -64,9 +69,12 @@ const SESSION_LOGOUT_BOUND: Duration = Duration::from_secs(10);
 /// connection.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The two bound listeners.
+/// The bound listeners.
 pub struct Listeners {
     pub proxy: TcpListener,
+    /// Further sockets listening on the proxy's address, one for each further per-core thread
+    /// (`server.scheduler = "per-core"`; see [`bind_proxy`]). Empty with one thread.
+    pub per_core: Vec<std::net::TcpListener>,
     pub admin: TcpListener,
 }
 
@@ -82,7 +90,13 @@ pub struct App {
     admin_shutdown: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The per-core runtimes beside the main thread's: stopped last, as the tasks they run
+    /// (an upstream connection, a session's release) may be needed until the end.
+    workers: Vec<crate::runtime::Worker>,
 }
+
+/// The listen backlog of the per-core sockets (tokio's own for a listener it binds).
+const BACKLOG: u32 = 1024;
 
 /// A connection's place under `max_connections`, and its count in `tollgate_connections_open`:
 /// both held by its IO, so an upgraded connection keeps them until its tunnel ends.
@@ -192,14 +206,22 @@ struct Sniffed {
 // === impl Listeners ===
 
 impl Listeners {
-    /// Binds the addresses of the configuration.
+    /// Binds the addresses of the configuration: the proxy's once per thread when the threads
+    /// are per-core ([`bind_proxy`]).
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
-        let proxy = TcpListener::bind(config.server.listen).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("server.listen {}: {e}", config.server.listen),
-            )
-        })?;
+        let threads = match config.server.scheduler {
+            Scheduler::PerCore => crate::runtime::threads(config.server.threads)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            Scheduler::WorkStealing => 1,
+        };
+        let (proxy, per_core) = bind_proxy(config.server.listen, threads)
+            .await
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("server.listen {}: {e}", config.server.listen),
+                )
+            })?;
         let admin = TcpListener::bind(config.server.admin_listen)
             .await
             .map_err(|e| {
@@ -208,16 +230,79 @@ impl Listeners {
                     format!("server.admin_listen {}: {e}", config.server.admin_listen),
                 )
             })?;
-        Ok(Listeners { proxy, admin })
+        Ok(Listeners {
+            proxy,
+            per_core,
+            admin,
+        })
     }
 
-    /// Binds both on `127.0.0.1:0` (tests).
+    /// Binds both on `127.0.0.1:0`, the proxy for one thread (tests).
     pub async fn ephemeral() -> std::io::Result<Self> {
+        Listeners::ephemeral_per_core(1).await
+    }
+
+    /// Binds both on `127.0.0.1:0`, the proxy for `threads` per-core threads (tests).
+    pub async fn ephemeral_per_core(threads: usize) -> std::io::Result<Self> {
+        let (proxy, per_core) = bind_proxy(([127, 0, 0, 1], 0).into(), threads).await?;
         Ok(Listeners {
-            proxy: TcpListener::bind("127.0.0.1:0").await?,
+            proxy,
+            per_core,
             admin: TcpListener::bind("127.0.0.1:0").await?,
         })
     }
+}
+
+/// Binds the proxy's listening sockets for `threads` per-core threads: one socket for one
+/// thread, else one each on the same address with `SO_REUSEPORT`, so that the kernel spreads
+/// new connections over the threads (by a hash of each connection's addresses). The first is
+/// registered with the calling runtime; the others are left for [`App::start`] to hand to the
+/// worker threads. Port 0 gives them all the one port the kernel chose for the first.
+///
+/// Where the kernel does not spread connections over such sockets (outside Linux), one socket
+/// is bound, and one thread serves the proxy.
+pub async fn bind_proxy(
+    addr: SocketAddr,
+    threads: usize,
+) -> io::Result<(TcpListener, Vec<std::net::TcpListener>)> {
+    if threads <= 1 || !cfg!(target_os = "linux") {
+        return Ok((TcpListener::bind(addr).await?, Vec::new()));
+    }
+    if addr.port() != 0 {
+        // `SO_REUSEPORT` lets any socket of this user share a port whose sockets all set it:
+        // a second gateway started by mistake on this address would silently take a share of
+        // the connections. A plain bind first fails, as a bind without it would, when anything
+        // listens on the port already.
+        let probe = socket_for(addr)?;
+        probe.set_reuseaddr(true)?;
+        probe.bind(addr)?;
+    }
+    let first = shared_listener(addr)?;
+    let addr = first.local_addr()?;
+    let mut rest = Vec::with_capacity(threads - 1);
+    for _ in 1..threads {
+        rest.push(shared_listener(addr)?.into_std()?);
+    }
+    Ok((first, rest))
+}
+
+fn socket_for(addr: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+    if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+}
+
+/// A socket listening on `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`, as tokio sets on the
+/// listeners it binds, so that a restart is not refused for its old connections' `TIME_WAIT`).
+fn shared_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket_for(addr)?;
+    socket.set_reuseaddr(true)?;
+    #[cfg(target_os = "linux")]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 // === impl App ===
@@ -231,6 +316,10 @@ impl App {
             Some(t) => Some(TlsAcceptor::new(t).map_err(anyhow::Error::msg)?),
             None => None,
         };
+        // Before the gateway: its upstream pools keep an idle stack per per-core runtime.
+        let workers = (1..=listeners.per_core.len())
+            .map(crate::runtime::Worker::start)
+            .collect::<io::Result<Vec<_>>>()?;
         let metrics = Metrics::new()?;
         let gateway = Gateway::new(config, metrics)?;
         gateway.start();
@@ -246,19 +335,38 @@ impl App {
         let tls = acceptor.is_some();
 
         let gw = gateway.clone();
-        let proxy = tokio::spawn(serve_listener(
+        let limits = Limits::proxy(&config.server);
+        let shared = Arc::new(Shared::new(limits, acceptor, move |req, conn| {
+            let gw = gw.clone();
+            // The pipeline's future is several kilobytes: boxed, hyper's dispatcher and the
+            // connection's wrappers move a pointer instead of copying it at every step.
+            Box::pin(async move { gw.handle(req, conn).await })
+        }));
+        // One count of places for all the threads' sockets: `max_connections` is the
+        // listener's, however many threads accept.
+        let places = Arc::new(Semaphore::new(limits.max_connections));
+        let listener_metrics = gateway.metrics().listener("proxy");
+        let mut tasks = vec![tokio::spawn(accept(
             listeners.proxy,
-            Limits::proxy(&config.server),
-            (acceptor, Some(gateway.metrics().listener("proxy"))),
-            rx,
+            (shared.clone(), places.clone()),
+            Some(listener_metrics.clone()),
+            rx.clone(),
             grace,
-            move |req, conn| {
-                let gw = gw.clone();
-                // The pipeline's future is several kilobytes: boxed, hyper's dispatcher and the
-                // connection's wrappers move a pointer instead of copying it at every step.
-                Box::pin(async move { gw.handle(req, conn).await })
-            },
-        ));
+        ))];
+        for (worker, socket) in workers.iter().zip(listeners.per_core) {
+            // Registered with the worker's own reactor, so that its readiness wakes that thread.
+            let listener = {
+                let _on = worker.handle().enter();
+                TcpListener::from_std(socket)?
+            };
+            tasks.push(worker.handle().spawn(accept(
+                listener,
+                (shared.clone(), places.clone()),
+                Some(listener_metrics.clone()),
+                rx.clone(),
+                grace,
+            )));
+        }
         let admin_access = admin::AdminAccess::new(&config.server);
         if config.server.admin_token.is_none() && !admin_addr.ip().is_loopback() {
             tracing::warn!(%admin_addr, "the admin port listens beyond this host without server.admin_token_file: anyone who reaches it can list sessions and log grants out");
@@ -266,7 +374,7 @@ impl App {
         let admin_state =
             admin::Admin::new(gateway.clone(), draining.clone(), admin_access.clone());
         let (admin_shutdown, admin_rx) = watch::channel(false);
-        let admin = tokio::spawn(serve_listener(
+        tasks.push(tokio::spawn(serve_listener(
             listeners.admin,
             Limits::ADMIN,
             (None, Some(gateway.metrics().listener("admin"))),
@@ -276,12 +384,12 @@ impl App {
                 let a = admin_state.clone();
                 async move { a.handle(req).await }
             },
-        ));
+        )));
         let runtime = tokio::runtime::Handle::current();
-        let threads = runtime.metrics().num_workers();
-        let scheduler = match runtime.runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::CurrentThread => "single-threaded",
-            _ => "multi-threaded",
+        let (threads, scheduler) = match runtime.runtime_flavor() {
+            _ if !workers.is_empty() => (workers.len() + 1, "per-core"),
+            tokio::runtime::RuntimeFlavor::CurrentThread => (1, "single-threaded"),
+            _ => (runtime.metrics().num_workers(), "multi-threaded"),
         };
         tracing::info!(%proxy_addr, %admin_addr, tls, threads, scheduler, "tollgate listening");
         let tls = tls_reloader;
@@ -294,7 +402,8 @@ impl App {
             shutdown,
             admin_shutdown,
             draining,
-            tasks: vec![proxy, admin],
+            tasks,
+            workers,
         })
     }
 
@@ -335,6 +444,9 @@ impl App {
         let _ = self.admin_shutdown.send(true);
         if let Some(t) = admin {
             let _ = t.await;
+        }
+        for worker in self.workers {
+            worker.stop().await;
         }
     }
 }
@@ -681,7 +793,7 @@ pub(crate) async fn serve_listener<F, Fut>(
     listener: TcpListener,
     limits: Limits,
     (tls, metrics): (Option<TlsAcceptor>, Option<ListenerMetrics>),
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     grace: Duration,
     handler: F,
 ) where
@@ -690,21 +802,24 @@ pub(crate) async fn serve_listener<F, Fut>(
 {
     let shared = Arc::new(Shared::new(limits, tls, handler));
     let places = Arc::new(Semaphore::new(limits.max_connections));
+    accept(listener, (shared, places), metrics, shutdown, grace).await;
+}
+
+/// The accept loop of one listening socket: each connection gets a place among `places`
+/// first, then its own task on this thread's runtime. Returns as [`serve_listener`] does.
+async fn accept<F, Fut>(
+    listener: TcpListener,
+    (shared, places): (Arc<Shared<F>>, Arc<Semaphore>),
+    metrics: Option<ListenerMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) where
+    F: Fn(Request<Incoming>, Conn) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
     // Every connection task holds a receiver: `closed()` means they have all ended.
     let (live, _) = watch::channel(());
     loop {
-        // A place first, then accept: over `max_connections`, clients wait in the listen
-        // backlog instead of being accepted and dropped.
-        let (place, waited) = match places.clone().try_acquire_owned() {
-            Ok(p) => (p, false),
-            Err(_) => tokio::select! {
-                place = places.clone().acquire_owned() => match place {
-                    Ok(p) => (p, true),
-                    Err(_) => break,
-                },
-                _ = shutdown.changed() => break,
-            },
-        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -716,6 +831,20 @@ pub(crate) async fn serve_listener<F, Fut>(
                 }
             },
             _ = shutdown.changed() => break,
+        };
+        // Then a place: over `max_connections` this connection waits here, unserved, and the
+        // next clients in the listen backlog, instead of being accepted and dropped. Accepted
+        // first, so that a thread waiting for a connection holds no place: with several
+        // threads accepting, places held that way would leave fewer for the connections.
+        let (place, waited) = match places.clone().try_acquire_owned() {
+            Ok(p) => (p, false),
+            Err(_) => tokio::select! {
+                place = places.clone().acquire_owned() => match place {
+                    Ok(p) => (p, true),
+                    Err(_) => break,
+                },
+                _ = shutdown.changed() => break,
+            },
         };
         let _ = stream.set_nodelay(true);
         let open = metrics.as_ref().map(|m| m.accepted(waited));

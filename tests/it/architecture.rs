@@ -14,6 +14,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("hop_by_hop", 0),
     ("framing", 0),
     ("secret", 0),
+    ("runtime", 0),
     ("metrics", 0),
     ("metadata", 0),
     ("limits", 0),

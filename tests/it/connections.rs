@@ -25,6 +25,23 @@ const BOUND: Duration = Duration::from_secs(10);
 /// A gateway with one public route (`/public/`) to `upstream`; `server` and `upstream_extra`
 /// are extra keys of `[server]` and `[[upstream]]`, `tail` more tables (such as `[server.tls]`).
 pub(crate) async fn start(server: &str, upstream: &str, upstream_extra: &str, tail: &str) -> App {
+    start_on(
+        Listeners::ephemeral().await.unwrap(),
+        server,
+        upstream,
+        upstream_extra,
+        tail,
+    )
+}
+
+/// [`start`] on `listeners`.
+pub(crate) fn start_on(
+    listeners: Listeners,
+    server: &str,
+    upstream: &str,
+    upstream_extra: &str,
+    tail: &str,
+) -> App {
     let toml = format!(
         r#"
 [server]
@@ -48,7 +65,7 @@ auth = "none"
 "#
     );
     let config = tollgate::config::from_toml_str(&toml).unwrap_or_else(|e| panic!("config: {e}"));
-    App::start(&config, Listeners::ephemeral().await.unwrap()).unwrap()
+    App::start(&config, listeners).unwrap()
 }
 
 /// A response read whole.
@@ -170,7 +187,7 @@ fn status_line(bytes: &[u8]) -> String {
         .to_owned()
 }
 
-async fn connect(addr: SocketAddr) -> TcpStream {
+pub(crate) async fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).await.unwrap()
 }
 

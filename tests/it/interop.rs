@@ -154,6 +154,7 @@ async fn a_real_client_library_follows_resource_metadata_to_the_authorization_se
     // listener is bound first so that the configuration can say where it is.
     let listeners = tollgate::Listeners {
         proxy: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        per_core: Vec::new(),
         admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let base = format!("http://{}", listeners.proxy.local_addr().unwrap());

@@ -23,6 +23,7 @@ mod jwt;
 mod logs;
 mod metadata;
 mod metrics;
+mod per_core;
 mod redis_store;
 mod reload;
 mod replicas;

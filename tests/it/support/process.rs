@@ -169,6 +169,11 @@ impl Process {
         seen.0.unwrap()
     }
 
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.proxy)
     }
