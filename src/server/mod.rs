@@ -346,6 +346,16 @@ impl App {
         // listener's, however many threads accept.
         let places = Arc::new(Semaphore::new(limits.max_connections));
         let listener_metrics = gateway.metrics().listener("proxy");
+        // Each registered with its worker's own reactor, so that its readiness wakes that
+        // thread; all of them before any accepts, so that a failure leaves nothing running.
+        let per_core = workers
+            .iter()
+            .zip(listeners.per_core)
+            .map(|(worker, socket)| {
+                let _on = worker.handle().enter();
+                TcpListener::from_std(socket)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         let mut tasks = vec![tokio::spawn(accept(
             listeners.proxy,
             (shared.clone(), places.clone()),
@@ -353,12 +363,7 @@ impl App {
             rx.clone(),
             grace,
         ))];
-        for (worker, socket) in workers.iter().zip(listeners.per_core) {
-            // Registered with the worker's own reactor, so that its readiness wakes that thread.
-            let listener = {
-                let _on = worker.handle().enter();
-                TcpListener::from_std(socket)?
-            };
+        for (worker, listener) in workers.iter().zip(per_core) {
             tasks.push(worker.handle().spawn(accept(
                 listener,
                 (shared.clone(), places.clone()),
