@@ -13,7 +13,7 @@
 //! upstream nginx (`return 200`, a 100-byte body), the JWKS and introspection servers and the
 //! fake legacy API on CPU 1 (this process pins itself there, and what it starts inherits it);
 //! a warm-up, then the measured run with the gateway's CPU time read from `/proc` around it;
-//! rounds interleaved; medians. The peers are found or installed (`apt-get`, `pip`), and a peer
+//! rounds interleaved, every other one in reverse row order; medians. The peers are found or installed (`apt-get`, `pip`), and a peer
 //! that cannot be had is skipped with a note.
 //!
 //! | row                        | gateway                                                      |
@@ -539,7 +539,14 @@ fn rounds<'a>(
         .collect();
     let mut samples: Vec<Vec<measure::Sample>> = rows.iter().map(|_| Vec::new()).collect();
     for round in 1..=settings.rounds {
-        for (result, samples) in results.iter_mut().zip(samples.iter_mut()) {
+        // Every other round runs the rows in reverse order: a machine whose speed drifts over
+        // a round's minutes then favours no row by its place in the list.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for i in order {
+            let (result, samples) = (&mut results[i], &mut samples[i]);
             if result.skipped.is_some() {
                 continue;
             }
