@@ -348,8 +348,9 @@ fn method(s: &Settings) -> String {
          servers and the fake legacy API all run on CPU {LOAD_CPU}. {} s warm-up, then {} s \
          measured; {} round(s), interleaved (every row of round 1, then round 2, …, every \
          other round in reverse row order); each figure is the median over the rounds. RS256 \
-         tokens unless the row says otherwise; \"10k\" is {} distinct valid tokens cycled round robin by `benches/tokens.lua`. CPU µs \
-         per request is the gateway's user + system time (`/proc/<pid>/stat`, its whole process \
+         tokens unless the row says otherwise; \"10k\" is {} distinct valid tokens cycled \
+         round robin by `benches/tokens.lua`. CPU µs per request is the gateway's user + system \
+         time (`/proc/<pid>/stat`, its whole process \
          tree) while measured, divided by the requests wrk completed; the share of CPU \
          {GATEWAY_CPU} it used is that time over the measured wall time, and the share left idle \
          comes from `/proc/stat`. RSS is `VmRSS` after the measured run. The ratios are to nginx's \
