@@ -350,9 +350,8 @@ fn method(s: &Settings) -> String {
          other round in reverse row order); each figure is the median over the rounds. RS256 \
          tokens unless the row says otherwise; \"10k\" is {} distinct valid tokens cycled \
          round robin by `benches/tokens.lua`. CPU µs per request is the gateway's user + system \
-         time (`/proc/<pid>/stat`, its whole process \
-         tree) while measured, divided by the requests wrk completed; the share of CPU \
-         {GATEWAY_CPU} it used is that time over the measured wall time, and the share left idle \
+         time (`/proc/<pid>/stat`, its whole process tree) while measured, divided by the \
+         requests wrk completed; the share of CPU {GATEWAY_CPU} it used is that time over the measured wall time, and the share left idle \
          comes from `/proc/stat`. RSS is `VmRSS` after the measured run. The ratios are to nginx's \
          plain proxy in the same run.",
         s.warmup,
