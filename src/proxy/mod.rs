@@ -72,8 +72,10 @@ enum Transport {
     /// HTTP/1.1 only: tollgate's own pool, one connection per request in flight.
     Http1(std::sync::Arc<Pool>),
     /// `http2 = true`: hyper-util's client, which multiplexes HTTP/2 (and speaks HTTP/1.1 when
-    /// a TLS upstream picks it in ALPN).
-    Negotiated(Box<Client<HttpsConnector<HttpConnector>, Body>>),
+    /// a TLS upstream picks it in ALPN). One client, with its own connections, per per-core
+    /// runtime ([`crate::runtime::index`]): a connection is driven by the runtime that opened
+    /// it, so a request on another thread's would cross threads to be sent and answered.
+    Negotiated(Box<[Client<HttpsConnector<HttpConnector>, Body>]>),
 }
 
 impl std::fmt::Debug for Upstream {
@@ -141,7 +143,11 @@ impl Upstream {
             if scheme == http::uri::Scheme::HTTP {
                 builder.http2_only(true);
             }
-            Transport::Negotiated(Box::new(builder.build(https)))
+            Transport::Negotiated(
+                (0..crate::runtime::shards())
+                    .map(|_| builder.build(https.clone()))
+                    .collect(),
+            )
         } else {
             let https = https.enable_http1().wrap_connector(http);
             let opened = metrics.map(|m| m.upstream_connections_opened(&cfg.id));
@@ -245,10 +251,13 @@ impl Upstream {
         };
         let sent = match &self.transport {
             Transport::Http1(pool) => Either::Left(pool.send(req)),
-            Transport::Negotiated(client) => Either::Right(client.request(req).map(|r| {
-                r.map(|resp| resp.map(UpstreamBody::unpooled))
-                    .map_err(BoxError::from)
-            })),
+            Transport::Negotiated(clients) => {
+                let client = &clients[crate::runtime::index() % clients.len()];
+                Either::Right(client.request(req).map(|r| {
+                    r.map(|resp| resp.map(UpstreamBody::unpooled))
+                        .map_err(BoxError::from)
+                }))
+            }
         };
         Either::Right(tokio::time::timeout(timeout, sent).map(move |outcome| {
             // The place is held until the answer's head is in (or the send failed).
@@ -411,6 +420,58 @@ auth = "none"
         ))
         .unwrap();
         (Upstream::new(&config.upstreams[0]).unwrap(), config)
+    }
+
+    /// `http2 = true` to an h2c upstream: each per-core thread opens its own connection and
+    /// multiplexes its requests on it, rather than sending them over another thread's.
+    #[tokio::test]
+    async fn each_per_core_thread_has_its_own_http2_connection() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let worker = crate::runtime::Worker::start(1).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (io, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(full(Bytes::from_static(
+                        b"ok",
+                    ))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(io), service),
+                );
+            }
+        });
+        let config = crate::config::from_toml_str(&format!(
+            "[[upstream]]\nid = \"api\"\nurl = \"http://{addr}\"\nhttp2 = true\n"
+        ))
+        .unwrap();
+        let upstream = std::sync::Arc::new(Upstream::new(&config.upstreams[0]).unwrap());
+        let get = |u: std::sync::Arc<Upstream>| async move {
+            let req = Request::get(u.uri_for("/x").unwrap())
+                .body(empty())
+                .unwrap();
+            let resp = u.send(req).await.unwrap();
+            assert_eq!(resp.status(), http::StatusCode::OK);
+            use http_body_util::BodyExt as _;
+            resp.into_body().collect().await.unwrap().to_bytes()
+        };
+        for _ in 0..3 {
+            let on_worker = worker.handle().spawn(get(upstream.clone()));
+            assert_eq!(on_worker.await.unwrap(), "ok");
+            assert_eq!(get(upstream.clone()).await, "ok");
+        }
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "one connection per thread"
+        );
+        worker.stop().await;
     }
 
     /// A plain-HTTP client at 127.0.0.1, not trusted for forwarding headers, without a token.
