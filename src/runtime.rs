@@ -92,6 +92,13 @@ pub(crate) fn index() -> usize {
     INDEX.with(Cell::get)
 }
 
+/// Which of `count` things kept one per per-core runtime (made [`shards`] long) this thread
+/// uses. Within range whatever `count` is: a thing made before a later runtime started is
+/// shared by wrapping round.
+pub(crate) fn place(count: usize) -> usize {
+    index() % count.max(1)
+}
+
 /// How many per-core runtimes this process has started at most (at least 1).
 pub(crate) fn shards() -> usize {
     SHARDS.load(Ordering::Relaxed)

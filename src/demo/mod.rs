@@ -135,29 +135,41 @@ Press Ctrl-C to stop.
 }
 
 /// Binds `addr`, or a free port on the same address when it is taken.
-/// The gateway's sockets ([`crate::server::bind_proxy`]), moved to a free port as [`bind`]
-/// does when the port is taken.
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    or_free_port(addr, what, |a| async move {
+        let l = TcpListener::bind(a).await?;
+        let at = l.local_addr()?;
+        Ok((l, at))
+    })
+    .await
+}
+
+/// The gateway's sockets ([`crate::server::bind_proxy`]) for `threads`, moved to a free port
+/// as [`bind`] does when the port is taken.
 async fn bind_proxy(
     addr: SocketAddr,
     threads: usize,
 ) -> anyhow::Result<(TcpListener, Vec<std::net::TcpListener>)> {
-    match crate::server::bind_proxy(addr, threads).await {
-        Ok(l) => Ok(l),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let l = crate::server::bind_proxy(SocketAddr::new(addr.ip(), 0), threads).await?;
-            tracing::warn!(%addr, now = %l.0.local_addr()?, "gateway port taken; using a free one");
-            Ok(l)
-        }
-        Err(e) => Err(anyhow::anyhow!("gateway on {addr}: {e}")),
-    }
+    or_free_port(addr, "gateway", |a| async move {
+        let l = crate::server::bind_proxy(a, threads).await?;
+        let at = l.0.local_addr()?;
+        Ok((l, at))
+    })
+    .await
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    match TcpListener::bind(addr).await {
-        Ok(l) => Ok(l),
+/// `bind(addr)`, or `bind` on port 0 of the same address when `addr` is taken (logged, with
+/// the port it got); `bind` answers what it bound and where.
+async fn or_free_port<T, F, Fut>(addr: SocketAddr, what: &str, bind: F) -> anyhow::Result<T>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<(T, SocketAddr)>>,
+{
+    match bind(addr).await {
+        Ok((l, _)) => Ok(l),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let l = TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await?;
-            tracing::warn!(%addr, now = %l.local_addr()?, "{what} port taken; using a free one");
+            let (l, now) = bind(SocketAddr::new(addr.ip(), 0)).await?;
+            tracing::warn!(%addr, %now, "{what} port taken; using a free one");
             Ok(l)
         }
         Err(e) => Err(anyhow::anyhow!("{what} on {addr}: {e}")),

@@ -73,7 +73,7 @@ enum Transport {
     Http1(std::sync::Arc<Pool>),
     /// `http2 = true`: hyper-util's client, which multiplexes HTTP/2 (and speaks HTTP/1.1 when
     /// a TLS upstream picks it in ALPN). One client, with its own connections, per per-core
-    /// runtime ([`crate::runtime::index`]): a connection is driven by the runtime that opened
+    /// runtime ([`crate::runtime::place`]): a connection is driven by the runtime that opened
     /// it, so a request on another thread's would cross threads to be sent and answered.
     Negotiated(Box<[Client<HttpsConnector<HttpConnector>, Body>]>),
 }
@@ -252,7 +252,7 @@ impl Upstream {
         let sent = match &self.transport {
             Transport::Http1(pool) => Either::Left(pool.send(req)),
             Transport::Negotiated(clients) => {
-                let client = &clients[crate::runtime::index() % clients.len()];
+                let client = &clients[crate::runtime::place(clients.len())];
                 Either::Right(client.request(req).map(|r| {
                     r.map(|resp| resp.map(UpstreamBody::unpooled))
                         .map_err(BoxError::from)

@@ -42,7 +42,7 @@ pub(crate) struct Pool {
     /// The `Host` of a request that has none: the upstream's host, with its port unless it is
     /// the scheme's default, as clients write it.
     host: HeaderValue,
-    /// One stack per per-core runtime, by [`crate::runtime::index`].
+    /// One stack per per-core runtime, by [`crate::runtime::place`].
     idle: Box<[Mutex<Vec<Idle>>]>,
     /// What one stack keeps at most.
     max_idle: usize,
@@ -110,7 +110,7 @@ impl Pool {
             .or_insert_with(|| self.host.clone());
         // This thread's stack: the request is polled here, and the connection it opens is
         // driven here.
-        let stack = crate::runtime::index() % self.idle.len();
+        let stack = crate::runtime::place(self.idle.len());
         async move {
             loop {
                 let (mut conn, reused) = match self.take(stack) {

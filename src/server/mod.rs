@@ -214,22 +214,18 @@ impl Listeners {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
             Scheduler::WorkStealing => 1,
         };
-        let (proxy, per_core) = bind_proxy(config.server.listen, threads)
+        // A bind error says which key's address it was.
+        let named = |key: &'static str, addr: SocketAddr| {
+            move |e: io::Error| io::Error::new(e.kind(), format!("{key} {addr}: {e}"))
+        };
+        let listen = config.server.listen;
+        let (proxy, per_core) = bind_proxy(listen, threads)
             .await
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("server.listen {}: {e}", config.server.listen),
-                )
-            })?;
-        let admin = TcpListener::bind(config.server.admin_listen)
+            .map_err(named("server.listen", listen))?;
+        let admin_listen = config.server.admin_listen;
+        let admin = TcpListener::bind(admin_listen)
             .await
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("server.admin_listen {}: {e}", config.server.admin_listen),
-                )
-            })?;
+            .map_err(named("server.admin_listen", admin_listen))?;
         Ok(Listeners {
             proxy,
             per_core,
@@ -810,8 +806,9 @@ pub(crate) async fn serve_listener<F, Fut>(
     accept(listener, (shared, places), metrics, shutdown, grace).await;
 }
 
-/// The accept loop of one listening socket: each connection gets a place among `places`
-/// first, then its own task on this thread's runtime. Returns as [`serve_listener`] does.
+/// The accept loop of one listening socket: each accepted connection takes a place among
+/// `places`, then gets its own task on this thread's runtime. Returns as [`serve_listener`]
+/// does.
 async fn accept<F, Fut>(
     listener: TcpListener,
     (shared, places): (Arc<Shared<F>>, Arc<Semaphore>),
