@@ -18,27 +18,10 @@ for tool in nginx h2load taskset; do
     command -v "$tool" >/dev/null || { echo "h2load.sh: $tool is missing (apt-get install nginx nghttp2-client util-linux)" >&2; exit 1; }
 done
 cargo build --release --quiet
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); GW=$(free_port); ADMIN=$(free_port)
-
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/error.log error;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$UP; location / { return 200 '{"ok":true}'; } }
-}
-NGINX
-taskset -c 1 nginx -p "$WORK" -c "$WORK/nginx.conf" &
-PIDS+=($!)
+# shellcheck source=common/shell.sh
+source benches/common/shell.sh
+upstream_nginx 1
+GW=$(free_port); ADMIN=$(free_port)
 
 cat > "$WORK/tollgate.toml" <<TOML
 [server]
