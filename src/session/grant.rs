@@ -60,9 +60,25 @@ pub fn message(
     principal: &Principal,
     token_digest: &[u8; 32],
 ) -> Result<(&'static str, Vec<u8>), GrantError> {
+    let mut msg = Vec::new();
+    let source = write_message(sources, issuer, upstream, principal, token_digest, &mut msg)?;
+    Ok((source, msg))
+}
+
+/// [`message`], written into `msg` (cleared first) rather than a new vector: a pool reuses one
+/// buffer for the message of every request of a session route, whose key it has signed already.
+pub fn write_message(
+    sources: &[GrantSource],
+    issuer: &str,
+    upstream: &str,
+    principal: &Principal,
+    token_digest: &[u8; 32],
+    msg: &mut Vec<u8>,
+) -> Result<&'static str, GrantError> {
+    msg.clear();
     for source in sources {
-        // The value's pieces, written once into a message of its exact size (this runs on
-        // every request of a session route): `lp` pieces are length-prefixed inside the value.
+        // The value's pieces, written once into room for the whole message (this runs on every
+        // request of a session route): `lp` pieces are length-prefixed inside the value.
         let found: Option<(&'static str, [Piece<'_>; 3])> = match source {
             GrantSource::Claim(name) => text(principal, name).map(|v| {
                 let (name, v) = (name.as_bytes(), v.as_bytes());
@@ -106,18 +122,16 @@ pub fn message(
         };
         if let Some((name, value)) = found {
             let value_len: usize = value.iter().map(Piece::len).sum();
-            let mut msg = Vec::with_capacity(
-                MAGIC.len() + 16 + issuer.len() + upstream.len() + name.len() + value_len,
-            );
+            msg.reserve(MAGIC.len() + 16 + issuer.len() + upstream.len() + name.len() + value_len);
             msg.extend_from_slice(MAGIC);
-            lp(&mut msg, issuer.as_bytes());
-            lp(&mut msg, upstream.as_bytes());
-            lp(&mut msg, name.as_bytes());
+            lp(msg, issuer.as_bytes());
+            lp(msg, upstream.as_bytes());
+            lp(msg, name.as_bytes());
             msg.extend_from_slice(&prefix(value_len));
             for piece in &value {
-                piece.write(&mut msg);
+                piece.write(msg);
             }
-            return Ok((name, msg));
+            return Ok(name);
         }
     }
     Err(GrantError::NoGrant)
@@ -381,6 +395,30 @@ mod tests {
 
     /// The message of each source, built here from the module's formula: fleet replicas of
     /// different versions share one session table, so these bytes must never change.
+    #[test]
+    fn a_message_written_into_a_used_buffer_is_the_message_alone() {
+        let (long, short) = (
+            p(json!({"grant_id": "a-long-grant-identifier-of-some-length"})),
+            p(json!({"grant_id": "g"})),
+        );
+        let sources = [GrantSource::Claim("grant_id".into())];
+        let mut buf = Vec::new();
+        for principal in [&long, &short] {
+            let source = write_message(
+                &sources,
+                "https://idp",
+                "erp",
+                principal,
+                &[0; 32],
+                &mut buf,
+            )
+            .unwrap();
+            let (expected_source, expected) =
+                message(&sources, "https://idp", "erp", principal, &[0; 32]).unwrap();
+            assert_eq!((source, &buf), (expected_source, &expected));
+        }
+    }
+
     #[test]
     fn every_source_signs_the_documented_message() {
         fn lp(part: &[u8]) -> Vec<u8> {

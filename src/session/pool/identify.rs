@@ -16,6 +16,15 @@ use crate::session::handle;
 use crate::session::store::SlotKey;
 use crate::session::SessionError;
 
+thread_local! {
+    /// The grant key's message of this thread's latest request ([`grant::write_message`]): one
+    /// buffer, not an allocation a request, to look up a key signed already.
+    static MESSAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The largest message buffer a thread keeps between requests (a claim value may be long).
+const MESSAGE_KEPT: usize = 1024;
+
 /// Who a request belongs to, as the session layer sees it.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -46,22 +55,29 @@ impl Pool {
         } else {
             [0; 32]
         };
-        let (source, message) = grant::message(
-            &self.cfg.grant_key,
-            &principal.issuer,
-            &self.upstream_id,
-            principal,
-            &token_digest,
-        )
-        .map_err(|_| SessionError::NoGrant)?;
-        let grant = match self.grant_keys.get(message.as_slice()) {
-            Some(key) => key,
-            None => {
-                let key = grant::sign(&self.grant_key, &message);
-                self.grant_keys.insert(message, key.clone());
-                key
+        let (source, grant) = MESSAGE.with_borrow_mut(|message| {
+            let source = grant::write_message(
+                &self.cfg.grant_key,
+                &principal.issuer,
+                &self.upstream_id,
+                principal,
+                &token_digest,
+                message,
+            )
+            .map_err(|_| SessionError::NoGrant)?;
+            let grant = match self.grant_keys.get(message.as_slice()) {
+                Some(key) => key,
+                None => {
+                    let key = grant::sign(&self.grant_key, message);
+                    self.grant_keys.insert(message.clone(), key.clone());
+                    key
+                }
+            };
+            if message.capacity() > MESSAGE_KEPT {
+                *message = Vec::new();
             }
-        };
+            Ok::<_, SessionError>((source, grant))
+        })?;
         if source == "subject" {
             let client = principal.client_id().unwrap_or("-").to_owned();
             if lock(&self.warned_subject).insert(client.clone()) {
