@@ -34,10 +34,19 @@ pub struct InFlight {
     pub slot: SlotKey,
     pub id: u64,
     /// Gives the place back.
-    finish: Option<Box<dyn FnOnce(Release) + Send + Sync>>,
+    finish: Option<Finish>,
     /// Turns true when a shared store could not keep the lease (it expired during an outage
     /// and another request took the place): the request must stop using the session.
     lost: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// How a lease gives its place back.
+enum Finish {
+    /// A place in the memory store: no box, as it is every request's on a session route of
+    /// one replica.
+    Memory(super::memory::Place),
+    /// Any other store's release.
+    Boxed(Box<dyn FnOnce(Release) + Send + Sync>),
 }
 
 impl InFlight {
@@ -46,8 +55,26 @@ impl InFlight {
         InFlight {
             slot,
             id,
-            finish: Some(finish),
+            finish: Some(Finish::Boxed(finish)),
             lost: None,
+        }
+    }
+
+    /// A lease on `place`, in the memory store.
+    pub(super) fn memory(slot: SlotKey, id: u64, place: super::memory::Place) -> Self {
+        InFlight {
+            slot,
+            id,
+            finish: Some(Finish::Memory(place)),
+            lost: None,
+        }
+    }
+
+    fn give_back(&mut self, how: Release) {
+        match self.finish.take() {
+            Some(Finish::Memory(place)) => place.finish(&self.slot, self.id, how),
+            Some(Finish::Boxed(f)) => f(how),
+            None => {}
         }
     }
 
@@ -64,17 +91,13 @@ impl InFlight {
 
     /// Gives the place back now.
     pub fn finish(mut self, how: Release) {
-        if let Some(f) = self.finish.take() {
-            f(how);
-        }
+        self.give_back(how);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(f) = self.finish.take() {
-            f(Release::default());
-        }
+        self.give_back(Release::default());
     }
 }
 

@@ -155,31 +155,41 @@ impl MemoryStore {
         }
     }
 
-    /// The in-flight place `p` of record `id` (counted in its `in_flight` already): its
-    /// release counts it out, notes the use and writes back the jar a request changed.
+    /// The in-flight place `p` of record `id` (counted in its `in_flight` already).
     fn place(&self, slot: &SlotKey, id: u64, p: tokio::sync::OwnedSemaphorePermit) -> InFlight {
-        let inner = self.inner.clone();
-        let key = slot.clone();
-        InFlight::new(
-            slot.clone(),
-            id,
-            Box::new(move |how: Release| {
-                let now = crate::clock::unix_ms();
-                let mut g = lock_inner(&inner);
-                if let Some(r) = g.records.get_mut(&key).filter(|r| r.id == id) {
-                    r.in_flight = r.in_flight.saturating_sub(1);
-                    r.last_used_ms = now;
-                    if how.op {
-                        r.last_op_ms = Some(now);
-                    }
-                    if let Some(jar) = how.jar {
-                        r.jar = jar;
-                    }
-                }
-                drop(g);
-                drop(p);
-            }),
-        )
+        let place = Place {
+            inner: self.inner.clone(),
+            permit: p,
+        };
+        InFlight::memory(slot.clone(), id, place)
+    }
+}
+
+/// A request's in-flight place on one of the store's records (its lease, [`InFlight`], knows
+/// which).
+pub(super) struct Place {
+    inner: Arc<Mutex<Inner>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Place {
+    /// Counts the place out of record `id`, notes the use and writes back the jar the request
+    /// changed; then the permit goes to the next request waiting.
+    pub(super) fn finish(self, slot: &SlotKey, id: u64, how: Release) {
+        let now = crate::clock::unix_ms();
+        let mut g = lock_inner(&self.inner);
+        if let Some(r) = g.records.get_mut(slot).filter(|r| r.id == id) {
+            r.in_flight = r.in_flight.saturating_sub(1);
+            r.last_used_ms = now;
+            if how.op {
+                r.last_op_ms = Some(now);
+            }
+            if let Some(jar) = how.jar {
+                r.jar = jar;
+            }
+        }
+        drop(g);
+        drop(self.permit);
     }
 }
 
@@ -406,6 +416,23 @@ impl SessionStore for MemoryStore {
             record,
             in_flight,
             created,
+        })
+    }
+
+    fn lease_at_once(&self, slot: &SlotKey, _max: u32) -> Option<Leased> {
+        // `max` is the gate's size already: a free permit is a free place. The semaphore is
+        // fair, so a free one means no request waits, and this never overtakes the queue.
+        let mut g = self.lock();
+        let Inner { records, gates, .. } = &mut *g;
+        let r = records.get_mut(slot)?;
+        let p = gates.get(&r.id)?.clone().try_acquire_owned().ok()?;
+        r.in_flight += 1;
+        let record = r.clone();
+        drop(g);
+        Some(Leased {
+            in_flight: self.place(slot, record.id, p),
+            record,
+            created: false,
         })
     }
 
