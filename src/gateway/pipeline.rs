@@ -608,11 +608,16 @@ async fn lease(
     path: &str,
     body: &mut Body,
 ) -> Result<Leased, GatewayError> {
-    match pool {
-        None => Ok(Leased::None),
-        // Boxed: the session layer's futures are large, and only session routes pay for them.
-        Some(pool) => Ok(Box::pin(session::lease(pool, permit, token, head, path, body)).await?),
-    }
+    let Some(pool) = pool else {
+        return Ok(Leased::None);
+    };
+    // Only the boxed future is kept across the wait: what a step gives at once would otherwise
+    // be part of every request's future, as large as a lease.
+    let waits = match session::lease(pool, permit, token, head, path, body) {
+        session::Step::Now(leased) => return Ok(leased?),
+        session::Step::Later(waits) => waits,
+    };
+    Ok(waits.await?)
 }
 
 /// `prepare`: the upstream request's head: the normalised path (what was authorised, or the
@@ -737,10 +742,15 @@ fn send<'a>(
 
 /// `settle`: the session layer's second step (upstreams without sessions keep every answer).
 async fn settle(lease: Option<&mut Lease>, resp: Response<UpstreamBody>) -> Settled {
-    match lease {
-        None => Settled::Keep(resp),
-        Some(lease) => Box::pin(session::settle(lease, resp)).await,
-    }
+    let Some(lease) = lease else {
+        return Settled::Keep(resp);
+    };
+    // As in `lease`: only the boxed future is kept across the wait.
+    let waits = match session::settle(lease, resp) {
+        session::Step::Now(settled) => return settled,
+        session::Step::Later(waits) => waits,
+    };
+    waits.await
 }
 
 /// `finish`: the answer for the client: hop-by-hop headers removed; through the session layer,

@@ -35,7 +35,7 @@ pub mod step;
 pub mod store;
 
 pub use pool::Pool;
-pub use step::{lease, settle, Edits, Lease, Leased, Settled};
+pub use step::{lease, settle, Edits, Lease, Leased, Settled, Step};
 
 /// Every way the session layer refuses or fails a request (design §6.10). The mapping to status,
 /// `error` code and `Retry-After` is in `crate::error`.

@@ -32,7 +32,7 @@ use http::{Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 
-use super::pool::{Held, Identity, Pool};
+use super::pool::{AtOnce, Held, Identity, Pool};
 use super::{body, capture};
 use super::{sanitize, SessionError};
 use crate::config::Creation;
@@ -96,19 +96,37 @@ pub struct Edits {
     pub sanitize: bool,
 }
 
+/// What a step of the session layer gives the pipeline: its outcome at once (the common
+/// request, the common answer), or a boxed future for the rare cases that wait.
+///
+/// Not a future that may be ready: `Ready` holds its outcome inline, and the pipeline's own
+/// future, which awaits it, would grow by that much for every request, on every route.
+pub enum Step<'a, T> {
+    Now(T),
+    Later(Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>),
+}
+
+/// What the `lease` step gives.
+type LeaseResult = Result<Leased, SessionError>;
+
 /// The `lease` step: decides what the session layer does with a request on a session upstream,
 /// before anything is sent. `body` may be read here (a passive login is checked, a replayable
-/// body is kept) and is then replaced by an equal one. The rare branches' futures are boxed,
-/// here and in [`settle`]: inline, every request's future would be as large as a logout's or
-/// a capture's.
-pub async fn lease(
-    pool: &Arc<Pool>,
-    permit: Option<&Permit>,
+/// body is kept) and is then replaced by an equal one.
+///
+/// Not an `async fn`: the common request (a body that needs no read, and a place had at once
+/// on a session logged in already) is leased here and now, without a future to box for every
+/// request. The others (a wait for the place or a login, a body to read, a logout, a capture)
+/// go on in a boxed future ([`Step::Later`]): inline, every request's future would be as large
+/// as theirs.
+pub fn lease<'a>(
+    pool: &'a Arc<Pool>,
+    permit: Option<&'a Permit>,
     token: &str,
-    head: &Parts,
+    head: &'a Parts,
     path: &str,
-    body: &mut Body,
-) -> Result<Leased, SessionError> {
+    body: &'a mut Body,
+) -> Step<'a, LeaseResult> {
+    let now = Step::Now;
     let cfg = &pool.cfg;
     let (login, logout) = pool.actions.classify(path);
 
@@ -119,64 +137,96 @@ pub async fn lease(
             headers::TOLLGATE_LOGIN.clone(),
             HeaderValue::from_static("managed"),
         );
-        return Ok(Leased::Answered(r));
+        return now(Ok(Leased::Answered(r)));
     }
     let Some(permit) = permit else {
         if logout {
             // No grant, so no session to end; the call is never forwarded (it would sign out
             // whatever its cookies named).
-            return Ok(Leased::Answered(empty(StatusCode::NO_CONTENT)));
+            return now(Ok(Leased::Answered(empty(StatusCode::NO_CONTENT))));
         }
         if login {
             // A passive login needs the grant its session will belong to: forwarded without one,
             // it would open an upstream session that nobody counts or logs out.
-            return Err(SessionError::GrantRequired);
+            return now(Err(SessionError::GrantRequired));
         }
-        return Ok(Leased::Session(Lease::new(pool, Kind::Bare, None)));
+        return now(Ok(Leased::Session(Lease::new(pool, Kind::Bare, None))));
     };
-    let who = pool.identify(&permit.principal, token, &head.headers)?;
+    let who = match pool.identify(&permit.principal, token, &head.headers) {
+        Ok(who) => who,
+        Err(e) => return now(Err(e)),
+    };
+    if logout || login {
+        return Step::Later(Box::pin(logout_or_capture(
+            pool, permit, who, head, body, login,
+        )));
+    }
+    let session =
+        |who, held, replay| Leased::Session(Lease::new(pool, Kind::Held { who, held }, replay));
+    match replay_at_once(body, cfg.max_replay_body) {
+        Some(replay) => {
+            let first = match pool.hold_at_once(&who) {
+                AtOnce::Held(held) => return now(Ok(session(who, held, replay))),
+                AtOnce::Login(leased) => Some(leased),
+                AtOnce::Wait => None,
+            };
+            Step::Later(Box::pin(async move {
+                let held = pool.hold_from(&who, first).await?;
+                Ok(session(who, held, replay))
+            }))
+        }
+        None => Step::Later(Box::pin(async move {
+            let replay = keep_for_replay(body, cfg.max_replay_body).await?;
+            let held = pool.hold(&who).await?;
+            Ok(session(who, held, replay))
+        })),
+    }
+}
 
-    if logout {
+/// The `lease` step for the upstream's logout call (the slot or grant logged out, answered
+/// 204), and for its login call in passive mode (a capture lease).
+async fn logout_or_capture(
+    pool: &Arc<Pool>,
+    permit: &Permit,
+    who: Identity,
+    head: &Parts,
+    body: &mut Body,
+    login: bool,
+) -> LeaseResult {
+    if !login {
         let slot = who.had_handle.then_some(&who.slot);
-        Box::pin(pool.logout(&who.grant, slot)).await;
+        pool.logout(&who.grant, slot).await;
         let mut r = empty(StatusCode::NO_CONTENT);
         if who.concurrent && who.had_handle {
             headers::append_set_cookie(r.headers_mut(), &pool.clear_handle_cookie());
         }
         return Ok(Leased::Answered(r));
     }
-    if login {
-        let seat = Box::pin(capture::admit(
-            pool,
-            &who,
-            &permit.principal,
-            &head.headers,
-            body,
-        ))
-        .await?;
-        let kind = Kind::Capture {
-            who,
-            seat: Some(seat),
-        };
-        return Ok(Leased::Session(Lease::new(pool, kind, None)));
+    let seat = capture::admit(pool, &who, &permit.principal, &head.headers, body).await?;
+    let kind = Kind::Capture {
+        who,
+        seat: Some(seat),
+    };
+    Ok(Leased::Session(Lease::new(pool, kind, None)))
+}
+
+/// What [`keep_for_replay`] decides without reading the body: `Some` of what is kept (the empty
+/// body; nothing, for a body too large or of unknown size), or `None` when it must be read.
+fn replay_at_once(body: &Body, max: u64) -> Option<Option<Bytes>> {
+    if body.is_end_stream() {
+        return Some(Some(Bytes::new()));
     }
-    let replay = keep_for_replay(body, cfg.max_replay_body).await?;
-    let held = pool.hold(&who).await?;
-    Ok(Leased::Session(Lease::new(
-        pool,
-        Kind::Held { who, held },
-        replay,
-    )))
+    if body.size_hint().upper().is_none_or(|n| n > max) {
+        return Some(None);
+    }
+    None
 }
 
 /// Keeps the body for a replay when it may be needed and fits `max`: decided from the body (its
 /// end and its size hint), never from framing headers, which HTTP/2 does not send.
 async fn keep_for_replay(body: &mut Body, max: u64) -> Result<Option<Bytes>, SessionError> {
-    if body.is_end_stream() {
-        return Ok(Some(Bytes::new()));
-    }
-    if body.size_hint().upper().is_none_or(|n| n > max) {
-        return Ok(None);
+    if let Some(kept) = replay_at_once(body, max) {
+        return Ok(kept);
     }
     let max = usize::try_from(max).unwrap_or(usize::MAX);
     let bytes = body::read_bounded(std::mem::replace(body, proxy::empty()), max)
@@ -187,7 +237,43 @@ async fn keep_for_replay(body: &mut Body, max: u64) -> Result<Option<Bytes>, Ses
 }
 
 /// The `settle` step: what the session layer makes of the upstream's answer to one attempt.
-pub async fn settle(lease: &mut Lease, resp: Response<UpstreamBody>) -> Settled {
+///
+/// Not an `async fn`: the common answer (the session still good, its cookies taken into the
+/// jar) is settled here and now, without a future to box for every request; only the rare
+/// ones (the session ended, a capture) wait, in a boxed future ([`Step::Later`]).
+pub fn settle<'a>(lease: &'a mut Lease, resp: Response<UpstreamBody>) -> Step<'a, Settled> {
+    let now = Step::Now;
+    let rare = match &lease.kind {
+        Kind::Bare => false,
+        Kind::Held { held, .. } => {
+            lease.pool.is_expired(resp.status(), resp.headers()) && !held.jar.is_empty()
+        }
+        Kind::Capture { .. } => true,
+    };
+    if rare {
+        return Step::Later(Box::pin(settle_rare(lease, resp)));
+    }
+    let Kind::Held { held, .. } = &mut lease.kind else {
+        // A public route's answer goes as it came.
+        return now(Settled::Keep(resp));
+    };
+    lease.accepted = resp.status() == StatusCode::ACCEPTED;
+    if !lease.pool.absorb(held, resp.headers()) {
+        return now(Settled::Keep(resp));
+    }
+    // The answer deleted a marker cookie: the upstream signed the session out. The answer
+    // itself stands; the next request logs in again.
+    let pool = &lease.pool;
+    Step::Later(Box::pin(async move {
+        match pool.ended_upstream(held).await {
+            Ok(()) => Settled::Keep(resp),
+            Err(e) => Settled::Fail(e),
+        }
+    }))
+}
+
+/// [`settle`] for a capture's answer, and for an answer that says the session has ended.
+async fn settle_rare(lease: &mut Lease, resp: Response<UpstreamBody>) -> Settled {
     let pool = lease.pool.clone();
     match &mut lease.kind {
         Kind::Bare => Settled::Keep(resp),
@@ -198,20 +284,8 @@ pub async fn settle(lease: &mut Lease, resp: Response<UpstreamBody>) -> Settled 
             },
             None => Settled::Fail(SessionError::LoginError),
         },
+        // The upstream says the session has ended (`settle` answered every other case).
         Kind::Held { held, .. } => {
-            let status = resp.status();
-            if !pool.is_expired(status, resp.headers()) || held.jar.is_empty() {
-                lease.accepted = status == StatusCode::ACCEPTED;
-                if pool.absorb(held, resp.headers()) {
-                    // The answer deleted a marker cookie: the upstream signed the session out.
-                    // The answer itself stands; the next request logs in again.
-                    if let Err(e) = pool.ended_upstream(held).await {
-                        return Settled::Fail(e);
-                    }
-                }
-                return Settled::Keep(resp);
-            }
-            // The upstream says the session has ended.
             if pool.cfg.creation == Creation::Passive {
                 Box::pin(pool.forget(held)).await;
                 return Settled::Fail(SessionError::SignedOut);
@@ -336,19 +410,29 @@ impl Drop for Lease {
     /// mid-request) gives its place and seat back: here when that needs no wait (the memory
     /// store's releases never do, and go without a future), else on a task of its own.
     fn drop(&mut self) {
-        let pool = self.pool.clone();
         let accepted = self.accepted;
         type Work = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+        // The pool (and the runtime's handle, below) only for work left to do: a release in the
+        // memory store is done here, and that is every answer of a session route of one replica.
         let work: Option<Work> = match std::mem::replace(&mut self.kind, Kind::Bare) {
-            Kind::Held { mut held, .. } => pool
-                .release_at_once(&mut held, accepted)
-                .map(|rest| Box::pin(async move { pool.release_rest(rest).await }) as Work),
+            Kind::Held { mut held, .. } => {
+                self.pool.release_at_once(&mut held, accepted).map(|rest| {
+                    let pool = self.pool.clone();
+                    Box::pin(async move { pool.release_rest(rest).await }) as Work
+                })
+            }
             Kind::Capture {
                 seat: Some(seat), ..
-            } => Some(Box::pin(async move { pool.abandon_capture(seat).await })),
+            } => {
+                let pool = self.pool.clone();
+                Some(Box::pin(async move { pool.abandon_capture(seat).await }))
+            }
             Kind::Capture { .. } | Kind::Bare => None,
         };
-        if let (Some(mut work), Ok(handle)) = (work, tokio::runtime::Handle::try_current()) {
+        let Some(mut work) = work else {
+            return;
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
             // One poll without a waker: a release that has to wait (a shared store's round
             // trip) goes on to a task, whose first poll registers its own waker and so misses
             // no wake-up; one that does not wait costs no task.
@@ -421,6 +505,69 @@ mod tests {
             .now_or_never()
             .expect("the memory store never waits");
         assert_eq!(record.unwrap().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn the_common_request_and_answer_are_settled_at_once_and_the_rest_waits() {
+        use crate::session::pool::testing::{principal, rig};
+        let r = rig(|_| {}).await;
+        let permit = Permit {
+            route: "r".into(),
+            principal: principal(serde_json::json!({"grant_id": "a", "scope": "api"})),
+        };
+        let head = http::Request::get("/entity/Default/24.200.001/Customer")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let path = head.uri.path().to_owned();
+        /// The lease, and whether it was had at once.
+        async fn lease_of(step: Step<'_, LeaseResult>) -> (bool, Lease) {
+            let (now, leased) = match step {
+                Step::Now(l) => (true, l),
+                Step::Later(waits) => (false, waits.await),
+            };
+            match leased {
+                Ok(Leased::Session(lease)) => (now, lease),
+                _ => panic!("a session lease"),
+            }
+        }
+        // The fake's own answers: with the lease's jar (200, fresh cookies), and without (401).
+        let answer = |cookie: Option<HeaderValue>| {
+            let mut req = http::Request::get(r.pool.upstream.uri_for(&path).unwrap())
+                .body(proxy::empty())
+                .unwrap();
+            if let Some(c) = cookie {
+                req.headers_mut().insert(header::COOKIE, c);
+            }
+            r.pool.upstream.send(req)
+        };
+        let mut body = proxy::empty();
+
+        // The first request logs in: it waits.
+        let step = lease(&r.pool, Some(&permit), "t", &head, &path, &mut body);
+        let (now, mut first) = lease_of(step).await;
+        assert!(!now, "a login was waited for");
+        let ok = answer(first.cookie(&path)).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert!(matches!(
+            settle(&mut first, ok),
+            Step::Now(Settled::Keep(_))
+        ));
+        drop(first);
+
+        // The next finds its session logged in and its place free: no future at all.
+        let step = lease(&r.pool, Some(&permit), "t", &head, &path, &mut body);
+        let (now, mut second) = lease_of(step).await;
+        assert!(now, "the common request waited");
+        // An answer that says the session ended waits for the re-login.
+        let ended = answer(None).await.unwrap();
+        assert_eq!(ended.status(), StatusCode::UNAUTHORIZED);
+        match settle(&mut second, ended) {
+            Step::Later(waits) => assert!(matches!(waits.await, Settled::Replay)),
+            Step::Now(_) => panic!("an ended session was settled at once"),
+        }
+        assert_eq!(r.fake.counters().logins_ok, 2);
     }
 
     #[tokio::test]

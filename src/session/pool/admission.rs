@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{now_ms, Identity, Pool, Retire};
+use crate::config::Creation;
 use crate::session::jar::Jar;
-use crate::session::store::{InFlight, LeaseRefused, Leased, Release, SessionRecord, SlotKey};
+use crate::session::store::{
+    InFlight, LeaseRefused, Leased, Release, SessionRecord, SessionState, SlotKey,
+};
 use crate::session::SessionError;
 
 /// A request's hold on an upstream session: the in-flight place and the jar to send.
@@ -23,6 +26,18 @@ pub struct Held {
     pub new_session: bool,
     /// The upstream changed the jar during this request: it goes back with the release.
     pub jar_changed: bool,
+}
+
+/// What [`Pool::hold_at_once`] found.
+#[derive(Debug)]
+pub enum AtOnce {
+    /// The place, on a session logged in already.
+    Held(Held),
+    /// The place, taken, on a session that still needs its login: [`Pool::hold_from`] goes on
+    /// from it.
+    Login(Leased),
+    /// No place here and now: [`Pool::hold`].
+    Wait,
 }
 
 // === impl Held ===
@@ -41,6 +56,30 @@ impl Pool {
     /// Finds or creates the slot's session, waits for its in-flight place (FIFO, bounded), and
     /// makes sure it is logged in.
     pub async fn hold(self: &Arc<Self>, who: &Identity) -> Result<Held, SessionError> {
+        self.hold_from(who, None).await
+    }
+
+    /// [`Pool::hold`] without a future, when the store grants the place here and now on a
+    /// session logged in already: most requests of a busy session route.
+    pub fn hold_at_once(&self, who: &Identity) -> AtOnce {
+        let max = self.cfg.max_inflight_per_session;
+        let Some(leased) = self.store.lease_at_once(&who.slot, max) else {
+            return AtOnce::Wait;
+        };
+        self.sample_queue();
+        // As `ensure_login` would find it: nothing to wait for.
+        if leased.record.state != SessionState::Active && self.cfg.creation != Creation::Passive {
+            return AtOnce::Login(leased);
+        }
+        AtOnce::Held(held(who, leased, false))
+    }
+
+    /// [`Pool::hold`], from the place `first` when [`Pool::hold_at_once`] took one.
+    pub async fn hold_from(
+        self: &Arc<Self>,
+        who: &Identity,
+        mut first: Option<Leased>,
+    ) -> Result<Held, SessionError> {
         let started = Instant::now();
         let cap = self.grant_cap(who.concurrent);
         // A session may vanish between lookup and lease (evicted, logged out, its login failed):
@@ -51,22 +90,22 @@ impl Pool {
                 // rather than trying again (never a login per queued request).
                 return Err(e);
             }
-            let template = SessionRecord {
-                retire_at_ms: who.retire_at_ms,
-                ..SessionRecord::new(self.next_id(), who.concurrent, now_ms())
+            let max = self.cfg.max_inflight_per_session;
+            let at_once = first
+                .take()
+                .or_else(|| self.store.lease_at_once(&who.slot, max));
+            let leased = match at_once {
+                Some(l) => Ok(l),
+                None => {
+                    let template = SessionRecord {
+                        retire_at_ms: who.retire_at_ms,
+                        ..SessionRecord::new(self.next_id(), who.concurrent, now_ms())
+                    };
+                    let (queue, wait) = (self.cfg.max_queue_per_session, self.cfg.max_queue_wait);
+                    (self.store.lease(&who.slot, template, cap, max, queue, wait)).await
+                }
             };
-            let leased = match self
-                .store
-                .lease(
-                    &who.slot,
-                    template,
-                    cap,
-                    self.cfg.max_inflight_per_session,
-                    self.cfg.max_queue_per_session,
-                    self.cfg.max_queue_wait,
-                )
-                .await
-            {
+            let leased = match leased {
                 Ok(l) => l,
                 Err(LeaseRefused::Busy) => return Err(SessionError::GrantBusy),
                 Err(LeaseRefused::Unavailable) => {
@@ -88,15 +127,13 @@ impl Pool {
                 created,
             } = leased;
             match self.ensure_login(&who.slot, record).await {
-                Ok((rec, logged_in)) => {
-                    return Ok(Held {
-                        slot: who.slot.clone(),
-                        id: rec.id,
-                        jar: rec.jar,
-                        in_flight: Some(in_flight),
-                        new_session: created || logged_in,
-                        jar_changed: false,
-                    })
+                Ok((record, logged_in)) => {
+                    let leased = Leased {
+                        record,
+                        in_flight,
+                        created,
+                    };
+                    return Ok(held(who, leased, logged_in));
                 }
                 Err(SessionError::Gone) => {
                     self.store.release(in_flight, Release::default()).await;
@@ -223,6 +260,18 @@ impl Pool {
 /// What releasing `lease` gives back: its in-flight place, and the jar when the upstream
 /// changed it. The jar goes by move: a released lease's jar is not read again, and a second
 /// release finds no place and gives back nothing.
+/// The hold of `who` on the place `leased`; `logged_in`: the session's login was this request's.
+fn held(who: &Identity, leased: Leased, logged_in: bool) -> Held {
+    Held {
+        slot: who.slot.clone(),
+        id: leased.record.id,
+        jar: leased.record.jar,
+        in_flight: Some(leased.in_flight),
+        new_session: leased.created || logged_in,
+        jar_changed: false,
+    }
+}
+
 fn give_back(lease: &mut Held, accepted_202: bool) -> Option<(InFlight, Release)> {
     let place = lease.in_flight.take()?;
     let jar = std::mem::take(&mut lease.jar_changed).then(|| std::mem::take(&mut lease.jar));
@@ -242,6 +291,49 @@ mod tests {
     use crate::demo::legacy::LegacyOptions;
     use crate::session::pool::testing::{eventually, evicting, rig, rig_with};
     use http::HeaderMap;
+
+    #[tokio::test]
+    async fn a_logged_in_session_is_held_at_once_and_any_other_goes_the_long_way() {
+        let r = rig(|_| {}).await;
+        let who = r.who("a");
+        assert!(
+            matches!(r.pool.hold_at_once(&who), AtOnce::Wait),
+            "no session yet: nothing is taken"
+        );
+        let mut held = r.pool.hold(&who).await.unwrap();
+        assert!(
+            matches!(r.pool.hold_at_once(&who), AtOnce::Wait),
+            "the session's only place is held"
+        );
+        r.pool.release(&mut held, false).await;
+        let AtOnce::Held(mut again) = r.pool.hold_at_once(&who) else {
+            panic!("logged in, and its place free, but not held at once");
+        };
+        assert_eq!(again.id, held.id);
+        assert!(!again.new_session);
+        assert_eq!(again.jar, held.jar, "the session's jar");
+        assert_eq!(r.fake.counters().logins_ok, 1);
+
+        // The upstream ended the session: its place is had at once, and the login is the rest.
+        r.pool.ended_upstream(&mut again).await.unwrap();
+        r.pool.release(&mut again, false).await;
+        let AtOnce::Login(first) = r.pool.hold_at_once(&who) else {
+            panic!("a session to log in again is not held at once");
+        };
+        assert_eq!(
+            r.record(&who.slot).await.unwrap().in_flight,
+            1,
+            "with its place"
+        );
+        let relogged = r.pool.hold_from(&who, Some(first)).await.unwrap();
+        assert!(relogged.new_session);
+        assert_eq!(r.fake.counters().logins_ok, 2);
+        assert_eq!(
+            r.record(&who.slot).await.unwrap().in_flight,
+            1,
+            "the place taken at once, not a second one"
+        );
+    }
 
     /// No eviction (sessions are never idle long enough) and no wait for a seat.
     fn no_eviction_no_wait(c: &mut crate::config::SessionConfig) {

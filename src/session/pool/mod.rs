@@ -45,7 +45,7 @@ mod retire;
 #[cfg(test)]
 pub(super) mod testing;
 
-pub use admission::Held;
+pub use admission::{AtOnce, Held};
 pub(crate) use answer::set_cookies;
 pub use identify::{cookie_value, Identity};
 pub use retire::Retire;
@@ -59,7 +59,7 @@ pub struct Pool {
     pub cfg: SessionConfig,
     /// `cfg`'s login and logout paths, cut into segments once.
     pub actions: super::intercept::Actions,
-    upstream: Arc<Upstream>,
+    pub(in crate::session) upstream: Arc<Upstream>,
     store: Arc<dyn SessionStore>,
     grant_key: hmac::Key,
     /// Grant keys already signed, by their message ([`grant::message`]): a grant's requests
