@@ -49,24 +49,14 @@ fn text<'a>(p: &'a Principal, claim: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
-/// What the grant key of `principal` for `upstream` signs, and the source it came from: the
-/// first source of `sources` that applies (`token_digest` serves the `token` source when the
-/// token has no `jti`). The message holds every input of the key, so two principals with
-/// the same message have the same key (what lets a pool remember keys by message).
-pub fn message(
-    sources: &[GrantSource],
-    issuer: &str,
-    upstream: &str,
-    principal: &Principal,
-    token_digest: &[u8; 32],
-) -> Result<(&'static str, Vec<u8>), GrantError> {
-    let mut msg = Vec::new();
-    let source = write_message(sources, issuer, upstream, principal, token_digest, &mut msg)?;
-    Ok((source, msg))
-}
-
-/// [`message`], written into `msg` (cleared first) rather than a new vector: a pool reuses one
-/// buffer for the message of every request of a session route, whose key it has signed already.
+/// Writes into `msg` (cleared first) what the grant key of `principal` for `upstream` signs,
+/// and answers the source it came from: the first source of `sources` that applies
+/// (`token_digest` serves the `token` source when the token has no `jti`). The message holds
+/// every input of the key, so two principals with the same message have the same key (what
+/// lets a pool remember keys by message).
+///
+/// Into a buffer, not a new vector: a pool reuses one for the message of every request of a
+/// session route, whose key it has signed already.
 pub fn write_message(
     sources: &[GrantSource],
     issuer: &str,
@@ -137,6 +127,20 @@ pub fn write_message(
     Err(GrantError::NoGrant)
 }
 
+/// [`write_message`] into a new vector (the tests').
+#[cfg(test)]
+pub fn message(
+    sources: &[GrantSource],
+    issuer: &str,
+    upstream: &str,
+    principal: &Principal,
+    token_digest: &[u8; 32],
+) -> Result<(&'static str, Vec<u8>), GrantError> {
+    let mut msg = Vec::new();
+    let source = write_message(sources, issuer, upstream, principal, token_digest, &mut msg)?;
+    Ok((source, msg))
+}
+
 /// The version tag a grant key's message starts with.
 const MAGIC: &[u8] = b"gk1";
 
@@ -169,7 +173,7 @@ impl<'a> Piece<'a> {
     }
 }
 
-/// The grant key of a [`message`].
+/// The grant key of a message ([`write_message`]).
 pub fn sign(key: &hmac::Key, message: &[u8]) -> GrantKey {
     GrantKey(
         URL_SAFE_NO_PAD
@@ -393,8 +397,6 @@ mod tests {
         );
     }
 
-    /// The message of each source, built here from the module's formula: fleet replicas of
-    /// different versions share one session table, so these bytes must never change.
     #[test]
     fn a_message_written_into_a_used_buffer_is_the_message_alone() {
         let (long, short) = (
@@ -419,6 +421,8 @@ mod tests {
         }
     }
 
+    /// The message of each source, built here from the module's formula: fleet replicas of
+    /// different versions share one session table, so these bytes must never change.
     #[test]
     fn every_source_signs_the_documented_message() {
         fn lp(part: &[u8]) -> Vec<u8> {

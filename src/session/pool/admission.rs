@@ -56,14 +56,18 @@ impl Pool {
     /// Finds or creates the slot's session, waits for its in-flight place (FIFO, bounded), and
     /// makes sure it is logged in.
     pub async fn hold(self: &Arc<Self>, who: &Identity) -> Result<Held, SessionError> {
-        self.hold_from(who, None).await
+        let first = match self.hold_at_once(who) {
+            AtOnce::Held(held) => return Ok(held),
+            AtOnce::Login(leased) => Some(leased),
+            AtOnce::Wait => None,
+        };
+        self.hold_from(who, first).await
     }
 
     /// [`Pool::hold`] without a future, when the store grants the place here and now on a
     /// session logged in already: most requests of a busy session route.
     pub fn hold_at_once(&self, who: &Identity) -> AtOnce {
-        let max = self.cfg.max_inflight_per_session;
-        let Some(leased) = self.store.lease_at_once(&who.slot, max) else {
+        let Some(leased) = self.store.lease_at_once(&who.slot) else {
             return AtOnce::Wait;
         };
         self.sample_queue();
@@ -74,7 +78,8 @@ impl Pool {
         AtOnce::Held(held(who, leased, false))
     }
 
-    /// [`Pool::hold`], from the place `first` when [`Pool::hold_at_once`] took one.
+    /// The rest of [`Pool::hold`] after [`Pool::hold_at_once`]: from the place `first` when it
+    /// took one, else through the store's lease (which creates the session, or waits).
     pub async fn hold_from(
         self: &Arc<Self>,
         who: &Identity,
@@ -90,19 +95,19 @@ impl Pool {
                 // rather than trying again (never a login per queued request).
                 return Err(e);
             }
-            let max = self.cfg.max_inflight_per_session;
-            let at_once = first
-                .take()
-                .or_else(|| self.store.lease_at_once(&who.slot, max));
-            let leased = match at_once {
+            let leased = match first.take() {
                 Some(l) => Ok(l),
                 None => {
                     let template = SessionRecord {
                         retire_at_ms: who.retire_at_ms,
                         ..SessionRecord::new(self.next_id(), who.concurrent, now_ms())
                     };
-                    let (queue, wait) = (self.cfg.max_queue_per_session, self.cfg.max_queue_wait);
-                    (self.store.lease(&who.slot, template, cap, max, queue, wait)).await
+                    let c = &self.cfg;
+                    let (max, queue) = (c.max_inflight_per_session, c.max_queue_per_session);
+                    let wait = c.max_queue_wait;
+                    self.store
+                        .lease(&who.slot, template, cap, max, queue, wait)
+                        .await
                 }
             };
             let leased = match leased {

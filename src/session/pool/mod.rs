@@ -62,7 +62,7 @@ pub struct Pool {
     pub(in crate::session) upstream: Arc<Upstream>,
     store: Arc<dyn SessionStore>,
     grant_key: hmac::Key,
-    /// Grant keys already signed, by their message ([`grant::message`]): a grant's requests
+    /// Grant keys already signed, by their message ([`grant::write_message`]): a grant's requests
     /// would otherwise each compute the same HMAC. Bounded; a key not found is signed again.
     grant_keys: quick_cache::sync::Cache<Vec<u8>, GrantKey>,
     handle_key: hmac::Key,

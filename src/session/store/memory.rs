@@ -111,11 +111,8 @@ impl MemoryStore {
                 .filter(|r| r.id == id)
                 .ok_or(LeaseRefused::Gone)?;
             // A free place is taken at once, under this lock, without queueing or a timer
-            // (most requests find one). The semaphore is fair: a place given back goes to its
-            // waiters first, so a free one means none wait, and this never overtakes the queue.
-            if let Ok(p) = gate.clone().try_acquire_owned() {
-                r.in_flight += 1;
-                let record = r.clone();
+            // (most requests find one).
+            if let Some((p, record)) = take_free(gate, r) {
                 drop(g);
                 return Ok((self.place(slot, id, p), record));
             }
@@ -191,6 +188,19 @@ impl Place {
         drop(g);
         drop(self.permit);
     }
+}
+
+/// A free in-flight place of record `r` (whose gate is `gate`), counted in, and a copy of the
+/// record as it is then; `None` when every place is taken. The semaphore is fair: a place
+/// given back goes to its waiters first, so a free one means none wait, and taking it never
+/// overtakes the queue.
+fn take_free(
+    gate: &Arc<Semaphore>,
+    r: &mut SessionRecord,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, SessionRecord)> {
+    let p = gate.clone().try_acquire_owned().ok()?;
+    r.in_flight += 1;
+    Some((p, r.clone()))
 }
 
 fn lock_inner(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
@@ -419,15 +429,11 @@ impl SessionStore for MemoryStore {
         })
     }
 
-    fn lease_at_once(&self, slot: &SlotKey, _max: u32) -> Option<Leased> {
-        // `max` is the gate's size already: a free permit is a free place. The semaphore is
-        // fair, so a free one means no request waits, and this never overtakes the queue.
+    fn lease_at_once(&self, slot: &SlotKey) -> Option<Leased> {
         let mut g = self.lock();
         let Inner { records, gates, .. } = &mut *g;
         let r = records.get_mut(slot)?;
-        let p = gates.get(&r.id)?.clone().try_acquire_owned().ok()?;
-        r.in_flight += 1;
-        let record = r.clone();
+        let (p, record) = take_free(gates.get(&r.id)?, r)?;
         drop(g);
         Some(Leased {
             in_flight: self.place(slot, record.id, p),

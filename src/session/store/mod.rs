@@ -94,10 +94,10 @@ pub trait SessionStore: Send + Sync + 'static {
         wait: Duration,
     ) -> Result<Leased, LeaseRefused>;
     /// [`SessionStore::lease`] done here and now when the store needs no round trip and no
-    /// wait for it: the slot's session exists and one of its `max` places is free. `None`
+    /// wait for it: the slot's session exists and one of its in-flight places is free. `None`
     /// otherwise (and by default), and nothing changed: then [`SessionStore::lease`]. Most
     /// requests of a busy session route find their session so, without a future to box.
-    fn lease_at_once(&self, _slot: &SlotKey, _max: u32) -> Option<Leased> {
+    fn lease_at_once(&self, _slot: &SlotKey) -> Option<Leased> {
         None
     }
     /// Gives the place back and records the use time (and a 202, and the jar, when given). A

@@ -352,17 +352,17 @@ async fn a_free_place_is_leased_at_once_and_a_taken_one_is_left_to_the_queue() {
     let s = MemoryStore::new();
     let k = slot("g", None);
     assert!(
-        s.lease_at_once(&k, 1).is_none(),
+        s.lease_at_once(&k).is_none(),
         "no session yet: the long way creates it"
     );
     s.create(&k, SessionRecord::new(1, false, 0), 1, 1)
         .await
         .unwrap();
-    let first = s.lease_at_once(&k, 1).expect("the free place");
+    let first = s.lease_at_once(&k).expect("the free place");
     assert_eq!((first.record.id, first.record.in_flight), (1, 1));
     assert!(!first.created);
     assert!(
-        s.lease_at_once(&k, 1).is_none(),
+        s.lease_at_once(&k).is_none(),
         "the session's only place is taken"
     );
     let rec = s.get(&k).await.unwrap().unwrap();
@@ -377,7 +377,7 @@ async fn a_free_place_is_leased_at_once_and_a_taken_one_is_left_to_the_queue() {
         rec.in_flight, 0,
         "a lease at once is given back like any other"
     );
-    assert!(s.lease_at_once(&k, 1).is_some());
+    assert!(s.lease_at_once(&k).is_some());
 }
 
 #[tokio::test]
@@ -385,7 +385,7 @@ async fn a_place_given_back_to_a_waiter_is_not_leased_at_once() {
     let (s, k, held, waiter) = held_with_a_waiter().await;
     drop(held);
     assert!(
-        s.lease_at_once(&k, 1).is_none(),
+        s.lease_at_once(&k).is_none(),
         "a request leased at once overtook the queue"
     );
     drop(waiter.await.unwrap().expect("the waiter gets the place"));
