@@ -39,9 +39,12 @@ npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path benches/floor/Cargo.toml -- --check
 
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+# benches/floor, the peers bench's forwarding floor, is a package of its own.
+cargo clippy --manifest-path benches/floor/Cargo.toml --locked --quiet -- -D warnings
 
 echo "== cargo test"
 cargo test

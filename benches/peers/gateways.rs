@@ -62,7 +62,7 @@ pub(crate) enum Gateway {
     TollgateLegacy {
         sessions: bool,
     },
-    /// A bare hyper proxy, this bench binary's `--hyper-floor` (`hyper_floor.rs`).
+    /// A bare hyper proxy, `benches/floor`.
     HyperFloor,
 }
 
@@ -149,10 +149,9 @@ impl Gateway {
 /// load core and the keys' files.
 pub(crate) struct Lab {
     pub(crate) peers: Peers,
-    /// The release binary built with this bench (`CARGO_BIN_EXE_tollgate`).
+    /// The release binary (`builds.rs`), or `PEERS_TOLLGATE`'s.
     pub(crate) tollgate: Tool,
-    /// This bench binary, which is the bare hyper proxy with `--hyper-floor`; the version is
-    /// hyper's.
+    /// The bare hyper proxy (`benches/floor`, built by `builds.rs`); the version is hyper's.
     pub(crate) hyper_floor: Tool,
     pub(crate) dir: PathBuf,
     pub(crate) runtime: Runtime,
@@ -327,11 +326,7 @@ fn configure(lab: &Lab, gateway: Gateway, dir: &Path, addr: SocketAddr) -> anyho
             let toml = configs::introspection(&lab.introspection_issuer, &upstream_url, None);
             tollgate_args(&write("tollgate.toml", toml)?, addr, &mut env)?
         }
-        Gateway::HyperFloor => vec![
-            crate::hyper_floor::ARG.to_owned(),
-            addr.to_string(),
-            lab.upstream.to_string(),
-        ],
+        Gateway::HyperFloor => vec![addr.to_string(), lab.upstream.to_string()],
         Gateway::TollgateLegacy { sessions } => {
             let legacy = Fake::start(&lab.runtime)?;
             let url = format!("http://{}", legacy.addr);

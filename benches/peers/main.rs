@@ -55,7 +55,7 @@
 //! | `measure.rs`      | one row in one round; the medians                                     |
 //! | `correctness.rs`  | the bad tokens and the matrix                                         |
 //! | `floor.rs`        | one signature verification on the gateway core (`openssl speed`)      |
-//! | `hyper_floor.rs`  | the bare hyper proxy of the `hyper-floor` row (this binary, re-run)   |
+//! | `builds.rs`       | `tollgate` and the floor (`benches/floor`), built as a user builds    |
 //! | `report.rs`       | the table, notes, versions; `peers.md`; `docs/performance.md`'s part  |
 //! | `chart.rs`        | the SVG bar chart                                                     |
 //!
@@ -66,6 +66,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod builds;
 mod chart;
 // The load bench's modules: this bench uses part of each.
 #[allow(dead_code)]
@@ -79,7 +80,6 @@ mod floor;
 mod gateways;
 #[path = "../common/harness.rs"]
 mod harness;
-mod hyper_floor;
 mod install;
 #[path = "../common/machine.rs"]
 mod machine;
@@ -113,7 +113,6 @@ use settings::{Settings, GATEWAY_CPU, LEGACY_GRANTS, LOAD_CPU, TOKEN_COUNT};
 use wrk::Wrk;
 
 fn main() {
-    hyper_floor::run_if_asked();
     harness::main(
         "peers",
         "benches/peers compares tollgate with its peers",
@@ -356,6 +355,7 @@ fn run() -> anyhow::Result<()> {
     install::ensure_wrk().map_err(anyhow::Error::msg)?;
     let wrk = Wrk::find()?;
     let peers = Peers::find_or_install();
+    let built = builds::build(settings::repo(), settings.tollgate.clone())?;
     let load_at_start = report::load_average();
     let rows: Vec<&Row> = ROWS.iter().filter(|r| settings.selected(r.name)).collect();
     if rows.is_empty() {
@@ -369,7 +369,7 @@ fn run() -> anyhow::Result<()> {
             dir.path().display()
         );
     }
-    let bench = Bench::set_up(peers, &rows, dir.path(), settings.tollgate.clone())?;
+    let bench = Bench::set_up(peers, &rows, dir.path(), built)?;
 
     // Correctness first, then the crypto floor on the gateway core, then the rounds.
     let matrices = correctness_matrices(&bench.lab, &rows, &bench.keys);
@@ -407,7 +407,7 @@ impl Bench {
         peers: Peers,
         rows: &[&Row],
         dir: &Path,
-        tollgate: Option<PathBuf>,
+        built: builds::Built,
     ) -> anyhow::Result<Bench> {
         let nginx = peers
             .nginx
@@ -439,12 +439,12 @@ impl Bench {
         let lab = Lab {
             peers,
             tollgate: Tool {
-                path: tollgate.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tollgate"))),
+                path: built.tollgate,
                 version: tollgate::VERSION.to_owned(),
             },
             hyper_floor: Tool {
-                path: std::env::current_exe().context("this bench's own path")?,
-                version: hyper_floor::hyper_version(settings::repo()),
+                path: built.floor,
+                version: hyper_version(settings::repo()),
             },
             dir: dir.to_owned(),
             runtime,
@@ -618,4 +618,10 @@ fn check(results: &[RowResult], ctx: &Context) -> anyhow::Result<()> {
 
 fn row_names() -> String {
     ROWS.iter().map(|r| r.name).collect::<Vec<_>>().join(", ")
+}
+
+/// The version of hyper in tollgate's `Cargo.lock` (the floor's is checked to be the same).
+fn hyper_version(repo: &Path) -> String {
+    let lock = std::fs::read_to_string(repo.join("Cargo.lock")).unwrap_or_default();
+    builds::lock_version(&lock, "hyper").map_or_else(|| "unknown".to_owned(), str::to_owned)
 }

@@ -341,7 +341,7 @@ pub(crate) fn markdown(results: &[RowResult], ctx: &Context, chart_file: &str) -
 /// How the numbers were measured, in one paragraph.
 fn method(s: &Settings) -> String {
     format!(
-        "`cargo bench --bench peers`: release builds; each gateway runs alone, as its own process \
+        "`cargo bench --bench peers`: release builds (tollgate and the floor built by `cargo build --release`, as a user builds them); each gateway runs alone, as its own process \
          pinned with `taskset` to CPU {GATEWAY_CPU}, started fresh for every row and round; \
          `wrk -t1 -c{CONNECTIONS} --latency` (HTTP/1.1 keep-alive on 127.0.0.1), the upstream \
          (Debian nginx, `return 200` with a 100-byte JSON body), the JWKS and introspection \
@@ -464,7 +464,7 @@ fn forwarding_floor_note(results: &[RowResult]) -> Option<String> {
     Some(format!(
         "forwarding floor: the bare hyper proxy (`hyper-floor`: hyper's HTTP/1.1 server and \
          client on one thread, keep-alive upstream connections, no header edits, timers, metrics \
-         or logs; `benches/peers/hyper_floor.rs`) costs {floor:.1} CPU µs per request, {:.2} × \
+         or logs; `benches/floor`) costs {floor:.1} CPU µs per request, {:.2} × \
          nginx's {nginx:.1}. tollgate's public route costs {:.1} µs more ({public:.1}): what \
          tollgate itself does to forward a request over what its HTTP stack must",
         floor / nginx.max(1e-9),

@@ -1,14 +1,18 @@
 //! The forwarding floor: the least a reverse proxy built on hyper 1 (tollgate's HTTP stack)
-//! spends on a request, measured as a row of its own. It is this bench binary started again
-//! with `--hyper-floor LISTEN UPSTREAM` (so it is built with the same crate versions and
-//! profile as tollgate), pinned alone to the gateway core like every gateway.
+//! spends on a request, measured by `benches/peers` as a row of its own (`hyper-floor`), pinned
+//! alone to the gateway core like every gateway. Built as its own package (see its Cargo.toml)
+//! with the versions of hyper and tokio that tollgate is built with, and tollgate's profile.
+//!
+//! ```text
+//! hyper-floor LISTEN UPSTREAM
+//! ```
 //!
 //! It does only what no proxy can skip: hyper's HTTP/1.1 server on a single-threaded runtime
 //! (tollgate's on one CPU), the request passed as it came to hyper's HTTP/1.1 client, on
 //! keep-alive connections from a stack (most recently used first, as tollgate's pool), the
 //! answer streamed back. `TCP_NODELAY` both ways, as tollgate sets it. No header edits, no
-//! timeouts, no metrics, no logging, no error answers beyond a bare 502. The public row's CPU
-//! over this row's is what tollgate's own code costs a forwarded request.
+//! timeouts, no metrics, no logging, no error answers beyond a bare 502. tollgate's public
+//! row's CPU over this row's is what tollgate's own code costs a forwarded request.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -26,44 +30,25 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-/// The argument that starts this binary as the floor proxy.
-pub(crate) const ARG: &str = "--hyper-floor";
-
-/// Runs the floor proxy when the arguments ask for it (never returns then).
-pub(crate) fn run_if_asked() {
-    let args: Vec<String> = std::env::args().collect();
-    let Some(at) = args.iter().position(|a| a == ARG) else {
-        return;
-    };
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let parse = |i: usize| -> anyhow::Result<SocketAddr> {
         let v = args
             .get(i)
-            .context("expected LISTEN and UPSTREAM addresses")?;
+            .context("usage: hyper-floor LISTEN UPSTREAM (two socket addresses)")?;
         v.parse().with_context(|| format!("{v}: not an address"))
     };
-    let outcome = parse(at + 1).and_then(|listen| {
-        let upstream = parse(at + 2)?;
+    let outcome = parse(0).and_then(|listen| {
+        let upstream = parse(1)?;
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
             .block_on(tokio::task::LocalSet::new().run_until(serve(listen, upstream)))
     });
-    match outcome {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            eprintln!("hyper floor: {e:#}");
-            std::process::exit(1);
-        }
+    if let Err(e) = outcome {
+        eprintln!("hyper-floor: {e:#}");
+        std::process::exit(1);
     }
-}
-
-/// The version of hyper in `repo`'s `Cargo.lock` (the one both binaries are built with).
-pub(crate) fn hyper_version(repo: &std::path::Path) -> String {
-    let lock = std::fs::read_to_string(repo.join("Cargo.lock")).unwrap_or_default();
-    lock.split("[[package]]")
-        .find(|p| p.lines().any(|l| l.trim() == r#"name = "hyper""#))
-        .and_then(|p| p.lines().find_map(|l| l.trim().strip_prefix("version = ")))
-        .map_or_else(|| "unknown".to_owned(), |v| v.trim_matches('"').to_owned())
 }
 
 /// The idle upstream connections, most recently used last.
