@@ -23,19 +23,34 @@ pub(crate) struct Built {
     pub(crate) floor: PathBuf,
 }
 
-/// Builds the floor, and `tollgate` unless another binary is given (`PEERS_TOLLGATE`).
-pub(crate) fn build(repo: &Path, tollgate: Option<PathBuf>) -> anyhow::Result<Built> {
-    check_floor_versions(repo)?;
+/// Which of the two the selected rows run.
+pub(crate) struct Wanted {
+    pub(crate) tollgate: bool,
+    pub(crate) floor: bool,
+}
+
+/// Builds what the rows run: the floor, and `tollgate` unless another binary is given
+/// (`PEERS_TOLLGATE`). A program no row runs is not built (its path is where it would be).
+pub(crate) fn build(
+    repo: &Path,
+    wanted: &Wanted,
+    tollgate: Option<PathBuf>,
+) -> anyhow::Result<Built> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| repo.join("target"), PathBuf::from)
         .join("peers");
-    let floor_manifest = repo.join("benches/floor/Cargo.toml");
-    let floor_args = ["--manifest-path", path_str(&floor_manifest)?];
-    cargo_build("the floor (benches/floor)", repo, &target, &floor_args)?;
+    if wanted.floor {
+        check_floor_versions(repo)?;
+        let floor_manifest = repo.join("benches/floor/Cargo.toml");
+        let floor_args = ["--manifest-path", path_str(&floor_manifest)?];
+        cargo_build("the floor (benches/floor)", repo, &target, &floor_args)?;
+    }
     let tollgate = match tollgate {
         Some(given) => given,
         None => {
-            cargo_build("tollgate", repo, &target, &["--bin", "tollgate"])?;
+            if wanted.tollgate {
+                cargo_build("tollgate", repo, &target, &["--bin", "tollgate"])?;
+            }
             target.join("release/tollgate")
         }
     };

@@ -355,12 +355,18 @@ fn run() -> anyhow::Result<()> {
     install::ensure_wrk().map_err(anyhow::Error::msg)?;
     let wrk = Wrk::find()?;
     let peers = Peers::find_or_install();
-    let built = builds::build(settings::repo(), settings.tollgate.clone())?;
-    let load_at_start = report::load_average();
     let rows: Vec<&Row> = ROWS.iter().filter(|r| settings.selected(r.name)).collect();
     if rows.is_empty() {
         bail!("PEERS_ROWS selects no row; the rows are: {}", row_names());
     }
+    let wanted = builds::Wanted {
+        tollgate: rows.iter().any(|r| r.gateway.is_tollgate()),
+        floor: rows
+            .iter()
+            .any(|r| matches!(r.gateway, Gateway::HyperFloor)),
+    };
+    let built = builds::build(settings::repo(), &wanted, settings.tollgate.clone())?;
+    let load_at_start = report::load_average();
     let mut dir = tempfile::tempdir().context("temporary directory")?;
     if settings.keep {
         dir.disable_cleanup(true);
