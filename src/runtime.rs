@@ -6,8 +6,8 @@
 //! spreads new connections over them). A connection is then accepted, served, forwarded and
 //! timed on one thread: its upstream connections are driven there too, and the pool keeps
 //! them on that thread's own idle stack ([`place`]), as the HTTP/2 client keeps one client per
-//! thread. The work-stealing runtime instead moves tasks and wake-ups between its threads, which costs 10 to 15 % more CPU a request on one
-//! core (docs/performance.md). It stays available (`"work-stealing"`) for the case it serves
+//! thread. The work-stealing runtime instead moves tasks and wake-ups between its threads,
+//! which costs 10 to 15 % more CPU a request on one core (docs/performance.md). It stays available (`"work-stealing"`) for the case it serves
 //! better: a few HTTP/2 connections carrying all the traffic, whose streams a per-core thread
 //! cannot hand to another.
 //!

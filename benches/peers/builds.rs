@@ -86,11 +86,24 @@ fn path_str(p: &Path) -> anyhow::Result<&str> {
         .with_context(|| format!("{}: not UTF-8", p.display()))
 }
 
-/// The floor's Cargo.lock must hold the versions of tollgate's: otherwise the row measures
-/// another hyper than tollgate's.
+/// The floor's Cargo.lock must hold the versions of tollgate's, and its release profile must be
+/// tollgate's: otherwise the row measures another hyper, or another build, than tollgate's.
 fn check_floor_versions(repo: &Path) -> anyhow::Result<()> {
     let read =
         |p: &str| std::fs::read_to_string(repo.join(p)).with_context(|| format!("reading {p}"));
+    let profile = |p: &str| -> anyhow::Result<Option<toml::Value>> {
+        let manifest: toml::Table = read(p)?.parse().with_context(|| format!("parsing {p}"))?;
+        Ok(manifest
+            .get("profile")
+            .and_then(|p| p.get("release"))
+            .cloned())
+    };
+    if profile("Cargo.toml")? != profile("benches/floor/Cargo.toml")? {
+        bail!(
+            "benches/floor/Cargo.toml's [profile.release] differs from Cargo.toml's: copy \
+             tollgate's into it, so that the floor is built as tollgate is"
+        );
+    }
     let (ours, floor) = (read("Cargo.lock")?, read("benches/floor/Cargo.lock")?);
     for name in SHARED {
         let (a, b) = (lock_version(&ours, name), lock_version(&floor, name));
