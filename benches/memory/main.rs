@@ -6,8 +6,9 @@
 //! MEMORY_TOKENS=20000 MEMORY_CHURN_SECONDS=600 cargo bench --bench memory
 //! ```
 //!
-//! The gateway runs as its own process (the release binary cargo builds for the bench), so that
-//! its `VmRSS` (from `/proc/<pid>/status`) is its own. In this process: a JWKS server and an
+//! The gateway runs as its own process, so that its `VmRSS` (from `/proc/<pid>/status`) is its
+//! own: the binary a user builds, `cargo build --release --locked` into `target/peers`
+//! (`benches/common/user_build.rs` says why not the one `cargo bench` builds beside the bench). In this process: a JWKS server and an
 //! upstream on [`tollgate::serve`], the token minting (RS256, the claims of `benches/load`), and
 //! a plain HTTP/1.1 keep-alive client that drives the tokens through a JWT route.
 //!
@@ -16,9 +17,12 @@
 //! | `MEMORY_TOKENS` | 100000 | distinct RS256 tokens driven through the route, then cached |
 //! | `MEMORY_CONNECTIONS` | 1000 | idle keep-alive connections opened for the per-connection figure |
 //! | `MEMORY_CHURN_SECONDS` | 60 | token churn after the warm-up: new short-lived tokens replace expiring ones (0: skip) |
+//! | `MEMORY_TOLLGATE` | built by the bench | another `tollgate` binary to measure (an older build, for before/after) |
 
 mod client;
 mod report;
+#[path = "../common/user_build.rs"]
+mod user_build;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,14 +54,22 @@ fn main() -> anyhow::Result<()> {
     let tokens = knob("MEMORY_TOKENS", 100_000)? as usize;
     let connections = knob("MEMORY_CONNECTIONS", 1000)? as usize;
     let churn = Duration::from_secs(knob("MEMORY_CHURN_SECONDS", 60)?);
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let binary =
+        user_build::tollgate(repo, std::env::var_os("MEMORY_TOLLGATE").map(PathBuf::from))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    rt.block_on(run(tokens, connections, churn))
+    rt.block_on(run(binary, tokens, connections, churn))
 }
 
-async fn run(tokens: usize, connections: usize, churn: Duration) -> anyhow::Result<()> {
+async fn run(
+    binary: PathBuf,
+    tokens: usize,
+    connections: usize,
+    churn: Duration,
+) -> anyhow::Result<()> {
     let key = SigningKey::rsa("bench-rs256", jsonwebtoken::Algorithm::RS256)
         .map_err(anyhow::Error::msg)?;
     let jwks = Bytes::from(serde_json::to_vec(&keys::jwks(&[&key]))?);
@@ -66,7 +78,8 @@ async fn run(tokens: usize, connections: usize, churn: Duration) -> anyhow::Resu
     let issuer = format!("http://{idp}");
 
     let dir = tempfile::tempdir()?;
-    let gateway = Gateway::start(dir.path().into(), &issuer, upstream, tokens as u64).await?;
+    let gateway =
+        Gateway::start(binary, dir.path().into(), &issuer, upstream, tokens as u64).await?;
     let mut report = report::Report::default();
     report.row("empty (after start)", gateway.rss_kib()?, None);
 
@@ -211,6 +224,7 @@ struct Gateway {
 
 impl Gateway {
     async fn start(
+        binary: PathBuf,
         dir: PathBuf,
         issuer: &str,
         upstream: SocketAddr,
@@ -250,7 +264,6 @@ scopes = ["api"]
 "#
             ),
         )?;
-        let binary = PathBuf::from(env!("CARGO_BIN_EXE_tollgate"));
         let child = Command::new(&binary)
             .args(["run", "--config"])
             .arg(&config)

@@ -1,18 +1,12 @@
-//! The binaries measured, built as a user builds them: `cargo build --release --locked`, into a
-//! target directory of the bench's own (`target/peers`, reused by the next run).
-//!
-//! `cargo bench` builds this bench with tollgate's dev-dependencies, and cargo unifies their
-//! features into everything that one build compiles: the `tollgate` binary beside the bench
-//! (`CARGO_BIN_EXE_tollgate`) and the bench itself run with tokio's `test-util` clock, which
-//! takes a lock on every read of the time. Measured side by side on 2026-12-07, that binary
-//! cost 2 to 4 % more CPU a request than `cargo build --release`'s. So neither is measured:
-//! `tollgate` and the forwarding floor (`benches/floor`, its own package) are built again here,
-//! each with its own dependencies alone.
+//! The binaries the rows run: tollgate as a user builds it (`benches/common/user_build.rs`),
+//! and the forwarding floor (`benches/floor`), a package of its own so that none of tollgate's
+//! dev-dependencies reach it, built the same way into the same target directory.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context as _};
+
+use crate::user_build::{self, cargo_build};
 
 /// The crates whose versions make the floor a floor of tollgate's HTTP stack.
 const SHARED: [&str; 4] = ["hyper", "hyper-util", "tokio", "http-body"];
@@ -36,9 +30,7 @@ pub(crate) fn build(
     wanted: &Wanted,
     tollgate: Option<PathBuf>,
 ) -> anyhow::Result<Built> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| repo.join("target"), PathBuf::from)
-        .join("peers");
+    let target = user_build::target_dir(repo);
     if wanted.floor {
         check_floor_versions(repo)?;
         let floor_manifest = repo.join("benches/floor/Cargo.toml");
@@ -47,38 +39,13 @@ pub(crate) fn build(
     }
     let tollgate = match tollgate {
         Some(given) => given,
-        None => {
-            if wanted.tollgate {
-                cargo_build("tollgate", repo, &target, &["--bin", "tollgate"])?;
-            }
-            target.join("release/tollgate")
-        }
+        None if wanted.tollgate => user_build::tollgate(repo, None)?,
+        None => target.join("release/tollgate"),
     };
     Ok(Built {
         tollgate,
         floor: target.join("release/hyper-floor"),
     })
-}
-
-fn cargo_build(name: &str, repo: &Path, target: &Path, what: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo)
-        .args(["build", "--release", "--locked", "--target-dir"])
-        .arg(target)
-        .args(what);
-    println!(
-        "benches/peers: building {name}: cargo build --release --locked {}",
-        what.join(" ")
-    );
-    let status = cmd.status().context("running cargo")?;
-    if !status.success() {
-        bail!(
-            "`cargo build --release --locked {}` failed: {status}",
-            what.join(" ")
-        );
-    }
-    Ok(())
 }
 
 fn path_str(p: &Path) -> anyhow::Result<&str> {

@@ -89,6 +89,8 @@ mod process;
 mod report;
 mod settings;
 mod usage;
+#[path = "../common/user_build.rs"]
+mod user_build;
 #[allow(dead_code)]
 #[path = "../load/wrk.rs"]
 mod wrk;
