@@ -24,7 +24,10 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 case $TARGET in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
 PGO=$TARGET/pgo
 SECONDS_RUN=${PGO_SECONDS:-4}
-ROWS=tollgate-public,tollgate-jwt-1,tollgate-jwt-10k,tollgate-jwt-10k-nocache,tollgate-es256-nocache,tollgate-eddsa-nocache,tollgate-introspection,tollgate-legacy,tollgate-sessions
+# Every tollgate row of the peers bench.
+ROWS=tollgate-public,tollgate-jwt-1,tollgate-jwt-10k,tollgate-jwt-10k-nocache
+ROWS+=,tollgate-es256-nocache,tollgate-eddsa-nocache,tollgate-introspection
+ROWS+=,tollgate-legacy,tollgate-sessions
 
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 PROFDATA=$(rustc --print sysroot)/lib/rustlib/$HOST/bin/llvm-profdata
@@ -50,7 +53,8 @@ env -u RUSTFLAGS \
 shopt -s nullglob
 counts=("$PGO"/raw/training/*.profraw)
 if [ ${#counts[@]} -eq 0 ]; then
-    echo "pgo.sh: training left no counts in $PGO/raw/training (did the gateway exit on SIGTERM?)" >&2
+    echo "pgo.sh: training left no counts in $PGO/raw/training" \
+        "(did the gateway exit on SIGTERM?)" >&2
     exit 1
 fi
 "$PROFDATA" merge -o "$PGO/tollgate.profdata" "${counts[@]}"

@@ -46,7 +46,7 @@ pub(crate) fn cargo_build(
         .arg(target)
         .args(what);
     eprintln!(
-        "building {name}: cargo build --release --locked {}",
+        "benches: building {name}: cargo build --release --locked {}",
         what.join(" ")
     );
     let status = cmd.status().context("running cargo")?;

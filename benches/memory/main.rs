@@ -8,9 +8,10 @@
 //!
 //! The gateway runs as its own process, so that its `VmRSS` (from `/proc/<pid>/status`) is its
 //! own: the binary a user builds, `cargo build --release --locked` into `target/peers`
-//! (`benches/common/user_build.rs` says why not the one `cargo bench` builds beside the bench). In this process: a JWKS server and an
-//! upstream on [`tollgate::serve`], the token minting (RS256, the claims of `benches/load`), and
-//! a plain HTTP/1.1 keep-alive client that drives the tokens through a JWT route.
+//! (`benches/common/user_build.rs` says why not the one `cargo bench` builds beside the bench).
+//! In this process: a JWKS server and an upstream on [`tollgate::serve`], the token minting
+//! (RS256, the claims of `benches/load`), and a plain HTTP/1.1 keep-alive client that drives the
+//! tokens through a JWT route.
 //!
 //! | knob | default | what |
 //! |---|---:|---|
