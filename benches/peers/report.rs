@@ -340,9 +340,19 @@ pub(crate) fn markdown(results: &[RowResult], ctx: &Context, chart_file: &str) -
 
 /// How the numbers were measured, in one paragraph.
 fn method(s: &Settings) -> String {
+    // A run with `PEERS_TOLLGATE` measures a binary the bench did not build: say which.
+    let builds = match &s.tollgate {
+        None => "tollgate and the floor built by `cargo build --release`, as a user builds them"
+            .to_owned(),
+        Some(given) => format!(
+            "the floor built by `cargo build --release`; tollgate is `{}`, given by \
+             `PEERS_TOLLGATE`",
+            given.display()
+        ),
+    };
     format!(
-        "`cargo bench --bench peers`: release builds (tollgate and the floor built by `cargo build --release`, as a user builds them); each gateway runs alone, as its own process \
-         pinned with `taskset` to CPU {GATEWAY_CPU}, started fresh for every row and round; \
+        "`cargo bench --bench peers`: release builds ({builds}); each gateway runs alone, as its \
+         own process pinned with `taskset` to CPU {GATEWAY_CPU}, started fresh for every row and round; \
          `wrk -t1 -c{CONNECTIONS} --latency` (HTTP/1.1 keep-alive on 127.0.0.1), the upstream \
          (Debian nginx, `return 200` with a 100-byte JSON body), the JWKS and introspection \
          servers and the fake legacy API all run on CPU {LOAD_CPU}. {} s warm-up, then {} s \
