@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # PGO: a profile-guided release build of tollgate, to measure against the plain release build.
-# An experiment the project has measured (docs/performance.md, "The eleventh round"), not how
-# tollgate is built or shipped: `cargo build --release` and deploy/Dockerfile stay as they are.
+# An experiment the project has measured (docs/performance.md, "Profile-guided optimisation,
+# measured"), not how tollgate is built or shipped: `cargo build --release` and
+# deploy/Dockerfile stay as they are.
 #
 #   bash benches/pgo.sh                   # writes target/pgo/use/release/tollgate
 #   PEERS_TOLLGATE=target/pgo/use/release/tollgate cargo bench --bench peers
