@@ -7,9 +7,9 @@
 //! timed on one thread: its upstream connections are driven there too, and the pool keeps
 //! them on that thread's own idle stack ([`place`]), as the HTTP/2 client keeps one client per
 //! thread. The work-stealing runtime instead moves tasks and wake-ups between its threads,
-//! which costs 10 to 15 % more CPU a request on one core (docs/performance.md). It stays available (`"work-stealing"`) for the case it serves
-//! better: a few HTTP/2 connections carrying all the traffic, whose streams a per-core thread
-//! cannot hand to another.
+//! which costs 10 to 15 % more CPU a request on one core (docs/performance.md). It stays
+//! available (`"work-stealing"`) for the case it serves better: a few HTTP/2 connections
+//! carrying all the traffic, whose streams a per-core thread cannot hand to another.
 //!
 //! The main thread's runtime is the first of the per-core ones and also runs the gateway's
 //! background work (key refreshes, session renewals, reloads) and the admin listener. The

@@ -38,9 +38,8 @@ pub(crate) fn build(
         cargo_build("the floor (benches/floor)", repo, &target, &floor_args)?;
     }
     let tollgate = match tollgate {
-        Some(given) => given,
-        None if wanted.tollgate => user_build::tollgate(repo, None)?,
-        None => target.join("release/tollgate"),
+        None if !wanted.tollgate => target.join("release/tollgate"),
+        given => user_build::tollgate(repo, given)?,
     };
     Ok(Built {
         tollgate,

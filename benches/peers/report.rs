@@ -352,18 +352,18 @@ fn method(s: &Settings) -> String {
     };
     format!(
         "`cargo bench --bench peers`: release builds ({builds}); each gateway runs alone, as its \
-         own process pinned with `taskset` to CPU {GATEWAY_CPU}, started fresh for every row and round; \
-         `wrk -t1 -c{CONNECTIONS} --latency` (HTTP/1.1 keep-alive on 127.0.0.1), the upstream \
-         (Debian nginx, `return 200` with a 100-byte JSON body), the JWKS and introspection \
-         servers and the fake legacy API all run on CPU {LOAD_CPU}. {} s warm-up, then {} s \
-         measured; {} round(s), interleaved (every row of round 1, then round 2, …, every \
-         other round in reverse row order); each figure is the median over the rounds. RS256 \
-         tokens unless the row says otherwise; \"10k\" is {} distinct valid tokens cycled \
-         round robin by `benches/tokens.lua`. CPU µs per request is the gateway's user + system \
-         time (`/proc/<pid>/stat`, its whole process tree) while measured, divided by the \
-         requests wrk completed; the share of CPU {GATEWAY_CPU} it used is that time over the measured wall time, and the share left idle \
-         comes from `/proc/stat`. RSS is `VmRSS` after the measured run. The ratios are to nginx's \
-         plain proxy in the same run.",
+         own process pinned with `taskset` to CPU {GATEWAY_CPU}, started fresh for every row and \
+         round; `wrk -t1 -c{CONNECTIONS} --latency` (HTTP/1.1 keep-alive on 127.0.0.1), the \
+         upstream (Debian nginx, `return 200` with a 100-byte JSON body), the JWKS and \
+         introspection servers and the fake legacy API all run on CPU {LOAD_CPU}. {} s warm-up, \
+         then {} s measured; {} round(s), interleaved (every row of round 1, then round 2, …, \
+         every other round in reverse row order); each figure is the median over the rounds. RS256 \
+         tokens unless the row says otherwise; \"10k\" is {} distinct valid tokens cycled round \
+         robin by `benches/tokens.lua`. CPU µs per request is the gateway's user + system time \
+         (`/proc/<pid>/stat`, its whole process tree) while measured, divided by the requests wrk \
+         completed; the share of CPU {GATEWAY_CPU} it used is that time over the measured wall \
+         time, and the share left idle comes from `/proc/stat`. RSS is `VmRSS` after the measured \
+         run. The ratios are to nginx's plain proxy in the same run.",
         s.warmup,
         s.seconds,
         s.rounds,
