@@ -640,12 +640,13 @@ async fn the_fleet_follows_a_sentinel_failover() {
     );
     let (a, b) = (h.replica(&cfg).await, h.replica(&cfg).await);
     let before = warm(&h, &a.proxy, 6).await;
-    // Everything written so far has reached the replica.
+    // Everything written so far has reached the replica (without this, the failover below can
+    // promote a replica that never received the sessions: the store comes back empty).
     eventually(
-        "the replica has caught up with everything written so far (WAIT 1 500)",
+        "the replica has acknowledged everything written so far (a write, then WAIT 1 500)",
         Duration::from_secs(10),
-        || std::future::ready(primary.command("WAIT 1 500")),
-        |reply| reply.contains(":1"),
+        || std::future::ready(primary.caught_up(1)),
+        |caught_up| *caught_up,
     )
     .await;
     let rotation: Rotation = Arc::new(RwLock::new(vec![a.proxy.clone(), b.proxy.clone()]));

@@ -1,10 +1,33 @@
 //! A real `redis-server` (Debian's package, installed by the test command) on a free port,
 //! with an append-only file so that a restart keeps its data, as docs/sessions.md recommends.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// A free port that no Redis server or sentinel of this test run has had before.
+///
+/// Tests run in parallel, and a port freed by a killed server can come back from the kernel
+/// for the next one. A sentinel still watching the killed primary would then find the other
+/// test's server on its old address and turn it into a replica of its new primary (and a
+/// replica reconnecting there would sync the other test's data).
+fn unused_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut seen = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.insert(port) {
+            return port;
+        }
+    }
+}
 
 pub struct RedisServer {
     pub port: u16,
@@ -27,11 +50,7 @@ impl RedisServer {
     /// A server with extra arguments (for example `--replicaof 127.0.0.1 <port>`).
     pub fn start_with(extra: &[&str]) -> RedisServer {
         for _ in 0..20 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = unused_port();
             let mut r = RedisServer {
                 port,
                 dir: tempfile::tempdir().unwrap(),
@@ -138,6 +157,36 @@ impl RedisServer {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
+    /// Whether `replicas` replicas have acknowledged every write this server took so far.
+    ///
+    /// `WAIT` counts the replicas that acknowledged the *calling connection's* last write, so on
+    /// a fresh connection it answers at once; a write of its own first (a counter outside
+    /// tollgate's keys) makes it wait for the server's whole replication offset. A replica that
+    /// has just finished its first sync may not stream anything before its first `REPLCONF
+    /// ACK`, up to a second later, so this can answer `false` for a while.
+    pub fn caught_up(&self, replicas: u32) -> bool {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let ask = format!("INCR tollgate-test:caught-up\r\nWAIT {replicas} 500\r\n");
+        s.write_all(ask.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while got.windows(2).filter(|w| w == b"\r\n").count() < 2 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&got);
+        let mut replies = text.split("\r\n");
+        let wrote = replies.next().is_some_and(|r| r.starts_with(':'));
+        let acked = replies
+            .next()
+            .and_then(|r| r.strip_prefix(':'))
+            .and_then(|n| n.parse::<u32>().ok());
+        wrote && acked.is_some_and(|n| n >= replicas)
+    }
+
     /// Starts it again on the same port and data directory.
     pub fn restart(&mut self) {
         self.stop();
@@ -167,11 +216,7 @@ impl Sentinel {
     /// A sentinel watching the primary on `primary_port` (quorum 2, down after 1 s).
     pub fn start(primary_port: u16) -> Sentinel {
         for _ in 0..20 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = unused_port();
             let dir = tempfile::tempdir().unwrap();
             let conf = dir.path().join("sentinel.conf");
             std::fs::write(
