@@ -387,14 +387,12 @@ async fn jars_are_sealed_at_rest_and_a_tampered_one_is_never_used() {
     assert_eq!(redis.command(&format!("EXISTS {key}")).trim(), ":0");
 }
 
-#[tokio::test]
-async fn sessions_the_store_lost_are_registered_again_within_the_cap() {
-    let redis = RedisServer::start();
-    let r = replica(&redis.url(), Duration::from_secs(10));
-    // A session this replica used, with its seat.
-    let leased = lease(&r.store, 4, Duration::from_secs(1)).await.unwrap();
+/// The slot's session leased, logged in and seated (as the pool leaves it after a login); the
+/// lease is the caller's to release.
+async fn seated_session(store: &RedisStore) -> Leased {
+    let leased = lease(store, 4, Duration::from_secs(1)).await.unwrap();
     let id = leased.record.id;
-    r.store
+    store
         .update(
             &slot(),
             id,
@@ -406,7 +404,17 @@ async fn sessions_the_store_lost_are_registered_again_within_the_cap() {
         )
         .await
         .unwrap();
-    assert!(r.store.take_seat(2, id).await.unwrap());
+    assert!(store.take_seat(2, id).await.unwrap());
+    leased
+}
+
+#[tokio::test]
+async fn sessions_the_store_lost_are_registered_again_within_the_cap() {
+    let redis = RedisServer::start();
+    let r = replica(&redis.url(), Duration::from_secs(10));
+    // A session this replica used, with its seat.
+    let leased = seated_session(&r.store).await;
+    let id = leased.record.id;
     r.store.release(leased.in_flight, Release::default()).await;
     assert!(
         !r.store.maintain().await.unwrap().reset,
@@ -456,6 +464,58 @@ async fn sessions_the_store_lost_are_registered_again_within_the_cap() {
         m.lost.is_empty(),
         "a session tollgate removed is not lost: {m:?}"
     );
+}
+
+#[tokio::test]
+async fn a_lost_session_a_request_here_still_uses_is_given_up_only_after_it() {
+    let redis = RedisServer::start();
+    let (a, b) = (
+        replica(&redis.url(), Duration::from_secs(10)),
+        replica(&redis.url(), Duration::from_secs(10)),
+    );
+    // A session of replica A, logged in and seated, with a request of A on it.
+    let leased = seated_session(&a.store).await;
+    let id = leased.record.id;
+    assert!(!a.store.maintain().await.unwrap().reset);
+
+    // The store comes back empty while that request runs, and replica B, which never used the
+    // session, creates the grant's session anew.
+    redis.command("FLUSHALL");
+    let newer = b
+        .store
+        .lease(
+            &slot(),
+            SessionRecord::new(8, false, 1),
+            1,
+            1,
+            4,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(newer.record.id, 8, "a new record, B's own session");
+    let m = a.store.maintain().await.unwrap();
+    assert!(m.reset, "the store came back empty");
+    let (lost_slot, lost) = m
+        .lost
+        .into_iter()
+        .find(|(_, r)| r.id == id)
+        .expect("A's session is lost");
+    // No room for it, but A's request still uses it: not to be logged out yet.
+    assert_eq!(
+        a.store
+            .restore(&lost_slot, lost.clone(), 1, 2)
+            .await
+            .unwrap(),
+        Restored::InUse
+    );
+    // Once that request is over, it is: B's session holds the grant's place.
+    a.store.release(leased.in_flight, Release::default()).await;
+    assert_eq!(
+        a.store.restore(&lost_slot, lost, 1, 2).await.unwrap(),
+        Restored::NoRoom
+    );
+    b.store.release(newer.in_flight, Release::default()).await;
 }
 
 /// Leases and releases the slot's session `n` times, one request after the other.

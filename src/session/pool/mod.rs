@@ -90,6 +90,9 @@ pub struct Pool {
     relogin_blocked: login::Blocked,
     seat_freed: Notify,
     warned_subject: Mutex<HashSet<String>>,
+    /// Sessions the store lost that have no room left but that a request of this replica still
+    /// used at the last upkeep: a later upkeep logs them out once nothing here uses them.
+    lost_in_use: Mutex<Vec<(SlotKey, super::store::SessionRecord)>>,
     /// The fleet this replica belongs to (a shared store), which says whether this replica
     /// publishes the fleet-wide gauges.
     fleet: Option<Arc<crate::fleet::Fleet>>,
@@ -176,6 +179,7 @@ impl Pool {
             relogin_blocked: login::Blocked::default(),
             seat_freed: Notify::new(),
             warned_subject: Mutex::new(HashSet::new()),
+            lost_in_use: Mutex::new(Vec::new()),
             profile,
             fleet,
             master: *key,

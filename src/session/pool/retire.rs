@@ -208,12 +208,16 @@ impl Pool {
                 self.give_back_seat(record.id).await;
             }
         }
-        if !m.reset && m.lost.is_empty() {
+        let waited = std::mem::take(&mut *lock(&self.lost_in_use));
+        let event = m.reset || !m.lost.is_empty();
+        if !event && waited.is_empty() {
             return;
         }
-        self.metrics.store_reset(&self.upstream_id);
-        let (mut registered, mut logged_out) = (0, 0);
-        for (slot, record) in m.lost {
+        if event {
+            self.metrics.store_reset(&self.upstream_id);
+        }
+        let (mut registered, mut logged_out, mut in_use) = (0, 0, Vec::new());
+        for (slot, record) in m.lost.into_iter().chain(waited) {
             if !record.seated || record.state != SessionState::Active || record.jar.is_empty() {
                 continue;
             }
@@ -222,14 +226,24 @@ impl Pool {
                 .store
                 .restore(&slot, record.clone(), cap, self.cfg.max_upstream_sessions)
                 .await;
-            if matches!(restored, Ok(Restored::Registered)) {
-                registered += 1;
-            } else {
-                self.logout_jar(&record.jar, Retire::Expired).await;
-                logged_out += 1;
+            match restored {
+                Ok(Restored::Registered) => registered += 1,
+                // A request here still uses it (its lease began before the loss): a logout now
+                // would meet that request on the upstream session.
+                Ok(Restored::InUse) => in_use.push((slot, record)),
+                Ok(Restored::NoRoom) | Err(_) => {
+                    self.logout_jar(&record.jar, Retire::Expired).await;
+                    logged_out += 1;
+                }
             }
         }
-        tracing::warn!(upstream = %self.upstream_id, reset = m.reset, registered, logged_out, "the session store lost sessions this replica knew (tollgate_store_resets_total): registered them again within the cap, logged out those without room");
+        let waiting = in_use.len();
+        lock(&self.lost_in_use).extend(in_use);
+        if event {
+            tracing::warn!(upstream = %self.upstream_id, reset = m.reset, registered, logged_out, waiting, "the session store lost sessions this replica knew (tollgate_store_resets_total): registered them again within the cap, logged out those without room (those a request here still uses once it ends)");
+        } else if logged_out + registered > 0 {
+            tracing::info!(upstream = %self.upstream_id, registered, logged_out, waiting, "lost sessions a request here was still using: registered again or logged out now that it ended");
+        }
         self.sample_sessions().await;
     }
 

@@ -89,6 +89,13 @@ impl Holdings {
         self.lock().contains_key(ticket)
     }
 
+    /// True while a request of this replica holds (or keeps) an in-flight place on session `id`.
+    pub(super) fn uses(&self, id: u64) -> bool {
+        self.lock()
+            .values()
+            .any(|h| h.kind == Kind::InFlight && h.id == id)
+    }
+
     pub(super) fn drop_ticket(&self, ticket: &str) {
         self.lock().remove(ticket);
     }

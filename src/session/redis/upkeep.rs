@@ -116,6 +116,7 @@ pub(super) async fn restore(
             store.recent.remember(slot, &restored);
             Restored::Registered
         }
+        _ if store.holdings.uses(id) => Restored::InUse,
         _ => Restored::NoRoom,
     })
 }

@@ -56,6 +56,10 @@ pub enum Restored {
     Registered,
     /// Its slot is taken by a newer session, or no seat is free: the caller logs it out.
     NoRoom,
+    /// No room, but a request of this replica still holds a place on it (one that began
+    /// before the loss, or a place kept from then): the caller logs it out only once that
+    /// request is over, so that a logout never meets a request on its session.
+    InUse,
 }
 
 /// Session counts for the gauges, read in one step.
