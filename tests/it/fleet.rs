@@ -1,8 +1,9 @@
 //! A fleet of real replica processes (`tollgate run`) sharing one real `redis-server`, in front
 //! of the fake legacy API, driven the way an operator runs it: rolling restarts under load
 //! (SIGTERM, one replica at a time), a replica killed mid-login, Redis restarted empty or
-//! paused, a burst over the cap, the whole fleet stopped, and a Sentinel failover. The fake's
-//! counters are checked in every test, and its leak detectors stay at zero.
+//! paused, Redis emptied under a request in flight, a burst over the cap, the whole fleet
+//! stopped, and a Sentinel failover. The fake's counters are checked in every test, and its
+//! leak detectors stay at zero.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +54,11 @@ impl Harness {
     /// The configuration every replica shares: `store` is the `[store]` table's target lines
     /// (`url = ...`, or sentinels), `session` lines go to `[upstream.session]`.
     fn config(&self, store: &str, session: &str) -> String {
+        self.config_leasing(store, session, "2s")
+    }
+
+    /// [`Harness::config`] with another `lease_ttl`.
+    fn config_leasing(&self, store: &str, session: &str, lease_ttl: &str) -> String {
         child_config(
             &format!(
                 r#"
@@ -62,7 +68,7 @@ shutdown_grace = "5s"
 [store]
 kind = "redis"
 {store}
-lease_ttl = "2s"
+lease_ttl = "{lease_ttl}"
 timeout = "400ms"
 
 [[issuer]]
@@ -476,6 +482,118 @@ async fn redis_restarted_empty_under_load_leaves_no_orphan() {
         "no log line names the reset"
     );
     h.assert_no_leaks_but_stale_jars();
+}
+
+/// A fleet of two replicas with leases long enough that no renewal falls within a test (what
+/// keeps a request's place across a store loss is then the repair alone), grant 0's session
+/// logged in by replica A and a slow request of grant 0 under way on A, and replica B knowing
+/// the store (it served grant 9). Returns grant 0's session and the slow request.
+async fn a_request_under_way(
+    h: &Harness,
+    redis: &RedisServer,
+) -> (
+    Process,
+    Process,
+    Value,
+    tokio::task::JoinHandle<crate::support::http::Reply>,
+) {
+    let cfg = h.config_leasing(
+        &format!("url = \"{}\"", redis.url()),
+        "max_upstream_sessions = 4",
+        "30s",
+    );
+    let (a, b) = (h.replica(&cfg).await, h.replica(&cfg).await);
+    let session = warm(h, &a.proxy, 1).await.remove(&0).unwrap();
+    let nine = format!("Bearer {}", h.token("grant-9"));
+    let r = get(&format!("{}{ECHO}", b.proxy), &[("authorization", &nine)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let slow = format!("{}/entity/Default/24.200.001/Slow?ms=2500", a.proxy);
+    let auth = format!("Bearer {}", h.token("grant-0"));
+    let under_way = tokio::spawn(async move { get(&slow, &[("authorization", &auth)]).await });
+    requests_in_flight(&h.fake, 1).await;
+    (a, b, session, under_way)
+}
+
+async fn echo(base: &str, h: &Harness, grant: &str) -> crate::support::http::Reply {
+    let auth = format!("Bearer {}", h.token(grant));
+    get(&format!("{base}{ECHO}"), &[("authorization", &auth)]).await
+}
+
+#[tokio::test]
+async fn a_session_registered_again_keeps_the_place_of_its_request_under_way() {
+    let h = Harness::start(LegacyOptions {
+        max_api_users: 10,
+        ..LegacyOptions::default()
+    })
+    .await;
+    let redis = RedisServer::start();
+    let (a, b, session, under_way) = a_request_under_way(&h, &redis).await;
+    redis.command("FLUSHALL");
+    // Replica A's upkeep registers grant 0's session again (within a second).
+    eventually(
+        "replica A counts the store's reset",
+        Duration::from_secs(5),
+        || async {
+            a.metrics()
+                .await
+                .count(r#"tollgate_store_resets_total{upstream="erp"}"#)
+        },
+        |n| *n >= 1,
+    )
+    .await;
+    // Grant 0 on replica B: the same session, once A's request is over, never beside it.
+    let r = echo(&b.proxy, &h, "grant-0").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["session"], session, "grant 0 kept its session");
+    let slow = under_way.await.unwrap();
+    assert_eq!(slow.status, 200, "{}", slow.text());
+    let c = h.fake.counters();
+    assert_eq!(
+        c.max_concurrency_per_session, 1,
+        "two requests at once on grant 0's session: {c:?}"
+    );
+    assert_eq!((c.logins_ok, c.logouts), (2, 0), "{c:?}");
+    h.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn a_lost_session_without_room_is_logged_out_only_after_its_request() {
+    let h = Harness::start(LegacyOptions {
+        max_api_users: 10,
+        ..LegacyOptions::default()
+    })
+    .await;
+    let redis = RedisServer::start();
+    let (a, b, _, under_way) = a_request_under_way(&h, &redis).await;
+    redis.command("FLUSHALL");
+    // Replica B meets the empty store first (A's upkeep comes within a second): it does not
+    // know grant 0's session and logs in a new one for it.
+    let r = echo(&b.proxy, &h, "grant-0").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A's upkeep finds its session without room; its request is still under way.
+    let slow = under_way.await.unwrap();
+    assert_eq!(slow.status, 200, "{}", slow.text());
+    let replicas = [&a, &b];
+    eventually(
+        "the session without room is logged out, and the fleet counts exactly the live ones",
+        Duration::from_secs(8),
+        || async {
+            let c = h.fake.counters();
+            (
+                c.logins_ok - c.logouts,
+                c.seats_in_use,
+                active_records(&replicas).await,
+            )
+        },
+        |(live, seats, records)| live == seats && seats == records,
+    )
+    .await;
+    let c = h.fake.counters();
+    assert_eq!(
+        c.max_concurrency_per_session, 1,
+        "a logout met the request under way: {c:?}"
+    );
+    h.assert_no_leaks();
 }
 
 /// Records holding a seat, as the fleet lists them (any replica: the table is shared).

@@ -466,21 +466,50 @@ async fn sessions_the_store_lost_are_registered_again_within_the_cap() {
     );
 }
 
-#[tokio::test]
-async fn a_lost_session_a_request_here_still_uses_is_given_up_only_after_it() {
+/// Two replicas, a session of replica A logged in and seated with a request of A on it (the
+/// lease returned), and the store emptied while that request runs.
+async fn flushed_under_a_request() -> (RedisServer, Replica, Replica, Leased) {
     let redis = RedisServer::start();
     let (a, b) = (
         replica(&redis.url(), Duration::from_secs(10)),
         replica(&redis.url(), Duration::from_secs(10)),
     );
-    // A session of replica A, logged in and seated, with a request of A on it.
     let leased = seated_session(&a.store).await;
-    let id = leased.record.id;
     assert!(!a.store.maintain().await.unwrap().reset);
-
-    // The store comes back empty while that request runs, and replica B, which never used the
-    // session, creates the grant's session anew.
     redis.command("FLUSHALL");
+    (redis, a, b, leased)
+}
+
+#[tokio::test]
+async fn a_session_registered_again_keeps_the_place_of_a_request_begun_before_the_loss() {
+    let (_redis, a, b, leased) = flushed_under_a_request().await;
+    let id = leased.record.id;
+    let m = a.store.maintain().await.unwrap();
+    let (lost_slot, lost) = m.lost.into_iter().next().expect("the session is lost");
+    assert_eq!(
+        a.store.restore(&lost_slot, lost, 1, 2).await.unwrap(),
+        Restored::Registered
+    );
+    // Registered with the place of A's request: B's request waits behind it.
+    assert_eq!(counts(&a.store).await, (1, 0));
+    let other = b.store.clone();
+    let waiting =
+        tokio::spawn(async move { lease(&other, 4, Duration::from_secs(5)).await.unwrap() });
+    settles_at(&a.store, (1, 1), "B's request queues behind A's").await;
+    a.store.release(leased.in_flight, Release::default()).await;
+    let got = waiting.await.unwrap();
+    assert_eq!(
+        got.record.id, id,
+        "the same session, once A's request is over"
+    );
+    b.store.release(got.in_flight, Release::default()).await;
+}
+
+#[tokio::test]
+async fn a_lost_session_a_request_here_still_uses_is_given_up_only_after_it() {
+    let (_redis, a, b, leased) = flushed_under_a_request().await;
+    let id = leased.record.id;
+    // Replica B, which never used the session, creates the grant's session anew.
     let newer = b
         .store
         .lease(

@@ -89,11 +89,13 @@ impl Holdings {
         self.lock().contains_key(ticket)
     }
 
-    /// True while a request of this replica holds (or keeps) an in-flight place on session `id`.
-    pub(super) fn uses(&self, id: u64) -> bool {
+    /// The tickets of the in-flight places this replica holds (or keeps) on session `id`.
+    pub(super) fn places_on(&self, id: u64) -> Vec<String> {
         self.lock()
-            .values()
-            .any(|h| h.kind == Kind::InFlight && h.id == id)
+            .iter()
+            .filter(|(_, h)| h.kind == Kind::InFlight && h.id == id)
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     pub(super) fn drop_ticket(&self, ticket: &str) {

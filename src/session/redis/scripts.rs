@@ -446,16 +446,30 @@ return {abandoned, epoch, reset, lost}
 
 /// Registers a lost session again, with its seat, if its slot is free, the grant has room and
 /// a seat is free. KEYS: record, slots, grant set, seats. ARGV: slot, grant cap, seat cap, id,
-/// seat ttl, P, jar version, sealed jar, fields... Returns `registered`, `same` (already back;
-/// its jar replaced if this copy is fresher) or `noroom`.
+/// seat ttl, P, jar version, sealed jar, max in flight, lease ms, n, then the n tickets of the
+/// in-flight places the calling replica holds on the session, then the fields... The tickets
+/// are registered with it (within max), so that a request begun before the loss keeps its
+/// place and nobody is granted one beside it. Returns `registered`, `same` (already back; its
+/// jar replaced if this copy is fresher) or `noroom`.
 const RESTORE: &str = r"
 local now = now_ms()
+local n = tonumber(ARGV[11])
+local function places()
+  local f = ARGV[6] .. 'f:' .. ARGV[4]
+  redis.call('ZREMRANGEBYSCORE', f, '-inf', now)
+  for i = 12, 11 + n do
+    if not redis.call('ZSCORE', f, ARGV[i]) and redis.call('ZCARD', f) < tonumber(ARGV[9]) then
+      redis.call('ZADD', f, now + tonumber(ARGV[10]), ARGV[i])
+    end
+  end
+end
 local have = redis.call('HGET', KEYS[1], 'id')
 if have then
   if have ~= ARGV[4] then return 'noroom' end
   if tonumber(redis.call('HGET', KEYS[1], 'jv') or '0') < tonumber(ARGV[7]) then
     redis.call('HSET', KEYS[1], 'jar', ARGV[8], 'jv', ARGV[7])
   end
+  places()
   return 'same'
 end
 if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[2]) then return 'noroom' end
@@ -464,10 +478,11 @@ if not redis.call('ZSCORE', KEYS[4], ARGV[4]) and redis.call('ZCARD', KEYS[4]) >
   return 'noroom'
 end
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[4])
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], unpack(ARGV, 12 + n))
 redis.call('HSET', KEYS[1], 'used', now)
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
+places()
 return 'registered'
 ";
 

@@ -88,6 +88,10 @@ pub(super) async fn restore(
     let flat = args(all, &["used"]);
     let (id, seat_ttl, prefix) = (record.id, store.seat_ms(), store.keys.prefix.clone());
     let version = record.jar_version;
+    // Registered with the session: a request of this replica on it (begun before the loss)
+    // keeps its place, so that nobody is granted one beside it.
+    let places = store.holdings.places_on(id);
+    let (max, lease) = (store.max_inflight, store.lease_ms());
     let script = &store.scripts.restore;
     let text = s.clone();
     let answer: String = store
@@ -104,7 +108,13 @@ pub(super) async fn restore(
                 .arg(seat_ttl)
                 .arg(&prefix)
                 .arg(version)
-                .arg(&sealed);
+                .arg(&sealed)
+                .arg(max)
+                .arg(lease)
+                .arg(places.len());
+            for t in &places {
+                inv.arg(t);
+            }
             for f in &flat {
                 inv.arg(f);
             }
@@ -116,7 +126,7 @@ pub(super) async fn restore(
             store.recent.remember(slot, &restored);
             Restored::Registered
         }
-        _ if store.holdings.uses(id) => Restored::InUse,
+        _ if !store.holdings.places_on(id).is_empty() => Restored::InUse,
         _ => Restored::NoRoom,
     })
 }
