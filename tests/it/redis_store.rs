@@ -506,6 +506,44 @@ async fn a_session_registered_again_keeps_the_place_of_a_request_begun_before_th
 }
 
 #[tokio::test]
+async fn a_renewal_that_meets_an_emptied_store_registers_the_session_again_first() {
+    let redis = RedisServer::start();
+    // Renewals every half second; no upkeep runs here (the pool drives it), so the renewal is
+    // the first to meet the empty store.
+    let a = replica(&redis.url(), Duration::from_millis(1500));
+    let leased = seated_session(&a.store).await;
+    let id = leased.record.id;
+    assert!(!a.store.maintain().await.unwrap().reset);
+    let lost = leased.in_flight.lost().expect("a lease that can be lost");
+    redis.command("FLUSHALL");
+    eventually(
+        "the renewal registers the session again with the place of the request under way",
+        Duration::from_secs(5),
+        || async {
+            a.store
+                .get(&slot())
+                .await
+                .unwrap()
+                .map(|r| (r.id, r.in_flight))
+        },
+        |got| *got == Some((id, 1)),
+    )
+    .await;
+    // Renewed twice more since: the request was never told its place was taken.
+    let renewals = operations(&a, "renew");
+    eventually(
+        "two more renewals",
+        Duration::from_secs(5),
+        || std::future::ready(operations(&a, "renew")),
+        |n| *n >= renewals + 2,
+    )
+    .await;
+    assert!(!*lost.borrow(), "the request under way was stopped");
+    assert_eq!(counts(&a.store).await, (1, 0));
+    a.store.release(leased.in_flight, Release::default()).await;
+}
+
+#[tokio::test]
 async fn a_lost_session_a_request_here_still_uses_is_given_up_only_after_it() {
     let (_redis, a, b, leased) = flushed_under_a_request().await;
     let id = leased.record.id;

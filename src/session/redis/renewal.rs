@@ -3,7 +3,8 @@
 //! replica ([`super::guards`]) in one round trip every third of `lease_ttl`. A holding that
 //! expired in the store (an outage longer than `lease_ttl`) is restored when nobody took its
 //! place; when somebody did, it is lost: its request stops, or its waiter learns the session is
-//! gone.
+//! gone. A renewal that meets a store which lost its state (a new epoch) first registers this
+//! replica's sessions again, with the places of its requests under way, then renews.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,22 +49,38 @@ async fn renew(store: &RedisStore) {
     }
     let (prefix, global) = (store.keys.prefix.clone(), store.keys.global.clone());
     let (max, lease) = (store.max_inflight, store.lease_ms());
+    let epoch_key = store.keys.epoch();
     let script = &store.scripts.renew;
-    let args = held.clone();
-    let statuses: Result<Vec<String>, StoreError> = store
-        .redis
-        .run("renew", |mut c| async move {
-            let mut inv = script.arg(&prefix);
-            inv.arg(&global).arg(max).arg(lease);
-            for (kind, slot, id, ticket) in &args {
-                inv.arg(kind.code()).arg(slot).arg(*id).arg(ticket);
-            }
-            inv.invoke_async(&mut c).await
-        })
-        .await;
-    let Ok(statuses) = statuses else {
-        return;
-    };
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let args = held.clone();
+        let known = lock(&store.epoch).clone();
+        let (prefix, global, epoch_key) = (&prefix, &global, &epoch_key);
+        let answer: Result<Vec<String>, StoreError> = store
+            .redis
+            .run("renew", |mut c| async move {
+                let mut inv = script.key(epoch_key);
+                inv.arg(prefix).arg(global).arg(max).arg(lease).arg(&known);
+                for (kind, slot, id, ticket) in &args {
+                    inv.arg(kind.code()).arg(slot).arg(*id).arg(ticket);
+                }
+                inv.invoke_async(&mut c).await
+            })
+            .await;
+        let Ok(answer) = answer else {
+            return;
+        };
+        if answer.first().map(String::as_str) != Some("reset") {
+            statuses = answer;
+            break;
+        }
+        // The store came back empty since this replica last looked: its sessions (with the
+        // places of its requests under way) are registered again before their leases are
+        // judged, or those requests would be stopped as if somebody had taken their places.
+        if store.repair_reset().await.is_err() {
+            return;
+        }
+    }
     for ((kind, _, id, ticket), status) in held.iter().zip(statuses) {
         match status.as_str() {
             "restored" => {

@@ -216,18 +216,22 @@ return 1
 ";
 
 /// Renews this replica's leases in one step, restoring those that expired while Redis was
-/// unreachable when that is still possible. ARGV: P, G, max, lease, then (kind, slot, id,
-/// ticket) groups: kind `f` in-flight place, `q` queue ticket, `l` login lock (ticket = the
-/// lock's token), `t` credential trial lock (slot = the lock's whole key, ticket = its token).
-/// Returns one status per group: `ok`, `restored` or `lost`.
+/// unreachable when that is still possible. KEYS: epoch. ARGV: P, G, max, lease, the epoch
+/// this replica knows ('' before it knows one), then (kind, slot, id, ticket) groups: kind `f`
+/// in-flight place, `q` queue ticket, `l` login lock (ticket = the lock's token), `t`
+/// credential trial lock (slot = the lock's whole key, ticket = its token).
+/// Returns one status per group: `ok`, `restored` or `lost`; or `{'reset'}` when the store
+/// lost its state since this replica last looked (nothing was done: the replica registers its
+/// sessions again, with these places, and renews after).
 ///
 /// A waiter's renewal also hands on the places of leases that ran out (a crashed replica's):
 /// nobody else would, and the queue would wait for nothing.
 const RENEW: &str = r"
 local P, G, max, lease = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+if ARGV[5] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[5] then return {'reset'} end
 local now = now_ms()
 local out = {}
-for i = 5, #ARGV, 4 do
+for i = 6, #ARGV, 4 do
   local kind, slot, id, ticket = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local status = 'lost'
   if kind == 'f' then
