@@ -16,6 +16,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `members` | sorted set | live replica ids by heartbeat expiry |
+//! | `members:since` | string | when the membership began (its first beat, or the first after the store lost it): a replica leaving sooner than a heartbeat period after waits for the others' beats |
 //! | `serving:{upstream}:{profile}` | sorted set | replicas serving that profile, by expiry |
 //! | `reporter` | string | the replica publishing the fleet gauges (with a TTL) |
 //! | `wake:{replica}` | list | `g{ticket}` (granted), `G{ticket}` (granted, others queued behind) or `x{ticket}` (session gone) for that replica's waiters; `w{ticket}` (a request queued behind that in-flight place of the replica's) |
@@ -34,6 +35,10 @@ use tokio::sync::oneshot;
 use super::connection::{RedisHandle, StoreError};
 use crate::clock::millis;
 use crate::metrics::Metrics;
+
+/// How long past a heartbeat period a replica that found itself missing from the membership
+/// waits at leave, for the others' beats (each a round trip, after a timer) to land.
+const LEAVE_MARGIN: Duration = Duration::from_millis(500);
 
 /// The most wakes one read takes from the wake list besides the first.
 const WAKE_BATCH: usize = 256;
@@ -61,6 +66,10 @@ local id, ttl = ARGV[1], tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now + ttl, id)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('PEXPIRE', KEYS[1], ttl * 3)
+-- Since when the membership exists (its first beat, or the first after the store lost it).
+if not redis.call('SET', KEYS[1] .. ':since', now, 'NX', 'PX', ttl * 3) then
+  redis.call('PEXPIRE', KEYS[1] .. ':since', ttl * 3)
+end
 for i = 3, #KEYS do
   redis.call('ZADD', KEYS[i], now + ttl, id)
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
@@ -83,11 +92,14 @@ return {rep, redis.call('ZCARD', KEYS[1])}
 const LEAVE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local since = redis.call('GET', KEYS[1] .. ':since')
 redis.call('ZREM', KEYS[1], ARGV[1])
 for i = 3, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZCARD', KEYS[1])
+local age = -1
+if since then age = now - tonumber(since) end
+return {redis.call('ZCARD', KEYS[1]), age}
 ";
 
 /// Stops serving one profile: returns the live replicas still serving it.
@@ -223,7 +235,7 @@ impl Fleet {
         }
         let me = self.clone();
         tasks.push(tokio::spawn(async move {
-            let every = (me.ttl / 3).max(Duration::from_millis(100));
+            let every = me.beat_every();
             loop {
                 me.beat().await;
                 tokio::time::sleep(every).await;
@@ -311,28 +323,53 @@ impl Fleet {
 
     /// Leaves the fleet (shutdown). Returns how many other replicas are still alive: at 0 this
     /// was the last one, and every session is to be logged out.
+    ///
+    /// A membership younger than one heartbeat period (the store came back empty, or a failover
+    /// lost the last heartbeats, or the fleet has only just started) may not list every live
+    /// replica yet: the leaving one waits until a whole period has passed since it began, in
+    /// which every live replica beats, and counts again, rather than take itself for the last
+    /// one and log the fleet's sessions out.
     pub async fn leave(&self) -> Result<u64, StoreError> {
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
         self.reporter.store(false, Ordering::SeqCst);
-        let members = format!("{}members", self.prefix);
-        let reporter = format!("{}reporter", self.prefix);
         let serving: Vec<String> = std::mem::take(&mut *lock(&self.serving))
             .into_keys()
             .collect();
+        let (others, age) = self.leave_once(&serving).await?;
+        let settled = self.beat_every() + LEAVE_MARGIN;
+        let age = u64::try_from(age).map_or(Duration::ZERO, Duration::from_millis);
+        if others > 0 || age >= settled {
+            return Ok(others);
+        }
+        tracing::warn!(replica = %self.id, membership_ms = millis(age), "no other replica listed, but the fleet's membership is younger than a heartbeat period (the store lost it, or the fleet just started): waiting for the others to announce themselves before deciding whether this is the last");
+        tokio::time::sleep(settled - age).await;
+        Ok(self.leave_once(&serving).await?.0)
+    }
+
+    /// One run of the leave script: the other replicas alive, and how old the membership is in
+    /// milliseconds (-1: no beat since the store lost it).
+    async fn leave_once(&self, serving: &[String]) -> Result<(u64, i64), StoreError> {
+        let members = format!("{}members", self.prefix);
+        let reporter = format!("{}reporter", self.prefix);
         let id = self.id.clone();
         let script = &self.scripts.1;
         self.redis
             .run("leave", |mut c| async move {
                 let mut inv = script.key(&members);
                 inv.key(&reporter);
-                for k in &serving {
+                for k in serving {
                     inv.key(k);
                 }
                 inv.arg(&id).invoke_async(&mut c).await
             })
             .await
+    }
+
+    /// How often a replica beats.
+    fn beat_every(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(100))
     }
 
     // === wake-ups ===

@@ -514,6 +514,24 @@ async fn a_request_under_way(
     (a, b, session, under_way)
 }
 
+/// Returns as soon as the replica's upkeep (once a second) has run: the next one is a second
+/// away, so what the test does now meets the store before that replica looks at it.
+async fn right_after_an_upkeep(p: &Process) {
+    let upkeeps = || async {
+        p.metrics()
+            .await
+            .count(r#"tollgate_store_operation_duration_seconds_count{op="maintain"}"#)
+    };
+    let before = upkeeps().await;
+    eventually(
+        "an upkeep of the replica",
+        Duration::from_secs(5),
+        upkeeps,
+        |n| *n > before,
+    )
+    .await;
+}
+
 async fn echo(base: &str, h: &Harness, grant: &str) -> crate::support::http::Reply {
     let auth = format!("Bearer {}", h.token(grant));
     get(&format!("{base}{ECHO}"), &[("authorization", &auth)]).await
@@ -565,8 +583,9 @@ async fn a_lost_session_without_room_is_logged_out_only_after_its_request() {
     .await;
     let redis = RedisServer::start();
     let (a, b, _, under_way) = a_request_under_way(&h, &redis).await;
+    right_after_an_upkeep(&a).await;
     redis.command("FLUSHALL");
-    // Replica B meets the empty store first (A's upkeep comes within a second): it does not
+    // Replica B meets the empty store first (A's next upkeep is a second away): it does not
     // know grant 0's session and logs in a new one for it.
     let r = echo(&b.proxy, &h, "grant-0").await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -594,6 +613,46 @@ async fn a_lost_session_without_room_is_logged_out_only_after_its_request() {
         "a logout met the request under way: {c:?}"
     );
     h.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn a_replica_stopped_right_after_redis_came_back_empty_leaves_the_sessions_to_the_fleet() {
+    let h = Harness::start(LegacyOptions {
+        max_api_users: 10,
+        ..LegacyOptions::default()
+    })
+    .await;
+    let redis = RedisServer::start();
+    let cfg = h.config(
+        &format!("url = \"{}\"", redis.url()),
+        "max_upstream_sessions = 8",
+    );
+    let (mut a, b) = (h.replica(&cfg).await, h.replica(&cfg).await);
+    let before = warm(&h, &a.proxy, 3).await;
+    redis.command("FLUSHALL");
+    // A request of A registers its sessions again; A is stopped at once, before B's next
+    // heartbeat has announced it to the emptied store.
+    let r = echo(&a.proxy, &h, "grant-0").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    a.signal("TERM");
+    assert!(a.wait(Duration::from_secs(20)).await.success());
+    assert_eq!(
+        h.fake.counters().logouts,
+        0,
+        "a replica that was not the last logged the fleet's sessions out"
+    );
+    for g in 0..3 {
+        let r = echo(&b.proxy, &h, &format!("grant-{g}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.json()["session"],
+            before[&g],
+            "grant {g} kept its session"
+        );
+    }
+    let c = h.fake.counters();
+    assert_eq!((c.logins_ok, c.logouts), (3, 0), "{c:?}");
+    h.assert_no_leaks_but_stale_jars();
 }
 
 /// Records holding a seat, as the fleet lists them (any replica: the table is shared).
