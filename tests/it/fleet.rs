@@ -616,6 +616,37 @@ async fn a_lost_session_without_room_is_logged_out_only_after_its_request() {
 }
 
 #[tokio::test]
+async fn a_replica_that_stops_logs_out_the_lost_session_its_request_kept() {
+    let h = Harness::start(LegacyOptions {
+        max_api_users: 10,
+        ..LegacyOptions::default()
+    })
+    .await;
+    let redis = RedisServer::start();
+    let (mut a, b, _, under_way) = a_request_under_way(&h, &redis).await;
+    right_after_an_upkeep(&a).await;
+    redis.command("FLUSHALL");
+    let r = echo(&b.proxy, &h, "grant-0").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A's upkeep keeps its session without room for after the request...
+    a.wait_for_log(r#""waiting":1"#, 1).await;
+    // ...but A stops first (B goes on): the request finishes, and nobody else knows that
+    // session, so A logs it out on its way.
+    a.signal("TERM");
+    let slow = under_way.await.unwrap();
+    assert_eq!(slow.status, 200, "{}", slow.text());
+    assert!(a.wait(Duration::from_secs(20)).await.success());
+    let c = h.fake.counters();
+    assert_eq!(
+        (c.logins_ok - c.logouts, c.seats_in_use, active_records(&[&b]).await),
+        (2, 2, 2),
+        "grant 0's new session and grant 9's live, counted by the fleet; the lost one logged out: {c:?}"
+    );
+    assert_eq!(c.max_concurrency_per_session, 1, "{c:?}");
+    h.assert_no_leaks();
+}
+
+#[tokio::test]
 async fn a_replica_stopped_right_after_redis_came_back_empty_leaves_the_sessions_to_the_fleet() {
     let h = Harness::start(LegacyOptions {
         max_api_users: 10,

@@ -254,6 +254,7 @@ impl Pool {
         self.wait_for_logins(deadline).await;
         let left = deadline.saturating_duration_since(Instant::now());
         let _ = tokio::time::timeout(left, self.store.settle()).await;
+        self.log_out_lost_in_use().await;
         let Ok(all) = self.store.list().await else {
             return;
         };
@@ -283,7 +284,19 @@ impl Pool {
         // The places kept for this replica's next requests go back to the fleet now.
         let left = deadline.saturating_duration_since(Instant::now());
         let _ = tokio::time::timeout(left, self.store.settle()).await;
+        self.log_out_lost_in_use().await;
         self.stop();
+    }
+
+    /// Logs out the lost sessions without room that waited for a request of this replica
+    /// ([`Pool::upkeep`]): no other replica knows them, so they would otherwise hold their
+    /// upstream seats until the upstream's own idle timeout. The requests are over by now (the
+    /// server stops before its pools).
+    async fn log_out_lost_in_use(&self) {
+        let waited = std::mem::take(&mut *lock(&self.lost_in_use));
+        for (_, record) in waited {
+            self.logout_jar(&record.jar, Retire::Shutdown).await;
+        }
     }
 
     /// Waits until no login of this pool is running (or `deadline`).
