@@ -36,8 +36,8 @@ use super::connection::{RedisHandle, StoreError};
 use crate::clock::millis;
 use crate::metrics::Metrics;
 
-/// How long past a heartbeat period a replica that found itself missing from the membership
-/// waits at leave, for the others' beats (each a round trip, after a timer) to land.
+/// How long past a heartbeat period a leaving replica that found no other member in a young
+/// membership waits, for the others' beats (each a round trip, after a timer) to land.
 const LEAVE_MARGIN: Duration = Duration::from_millis(500);
 
 /// The most wakes one read takes from the wake list besides the first.
