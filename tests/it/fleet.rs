@@ -51,6 +51,16 @@ impl Harness {
         }
     }
 
+    /// A harness whose fake allows `max_api_users` sessions, and a Redis server of its own.
+    async fn with_redis(max_api_users: u32) -> (Harness, RedisServer) {
+        let h = Harness::start(LegacyOptions {
+            max_api_users,
+            ..LegacyOptions::default()
+        })
+        .await;
+        (h, RedisServer::start())
+    }
+
     /// The configuration every replica shares: `store` is the `[store]` table's target lines
     /// (`url = ...`, or sentinels), `session` lines go to `[upstream.session]`.
     fn config(&self, store: &str, session: &str) -> String {
@@ -276,12 +286,7 @@ async fn warm(h: &Harness, base: &str, grants: usize) -> BTreeMap<usize, Value> 
 
 #[tokio::test]
 async fn a_rolling_restart_keeps_every_session_and_stopping_the_fleet_frees_every_seat() {
-    let h = Harness::start(LegacyOptions {
-        max_api_users: 30,
-        ..LegacyOptions::default()
-    })
-    .await;
-    let redis = RedisServer::start();
+    let (h, redis) = Harness::with_redis(30).await;
     let cfg = h.config(
         &format!("url = \"{}\"", redis.url()),
         "max_upstream_sessions = 25",
@@ -416,12 +421,7 @@ async fn fleet_seats(replicas: &[&Process]) -> Option<u64> {
 
 #[tokio::test]
 async fn redis_restarted_empty_under_load_leaves_no_orphan() {
-    let h = Harness::start(LegacyOptions {
-        max_api_users: 10,
-        ..LegacyOptions::default()
-    })
-    .await;
-    let mut redis = RedisServer::start();
+    let (h, mut redis) = Harness::with_redis(10).await;
     let cfg = h.config(
         &format!("url = \"{}\"", redis.url()),
         "max_upstream_sessions = 8",
@@ -504,8 +504,7 @@ async fn a_request_under_way(
     );
     let (a, b) = (h.replica(&cfg).await, h.replica(&cfg).await);
     let session = warm(h, &a.proxy, 1).await.remove(&0).unwrap();
-    let nine = format!("Bearer {}", h.token("grant-9"));
-    let r = get(&format!("{}{ECHO}", b.proxy), &[("authorization", &nine)]).await;
+    let r = echo(&b.proxy, h, "grant-9").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let slow = format!("{}/entity/Default/24.200.001/Slow?ms=2500", a.proxy);
     let auth = format!("Bearer {}", h.token("grant-0"));
@@ -539,12 +538,7 @@ async fn echo(base: &str, h: &Harness, grant: &str) -> crate::support::http::Rep
 
 #[tokio::test]
 async fn a_session_registered_again_keeps_the_place_of_its_request_under_way() {
-    let h = Harness::start(LegacyOptions {
-        max_api_users: 10,
-        ..LegacyOptions::default()
-    })
-    .await;
-    let redis = RedisServer::start();
+    let (h, redis) = Harness::with_redis(10).await;
     let (a, b, session, under_way) = a_request_under_way(&h, &redis).await;
     redis.command("FLUSHALL");
     // Replica A's upkeep registers grant 0's session again (within a second; it says so once
@@ -567,12 +561,7 @@ async fn a_session_registered_again_keeps_the_place_of_its_request_under_way() {
 
 #[tokio::test]
 async fn a_lost_session_without_room_is_logged_out_only_after_its_request() {
-    let h = Harness::start(LegacyOptions {
-        max_api_users: 10,
-        ..LegacyOptions::default()
-    })
-    .await;
-    let redis = RedisServer::start();
+    let (h, redis) = Harness::with_redis(10).await;
     let (a, b, _, under_way) = a_request_under_way(&h, &redis).await;
     right_after_an_upkeep(&a).await;
     redis.command("FLUSHALL");
@@ -608,12 +597,7 @@ async fn a_lost_session_without_room_is_logged_out_only_after_its_request() {
 
 #[tokio::test]
 async fn a_replica_that_stops_logs_out_the_lost_session_its_request_kept() {
-    let h = Harness::start(LegacyOptions {
-        max_api_users: 10,
-        ..LegacyOptions::default()
-    })
-    .await;
-    let redis = RedisServer::start();
+    let (h, redis) = Harness::with_redis(10).await;
     let (mut a, b, _, under_way) = a_request_under_way(&h, &redis).await;
     right_after_an_upkeep(&a).await;
     redis.command("FLUSHALL");
@@ -639,12 +623,7 @@ async fn a_replica_that_stops_logs_out_the_lost_session_its_request_kept() {
 
 #[tokio::test]
 async fn a_replica_stopped_right_after_redis_came_back_empty_leaves_the_sessions_to_the_fleet() {
-    let h = Harness::start(LegacyOptions {
-        max_api_users: 10,
-        ..LegacyOptions::default()
-    })
-    .await;
-    let redis = RedisServer::start();
+    let (h, redis) = Harness::with_redis(10).await;
     let cfg = h.config(
         &format!("url = \"{}\"", redis.url()),
         "max_upstream_sessions = 8",
@@ -687,12 +666,7 @@ async fn active_records(replicas: &[&Process]) -> u64 {
 
 #[tokio::test]
 async fn a_paused_redis_is_503_with_retry_after_and_nothing_is_double_booked() {
-    let h = Harness::start(LegacyOptions {
-        max_api_users: 10,
-        ..LegacyOptions::default()
-    })
-    .await;
-    let redis = RedisServer::start();
+    let (h, redis) = Harness::with_redis(10).await;
     // Places go back at once, so that every request below needs the store (a place kept for
     // a replica's next request would still serve it: `redis_store.rs` shows that).
     let cfg = h.config(
@@ -757,12 +731,7 @@ async fn a_paused_redis_is_503_with_retry_after_and_nothing_is_double_booked() {
 
 #[tokio::test]
 async fn a_burst_of_50_grants_over_three_replicas_never_exceeds_the_seat_cap() {
-    let h = Harness::start(LegacyOptions {
-        max_api_users: 100,
-        ..LegacyOptions::default()
-    })
-    .await;
-    let redis = RedisServer::start();
+    let (h, redis) = Harness::with_redis(100).await;
     let cfg = h.config(
         &format!("url = \"{}\"", redis.url()),
         "max_upstream_sessions = 5\nadmission_wait = \"2s\"\nmin_idle_before_evict = \"0s\"",

@@ -466,13 +466,13 @@ async fn sessions_the_store_lost_are_registered_again_within_the_cap() {
     );
 }
 
-/// Two replicas, a session of replica A logged in and seated with a request of A on it (the
-/// lease returned), and the store emptied while that request runs.
-async fn flushed_under_a_request() -> (RedisServer, Replica, Replica, Leased) {
+/// Two replicas (leases of `lease_ttl`), a session of replica A logged in and seated with a
+/// request of A on it (the lease returned), and the store emptied while that request runs.
+async fn flushed_under_a_request(lease_ttl: Duration) -> (RedisServer, Replica, Replica, Leased) {
     let redis = RedisServer::start();
     let (a, b) = (
-        replica(&redis.url(), Duration::from_secs(10)),
-        replica(&redis.url(), Duration::from_secs(10)),
+        replica(&redis.url(), lease_ttl),
+        replica(&redis.url(), lease_ttl),
     );
     let leased = seated_session(&a.store).await;
     assert!(!a.store.maintain().await.unwrap().reset);
@@ -482,7 +482,7 @@ async fn flushed_under_a_request() -> (RedisServer, Replica, Replica, Leased) {
 
 #[tokio::test]
 async fn a_session_registered_again_keeps_the_place_of_a_request_begun_before_the_loss() {
-    let (_redis, a, b, leased) = flushed_under_a_request().await;
+    let (_redis, a, b, leased) = flushed_under_a_request(Duration::from_secs(10)).await;
     let id = leased.record.id;
     let m = a.store.maintain().await.unwrap();
     let (lost_slot, lost) = m.lost.into_iter().next().expect("the session is lost");
@@ -507,15 +507,11 @@ async fn a_session_registered_again_keeps_the_place_of_a_request_begun_before_th
 
 #[tokio::test]
 async fn a_renewal_that_meets_an_emptied_store_registers_the_session_again_first() {
-    let redis = RedisServer::start();
     // Renewals every half second; no upkeep runs here (the pool drives it), so the renewal is
     // the first to meet the empty store.
-    let a = replica(&redis.url(), Duration::from_millis(1500));
-    let leased = seated_session(&a.store).await;
+    let (_redis, a, _, leased) = flushed_under_a_request(Duration::from_millis(1500)).await;
     let id = leased.record.id;
-    assert!(!a.store.maintain().await.unwrap().reset);
     let lost = leased.in_flight.lost().expect("a lease that can be lost");
-    redis.command("FLUSHALL");
     eventually(
         "the renewal registers the session again with the place of the request under way",
         Duration::from_secs(5),
@@ -545,7 +541,7 @@ async fn a_renewal_that_meets_an_emptied_store_registers_the_session_again_first
 
 #[tokio::test]
 async fn a_lost_session_a_request_here_still_uses_is_given_up_only_after_it() {
-    let (_redis, a, b, leased) = flushed_under_a_request().await;
+    let (_redis, a, b, leased) = flushed_under_a_request(Duration::from_secs(10)).await;
     let id = leased.record.id;
     // Replica B, which never used the session, creates the grant's session anew.
     let newer = b
