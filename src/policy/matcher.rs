@@ -44,10 +44,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    if path.contains('\\') {
-        return Err(PathError::ForbiddenCharacter);
-    }
-    if is_canonical(path) {
+    if is_canonical(path)? {
         return Ok(Cow::Borrowed(path));
     }
 
@@ -75,12 +72,29 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(result))
 }
 
-/// A fast check for the common case: no escapes, no empty or dot segments.
-fn is_canonical(path: &str) -> bool {
-    if path.contains('%') || path.contains("//") {
-        return false;
+/// The check for the common case, in one pass over the bytes (it runs on every request): no
+/// escapes, no empty or dot segments. A backslash anywhere is refused.
+fn is_canonical(path: &str) -> Result<bool, PathError> {
+    let bytes = path.as_bytes();
+    let mut canonical = true;
+    // Where the current segment began (after its `/`); the leading `/` ends an empty segment,
+    // which is no `//`.
+    let mut segment = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' => return Err(PathError::ForbiddenCharacter),
+            b'%' => canonical = false,
+            b'/' => {
+                if i > 0 && matches!(&bytes[segment..i], b"" | b"." | b"..") {
+                    canonical = false;
+                }
+                segment = i + 1;
+            }
+            _ => {}
+        }
     }
-    !path.split('/').any(|seg| seg == "." || seg == "..")
+    // The last segment may be empty (a trailing `/`), but not a dot segment.
+    Ok(canonical && !matches!(&bytes[segment..], b"." | b".."))
 }
 
 fn decode_unreserved(path: &str) -> Result<String, PathError> {
@@ -409,6 +423,20 @@ mod tests {
                 prop_assert_eq!(once.as_ref(), twice.as_str());
                 prop_assert!(!once.split('/').any(|s| s == ".." || s == "."));
             }
+        }
+
+        /// The one-pass check says what its definition says: refused with a backslash; else
+        /// canonical when there is no `%`, no `//` and no `.` or `..` segment.
+        #[test]
+        fn the_fast_check_agrees_with_its_definition(p in "/[a./%\\\\]{0,12}") {
+            let expected = if p.contains('\\') {
+                Err(PathError::ForbiddenCharacter)
+            } else {
+                Ok(!p.contains('%')
+                    && !p.contains("//")
+                    && !p.split('/').any(|s| s == "." || s == ".."))
+            };
+            prop_assert_eq!(is_canonical(&p), expected);
         }
 
         #[test]
