@@ -263,7 +263,7 @@ scopes = ["api"]
             tls: false,
         };
         self.rt.block_on(async {
-            let resp = gateway.handle(req, conn).await;
+            let resp = gateway.clone().handle(req, conn).await;
             let status = resp.status();
             // The whole answer is read, as a client would.
             let _ = resp.into_body().collect().await;

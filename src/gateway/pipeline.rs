@@ -94,7 +94,11 @@ struct Record {
 impl Gateway {
     /// Handles one request end to end. Never fails: every error becomes its response here, and
     /// every outcome is recorded once.
-    pub async fn handle<B>(&self, req: Request<B>, conn: Conn) -> Response<Body>
+    ///
+    /// Takes the gateway (a shared pointer) by value, so that the server boxes this future
+    /// itself: a future that held a clone and awaited `handle` would be this one and more,
+    /// copied whole into its own state on its first poll, on every request.
+    pub async fn handle<B>(self, req: Request<B>, conn: Conn) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,

@@ -137,7 +137,7 @@ timeout = "2s"
             remote: "127.0.0.1:4000".parse().unwrap(),
             tls: false,
         };
-        self.gateway.handle(req, conn).await
+        self.gateway.clone().handle(req, conn).await
     }
 
     fn calls(&self) -> u64 {

@@ -333,10 +333,9 @@ impl App {
         let gw = gateway.clone();
         let limits = Limits::proxy(&config.server);
         let shared = Arc::new(Shared::new(limits, acceptor, move |req, conn| {
-            let gw = gw.clone();
             // The pipeline's future is several kilobytes: boxed, hyper's dispatcher and the
             // connection's wrappers move a pointer instead of copying it at every step.
-            Box::pin(async move { gw.handle(req, conn).await })
+            Box::pin(gw.clone().handle(req, conn))
         }));
         // One count of places for all the threads' sockets: `max_connections` is the
         // listener's, however many threads accept.
