@@ -221,22 +221,29 @@ impl Gateway {
         }
         rec.upstream = Some(snapshot.upstreams[route.upstream].id.clone());
         let mut body = limit(&head, body, route, snapshot.body_read_timeout, rec)?;
-        let pool = snapshot.pools[route.upstream].as_ref();
-        // Only a session route's lease is timed: a clock read saved on every other request.
-        let asked = pool.map(|_| Instant::now());
-        let waited = pool.map(|_| trace.step("session lease", Kind::Internal));
-        let leased = lease(pool, permit.as_ref(), token, &head, &path, &mut body).await;
-        drop(waited);
-        let mut lease = match leased? {
-            Leased::Answered(resp) => {
-                rec.answered = true;
-                return Ok(resp);
-            }
-            Leased::None => None,
-            Leased::Session(lease) => {
-                rec.session = Some(SessionOutcome::Reused);
-                rec.lease_ms = asked.map(|at| at.elapsed().as_secs_f64() * 1000.0);
-                Some(lease)
+        // Only a session upstream's requests take the step (and are timed): the others neither
+        // read the clock for it nor move its outcome, a lease's size, through this future.
+        let mut lease = match &snapshot.pools[route.upstream] {
+            None => None,
+            Some(pool) => {
+                let asked = Instant::now();
+                let waited = trace.step("session lease", Kind::Internal);
+                let leased = lease(pool, permit.as_ref(), token, &head, &path, &mut body).await;
+                drop(waited);
+                match leased? {
+                    Leased::Answered(resp) => {
+                        rec.answered = true;
+                        return Ok(resp);
+                    }
+                    Leased::None => None,
+                    Leased::Session(lease) => {
+                        rec.session = Some(SessionOutcome::Reused);
+                        rec.lease_ms = Some(asked.elapsed().as_secs_f64() * 1000.0);
+                        // Boxed: a lease is a few hundred bytes, and without one (most
+                        // requests) this future and the steps below move a null pointer.
+                        Some(Box::new(lease))
+                    }
+                }
             }
         };
         let forwarded = self
@@ -272,7 +279,7 @@ impl Gateway {
         mut head: Parts,
         path: &str,
         body: Body,
-        lease: &mut Option<Lease>,
+        lease: &mut Option<Box<Lease>>,
         conn: Conn,
         request_id: &HeaderValue,
         rec: &mut Record,
@@ -294,16 +301,16 @@ impl Gateway {
             route,
             upstream,
             &ctx,
-            lease.as_ref(),
+            lease.as_deref(),
             upgrade.as_ref(),
         )?;
         let mut attempts = Attempts::new(head, body, lease.is_some());
         let resp = loop {
-            let req = attempts.next(lease.as_ref(), path);
+            let req = attempts.next(lease.as_deref(), path);
             let series = &snapshot.upstream_series[route.upstream];
-            let resp = send(upstream, series, req, lease.as_ref(), rec, trace).await?;
+            let resp = send(upstream, series, req, lease.as_deref(), rec, trace).await?;
             rec.upstream_status = Some(resp.status().as_u16());
-            match settle(lease.as_mut(), resp).await {
+            match settle(lease.as_deref_mut(), resp).await {
                 Settled::Keep(resp) => break resp,
                 Settled::Replay => {
                     rec.session = Some(SessionOutcome::Relogin);
@@ -605,16 +612,13 @@ where
 /// `lease`: the session layer's first step, on session upstreams. `token` is the request's
 /// bearer token ("" on public routes), for grant keys named after it.
 async fn lease(
-    pool: Option<&Arc<session::Pool>>,
+    pool: &Arc<session::Pool>,
     permit: Option<&Permit>,
     token: &str,
     head: &Parts,
     path: &str,
     body: &mut Body,
 ) -> Result<Leased, GatewayError> {
-    let Some(pool) = pool else {
-        return Ok(Leased::None);
-    };
     // Only the boxed future is kept across the wait: what a step gives at once would otherwise
     // be part of every request's future, as large as a lease.
     let waits = match session::lease(pool, permit, token, head, path, body) {
@@ -766,7 +770,7 @@ async fn settle(lease: Option<&mut Lease>, resp: Response<UpstreamBody>) -> Sett
 /// part of every request's future.
 fn finish(
     resp: Response<UpstreamBody>,
-    lease: Option<Lease>,
+    lease: Option<Box<Lease>>,
     upstream: &Upstream,
     origin: Option<&External>,
     upgrade: Option<Upgrade>,
