@@ -252,18 +252,21 @@ impl Upstream {
             None => None,
         };
         Either::Right(Box::pin(async move {
-            let sent = match &self.transport {
-                Transport::Http1(pool) => Either::Left(pool.send(req)),
+            // Each transport's future is pinned where it is made (no `Either` around it, which
+            // would be one more move of it).
+            let outcome = match &self.transport {
+                Transport::Http1(pool) => {
+                    tokio::time::timeout(timeout, std::pin::pin!(pool.send(req))).await
+                }
                 Transport::Negotiated(clients) => {
                     let client = &clients[crate::runtime::place(clients.len())];
-                    Either::Right(client.request(req).map(|r| {
+                    let sent = client.request(req).map(|r| {
                         r.map(|resp| resp.map(UpstreamBody::unpooled))
                             .map_err(BoxError::from)
-                    }))
+                    });
+                    tokio::time::timeout(timeout, std::pin::pin!(sent)).await
                 }
             };
-            let mut sent = std::pin::pin!(sent);
-            let outcome = tokio::time::timeout(timeout, sent.as_mut()).await;
             // The place is held until the answer's head is in (or the send failed).
             drop(place);
             match outcome {
