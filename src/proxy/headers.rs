@@ -139,8 +139,15 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
         }
     }
     let mut xff = Scratch::new();
-    if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        if fwd.trust_client && !prev.trim().is_empty() {
+    // An untrusted client's values are replaced whole, so they are not even looked up (a
+    // lookup hashes the name, and most gateways trust no client).
+    if let Some(prev) = fwd
+        .trust_client
+        .then(|| headers.get(&X_FORWARDED_FOR))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+    {
+        if !prev.trim().is_empty() {
             xff.push(prev);
             xff.push(", ");
         }
@@ -172,7 +179,9 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
 /// `Forwarded` lines (trusted) are joined first, so the upstream sees one list in order.
 fn set_forwarded_element(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
     let mut out = Scratch::new();
-    for prev in headers.get_all(&FORWARDED) {
+    // Untrusted, the client's `Forwarded` was removed with the other unvouched headers.
+    let kept = fwd.trust_client.then(|| headers.get_all(&FORWARDED));
+    for prev in kept.into_iter().flatten() {
         if let Ok(prev) = prev.to_str() {
             let prev = prev.trim();
             if !prev.is_empty() {
