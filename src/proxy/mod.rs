@@ -331,7 +331,14 @@ pub fn prepare_parts(
         _ => upstream.uri_with_query(path, parts.uri.query())?,
     };
 
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+    // Taken out of the map (one lookup, no copy) unless it stays there; put back below when
+    // the upstream preserves it. Without one, the client sets Host from the URI's authority.
+    let sent_host = if upstream.preserve_host {
+        parts.headers.get(header::HOST).cloned()
+    } else {
+        parts.headers.remove(header::HOST)
+    };
+    let original_host = sent_host.or_else(|| {
         parts
             .uri
             .authority()
@@ -342,10 +349,6 @@ pub fn prepare_parts(
     headers::strip_hop_by_hop(h);
     if !upstream.forward_authorization {
         h.remove(header::AUTHORIZATION);
-    }
-    if !upstream.preserve_host {
-        // The client sets Host from the URI's authority.
-        h.remove(header::HOST);
     }
     // Room for what the gateway adds, made once and after what it takes out: a map read off
     // the wire is sized to the client's headers, and growing it by doubling rehashes it at
@@ -408,6 +411,11 @@ mod tests {
     use super::*;
 
     fn public(upstream_url: &str) -> (Upstream, crate::config::Config) {
+        public_with(upstream_url, "")
+    }
+
+    /// [`public`], with more `[[upstream]]` keys.
+    fn public_with(upstream_url: &str, keys: &str) -> (Upstream, crate::config::Config) {
         let config = crate::config::from_toml_str(&format!(
             r#"
 [server]
@@ -417,6 +425,7 @@ admin_listen = "127.0.0.1:0"
 [[upstream]]
 id = "api"
 url = "{upstream_url}"
+{keys}
 
 [[route]]
 id = "public"
@@ -519,6 +528,45 @@ auth = "none"
             let (parts, ()) = Request::options(sent).body(()).unwrap().into_parts();
             let prepared = prepare_parts(parts, normalised, route, &upstream, &ctx).unwrap();
             assert_eq!(prepared.uri.to_string(), expected, "{base} {sent}");
+        }
+    }
+
+    /// The client's `Host` (or, without one, the target's authority) goes upstream as
+    /// `X-Forwarded-Host` and in `Forwarded`; as `Host` itself only with `preserve_host`.
+    #[test]
+    fn the_clients_host_goes_upstream_as_host_only_when_preserved() {
+        let request_id = HeaderValue::from_static("r-1");
+        let ctx = context(&request_id);
+        for preserve in [false, true] {
+            let (upstream, config) =
+                public_with("http://127.0.0.1:9", &format!("preserve_host = {preserve}"));
+            let route = config.routes.iter().next().unwrap();
+            for (target, host) in [
+                ("/a", Some("api.example.com")),
+                ("http://api.example.com/a", Some("api.example.com")),
+                ("http://api.example.com/a", None),
+            ] {
+                let mut req = Request::get(target);
+                if let Some(host) = host {
+                    req = req.header(header::HOST, host);
+                }
+                let (parts, ()) = req.body(()).unwrap().into_parts();
+                let h = prepare_parts(parts, "/a", route, &upstream, &ctx)
+                    .unwrap()
+                    .headers;
+                let case = format!("preserve_host = {preserve}, {target}, Host {host:?}");
+                assert_eq!(h["x-forwarded-host"], "api.example.com", "{case}");
+                assert_eq!(
+                    h["forwarded"], "for=127.0.0.1;proto=http;host=\"api.example.com\"",
+                    "{case}"
+                );
+                let sent: Vec<_> = h.get_all(header::HOST).iter().collect();
+                if preserve {
+                    assert_eq!(sent, ["api.example.com"], "{case}");
+                } else {
+                    assert!(sent.is_empty(), "{case}: {sent:?}");
+                }
+            }
         }
     }
 
