@@ -36,13 +36,24 @@ impl BearerError {
     ];
 }
 
-/// A bearer token. `Debug` never prints it.
+/// A bearer token: a b64token of at most [`MAX_TOKEN_BYTES`], so ASCII. `Debug` never prints
+/// it.
+///
+/// Kept as the header's bytes: what most requests do with a token (hash it for the cache key,
+/// tell a JWT from an opaque token) needs no text, and making it text checks every byte again.
 #[derive(Clone, Copy)]
-pub struct Token<'a>(&'a str);
+pub struct Token<'a>(&'a [u8]);
 
 impl<'a> Token<'a> {
-    pub fn as_str(&self) -> &'a str {
+    pub fn as_bytes(&self) -> &'a [u8] {
         self.0
+    }
+
+    /// The token as text, for the paths that need it (parsing a JWT, an introspection call).
+    /// [`extract`] admits ASCII only, so this fails only for a token made some other way; the
+    /// error is the one `extract` gives such bytes.
+    pub fn as_str(&self) -> Result<&'a str, BearerError> {
+        std::str::from_utf8(self.0).map_err(|_| BearerError::BadCharacters)
     }
 }
 
@@ -62,7 +73,7 @@ impl std::fmt::Debug for Token<'_> {
 /// let mut h = HeaderMap::new();
 /// assert_eq!(bearer::extract(&h).unwrap_err(), BearerError::Missing);
 /// h.insert(AUTHORIZATION, HeaderValue::from_static("bearer eyJ.abc.def"));
-/// assert_eq!(bearer::extract(&h).unwrap().as_str(), "eyJ.abc.def");
+/// assert_eq!(bearer::extract(&h).unwrap().as_str(), Ok("eyJ.abc.def"));
 /// h.insert(AUTHORIZATION, HeaderValue::from_static("Basic dXNlcg=="));
 /// assert_eq!(bearer::extract(&h).unwrap_err(), BearerError::Missing);
 /// ```
@@ -97,10 +108,7 @@ pub fn extract(headers: &HeaderMap) -> Result<Token<'_>, BearerError> {
     if !is_b64token(token) {
         return Err(BearerError::BadCharacters);
     }
-    // b64token is ASCII, so this cannot fail; the check above guarantees it.
-    std::str::from_utf8(token)
-        .map(Token)
-        .map_err(|_| BearerError::BadCharacters)
+    Ok(Token(token))
 }
 
 fn trim_spaces(mut b: &[u8]) -> &[u8] {
@@ -162,7 +170,7 @@ mod tests {
 
     fn ex(values: &[&str]) -> Result<String, BearerError> {
         let h = with(values);
-        extract(&h).map(|t| t.as_str().to_owned())
+        extract(&h).and_then(|t| t.as_str().map(str::to_owned))
     }
 
     #[test]

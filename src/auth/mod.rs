@@ -343,7 +343,7 @@ impl Verifier {
         route_issuer: Option<&Arc<str>>,
         cached: &mut bool,
     ) -> Result<Principal, AuthError> {
-        let digest: [u8; 32] = Sha256::digest(token.as_str().as_bytes()).into();
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // The verified-JWT cache first: a repeated JWT costs a hash and a lookup.
         if let Some(p) = self.cached(&digest) {
             *cached = true;
@@ -351,7 +351,7 @@ impl Verifier {
         }
         // An opaque token (not three dot-separated parts) goes to the route's introspector, or
         // the only one: its cached answer, when it has one, needs no future either.
-        if token.as_str().bytes().filter(|b| *b == b'.').count() != 2 {
+        if token.as_bytes().iter().filter(|b| **b == b'.').count() != 2 {
             if let Some(x) = self.introspector_for(route_issuer) {
                 if let Some(answer) = x.cached(&digest) {
                     *cached = true;
@@ -361,7 +361,8 @@ impl Verifier {
         }
         // The slow path's future (key fetches, introspection calls) is large; boxed, it does not
         // weigh on every request's future, most of which end at the cache.
-        Box::pin(self.verify_uncached(token.as_str(), digest, route_issuer)).await
+        let token = token.as_str().map_err(AuthError::from)?;
+        Box::pin(self.verify_uncached(token, digest, route_issuer)).await
     }
 
     /// Where an opaque token is introspected: the route's issuer's introspector, or the only

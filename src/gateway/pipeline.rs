@@ -196,15 +196,14 @@ impl Gateway {
             return Ok(preflight);
         }
         let (permit, token) = match &route.auth {
-            RouteAuth::Public => (None, ""),
+            RouteAuth::Public => (None, None),
             RouteAuth::Bearer(requirement) => {
                 let token = extract(&head)?;
-                let raw = token.as_str();
                 let principal = verify(snapshot, token, requirement, trace).await?;
                 let metrics = self.wiring.metrics();
                 (
                     Some(authorize(route, requirement, principal, metrics)?),
-                    raw,
+                    Some(token),
                 )
             }
         };
@@ -226,6 +225,11 @@ impl Gateway {
         let mut lease = match &snapshot.pools[route.upstream] {
             None => None,
             Some(pool) => {
+                // The grant key may be named after the token's text ("" on public routes).
+                let token = match token {
+                    Some(t) => t.as_str().map_err(AuthError::from)?,
+                    None => "",
+                };
                 let asked = Instant::now();
                 let waited = trace.step("session lease", Kind::Internal);
                 let leased = lease(pool, permit.as_ref(), token, &head, &path, &mut body).await;

@@ -61,7 +61,7 @@ impl AdminAccess {
         let Ok(token) = crate::auth::bearer::extract(headers) else {
             return false;
         };
-        let given: [u8; 32] = Sha256::digest(token.as_str().as_bytes()).into();
+        let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         aws_lc_rs::constant_time::verify_slices_are_equal(&given, expected).is_ok()
     }
 }
