@@ -5,7 +5,7 @@
 //! a listening socket of its own (the server binds them with `SO_REUSEPORT`, so the kernel
 //! spreads new connections over them). A connection is then accepted, served, forwarded and
 //! timed on one thread: its upstream connections are driven there too, and the pool keeps
-//! them on that thread's own idle stack ([`place`]), as the HTTP/2 client keeps one client per
+//! them on that thread's own idle stack (the private `place`), as the HTTP/2 client keeps one client per
 //! thread. The work-stealing runtime instead moves tasks and wake-ups between its threads,
 //! which costs 10 to 15 % more CPU a request on one core (docs/performance.md). It stays
 //! available (`"work-stealing"`) for the case it serves better: a few HTTP/2 connections
@@ -13,7 +13,7 @@
 //!
 //! The main thread's runtime is the first of the per-core ones and also runs the gateway's
 //! background work (key refreshes, session renewals, reloads) and the admin listener. The
-//! others are [`Worker`]s, started by the server for each further listening socket.
+//! others are `Worker`s (crate-private), started by the server for each further listening socket.
 
 use std::cell::Cell;
 use std::io;
@@ -74,7 +74,7 @@ fn threads_from(config: Option<u32>, env: Option<&str>) -> Result<usize, String>
 }
 
 /// The main thread's runtime: single-threaded unless `scheduler` is work-stealing with more
-/// than one thread (per-core's other threads are [`Worker`]s the server starts).
+/// than one thread (per-core's other threads are the `Worker`s the server starts).
 pub fn build(threads: usize, scheduler: Scheduler) -> io::Result<Runtime> {
     let mut builder = if scheduler == Scheduler::WorkStealing && threads > 1 {
         let mut b = tokio::runtime::Builder::new_multi_thread();

@@ -46,6 +46,9 @@ cargo clippy --all-targets --quiet -- -D warnings
 # benches/floor, the peers bench's forwarding floor, is a package of its own.
 cargo clippy --manifest-path benches/floor/Cargo.toml --locked --quiet -- -D warnings
 
+echo "== cargo doc --no-deps (warnings are errors: a link to a private item, a broken link)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+
 echo "== cargo test"
 cargo test
 

@@ -1,7 +1,7 @@
 //! `[[route]]` tables → the frozen [`RouteTable`]: matchers compiled, references to upstreams and
 //! issuers resolved, the 403 challenge of each route prebuilt, shadowed routes refused. A route's
-//! step-up requirement and CORS policy are compiled by [`step_up`](super::step_up) and
-//! [`cors`](super::cors).
+//! step-up requirement and CORS policy are compiled by the private modules `config::step_up`
+//! and `config::cors`.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -126,7 +126,7 @@ fn is_unvouched_forwarding(name: &HeaderName) -> bool {
 
 /// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded`. Untrusted client values are
 /// replaced, not appended to, so a client cannot forge its address, and the other forwarding
-/// headers it sent are removed ([`is_unvouched_forwarding`]).
+/// headers it sent are removed (the private `is_unvouched_forwarding` lists them).
 pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
     if !fwd.trust_client && headers.keys().any(is_unvouched_forwarding) {
         let present: Vec<HeaderName> = headers
