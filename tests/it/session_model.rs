@@ -6,7 +6,8 @@
 //! admin logouts, reloads, and a final shutdown.
 //!
 //! After every step, with the step's requests done and no login running:
-//! - seats held ≤ `max_upstream_sessions`, at the gateway and at the upstream (peak);
+//! - seats held ≤ `max_upstream_sessions` at the gateway, and at the upstream (peak) beyond
+//!   it only by the sessions whose logout failed (design §6.9.4 gives their seats back);
 //! - every live upstream session is a record holding a seat (no orphan upstream), and every
 //!   record holding a seat is a live upstream session unless the model ended it upstream
 //!   behind the gateway's back (then it is a known ghost until it is used or swept);
@@ -21,7 +22,7 @@
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use tollgate::demo::legacy::LegacyOptions;
+use tollgate::demo::legacy::{Counters, LegacyOptions};
 
 use crate::support::http::Reply;
 use crate::support::legacy::{assert_clean, Env, Setup, Store};
@@ -320,9 +321,18 @@ async fn check(e: &Env, m: &Model, step: usize, op: &Op) {
     )
     .await;
     let c = e.counters();
+    // The upstream may hold more sessions than the cap only by those whose logout failed: by
+    // design (§6.9.4) the gateway then drops the session and gives its seat back, and the
+    // upstream closes it by itself later (its own login limit still guards the licence, §6.8.4).
+    // The counter is read after the peak and only grows, and a seat is given back only after
+    // its failure was counted, so a later login over the cap always finds it counted.
+    let failed = e
+        .metrics()
+        .await
+        .count(r#"tollgate_upstream_logouts_total{result="failed",upstream="erp"}"#);
     assert!(
-        c.peak_seats <= CAP,
-        "step {step} ({op:?}): upstream seats over the cap: {c:?}"
+        c.peak_seats <= CAP + failed,
+        "step {step} ({op:?}): upstream seats over the cap beyond the {failed} sessions whose logout failed: {c:?}"
     );
     assert!(
         c.max_concurrency_per_session <= 1,
@@ -393,7 +403,9 @@ async fn check(e: &Env, m: &Model, step: usize, op: &Op) {
     }
 }
 
-async fn run(store: Store, ops: Vec<Op>) {
+/// Runs `ops`, checking after each, then shuts the gateway down; gives the fake's last counts
+/// and the failed logouts counted before the shutdown.
+async fn run(store: Store, ops: Vec<Op>) -> (Counters, u64) {
     let e = Setup::new(store)
         .opts(LegacyOptions {
             max_api_users: 3,
@@ -423,6 +435,7 @@ async fn run(store: Store, ops: Vec<Op>) {
         "seats left at shutdown beyond the {failed} whose logout failed earlier: {c:?}"
     );
     assert!(c.max_concurrency_per_session <= 1, "{c:?}");
+    (c, failed)
 }
 
 fn cases() -> u32 {
@@ -446,6 +459,42 @@ fn check_store(store: Store) {
     proptest!(config, |(ops in prop::collection::vec(op(), 1..10))| {
         rt.block_on(run(store, ops));
     });
+}
+
+/// A sequence a random run once drew: a session's logout fails while the upstream is down (its
+/// seat is given back, the upstream keeps the session), then two new grants log in. The
+/// upstream then holds three sessions against a cap of two, which the design accepts, and
+/// only by that one failed logout: the gateway itself never counts more than two.
+#[test]
+fn a_failed_logout_is_the_only_way_past_the_cap_upstream() {
+    let req = |grant, concurrent, slow_ms, cancel_after_ms| Req {
+        grant,
+        concurrent,
+        slow_ms,
+        cancel_after_ms,
+    };
+    let ops = vec![
+        Op::Burst(vec![req(3, false, Some(238), None)]),
+        Op::Logins(Logins::Down),
+        Op::Logout {
+            grant: 3,
+            admin: false,
+        },
+        Op::Logins(Logins::Slow),
+        Op::Burst(vec![
+            req(1, false, None, None),
+            req(2, true, Some(188), None),
+            req(3, true, None, Some(146)),
+            req(0, false, None, None),
+        ]),
+    ];
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (c, failed) = rt.block_on(run(Store::Memory, ops));
+    // The case this test is for did happen: it is not passing for want of its failed logout.
+    assert_eq!((failed, c.peak_seats), (1, CAP + 1), "{c:?}");
 }
 
 #[test]
