@@ -562,12 +562,13 @@ fn rounds<'a>(
             match measure::once(lab, row, tokens.file(row.tokens), round, settings, wrk) {
                 Ok(sample) => {
                     println!(
-                        "benches/peers: round {round}/{}: {}: {} req/s, {:.1} CPU µs/req, p99 {:.2} ms, \
-                         {:.0} % of CPU {GATEWAY_CPU} used by other processes",
+                        "benches/peers: round {round}/{}: {}: {} req/s, {:.1} CPU µs/req ({:.1} in \
+                         user space), p99 {:.2} ms, {:.0} % of CPU {GATEWAY_CPU} used by other processes",
                         settings.rounds,
                         row.name,
                         report::thousands(sample.rps),
                         1e6 * sample.cpu_s / sample.requests.max(1) as f64,
+                        1e6 * sample.user_s / sample.requests.max(1) as f64,
                         sample.p99_ms,
                         100.0 * sample.others()
                     );

@@ -23,6 +23,8 @@ pub(crate) struct Sample {
     pub(crate) socket_errors: Option<String>,
     /// The gateway's CPU seconds (user + system, its whole process tree) while measured.
     pub(crate) cpu_s: f64,
+    /// The user-space part of `cpu_s`.
+    pub(crate) user_s: f64,
     /// The measured run's wall time (wrk's start to its exit).
     pub(crate) wall_s: f64,
     /// The gateway's resident memory right after the measured run.
@@ -98,6 +100,7 @@ pub(crate) fn once(
         non_2xx: summary.non_2xx,
         socket_errors: summary.socket_errors,
         cpu_s: cpu_after.seconds - cpu_before.seconds,
+        user_s: cpu_after.user_seconds - cpu_before.user_seconds,
         wall_s,
         rss_kib,
         core,
@@ -111,6 +114,9 @@ pub(crate) struct Medians {
     pub(crate) rps: f64,
     /// Gateway CPU µs per request.
     pub(crate) cpu_us: f64,
+    /// The user-space and the kernel's part of it (each its own median).
+    pub(crate) user_us: f64,
+    pub(crate) kernel_us: f64,
     /// The share of its core the gateway used while measured, and the share left idle.
     pub(crate) busy: f64,
     pub(crate) idle: f64,
@@ -132,6 +138,8 @@ impl Medians {
         Some(Medians {
             rps: of(|s| s.rps),
             cpu_us: of(|s| 1e6 * s.cpu_s / s.requests.max(1) as f64),
+            user_us: of(|s| 1e6 * s.user_s / s.requests.max(1) as f64),
+            kernel_us: of(|s| 1e6 * (s.cpu_s - s.user_s) / s.requests.max(1) as f64),
             busy: of(|s| s.cpu_s / s.wall_s.max(1e-9)),
             idle: of(Sample::idle),
             p50_ms: of(|s| s.p50_ms),

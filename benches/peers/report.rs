@@ -226,6 +226,40 @@ pub(crate) fn table(results: &[RowResult], ctx: &Context) -> String {
     md
 }
 
+/// CPU µs per request split into user space and the kernel, with each part's ratio to nginx's
+/// and to the forwarding floor's: the kernel's part is the TCP work of the syscalls a proxied
+/// request needs, the user-space part what each gateway's own code costs.
+fn split(results: &[RowResult], ctx: &Context) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| gateway, route | CPU µs/req | user µs/req | kernel µs/req | user × nginx | user × floor | kernel × nginx |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    let base = nginx(results);
+    let floor = results
+        .iter()
+        .find(|r| r.row.gateway == Gateway::HyperFloor)
+        .and_then(|r| r.medians.as_ref());
+    let times =
+        |x: f64, b: Option<f64>| b.map_or("n/a".to_owned(), |b| format!("{:.2}", x / b.max(1e-9)));
+    for r in results {
+        let Some(m) = &r.medians else { continue };
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
+            r.label(ctx),
+            m.cpu_us,
+            m.user_us,
+            m.kernel_us,
+            times(m.user_us, base.map(|b| b.user_us)),
+            times(m.user_us, floor.map(|f| f.user_us)),
+            times(m.kernel_us, base.map(|b| b.kernel_us)),
+        );
+    }
+    md
+}
+
 /// The correctness matrix: one line per validating gateway, one column per token.
 fn matrix(ctx: &Context) -> String {
     let mut md = String::new();
@@ -327,7 +361,19 @@ pub(crate) fn markdown(results: &[RowResult], ctx: &Context, chart_file: &str) -
             .collect();
         let _ = writeln!(md, "| {} | {} |", r.row.name, cells.join(" | "));
     }
-    let _ = writeln!(md, "\n## Notes\n");
+    let _ = writeln!(md, "\n## CPU a request, in user space and in the kernel\n");
+    let _ = writeln!(
+        md,
+        "The CPU µs per request of the table above, split by `/proc/<pid>/stat` into user time \
+         (`utime`: the gateway's own code and its libraries) and system time (`stime`: the \
+         kernel, mostly the TCP work of the reads and writes a proxied request needs; on \
+         loopback that includes processing, in the sender's syscall, what the other side \
+         receives). Each part is its own median over the rounds, so the two may not add up to \
+         the total exactly. A gateway's code can lower its user time; the kernel's part is set \
+         mostly by how many syscalls it makes and how well it batches them.\n"
+    );
+    let _ = writeln!(md, "{}", split(results, ctx));
+    let _ = writeln!(md, "## Notes\n");
     for note in notes(results, ctx) {
         let _ = writeln!(md, "- {note}");
     }
@@ -455,16 +501,15 @@ fn notes(results: &[RowResult], ctx: &Context) -> Vec<String> {
 /// request: the row's CPU µs per request less the same gateway's without auth.
 /// The bare hyper proxy against nginx and tollgate's public route, when all three ran.
 fn forwarding_floor_note(results: &[RowResult]) -> Option<String> {
-    let cpu = |g: Gateway, name: &str| {
+    let of = |g: Gateway, name: &str| {
         results
             .iter()
             .find(|r| r.row.gateway == g && r.row.name == name)
             .and_then(|r| r.medians.as_ref())
-            .map(|m| m.cpu_us)
     };
-    let floor = cpu(Gateway::HyperFloor, "hyper-floor")?;
-    let nginx = cpu(Gateway::Nginx, "nginx")?;
-    let public = cpu(
+    let floor = of(Gateway::HyperFloor, "hyper-floor")?;
+    let nginx = of(Gateway::Nginx, "nginx")?;
+    let public = of(
         Gateway::TollgateJwt {
             alg: Alg::Rs256,
             cache: true,
@@ -474,11 +519,22 @@ fn forwarding_floor_note(results: &[RowResult]) -> Option<String> {
     Some(format!(
         "forwarding floor: the bare hyper proxy (`hyper-floor`: hyper's HTTP/1.1 server and \
          client on one thread, keep-alive upstream connections, no header edits, timers, metrics \
-         or logs; `benches/floor`) costs {floor:.1} CPU µs per request, {:.2} × \
-         nginx's {nginx:.1}. tollgate's public route costs {:.1} µs more ({public:.1}): what \
-         tollgate itself does to forward a request over what its HTTP stack must",
-        floor / nginx.max(1e-9),
-        public - floor
+         or logs; `benches/floor`) costs {:.1} CPU µs per request, {:.2} × \
+         nginx's {:.1}. tollgate's public route costs {:.1} µs more ({:.1}): what \
+         tollgate itself does to forward a request over what its HTTP stack must. In user \
+         space alone: nginx {:.1} µs, the floor {:.1}, tollgate's public route {:.1}; in the \
+         kernel {:.1}, {:.1} and {:.1}",
+        floor.cpu_us,
+        floor.cpu_us / nginx.cpu_us.max(1e-9),
+        nginx.cpu_us,
+        public.cpu_us - floor.cpu_us,
+        public.cpu_us,
+        nginx.user_us,
+        floor.user_us,
+        public.user_us,
+        nginx.kernel_us,
+        floor.kernel_us,
+        public.kernel_us,
     ))
 }
 

@@ -1,4 +1,4 @@
-//! A gateway's use of the machine, read from `/proc`: its CPU time (user + system) and its
+//! A gateway's use of the machine, read from `/proc`: its CPU time (user and system) and its
 //! resident memory, over its whole process tree (nginx's master and worker; the others are
 //! one process with threads); and what else its core did meanwhile.
 //!
@@ -10,7 +10,12 @@ use std::process::Command;
 /// CPU time of a process tree, in seconds.
 #[derive(Clone, Copy)]
 pub(crate) struct CpuTime {
+    /// User and system time.
     pub(crate) seconds: f64,
+    /// The user-space part of it: what the gateway's own code (and its libraries) ran. The rest
+    /// is the kernel's, mostly the TCP work of the syscalls a request needs, which on loopback
+    /// includes the receiving side's processing of what the gateway sends.
+    pub(crate) user_seconds: f64,
 }
 
 /// The pid and every live descendant of it (found by scanning `/proc` for parent pids).
@@ -54,13 +59,14 @@ pub(crate) fn running(pid: u32) -> bool {
 
 /// The CPU time used so far by `root` and its descendants.
 pub(crate) fn cpu(root: u32) -> CpuTime {
-    let ticks: u64 = tree(root)
+    let (user, system) = tree(root)
         .into_iter()
         .filter_map(Stat::read)
-        .map(|s| s.utime + s.stime)
-        .sum();
+        .fold((0, 0), |(u, s), stat| (u + stat.utime, s + stat.stime));
+    let tick = clock_ticks() as f64;
     CpuTime {
-        seconds: ticks as f64 / clock_ticks() as f64,
+        seconds: (user + system) as f64 / tick,
+        user_seconds: user as f64 / tick,
     }
 }
 
