@@ -153,6 +153,11 @@ pub(crate) fn ratio(results: &[RowResult], m: &Medians) -> Option<f64> {
     nginx(results).map(|n| m.rps / n.rps.max(1e-9))
 }
 
+/// `x` as a multiple of the baseline `b`, to two decimals ("n/a" without one).
+fn times(x: f64, b: Option<f64>) -> String {
+    b.map_or("n/a".to_owned(), |b| format!("{:.2}", x / b.max(1e-9)))
+}
+
 /// The results table, as `docs/performance.md` and `peers.md` show it.
 pub(crate) fn table(results: &[RowResult], ctx: &Context) -> String {
     let mut md = String::new();
@@ -178,9 +183,6 @@ pub(crate) fn table(results: &[RowResult], ctx: &Context) -> String {
                 why.replace('|', "/")
             );
             continue;
-        };
-        let times = |x: f64, b: Option<f64>| {
-            b.map_or("n/a".to_owned(), |b| format!("{:.2}", x / b.max(1e-9)))
         };
         let spare = if m.idle > SPARE { " ¹" } else { "" };
         let busy = format!("{:.0} %", 100.0 * m.busy);
@@ -241,8 +243,6 @@ fn split(results: &[RowResult], ctx: &Context) -> String {
         .iter()
         .find(|r| r.row.gateway == Gateway::HyperFloor)
         .and_then(|r| r.medians.as_ref());
-    let times =
-        |x: f64, b: Option<f64>| b.map_or("n/a".to_owned(), |b| format!("{:.2}", x / b.max(1e-9)));
     for r in results {
         let Some(m) = &r.medians else { continue };
         let _ = writeln!(

@@ -29,6 +29,8 @@ use crate::support::legacy::{assert_clean, Env, Setup, Store};
 use crate::support::{eventually, get};
 
 const CAP: u64 = 2;
+/// The gateway's count of logouts that failed after their retries (design §6.9.4).
+const FAILED_LOGOUTS: &str = r#"tollgate_upstream_logouts_total{result="failed",upstream="erp"}"#;
 const COOLDOWN: Duration = Duration::from_millis(1500);
 /// `max_parallel_logins` (its default): login lanes once the credentials are proven.
 const MAX_PARALLEL_LOGINS: usize = 2;
@@ -326,10 +328,7 @@ async fn check(e: &Env, m: &Model, step: usize, op: &Op) {
     // upstream closes it by itself later (its own login limit still guards the licence, §6.8.4).
     // The counter is read after the peak and only grows, and a seat is given back only after
     // its failure was counted, so a later login over the cap always finds it counted.
-    let failed = e
-        .metrics()
-        .await
-        .count(r#"tollgate_upstream_logouts_total{result="failed",upstream="erp"}"#);
+    let failed = e.metrics().await.count(FAILED_LOGOUTS);
     assert!(
         c.peak_seats <= CAP + failed,
         "step {step} ({op:?}): upstream seats over the cap beyond the {failed} sessions whose logout failed: {c:?}"
@@ -365,8 +364,7 @@ async fn check(e: &Env, m: &Model, step: usize, op: &Op) {
                 live: e.counters().seats_in_use,
                 seated: e.seated().await,
                 counted: metrics.count(r#"tollgate_upstream_seats_in_use{upstream="erp"}"#),
-                failed_logouts: metrics
-                    .count(r#"tollgate_upstream_logouts_total{result="failed",upstream="erp"}"#),
+                failed_logouts: metrics.count(FAILED_LOGOUTS),
             }
         },
         |s| {
@@ -423,10 +421,7 @@ async fn run(store: Store, ops: Vec<Op>) -> (Counters, u64) {
     // Shutdown frees every seat: restore a working upstream first (a stopped one cannot be
     // logged out of, and its seats are then its own to close).
     apply(&e, &mut m, &Op::Logins(Logins::Good)).await;
-    let failed = e
-        .metrics()
-        .await
-        .count(r#"tollgate_upstream_logouts_total{result="failed",upstream="erp"}"#);
+    let failed = e.metrics().await.count(FAILED_LOGOUTS);
     let fake = e.fake.clone();
     e.gw.shutdown().await;
     let c = fake.counters();
@@ -445,11 +440,15 @@ fn cases() -> u32 {
         .unwrap_or(6)
 }
 
-fn check_store(store: Store) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn check_store(store: Store) {
+    let rt = runtime();
     let config = ProptestConfig {
         cases: cases(),
         max_shrink_iters: 8,
@@ -488,10 +487,7 @@ fn a_failed_logout_is_the_only_way_past_the_cap_upstream() {
             req(0, false, None, None),
         ]),
     ];
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let (c, failed) = rt.block_on(run(Store::Memory, ops));
     // The case this test is for did happen: it is not passing for want of its failed logout.
     assert_eq!((failed, c.peak_seats), (1, CAP + 1), "{c:?}");
