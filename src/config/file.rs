@@ -544,6 +544,10 @@ pub struct UpstreamSection {
     /// The longest gap between two reads of the upstream's response body (humantime). By
     /// default [`default_upstream_body_read_timeout`].
     pub body_read_timeout: Option<String>,
+    /// How long an idle connection to the upstream is kept for the next request (humantime);
+    /// set it below the upstream's own keep-alive timeout. By default
+    /// [`default_upstream_idle_timeout`].
+    pub idle_timeout: Option<String>,
     /// Send the client's `Authorization` header upstream. By default false.
     pub forward_authorization: Option<bool>,
     /// Send the client's `Host` header upstream instead of the upstream URL's authority. By
@@ -576,6 +580,12 @@ pub fn default_upstream_timeout() -> &'static str {
 /// `60s`.
 pub fn default_upstream_body_read_timeout() -> &'static str {
     "60s"
+}
+
+/// `90s`: a shorter keep-alive than most web servers' own (IIS 120 s), so that the upstream
+/// seldom closes a connection just as a request is sent on it.
+pub fn default_upstream_idle_timeout() -> &'static str {
+    "90s"
 }
 
 /// `[upstream.session]`: see docs/sessions.md, "Upstream sessions".
@@ -1001,6 +1011,10 @@ pub fn defaults() -> Vec<(&'static str, serde_json::Value)> {
         (
             "default_upstream_body_read_timeout",
             json!(default_upstream_body_read_timeout()),
+        ),
+        (
+            "default_upstream_idle_timeout",
+            json!(default_upstream_idle_timeout()),
         ),
         ("default_session_mode", json!(default_session_mode())),
         (

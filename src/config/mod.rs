@@ -243,6 +243,8 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// The longest gap between two reads of the response body.
     pub body_read_timeout: Duration,
+    /// How long an idle connection is kept for reuse.
+    pub idle_timeout: Duration,
     pub forward_authorization: bool,
     pub preserve_host: bool,
     pub ca_file: Option<PathBuf>,

@@ -950,6 +950,21 @@ fn body_read_timeout_defaults_to_thirty_seconds() {
 }
 
 #[test]
+fn an_upstreams_idle_timeout_defaults_to_ninety_seconds_and_refuses_zero() {
+    assert_eq!(
+        ok(&base()).upstreams[0].idle_timeout,
+        Duration::from_secs(90)
+    );
+    let with = |v: &str| format!("{ISSUER}{UPSTREAM}idle_timeout = \"{v}\"\n{ROUTE}");
+    assert_eq!(
+        ok(&with("4s")).upstreams[0].idle_timeout,
+        Duration::from_secs(4)
+    );
+    assert_error(&with("0s"), "upstream[0].idle_timeout", "greater than zero");
+    assert_error(&with("soon"), "upstream[0].idle_timeout", "soon");
+}
+
+#[test]
 fn http2_limits_have_defaults_and_refuse_zero() {
     let c = ok(&base());
     let h2 = c.server.http2;

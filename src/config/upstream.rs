@@ -69,6 +69,10 @@ fn upstream(
             file::default_upstream_body_read_timeout,
         ),
     );
+    let idle_timeout = c.positive_duration(
+        &k("idle_timeout"),
+        written_or(&r.idle_timeout, file::default_upstream_idle_timeout),
+    );
     let file = |c: &mut Checker<'_>, field: &str, value: &Option<String>| {
         value
             .as_deref()
@@ -80,6 +84,7 @@ fn upstream(
         connect_timeout: connect_timeout.unwrap_or_default(),
         timeout: timeout.unwrap_or_default(),
         body_read_timeout,
+        idle_timeout,
         forward_authorization: r.forward_authorization.unwrap_or_default(),
         preserve_host: r.preserve_host.unwrap_or_default(),
         ca_file: file(c, "ca_file", &r.ca_file),

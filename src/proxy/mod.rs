@@ -138,7 +138,7 @@ impl Upstream {
             let https = https.enable_all_versions().wrap_connector(http);
             let mut builder = Client::builder(TokioExecutor::new());
             builder
-                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_idle_timeout(cfg.idle_timeout)
                 .pool_max_idle_per_host(256);
             if scheme == http::uri::Scheme::HTTP {
                 builder.http2_only(true);
@@ -151,7 +151,7 @@ impl Upstream {
         } else {
             let https = https.enable_http1().wrap_connector(http);
             let opened = metrics.map(|m| m.upstream_connections_opened(&cfg.id));
-            let pool = Pool::new(https, &scheme, &authority, opened)
+            let pool = Pool::new(https, &scheme, &authority, cfg.idle_timeout, opened)
                 .map_err(|e| SetupError(format!("upstream \"{}\": url: {e}", cfg.id)))?;
             Transport::Http1(std::sync::Arc::new(pool))
         };

@@ -31,8 +31,6 @@ use crate::{Body, BoxError};
 const MAX_IDLE: usize = 256;
 /// Idle connections each stack may keep at least, however many threads share [`MAX_IDLE`].
 const MIN_IDLE_PER_STACK: usize = 16;
-/// An idle connection older than this is closed instead of reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The HTTP/1.1 connections to one upstream.
 pub(crate) struct Pool {
@@ -46,6 +44,9 @@ pub(crate) struct Pool {
     idle: Box<[Mutex<Vec<Idle>>]>,
     /// What one stack keeps at most.
     max_idle: usize,
+    /// An idle connection older than this (the upstream's `idle_timeout`) is closed instead of
+    /// reused.
+    idle_timeout: Duration,
     /// `tollgate_upstream_connections_opened_total` of this upstream (none in unit tests).
     opened: Option<prometheus::IntCounter>,
 }
@@ -60,6 +61,7 @@ impl Pool {
         connector: HttpsConnector<HttpConnector>,
         scheme: &http::uri::Scheme,
         authority: &http::uri::Authority,
+        idle_timeout: Duration,
         opened: Option<prometheus::IntCounter>,
     ) -> Result<Pool, String> {
         let target = Uri::builder()
@@ -84,6 +86,7 @@ impl Pool {
             host: HeaderValue::try_from(host).map_err(|e| e.to_string())?,
             idle: (0..stacks).map(|_| Mutex::new(Vec::new())).collect(),
             max_idle: (MAX_IDLE / stacks).max(MIN_IDLE_PER_STACK),
+            idle_timeout,
             opened,
         })
     }
@@ -136,7 +139,7 @@ impl Pool {
     fn take(&self, stack: usize) -> Option<SendRequest<Body>> {
         let mut idle = self.idle[stack].lock().unwrap_or_else(|p| p.into_inner());
         while let Some(Idle { conn, since }) = idle.pop() {
-            if conn.is_ready() && since.elapsed() < IDLE_TIMEOUT {
+            if conn.is_ready() && since.elapsed() < self.idle_timeout {
                 return Some(conn);
             }
         }
@@ -150,7 +153,7 @@ impl Pool {
         let mut idle = self.idle[stack].lock().unwrap_or_else(|p| p.into_inner());
         if idle
             .first()
-            .is_some_and(|oldest| now.duration_since(oldest.since) >= IDLE_TIMEOUT)
+            .is_some_and(|oldest| now.duration_since(oldest.since) >= self.idle_timeout)
         {
             idle.remove(0);
         }
@@ -390,6 +393,14 @@ mod tests {
         addr: std::net::SocketAddr,
         opened: Option<prometheus::IntCounter>,
     ) -> Arc<Pool> {
+        keeping_pool(addr, opened, Duration::from_secs(90))
+    }
+
+    fn keeping_pool(
+        addr: std::net::SocketAddr,
+        opened: Option<prometheus::IntCounter>,
+        idle_timeout: Duration,
+    ) -> Arc<Pool> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         let tls = rustls::ClientConfig::builder_with_provider(crate::pem::provider())
@@ -403,7 +414,16 @@ mod tests {
             .enable_http1()
             .wrap_connector(http);
         let authority: http::uri::Authority = addr.to_string().parse().unwrap();
-        Arc::new(Pool::new(https, &http::uri::Scheme::HTTP, &authority, opened).unwrap())
+        Arc::new(
+            Pool::new(
+                https,
+                &http::uri::Scheme::HTTP,
+                &authority,
+                idle_timeout,
+                opened,
+            )
+            .unwrap(),
+        )
     }
 
     fn get(addr: std::net::SocketAddr, path: &str) -> Request<Body> {
@@ -431,6 +451,30 @@ mod tests {
         }
         assert_eq!(up.connections.load(Ordering::SeqCst), 1);
         assert_eq!(pool.idle_count(), 1);
+    }
+
+    /// The upstream's `idle_timeout`: a connection idle for longer is closed, not reused, so
+    /// that an upstream with a shorter keep-alive than the default never has a request sent
+    /// on a connection it is closing.
+    #[tokio::test]
+    async fn a_connection_idle_past_the_idle_timeout_is_not_reused() {
+        let up = upstream(Answer::KeepAlive).await;
+        let pool = keeping_pool(up.addr, None, Duration::from_millis(200));
+        assert_eq!(fetch(&pool, up.addr).await, "ok");
+        assert_eq!(fetch(&pool, up.addr).await, "ok");
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            1,
+            "reused while fresh"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(fetch(&pool, up.addr).await, "ok");
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            2,
+            "a new one once stale"
+        );
+        assert_eq!(pool.idle_count(), 1, "the stale one was dropped, not kept");
     }
 
     /// A connection is driven by the runtime that opened it: a per-core thread takes only the

@@ -35,4 +35,5 @@ mod smuggling;
 mod step_up;
 mod telemetry;
 mod tls;
+mod upstream_pool;
 mod websocket;

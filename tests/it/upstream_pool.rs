@@ -1,0 +1,117 @@
+//! The connections kept open to an HTTP/1.1 upstream between requests, seen from outside: an
+//! upstream whose keep-alive is shorter than the gateway's pool closes a connection just as a
+//! request is sent on it, and the upstream's `idle_timeout` is how an operator keeps the pool
+//! below it.
+//!
+//! The upstream here is raw TCP, so that it can behave as a web server's keep-alive timer does
+//! at its worst: a request that arrives on a connection idle past the timer meets a close, not
+//! an answer.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+use crate::connections::start;
+use crate::support::{metrics, send};
+
+/// The fake upstream's keep-alive timeout.
+const KEEP_ALIVE: Duration = Duration::from_millis(400);
+
+/// An upstream that answers `200 ok` and keeps each connection for [`KEEP_ALIVE`]; a request
+/// that comes on a connection idle for longer finds it closed under it, unanswered.
+struct ShortKeepAlive {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    /// Requests that met a connection the upstream was closing.
+    dropped: Arc<AtomicUsize>,
+}
+
+impl ShortKeepAlive {
+    async fn start() -> ShortKeepAlive {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (counted, closed) = (connections.clone(), dropped.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let closed = closed.clone();
+                tokio::spawn(async move {
+                    // None until the first answer: a new connection's first request is
+                    // always answered, however slow the machine.
+                    let mut idle_since: Option<Instant> = None;
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        buf.drain(..end + 4);
+                        if idle_since.is_some_and(|t| t.elapsed() >= KEEP_ALIVE) {
+                            closed.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if sock.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        idle_since = Some(Instant::now());
+                    }
+                });
+            }
+        });
+        ShortKeepAlive {
+            addr,
+            connections,
+            dropped,
+        }
+    }
+}
+
+/// A request, a pause past the upstream's keep-alive, then a `POST` (never retried by a proxy:
+/// RFC 9110, 9.2.2): its status, and the connections the gateway opened by its own count.
+async fn request_after_a_pause(upstream_extra: &str) -> (u16, f64, ShortKeepAlive) {
+    let up = ShortKeepAlive::start().await;
+    let app = start("", &format!("http://{}", up.addr), upstream_extra, "").await;
+    let url = format!("http://{}/public/x", app.proxy_addr);
+    assert_eq!(send("GET", &url, &[]).await.status, 200);
+    tokio::time::sleep(KEEP_ALIVE + Duration::from_millis(200)).await;
+    let status = send("POST", &url, &[]).await.status;
+    let m = metrics::scrape(&format!("http://{}", app.admin_addr)).await;
+    let opened = m
+        .value(r#"tollgate_upstream_connections_opened_total{upstream="up"}"#)
+        .unwrap_or_else(|| panic!("no connections counter in {m:?}"));
+    app.shutdown().await;
+    (status.as_u16(), opened, up)
+}
+
+#[tokio::test]
+async fn an_idle_timeout_below_the_upstreams_keep_alive_never_sends_on_a_closing_connection() {
+    let (status, opened, up) = request_after_a_pause(r#"idle_timeout = "150ms""#).await;
+    assert_eq!(status, 200, "the second request went on a fresh connection");
+    assert_eq!(opened, 2.0, "tollgate_upstream_connections_opened_total");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(up.dropped.load(Ordering::SeqCst), 0);
+}
+
+/// Why the key exists: with the default (90 s), the kept connection is reused after the
+/// upstream's keep-alive ran out, and a request that cannot be retried gets 502.
+#[tokio::test]
+async fn without_it_a_kept_connection_outlives_the_upstreams_keep_alive() {
+    let (status, opened, up) = request_after_a_pause("").await;
+    assert_eq!(status, 502);
+    assert_eq!(opened, 1.0, "tollgate_upstream_connections_opened_total");
+    assert_eq!(up.dropped.load(Ordering::SeqCst), 1);
+}
