@@ -69,6 +69,7 @@ pub const CONNECTIONS_WAITING_TOTAL: &str = "tollgate_connections_waiting_total"
 pub const UPSTREAM_RESPONSES_TOTAL: &str = "tollgate_upstream_responses_total";
 pub const UPSTREAM_CONNECTIONS_OPENED_TOTAL: &str = "tollgate_upstream_connections_opened_total";
 pub const UPSTREAM_CONNECTIONS_IDLE: &str = "tollgate_upstream_connections_idle";
+pub const UPSTREAM_RETRIES_TOTAL: &str = "tollgate_upstream_retries_total";
 pub const GATEWAY_OVERHEAD_SECONDS: &str = "tollgate_gateway_overhead_seconds";
 pub const JWKS_FETCH_DURATION_SECONDS: &str = "tollgate_jwks_fetch_duration_seconds";
 
@@ -327,6 +328,7 @@ pub struct Metrics {
     upstream_relogins: IntCounterVec,
     upstream_connections_opened: IntCounterVec,
     upstream_connections_idle: IntGaugeVec,
+    upstream_retries: IntCounterVec,
     upstream_queue: IntGaugeVec,
     upstream_admission: HistogramVec,
     upstream_circuit: IntGaugeVec,
@@ -488,6 +490,11 @@ impl Metrics {
             upstream_connections_idle: int_gauge(
                 UPSTREAM_CONNECTIONS_IDLE,
                 "Open connections to an HTTP/1.1 upstream waiting for their next request, by upstream (sampled at scrape).",
+                &["upstream"],
+            )?,
+            upstream_retries: counter(
+                UPSTREAM_RETRIES_TOTAL,
+                "Requests sent to an HTTP/1.1 upstream a second time, on another connection, because the kept connection they went out on closed without an answer, by upstream. Only a request none of which was sent, or an idempotent one without a body on a connection idle for 250 ms or more, is sent again. A count that grows with quiet spells means the upstream's keep-alive is shorter than the upstream's idle_timeout.",
                 &["upstream"],
             )?,
             upstream_queue: int_gauge(
@@ -859,6 +866,12 @@ impl Metrics {
     pub fn upstream_connections_opened(&self, upstream: &str) -> IntCounter {
         self.upstream_connections_opened
             .with_label_values(&[upstream])
+    }
+
+    /// The retries counter of an HTTP/1.1 `upstream`, resolved once (by its pool), so the
+    /// series shows 0 before the first retry.
+    pub fn upstream_retries(&self, upstream: &str) -> IntCounter {
+        self.upstream_retries.with_label_values(&[upstream])
     }
 
     /// The idle connections of an HTTP/1.1 `upstream`'s pool (sampled at scrape).

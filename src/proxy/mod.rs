@@ -150,8 +150,11 @@ impl Upstream {
             )
         } else {
             let https = https.enable_http1().wrap_connector(http);
-            let opened = metrics.map(|m| m.upstream_connections_opened(&cfg.id));
-            let pool = Pool::new(https, &scheme, &authority, cfg.idle_timeout, opened)
+            let counters = metrics.map(|m| pool::Counters {
+                opened: m.upstream_connections_opened(&cfg.id),
+                retried: m.upstream_retries(&cfg.id),
+            });
+            let pool = Pool::new(https, &scheme, &authority, cfg.idle_timeout, counters)
                 .map_err(|e| SetupError(format!("upstream \"{}\": url: {e}", cfg.id)))?;
             Transport::Http1(std::sync::Arc::new(pool))
         };

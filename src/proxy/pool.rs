@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -31,6 +31,11 @@ use crate::{Body, BoxError};
 const MAX_IDLE: usize = 256;
 /// Idle connections each stack may keep at least, however many threads share [`MAX_IDLE`].
 const MIN_IDLE_PER_STACK: usize = 16;
+/// A kept connection idle for this long may meet the upstream's keep-alive timer as a request
+/// goes out on it: an idempotent request without a body is then copied first, so that it can
+/// be sent again if the connection closes without an answer. Busier connections are reused
+/// within milliseconds and their requests are not copied.
+const RETRY_AFTER_IDLE: Duration = Duration::from_millis(250);
 
 /// The HTTP/1.1 connections to one upstream.
 pub(crate) struct Pool {
@@ -47,8 +52,17 @@ pub(crate) struct Pool {
     /// An idle connection older than this (the upstream's `idle_timeout`) is closed instead of
     /// reused.
     idle_timeout: Duration,
-    /// `tollgate_upstream_connections_opened_total` of this upstream (none in unit tests).
-    opened: Option<prometheus::IntCounter>,
+    /// This upstream's series of the pool's counters (none in unit tests).
+    counters: Option<Counters>,
+}
+
+/// The pool's metric series of one upstream, resolved once.
+#[derive(Clone)]
+pub(crate) struct Counters {
+    /// `tollgate_upstream_connections_opened_total`.
+    pub(crate) opened: prometheus::IntCounter,
+    /// `tollgate_upstream_retries_total`.
+    pub(crate) retried: prometheus::IntCounter,
 }
 
 struct Idle {
@@ -62,7 +76,7 @@ impl Pool {
         scheme: &http::uri::Scheme,
         authority: &http::uri::Authority,
         idle_timeout: Duration,
-        opened: Option<prometheus::IntCounter>,
+        counters: Option<Counters>,
     ) -> Result<Pool, String> {
         let target = Uri::builder()
             .scheme(scheme.clone())
@@ -87,13 +101,16 @@ impl Pool {
             idle: (0..stacks).map(|_| Mutex::new(Vec::new())).collect(),
             max_idle: (MAX_IDLE / stacks).max(MIN_IDLE_PER_STACK),
             idle_timeout,
-            opened,
+            counters,
         })
     }
 
     /// Sends `req` (absolute URI) on an idle connection, or on a new one when none is idle.
     /// A request that a reused connection closed before sending is sent again on another:
-    /// nothing of it reached the upstream.
+    /// nothing of it reached the upstream. An idempotent request without a body, sent on a
+    /// connection kept idle for [`RETRY_AFTER_IDLE`] or more that then closes without an
+    /// answer (the upstream's keep-alive ran out as it went), is sent once more, on a new
+    /// connection (RFC 9110, 9.2.2; RFC 9112, 9.3.1).
     ///
     /// Not an `async fn`: its request would be kept twice in its future (the argument and the
     /// binding the body moves it to), and that future is part of every request's.
@@ -115,9 +132,19 @@ impl Pool {
         // driven here.
         let stack = crate::runtime::place(self.idle.len());
         async move {
+            // The copy of a request sent on a long-idle connection; boxed, as most requests
+            // have none and this future is part of every request's.
+            let mut spare: Option<Box<Request<Body>>> = None;
+            let mut fresh = false;
             loop {
-                let (mut conn, reused) = match self.take(stack) {
-                    Some(conn) => (conn, true),
+                let taken = if fresh { None } else { self.take(stack) };
+                let (mut conn, reused) = match taken {
+                    Some((conn, idle_for)) => {
+                        if spare.is_none() && idle_for >= RETRY_AFTER_IDLE {
+                            spare = replayable(&req).map(Box::new);
+                        }
+                        (conn, true)
+                    }
                     // Boxed: dialling (TCP, TLS, handshake) is a large future, and only the
                     // first request on a connection needs it; inline, every request would
                     // carry it.
@@ -126,24 +153,46 @@ impl Pool {
                 match conn.try_send_request(req).await {
                     Ok(resp) => return Ok(self.attach(conn, stack, resp)),
                     Err(mut e) => match e.take_message() {
-                        Some(unsent) if reused => req = unsent,
-                        _ => return Err(e.into_error().into()),
+                        Some(unsent) if reused => {
+                            self.count_retry();
+                            req = unsent;
+                        }
+                        _ => {
+                            let e = e.into_error();
+                            match spare.take() {
+                                Some(copy) if reused && closed_unanswered(&e) => {
+                                    // The other kept connections are as old or older: a
+                                    // new one.
+                                    self.count_retry();
+                                    req = *copy;
+                                    fresh = true;
+                                }
+                                _ => return Err(e.into()),
+                            }
+                        }
                     },
                 }
             }
         }
     }
 
-    /// The most recently used idle connection of `stack` that can take a request now; closed
-    /// and stale ones met on the way are dropped.
-    fn take(&self, stack: usize) -> Option<SendRequest<Body>> {
+    /// The most recently used idle connection of `stack` that can take a request now, and how
+    /// long it was idle; closed and stale ones met on the way are dropped.
+    fn take(&self, stack: usize) -> Option<(SendRequest<Body>, Duration)> {
         let mut idle = self.idle[stack].lock().unwrap_or_else(|p| p.into_inner());
         while let Some(Idle { conn, since }) = idle.pop() {
-            if conn.is_ready() && since.elapsed() < self.idle_timeout {
-                return Some(conn);
+            let idle_for = since.elapsed();
+            if conn.is_ready() && idle_for < self.idle_timeout {
+                return Some((conn, idle_for));
             }
         }
         None
+    }
+
+    fn count_retry(&self) {
+        if let Some(c) = &self.counters {
+            c.retried.inc();
+        }
     }
 
     /// Back on the stack, unless it is full; the oldest entry goes if it has gone stale, so a
@@ -165,8 +214,8 @@ impl Pool {
     async fn connect(&self) -> Result<SendRequest<Body>, BoxError> {
         let io = self.connector.clone().call(self.target.clone()).await?;
         let (conn, driver) = hyper::client::conn::http1::handshake(io).await?;
-        if let Some(opened) = &self.opened {
-            opened.inc();
+        if let Some(c) = &self.counters {
+            c.opened.inc();
         }
         tokio::spawn(async move {
             if let Err(e) = driver.with_upgrades().await {
@@ -209,6 +258,46 @@ impl Pool {
             })
             .sum()
     }
+}
+
+/// A copy of `req` to send again, if it may be: an idempotent method (RFC 9110, 9.2.2) and no
+/// body. The copy has the head only; the extensions stay with the original, as hyper's HTTP/1.1
+/// client reads none of them.
+fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(crate::proxy::full(Bytes::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// The connection ended before any answer came: the upstream closed it (or reset it) as the
+/// request went out. Not a timeout, and not an answer that broke off.
+fn closed_unanswered(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A connection on loan to one answer, and the stack it goes back to.
@@ -317,7 +406,13 @@ mod tests {
         Close,
         /// `200` whose body is sent in two parts, the second after a pause.
         Slow,
+        /// `200` with a body, connection kept for [`SHORT_KEEP_ALIVE`]: a request that comes
+        /// on a connection idle for longer finds it closed under it, unanswered.
+        ShortKeepAlive,
     }
+
+    /// The keep-alive of [`Answer::ShortKeepAlive`].
+    const SHORT_KEEP_ALIVE: Duration = Duration::from_millis(300);
 
     /// A raw HTTP/1.1 upstream on 127.0.0.1:0 that counts its connections and hands each
     /// request's head to `heads`.
@@ -340,6 +435,7 @@ mod tests {
                 let seen = seen.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
+                    let mut answered_at: Option<Instant> = None;
                     loop {
                         let mut chunk = [0u8; 4096];
                         let Ok(n) = sock.read(&mut chunk).await else {
@@ -355,7 +451,12 @@ mod tests {
                         let head: Vec<u8> = buf.drain(..end + 4).collect();
                         seen.lock().unwrap().push(String::from_utf8(head).unwrap());
                         let sent = match answer {
-                            Answer::KeepAlive | Answer::SilentClose => {
+                            Answer::ShortKeepAlive
+                                if answered_at.is_some_and(|t| t.elapsed() >= SHORT_KEEP_ALIVE) =>
+                            {
+                                return;
+                            }
+                            Answer::KeepAlive | Answer::SilentClose | Answer::ShortKeepAlive => {
                                 sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                                     .await
                             }
@@ -371,7 +472,13 @@ mod tests {
                                 sock.write_all(b"cd").await
                             }
                         };
-                        if sent.is_err() || !matches!(answer, Answer::KeepAlive | Answer::Slow) {
+                        answered_at = Some(Instant::now());
+                        if sent.is_err()
+                            || !matches!(
+                                answer,
+                                Answer::KeepAlive | Answer::Slow | Answer::ShortKeepAlive
+                            )
+                        {
                             return;
                         }
                     }
@@ -389,16 +496,21 @@ mod tests {
         counting_pool(addr, None)
     }
 
-    fn counting_pool(
-        addr: std::net::SocketAddr,
-        opened: Option<prometheus::IntCounter>,
-    ) -> Arc<Pool> {
-        keeping_pool(addr, opened, Duration::from_secs(90))
+    fn counting_pool(addr: std::net::SocketAddr, counters: Option<Counters>) -> Arc<Pool> {
+        keeping_pool(addr, counters, Duration::from_secs(90))
+    }
+
+    /// Counters of their own, outside any registry.
+    fn counters() -> Counters {
+        Counters {
+            opened: prometheus::IntCounter::new("opened", "test").unwrap(),
+            retried: prometheus::IntCounter::new("retried", "test").unwrap(),
+        }
     }
 
     fn keeping_pool(
         addr: std::net::SocketAddr,
-        opened: Option<prometheus::IntCounter>,
+        counters: Option<Counters>,
         idle_timeout: Duration,
     ) -> Arc<Pool> {
         let mut http = HttpConnector::new();
@@ -420,7 +532,7 @@ mod tests {
                 &http::uri::Scheme::HTTP,
                 &authority,
                 idle_timeout,
-                opened,
+                counters,
             )
             .unwrap(),
         )
@@ -475,6 +587,60 @@ mod tests {
             "a new one once stale"
         );
         assert_eq!(pool.idle_count(), 1, "the stale one was dropped, not kept");
+    }
+
+    /// A kept connection that the upstream closes as a request goes out on it (its keep-alive
+    /// ran out): an idempotent request without a body is sent once more, on a new connection,
+    /// and counted; a `POST` is not (it may have been acted on), nor is a request on a
+    /// connection reused at once.
+    #[tokio::test]
+    async fn an_idempotent_request_on_a_connection_closed_under_it_is_sent_again() {
+        let pause = SHORT_KEEP_ALIVE + Duration::from_millis(100);
+        let up = upstream(Answer::ShortKeepAlive).await;
+        let c = counters();
+        let pool = counting_pool(up.addr, Some(c.clone()));
+        assert_eq!(fetch(&pool, up.addr).await, "ok");
+        tokio::time::sleep(pause).await;
+        assert_eq!(fetch(&pool, up.addr).await, "ok");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(c.retried.get(), 1);
+        assert_eq!(c.opened.get(), 2);
+
+        tokio::time::sleep(pause).await;
+        let mut post = get(up.addr, "/");
+        *post.method_mut() = http::Method::POST;
+        let e = pool.send(post).await.unwrap_err();
+        assert!(
+            super::super::describe(&*e).contains("closed before"),
+            "{}",
+            super::super::describe(&*e)
+        );
+        assert_eq!(c.retried.get(), 1, "a POST is never sent twice");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn only_idempotent_requests_without_a_body_are_copied_for_a_retry() {
+        let with = |method: http::Method, body: &'static str| {
+            let mut req = Request::new(crate::proxy::full(Bytes::from_static(body.as_bytes())));
+            *req.method_mut() = method;
+            *req.uri_mut() = Uri::from_static("/a?b");
+            req.headers_mut()
+                .insert("x-one", HeaderValue::from_static("1"));
+            req
+        };
+        let copy = replayable(&with(http::Method::DELETE, "")).unwrap();
+        assert_eq!(copy.method(), http::Method::DELETE);
+        assert_eq!(copy.uri(), "/a?b");
+        assert_eq!(copy.headers()["x-one"], "1");
+        assert!(copy.body().is_end_stream());
+        for method in [http::Method::GET, http::Method::HEAD, http::Method::PUT] {
+            assert!(replayable(&with(method, "")).is_some());
+        }
+        assert!(replayable(&with(http::Method::PUT, "body")).is_none());
+        for method in [http::Method::POST, http::Method::PATCH] {
+            assert!(replayable(&with(method, "")).is_none());
+        }
     }
 
     /// A connection is driven by the runtime that opened it: a per-core thread takes only the
@@ -591,22 +757,22 @@ mod tests {
     async fn every_connection_opened_is_counted_once() {
         for (answer, expected) in [(Answer::KeepAlive, 1), (Answer::Close, 3)] {
             let up = upstream(answer).await;
-            let opened = prometheus::IntCounter::new("opened", "test").unwrap();
-            let pool = counting_pool(up.addr, Some(opened.clone()));
+            let c = counters();
+            let pool = counting_pool(up.addr, Some(c.clone()));
             for _ in 0..3 {
                 assert_eq!(fetch(&pool, up.addr).await, "ok");
             }
             assert_eq!(up.connections.load(Ordering::SeqCst), expected);
-            assert_eq!(opened.get(), expected as u64);
+            assert_eq!(c.opened.get(), expected as u64);
         }
         let refused = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let opened = prometheus::IntCounter::new("opened", "test").unwrap();
-        let pool = counting_pool(refused, Some(opened.clone()));
+        let c = counters();
+        let pool = counting_pool(refused, Some(c.clone()));
         assert!(pool.send(get(refused, "/")).await.is_err());
-        assert_eq!(opened.get(), 0);
+        assert_eq!(c.opened.get(), 0);
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The connections kept open to an HTTP/1.1 upstream between requests, seen from outside: an
 //! upstream whose keep-alive is shorter than the gateway's pool closes a connection just as a
-//! request is sent on it, and the upstream's `idle_timeout` is how an operator keeps the pool
-//! below it.
+//! request is sent on it. An idempotent request without a body is then sent again on a new
+//! connection (`tollgate_upstream_retries_total`); any other gets 502, and the upstream's
+//! `idle_timeout` is how an operator keeps the pool below the upstream's keep-alive.
 //!
 //! The upstream here is raw TCP, so that it can behave as a web server's keep-alive timer does
 //! at its worst: a request that arrives on a connection idle past the timer meets a close, not
@@ -80,38 +81,79 @@ impl ShortKeepAlive {
     }
 }
 
-/// A request, a pause past the upstream's keep-alive, then a `POST` (never retried by a proxy:
-/// RFC 9110, 9.2.2): its status, and the connections the gateway opened by its own count.
-async fn request_after_a_pause(upstream_extra: &str) -> (u16, f64, ShortKeepAlive) {
+/// What the gateway did with the second of two requests, a pause past the upstream's
+/// keep-alive apart.
+struct AfterPause {
+    status: u16,
+    /// `tollgate_upstream_connections_opened_total`.
+    opened: f64,
+    /// `tollgate_upstream_retries_total`.
+    retries: f64,
+    up: ShortKeepAlive,
+}
+
+/// A `GET`, a pause past the upstream's keep-alive, then `method`.
+async fn request_after_a_pause(upstream_extra: &str, method: &str) -> AfterPause {
     let up = ShortKeepAlive::start().await;
     let app = start("", &format!("http://{}", up.addr), upstream_extra, "").await;
     let url = format!("http://{}/public/x", app.proxy_addr);
     assert_eq!(send("GET", &url, &[]).await.status, 200);
     tokio::time::sleep(KEEP_ALIVE + Duration::from_millis(200)).await;
-    let status = send("POST", &url, &[]).await.status;
+    let status = send(method, &url, &[]).await.status.as_u16();
     let m = metrics::scrape(&format!("http://{}", app.admin_addr)).await;
-    let opened = m
-        .value(r#"tollgate_upstream_connections_opened_total{upstream="up"}"#)
-        .unwrap_or_else(|| panic!("no connections counter in {m:?}"));
+    let value = |sample: &str| {
+        m.value(sample)
+            .unwrap_or_else(|| panic!("no `{sample}` in {m:?}"))
+    };
+    let opened = value(r#"tollgate_upstream_connections_opened_total{upstream="up"}"#);
+    let retries = value(r#"tollgate_upstream_retries_total{upstream="up"}"#);
     app.shutdown().await;
-    (status.as_u16(), opened, up)
+    AfterPause {
+        status,
+        opened,
+        retries,
+        up,
+    }
 }
 
 #[tokio::test]
 async fn an_idle_timeout_below_the_upstreams_keep_alive_never_sends_on_a_closing_connection() {
-    let (status, opened, up) = request_after_a_pause(r#"idle_timeout = "150ms""#).await;
-    assert_eq!(status, 200, "the second request went on a fresh connection");
-    assert_eq!(opened, 2.0, "tollgate_upstream_connections_opened_total");
-    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
-    assert_eq!(up.dropped.load(Ordering::SeqCst), 0);
+    let r = request_after_a_pause(r#"idle_timeout = "150ms""#, "POST").await;
+    assert_eq!(
+        r.status, 200,
+        "the second request went on a fresh connection"
+    );
+    assert_eq!(r.opened, 2.0, "tollgate_upstream_connections_opened_total");
+    assert_eq!(r.retries, 0.0, "tollgate_upstream_retries_total");
+    assert_eq!(r.up.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(r.up.dropped.load(Ordering::SeqCst), 0);
 }
 
 /// Why the key exists: with the default (90 s), the kept connection is reused after the
-/// upstream's keep-alive ran out, and a request that cannot be retried gets 502.
+/// upstream's keep-alive ran out, and a `POST`, which a proxy never sends twice (RFC 9110,
+/// 9.2.2), gets 502.
 #[tokio::test]
-async fn without_it_a_kept_connection_outlives_the_upstreams_keep_alive() {
-    let (status, opened, up) = request_after_a_pause("").await;
-    assert_eq!(status, 502);
-    assert_eq!(opened, 1.0, "tollgate_upstream_connections_opened_total");
-    assert_eq!(up.dropped.load(Ordering::SeqCst), 1);
+async fn without_it_a_post_on_a_connection_the_upstream_closes_gets_502() {
+    let r = request_after_a_pause("", "POST").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.opened, 1.0, "tollgate_upstream_connections_opened_total");
+    assert_eq!(r.retries, 0.0, "tollgate_upstream_retries_total");
+    assert_eq!(r.up.dropped.load(Ordering::SeqCst), 1);
+}
+
+/// An idempotent request without a body that meets the same close is sent again, once, on a
+/// new connection, and the client sees only the answer.
+#[tokio::test]
+async fn a_get_on_a_connection_the_upstream_closes_is_sent_again_on_a_new_one() {
+    for method in ["GET", "HEAD", "DELETE"] {
+        let r = request_after_a_pause("", method).await;
+        assert_eq!(r.status, 200, "{method}");
+        assert_eq!(
+            r.opened, 2.0,
+            "{method}: tollgate_upstream_connections_opened_total"
+        );
+        assert_eq!(r.retries, 1.0, "{method}: tollgate_upstream_retries_total");
+        assert_eq!(r.up.dropped.load(Ordering::SeqCst), 1, "{method}");
+        assert_eq!(r.up.connections.load(Ordering::SeqCst), 2, "{method}");
+    }
 }
