@@ -1,6 +1,7 @@
 //! Small facts about network addresses that several layers need: whether a URL points at this
-//! machine (plain `http://` is tolerated there), and how to show a URL or an error text without
-//! the credentials it may carry.
+//! machine (plain `http://` is tolerated there), how to show a URL or an error text without
+//! the credentials it may carry, and whether a client error means the server closed the
+//! connection without answering (a request that may be sent again).
 
 use std::fmt::Display;
 use std::net::IpAddr;
@@ -60,6 +61,31 @@ pub fn redact_url_value(value: &str) -> String {
         Some(at) => format!("***{}", &value[at..]),
         None => value.to_owned(),
     }
+}
+
+/// The connection ended before any answer came: the server closed it (or reset it) as the
+/// request went out, as a keep-alive timer running out does. Not a refused connection, a
+/// timeout, or an answer that broke off. Reads the whole source chain, so that it sees hyper's
+/// error inside a client library's.
+pub fn closed_unanswered(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        next = e.source();
+    }
+    false
 }
 
 #[cfg(test)]

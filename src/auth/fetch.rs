@@ -134,14 +134,22 @@ impl IdpClient {
             HeaderValue::from_static(concat!("tollgate/", env!("CARGO_PKG_VERSION"))),
         );
         let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| FetchError::Connect {
-                    url: url_s.clone(),
-                    reason: describe_client_error(&e),
-                })?;
+            // A kept connection the provider closes as the request goes out (its keep-alive ran
+            // out: oidc-provider and other Node.js servers keep one for 5 s) gets no answer.
+            // Both calls here are queries (a document, or RFC 7662's introspection, which
+            // changes nothing), so the copy is sent once more, on another connection. A
+            // `private_key_jwt` assertion goes again as it was: a provider that closes a kept
+            // connection under a request has not read it, and one that read it and then broke
+            // the connection refuses the repeated `jti`, a failed call like the first.
+            let copy = copy_of(&req);
+            let sent = match self.client.request(req).await {
+                Err(e) if crate::net::closed_unanswered(&e) => self.client.request(copy).await,
+                sent => sent,
+            };
+            let resp = sent.map_err(|e| FetchError::Connect {
+                url: url_s.clone(),
+                reason: describe_client_error(&e),
+            })?;
             if resp.status() != StatusCode::OK {
                 return Err(FetchError::Status {
                     url: url_s.clone(),
@@ -207,6 +215,16 @@ fn pooled_https_client() -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https)
+}
+
+/// A copy of `req` to send again: its head, and its body (a form or nothing, shared).
+fn copy_of(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// A short, body-free description of a client error (connection refused, TLS failure, …).

@@ -160,7 +160,7 @@ impl Pool {
                         _ => {
                             let e = e.into_error();
                             match spare.take() {
-                                Some(copy) if reused && closed_unanswered(&e) => {
+                                Some(copy) if reused && crate::net::closed_unanswered(&e) => {
                                     // The other kept connections are as old or older: a
                                     // new one.
                                     self.count_retry();
@@ -277,27 +277,6 @@ fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
     Some(copy)
-}
-
-/// The connection ended before any answer came: the upstream closed it (or reset it) as the
-/// request went out. Not a timeout, and not an answer that broke off.
-fn closed_unanswered(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() || e.is_canceled() {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-            );
-        }
-        source = s.source();
-    }
-    false
 }
 
 /// A connection on loan to one answer, and the stack it goes back to.

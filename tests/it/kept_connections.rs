@@ -1,12 +1,14 @@
-//! The connections kept open to an HTTP/1.1 upstream between requests, seen from outside: an
-//! upstream whose keep-alive is shorter than the gateway's pool closes a connection just as a
-//! request is sent on it. An idempotent request without a body is then sent again on a new
-//! connection (`tollgate_upstream_retries_total`); any other gets 502, and the upstream's
-//! `idle_timeout` is how an operator keeps the pool below the upstream's keep-alive.
+//! Connections kept open between requests, seen from outside: to an HTTP/1.1 upstream, and to
+//! identity providers. A server whose keep-alive is shorter than the gateway's closes a kept
+//! connection just as a request is sent on it. To the upstream, an idempotent request without a
+//! body is then sent again on a new connection (`tollgate_upstream_retries_total`); any other
+//! gets 502, and the upstream's `idle_timeout` is how an operator keeps the pool below the
+//! upstream's keep-alive. To an identity provider, a document fetch or an introspection call (a
+//! query either way) is sent again.
 //!
-//! The upstream here is raw TCP, so that it can behave as a web server's keep-alive timer does
-//! at its worst: a request that arrives on a connection idle past the timer meets a close, not
-//! an answer.
+//! The server here is raw TCP, so that it can behave as a web server's keep-alive timer does at
+//! its worst: a request that arrives on a connection idle past the timer meets a close, not an
+//! answer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,8 +24,8 @@ use crate::support::{metrics, send};
 /// The fake upstream's keep-alive timeout.
 const KEEP_ALIVE: Duration = Duration::from_millis(400);
 
-/// An upstream that answers `200 ok` and keeps each connection for [`KEEP_ALIVE`]; a request
-/// that comes on a connection idle for longer finds it closed under it, unanswered.
+/// A server that answers `200 ok` and keeps each connection for [`KEEP_ALIVE`]; a request that
+/// comes on a connection idle for longer finds it closed under it, unanswered.
 struct ShortKeepAlive {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -59,7 +61,15 @@ impl ShortKeepAlive {
                         let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
                             continue;
                         };
-                        buf.drain(..end + 4);
+                        let length = String::from_utf8_lossy(&buf[..end])
+                            .to_ascii_lowercase()
+                            .lines()
+                            .find_map(|l| Some(l.strip_prefix("content-length:")?.trim().parse()))
+                            .map_or(0, |n| n.unwrap_or(0));
+                        if buf.len() < end + 4 + length {
+                            continue;
+                        }
+                        buf.drain(..end + 4 + length);
                         if idle_since.is_some_and(|t| t.elapsed() >= KEEP_ALIVE) {
                             closed.fetch_add(1, Ordering::SeqCst);
                             return;
@@ -156,4 +166,37 @@ async fn a_get_on_a_connection_the_upstream_closes_is_sent_again_on_a_new_one() 
         assert_eq!(r.up.dropped.load(Ordering::SeqCst), 1, "{method}");
         assert_eq!(r.up.connections.load(Ordering::SeqCst), 2, "{method}");
     }
+}
+
+/// The identity-provider client (key sets, discovery, introspection) meets the same close from
+/// a provider with a short keep-alive (Node.js servers such as oidc-provider keep one for 5 s):
+/// each call is a query, sent again on a new connection, and the gateway sees no outage.
+#[tokio::test]
+async fn a_call_to_an_identity_provider_that_closes_a_kept_connection_is_sent_again() {
+    let up = ShortKeepAlive::start().await;
+    let url = url::Url::parse(&format!("http://{}/jwks", up.addr)).unwrap();
+    let client = tollgate::auth::fetch::IdpClient::new();
+    let bound = Duration::from_secs(10);
+    let pause = KEEP_ALIVE + Duration::from_millis(200);
+    client.get("jwks fetch", &url, bound).await.unwrap();
+    tokio::time::sleep(pause).await;
+    let fetched = client.get("jwks fetch", &url, bound).await.unwrap();
+    assert_eq!(fetched.body, "ok");
+    tokio::time::sleep(pause).await;
+    let form = "token=x".to_owned();
+    let introspected = client
+        .post_form("introspection", &url, form, None, bound)
+        .await
+        .unwrap();
+    assert_eq!(introspected.body, "ok");
+    assert_eq!(
+        up.dropped.load(Ordering::SeqCst),
+        2,
+        "two calls met a close"
+    );
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        3,
+        "a new one after each"
+    );
 }
