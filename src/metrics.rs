@@ -494,7 +494,7 @@ impl Metrics {
             )?,
             upstream_retries: counter(
                 UPSTREAM_RETRIES_TOTAL,
-                "Requests sent to an HTTP/1.1 upstream a second time, on another connection, because the kept connection they went out on closed without an answer, by upstream. Only a request none of which was sent, or an idempotent one without a body on a connection idle for 250 ms or more, is sent again. A count that grows with quiet spells means the upstream's keep-alive is shorter than the upstream's idle_timeout.",
+                "Requests sent to an HTTP/1.1 upstream a second time, on another connection, because the kept connection they went out on closed without an answer, by upstream. Only a request none of which was sent, or an idempotent one without a body (or a session logout) on a connection idle for 250 ms or more, is sent again. A count that grows with quiet spells means the upstream's keep-alive is shorter than the upstream's idle_timeout.",
                 &["upstream"],
             )?,
             upstream_queue: int_gauge(

@@ -260,14 +260,19 @@ impl Pool {
     }
 }
 
-/// A copy of `req` to send again, if it may be: an idempotent method (RFC 9110, 9.2.2) and no
-/// body. The copy has the head only; the extensions stay with the original, as hyper's HTTP/1.1
-/// client reads none of them.
+/// Marks a request whose method is not idempotent as safe to send twice all the same: a session
+/// logout (`POST`), which leaves the session as logged out the second time as the first.
+#[derive(Debug, Clone, Copy)]
+pub struct Replayable;
+
+/// A copy of `req` to send again, if it may be: an idempotent method (RFC 9110, 9.2.2) or the
+/// [`Replayable`] mark, and no body. The copy has the head only; the extensions stay with the
+/// original, as hyper's HTTP/1.1 client reads none of them.
 fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
     let idempotent = matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
+    ) || req.extensions().get::<Replayable>().is_some();
     if !idempotent || !req.body().is_end_stream() {
         return None;
     }
@@ -620,6 +625,13 @@ mod tests {
         for method in [http::Method::POST, http::Method::PATCH] {
             assert!(replayable(&with(method, "")).is_none());
         }
+        // A logout is a POST, marked.
+        let mut logout = with(http::Method::POST, "");
+        logout.extensions_mut().insert(Replayable);
+        assert_eq!(replayable(&logout).unwrap().method(), http::Method::POST);
+        let mut with_body = with(http::Method::POST, "x");
+        with_body.extensions_mut().insert(Replayable);
+        assert!(replayable(&with_body).is_none());
     }
 
     /// A connection is driven by the runtime that opened it: a per-core thread takes only the

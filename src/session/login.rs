@@ -14,6 +14,7 @@ use serde_json::json;
 use super::jar::Jar;
 use crate::config::{Credentials, SessionConfig};
 use crate::proxy::{self, Upstream, UpstreamBody};
+use crate::Body;
 
 /// The largest login answer read for classification.
 const MAX_LOGIN_ANSWER: usize = 64 * 1024;
@@ -235,20 +236,7 @@ pub async fn login(upstream: &Upstream, cfg: &SessionConfig, creds: &Credentials
 /// `POST logout_path` with the jar's cookies and `Content-Length: 0` (IIS answers 411 without it
 /// and the seat stays taken). True on 2xx.
 pub async fn logout(upstream: &Upstream, cfg: &SessionConfig, jar: &Jar) -> bool {
-    let Ok(uri) = upstream.uri_for(&cfg.logout_path) else {
-        return false;
-    };
-    let mut b = Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .header(header::CONTENT_LENGTH, "0");
-    if let Some(cookie) = jar
-        .cookie_header(&cfg.logout_path)
-        .and_then(|c| HeaderValue::from_str(&c).ok())
-    {
-        b = b.header(header::COOKIE, cookie);
-    }
-    let Ok(req) = b.body(proxy::full(Bytes::new())) else {
+    let Some(req) = logout_request(upstream, cfg, jar) else {
         return false;
     };
     match upstream.send_within(req, cfg.logout_timeout).await {
@@ -264,6 +252,26 @@ pub async fn logout(upstream: &Upstream, cfg: &SessionConfig, jar: &Jar) -> bool
         }
         Err(_) => false,
     }
+}
+
+/// The logout's request. Marked [`proxy::Replayable`]: a logout that meets a kept connection
+/// the upstream closes as it goes out is sent again, since a failed logout leaves a live
+/// upstream session whose seat the fleet no longer counts (docs/sessions.md), and logging out
+/// twice ends the session once.
+fn logout_request(upstream: &Upstream, cfg: &SessionConfig, jar: &Jar) -> Option<Request<Body>> {
+    let uri = upstream.uri_for(&cfg.logout_path).ok()?;
+    let mut b = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_LENGTH, "0")
+        .extension(proxy::Replayable);
+    if let Some(cookie) = jar
+        .cookie_header(&cfg.logout_path)
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+    {
+        b = b.header(header::COOKIE, cookie);
+    }
+    b.body(proxy::full(Bytes::new())).ok()
 }
 
 #[cfg(test)]
@@ -288,6 +296,26 @@ auth = "none"
 "#;
         let c = crate::config::from_toml_str(toml).unwrap();
         c.upstreams[0].session.clone().unwrap()
+    }
+
+    /// A logout may be sent twice (the pool does, when the upstream closes the connection as
+    /// it goes out); a login may not.
+    #[test]
+    fn a_logout_is_marked_replayable() {
+        let toml = r#"
+[[upstream]]
+id = "erp"
+url = "http://127.0.0.1:9/base"
+"#;
+        let c = crate::config::from_toml_str(&format!(
+            "{toml}[[route]]\nid = \"r\"\nprefix = \"/\"\nupstream = \"erp\"\nauth = \"none\"\n"
+        ))
+        .unwrap();
+        let upstream = Upstream::new(&c.upstreams[0]).unwrap();
+        let req = logout_request(&upstream, &cfg(), &Jar::default()).unwrap();
+        assert_eq!(req.method(), Method::POST);
+        assert!(req.uri().path().starts_with("/base/"), "{}", req.uri());
+        assert!(req.extensions().get::<proxy::Replayable>().is_some());
     }
 
     fn answer(status: u16, location: Option<&str>, body: &str) -> Answer {

@@ -4,7 +4,9 @@
 //! body is then sent again on a new connection (`tollgate_upstream_retries_total`); any other
 //! gets 502, and the upstream's `idle_timeout` is how an operator keeps the pool below the
 //! upstream's keep-alive. To an identity provider, a document fetch or an introspection call (a
-//! query either way) is sent again.
+//! query either way) is sent again, and so is a session's logout (a `POST`, but one that ends
+//! the session once however often it is sent), which would otherwise leave an upstream session
+//! whose seat the gateway no longer counts.
 //!
 //! The server here is raw TCP, so that it can behave as a web server's keep-alive timer does at
 //! its worst: a request that arrives on a connection idle past the timer meets a close, not an
@@ -16,10 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::connections::start;
-use crate::support::{metrics, send};
+use crate::support::legacy::{Setup, Store};
+use crate::support::{get, metrics, request, send, FakeIdp};
 
 /// The fake upstream's keep-alive timeout.
 const KEEP_ALIVE: Duration = Duration::from_millis(400);
@@ -199,4 +202,128 @@ async fn a_call_to_an_identity_provider_that_closes_a_kept_connection_is_sent_ag
         3,
         "a new one after each"
     );
+}
+
+/// A TCP relay in front of a server, cutting connections as [`ShortKeepAlive`] does: bytes from
+/// the client on a connection whose last answer went out [`KEEP_ALIVE`] or more ago close it,
+/// unforwarded. Puts a keep-alive timer in front of the fake legacy API.
+struct Cutter {
+    addr: SocketAddr,
+    /// Requests that met a connection the relay was closing.
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Cutter {
+    async fn start(target: SocketAddr) -> Cutter {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let cut = dropped.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let cut = cut.clone();
+                tokio::spawn(async move {
+                    let (mut client_in, mut client_out) = client.into_split();
+                    let (mut server_in, mut server_out) = server.into_split();
+                    let answered = Arc::new(std::sync::Mutex::new(None::<Instant>));
+                    let stamp = answered.clone();
+                    let answers = tokio::spawn(async move {
+                        let mut chunk = [0u8; 8192];
+                        while let Ok(n @ 1..) = server_in.read(&mut chunk).await {
+                            if client_out.write_all(&chunk[..n]).await.is_err() {
+                                return;
+                            }
+                            *stamp.lock().unwrap() = Some(Instant::now());
+                        }
+                    });
+                    let mut chunk = [0u8; 8192];
+                    while let Ok(n @ 1..) = client_in.read(&mut chunk).await {
+                        let last = *answered.lock().unwrap();
+                        if last.is_some_and(|t| t.elapsed() >= KEEP_ALIVE) {
+                            cut.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if server_out.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Both directions end: the client's connection closes under it.
+                    answers.abort();
+                });
+            }
+        });
+        Cutter { addr, dropped }
+    }
+}
+
+/// A session's logout goes out when its grant is logged out or the gateway stops, typically
+/// after a quiet spell: on a kept connection the upstream may close just then. The logout is
+/// sent again at once, so the upstream session ends and its seat is not left taken behind the
+/// gateway's back; at shutdown, which has no time to try again later, this is the only chance.
+#[tokio::test]
+async fn a_session_logout_that_meets_the_upstreams_keep_alive_close_is_sent_again() {
+    let idp = FakeIdp::start().await;
+    let fake = tollgate::demo::legacy::FakeLegacy::new(Default::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    let task = fake.spawn(listener);
+    let cutter = Cutter::start(target).await;
+    let e = Setup::new(Store::Memory)
+        .start_on(idp, fake, format!("http://{}", cutter.addr), task)
+        .await;
+    let pause = KEEP_ALIVE + Duration::from_millis(200);
+    for grant in ["grant-a", "grant-b"] {
+        assert_eq!(e.echo(&e.token(grant, false)).await.status, 200);
+    }
+    assert_eq!(e.counters().seats_in_use, 2);
+
+    // One grant logged out from the admin port.
+    tokio::time::sleep(pause).await;
+    let list = get(&format!("{}/sessions", e.gw.admin), &[]).await;
+    let grant = list.json()["sessions"][0]["grant"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session in {}", list.text()))
+        .to_owned();
+    let del = request(
+        http::Request::delete(format!("{}/sessions/{grant}", e.gw.admin))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(del.status, 200, "{}", del.text());
+    assert_eq!(
+        cutter.dropped.load(Ordering::SeqCst),
+        1,
+        "the logout met the close"
+    );
+    let c = e.counters();
+    assert_eq!((c.logouts, c.seats_in_use), (1, 1), "{c:?}");
+    let m = e.gw.metrics().await;
+    let sample = |s: &str| m.value(s).unwrap_or(0.0);
+    assert_eq!(
+        sample(r#"tollgate_upstream_retries_total{upstream="erp"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(r#"tollgate_upstream_logouts_total{result="failed",upstream="erp"}"#),
+        0.0,
+        "{m:?}"
+    );
+
+    e.assert_no_leaks();
+
+    // The other at shutdown.
+    tokio::time::sleep(pause).await;
+    let fake = e.fake.clone();
+    e.gw.shutdown().await;
+    assert_eq!(
+        cutter.dropped.load(Ordering::SeqCst),
+        2,
+        "the logout met the close"
+    );
+    let c = fake.counters();
+    assert_eq!((c.logouts, c.seats_in_use), (2, 0), "{c:?}");
 }
