@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
-use http::{header, Request, StatusCode};
+use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -20,21 +20,38 @@ use url::Url;
 /// Largest discovery or JWKS document accepted.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 
-/// Why a fetch failed.
+/// Why a fetch failed. Each names the call (`GET` of a document, `POST` of an introspection
+/// form) and its URL.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("GET {url}: timed out after {timeout:?}")]
-    Timeout { url: String, timeout: Duration },
-    #[error("GET {url}: {reason}")]
-    Connect { url: String, reason: String },
-    #[error("GET {url}: answered HTTP {status}")]
-    Status { url: String, status: StatusCode },
+    #[error("{method} {url}: timed out after {timeout:?}")]
+    Timeout {
+        method: Method,
+        url: String,
+        timeout: Duration,
+    },
+    #[error("{method} {url}: {reason}")]
+    Connect {
+        method: Method,
+        url: String,
+        reason: String,
+    },
+    #[error("{method} {url}: answered HTTP {status}")]
+    Status {
+        method: Method,
+        url: String,
+        status: StatusCode,
+    },
     #[error(
-        "GET {url}: the document is larger than {MAX_DOCUMENT_BYTES} bytes or the body failed"
+        "{method} {url}: the document is larger than {MAX_DOCUMENT_BYTES} bytes or the body failed"
     )]
-    Body { url: String },
-    #[error("GET {url}: not the expected JSON document ({reason})")]
-    Json { url: String, reason: String },
+    Body { method: Method, url: String },
+    #[error("{method} {url}: not the expected JSON document ({reason})")]
+    Json {
+        method: Method,
+        url: String,
+        reason: String,
+    },
 }
 
 /// A fetched document and the freshness its server declared.
@@ -72,7 +89,7 @@ impl IdpClient {
         timeout: Duration,
     ) -> Result<Fetched, FetchError> {
         let req = Request::get(url.as_str()).body(Full::new(Bytes::new()));
-        self.exchange(call, url, req, timeout).await
+        self.exchange(call, Method::GET, url, req, timeout).await
     }
 
     /// POSTs an `application/x-www-form-urlencoded` body, with an optional `Authorization`
@@ -90,19 +107,21 @@ impl IdpClient {
         if let Some(a) = authorization {
             b = b.header(header::AUTHORIZATION, a);
         }
-        self.exchange(call, url, b.body(Full::new(Bytes::from(form))), timeout)
-            .await
+        let req = b.body(Full::new(Bytes::from(form)));
+        self.exchange(call, Method::POST, url, req, timeout).await
     }
 
     async fn exchange(
         &self,
         call: &'static str,
+        method: Method,
         url: &Url,
         req: Result<Request<Full<Bytes>>, http::Error>,
         timeout: Duration,
     ) -> Result<Fetched, FetchError> {
         let url_s = url.as_str().to_owned();
         let mut req = req.map_err(|e| FetchError::Connect {
+            method: method.clone(),
             url: url_s.clone(),
             reason: e.to_string(),
         })?;
@@ -127,6 +146,7 @@ impl IdpClient {
         mut req: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<Fetched, FetchError> {
+        let method = req.method().clone();
         let h = req.headers_mut();
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         h.insert(
@@ -147,11 +167,13 @@ impl IdpClient {
                 sent => sent,
             };
             let resp = sent.map_err(|e| FetchError::Connect {
+                method: method.clone(),
                 url: url_s.clone(),
                 reason: describe_client_error(&e),
             })?;
             if resp.status() != StatusCode::OK {
                 return Err(FetchError::Status {
+                    method: method.clone(),
                     url: url_s.clone(),
                     status: resp.status(),
                 });
@@ -164,13 +186,17 @@ impl IdpClient {
             let body = Limited::new(resp.into_body(), MAX_DOCUMENT_BYTES)
                 .collect()
                 .await
-                .map_err(|_| FetchError::Body { url: url_s.clone() })?
+                .map_err(|_| FetchError::Body {
+                    method: method.clone(),
+                    url: url_s.clone(),
+                })?
                 .to_bytes();
             Ok(Fetched { body, max_age })
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(FetchError::Timeout {
+                method,
                 url: url_s,
                 timeout,
             }),
@@ -265,6 +291,26 @@ pub fn parse_max_age(v: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error names the call as it was made: an introspection call is a `POST`.
+    #[tokio::test]
+    async fn an_error_names_the_method_and_the_url() {
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let url = Url::parse(&format!("http://{refused}/introspect")).unwrap();
+        let client = IdpClient::new();
+        let bound = Duration::from_secs(5);
+        let form = "token=x".to_owned();
+        let e = client
+            .post_form("introspection", &url, form, None, bound)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with(&format!("POST {url}: ")), "{e}");
+        let e = client.get("jwks fetch", &url, bound).await.unwrap_err();
+        assert!(e.to_string().starts_with(&format!("GET {url}: ")), "{e}");
+    }
 
     #[test]
     fn max_age() {
