@@ -34,7 +34,8 @@ const MIN_IDLE_PER_STACK: usize = 16;
 /// A kept connection idle for this long may meet the upstream's keep-alive timer as a request
 /// goes out on it: an idempotent request without a body is then copied first, so that it can
 /// be sent again if the connection closes without an answer. Busier connections are reused
-/// within milliseconds and their requests are not copied.
+/// within milliseconds and their requests are not copied. Web servers' keep-alive timeouts
+/// are seconds long (gunicorn 2 s; Node.js and Apache httpd 5 s), well above this.
 const RETRY_AFTER_IDLE: Duration = Duration::from_millis(250);
 
 /// The HTTP/1.1 connections to one upstream.
@@ -107,10 +108,10 @@ impl Pool {
 
     /// Sends `req` (absolute URI) on an idle connection, or on a new one when none is idle.
     /// A request that a reused connection closed before sending is sent again on another:
-    /// nothing of it reached the upstream. An idempotent request without a body, sent on a
-    /// connection kept idle for [`RETRY_AFTER_IDLE`] or more that then closes without an
-    /// answer (the upstream's keep-alive ran out as it went), is sent once more, on a new
-    /// connection (RFC 9110, 9.2.2; RFC 9112, 9.3.1).
+    /// nothing of it reached the upstream. An idempotent request without a body (or one marked
+    /// [`Replayable`]), sent on a connection kept idle for [`RETRY_AFTER_IDLE`] or more that
+    /// then closes without an answer (the upstream's keep-alive ran out as it went), is sent
+    /// once more, on a new connection (RFC 9110, 9.2.2; RFC 9112, 9.3.1).
     ///
     /// Not an `async fn`: its request would be kept twice in its future (the argument and the
     /// binding the body moves it to), and that future is part of every request's.
