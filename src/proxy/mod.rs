@@ -25,7 +25,7 @@ use crate::{Body, BoxError};
 use futures_util::future::{Either, FutureExt as _};
 use headers::Forwarded;
 use pool::Pool;
-pub use pool::{Replayable, UpstreamBody};
+pub use pool::{Replayable, Unrepeatable, UpstreamBody};
 
 /// Why forwarding failed. Details are logged; the client sees only the status.
 #[derive(Debug, thiserror::Error)]

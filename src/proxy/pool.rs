@@ -132,6 +132,7 @@ impl Pool {
         // This thread's stack: the request is polled here, and the connection it opens is
         // driven here.
         let stack = crate::runtime::place(self.idle.len());
+        let unrepeatable = req.extensions().get::<Unrepeatable>().is_some();
         async move {
             // The copy of a request sent on a long-idle connection; boxed, as most requests
             // have none and this future is part of every request's.
@@ -139,6 +140,10 @@ impl Pool {
             let mut fresh = false;
             loop {
                 let taken = if fresh { None } else { self.take(stack) };
+                // An unrepeatable request closes a connection the upstream may be closing, and
+                // opens a new one.
+                let taken =
+                    taken.filter(|(_, idle_for)| !unrepeatable || *idle_for < RETRY_AFTER_IDLE);
                 let (mut conn, reused) = match taken {
                     Some((conn, idle_for)) => {
                         if spare.is_none() && idle_for >= RETRY_AFTER_IDLE {
@@ -265,6 +270,13 @@ impl Pool {
 /// logout (`POST`), which leaves the session as logged out the second time as the first.
 #[derive(Debug, Clone, Copy)]
 pub struct Replayable;
+
+/// Marks a request that must not be sent twice and whose failure costs more than a connection:
+/// a session login (a second one could open a second upstream session; a failed one holds every
+/// grant's logins back). It never goes out on a connection idle for [`RETRY_AFTER_IDLE`] or
+/// more, which the upstream may be closing: such a connection is closed and a new one opened.
+#[derive(Debug, Clone, Copy)]
+pub struct Unrepeatable;
 
 /// A copy of `req` to send again, if it may be: an idempotent method (RFC 9110, 9.2.2) or the
 /// [`Replayable`] mark, and no body. The copy has the head only; the extensions stay with the
@@ -602,6 +614,39 @@ mod tests {
         );
         assert_eq!(c.retried.get(), 1, "a POST is never sent twice");
         assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    }
+
+    /// A login must not be sent twice, and must not fail for want of a live connection: it
+    /// reuses a connection used moments ago, and never one idle long enough for the upstream to
+    /// be closing it.
+    #[tokio::test]
+    async fn an_unrepeatable_request_never_goes_on_a_connection_the_upstream_may_be_closing() {
+        let up = upstream(Answer::ShortKeepAlive).await;
+        let c = counters();
+        let pool = counting_pool(up.addr, Some(c.clone()));
+        let login = || {
+            let mut req = get(up.addr, "/login");
+            *req.method_mut() = http::Method::POST;
+            req.extensions_mut().insert(Unrepeatable);
+            req
+        };
+        for _ in 0..2 {
+            assert_eq!(read(pool.send(login()).await.unwrap()).await, "ok");
+        }
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            1,
+            "reused while warm"
+        );
+        tokio::time::sleep(SHORT_KEEP_ALIVE + Duration::from_millis(100)).await;
+        assert_eq!(read(pool.send(login()).await.unwrap()).await, "ok");
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            2,
+            "a new one once cold"
+        );
+        assert_eq!(c.retried.get(), 0, "never sent twice");
+        assert_eq!(pool.idle_count(), 1, "the cold one was closed");
     }
 
     #[test]

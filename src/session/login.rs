@@ -199,12 +199,16 @@ pub async fn login(upstream: &Upstream, cfg: &SessionConfig, creds: &Credentials
     let body = login_body(creds);
     // A login made for a request is a span of its trace, and tells the upstream so.
     let step = crate::telemetry::call_to("upstream login", &Method::POST, &uri);
+    // Unrepeatable: never on a connection the upstream may be closing. A login that met that
+    // close would fail, and a failed login holds every grant's logins back (the gate's
+    // backoff); one sent twice could open two upstream sessions.
     let req = Request::builder()
         .method(Method::POST)
         .uri(uri)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::ACCEPT, "application/json")
         .header(header::CONTENT_LENGTH, body.len())
+        .extension(proxy::Unrepeatable)
         .body(proxy::full(body));
     let mut req = match req {
         Ok(r) => r,

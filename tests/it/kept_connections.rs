@@ -6,7 +6,8 @@
 //! upstream's keep-alive. To an identity provider, a document fetch or an introspection call (a
 //! query either way) is sent again, and so is a session's logout (a `POST`, but one that ends
 //! the session once however often it is sent), which would otherwise leave an upstream session
-//! whose seat the gateway no longer counts.
+//! whose seat the gateway no longer counts. A session's login, which must not be sent twice,
+//! opens a new connection after a quiet spell instead.
 //!
 //! The server here is raw TCP, so that it can behave as a web server's keep-alive timer does at
 //! its worst: a request that arrives on a connection idle past the timer meets a close, not an
@@ -21,7 +22,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::connections::start;
-use crate::support::legacy::{Setup, Store};
+use crate::support::legacy::{Env, Setup, Store};
 use crate::support::{get, metrics, request, send, FakeIdp};
 
 /// The fake upstream's keep-alive timeout.
@@ -259,12 +260,8 @@ impl Cutter {
     }
 }
 
-/// A session's logout goes out when its grant is logged out or the gateway stops, typically
-/// after a quiet spell: on a kept connection the upstream may close just then. The logout is
-/// sent again at once, so the upstream session ends and its seat is not left taken behind the
-/// gateway's back; at shutdown, which has no time to try again later, this is the only chance.
-#[tokio::test]
-async fn a_session_logout_that_meets_the_upstreams_keep_alive_close_is_sent_again() {
+/// The gateway in front of the fake legacy API, with a [`Cutter`] between them.
+async fn behind_a_keep_alive_timer() -> (Env, Cutter) {
     let idp = FakeIdp::start().await;
     let fake = tollgate::demo::legacy::FakeLegacy::new(Default::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -274,6 +271,44 @@ async fn a_session_logout_that_meets_the_upstreams_keep_alive_close_is_sent_agai
     let e = Setup::new(Store::Memory)
         .start_on(idp, fake, format!("http://{}", cutter.addr), task)
         .await;
+    (e, cutter)
+}
+
+/// A login after a quiet spell never goes out on a kept connection the upstream may be closing
+/// (a new connection carries it): a login that met that close would fail, hold every grant's
+/// logins back for a second or more, and could not be sent again (a second login could open a
+/// second upstream session).
+#[tokio::test]
+async fn a_session_login_after_a_quiet_spell_goes_out_on_a_new_connection() {
+    let (e, cutter) = behind_a_keep_alive_timer().await;
+    assert_eq!(e.echo(&e.token("grant-a", false)).await.status, 200);
+    tokio::time::sleep(KEEP_ALIVE + Duration::from_millis(200)).await;
+    let r = e.echo(&e.token("grant-b", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        cutter.dropped.load(Ordering::SeqCst),
+        0,
+        "nothing met the close"
+    );
+    let c = e.counters();
+    assert_eq!((c.logins_ok, c.seats_in_use), (2, 2), "{c:?}");
+    let m = e.gw.metrics().await;
+    assert_eq!(
+        m.value(r#"tollgate_upstream_retries_total{upstream="erp"}"#),
+        Some(0.0),
+        "a login is never sent twice"
+    );
+    e.assert_no_leaks();
+    e.gw.shutdown().await;
+}
+
+/// A session's logout goes out when its grant is logged out or the gateway stops, typically
+/// after a quiet spell: on a kept connection the upstream may close just then. The logout is
+/// sent again at once, so the upstream session ends and its seat is not left taken behind the
+/// gateway's back; at shutdown, which has no time to try again later, this is the only chance.
+#[tokio::test]
+async fn a_session_logout_that_meets_the_upstreams_keep_alive_close_is_sent_again() {
+    let (e, cutter) = behind_a_keep_alive_timer().await;
     let pause = KEEP_ALIVE + Duration::from_millis(200);
     for grant in ["grant-a", "grant-b"] {
         assert_eq!(e.echo(&e.token(grant, false)).await.status, 200);
