@@ -273,8 +273,9 @@ pub struct Replayable;
 
 /// Marks a request that must not be sent twice and whose failure costs more than a connection:
 /// a session login (a second one could open a second upstream session; a failed one holds every
-/// grant's logins back). It never goes out on a connection idle for [`RETRY_AFTER_IDLE`] or
-/// more, which the upstream may be closing: such a connection is closed and a new one opened.
+/// grant's logins back). It never goes out on a connection idle for 250 ms or more (the
+/// pool's retry mark), which the upstream may be closing: such a connection is closed and a new
+/// one opened.
 #[derive(Debug, Clone, Copy)]
 pub struct Unrepeatable;
 
