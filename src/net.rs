@@ -92,6 +92,46 @@ pub fn closed_unanswered(e: &(dyn std::error::Error + 'static)) -> bool {
 mod tests {
     use super::*;
 
+    /// An error wrapping another, as client libraries wrap hyper's and the socket's.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// A reset or broken connection, however deep in the chain, may be sent again; a refused
+    /// connection, a timeout or another failure is not this case.
+    #[test]
+    fn only_a_connection_closed_under_the_request_counts_as_closed_unanswered() {
+        use std::io::{Error, ErrorKind};
+        for kind in [
+            ErrorKind::ConnectionReset,
+            ErrorKind::ConnectionAborted,
+            ErrorKind::BrokenPipe,
+        ] {
+            assert!(closed_unanswered(&Error::from(kind)), "{kind:?}");
+            assert!(closed_unanswered(&Wrapped(Error::from(kind))), "{kind:?}");
+        }
+        for kind in [
+            ErrorKind::ConnectionRefused,
+            ErrorKind::TimedOut,
+            ErrorKind::InvalidData,
+        ] {
+            assert!(!closed_unanswered(&Error::from(kind)), "{kind:?}");
+            assert!(!closed_unanswered(&Wrapped(Error::from(kind))), "{kind:?}");
+        }
+        assert!(!closed_unanswered(&std::fmt::Error));
+    }
+
     #[test]
     fn credentials_in_urls_are_redacted() {
         assert_eq!(
