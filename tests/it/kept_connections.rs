@@ -1,17 +1,20 @@
 //! Connections kept open between requests, seen from outside: to an HTTP/1.1 upstream, and to
 //! identity providers. A server whose keep-alive is shorter than the gateway's closes a kept
-//! connection just as a request is sent on it. To the upstream, an idempotent request without a
-//! body is then sent again on a new connection (`tollgate_upstream_retries_total`); any other
-//! gets 502, and the upstream's `idle_timeout` is how an operator keeps the pool below the
-//! upstream's keep-alive. To an identity provider, a document fetch or an introspection call (a
-//! query either way) is sent again, and so is a session's logout (a `POST`, but one that ends
-//! the session once however often it is sent), which would otherwise leave an upstream session
-//! whose seat the gateway no longer counts. A session's login, which must not be sent twice,
-//! opens a new connection after a quiet spell instead.
+//! connection just as a request is sent on it.
 //!
-//! The server here is raw TCP, so that it can behave as a web server's keep-alive timer does at
-//! its worst: a request that arrives on a connection idle past the timer meets a close, not an
-//! answer.
+//! - To the upstream, an idempotent request without a body is then sent again on a new
+//!   connection (`tollgate_upstream_retries_total`), and so is a session's logout (a `POST`,
+//!   but one that ends the session once however often it is sent; lost, it would leave an
+//!   upstream session whose seat the gateway no longer counts). A session's login, which must
+//!   not be sent twice, opens a new connection after a quiet spell instead. Any other request
+//!   gets 502, and the upstream's `idle_timeout` is how an operator keeps the pool below the
+//!   upstream's keep-alive.
+//! - To an identity provider, a document fetch or an introspection call (a query either way) is
+//!   sent again.
+//!
+//! The servers here are raw TCP, so that they can behave as a web server's keep-alive timer does
+//! at its worst: a request that arrives on a connection idle past the timer meets a close, not
+//! an answer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
