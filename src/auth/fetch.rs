@@ -161,7 +161,7 @@ impl IdpClient {
             // `private_key_jwt` assertion goes again as it was: a provider that closes a kept
             // connection under a request has not read it, and one that read it and then broke
             // the connection refuses the repeated `jti`, a failed call like the first.
-            let copy = copy_of(&req);
+            let copy = crate::net::copy_request(&req);
             let sent = match self.client.request(req).await {
                 Err(e) if crate::net::closed_unanswered(&e) => self.client.request(copy).await,
                 sent => sent,
@@ -241,16 +241,6 @@ fn pooled_https_client() -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https)
-}
-
-/// A copy of `req` to send again: its head, and its body (a form or nothing, shared).
-fn copy_of(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
-    let mut copy = Request::new(req.body().clone());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
 }
 
 /// A short, body-free description of a client error (connection refused, TLS failure, …).

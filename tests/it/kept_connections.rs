@@ -10,7 +10,7 @@
 //!   gets 502, and the upstream's `idle_timeout` is how an operator keeps the pool below the
 //!   upstream's keep-alive.
 //! - To an identity provider, a document fetch or an introspection call (a query either way) is
-//!   sent again.
+//!   sent again; to a trace collector, a batch of spans (by the OTLP exporter itself).
 //!
 //! The servers here are raw TCP, so that they can behave as a web server's keep-alive timer does
 //! at its worst: a request that arrives on a connection idle past the timer meets a close, not
@@ -26,7 +26,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::connections::start;
 use crate::support::legacy::{Env, Setup, Store};
-use crate::support::{get, metrics, request, send, FakeIdp};
+use crate::support::otlp::Receiver;
+use crate::support::{eventually, get, metrics, request, send, FakeIdp, RecordingUpstream};
 
 /// The fake upstream's keep-alive timeout.
 const KEEP_ALIVE: Duration = Duration::from_millis(400);
@@ -367,4 +368,44 @@ async fn a_session_logout_that_meets_the_upstreams_keep_alive_close_is_sent_agai
     );
     let c = fake.counters();
     assert_eq!((c.logouts, c.seats_in_use), (2, 0), "{c:?}");
+}
+
+/// The trace exporter sends a batch every few seconds, each on a kept connection idle since the
+/// last: a collector with a short keep-alive closes it under the next batch, which is sent again
+/// rather than lost. (The OTLP exporter's own retry does it; this pins that it still does.)
+#[tokio::test]
+async fn a_span_batch_that_meets_the_collectors_keep_alive_close_is_sent_again() {
+    let receiver = Receiver::start().await;
+    let collector: SocketAddr = receiver.url.trim_start_matches("http://").parse().unwrap();
+    let cutter = Cutter::start(collector).await;
+    let upstream = RecordingUpstream::start().await;
+    let telemetry = format!(
+        "[telemetry]\notlp_endpoint = \"http://{}\"\nsample_ratio = 1.0\n",
+        cutter.addr
+    );
+    let app = start("", &upstream.url(), "", &telemetry).await;
+    let url = format!("http://{}/public/x", app.proxy_addr);
+    assert_eq!(send("GET", &url, &[]).await.status, 200);
+    let first = eventually(
+        "the first request's spans reach the collector",
+        Duration::from_secs(15),
+        || std::future::ready(receiver.spans().len()),
+        |n| *n > 0,
+    )
+    .await;
+    assert_eq!(send("GET", &url, &[]).await.status, 200);
+    tokio::time::sleep(KEEP_ALIVE + Duration::from_millis(200)).await;
+    // The second batch goes at the next tick or at shutdown, either way on the kept connection,
+    // idle longer than the collector keeps it.
+    app.shutdown().await;
+    assert!(
+        receiver.spans().len() > first,
+        "the second request's spans were lost: {:?}",
+        receiver.spans()
+    );
+    assert_eq!(
+        cutter.dropped.load(Ordering::SeqCst),
+        1,
+        "the batch met the close"
+    );
 }
