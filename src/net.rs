@@ -88,12 +88,10 @@ pub fn closed_unanswered(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A copy of a request with a buffered body, to send again after [`closed_unanswered`]: its
-/// head, and its body (shared, not copied). The extensions stay with the original.
-pub fn copy_request(
-    req: &http::Request<http_body_util::Full<bytes::Bytes>>,
-) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    let mut copy = http::Request::new(req.body().clone());
+/// A copy of `req`'s head (method, URI, version, headers) carrying `body`, to send again after
+/// [`closed_unanswered`]. The extensions stay with the original.
+pub fn copy_request<B, C>(req: &http::Request<B>, body: C) -> http::Request<C> {
+    let mut copy = http::Request::new(body);
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();

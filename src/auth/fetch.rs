@@ -161,7 +161,7 @@ impl IdpClient {
             // `private_key_jwt` assertion goes again as it was: a provider that closes a kept
             // connection under a request has not read it, and one that read it and then broke
             // the connection refuses the repeated `jti`, a failed call like the first.
-            let copy = crate::net::copy_request(&req);
+            let copy = crate::net::copy_request(&req, req.body().clone());
             let sent = match self.client.request(req).await {
                 Err(e) if crate::net::closed_unanswered(&e) => self.client.request(copy).await,
                 sent => sent,

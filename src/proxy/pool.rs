@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -283,19 +283,14 @@ pub struct Unrepeatable;
 /// [`Replayable`] mark, and no body. The copy has the head only; the extensions stay with the
 /// original, as hyper's HTTP/1.1 client reads none of them.
 fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
-    let idempotent = matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    ) || req.extensions().get::<Replayable>().is_some();
+    let idempotent = req.method().is_idempotent() || req.extensions().get::<Replayable>().is_some();
     if !idempotent || !req.body().is_end_stream() {
         return None;
     }
-    let mut copy = Request::new(crate::proxy::full(Bytes::new()));
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    Some(copy)
+    Some(crate::net::copy_request(
+        req,
+        crate::proxy::full(Bytes::new()),
+    ))
 }
 
 /// A connection on loan to one answer, and the stack it goes back to.
